@@ -1,0 +1,3 @@
+module github.com/snakepit-go/snakepit
+
+go 1.26

@@ -1,0 +1,439 @@
+package pymarshal
+
+import (
+	"encoding/binary"
+	"math"
+	"strconv"
+	"unicode/utf8"
+)
+
+// Type codes of the marshal format (CPython Python/marshal.c).
+const (
+	typeNull             = '0'
+	typeNone             = 'N'
+	typeFalse            = 'F'
+	typeTrue             = 'T'
+	typeStopIter         = 'S'
+	typeEllipsis         = '.'
+	typeInt              = 'i'
+	typeInt64            = 'I' // written by no current CPython; read for completeness
+	typeFloat            = 'f'
+	typeBinaryFloat      = 'g'
+	typeComplex          = 'x'
+	typeBinaryComplex    = 'y'
+	typeLong             = 'l'
+	typeString           = 's' // bytes
+	typeInterned         = 't'
+	typeRef              = 'r'
+	typeTuple            = '('
+	typeList             = '['
+	typeDict             = '{'
+	typeCode             = 'c'
+	typeUnicode          = 'u'
+	typeUnknown          = '?'
+	typeSet              = '<'
+	typeFrozenSet        = '>'
+	typeSlice            = ':'
+	typeASCII            = 'a'
+	typeASCIIInterned    = 'A'
+	typeSmallTuple       = ')'
+	typeShortASCII       = 'z'
+	typeShortASCIIIntern = 'Z'
+
+	flagRef = 0x80
+)
+
+// unsupportedNames names the marshal types outside the subset, for errors.
+var unsupportedNames = map[byte]string{
+	typeStopIter:      "StopIteration",
+	typeEllipsis:      "ellipsis",
+	typeComplex:       "complex",
+	typeBinaryComplex: "complex",
+	typeCode:          "code",
+	typeUnknown:       "unknown",
+	typeSet:           "set",
+	typeFrozenSet:     "frozenset",
+	typeSlice:         "slice",
+}
+
+// Decode decodes one marshal value that must span all of data, returning it
+// in the Go shapes listed in the package documentation.
+func Decode(data []byte) (any, error) {
+	d := decoder{data: data}
+	v, err := d.value()
+	if err != nil {
+		return nil, err
+	}
+	if d.pos != len(d.data) {
+		return nil, d.errAt(d.pos, ErrMalformed, strconv.Itoa(len(d.data)-d.pos)+" trailing bytes")
+	}
+	return v, nil
+}
+
+type refSlot struct {
+	v        any
+	building bool // a container whose elements are still being decoded
+}
+
+type decoder struct {
+	data  []byte
+	pos   int
+	depth int
+	refs  []refSlot
+}
+
+func (d *decoder) errAt(off int, sentinel error, detail string) error {
+	return &Error{Op: "unmarshal", Offset: off, Err: sentinel, Detail: detail}
+}
+
+func (d *decoder) need(n int) error {
+	if n < 0 || len(d.data)-d.pos < n {
+		return d.errAt(d.pos, ErrTruncated, "")
+	}
+	return nil
+}
+
+func (d *decoder) byte1() (byte, error) {
+	if err := d.need(1); err != nil {
+		return 0, err
+	}
+	b := d.data[d.pos]
+	d.pos++
+	return b, nil
+}
+
+func (d *decoder) int32() (int32, error) {
+	if err := d.need(4); err != nil {
+		return 0, err
+	}
+	v := int32(binary.LittleEndian.Uint32(d.data[d.pos:]))
+	d.pos += 4
+	return v, nil
+}
+
+// size reads a non-negative 32-bit length and checks that at least
+// n*minBytes bytes remain, so a forged length cannot make us allocate.
+func (d *decoder) size(minBytes int) (int, error) {
+	off := d.pos
+	n, err := d.int32()
+	if err != nil {
+		return 0, err
+	}
+	if n < 0 {
+		return 0, d.errAt(off, ErrMalformed, "negative length")
+	}
+	if int64(n)*int64(minBytes) > int64(len(d.data)-d.pos) {
+		return 0, d.errAt(off, ErrTruncated, "length "+strconv.Itoa(int(n))+" exceeds input")
+	}
+	return int(n), nil
+}
+
+func (d *decoder) bytesN(n int) ([]byte, error) {
+	if err := d.need(n); err != nil {
+		return nil, err
+	}
+	b := d.data[d.pos : d.pos+n]
+	d.pos += n
+	return b, nil
+}
+
+// reserve registers a FLAG_REF slot before the value is decoded, as CPython
+// numbers references in the order their flags appear.
+func (d *decoder) reserve(flag bool) int {
+	if !flag {
+		return -1
+	}
+	d.refs = append(d.refs, refSlot{building: true})
+	return len(d.refs) - 1
+}
+
+func (d *decoder) fill(idx int, v any) {
+	if idx >= 0 {
+		d.refs[idx] = refSlot{v: v}
+	}
+}
+
+func (d *decoder) value() (any, error) {
+	off := d.pos
+	code, err := d.byte1()
+	if err != nil {
+		return nil, err
+	}
+	flag := code&flagRef != 0
+	code &^= flagRef
+
+	switch code {
+	case typeNone, typeTrue, typeFalse:
+		// Singletons never carry FLAG_REF in CPython's writer; tolerate it.
+		var v any
+		if code != typeNone {
+			v = code == typeTrue
+		}
+		d.fill(d.reserve(flag), v)
+		return v, nil
+
+	case typeInt:
+		idx := d.reserve(flag)
+		n, err := d.int32()
+		if err != nil {
+			return nil, err
+		}
+		v := int64(n)
+		d.fill(idx, v)
+		return v, nil
+
+	case typeInt64:
+		idx := d.reserve(flag)
+		b, err := d.bytesN(8)
+		if err != nil {
+			return nil, err
+		}
+		v := int64(binary.LittleEndian.Uint64(b))
+		d.fill(idx, v)
+		return v, nil
+
+	case typeLong:
+		idx := d.reserve(flag)
+		v, err := d.long(off)
+		if err != nil {
+			return nil, err
+		}
+		d.fill(idx, v)
+		return v, nil
+
+	case typeBinaryFloat:
+		idx := d.reserve(flag)
+		b, err := d.bytesN(8)
+		if err != nil {
+			return nil, err
+		}
+		v := math.Float64frombits(binary.LittleEndian.Uint64(b))
+		d.fill(idx, v)
+		return v, nil
+
+	case typeFloat:
+		idx := d.reserve(flag)
+		n, err := d.byte1()
+		if err != nil {
+			return nil, err
+		}
+		b, err := d.bytesN(int(n))
+		if err != nil {
+			return nil, err
+		}
+		v, perr := parsePyFloat(string(b))
+		if perr != nil {
+			return nil, d.errAt(off, ErrMalformed, "float text "+strconv.Quote(string(b)))
+		}
+		d.fill(idx, v)
+		return v, nil
+
+	case typeString:
+		idx := d.reserve(flag)
+		n, err := d.size(1)
+		if err != nil {
+			return nil, err
+		}
+		b, _ := d.bytesN(n)
+		v := make([]byte, n) // never nil: b"" decodes to an empty, non-nil slice
+		copy(v, b)
+		d.fill(idx, v)
+		return v, nil
+
+	case typeUnicode, typeInterned, typeASCII, typeASCIIInterned, typeShortASCII, typeShortASCIIIntern:
+		idx := d.reserve(flag)
+		var n int
+		if code == typeShortASCII || code == typeShortASCIIIntern {
+			b, err := d.byte1()
+			if err != nil {
+				return nil, err
+			}
+			n = int(b)
+		} else {
+			n, err = d.size(1)
+			if err != nil {
+				return nil, err
+			}
+		}
+		b, err := d.bytesN(n)
+		if err != nil {
+			return nil, err
+		}
+		if !utf8.Valid(b) {
+			return nil, d.errAt(off, ErrInvalidUTF8, "")
+		}
+		v := string(b)
+		d.fill(idx, v)
+		return v, nil
+
+	case typeRef:
+		n, err := d.int32()
+		if err != nil {
+			return nil, err
+		}
+		if n < 0 || int(n) >= len(d.refs) {
+			return nil, d.errAt(off, ErrMalformed, "reference to unknown object "+strconv.Itoa(int(n)))
+		}
+		slot := d.refs[n]
+		if slot.building {
+			return nil, d.errAt(off, ErrUnsupported, "recursive value")
+		}
+		return slot.v, nil
+
+	case typeTuple, typeSmallTuple, typeList:
+		idx := d.reserve(flag)
+		var n int
+		if code == typeSmallTuple {
+			b, err := d.byte1()
+			if err != nil {
+				return nil, err
+			}
+			n = int(b)
+		} else {
+			n, err = d.size(1)
+			if err != nil {
+				return nil, err
+			}
+		}
+		if err := d.enter(off); err != nil {
+			return nil, err
+		}
+		list := make([]any, n)
+		for i := range list {
+			if list[i], err = d.value(); err != nil {
+				return nil, prependPath(err, indexElem(i))
+			}
+		}
+		d.depth--
+		d.fill(idx, list)
+		return list, nil
+
+	case typeDict:
+		idx := d.reserve(flag)
+		if err := d.enter(off); err != nil {
+			return nil, err
+		}
+		m := make(map[string]any)
+		for {
+			if err := d.need(1); err != nil {
+				return nil, err
+			}
+			if d.data[d.pos] == typeNull {
+				d.pos++
+				break
+			}
+			koff := d.pos
+			k, err := d.value()
+			if err != nil {
+				return nil, err
+			}
+			ks, ok := k.(string)
+			if !ok {
+				return nil, d.errAt(koff, ErrUnsupported, "dict key of type "+pyTypeName(k))
+			}
+			v, err := d.value()
+			if err != nil {
+				return nil, prependPath(err, keyElem(ks))
+			}
+			m[ks] = v
+		}
+		d.depth--
+		d.fill(idx, m)
+		return m, nil
+	}
+
+	if name, ok := unsupportedNames[code]; ok {
+		return nil, d.errAt(off, ErrUnsupported, name)
+	}
+	return nil, d.errAt(off, ErrMalformed, "unknown type code "+strconv.QuoteRune(rune(code)))
+}
+
+func (d *decoder) enter(off int) error {
+	d.depth++
+	if d.depth > MaxDepth {
+		return d.errAt(off, ErrTooDeep, "more than "+strconv.Itoa(MaxDepth)+" levels")
+	}
+	return nil
+}
+
+// long decodes TYPE_LONG: a signed digit count, then |count| 15-bit digits,
+// least significant first.
+func (d *decoder) long(off int) (int64, error) {
+	n, err := d.int32()
+	if err != nil {
+		return 0, err
+	}
+	neg := n < 0
+	cnt := int64(n)
+	if neg {
+		cnt = -cnt
+	}
+	if cnt*2 > int64(len(d.data)-d.pos) {
+		return 0, d.errAt(off, ErrTruncated, "")
+	}
+	digits := make([]uint16, cnt)
+	for i := range digits {
+		b, _ := d.bytesN(2)
+		digits[i] = binary.LittleEndian.Uint16(b)
+		if digits[i] > 0x7fff {
+			return 0, d.errAt(off, ErrMalformed, "bad long digit")
+		}
+	}
+	if cnt > 0 && digits[cnt-1] == 0 {
+		return 0, d.errAt(off, ErrMalformed, "unnormalised long")
+	}
+	// int64 needs at most five 15-bit digits (75 bits); more is out of range.
+	if cnt > 5 {
+		return 0, d.errAt(off, ErrIntRange, ">64-bit int ("+strconv.Itoa(int(cnt)*15)+" bits)")
+	}
+	var mag uint64
+	for i := len(digits) - 1; i >= 0; i-- {
+		if mag > math.MaxUint64>>15 {
+			return 0, d.errAt(off, ErrIntRange, ">64-bit int")
+		}
+		mag = mag<<15 | uint64(digits[i])
+	}
+	switch {
+	case !neg && mag <= math.MaxInt64:
+		return int64(mag), nil
+	case neg && mag <= 1<<63:
+		return -int64(mag), nil // -(1<<63) wraps to MinInt64, as intended
+	}
+	return 0, d.errAt(off, ErrIntRange, ">64-bit int")
+}
+
+// parsePyFloat parses the repr() text of the legacy TYPE_FLOAT.
+func parsePyFloat(s string) (float64, error) {
+	switch s {
+	case "nan", "-nan":
+		return math.NaN(), nil
+	case "inf":
+		return math.Inf(1), nil
+	case "-inf":
+		return math.Inf(-1), nil
+	}
+	return strconv.ParseFloat(s, 64)
+}
+
+// pyTypeName names a decoded value by its Python type, for messages.
+func pyTypeName(v any) string {
+	switch v.(type) {
+	case nil:
+		return "NoneType"
+	case bool:
+		return "bool"
+	case int64:
+		return "int"
+	case float64:
+		return "float"
+	case string:
+		return "str"
+	case []byte:
+		return "bytes"
+	case []any:
+		return "list"
+	case map[string]any:
+		return "dict"
+	}
+	return "unknown"
+}

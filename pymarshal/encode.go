@@ -1,0 +1,384 @@
+package pymarshal
+
+import (
+	"encoding"
+	"encoding/binary"
+	"math"
+	"reflect"
+	"sort"
+	"strconv"
+	"unicode/utf8"
+)
+
+// Marshal encodes v in marshal format version 4 (see the package
+// documentation for the Go types accepted). Map keys are written in sorted
+// order, so equal values encode to equal bytes.
+func Marshal(v any) ([]byte, error) {
+	return AppendMarshal(nil, v)
+}
+
+// AppendMarshal is [Marshal] appending to buf, for callers that reuse buffers.
+func AppendMarshal(buf []byte, v any) ([]byte, error) {
+	e := encoder{buf: buf}
+	if err := e.value(v); err != nil {
+		return nil, err
+	}
+	return e.buf, nil
+}
+
+type encoder struct {
+	buf   []byte
+	depth int
+}
+
+func (e *encoder) unsupported(detail string) error {
+	return &Error{Op: "marshal", Offset: -1, Err: ErrUnsupported, Detail: detail}
+}
+
+func (e *encoder) u32(n int) {
+	e.buf = binary.LittleEndian.AppendUint32(e.buf, uint32(n))
+}
+
+func (e *encoder) enter() error {
+	e.depth++
+	if e.depth > MaxDepth {
+		return &Error{Op: "marshal", Offset: -1, Err: ErrTooDeep, Detail: "more than " + strconv.Itoa(MaxDepth) + " levels"}
+	}
+	return nil
+}
+
+func (e *encoder) int(v int64) {
+	if v >= math.MinInt32 && v <= math.MaxInt32 {
+		e.buf = append(e.buf, typeInt)
+		e.u32(int(int32(v)))
+		return
+	}
+	// TYPE_LONG: signed count of 15-bit digits, least significant first.
+	mag := uint64(v)
+	if v < 0 {
+		mag = uint64(-v) // MinInt64 wraps to 1<<63, its magnitude
+	}
+	var digits [5]uint16
+	n := 0
+	for ; mag != 0; n++ {
+		digits[n] = uint16(mag & 0x7fff)
+		mag >>= 15
+	}
+	if v < 0 {
+		e.u32Prefixed(typeLong, -n)
+	} else {
+		e.u32Prefixed(typeLong, n)
+	}
+	for _, d := range digits[:n] {
+		e.buf = binary.LittleEndian.AppendUint16(e.buf, d)
+	}
+}
+
+func (e *encoder) u32Prefixed(code byte, n int) {
+	e.buf = append(e.buf, code)
+	e.u32(n)
+}
+
+func (e *encoder) float(f float64) {
+	e.buf = append(e.buf, typeBinaryFloat)
+	e.buf = binary.LittleEndian.AppendUint64(e.buf, math.Float64bits(f))
+}
+
+func (e *encoder) str(s string) error {
+	if len(s) > math.MaxInt32 {
+		return &Error{Op: "marshal", Offset: -1, Err: ErrUnsupported, Detail: "string longer than 2 GiB"}
+	}
+	if isShortASCII(s) {
+		e.buf = append(e.buf, typeShortASCII, byte(len(s)))
+		e.buf = append(e.buf, s...)
+		return nil
+	}
+	if !utf8.ValidString(s) {
+		return &Error{Op: "marshal", Offset: -1, Err: ErrInvalidUTF8}
+	}
+	e.u32Prefixed(typeUnicode, len(s))
+	e.buf = append(e.buf, s...)
+	return nil
+}
+
+func isShortASCII(s string) bool {
+	if len(s) > 255 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *encoder) bytes(b []byte) error {
+	if len(b) > math.MaxInt32 {
+		return &Error{Op: "marshal", Offset: -1, Err: ErrUnsupported, Detail: "bytes longer than 2 GiB"}
+	}
+	e.u32Prefixed(typeString, len(b))
+	e.buf = append(e.buf, b...)
+	return nil
+}
+
+func (e *encoder) seqHeader(tuple bool, n int) error {
+	if n > math.MaxInt32 {
+		return e.unsupported("sequence longer than 2^31-1")
+	}
+	switch {
+	case tuple && n < 256:
+		e.buf = append(e.buf, typeSmallTuple, byte(n))
+	case tuple:
+		e.u32Prefixed(typeTuple, n)
+	default:
+		e.u32Prefixed(typeList, n)
+	}
+	return nil
+}
+
+// value encodes v, taking the common interface shapes without reflection.
+func (e *encoder) value(v any) error {
+	switch x := v.(type) {
+	case nil:
+		e.buf = append(e.buf, typeNone)
+	case bool:
+		e.boolean(x)
+	case int:
+		e.int(int64(x))
+	case int64:
+		e.int(x)
+	case int32:
+		e.int(int64(x))
+	case float64:
+		e.float(x)
+	case string:
+		return e.str(x)
+	case []byte:
+		return e.bytes(x)
+	case RawValue:
+		if len(x) == 0 {
+			return e.unsupported("empty RawValue")
+		}
+		e.buf = append(e.buf, x...)
+	case Tuple:
+		return e.anySlice(x, true)
+	case []any:
+		return e.anySlice(x, false)
+	case map[string]any:
+		return e.anyMap(x)
+	default:
+		return e.reflect(reflect.ValueOf(v))
+	}
+	return nil
+}
+
+func (e *encoder) boolean(b bool) {
+	if b {
+		e.buf = append(e.buf, typeTrue)
+	} else {
+		e.buf = append(e.buf, typeFalse)
+	}
+}
+
+func (e *encoder) anySlice(s []any, tuple bool) error {
+	if err := e.enter(); err != nil {
+		return err
+	}
+	if err := e.seqHeader(tuple, len(s)); err != nil {
+		return err
+	}
+	for i, el := range s {
+		if err := e.value(el); err != nil {
+			return prependPath(err, indexElem(i))
+		}
+	}
+	e.depth--
+	return nil
+}
+
+func (e *encoder) anyMap(m map[string]any) error {
+	if err := e.enter(); err != nil {
+		return err
+	}
+	e.buf = append(e.buf, typeDict)
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := e.str(k); err != nil {
+			return prependPath(err, keyElem(k))
+		}
+		if err := e.value(m[k]); err != nil {
+			return prependPath(err, keyElem(k))
+		}
+	}
+	e.buf = append(e.buf, typeNull)
+	e.depth--
+	return nil
+}
+
+var (
+	textMarshalerType = reflect.TypeFor[encoding.TextMarshaler]()
+	bytesType         = reflect.TypeFor[[]byte]()
+)
+
+func (e *encoder) reflect(rv reflect.Value) error {
+	if !rv.IsValid() {
+		e.buf = append(e.buf, typeNone)
+		return nil
+	}
+	switch rv.Kind() {
+	case reflect.Bool:
+		e.boolean(rv.Bool())
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		e.int(rv.Int())
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		u := rv.Uint()
+		if u > math.MaxInt64 {
+			return &Error{Op: "marshal", Offset: -1, Err: ErrIntRange, Detail: strconv.FormatUint(u, 10)}
+		}
+		e.int(int64(u))
+	case reflect.Float32, reflect.Float64:
+		e.float(rv.Float())
+	case reflect.String:
+		return e.str(rv.String())
+	case reflect.Pointer, reflect.Interface:
+		if rv.IsNil() {
+			e.buf = append(e.buf, typeNone)
+			return nil
+		}
+		if err := e.enter(); err != nil {
+			return err
+		}
+		err := e.value(rv.Elem().Interface())
+		e.depth--
+		return err
+	case reflect.Slice:
+		if rv.IsNil() && rv.Type() != bytesType {
+			e.buf = append(e.buf, typeNone)
+			return nil
+		}
+		if rv.Type().Elem().Kind() == reflect.Uint8 {
+			return e.bytes(rv.Bytes())
+		}
+		return e.reflectSeq(rv, rv.Type() == reflect.TypeFor[Tuple]())
+	case reflect.Array:
+		if rv.Type().Elem().Kind() == reflect.Uint8 {
+			b := make([]byte, rv.Len())
+			reflect.Copy(reflect.ValueOf(b), rv)
+			return e.bytes(b)
+		}
+		return e.reflectSeq(rv, false)
+	case reflect.Map:
+		if rv.IsNil() {
+			e.buf = append(e.buf, typeNone)
+			return nil
+		}
+		return e.reflectMap(rv)
+	case reflect.Struct:
+		return e.reflectStruct(rv)
+	default:
+		return e.unsupported(rv.Type().String())
+	}
+	return nil
+}
+
+func (e *encoder) reflectSeq(rv reflect.Value, tuple bool) error {
+	if err := e.enter(); err != nil {
+		return err
+	}
+	n := rv.Len()
+	if err := e.seqHeader(tuple, n); err != nil {
+		return err
+	}
+	for i := 0; i < n; i++ {
+		if err := e.reflect(rv.Index(i)); err != nil {
+			return prependPath(err, indexElem(i))
+		}
+	}
+	e.depth--
+	return nil
+}
+
+func (e *encoder) reflectMap(rv reflect.Value) error {
+	kt := rv.Type().Key()
+	if kt.Kind() != reflect.String && !kt.Implements(textMarshalerType) {
+		return e.unsupported("map key type " + kt.String() + " (dict keys must be strings)")
+	}
+	if err := e.enter(); err != nil {
+		return err
+	}
+	type kv struct {
+		k string
+		v reflect.Value
+	}
+	entries := make([]kv, 0, rv.Len())
+	it := rv.MapRange()
+	for it.Next() {
+		k := it.Key()
+		var ks string
+		if kt.Kind() == reflect.String {
+			ks = k.String()
+		} else {
+			txt, err := k.Interface().(encoding.TextMarshaler).MarshalText()
+			if err != nil {
+				return &Error{Op: "marshal", Offset: -1, Err: ErrUnsupported, Detail: "map key: " + err.Error()}
+			}
+			ks = string(txt)
+		}
+		entries = append(entries, kv{ks, it.Value()})
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].k < entries[j].k })
+	e.buf = append(e.buf, typeDict)
+	for _, en := range entries {
+		if err := e.str(en.k); err != nil {
+			return prependPath(err, keyElem(en.k))
+		}
+		if err := e.reflect(en.v); err != nil {
+			return prependPath(err, keyElem(en.k))
+		}
+	}
+	e.buf = append(e.buf, typeNull)
+	e.depth--
+	return nil
+}
+
+func (e *encoder) reflectStruct(rv reflect.Value) error {
+	if err := e.enter(); err != nil {
+		return err
+	}
+	e.buf = append(e.buf, typeDict)
+	for _, f := range cachedFields(rv.Type()) {
+		fv, ok := fieldByIndex(rv, f.index)
+		if !ok || (f.omitEmpty && fv.IsZero()) {
+			continue
+		}
+		if err := e.str(f.name); err != nil {
+			return prependPath(err, "."+f.name)
+		}
+		if err := e.reflect(fv); err != nil {
+			return prependPath(err, "."+f.name)
+		}
+	}
+	e.buf = append(e.buf, typeNull)
+	e.depth--
+	return nil
+}
+
+// fieldByIndex follows an embedded-field path, reporting false where it
+// passes through a nil embedded pointer (the field is then absent).
+func fieldByIndex(v reflect.Value, index []int) (reflect.Value, bool) {
+	for i, x := range index {
+		if i > 0 && v.Kind() == reflect.Pointer {
+			if v.IsNil() {
+				return reflect.Value{}, false
+			}
+			v = v.Elem()
+		}
+		v = v.Field(x)
+	}
+	return v, true
+}

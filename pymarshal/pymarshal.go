@@ -1,0 +1,134 @@
+// Package pymarshal encodes and decodes the subset of Python's marshal format
+// (version 4) that snakepit uses to move values between Go and Python.
+//
+// The format is CPython's own: the thread profile turns bytes into objects
+// with PyMarshal_ReadObjectFromString in C and the process profile with
+// marshal.loads, so one Go codec serves both, no Python-level codec runs, and
+// nothing that can execute code on load is ever produced or accepted.
+//
+// # Values
+//
+// The subset and its Go shape when decoded into an interface value:
+//
+//	Python          Go (decoded into any)
+//	None            nil
+//	bool            bool
+//	int             int64 (an int outside int64 is an error, never truncated)
+//	float           float64 (NaN and ±Inf kept)
+//	str             string (must be valid UTF-8: lone surrogates are an error)
+//	bytes           []byte
+//	list, tuple     []any (Go has no tuple; see [Tuple] for encoding one)
+//	dict (str keys) map[string]any
+//
+// Anything else in the input (sets, complex numbers, code objects, slices,
+// non-string dict keys) is reported as [ErrUnsupported]; malformed or
+// truncated input as [ErrMalformed] or [ErrTruncated]. Back-references
+// (marshal's FLAG_REF) are resolved; a reference to a container that is still
+// being decoded (a recursive value) is refused. Decoded containers that were
+// shared in Python (one list referenced twice) are shared in Go as well.
+//
+// # Go values
+//
+// [Marshal] accepts nil, bool, every integer kind (unsigned values above
+// math.MaxInt64 are an error), float32/64, string, []byte, slices and arrays,
+// maps with string keys (or keys implementing encoding.TextMarshaler),
+// pointers and interfaces (nil is None), [Tuple], [RawValue], and structs.
+// Structs become dicts following encoding/json's conventions: the field name
+// or its `json:"name"` tag, `json:"-"` skips a field, `omitempty` omits zero
+// values, and embedded structs are flattened. [Unmarshal] fills the same
+// shapes back, matching dict keys to struct fields exactly first and then
+// case-insensitively, checking integer ranges for sized integer types.
+package pymarshal
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors; every error of this package wraps one of them.
+var (
+	// ErrUnsupported: a value outside the supported subset (a Python set,
+	// complex, code object, non-string dict key; a Go channel, func, ...).
+	ErrUnsupported = errors.New("unsupported type")
+	// ErrIntRange: an integer that does not fit the Go destination (int64 when
+	// decoding into any), or an unsigned Go value above math.MaxInt64.
+	ErrIntRange = errors.New("integer out of range")
+	// ErrInvalidUTF8: a string that is not valid UTF-8, in either direction.
+	ErrInvalidUTF8 = errors.New("invalid UTF-8 in string")
+	// ErrTooDeep: nesting beyond [MaxDepth].
+	ErrTooDeep = errors.New("value nested too deeply")
+	// ErrTruncated: the input ended inside a value.
+	ErrTruncated = errors.New("truncated data")
+	// ErrMalformed: bytes that are not a valid encoding of a supported value.
+	ErrMalformed = errors.New("malformed data")
+	// ErrTypeMismatch: Unmarshal found a value it cannot store in the Go
+	// destination (a str into an int field, say).
+	ErrTypeMismatch = errors.New("type mismatch")
+)
+
+// MaxDepth bounds the nesting of containers in both directions. It matches
+// CPython's own marshal limit, so anything Python can write, Go can read.
+const MaxDepth = 2000
+
+// Version is the marshal format version written by [Marshal] and the one
+// Python must be asked to write (marshal.dumps(v, 4)).
+const Version = 4
+
+// Error describes a failure at a place inside a value.
+type Error struct {
+	Op     string // "marshal" or "unmarshal"
+	Path   string // where in the value: "", "[3]", "[3].name"
+	Offset int    // byte offset in the input, for unmarshal; -1 when unknown
+	Detail string // what was found, e.g. "set" or "chan int"
+	Err    error  // one of the sentinels of this package
+}
+
+func (e *Error) Error() string {
+	msg := "pymarshal: " + e.Op
+	if e.Path != "" {
+		msg += " " + e.Path
+	}
+	msg += ": " + e.Err.Error()
+	if e.Detail != "" {
+		msg += ": " + e.Detail
+	}
+	if e.Offset >= 0 {
+		msg += fmt.Sprintf(" (at byte %d)", e.Offset)
+	}
+	return msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Tuple encodes as a Python tuple rather than a list. Decoding always yields
+// []any: Go has no tuple type.
+type Tuple []any
+
+// RawValue is an already encoded marshal value. Marshal copies it into its
+// output verbatim, so a caller can pass through bytes it received without
+// decoding them. The bytes are not checked: a RawValue must come from this
+// package or from Python's marshal.dumps(v, 4).
+type RawValue []byte
+
+// prependPath adds one path element in front of an error's path as the error
+// unwinds out of a container; errors from elsewhere are returned unchanged.
+func prependPath(err error, elem string) error {
+	var pe *Error
+	if errors.As(err, &pe) {
+		if pe.Path == "" || pe.Path[0] == '[' || pe.Path[0] == '.' {
+			pe.Path = elem + pe.Path
+		} else {
+			pe.Path = elem + "." + pe.Path
+		}
+	}
+	return err
+}
+
+func indexElem(i int) string { return fmt.Sprintf("[%d]", i) }
+
+func keyElem(k string) string {
+	if len(k) > 40 {
+		k = k[:40] + "…"
+	}
+	return fmt.Sprintf("[%q]", k)
+}

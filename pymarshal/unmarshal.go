@@ -1,0 +1,235 @@
+package pymarshal
+
+import (
+	"encoding"
+	"math"
+	"reflect"
+	"strconv"
+	"strings"
+)
+
+// Unmarshal decodes data (one marshal value) and stores it in the value
+// pointed to by v, which must be a non-nil pointer. Into an interface it
+// stores the shapes of [Decode]; into typed Go values it converts as the
+// package documentation describes. None sets pointers, slices, maps and
+// interfaces to nil and leaves other values unchanged. On error, v may have
+// been partially filled.
+func Unmarshal(data []byte, v any) error {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() {
+		return &Error{Op: "unmarshal", Offset: -1, Err: ErrTypeMismatch, Detail: "destination must be a non-nil pointer, got " + reflectTypeName(rv)}
+	}
+	src, err := Decode(data)
+	if err != nil {
+		return err
+	}
+	if p, ok := v.(*any); ok {
+		*p = src
+		return nil
+	}
+	return Assign(rv.Elem(), src)
+}
+
+func reflectTypeName(rv reflect.Value) string {
+	if !rv.IsValid() {
+		return "nil"
+	}
+	return rv.Type().String()
+}
+
+// Assign stores a decoded value (one of the shapes [Decode] returns) in dst,
+// converting as [Unmarshal] does. dst must be settable.
+func Assign(dst reflect.Value, src any) error {
+	mismatch := func() error {
+		return &Error{Op: "unmarshal", Offset: -1, Err: ErrTypeMismatch,
+			Detail: "cannot store Python " + pyTypeName(src) + " in Go " + dst.Type().String()}
+	}
+	if src == nil {
+		switch dst.Kind() {
+		case reflect.Pointer, reflect.Slice, reflect.Map, reflect.Interface:
+			dst.SetZero()
+		}
+		return nil
+	}
+	if dst.Kind() == reflect.Pointer {
+		if dst.IsNil() {
+			dst.Set(reflect.New(dst.Type().Elem()))
+		}
+		return Assign(dst.Elem(), src)
+	}
+	if dst.CanAddr() {
+		if tu, ok := dst.Addr().Interface().(encoding.TextUnmarshaler); ok {
+			if s, ok := src.(string); ok {
+				if err := tu.UnmarshalText([]byte(s)); err != nil {
+					return &Error{Op: "unmarshal", Offset: -1, Err: ErrTypeMismatch, Detail: err.Error()}
+				}
+				return nil
+			}
+		}
+	}
+	if dst.Kind() == reflect.Interface {
+		if dst.NumMethod() != 0 {
+			return mismatch()
+		}
+		dst.Set(reflect.ValueOf(src))
+		return nil
+	}
+
+	switch s := src.(type) {
+	case bool:
+		if dst.Kind() != reflect.Bool {
+			return mismatch()
+		}
+		dst.SetBool(s)
+	case int64:
+		switch dst.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+			if dst.OverflowInt(s) {
+				return &Error{Op: "unmarshal", Offset: -1, Err: ErrIntRange, Detail: strconv.FormatInt(s, 10) + " does not fit " + dst.Type().String()}
+			}
+			dst.SetInt(s)
+		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+			if s < 0 || dst.OverflowUint(uint64(s)) {
+				return &Error{Op: "unmarshal", Offset: -1, Err: ErrIntRange, Detail: strconv.FormatInt(s, 10) + " does not fit " + dst.Type().String()}
+			}
+			dst.SetUint(uint64(s))
+		case reflect.Float32, reflect.Float64:
+			dst.SetFloat(float64(s))
+		default:
+			return mismatch()
+		}
+	case float64:
+		switch dst.Kind() {
+		case reflect.Float64:
+			dst.SetFloat(s)
+		case reflect.Float32:
+			if !math.IsInf(s, 0) && !math.IsNaN(s) && math.Abs(s) > math.MaxFloat32 {
+				return &Error{Op: "unmarshal", Offset: -1, Err: ErrIntRange, Detail: "float " + strconv.FormatFloat(s, 'g', -1, 64) + " overflows float32"}
+			}
+			dst.SetFloat(s)
+		default:
+			return mismatch()
+		}
+	case string:
+		if dst.Kind() != reflect.String {
+			return mismatch()
+		}
+		dst.SetString(s)
+	case []byte:
+		switch {
+		case dst.Kind() == reflect.Slice && dst.Type().Elem().Kind() == reflect.Uint8:
+			dst.SetBytes(append([]byte(nil), s...))
+		case dst.Kind() == reflect.Array && dst.Type().Elem().Kind() == reflect.Uint8:
+			if dst.Len() != len(s) {
+				return &Error{Op: "unmarshal", Offset: -1, Err: ErrTypeMismatch, Detail: strconv.Itoa(len(s)) + " bytes into " + dst.Type().String()}
+			}
+			reflect.Copy(dst, reflect.ValueOf(s))
+		default:
+			return mismatch()
+		}
+	case []any:
+		return assignSeq(dst, s, mismatch)
+	case map[string]any:
+		return assignMap(dst, s, mismatch)
+	default:
+		return mismatch()
+	}
+	return nil
+}
+
+func assignSeq(dst reflect.Value, s []any, mismatch func() error) error {
+	switch dst.Kind() {
+	case reflect.Slice:
+		out := reflect.MakeSlice(dst.Type(), len(s), len(s))
+		for i, el := range s {
+			if err := Assign(out.Index(i), el); err != nil {
+				return prependPath(err, indexElem(i))
+			}
+		}
+		dst.Set(out)
+	case reflect.Array:
+		if dst.Len() != len(s) {
+			return &Error{Op: "unmarshal", Offset: -1, Err: ErrTypeMismatch, Detail: strconv.Itoa(len(s)) + " items into " + dst.Type().String()}
+		}
+		for i, el := range s {
+			if err := Assign(dst.Index(i), el); err != nil {
+				return prependPath(err, indexElem(i))
+			}
+		}
+	default:
+		return mismatch()
+	}
+	return nil
+}
+
+func assignMap(dst reflect.Value, m map[string]any, mismatch func() error) error {
+	switch dst.Kind() {
+	case reflect.Map:
+		kt := dst.Type().Key()
+		textKey := reflect.PointerTo(kt).Implements(reflect.TypeFor[encoding.TextUnmarshaler]())
+		if kt.Kind() != reflect.String && !textKey {
+			return mismatch()
+		}
+		if dst.IsNil() {
+			dst.Set(reflect.MakeMapWithSize(dst.Type(), len(m)))
+		}
+		et := dst.Type().Elem()
+		for k, v := range m {
+			ev := reflect.New(et).Elem()
+			if err := Assign(ev, v); err != nil {
+				return prependPath(err, keyElem(k))
+			}
+			kv := reflect.New(kt).Elem()
+			if kt.Kind() == reflect.String {
+				kv.SetString(k)
+			} else if err := kv.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(k)); err != nil {
+				return &Error{Op: "unmarshal", Path: keyElem(k), Offset: -1, Err: ErrTypeMismatch, Detail: err.Error()}
+			}
+			dst.SetMapIndex(kv, ev)
+		}
+	case reflect.Struct:
+		fields := cachedFields(dst.Type())
+		for k, v := range m {
+			f := lookupField(fields, k)
+			if f == nil {
+				continue // unknown keys are ignored, as encoding/json does
+			}
+			fv := dst
+			for i, x := range f.index {
+				if i > 0 && fv.Kind() == reflect.Pointer {
+					if fv.IsNil() {
+						if !fv.CanSet() {
+							break
+						}
+						fv.Set(reflect.New(fv.Type().Elem()))
+					}
+					fv = fv.Elem()
+				}
+				fv = fv.Field(x)
+			}
+			if !fv.CanSet() {
+				continue
+			}
+			if err := Assign(fv, v); err != nil {
+				return prependPath(err, "."+f.name)
+			}
+		}
+	default:
+		return mismatch()
+	}
+	return nil
+}
+
+func lookupField(fields []field, key string) *field {
+	for i := range fields {
+		if fields[i].name == key {
+			return &fields[i]
+		}
+	}
+	for i := range fields {
+		if strings.EqualFold(fields[i].name, key) {
+			return &fields[i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,57 @@
+// Package worker is the contract shared by every kind of snakepit worker: the
+// errors a caller branches on, whichever profile (thread or process) ran the
+// Python code. It is a leaf package: it imports nothing from this module.
+package worker
+
+import (
+	"errors"
+	"strings"
+)
+
+// Sentinel errors. Callers test for them with [errors.Is]; the typed errors of
+// this package unwrap to the sentinel they belong to.
+var (
+	// ErrPython matches every *PythonError: the Python code raised.
+	ErrPython = errors.New("python exception")
+
+	// ErrNotSubinterpreterSafe means a module refused to load in a
+	// sub-interpreter (numpy and most Cython or pybind11 extensions do). Such
+	// code must run in the process profile.
+	ErrNotSubinterpreterSafe = errors.New("module cannot be loaded in a sub-interpreter: use the process profile")
+)
+
+// PythonError is a Python exception that crossed into Go.
+//
+// Type is the exception's qualified type name ("ValueError",
+// "json.decoder.JSONDecodeError"), Message its str(), and Traceback the
+// formatted traceback as Python prints it (empty when there is none).
+type PythonError struct {
+	Type      string
+	Message   string
+	Traceback string
+}
+
+// Error returns "Type: Message", as the last line of a Python traceback reads.
+func (e *PythonError) Error() string {
+	if e.Message == "" {
+		return "python: " + e.Type
+	}
+	return "python: " + e.Type + ": " + e.Message
+}
+
+// Unwrap returns [ErrPython], and also [ErrNotSubinterpreterSafe] when the
+// exception is CPython's refusal to import an extension module in a
+// sub-interpreter.
+func (e *PythonError) Unwrap() []error {
+	if e.IsSubinterpreterRefusal() {
+		return []error{ErrPython, ErrNotSubinterpreterSafe}
+	}
+	return []error{ErrPython}
+}
+
+// IsSubinterpreterRefusal reports whether e is the ImportError CPython raises
+// for an extension module that does not support sub-interpreters.
+func (e *PythonError) IsSubinterpreterRefusal() bool {
+	return (e.Type == "ImportError" || e.Type == "ModuleNotFoundError") &&
+		strings.Contains(e.Message, "does not support loading in subinterpreters")
+}
