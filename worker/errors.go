@@ -18,7 +18,35 @@ var (
 	// sub-interpreter (numpy and most Cython or pybind11 extensions do). Such
 	// code must run in the process profile.
 	ErrNotSubinterpreterSafe = errors.New("module cannot be loaded in a sub-interpreter: use the process profile")
+
+	// ErrNotSerializable means a value cannot cross between Go and Python:
+	// outside the supported types (None, bool, int, float, str, bytes,
+	// list/tuple, dict with str keys), an int beyond int64, a string that is
+	// not valid UTF-8, or nesting that is too deep.
+	ErrNotSerializable = errors.New("value not serialisable")
 )
+
+// NotSerializableError says which value could not cross, and where in it.
+type NotSerializableError struct {
+	// What is "argument" (Go to Python) or "result" (Python to Go).
+	What string
+	// Detail names the offending part: "['when']: datetime.datetime".
+	Detail string
+	// Err is the codec's error, when the Go side found the problem.
+	Err error
+}
+
+func (e *NotSerializableError) Error() string {
+	return e.What + " not serialisable: " + e.Detail
+}
+
+// Unwrap returns [ErrNotSerializable] and the codec's error, if any.
+func (e *NotSerializableError) Unwrap() []error {
+	if e.Err != nil {
+		return []error{ErrNotSerializable, e.Err}
+	}
+	return []error{ErrNotSerializable}
+}
 
 // PythonError is a Python exception that crossed into Go.
 //

@@ -1,0 +1,591 @@
+package embed
+
+/*
+#include <stdlib.h>
+#include "shim.h"
+*/
+import "C"
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// outBufSize is the per-thread buffer results are marshalled into; larger
+// results take one malloc and copy.
+const outBufSize = 64 << 10
+
+// lifecycleMu serialises the creation and ending of interpreters: CPython
+// 3.12 needs creation serialised, and doing the same everywhere costs nothing
+// at the rate interpreters come and go.
+var lifecycleMu sync.Mutex
+
+// InterpreterConfig configures a sub-interpreter.
+type InterpreterConfig struct {
+	// Paths are prepended to the interpreter's sys.path, in order.
+	Paths []string
+	// SharedGIL makes the sub-interpreter share the main interpreter's GIL
+	// even where it could have its own (Python ≥ 3.12). Zero value: own GIL
+	// where supported. On 3.11 the GIL is always shared.
+	SharedGIL bool
+}
+
+// Interpreter is the main interpreter or a sub-interpreter, with its home OS
+// thread. Its methods are safe for concurrent use; they run on the home
+// thread one at a time. A Python call cannot be interrupted yet: a context
+// bounds the wait for the home thread, not the Python code once it started.
+type Interpreter struct {
+	rt     *Runtime
+	isMain bool
+	ownGIL bool
+	id     int64
+	home   *C.PyThreadState // the home thread's thread state; used only there
+	hbuf   *C.char          // home thread's result buffer
+	hres   *C.spk_result    // home thread's result slot
+
+	reqs chan func()   // work for the home thread
+	done chan struct{} // closed when the home thread has ended the interpreter
+
+	mu      sync.Mutex    // guards the fields below
+	closed  bool          // Close has begun: no new work, no new Threads
+	threads int           // attached Threads
+	funcs   []*C.PyObject // references held by Funcs, released at Close
+}
+
+// NewInterpreter creates a sub-interpreter on a new home OS thread: own GIL
+// on Python ≥ 3.12 (unless cfg.SharedGIL), shared on 3.11. Extension modules
+// that do not support sub-interpreters refuse to import in it (see
+// [worker.ErrNotSubinterpreterSafe]). Close it when done: each one holds a few
+// megabytes and an OS thread.
+func (rt *Runtime) NewInterpreter(cfg InterpreterConfig) (*Interpreter, error) {
+	return startInterpreter(rt, false, cfg)
+}
+
+func startInterpreter(rt *Runtime, isMain bool, cfg InterpreterConfig) (*Interpreter, error) {
+	in := &Interpreter{
+		rt:     rt,
+		isMain: isMain,
+		ownGIL: !isMain && rt.OwnGIL() && !cfg.SharedGIL,
+		reqs:   make(chan func()),
+		done:   make(chan struct{}),
+	}
+	ready := make(chan error)
+	go in.homeLoop(ready)
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	if err := in.Exec(context.Background(), bootstrapCode(cfg.Paths)); err != nil {
+		if !isMain {
+			_ = in.Close(context.Background())
+		}
+		return nil, fmt.Errorf("embed: bootstrap interpreter: %w", err)
+	}
+	return in, nil
+}
+
+// homeLoop owns the home OS thread: it creates the interpreter there, runs
+// requests, and ends the interpreter there. The goroutine stays locked to the
+// thread until it returns, so Go discards the thread with it.
+func (in *Interpreter) homeLoop(ready chan<- error) {
+	runtime.LockOSThread()
+	defer close(in.done)
+	if in.isMain {
+		in.home = C.spk_new_main_tstate()
+		if in.home == nil {
+			ready <- errors.New("embed: cannot create a thread state for the main interpreter")
+			return
+		}
+	} else {
+		lifecycleMu.Lock()
+		var cerr *C.char
+		own := C.int(0)
+		if in.ownGIL {
+			own = 1
+		}
+		in.home = C.spk_new_interp(C.int(in.rt.version.Minor), own, &cerr)
+		lifecycleMu.Unlock()
+		if in.home == nil {
+			ready <- fmt.Errorf("embed: create sub-interpreter: %s", takeCString(cerr))
+			return
+		}
+	}
+	in.id = int64(C.spk_interp_id(in.home))
+	in.hbuf = (*C.char)(C.malloc(outBufSize))
+	in.hres = (*C.spk_result)(C.calloc(1, C.sizeof_spk_result))
+	ready <- nil
+	for fn := range in.reqs {
+		if fn == nil { // the end request, sent by Close
+			break
+		}
+		fn()
+	}
+	if n := len(in.funcs); n > 0 {
+		C.spk_decref(in.home, &in.funcs[0], C.int(n))
+		in.funcs = nil
+	}
+	lifecycleMu.Lock()
+	C.spk_end_interp(C.int(in.rt.version.Minor), in.home)
+	lifecycleMu.Unlock()
+	C.free(unsafe.Pointer(in.hbuf))
+	C.free(unsafe.Pointer(in.hres))
+}
+
+// onHome runs fn on the home thread and waits for it. If ctx ends before
+// the home thread took fn, fn never runs and ctx.Err() is returned.
+func (in *Interpreter) onHome(ctx context.Context, fn func(s *scope)) error {
+	in.mu.Lock()
+	closed := in.closed
+	in.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	finished := make(chan struct{})
+	req := func() {
+		fn(&scope{in: in, ts: in.home, buf: in.hbuf, res: in.hres})
+		close(finished)
+	}
+	select {
+	case in.reqs <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-in.done:
+		return ErrClosed
+	}
+	<-finished
+	return nil
+}
+
+// ID returns CPython's interpreter id (0 for the main interpreter).
+func (in *Interpreter) ID() int64 { return in.id }
+
+// OwnGIL reports whether the interpreter has its own GIL.
+func (in *Interpreter) OwnGIL() bool { return in.ownGIL }
+
+// Runtime returns the runtime the interpreter belongs to.
+func (in *Interpreter) Runtime() *Runtime { return in.rt }
+
+// Exec runs code (statements) in the interpreter's __main__ module.
+func (in *Interpreter) Exec(ctx context.Context, code string) error {
+	var err error
+	if herr := in.onHome(ctx, func(s *scope) { err = s.exec(code) }); herr != nil {
+		return herr
+	}
+	return err
+}
+
+// Eval evaluates a Python expression in the interpreter's __main__ module
+// and returns its value.
+func (in *Interpreter) Eval(ctx context.Context, expr string) (any, error) {
+	var v any
+	var err error
+	if herr := in.onHome(ctx, func(s *scope) { v, err = s.eval(expr) }); herr != nil {
+		return nil, herr
+	}
+	return v, err
+}
+
+// Import imports a module in the interpreter.
+func (in *Interpreter) Import(ctx context.Context, module string) error {
+	var err error
+	if herr := in.onHome(ctx, func(s *scope) { err = s.importModule(module) }); herr != nil {
+		return herr
+	}
+	return err
+}
+
+// Call imports module, looks up the callable name in it and calls it with
+// args and kwargs (either may be nil), returning its result.
+func (in *Interpreter) Call(ctx context.Context, module, name string, args []any, kwargs map[string]any) (any, error) {
+	a, kw, err := encodeArgs(args, kwargs)
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	herr := in.onHome(ctx, func(s *scope) {
+		var fn *C.PyObject
+		if fn, err = s.lookup(module, name); err != nil {
+			return
+		}
+		out, err = s.call(fn, a, kw, nil)
+		C.spk_decref(s.ts, &fn, 1)
+	})
+	if herr != nil {
+		return nil, herr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return decodeResult(out)
+}
+
+// Func looks up module.name once and returns a handle for calling it without
+// the lookup. The handle holds a reference that the interpreter releases when
+// it closes.
+func (in *Interpreter) Func(ctx context.Context, module, name string) (*Func, error) {
+	var f *Func
+	var err error
+	if herr := in.onHome(ctx, func(s *scope) { f, err = s.fn(module, name) }); herr != nil {
+		return nil, herr
+	}
+	return f, err
+}
+
+// CallFunc calls f with args and kwargs on the home thread.
+func (in *Interpreter) CallFunc(ctx context.Context, f *Func, args []any, kwargs map[string]any) (any, error) {
+	a, kw, err := encodeArgs(args, kwargs)
+	if err != nil {
+		return nil, err
+	}
+	out, err := in.CallRaw(ctx, f, a, kw, nil)
+	if err != nil {
+		return nil, err
+	}
+	return decodeResult(out)
+}
+
+// CallRaw calls f with marshalled arguments: args a marshalled tuple or list
+// (empty for none), kwargs a marshalled dict (empty for none). The marshalled
+// result is appended to dst.
+func (in *Interpreter) CallRaw(ctx context.Context, f *Func, args, kwargs, dst []byte) ([]byte, error) {
+	f.check(in)
+	var out []byte
+	var err error
+	if herr := in.onHome(ctx, func(s *scope) { out, err = s.call(f.obj, args, kwargs, dst) }); herr != nil {
+		return nil, herr
+	}
+	return out, err
+}
+
+// Close ends the sub-interpreter on its home thread and ends the thread.
+// Python code running at the time finishes first (ctx bounds only the wait
+// to start). Close fails while Threads are attached, and for the main
+// interpreter. Closing twice is a no-op.
+func (in *Interpreter) Close(ctx context.Context) error {
+	if in.isMain {
+		return errors.New("embed: the main interpreter cannot be closed")
+	}
+	in.mu.Lock()
+	if in.closed {
+		in.mu.Unlock()
+		<-in.done
+		return nil
+	}
+	if in.threads > 0 {
+		n := in.threads
+		in.mu.Unlock()
+		return fmt.Errorf("embed: close interpreter %d: %d Thread(s) still attached", in.id, n)
+	}
+	in.closed = true
+	in.mu.Unlock()
+	select {
+	case in.reqs <- nil:
+	case <-ctx.Done():
+		in.mu.Lock()
+		in.closed = false
+		in.mu.Unlock()
+		return ctx.Err()
+	}
+	<-in.done
+	return nil
+}
+
+// Func is a callable of one interpreter, looked up once.
+type Func struct {
+	in   *Interpreter
+	obj  *C.PyObject
+	name string
+}
+
+// Name returns "module.name" as looked up.
+func (f *Func) Name() string { return f.name }
+
+func (f *Func) check(in *Interpreter) {
+	if f.in != in {
+		panic(fmt.Sprintf("embed: Func %s of interpreter %d used in interpreter %d", f.name, f.in.id, in.id))
+	}
+}
+
+// Thread is a thread state of an interpreter on the OS thread of the
+// goroutine that called [Interpreter.Attach]. Its calls run right there, with
+// no handoff to another thread. It must be used only by that goroutine,
+// which stays locked to its OS thread until [Thread.Close].
+type Thread struct {
+	in     *Interpreter
+	ts     *C.PyThreadState
+	buf    *C.char
+	res    *C.spk_result
+	tid    int
+	closed bool
+}
+
+// Attach locks the calling goroutine to its OS thread and creates a thread
+// state of the interpreter on it. The goroutine must call [Thread.Close]
+// before it exits or unlocks its thread, and must not attach a second
+// Thread of the same interpreter while this one is open.
+func (in *Interpreter) Attach() (*Thread, error) {
+	in.mu.Lock()
+	if in.closed {
+		in.mu.Unlock()
+		return nil, ErrClosed
+	}
+	in.threads++
+	in.mu.Unlock()
+	runtime.LockOSThread()
+	ts := C.spk_new_tstate(in.home)
+	if ts == nil {
+		runtime.UnlockOSThread()
+		in.mu.Lock()
+		in.threads--
+		in.mu.Unlock()
+		return nil, errors.New("embed: cannot create a thread state")
+	}
+	return &Thread{
+		in:  in,
+		ts:  ts,
+		buf: (*C.char)(C.malloc(outBufSize)),
+		res: (*C.spk_result)(C.calloc(1, C.sizeof_spk_result)),
+		tid: syscall.Gettid(),
+	}, nil
+}
+
+func (t *Thread) scope() *scope {
+	if t.closed {
+		panic("embed: use of a closed Thread")
+	}
+	return &scope{in: t.in, ts: t.ts, buf: t.buf, res: t.res}
+}
+
+// Interpreter returns the interpreter the thread belongs to.
+func (t *Thread) Interpreter() *Interpreter { return t.in }
+
+// Exec runs code in the interpreter's __main__ module on this thread.
+func (t *Thread) Exec(code string) error { return t.scope().exec(code) }
+
+// Eval evaluates expr in the interpreter's __main__ module on this thread.
+func (t *Thread) Eval(expr string) (any, error) { return t.scope().eval(expr) }
+
+// Func looks up module.name, as [Interpreter.Func] does.
+func (t *Thread) Func(module, name string) (*Func, error) { return t.scope().fn(module, name) }
+
+// Call calls f with args and kwargs on this thread.
+func (t *Thread) Call(f *Func, args []any, kwargs map[string]any) (any, error) {
+	a, kw, err := encodeArgs(args, kwargs)
+	if err != nil {
+		return nil, err
+	}
+	out, err := t.CallRaw(f, a, kw, nil)
+	if err != nil {
+		return nil, err
+	}
+	return decodeResult(out)
+}
+
+// CallRaw is the fast path: marshalled arguments in, the marshalled result
+// appended to dst (see [Interpreter.CallRaw]), in one cgo call that takes and
+// releases the interpreter's GIL on this thread.
+func (t *Thread) CallRaw(f *Func, args, kwargs, dst []byte) ([]byte, error) {
+	f.check(t.in)
+	return t.scope().call(f.obj, args, kwargs, dst)
+}
+
+// Close deletes the thread state (on this OS thread, as CPython requires) and
+// unlocks the goroutine from its thread. Calling it from another OS thread
+// panics; calling it twice is a no-op.
+func (t *Thread) Close() {
+	if t.closed {
+		return
+	}
+	if tid := syscall.Gettid(); tid != t.tid {
+		panic(fmt.Sprintf("embed: Thread attached on OS thread %d closed from OS thread %d", t.tid, tid))
+	}
+	t.closed = true
+	C.spk_delete_tstate(t.ts)
+	C.free(unsafe.Pointer(t.buf))
+	C.free(unsafe.Pointer(t.res))
+	runtime.UnlockOSThread()
+	t.in.mu.Lock()
+	t.in.threads--
+	t.in.mu.Unlock()
+}
+
+// scope is a thread state on the current OS thread with its result buffer.
+// Every method is one cgo call that holds the GIL only inside C.
+type scope struct {
+	in  *Interpreter
+	ts  *C.PyThreadState
+	buf *C.char
+	res *C.spk_result
+}
+
+func (s *scope) exec(code string) error {
+	cs := C.CString(code)
+	defer C.free(unsafe.Pointer(cs))
+	C.spk_exec(s.ts, cs, 0, s.buf, outBufSize, s.res)
+	_, err := s.take(nil)
+	return err
+}
+
+func (s *scope) eval(expr string) (any, error) {
+	cs := C.CString(expr)
+	defer C.free(unsafe.Pointer(cs))
+	C.spk_exec(s.ts, cs, 1, s.buf, outBufSize, s.res)
+	out, err := s.take(nil)
+	if err != nil {
+		return nil, err
+	}
+	return decodeResult(out)
+}
+
+func (s *scope) lookup(module, attr string) (*C.PyObject, error) {
+	cm := C.CString(module)
+	ca := C.CString(attr)
+	defer C.free(unsafe.Pointer(cm))
+	defer C.free(unsafe.Pointer(ca))
+	obj := C.spk_lookup(s.ts, cm, ca, s.res)
+	if _, err := s.take(nil); err != nil {
+		return nil, err
+	}
+	return obj, nil
+}
+
+func (s *scope) importModule(module string) error {
+	obj, err := s.lookup(module, "")
+	if err != nil {
+		return err
+	}
+	C.spk_decref(s.ts, &obj, 1)
+	return nil
+}
+
+func (s *scope) fn(module, name string) (*Func, error) {
+	obj, err := s.lookup(module, name)
+	if err != nil {
+		return nil, err
+	}
+	s.in.mu.Lock()
+	s.in.funcs = append(s.in.funcs, obj)
+	s.in.mu.Unlock()
+	return &Func{in: s.in, obj: obj, name: module + "." + name}, nil
+}
+
+func (s *scope) call(fn *C.PyObject, args, kwargs, dst []byte) ([]byte, error) {
+	var ap, kp *C.char
+	if len(args) > 0 {
+		ap = (*C.char)(unsafe.Pointer(&args[0]))
+	}
+	if len(kwargs) > 0 {
+		kp = (*C.char)(unsafe.Pointer(&kwargs[0]))
+	}
+	C.spk_call(s.ts, fn, ap, C.Py_ssize_t(len(args)), kp, C.Py_ssize_t(len(kwargs)), s.buf, outBufSize, s.res)
+	return s.take(dst)
+}
+
+// take turns the result slot into Go values and frees what C allocated.
+func (s *scope) take(dst []byte) ([]byte, error) {
+	r := s.res
+	defer C.spk_result_free(r)
+	switch r.status {
+	case C.SPK_OK:
+		n := int(r.out_len)
+		if n == 0 {
+			return dst, nil
+		}
+		src := s.buf
+		if r.out_heap != 0 {
+			src = r.out
+		}
+		return append(dst, unsafe.Slice((*byte)(unsafe.Pointer(src)), n)...), nil
+	case C.SPK_EPYTHON:
+		return nil, &worker.PythonError{
+			Type:      C.GoString(r.etype),
+			Message:   C.GoString(r.emsg),
+			Traceback: C.GoString(r.etb),
+		}
+	case C.SPK_EUNSERIALIZABLE:
+		return nil, &worker.NotSerializableError{What: "result", Detail: C.GoString(r.emsg)}
+	default:
+		return nil, fmt.Errorf("embed: %s", C.GoString(r.emsg))
+	}
+}
+
+func encodeArgs(args []any, kwargs map[string]any) (a, kw []byte, err error) {
+	if len(args) > 0 {
+		if a, err = pymarshal.Marshal(pymarshal.Tuple(args)); err != nil {
+			return nil, nil, &worker.NotSerializableError{What: "argument", Detail: err.Error(), Err: err}
+		}
+	}
+	if len(kwargs) > 0 {
+		if kw, err = pymarshal.Marshal(kwargs); err != nil {
+			return nil, nil, &worker.NotSerializableError{What: "argument", Detail: err.Error(), Err: err}
+		}
+	}
+	return a, kw, nil
+}
+
+func decodeResult(out []byte) (any, error) {
+	v, err := pymarshal.Decode(out)
+	if err != nil {
+		return nil, &worker.NotSerializableError{What: "result", Detail: err.Error(), Err: err}
+	}
+	return v, nil
+}
+
+// bootstrapCode prepares a new interpreter: the helper module the C side
+// uses to name unmarshallable values, and the extra sys.path entries.
+func bootstrapCode(paths []string) string {
+	if paths == nil {
+		paths = []string{}
+	}
+	p, _ := json.Marshal(paths) // a JSON string list is a valid Python literal
+	return `import sys as _s, types as _t
+_m = _t.ModuleType("_snakepit_embed")
+exec(` + "'''" + helperSource + "'''" + `, _m.__dict__)
+_s.modules["_snakepit_embed"] = _m
+_s.path[0:0] = ` + string(p) + `
+del _s, _t, _m
+`
+}
+
+// helperSource must not contain three single quotes in a row.
+const helperSource = `
+_SIMPLE = (type(None), bool, int, float, str, bytes)
+
+def _qual(t):
+    m = getattr(t, "__module__", "builtins")
+    q = getattr(t, "__qualname__", getattr(t, "__name__", "?"))
+    return q if m == "builtins" else m + "." + q
+
+def describe_unmarshallable(obj):
+    """Name the first part of obj outside the value types snakepit carries."""
+    stack = [("", obj, 0)]
+    while stack:
+        path, o, depth = stack.pop()
+        t = type(o)
+        if t in _SIMPLE:
+            continue
+        where = path + ": " if path else ""
+        if depth > 2000:
+            return where + "nested more than 2000 levels deep"
+        if t is list or t is tuple:
+            for i in range(len(o) - 1, -1, -1):
+                stack.append((path + "[%d]" % i, o[i], depth + 1))
+            continue
+        if t is dict:
+            items = list(o.items())
+            for k, v in reversed(items):
+                if type(k) is not str:
+                    return where + "dict key of type " + _qual(type(k))
+                stack.append((path + "[%r]" % (k,), v, depth + 1))
+            continue
+        return where + _qual(t)
+    return None
+`

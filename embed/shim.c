@@ -1,0 +1,557 @@
+// See shim.h. Nothing here reads CPython object memory: every access goes
+// through an exported function or an exported object's address.
+#include "shim.h"
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define Py_file_input 257
+#define Py_eval_input 258
+
+static struct {
+	// Runtime and initialisation.
+	const char *(*Py_GetVersion)(void);
+	int (*Py_IsInitialized)(void);
+	void (*Py_InitializeEx)(int);
+	wchar_t *(*Py_DecodeLocale)(const char *, size_t *);
+	void (*Py_SetPythonHome)(const wchar_t *);
+	void (*Py_SetProgramName)(const wchar_t *);
+	int *Py_IgnoreEnvironmentFlag;
+	PyInitConfig *(*PyInitConfig_Create)(void);
+	void (*PyInitConfig_Free)(PyInitConfig *);
+	int (*PyInitConfig_SetInt)(PyInitConfig *, const char *, int64_t);
+	int (*PyInitConfig_SetStr)(PyInitConfig *, const char *, const char *);
+	int (*PyInitConfig_GetError)(PyInitConfig *, const char **);
+	int (*Py_InitializeFromInitConfig)(PyInitConfig *);
+
+	// Thread states and interpreters.
+	PyThreadState *(*PyEval_SaveThread)(void);
+	void (*PyEval_RestoreThread)(PyThreadState *);
+	PyThreadState *(*PyThreadState_New)(PyInterpreterState *);
+	void (*PyThreadState_Clear)(PyThreadState *);
+	void (*PyThreadState_DeleteCurrent)(void);
+	PyThreadState *(*PyThreadState_Swap)(PyThreadState *);
+	PyInterpreterState *(*PyThreadState_GetInterpreter)(PyThreadState *);
+	PyInterpreterState *(*PyInterpreterState_Main)(void);
+	int64_t (*PyInterpreterState_GetID)(PyInterpreterState *);
+	PyThreadState *(*Py_NewInterpreter)(void);
+	spk_PyStatus (*Py_NewInterpreterFromConfig)(PyThreadState **, const spk_PyInterpreterConfig *);
+	void (*Py_EndInterpreter)(PyThreadState *);
+
+	// Objects.
+	PyObject *None;
+	PyObject **PyExc_ValueError;
+	void (*Py_DecRef)(PyObject *);
+	PyObject *(*PyImport_ImportModule)(const char *);
+	PyObject *(*PyImport_AddModule)(const char *);
+	PyObject *(*PyModule_GetDict)(PyObject *);
+	PyObject *(*PyRun_StringFlags)(const char *, int, PyObject *, PyObject *, void *);
+	PyObject *(*PyObject_GetAttrString)(PyObject *, const char *);
+	PyObject *(*PyObject_Call)(PyObject *, PyObject *, PyObject *);
+	PyObject *(*PyObject_CallFunctionObjArgs)(PyObject *, ...);
+	PyObject *(*PyObject_Str)(PyObject *);
+	PyObject *(*PySequence_Tuple)(PyObject *);
+	PyObject *(*PyTuple_New)(Py_ssize_t);
+	const char *(*PyUnicode_AsUTF8AndSize)(PyObject *, Py_ssize_t *);
+	PyObject *(*PyUnicode_FromString)(const char *);
+	PyObject *(*PyUnicode_Join)(PyObject *, PyObject *);
+	PyObject *(*PyMarshal_ReadObjectFromString)(const char *, Py_ssize_t);
+	PyObject *(*PyMarshal_WriteObjectToString)(PyObject *, int);
+	int (*PyBytes_AsStringAndSize)(PyObject *, char **, Py_ssize_t *);
+	void (*PyErr_Fetch)(PyObject **, PyObject **, PyObject **);
+	void (*PyErr_NormalizeException)(PyObject **, PyObject **, PyObject **);
+	void (*PyErr_Clear)(void);
+	int (*PyErr_ExceptionMatches)(PyObject *);
+} api;
+
+static void *lib;
+
+int spk_load(const char *path, char **err) {
+	const char *missing = NULL;
+	lib = dlopen(path, RTLD_NOW | RTLD_GLOBAL);
+	if (lib == NULL) {
+		const char *e = dlerror();
+		*err = strdup(e ? e : "dlopen failed");
+		return -1;
+	}
+#define REQ(name)                                      \
+	do {                                               \
+		*(void **)&api.name = dlsym(lib, #name);       \
+		if (api.name == NULL) {                        \
+			missing = #name;                           \
+			goto fail;                                 \
+		}                                              \
+	} while (0)
+#define OPT(name) (*(void **)&api.name = dlsym(lib, #name))
+	REQ(Py_GetVersion);
+	REQ(Py_IsInitialized);
+	REQ(Py_InitializeEx);
+	REQ(Py_DecodeLocale);
+	OPT(Py_SetPythonHome);
+	OPT(Py_SetProgramName);
+	OPT(Py_IgnoreEnvironmentFlag);
+	OPT(PyInitConfig_Create);
+	OPT(PyInitConfig_Free);
+	OPT(PyInitConfig_SetInt);
+	OPT(PyInitConfig_SetStr);
+	OPT(PyInitConfig_GetError);
+	OPT(Py_InitializeFromInitConfig);
+	REQ(PyEval_SaveThread);
+	REQ(PyEval_RestoreThread);
+	REQ(PyThreadState_New);
+	REQ(PyThreadState_Clear);
+	REQ(PyThreadState_DeleteCurrent);
+	REQ(PyThreadState_Swap);
+	REQ(PyThreadState_GetInterpreter);
+	REQ(PyInterpreterState_Main);
+	REQ(PyInterpreterState_GetID);
+	REQ(Py_NewInterpreter);
+	OPT(Py_NewInterpreterFromConfig);
+	REQ(Py_EndInterpreter);
+	*(void **)&api.None = dlsym(lib, "_Py_NoneStruct");
+	if (api.None == NULL) {
+		missing = "_Py_NoneStruct";
+		goto fail;
+	}
+	REQ(PyExc_ValueError);
+	REQ(Py_DecRef);
+	REQ(PyImport_ImportModule);
+	REQ(PyImport_AddModule);
+	REQ(PyModule_GetDict);
+	REQ(PyRun_StringFlags);
+	REQ(PyObject_GetAttrString);
+	REQ(PyObject_Call);
+	REQ(PyObject_CallFunctionObjArgs);
+	REQ(PyObject_Str);
+	REQ(PySequence_Tuple);
+	REQ(PyTuple_New);
+	REQ(PyUnicode_AsUTF8AndSize);
+	REQ(PyUnicode_FromString);
+	REQ(PyUnicode_Join);
+	REQ(PyMarshal_ReadObjectFromString);
+	REQ(PyMarshal_WriteObjectToString);
+	REQ(PyBytes_AsStringAndSize);
+	REQ(PyErr_Fetch);
+	REQ(PyErr_NormalizeException);
+	REQ(PyErr_Clear);
+	REQ(PyErr_ExceptionMatches);
+#undef REQ
+#undef OPT
+	return 0;
+fail : {
+	char buf[256];
+	snprintf(buf, sizeof buf, "missing symbol %s", missing);
+	*err = strdup(buf);
+	dlclose(lib);
+	lib = NULL;
+	return -2;
+}
+}
+
+const char *spk_version(void) { return api.Py_GetVersion(); }
+
+int spk_is_initialized(void) { return api.Py_IsInitialized(); }
+
+int spk_has(const char *symbol) { return lib != NULL && dlsym(lib, symbol) != NULL; }
+
+int spk_init(int minor, const char *home, const char *program, char **err) {
+	if (minor >= 14) {
+		const char *msg = NULL;
+		PyInitConfig *c = api.PyInitConfig_Create();
+		if (c == NULL) {
+			*err = strdup("PyInitConfig_Create failed (out of memory)");
+			return -1;
+		}
+		if (api.PyInitConfig_SetStr(c, "home", home) < 0 ||
+		    (program[0] && api.PyInitConfig_SetStr(c, "program_name", program) < 0) ||
+		    (program[0] && api.PyInitConfig_SetStr(c, "executable", program) < 0) ||
+		    api.PyInitConfig_SetInt(c, "install_signal_handlers", 0) < 0 ||
+		    api.PyInitConfig_SetInt(c, "use_environment", 0) < 0 ||
+		    api.PyInitConfig_SetInt(c, "parse_argv", 0) < 0 ||
+		    api.Py_InitializeFromInitConfig(c) < 0) {
+			api.PyInitConfig_GetError(c, &msg);
+			*err = strdup(msg ? msg : "initialisation failed");
+			api.PyInitConfig_Free(c);
+			return -1;
+		}
+		api.PyInitConfig_Free(c);
+	} else {
+		// The legacy API keeps pointers to these strings: they live forever.
+		static wchar_t *whome, *wprog;
+		if (api.Py_IgnoreEnvironmentFlag != NULL) {
+			*api.Py_IgnoreEnvironmentFlag = 1;
+		}
+		whome = api.Py_DecodeLocale(home, NULL);
+		if (whome == NULL) {
+			*err = strdup("cannot decode the home path");
+			return -1;
+		}
+		api.Py_SetPythonHome(whome);
+		if (program[0]) {
+			wprog = api.Py_DecodeLocale(program, NULL);
+			if (wprog == NULL) {
+				*err = strdup("cannot decode the program path");
+				return -1;
+			}
+			api.Py_SetProgramName(wprog);
+		}
+		api.Py_InitializeEx(0);
+		if (!api.Py_IsInitialized()) {
+			*err = strdup("Py_InitializeEx failed");
+			return -1;
+		}
+	}
+	// The calling thread keeps the main thread state; release the GIL.
+	api.PyEval_SaveThread();
+	return 0;
+}
+
+PyThreadState *spk_new_main_tstate(void) { return api.PyThreadState_New(api.PyInterpreterState_Main()); }
+
+// Creating an interpreter needs a current thread state: a temporary one of
+// the main interpreter on this thread, deleted on this thread afterwards.
+PyThreadState *spk_new_interp(int minor, int own_gil, char **err) {
+	PyThreadState *mts = api.PyThreadState_New(api.PyInterpreterState_Main());
+	PyThreadState *sub = NULL;
+	if (mts == NULL) {
+		*err = strdup("PyThreadState_New failed");
+		return NULL;
+	}
+	api.PyEval_RestoreThread(mts);
+	if (minor >= 12) {
+		spk_PyInterpreterConfig cfg = {0, 0, 0, 1, 0, 1, own_gil ? 2 : 1};
+		spk_PyStatus st = api.Py_NewInterpreterFromConfig(&sub, &cfg);
+		if (st._type != 0) {
+			char buf[512];
+			snprintf(buf, sizeof buf, "%s%s%s", st.func ? st.func : "", st.func ? ": " : "",
+			         st.err_msg ? st.err_msg : "Py_NewInterpreterFromConfig failed");
+			*err = strdup(buf);
+			sub = NULL;
+		}
+	} else {
+		sub = api.Py_NewInterpreter();
+		if (sub == NULL) {
+			*err = strdup("Py_NewInterpreter failed");
+		}
+	}
+	if (sub != NULL) {
+		// sub is current now; release its GIL and switch back to mts.
+		api.PyEval_SaveThread();
+		api.PyEval_RestoreThread(mts);
+	}
+	api.PyThreadState_Clear(mts);
+	api.PyThreadState_DeleteCurrent();
+	return sub;
+}
+
+void spk_end_interp(int minor, PyThreadState *ts) {
+	PyThreadState *mts = NULL;
+	if (minor <= 11) {
+		// 3.11 returns from Py_EndInterpreter holding the (shared) GIL with
+		// no current thread state: release it through a temporary one.
+		mts = api.PyThreadState_New(api.PyInterpreterState_Main());
+	}
+	api.PyEval_RestoreThread(ts);
+	api.Py_EndInterpreter(ts);
+	if (mts != NULL) {
+		api.PyThreadState_Swap(mts);
+		api.PyThreadState_Clear(mts);
+		api.PyThreadState_DeleteCurrent();
+	}
+}
+
+PyThreadState *spk_new_tstate(PyThreadState *home) {
+	return api.PyThreadState_New(api.PyThreadState_GetInterpreter(home));
+}
+
+void spk_delete_tstate(PyThreadState *ts) {
+	api.PyEval_RestoreThread(ts);
+	api.PyThreadState_Clear(ts);
+	api.PyThreadState_DeleteCurrent();
+}
+
+int64_t spk_interp_id(PyThreadState *ts) {
+	return api.PyInterpreterState_GetID(api.PyThreadState_GetInterpreter(ts));
+}
+
+// ---- errors ----
+
+static char *dup_utf8(PyObject *s) {
+	Py_ssize_t n = 0;
+	const char *p;
+	char *out;
+	if (s == NULL) {
+		return NULL;
+	}
+	p = api.PyUnicode_AsUTF8AndSize(s, &n);
+	if (p == NULL) {
+		api.PyErr_Clear();
+		return strdup("<unprintable>");
+	}
+	out = malloc(n + 1);
+	if (out != NULL) {
+		memcpy(out, p, n);
+		out[n] = 0;
+	}
+	return out;
+}
+
+static char *str_of(PyObject *o) {
+	PyObject *s = api.PyObject_Str(o);
+	char *out;
+	if (s == NULL) {
+		api.PyErr_Clear();
+		return strdup("<unprintable>");
+	}
+	out = dup_utf8(s);
+	api.Py_DecRef(s);
+	return out;
+}
+
+static char *attr_str(PyObject *o, const char *name) {
+	PyObject *a = api.PyObject_GetAttrString(o, name);
+	char *out;
+	if (a == NULL) {
+		api.PyErr_Clear();
+		return NULL;
+	}
+	out = str_of(a);
+	api.Py_DecRef(a);
+	return out;
+}
+
+static char *type_name(PyObject *type) {
+	char *mod = attr_str(type, "__module__");
+	char *qual = attr_str(type, "__qualname__");
+	char *out;
+	if (qual == NULL) {
+		free(mod);
+		return strdup("<unknown exception>");
+	}
+	if (mod == NULL || strcmp(mod, "builtins") == 0) {
+		free(mod);
+		return qual;
+	}
+	out = malloc(strlen(mod) + strlen(qual) + 2);
+	if (out != NULL) {
+		sprintf(out, "%s.%s", mod, qual);
+	}
+	free(mod);
+	free(qual);
+	return out;
+}
+
+static char *format_tb(PyObject *t, PyObject *v, PyObject *tb) {
+	PyObject *mod, *fn = NULL, *lst = NULL, *sep = NULL, *joined = NULL;
+	char *out = NULL;
+	mod = api.PyImport_ImportModule("traceback");
+	if (mod != NULL) {
+		fn = api.PyObject_GetAttrString(mod, "format_exception");
+		api.Py_DecRef(mod);
+	}
+	if (fn != NULL) {
+		lst = api.PyObject_CallFunctionObjArgs(fn, t, v ? v : api.None, tb ? tb : api.None, NULL);
+		api.Py_DecRef(fn);
+	}
+	if (lst != NULL) {
+		sep = api.PyUnicode_FromString("");
+		if (sep != NULL) {
+			joined = api.PyUnicode_Join(sep, lst);
+			api.Py_DecRef(sep);
+		}
+		api.Py_DecRef(lst);
+	}
+	if (joined != NULL) {
+		out = dup_utf8(joined);
+		api.Py_DecRef(joined);
+	}
+	api.PyErr_Clear();
+	return out;
+}
+
+// fetch_error moves the current Python exception into r.
+static void fetch_error(spk_result *r) {
+	PyObject *t = NULL, *v = NULL, *tb = NULL;
+	api.PyErr_Fetch(&t, &v, &tb);
+	if (t == NULL) {
+		r->status = SPK_EINTERNAL;
+		r->emsg = strdup("operation failed without setting a Python exception");
+		return;
+	}
+	api.PyErr_NormalizeException(&t, &v, &tb);
+	r->status = SPK_EPYTHON;
+	r->etype = type_name(t);
+	r->emsg = v ? str_of(v) : strdup("");
+	r->etb = format_tb(t, v, tb);
+	api.Py_DecRef(t);
+	if (v) api.Py_DecRef(v);
+	if (tb) api.Py_DecRef(tb);
+	api.PyErr_Clear();
+}
+
+// describe_unmarshallable asks the interpreter's helper module which part
+// of obj marshal cannot carry.
+static void describe_unmarshallable(PyObject *obj, spk_result *r) {
+	PyObject *t = NULL, *v = NULL, *tb = NULL, *mod, *fn = NULL, *desc = NULL;
+	api.PyErr_Fetch(&t, &v, &tb);
+	mod = api.PyImport_ImportModule("_snakepit_embed");
+	if (mod != NULL) {
+		fn = api.PyObject_GetAttrString(mod, "describe_unmarshallable");
+		api.Py_DecRef(mod);
+	}
+	if (fn != NULL) {
+		desc = api.PyObject_CallFunctionObjArgs(fn, obj, NULL);
+		api.Py_DecRef(fn);
+	}
+	r->status = SPK_EUNSERIALIZABLE;
+	if (desc != NULL && desc != api.None) {
+		r->emsg = str_of(desc);
+	} else {
+		r->emsg = v ? str_of(v) : strdup("unmarshallable object");
+	}
+	if (desc) api.Py_DecRef(desc);
+	if (t) api.Py_DecRef(t);
+	if (v) api.Py_DecRef(v);
+	if (tb) api.Py_DecRef(tb);
+	api.PyErr_Clear();
+}
+
+// put_result marshals res into buf, or into malloc'd memory if it is larger.
+static void put_result(PyObject *res, char *buf, Py_ssize_t cap, spk_result *r) {
+	PyObject *b;
+	char *p = NULL;
+	Py_ssize_t n = 0;
+	if (res == api.None && cap >= 1) {
+		buf[0] = 'N';
+		r->out_len = 1;
+		return;
+	}
+	b = api.PyMarshal_WriteObjectToString(res, 4);
+	if (b == NULL) {
+		if (api.PyErr_ExceptionMatches(*api.PyExc_ValueError)) {
+			describe_unmarshallable(res, r);
+		} else {
+			fetch_error(r);
+		}
+		return;
+	}
+	if (api.PyBytes_AsStringAndSize(b, &p, &n) < 0) {
+		fetch_error(r);
+	} else if (n <= cap) {
+		memcpy(buf, p, n);
+		r->out_len = n;
+	} else if ((r->out = malloc(n)) == NULL) {
+		r->status = SPK_EINTERNAL;
+		r->emsg = strdup("out of memory copying the result");
+	} else {
+		memcpy(r->out, p, n);
+		r->out_len = n;
+		r->out_heap = 1;
+	}
+	api.Py_DecRef(b);
+}
+
+static void reset(spk_result *r) { memset(r, 0, sizeof *r); }
+
+// ---- operations ----
+
+void spk_exec(PyThreadState *ts, const char *code, int eval, char *buf, Py_ssize_t cap, spk_result *r) {
+	PyObject *mainmod, *globals, *res;
+	reset(r);
+	api.PyEval_RestoreThread(ts);
+	mainmod = api.PyImport_AddModule("__main__");
+	if (mainmod == NULL) {
+		fetch_error(r);
+		goto out;
+	}
+	globals = api.PyModule_GetDict(mainmod);
+	res = api.PyRun_StringFlags(code, eval ? Py_eval_input : Py_file_input, globals, globals, NULL);
+	if (res == NULL) {
+		fetch_error(r);
+		goto out;
+	}
+	if (eval) {
+		put_result(res, buf, cap, r);
+	}
+	api.Py_DecRef(res);
+out:
+	api.PyEval_SaveThread();
+}
+
+PyObject *spk_lookup(PyThreadState *ts, const char *module, const char *attr, spk_result *r) {
+	PyObject *mod, *obj = NULL;
+	reset(r);
+	api.PyEval_RestoreThread(ts);
+	mod = api.PyImport_ImportModule(module);
+	if (mod == NULL) {
+		fetch_error(r);
+	} else if (attr[0] == 0) {
+		obj = mod;
+	} else {
+		obj = api.PyObject_GetAttrString(mod, attr);
+		if (obj == NULL) {
+			fetch_error(r);
+		}
+		api.Py_DecRef(mod);
+	}
+	api.PyEval_SaveThread();
+	return obj;
+}
+
+void spk_call(PyThreadState *ts, PyObject *fn, const char *args, Py_ssize_t alen,
+              const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r) {
+	PyObject *a = NULL, *t = NULL, *kw = NULL, *res;
+	reset(r);
+	api.PyEval_RestoreThread(ts);
+	if (alen > 0) {
+		a = api.PyMarshal_ReadObjectFromString(args, alen);
+		if (a == NULL) {
+			fetch_error(r);
+			goto out;
+		}
+		t = api.PySequence_Tuple(a);
+	} else {
+		t = api.PyTuple_New(0);
+	}
+	if (t == NULL) {
+		fetch_error(r);
+		goto out;
+	}
+	if (klen > 0) {
+		kw = api.PyMarshal_ReadObjectFromString(kwargs, klen);
+		if (kw == NULL) {
+			fetch_error(r);
+			goto out;
+		}
+	}
+	res = api.PyObject_Call(fn, t, kw);
+	if (res == NULL) {
+		fetch_error(r);
+		goto out;
+	}
+	put_result(res, buf, cap, r);
+	api.Py_DecRef(res);
+out:
+	if (a) api.Py_DecRef(a);
+	if (t) api.Py_DecRef(t);
+	if (kw) api.Py_DecRef(kw);
+	api.PyEval_SaveThread();
+}
+
+void spk_decref(PyThreadState *ts, PyObject **objs, int n) {
+	api.PyEval_RestoreThread(ts);
+	for (int i = 0; i < n; i++) {
+		api.Py_DecRef(objs[i]);
+	}
+	api.PyEval_SaveThread();
+}
+
+void spk_result_free(spk_result *r) {
+	if (r->out_heap) free(r->out);
+	free(r->etype);
+	free(r->emsg);
+	free(r->etb);
+	reset(r);
+}

@@ -1,0 +1,82 @@
+// The header-free binding to libpython: opaque CPython types, the few
+// structs passed by value (layouts stable in 3.11-3.14), one table of
+// function pointers resolved with dlsym, and operations that each run one
+// complete step (take the GIL on the calling thread, act, fetch any error,
+// release) so Go makes one cgo call per step.
+#ifndef SNAKEPIT_SHIM_H
+#define SNAKEPIT_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <wchar.h>
+
+typedef struct _object PyObject;
+typedef struct _ts PyThreadState;
+typedef struct _is PyInterpreterState;
+typedef struct PyInitConfig PyInitConfig;
+typedef ssize_t Py_ssize_t;
+
+// PyStatus, returned by value by Py_NewInterpreterFromConfig.
+typedef struct {
+	int _type;
+	const char *func;
+	const char *err_msg;
+	int exitcode;
+} spk_PyStatus;
+
+// PyInterpreterConfig (3.12-3.14): seven ints.
+typedef struct {
+	int use_main_obmalloc;
+	int allow_fork;
+	int allow_exec;
+	int allow_threads;
+	int allow_daemon_threads;
+	int check_multi_interp_extensions;
+	int gil;
+} spk_PyInterpreterConfig;
+
+// Result of an operation. status: SPK_OK, or one of the SPK_E* codes with
+// details in the strings (malloc'd, freed by spk_result_free).
+enum {
+	SPK_OK = 0,
+	SPK_EPYTHON = 1,       // a Python exception: etype, emsg, etb
+	SPK_EUNSERIALIZABLE = 2, // result marshal cannot carry: emsg names it
+	SPK_EINTERNAL = 3,     // emsg says what failed outside Python
+};
+
+typedef struct {
+	int status;
+	char *out;          // marshalled result: the caller's buffer or malloc'd
+	Py_ssize_t out_len;
+	int out_heap;       // out was malloc'd (did not fit the caller's buffer)
+	char *etype;
+	char *emsg;
+	char *etb;
+} spk_result;
+
+// Loading and initialisation.
+int spk_load(const char *path, char **err);
+const char *spk_version(void);
+int spk_has(const char *symbol);
+int spk_is_initialized(void);
+int spk_init(int minor, const char *home, const char *program, char **err);
+
+// Interpreters and thread states.
+PyThreadState *spk_new_main_tstate(void);
+PyThreadState *spk_new_interp(int minor, int own_gil, char **err);
+void spk_end_interp(int minor, PyThreadState *ts);
+PyThreadState *spk_new_tstate(PyThreadState *home);
+void spk_delete_tstate(PyThreadState *ts);
+int64_t spk_interp_id(PyThreadState *ts);
+
+// Operations; each takes the GIL with ts on the calling thread and releases
+// it before returning.
+void spk_exec(PyThreadState *ts, const char *code, int eval, char *buf, Py_ssize_t cap, spk_result *r);
+PyObject *spk_lookup(PyThreadState *ts, const char *module, const char *attr, spk_result *r);
+void spk_call(PyThreadState *ts, PyObject *fn, const char *args, Py_ssize_t alen,
+              const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r);
+void spk_decref(PyThreadState *ts, PyObject **objs, int n);
+void spk_result_free(spk_result *r);
+
+#endif
