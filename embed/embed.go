@@ -130,6 +130,12 @@ func Default() (*Runtime, error) {
 func Load(py locate.Python) (*Runtime, error) {
 	loadMu.Lock()
 	defer loadMu.Unlock()
+	if py.LibPython == "" {
+		return nil, fmt.Errorf("embed: no libpython for %s (%s): the thread profile needs a CPython built with --enable-shared", orUnknown(py.Executable), orUnknown(py.Source))
+	}
+	if py.FreeThreaded {
+		return nil, fmt.Errorf("%w (%s)", ErrFreeThreaded, py.LibPython)
+	}
 	if loaded != nil {
 		if sameFile(loaded.py.LibPython, py.LibPython) {
 			return loaded, nil
@@ -138,12 +144,6 @@ func Load(py locate.Python) (*Runtime, error) {
 	}
 	if poisoned != nil {
 		return nil, poisoned
-	}
-	if py.LibPython == "" {
-		return nil, fmt.Errorf("embed: no libpython for %s (%s): the thread profile needs a CPython built with --enable-shared", orUnknown(py.Executable), orUnknown(py.Source))
-	}
-	if py.FreeThreaded {
-		return nil, fmt.Errorf("%w (%s)", ErrFreeThreaded, py.LibPython)
 	}
 	cpath := C.CString(py.LibPython)
 	defer C.free(unsafe.Pointer(cpath))

@@ -59,12 +59,17 @@ type PythonError struct {
 	Traceback string
 }
 
-// Error returns "Type: Message", as the last line of a Python traceback reads.
+// Error returns "python: Type: Message", as the last line of a Python
+// traceback reads, with a hint when the process profile is the fix.
 func (e *PythonError) Error() string {
-	if e.Message == "" {
-		return "python: " + e.Type
+	msg := "python: " + e.Type
+	if e.Message != "" {
+		msg += ": " + e.Message
 	}
-	return "python: " + e.Type + ": " + e.Message
+	if e.IsSubinterpreterRefusal() {
+		msg += " (run this code in the process profile)"
+	}
+	return msg
 }
 
 // Unwrap returns [ErrPython], and also [ErrNotSubinterpreterSafe] when the

@@ -183,7 +183,9 @@ func extract(dir string) error {
 	if err := os.RemoveAll(staging); err != nil {
 		return fmt.Errorf("dist: clean staging: %w", err)
 	}
-	if _, err := embedpython.NewEmbeddedPythonWithTmpDir(staging, false); err != nil {
+	_, err := embedpython.NewEmbeddedPythonWithTmpDir(staging, false)
+	os.Remove(staging + ".lock") // the extractor's own lock file, left behind
+	if err != nil {
 		os.RemoveAll(staging)
 		return fmt.Errorf("dist: extract: %w", err)
 	}

@@ -1,0 +1,186 @@
+package embed_test
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/snakepit-go/snakepit/embed"
+)
+
+// The benchmarks run on the hermetic 3.14; with
+// SNAKEPIT_LIBPYTHON=/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 they run
+// on 3.11 instead.
+
+// BenchmarkCallNoop calls a Python function that does nothing, in an own-GIL
+// sub-interpreter, on the caller's locked thread: Go → cgo → take the GIL →
+// unmarshal no arguments → call → marshal None → release → Go.
+func BenchmarkCallNoop(b *testing.B) {
+	in := newInterp(b, embed.InterpreterConfig{})
+	mustExecB(b, in, "def noop():\n    pass\n")
+	th, err := in.Attach()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer th.Close()
+	f, err := th.Func("__main__", "noop")
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 0, 64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := th.CallRaw(f, nil, nil, buf[:0]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCallNoopHome is the same call handed to the interpreter's home
+// OS thread and back: the cost the Thread fast path avoids.
+func BenchmarkCallNoopHome(b *testing.B) {
+	in := newInterp(b, embed.InterpreterConfig{})
+	mustExecB(b, in, "def noop():\n    pass\n")
+	ctx := context.Background()
+	f, err := in.Func(ctx, "__main__", "noop")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := in.CallRaw(ctx, f, nil, nil, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCallDict sends a four-key dict and gets one back, including the
+// Go-side encoding and decoding.
+func BenchmarkCallDict(b *testing.B) {
+	in := newInterp(b, embed.InterpreterConfig{})
+	mustExecB(b, in, "def handler(req):\n    return {'id': req['id'], 'ok': True, 'name': req['name'], 'score': req['score'] * 2}\n")
+	th, err := in.Attach()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer th.Close()
+	f, _ := th.Func("__main__", "handler")
+	req := map[string]any{"id": 42, "name": "snake", "score": 1.5, "tags": []any{"a", "b"}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := th.Call(f, []any{req}, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+const cpuWork = `
+def work(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+`
+
+// cpuWorker runs work(n) in one interpreter on a goroutine attached to it.
+type cpuWorker struct {
+	jobs chan int
+	done chan error
+}
+
+func startCPUWorker(b *testing.B, in *embed.Interpreter) *cpuWorker {
+	w := &cpuWorker{jobs: make(chan int), done: make(chan error)}
+	ready := make(chan error)
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		th, err := in.Attach()
+		if err != nil {
+			ready <- err
+			return
+		}
+		defer th.Close()
+		f, err := th.Func("__main__", "work")
+		ready <- err
+		if err != nil {
+			return
+		}
+		for n := range w.jobs {
+			_, err := th.Call(f, []any{n}, nil)
+			w.done <- err
+		}
+	}()
+	if err := <-ready; err != nil {
+		b.Fatal(err)
+	}
+	// Registered after the interpreter's cleanup, so it runs first: the
+	// Thread must be closed before the interpreter can be.
+	b.Cleanup(func() {
+		close(w.jobs)
+		<-exited
+	})
+	return w
+}
+
+// BenchmarkParallelCPU runs the same pure-Python loop on one interpreter,
+// then on N interpreters at once (one goroutine and OS thread each), and
+// reports speedup = N × time(1) / time(N): N with perfect parallelism, 1 when
+// the interpreters share a GIL.
+func BenchmarkParallelCPU(b *testing.B) {
+	const n = 150_000 // about 10 ms of Python per job
+	counts := []int{2}
+	if c := runtime.NumCPU(); c > 2 {
+		counts = append(counts, c)
+	}
+	for _, workers := range counts {
+		for _, shared := range []bool{false, true} {
+			name := fmt.Sprintf("interpreters=%d", workers)
+			if shared {
+				name += "/shared-gil"
+			}
+			b.Run(name, func(b *testing.B) {
+				if !shared && !testRuntime(b).OwnGIL() {
+					name += " (3.11: always shared)"
+				}
+				ws := make([]*cpuWorker, workers)
+				for i := range ws {
+					in := newInterp(b, embed.InterpreterConfig{SharedGIL: shared})
+					mustExecB(b, in, cpuWork)
+					ws[i] = startCPUWorker(b, in)
+				}
+				run := func(k int) time.Duration {
+					start := time.Now()
+					for _, w := range ws[:k] {
+						w.jobs <- n
+					}
+					for _, w := range ws[:k] {
+						if err := <-w.done; err != nil {
+							b.Fatal(err)
+						}
+					}
+					return time.Since(start)
+				}
+				run(1) // warm up
+				var one, all time.Duration
+				b.ResetTimer()
+				for range b.N {
+					one += run(1)
+					all += run(workers)
+				}
+				b.ReportMetric(float64(workers)*float64(one)/float64(all), "speedup")
+			})
+		}
+	}
+}
+
+func mustExecB(b *testing.B, in *embed.Interpreter, code string) {
+	b.Helper()
+	if err := in.Exec(context.Background(), code); err != nil {
+		b.Fatal(err)
+	}
+}
