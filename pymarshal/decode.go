@@ -60,6 +60,9 @@ var unsupportedNames = map[byte]string{
 // in the Go shapes listed in the package documentation.
 func Decode(data []byte) (any, error) {
 	d := decoder{data: data}
+	if len(data) <= sharedStringMax {
+		d.text = string(data)
+	}
 	v, err := d.value()
 	if err != nil {
 		return nil, err
@@ -75,11 +78,32 @@ type refSlot struct {
 	building bool // a container whose elements are still being decoded
 }
 
+// sharedStringMax: inputs up to this size are copied once into a string
+// that every decoded str slices, instead of one allocation per str. Larger
+// inputs are not, so a small string kept by the caller cannot pin them.
+const sharedStringMax = 64 << 10
+
 type decoder struct {
 	data  []byte
+	text  string // data as a string, when len(data) <= sharedStringMax
 	pos   int
 	depth int
 	refs  []refSlot
+}
+
+// str returns data[from:to] as a string.
+func (d *decoder) str(from, to int) string {
+	if d.text != "" {
+		return d.text[from:to]
+	}
+	return string(d.data[from:to])
+}
+
+func (d *decoder) addRef(s refSlot) {
+	if d.refs == nil {
+		d.refs = make([]refSlot, 0, 16) // most objects CPython writes carry FLAG_REF
+	}
+	d.refs = append(d.refs, s)
 }
 
 func (d *decoder) errAt(off int, sentinel error, detail string) error {
@@ -143,7 +167,7 @@ func (d *decoder) reserve(flag bool) int {
 	if !flag {
 		return -1
 	}
-	d.refs = append(d.refs, refSlot{building: true})
+	d.addRef(refSlot{building: true})
 	return len(d.refs) - 1
 }
 
@@ -255,6 +279,7 @@ func (d *decoder) value() (any, error) {
 				return nil, err
 			}
 		}
+		start := d.pos
 		b, err := d.bytesN(n)
 		if err != nil {
 			return nil, err
@@ -262,7 +287,7 @@ func (d *decoder) value() (any, error) {
 		if !utf8.Valid(b) {
 			return nil, d.errAt(off, ErrInvalidUTF8, "")
 		}
-		v := string(b)
+		v := d.str(start, start+n)
 		d.fill(idx, v)
 		return v, nil
 
@@ -322,14 +347,9 @@ func (d *decoder) value() (any, error) {
 				d.pos++
 				break
 			}
-			koff := d.pos
-			k, err := d.value()
+			ks, err := d.key()
 			if err != nil {
 				return nil, err
-			}
-			ks, ok := k.(string)
-			if !ok {
-				return nil, d.errAt(koff, ErrUnsupported, "dict key of type "+pyTypeName(k))
 			}
 			v, err := d.value()
 			if err != nil {
@@ -346,6 +366,39 @@ func (d *decoder) value() (any, error) {
 		return nil, d.errAt(off, ErrUnsupported, name)
 	}
 	return nil, d.errAt(off, ErrMalformed, "unknown type code "+strconv.QuoteRune(rune(code)))
+}
+
+// key decodes a dict key, which must be a str. Short ASCII keys, by far the
+// most common, are read without boxing them in an interface first.
+func (d *decoder) key() (string, error) {
+	off := d.pos
+	if err := d.need(2); err != nil {
+		return "", err
+	}
+	if code := d.data[d.pos]; code&^flagRef == typeShortASCII || code&^flagRef == typeShortASCIIIntern {
+		n := int(d.data[d.pos+1])
+		if len(d.data)-d.pos-2 < n {
+			return "", d.errAt(off, ErrTruncated, "")
+		}
+		if !isASCII(d.data[d.pos+2 : d.pos+2+n]) {
+			return "", d.errAt(off, ErrInvalidUTF8, "non-ASCII byte in an ASCII string")
+		}
+		s := d.str(d.pos+2, d.pos+2+n)
+		d.pos += 2 + n
+		if code&flagRef != 0 {
+			d.addRef(refSlot{v: s})
+		}
+		return s, nil
+	}
+	k, err := d.value()
+	if err != nil {
+		return "", err
+	}
+	ks, ok := k.(string)
+	if !ok {
+		return "", d.errAt(off, ErrUnsupported, "dict key of type "+pyTypeName(k))
+	}
+	return ks, nil
 }
 
 func (d *decoder) enter(off int) error {
@@ -400,6 +453,15 @@ func (d *decoder) long(off int) (int64, error) {
 		return -int64(mag), nil // -(1<<63) wraps to MinInt64, as intended
 	}
 	return 0, d.errAt(off, ErrIntRange, ">64-bit int")
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 // parsePyFloat parses the repr() text of the legacy TYPE_FLOAT.

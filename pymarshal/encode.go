@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"unicode/utf8"
@@ -202,11 +203,12 @@ func (e *encoder) anyMap(m map[string]any) error {
 		return err
 	}
 	e.buf = append(e.buf, typeDict)
-	keys := make([]string, 0, len(m))
+	var small [16]string
+	keys := small[:0]
 	for k := range m {
 		keys = append(keys, k)
 	}
-	sort.Strings(keys)
+	slices.Sort(keys)
 	for _, k := range keys {
 		if err := e.str(k); err != nil {
 			return prependPath(err, keyElem(k))
