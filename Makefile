@@ -1,0 +1,41 @@
+# snakepit for Go. `make test` is what CI runs.
+GO        ?= go
+FUZZTIME  ?= 30s
+BENCHTIME ?= 2s
+PY311_LIB ?= /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0
+
+.PHONY: test lint fuzz bench bench-311 docker
+
+# Vet, the cgo rule, the race detector (which also enables -d=checkptr over
+# the cgo package), and the whole suite: real Python, hermetic 3.14 in
+# process and the system's 3.11 in a re-executed child.
+test: lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+lint:
+	@unformatted=$$(gofmt -l .); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	@cgo=$$($(GO) list -f '{{if .CgoFiles}}{{.ImportPath}}{{end}}' ./...); \
+	  if [ "$$cgo" != "github.com/snakepit-go/snakepit/embed" ]; then \
+	    echo "only embed may use cgo; cgo packages: $$cgo"; exit 1; fi
+
+# Every fuzz target, FUZZTIME each.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+# Micro-benchmarks of the call path on the hermetic 3.14, then on 3.11.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./pymarshal/ ./embed/
+	$(MAKE) bench-311
+
+bench-311:
+	SNAKEPIT_LIBPYTHON=$(PY311_LIB) $(GO) test -run '^$$' -bench 'CallNoop$$|CallDict|ParallelCPU' -benchtime $(BENCHTIME) ./embed/
+
+docker:
+	docker build -f docker/Dockerfile -t snakepit-go .
