@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/snakepit-go/snakepit/embed"
+	"github.com/snakepit-go/snakepit/internal/valuetest"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
 )
@@ -526,4 +527,52 @@ func TestLoadRules(t *testing.T) {
 	if _, err := embed.Load(none); err == nil || !strings.Contains(err.Error(), "enable-shared") {
 		t.Fatalf("no library: got %v", err)
 	}
+}
+
+// FuzzPythonRoundTrip is a differential fuzz of the codec against CPython:
+// bytes the Go decoder accepts are handed to Python unchanged, read there by
+// PyMarshal_ReadObjectFromString, returned by an identity function, written
+// back by CPython and decoded by Go, which must give the same value.
+func FuzzPythonRoundTrip(f *testing.F) {
+	for _, v := range []any{
+		nil, true, int64(-1) << 40, math.Inf(-1), "héllo", []byte{0, 1},
+		[]any{int64(1), "a", pymarshal.Tuple{2.5}}, map[string]any{"k": []any{map[string]any{}}},
+	} {
+		b, _ := pymarshal.Marshal(v)
+		f.Add(b)
+	}
+	in, err := testRuntime(f).NewInterpreter(embed.InterpreterConfig{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { in.Close(context.Background()) })
+	ctx := context.Background()
+	if err := in.Exec(ctx, echoCode); err != nil {
+		f.Fatal(err)
+	}
+	echo, err := in.Func(ctx, "__main__", "echo")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		want, err := pymarshal.Decode(data)
+		if err != nil {
+			return
+		}
+		args, err := pymarshal.Marshal(pymarshal.Tuple{pymarshal.RawValue(data)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := in.CallRaw(ctx, echo, args, nil, nil)
+		if err != nil {
+			t.Fatalf("Python rejected bytes Go accepted (%x): %v", data, err)
+		}
+		got, err := pymarshal.Decode(out)
+		if err != nil {
+			t.Fatalf("Go cannot decode what CPython wrote back (%x): %v", out, err)
+		}
+		if !valuetest.Equal(got, want) {
+			t.Fatalf("round trip through Python: got %#v, want %#v", got, want)
+		}
+	})
 }

@@ -284,8 +284,14 @@ func (d *decoder) value() (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		if !utf8.Valid(b) {
-			return nil, d.errAt(off, ErrInvalidUTF8, "")
+		if code == typeUnicode || code == typeInterned {
+			if !utf8.Valid(b) {
+				return nil, d.errAt(off, ErrInvalidUTF8, "")
+			}
+		} else if !isASCII(b) {
+			// CPython reads the ASCII types as Latin-1 and never writes a
+			// byte above 0x7f in them: such input is not ours to reinterpret.
+			return nil, d.errAt(off, ErrMalformed, "non-ASCII byte in an ASCII string")
 		}
 		v := d.str(start, start+n)
 		d.fill(idx, v)
@@ -381,7 +387,7 @@ func (d *decoder) key() (string, error) {
 			return "", d.errAt(off, ErrTruncated, "")
 		}
 		if !isASCII(d.data[d.pos+2 : d.pos+2+n]) {
-			return "", d.errAt(off, ErrInvalidUTF8, "non-ASCII byte in an ASCII string")
+			return "", d.errAt(off, ErrMalformed, "non-ASCII byte in an ASCII string")
 		}
 		s := d.str(d.pos+2, d.pos+2+n)
 		d.pos += 2 + n

@@ -4,8 +4,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"math"
-	"reflect"
 	"testing"
+
+	"github.com/snakepit-go/snakepit/internal/valuetest"
 )
 
 // FuzzDecode feeds arbitrary bytes to the decoder: it must never panic, and
@@ -32,7 +33,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			t.Fatalf("decode of re-encoded value failed: %v", err)
 		}
-		if !equalNaN(v, back) {
+		if !valuetest.Equal(v, back) {
 			t.Fatalf("round trip changed the value: got %#v, want %#v", back, v)
 		}
 	})
@@ -62,41 +63,8 @@ func FuzzEncode(f *testing.F) {
 		if b == nil {
 			v["b"] = []byte{}
 		}
-		if !equalNaN(got, v) {
+		if !valuetest.Equal(got, v) {
 			t.Fatalf("got %#v, want %#v", got, v)
 		}
 	})
-}
-
-// equalNaN is reflect.DeepEqual treating NaN as equal to NaN.
-func equalNaN(a, b any) bool {
-	switch x := a.(type) {
-	case float64:
-		y, ok := b.(float64)
-		return ok && (x == y || math.IsNaN(x) && math.IsNaN(y))
-	case []any:
-		y, ok := b.([]any)
-		if !ok || len(x) != len(y) {
-			return false
-		}
-		for i := range x {
-			if !equalNaN(x[i], y[i]) {
-				return false
-			}
-		}
-		return true
-	case map[string]any:
-		y, ok := b.(map[string]any)
-		if !ok || len(x) != len(y) {
-			return false
-		}
-		for k, v := range x {
-			w, ok := y[k]
-			if !ok || !equalNaN(v, w) {
-				return false
-			}
-		}
-		return true
-	}
-	return reflect.DeepEqual(a, b)
 }
