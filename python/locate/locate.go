@@ -155,14 +155,15 @@ func Find(opts Options) (Python, error) {
 		}
 		return p, nil
 	}
-	var tried []string
-	for _, name := range Providers() {
+	if names := Providers(); len(names) > 0 {
+		// A linked provider is the program's chosen Python: its failure is
+		// reported, not skipped.
+		name := names[0]
 		providersMu.Lock()
 		prov := providers[name]
 		providersMu.Unlock()
 		p, err := prov()
 		if err != nil {
-			// A linked provider is the program's chosen Python: report its failure.
 			return Python{}, fmt.Errorf("locate: provider %s: %w", name, err)
 		}
 		p.Source = "provider " + name
@@ -171,23 +172,25 @@ func Find(opts Options) (Python, error) {
 		}
 		return p, nil
 	}
-	tried = append(tried, "options and "+EnvLibPython+"/"+EnvPython+": not set")
-	tried = append(tried, "registered providers: none (python/dist not imported)")
+	tried := []string{
+		"options and " + EnvLibPython + "/" + EnvPython + ": not set",
+		"registered providers: none (python/dist not imported)",
+	}
 	exe, err := exec.LookPath("python3")
 	if err != nil {
 		tried = append(tried, "python3 on PATH: "+err.Error())
 		return Python{}, &NotFoundError{Tried: tried}
 	}
 	p, err := complete(Python{Executable: exe, Home: opts.Home, Source: "PATH"})
-	if err != nil {
+	switch {
+	case err != nil:
 		tried = append(tried, "python3 on PATH ("+exe+"): "+err.Error())
-		return Python{}, &NotFoundError{Tried: tried}
-	}
-	if p.LibPython == "" {
+	case p.LibPython == "":
 		tried = append(tried, "python3 on PATH ("+p.Executable+"): no shared libpython (built without --enable-shared?)")
-		return Python{}, &NotFoundError{Tried: tried}
+	default:
+		return p, nil
 	}
-	return p, nil
+	return Python{}, &NotFoundError{Tried: tried}
 }
 
 var libNameRE = regexp.MustCompile(`^libpython(\d+)\.(\d+)(t?)\.so`)
