@@ -105,6 +105,7 @@ func (v Version) String() string { return fmt.Sprintf("%d.%d.%d", v.Major, v.Min
 type Runtime struct {
 	py      locate.Python
 	version Version
+	paths   []string // sys.path entries given to Load, for every interpreter
 	main    *Interpreter
 }
 
@@ -123,11 +124,13 @@ func Default() (*Runtime, error) {
 	return Load(py)
 }
 
-// Load loads and initialises py's libpython, once per process. Later calls
-// for the same library return the same Runtime; a call for another library
-// fails with [ErrAlreadyLoaded]. A failure after the library was opened is
+// Load loads and initialises py's libpython, once per process. paths are
+// prepended to sys.path in the main interpreter and in every sub-interpreter
+// (before their own [InterpreterConfig.Paths]). Later calls for the same
+// library return the same Runtime and ignore paths; a call for another
+// library fails with [ErrAlreadyLoaded]. A failure after the library was opened is
 // kept and returned by every later call: CPython cannot be initialised twice.
-func Load(py locate.Python) (*Runtime, error) {
+func Load(py locate.Python, paths ...string) (*Runtime, error) {
 	loadMu.Lock()
 	defer loadMu.Unlock()
 	if py.LibPython == "" {
@@ -152,7 +155,7 @@ func Load(py locate.Python) (*Runtime, error) {
 		// Nothing stays loaded: a later call may try another library.
 		return nil, fmt.Errorf("embed: load %s: %s", py.LibPython, takeCString(cerr))
 	}
-	rt, err := initialise(py)
+	rt, err := initialise(py, paths)
 	if err != nil {
 		poisoned = err
 		return nil, err
@@ -213,7 +216,7 @@ func parseVersion(full string) (Version, error) {
 	return v, nil
 }
 
-func initialise(py locate.Python) (*Runtime, error) {
+func initialise(py locate.Python, paths []string) (*Runtime, error) {
 	v, err := parseVersion(C.GoString(C.spk_version()))
 	if err != nil {
 		return nil, err
@@ -252,7 +255,7 @@ func initialise(py locate.Python) (*Runtime, error) {
 		return nil, fmt.Errorf("embed: Python home %s has no standard library for %s (%s missing): set %s", py.Home, v, filepath.Join(stdlib, "os.py"), locate.EnvPythonHome)
 	}
 
-	rt := &Runtime{py: py, version: v}
+	rt := &Runtime{py: py, version: v, paths: append([]string(nil), paths...)}
 	errc := make(chan error)
 	go func() {
 		// The thread that initialises Python keeps the main thread state and

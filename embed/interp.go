@@ -31,7 +31,8 @@ var lifecycleMu sync.Mutex
 
 // InterpreterConfig configures a sub-interpreter.
 type InterpreterConfig struct {
-	// Paths are prepended to the interpreter's sys.path, in order.
+	// Paths are prepended to the interpreter's sys.path, in order, after the
+	// runtime's own paths (see [Load]).
 	Paths []string
 	// SharedGIL makes the sub-interpreter share the main interpreter's GIL
 	// even where it could have its own (Python ≥ 3.12). Zero value: own GIL
@@ -83,7 +84,7 @@ func startInterpreter(rt *Runtime, isMain bool, cfg InterpreterConfig) (*Interpr
 	if err := <-ready; err != nil {
 		return nil, err
 	}
-	if err := in.Exec(context.Background(), bootstrapCode(cfg.Paths)); err != nil {
+	if err := in.Exec(context.Background(), bootstrapCode(append(append([]string(nil), rt.paths...), cfg.Paths...))); err != nil {
 		if !isMain {
 			_ = in.Close(context.Background())
 		}

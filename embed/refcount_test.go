@@ -1,8 +1,10 @@
 package embed_test
 
 import (
+	"context"
 	"os"
 	"os/exec"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -103,9 +105,23 @@ func TestLoadFailures(t *testing.T) {
 	if _, err := embed.Load(notPython); err == nil || !strings.Contains(err.Error(), "missing symbol Py_GetVersion") {
 		t.Fatalf("not libpython: got %v, want it to name the missing symbol", err)
 	}
-	r, err := embed.Load(py)
+	r, err := embed.Load(py, "/snakepit/runtime-path")
 	if err != nil {
 		t.Fatalf("real library after failures: %v", err)
+	}
+	// The runtime's paths lead sys.path everywhere, before an interpreter's own.
+	ctx := context.Background()
+	if v, err := r.Main().Eval(ctx, "__import__('sys').path[0]"); err != nil || v != "/snakepit/runtime-path" {
+		t.Fatalf("main sys.path[0]: got %v, %v", v, err)
+	}
+	in, err := r.NewInterpreter(embed.InterpreterConfig{Paths: []string{"/own"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close(ctx)
+	v, err := in.Eval(ctx, "__import__('sys').path[:2]")
+	if want := []any{"/snakepit/runtime-path", "/own"}; err != nil || !reflect.DeepEqual(v, want) {
+		t.Fatalf("sub-interpreter sys.path[:2]: got %v, %v; want %v", v, err, want)
 	}
 	t.Logf("loaded after failures: %s", r.Version())
 }
