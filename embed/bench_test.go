@@ -58,6 +58,25 @@ func BenchmarkCallNoopHome(b *testing.B) {
 	}
 }
 
+// BenchmarkCallNoopOnThread is the no-op through CallOnThread: any
+// goroutine, the thread state found in the calling thread's cache.
+func BenchmarkCallNoopOnThread(b *testing.B) {
+	in := newInterp(b, embed.InterpreterConfig{})
+	mustExecB(b, in, "def noop():\n    pass\n")
+	f, err := in.Func(context.Background(), "__main__", "noop")
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 0, 64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := in.CallOnThread(embed.NewCallID(), f, nil, nil, buf[:0]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkCallDict sends a four-key dict and gets one back, including the
 // Go-side encoding and decoding.
 func BenchmarkCallDict(b *testing.B) {

@@ -143,6 +143,8 @@ func TestValueRoundTrip(t *testing.T) {
 	})
 }
 
+var pymarshalDecode = pymarshal.Decode
+
 func mustMarshal(t testing.TB, v any) []byte {
 	t.Helper()
 	b, err := pymarshal.Marshal(v)

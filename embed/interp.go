@@ -11,9 +11,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -52,6 +56,9 @@ type Interpreter struct {
 	home   *C.PyThreadState // the home thread's thread state; used only there
 	hbuf   *C.char          // home thread's result buffer
 	hres   *C.spk_result    // home thread's result slot
+	ci     *C.spk_interp    // thread states callers' threads hold (CallOnThread)
+
+	inflight atomic.Int64 // CallOnThread calls running
 
 	reqs chan func()   // work for the home thread
 	done chan struct{} // closed when the home thread has ended the interpreter
@@ -122,6 +129,7 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 	in.id = int64(C.spk_interp_id(in.home))
 	in.hbuf = (*C.char)(C.malloc(outBufSize))
 	in.hres = (*C.spk_result)(C.calloc(1, C.sizeof_spk_result))
+	in.ci = C.spk_interp_new(in.home)
 	ready <- nil
 	for fn := range in.reqs {
 		if fn == nil { // the end request, sent by Close
@@ -136,6 +144,7 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 	lifecycleMu.Lock()
 	C.spk_end_interp(C.int(in.rt.version.Minor), in.home)
 	lifecycleMu.Unlock()
+	C.spk_interp_free(in.ci)
 	C.free(unsafe.Pointer(in.hbuf))
 	C.free(unsafe.Pointer(in.hres))
 }
@@ -267,19 +276,17 @@ func (in *Interpreter) CallRaw(ctx context.Context, f *Func, args, kwargs, dst [
 }
 
 // Close ends the sub-interpreter on its home thread and ends the thread.
-// Python code running at the time finishes first (ctx bounds only the wait
-// to start). Close fails while Threads are attached, and for the main
-// interpreter. Closing twice is a no-op.
+// Python code running at the time finishes first: ctx bounds the wait for
+// it, and for the threads that called [Interpreter.CallOnThread] to give up
+// their thread states (see there). If ctx ends first, Close returns its
+// error and the interpreter stays closed to new work; Close may be called
+// again to finish. Close fails while Threads are attached, and for the main
+// interpreter. Closing a closed interpreter is a no-op.
 func (in *Interpreter) Close(ctx context.Context) error {
 	if in.isMain {
 		return errors.New("embed: the main interpreter cannot be closed")
 	}
 	in.mu.Lock()
-	if in.closed {
-		in.mu.Unlock()
-		<-in.done
-		return nil
-	}
 	if in.threads > 0 {
 		n := in.threads
 		in.mu.Unlock()
@@ -288,15 +295,154 @@ func (in *Interpreter) Close(ctx context.Context) error {
 	in.closed = true
 	in.mu.Unlock()
 	select {
+	case <-in.done:
+		return nil
+	default:
+	}
+	for in.inflight.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("embed: close interpreter %d: a call is still running: %w", in.id, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	C.spk_interp_close(in.ci)
+	if err := in.reclaimThreadStates(ctx); err != nil {
+		return err
+	}
+	select {
 	case in.reqs <- nil:
+	case <-in.done:
+		return nil
 	case <-ctx.Done():
-		in.mu.Lock()
-		in.closed = false
-		in.mu.Unlock()
 		return ctx.Err()
 	}
 	<-in.done
 	return nil
+}
+
+// reclaimThreadStates waits until every thread state that callers' threads
+// created for this interpreter is deleted. Each must be deleted by its own
+// thread (spk_sweep_thread runs at a thread's next call into the shim), so
+// Close sends probe goroutines that lock onto idle OS threads and sweep
+// them; thread states of threads that have exited are deleted directly.
+func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
+	tids := make([]C.pid_t, 64)
+	for wave := 0; ; wave++ {
+		pending := int(C.spk_interp_pending(in.ci, &tids[0], C.int(len(tids))))
+		if pending == 0 {
+			return nil
+		}
+		for _, tid := range tids[:min(pending, len(tids))] {
+			if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid)); errors.Is(err, os.ErrNotExist) {
+				deleteForDeadThread(in.ci, tid)
+			}
+		}
+		// Probes hold their OS thread for a moment, so the scheduler must
+		// spread the others over different (idle) threads.
+		probes := min(pprof.Lookup("threadcreate").Count()+2, 256)
+		var wg sync.WaitGroup
+		for range probes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				C.spk_sweep_thread()
+				time.Sleep(time.Millisecond)
+			}()
+		}
+		wg.Wait()
+		select {
+		case <-ctx.Done():
+			n := int(C.spk_interp_pending(in.ci, &tids[0], C.int(len(tids))))
+			if n == 0 {
+				return nil
+			}
+			return fmt.Errorf("embed: close interpreter %d: %d thread state(s) still held by busy threads: %w", in.id, n, ctx.Err())
+		case <-time.After(time.Duration(min(wave+1, 20)) * time.Millisecond):
+		}
+	}
+}
+
+// deleteForDeadThread deletes, from a thread of its own that Go then
+// discards, the thread states of an OS thread that no longer exists.
+func deleteForDeadThread(ci *C.spk_interp, tid C.pid_t) {
+	done := make(chan struct{})
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		C.spk_delete_for_dead_thread(ci, tid)
+		close(done)
+	}()
+	<-done
+}
+
+// NewCallID returns an id for [Interpreter.CallOnThread], unique in the process.
+func NewCallID() uint64 { return callIDs.Add(1) }
+
+var callIDs atomic.Uint64
+
+// callBuf is C memory for one call's result; pooled so the fast path does
+// not allocate.
+type callBuf struct {
+	buf *C.char
+	res *C.spk_result
+}
+
+var callBufs = sync.Pool{New: func() any {
+	return &callBuf{
+		buf: (*C.char)(C.malloc(outBufSize)),
+		res: (*C.spk_result)(C.calloc(1, C.sizeof_spk_result)),
+	}
+}}
+
+// CallOnThread calls f on the calling goroutine's OS thread, without a
+// handoff: the goroutine is locked to its thread for the call, and the
+// thread keeps a thread state of this interpreter for later calls (created
+// on its first call, deleted by the thread itself when the interpreter
+// closes). id tags the call for [Interpreter.Interrupt]; use [NewCallID].
+// Arguments and result are marshalled as for [Interpreter.CallRaw]. Many
+// goroutines may call at once; on Python ≥ 3.12 each interpreter still runs
+// one at a time (its GIL), different interpreters in parallel.
+func (in *Interpreter) CallOnThread(id uint64, f *Func, args, kwargs, dst []byte) ([]byte, error) {
+	f.check(in)
+	in.inflight.Add(1)
+	defer in.inflight.Add(-1)
+	in.mu.Lock()
+	closed := in.closed
+	in.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	cb := callBufs.Get().(*callBuf)
+	defer callBufs.Put(cb)
+	var ap, kp *C.char
+	if len(args) > 0 {
+		ap = (*C.char)(unsafe.Pointer(&args[0]))
+	}
+	if len(kwargs) > 0 {
+		kp = (*C.char)(unsafe.Pointer(&kwargs[0]))
+	}
+	runtime.LockOSThread()
+	C.spk_fcall(in.ci, C.uint64_t(id), f.obj, ap, C.Py_ssize_t(len(args)), kp, C.Py_ssize_t(len(kwargs)), cb.buf, outBufSize, cb.res)
+	runtime.UnlockOSThread()
+	s := scope{in: in, buf: cb.buf, res: cb.res}
+	return s.take(dst)
+}
+
+// Interrupt raises the exception exc (an exception class, looked up as a
+// Func) in the thread running call id, if that call is still running in
+// Python. It runs on the home thread and needs the interpreter's GIL: it
+// waits up to one switch interval (5 ms) for pure-Python code, and blocks
+// as long as C code holds the GIL. ctx bounds only the wait for the home
+// thread to start. It reports whether the exception was set.
+func (in *Interpreter) Interrupt(ctx context.Context, id uint64, exc *Func) (bool, error) {
+	exc.check(in)
+	var ok bool
+	if err := in.onHome(ctx, func(s *scope) { ok = C.spk_interrupt(in.ci, C.uint64_t(id), exc.obj) != 0 }); err != nil {
+		return false, err
+	}
+	return ok, nil
 }
 
 // Func is a callable of one interpreter, looked up once.
@@ -513,6 +659,8 @@ func (s *scope) take(dst []byte) ([]byte, error) {
 		}
 	case C.SPK_EUNSERIALIZABLE:
 		return nil, &worker.NotSerializableError{What: "result", Detail: C.GoString(r.emsg)}
+	case C.SPK_ECLOSED:
+		return nil, ErrClosed
 	default:
 		return nil, fmt.Errorf("embed: %s", C.GoString(r.emsg))
 	}

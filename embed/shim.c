@@ -3,6 +3,10 @@
 #include "shim.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +36,8 @@ static struct {
 	PyThreadState *(*PyThreadState_New)(PyInterpreterState *);
 	void (*PyThreadState_Clear)(PyThreadState *);
 	void (*PyThreadState_DeleteCurrent)(void);
+	void (*PyThreadState_Delete)(PyThreadState *);
+	int (*PyThreadState_SetAsyncExc)(unsigned long, PyObject *);
 	PyThreadState *(*PyThreadState_Swap)(PyThreadState *);
 	PyInterpreterState *(*PyThreadState_GetInterpreter)(PyThreadState *);
 	PyInterpreterState *(*PyInterpreterState_Main)(void);
@@ -103,6 +109,8 @@ int spk_load(const char *path, char **err) {
 	REQ(PyThreadState_New);
 	REQ(PyThreadState_Clear);
 	REQ(PyThreadState_DeleteCurrent);
+	REQ(PyThreadState_Delete);
+	REQ(PyThreadState_SetAsyncExc);
 	REQ(PyThreadState_Swap);
 	REQ(PyThreadState_GetInterpreter);
 	REQ(PyInterpreterState_Main);
@@ -500,11 +508,10 @@ PyObject *spk_lookup(PyThreadState *ts, const char *module, const char *attr, sp
 	return obj;
 }
 
-void spk_call(PyThreadState *ts, PyObject *fn, const char *args, Py_ssize_t alen,
-              const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r) {
+// do_call runs fn(*args, **kwargs) with the GIL held and puts the result.
+static void do_call(PyObject *fn, const char *args, Py_ssize_t alen, const char *kwargs, Py_ssize_t klen,
+                    char *buf, Py_ssize_t cap, spk_result *r) {
 	PyObject *a = NULL, *t = NULL, *kw = NULL, *res;
-	reset(r);
-	api.PyEval_RestoreThread(ts);
 	if (alen > 0) {
 		a = api.PyMarshal_ReadObjectFromString(args, alen);
 		if (a == NULL) {
@@ -537,6 +544,13 @@ out:
 	if (a) api.Py_DecRef(a);
 	if (t) api.Py_DecRef(t);
 	if (kw) api.Py_DecRef(kw);
+}
+
+void spk_call(PyThreadState *ts, PyObject *fn, const char *args, Py_ssize_t alen,
+              const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r) {
+	reset(r);
+	api.PyEval_RestoreThread(ts);
+	do_call(fn, args, alen, kwargs, klen, buf, cap, r);
 	api.PyEval_SaveThread();
 }
 
@@ -554,4 +568,204 @@ void spk_result_free(spk_result *r) {
 	free(r->emsg);
 	free(r->etb);
 	reset(r);
+}
+
+// ---- cached per-thread thread states ----
+
+typedef struct spk_tsent {
+	spk_interp *owner;
+	PyThreadState *ts;
+	pid_t tid;
+	unsigned long ident;              // PyThread_get_thread_ident() == pthread_self()
+	uint64_t seq;                     // the running call, 0 when idle; written under the GIL
+	int interrupted;                  // an async exception was set for the running call
+	struct spk_tsent *next_in_interp; // owner's list, guarded by owner->mu
+	struct spk_tsent *next_in_thread; // the thread's own list
+} spk_tsent;
+
+struct spk_interp {
+	PyThreadState *home;
+	PyInterpreterState *interp;
+	pthread_mutex_t mu; // guards ents, n
+	spk_tsent *ents;
+	int n;
+	atomic_int closing;
+};
+
+static __thread spk_tsent *tls_ents;
+static atomic_int doomed; // thread states of closing interpreters not yet deleted
+
+spk_interp *spk_interp_new(PyThreadState *home) {
+	spk_interp *in = calloc(1, sizeof *in);
+	if (in == NULL) return NULL;
+	in->home = home;
+	in->interp = api.PyThreadState_GetInterpreter(home);
+	pthread_mutex_init(&in->mu, NULL);
+	return in;
+}
+
+void spk_interp_free(spk_interp *in) {
+	pthread_mutex_destroy(&in->mu);
+	free(in);
+}
+
+static void unlink_from_owner(spk_tsent *e) {
+	spk_interp *in = e->owner;
+	pthread_mutex_lock(&in->mu);
+	for (spk_tsent **p = &in->ents; *p; p = &(*p)->next_in_interp) {
+		if (*p == e) {
+			*p = e->next_in_interp;
+			in->n--;
+			// Counted in doomed exactly when it was listed at close time.
+			if (atomic_load(&in->closing)) atomic_fetch_sub(&doomed, 1);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&in->mu);
+}
+
+void spk_sweep_thread(void) {
+	for (spk_tsent **p = &tls_ents; *p;) {
+		spk_tsent *e = *p;
+		if (!atomic_load(&e->owner->closing)) {
+			p = &e->next_in_thread;
+			continue;
+		}
+		*p = e->next_in_thread;
+		api.PyEval_RestoreThread(e->ts);
+		api.PyThreadState_Clear(e->ts);
+		api.PyThreadState_DeleteCurrent();
+		unlink_from_owner(e);
+		free(e);
+	}
+}
+
+static spk_tsent *thread_entry(spk_interp *in) {
+	spk_tsent *prev = NULL;
+	for (spk_tsent *e = tls_ents; e; prev = e, e = e->next_in_thread) {
+		if (e->owner == in) {
+			if (prev != NULL) { // move to front: callers tend to repeat
+				prev->next_in_thread = e->next_in_thread;
+				e->next_in_thread = tls_ents;
+				tls_ents = e;
+			}
+			return e;
+		}
+	}
+	spk_tsent *e = calloc(1, sizeof *e);
+	if (e == NULL) return NULL;
+	pthread_mutex_lock(&in->mu);
+	if (atomic_load(&in->closing)) {
+		pthread_mutex_unlock(&in->mu);
+		free(e);
+		return NULL;
+	}
+	e->ts = api.PyThreadState_New(in->interp);
+	if (e->ts == NULL) {
+		pthread_mutex_unlock(&in->mu);
+		free(e);
+		return NULL;
+	}
+	e->owner = in;
+	e->tid = (pid_t)syscall(SYS_gettid);
+	e->ident = (unsigned long)pthread_self();
+	e->next_in_interp = in->ents;
+	in->ents = e;
+	in->n++;
+	pthread_mutex_unlock(&in->mu);
+	e->next_in_thread = tls_ents;
+	tls_ents = e;
+	return e;
+}
+
+void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_ssize_t alen,
+               const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r) {
+	spk_tsent *e;
+	if (atomic_load_explicit(&doomed, memory_order_relaxed) != 0) {
+		spk_sweep_thread();
+	}
+	if (atomic_load_explicit(&in->closing, memory_order_relaxed) || (e = thread_entry(in)) == NULL) {
+		reset(r);
+		r->status = atomic_load(&in->closing) ? SPK_ECLOSED : SPK_EINTERNAL;
+		r->emsg = strdup(r->status == SPK_ECLOSED ? "interpreter closed" : "cannot create a thread state");
+		return;
+	}
+	// seq is written under the GIL, as spk_interrupt reads it.
+	reset(r);
+	api.PyEval_RestoreThread(e->ts);
+	e->seq = seq;
+	do_call(fn, args, alen, kwargs, klen, buf, cap, r);
+	e->seq = 0;
+	if (e->interrupted) {
+		// The interrupt came too late to be raised: drop it, or it would hit
+		// the next call on this thread.
+		api.PyThreadState_SetAsyncExc(e->ident, NULL);
+		e->interrupted = 0;
+	}
+	api.PyEval_SaveThread();
+}
+
+int spk_interrupt(spk_interp *in, uint64_t seq, PyObject *exc) {
+	int done = 0;
+	api.PyEval_RestoreThread(in->home);
+	pthread_mutex_lock(&in->mu);
+	for (spk_tsent *e = in->ents; e; e = e->next_in_interp) {
+		if (e->seq == seq) {
+			if (api.PyThreadState_SetAsyncExc(e->ident, exc) > 0) {
+				e->interrupted = 1;
+				done = 1;
+			}
+			break;
+		}
+	}
+	pthread_mutex_unlock(&in->mu);
+	api.PyEval_SaveThread();
+	return done;
+}
+
+void spk_interp_close(spk_interp *in) {
+	pthread_mutex_lock(&in->mu);
+	if (!atomic_exchange(&in->closing, 1)) {
+		atomic_fetch_add(&doomed, in->n);
+	}
+	pthread_mutex_unlock(&in->mu);
+	spk_sweep_thread(); // this thread's own, if any
+}
+
+int spk_interp_pending(spk_interp *in, pid_t *tids, int max) {
+	int n, i = 0;
+	pthread_mutex_lock(&in->mu);
+	n = in->n;
+	for (spk_tsent *e = in->ents; e && i < max; e = e->next_in_interp) {
+		tids[i++] = e->tid;
+	}
+	pthread_mutex_unlock(&in->mu);
+	return n;
+}
+
+int spk_delete_for_dead_thread(spk_interp *in, pid_t tid) {
+	int deleted = 0;
+	PyThreadState *tmp = api.PyThreadState_New(in->interp);
+	if (tmp == NULL) return 0;
+	api.PyEval_RestoreThread(tmp);
+	for (;;) {
+		spk_tsent *found = NULL;
+		pthread_mutex_lock(&in->mu);
+		for (spk_tsent *e = in->ents; e; e = e->next_in_interp) {
+			if (e->tid == tid) {
+				found = e;
+				break;
+			}
+		}
+		pthread_mutex_unlock(&in->mu);
+		if (found == NULL) break;
+		api.PyThreadState_Clear(found->ts);
+		api.PyThreadState_Delete(found->ts);
+		unlink_from_owner(found);
+		free(found); // the dead thread's list pointed here; that list is gone
+		deleted++;
+	}
+	api.PyThreadState_Clear(tmp);
+	api.PyThreadState_DeleteCurrent();
+	return deleted;
 }

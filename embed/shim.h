@@ -77,6 +77,41 @@ PyObject *spk_lookup(PyThreadState *ts, const char *module, const char *attr, sp
 void spk_call(PyThreadState *ts, PyObject *fn, const char *args, Py_ssize_t alen,
               const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r);
 void spk_decref(PyThreadState *ts, PyObject **objs, int n);
+
+// ---- cached per-thread thread states ----
+//
+// An spk_interp tracks the thread states that calling threads created for
+// one interpreter. Each calling OS thread keeps its own in thread-local
+// storage, creates them on first use and deletes them itself: CPython binds a
+// thread state to the OS thread that activated it last, so deleting it from
+// another live thread would leave a dangling pointer behind.
+typedef struct spk_interp spk_interp;
+
+spk_interp *spk_interp_new(PyThreadState *home);
+void spk_interp_free(spk_interp *in);
+// spk_fcall calls fn on the calling thread with its cached thread state for
+// in (created on first use), tagging the call with seq for spk_interrupt.
+void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_ssize_t alen,
+               const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r);
+// spk_interrupt (on the home thread) raises exc in the thread running call
+// seq, if it still runs. Returns 1 if it did. Blocks while C code holds the
+// interpreter's GIL.
+int spk_interrupt(spk_interp *in, uint64_t seq, PyObject *exc);
+// spk_interp_close marks in closing: calls fail, and every thread deletes
+// its thread state for in the next time it calls into the shim.
+void spk_interp_close(spk_interp *in);
+// spk_interp_pending returns how many thread states of in remain, and up to
+// max of their owning threads' ids.
+int spk_interp_pending(spk_interp *in, pid_t *tids, int max);
+// spk_sweep_thread deletes the calling thread's thread states of closing
+// interpreters.
+void spk_sweep_thread(void);
+// spk_delete_for_dead_thread deletes the remaining thread states of in
+// whose thread tid has exited (safe: its thread-local state is gone). It
+// must run on a thread that is discarded afterwards.
+int spk_delete_for_dead_thread(spk_interp *in, pid_t tid);
+
+enum { SPK_ECLOSED = 4 };
 void spk_result_free(spk_result *r);
 
 #endif

@@ -1,0 +1,200 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Worker runs commands of one Python adapter module, one call at a time.
+// Both profiles implement it: thread (package gil) and process (package
+// subproc). Pools and tests use it; users normally reach workers through a
+// pool.
+//
+// A Worker is safe for use by several goroutines, but runs one call or one
+// open stream at a time: a call made while another is in progress fails
+// with [ErrBusy] rather than queueing (queueing is the pool's job).
+type Worker interface {
+	// ID names the worker in logs and errors.
+	ID() string
+
+	// Call runs req.Command and returns its marshalled result. The call is
+	// bounded by ctx: when ctx ends, the worker interrupts the handler and
+	// returns an error matching ctx.Err() no later than the worker's
+	// interrupt grace period after that. If the handler does not stop within
+	// the grace period the worker declares itself dead ([ErrWorkerDead]).
+	Call(ctx context.Context, req *Request) (*Response, error)
+
+	// Stream runs a command whose handler returns a generator; each item is
+	// one chunk. The worker is busy until the stream is closed or exhausted.
+	// ctx bounds the whole stream.
+	Stream(ctx context.Context, req *Request) (Stream, error)
+
+	// Done is closed when the worker has stopped: closed, or dead.
+	Done() <-chan struct{}
+
+	// Err returns why the worker stopped (nil while it runs, and after a
+	// clean Close). A worker that died returns an error matching
+	// [ErrWorkerDead].
+	Err() error
+
+	// Close stops the worker: it runs the adapter's teardown() and releases
+	// everything the worker holds, waiting for an in-flight call to finish
+	// until ctx ends. Closing twice is a no-op.
+	Close(ctx context.Context) error
+}
+
+// Stream is an open stream of chunks from a generator handler.
+type Stream interface {
+	// Next returns the next chunk (a marshalled value). At the end of the
+	// stream it returns io.EOF; when the generator raised, the error.
+	Next(ctx context.Context) ([]byte, error)
+	// Close ends the stream early, closing the generator (its finally
+	// blocks run). Closing an exhausted or closed stream is a no-op.
+	Close() error
+}
+
+// SessionEnder is implemented by workers that keep per-session state: it
+// drops the Python-side state of a session on this worker.
+type SessionEnder interface {
+	EndSession(ctx context.Context, sessionID string) error
+}
+
+// MemoryReporter is implemented by workers that can measure their own
+// memory (the process profile: resident set of the process group).
+type MemoryReporter interface {
+	MemoryBytes() (int64, error)
+}
+
+// Request is one call.
+type Request struct {
+	// Command names the handler (the @snakepit.command name).
+	Command string
+	// Args are the keyword arguments: a marshalled dict with str keys, as
+	// produced by pymarshal.Marshal of a map or struct. Empty means none.
+	Args []byte
+	// Attachments are raw byte blobs passed to the handler unconverted, as
+	// ctx.attachments (a list of bytes).
+	Attachments [][]byte
+	// CorrelationID follows the call into Python (ctx.correlation_id) and
+	// into log records and errors.
+	CorrelationID string
+	// SessionID, when set, selects the session state (ctx.session) kept on
+	// this worker for that session.
+	SessionID string
+	// Deadline, when not zero, is when the call must end. The context's
+	// deadline is used when it is earlier.
+	Deadline time.Time
+}
+
+// EffectiveDeadline returns the earlier of req.Deadline and ctx's deadline,
+// and whether there is one.
+func (r *Request) EffectiveDeadline(ctx context.Context) (time.Time, bool) {
+	d, ok := ctx.Deadline()
+	if !r.Deadline.IsZero() && (!ok || r.Deadline.Before(d)) {
+		return r.Deadline, true
+	}
+	return d, ok
+}
+
+// Response is the result of a call.
+type Response struct {
+	// Result is the handler's return value, marshalled (pymarshal format).
+	Result []byte
+}
+
+// More sentinel errors shared by all workers.
+var (
+	// ErrWorkerDead: the worker died (crash, stuck handler, exit) during or
+	// before the call. Whether a call that failed with it reached Python is
+	// unknown: retry only idempotent calls.
+	ErrWorkerDead = errors.New("worker dead")
+	// ErrBusy: a call was made while the worker was running another.
+	ErrBusy = errors.New("worker busy with another call")
+	// ErrClosed: the worker has been closed.
+	ErrClosed = errors.New("worker closed")
+	// ErrCommandNotFound: the adapter has no command by that name.
+	ErrCommandNotFound = errors.New("command not found")
+	// ErrBadArguments: the arguments do not fit the handler's signature.
+	ErrBadArguments = errors.New("bad arguments")
+	// ErrSetup: the worker could not start: the adapter failed to import,
+	// or its setup() raised.
+	ErrSetup = errors.New("worker setup failed")
+)
+
+// CommandNotFoundError names the missing command and those that exist.
+type CommandNotFoundError struct {
+	Command   string
+	Available []string
+}
+
+func (e *CommandNotFoundError) Error() string {
+	return fmt.Sprintf("command %q not found (adapter has %v)", e.Command, e.Available)
+}
+
+func (e *CommandNotFoundError) Unwrap() error { return ErrCommandNotFound }
+
+// BadArgumentsError says why the arguments do not fit the handler.
+type BadArgumentsError struct {
+	Command string
+	Reason  string
+}
+
+func (e *BadArgumentsError) Error() string {
+	return fmt.Sprintf("bad arguments for %q: %s", e.Command, e.Reason)
+}
+
+func (e *BadArgumentsError) Unwrap() error { return ErrBadArguments }
+
+// DeadError says why a worker died. It matches [ErrWorkerDead].
+type DeadError struct {
+	WorkerID string
+	Reason   string
+	Err      error // the underlying cause, if any
+}
+
+func (e *DeadError) Error() string {
+	msg := "worker " + e.WorkerID + " dead: " + e.Reason
+	if e.Err != nil {
+		msg += ": " + e.Err.Error()
+	}
+	return msg
+}
+
+// Unwrap returns [ErrWorkerDead] and the cause.
+func (e *DeadError) Unwrap() []error {
+	if e.Err != nil {
+		return []error{ErrWorkerDead, e.Err}
+	}
+	return []error{ErrWorkerDead}
+}
+
+// SetupError is a failure to start a worker. It matches [ErrSetup] and its
+// cause (often a *PythonError, or one matching ErrNotSubinterpreterSafe).
+type SetupError struct {
+	WorkerID string
+	Stage    string // "import", "setup", "start"
+	Err      error
+}
+
+func (e *SetupError) Error() string {
+	return "worker " + e.WorkerID + ": " + e.Stage + ": " + e.Err.Error()
+}
+
+func (e *SetupError) Unwrap() []error { return []error{ErrSetup, e.Err} }
+
+// CallError wraps an error of a call with the call's correlation id and
+// command, so logs and callers can tie it to the request. It unwraps to the
+// underlying error.
+type CallError struct {
+	Command       string
+	CorrelationID string
+	Err           error
+}
+
+func (e *CallError) Error() string {
+	return fmt.Sprintf("%s [correlation %s]: %v", e.Command, e.CorrelationID, e.Err)
+}
+
+func (e *CallError) Unwrap() error { return e.Err }
