@@ -21,6 +21,7 @@ import (
 	"unsafe"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/worker"
 )
 
@@ -689,52 +690,20 @@ func decodeResult(out []byte) (any, error) {
 }
 
 // bootstrapCode prepares a new interpreter: the helper module the C side
-// uses to name unmarshallable values, and the extra sys.path entries.
+// uses to name values marshal cannot carry (snakepit's own _wire.py), and
+// the extra sys.path entries.
 func bootstrapCode(paths []string) string {
 	if paths == nil {
 		paths = []string{}
 	}
-	p, _ := json.Marshal(paths) // a JSON string list is a valid Python literal
+	// JSON strings and lists are valid Python literals.
+	p, _ := json.Marshal(paths)
+	src, _ := json.Marshal(python.WireSource())
 	return `import sys as _s, types as _t
 _m = _t.ModuleType("_snakepit_embed")
-exec(` + "'''" + helperSource + "'''" + `, _m.__dict__)
+exec(` + string(src) + `, _m.__dict__)
 _s.modules["_snakepit_embed"] = _m
 _s.path[0:0] = ` + string(p) + `
 del _s, _t, _m
 `
 }
-
-// helperSource must not contain three single quotes in a row.
-const helperSource = `
-_SIMPLE = (type(None), bool, int, float, str, bytes)
-
-def _qual(t):
-    m = getattr(t, "__module__", "builtins")
-    q = getattr(t, "__qualname__", getattr(t, "__name__", "?"))
-    return q if m == "builtins" else m + "." + q
-
-def describe_unmarshallable(obj):
-    """Name the first part of obj outside the value types snakepit carries."""
-    stack = [("", obj, 0)]
-    while stack:
-        path, o, depth = stack.pop()
-        t = type(o)
-        if t in _SIMPLE:
-            continue
-        where = path + ": " if path else ""
-        if depth > 2000:
-            return where + "nested more than 2000 levels deep"
-        if t is list or t is tuple:
-            for i in range(len(o) - 1, -1, -1):
-                stack.append((path + "[%d]" % i, o[i], depth + 1))
-            continue
-        if t is dict:
-            items = list(o.items())
-            for k, v in reversed(items):
-                if type(k) is not str:
-                    return where + "dict key of type " + _qual(type(k))
-                stack.append((path + "[%r]" % (k,), v, depth + 1))
-            continue
-        return where + _qual(t)
-    return None
-`

@@ -406,7 +406,7 @@ static void describe_unmarshallable(PyObject *obj, spk_result *r) {
 	api.PyErr_Fetch(&t, &v, &tb);
 	mod = api.PyImport_ImportModule("_snakepit_embed");
 	if (mod != NULL) {
-		fn = api.PyObject_GetAttrString(mod, "describe_unmarshallable");
+		fn = api.PyObject_GetAttrString(mod, "describe");
 		api.Py_DecRef(mod);
 	}
 	if (fn != NULL) {

@@ -42,6 +42,7 @@ import (
 
 	embedpython "github.com/kluctl/go-embed-python/python"
 
+	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/python/locate"
 )
 
@@ -53,7 +54,7 @@ const (
 	buildTag = "20260610"
 
 	// EnvCacheDir overrides the cache directory.
-	EnvCacheDir = "SNAKEPIT_PYTHON_CACHE"
+	EnvCacheDir = python.EnvCacheDir
 
 	readyFile    = ".snakepit-ready"
 	manifestFile = ".snakepit-manifest"
@@ -86,22 +87,11 @@ func Default() (locate.Python, error) {
 
 // Dir returns the directory the distribution is (or will be) extracted to.
 func Dir(opts Options) (string, error) {
-	root := opts.CacheDir
-	if root == "" {
-		root = os.Getenv(EnvCacheDir)
-	}
-	if root == "" {
-		if d, err := os.UserCacheDir(); err == nil {
-			root = filepath.Join(d, "snakepit")
-		} else {
-			root = filepath.Join(os.TempDir(), fmt.Sprintf("snakepit-%d", os.Getuid()))
-		}
-	}
-	abs, err := filepath.Abs(root)
+	root, err := python.CacheRoot(opts.CacheDir)
 	if err != nil {
-		return "", fmt.Errorf("dist: cache dir: %w", err)
+		return "", fmt.Errorf("dist: %w", err)
 	}
-	return filepath.Join(abs, fmt.Sprintf("cpython-%s-%s-%s-%s", PythonVersion, buildTag, runtime.GOOS, runtime.GOARCH)), nil
+	return filepath.Join(root, fmt.Sprintf("cpython-%s-%s-%s-%s", PythonVersion, buildTag, runtime.GOOS, runtime.GOARCH)), nil
 }
 
 // Install makes sure the distribution is extracted, compiled and intact, and

@@ -1,0 +1,121 @@
+// Package python holds the Python side of snakepit: the snakepit package
+// (the adapter API and the dispatcher both worker profiles run), embedded
+// into the Go build, and written once to a cache directory that workers put
+// on sys.path. Users install nothing.
+package python
+
+import (
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+)
+
+// FS holds the snakepit Python package under "snakepit/".
+//
+//go:embed snakepit/*.py
+var FS embed.FS
+
+// EnvCacheDir overrides where snakepit keeps files it writes for Python: the
+// snakepit package and the hermetic distribution.
+const EnvCacheDir = "SNAKEPIT_PYTHON_CACHE"
+
+// CacheRoot returns the directory for snakepit's Python files: root if not
+// empty, else $SNAKEPIT_PYTHON_CACHE, else os.UserCacheDir()/snakepit, else
+// os.TempDir()/snakepit-<uid>.
+func CacheRoot(root string) (string, error) {
+	if root == "" {
+		root = os.Getenv(EnvCacheDir)
+	}
+	if root == "" {
+		if d, err := os.UserCacheDir(); err == nil {
+			root = filepath.Join(d, "snakepit")
+		} else {
+			root = filepath.Join(os.TempDir(), fmt.Sprintf("snakepit-%d", os.Getuid()))
+		}
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return "", fmt.Errorf("python: cache dir: %w", err)
+	}
+	return abs, nil
+}
+
+var (
+	pathOnce sync.Once
+	pathDir  string
+	pathErr  error
+)
+
+// Path returns a directory containing the snakepit package, for sys.path.
+// The files are written once per content version into the cache root
+// (atomically, so concurrent processes agree).
+func Path() (string, error) {
+	pathOnce.Do(func() { pathDir, pathErr = writePackage() })
+	return pathDir, pathErr
+}
+
+func writePackage() (string, error) {
+	root, err := CacheRoot("")
+	if err != nil {
+		return "", err
+	}
+	names, err := fs.Glob(FS, "snakepit/*.py")
+	if err != nil {
+		return "", err
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		b, _ := FS.ReadFile(n)
+		fmt.Fprintf(h, "%s\x00%d\x00", n, len(b))
+		h.Write(b)
+	}
+	dir := filepath.Join(root, "pkg-"+hex.EncodeToString(h.Sum(nil))[:16])
+	if _, err := os.Stat(filepath.Join(dir, "snakepit", "__init__.py")); err == nil {
+		return dir, nil
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return "", fmt.Errorf("python: %w", err)
+	}
+	tmp, err := os.MkdirTemp(root, "pkg-tmp-")
+	if err != nil {
+		return "", fmt.Errorf("python: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Mkdir(filepath.Join(tmp, "snakepit"), 0o755); err != nil {
+		return "", fmt.Errorf("python: %w", err)
+	}
+	for _, n := range names {
+		b, _ := FS.ReadFile(n)
+		if err := os.WriteFile(filepath.Join(tmp, n), b, 0o644); err != nil {
+			return "", fmt.Errorf("python: %w", err)
+		}
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", fmt.Errorf("python: %w", err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		// Another process won the race: its copy is identical.
+		if _, statErr := os.Stat(filepath.Join(dir, "snakepit", "__init__.py")); statErr == nil {
+			return dir, nil
+		}
+		return "", fmt.Errorf("python: %w", err)
+	}
+	return dir, nil
+}
+
+// WireSource returns the source of snakepit/_wire.py, the value helpers the
+// embed package also loads into every interpreter it creates.
+func WireSource() string {
+	b, err := FS.ReadFile("snakepit/_wire.py")
+	if err != nil {
+		panic("python: embedded _wire.py missing: " + err.Error())
+	}
+	return string(b)
+}

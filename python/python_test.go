@@ -1,0 +1,59 @@
+package python_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/snakepit-go/snakepit/python"
+	"github.com/snakepit-go/snakepit/python/dist"
+)
+
+// TestPythonUnitTests runs the snakepit package's own unittest suite with
+// the hermetic CPython 3.14 and with the system's CPython 3.11.
+func TestPythonUnitTests(t *testing.T) {
+	py, err := dist.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exes := map[string]string{"3.14": py.Executable, "3.11": "/usr/bin/python3.11"}
+	for name, exe := range exes {
+		t.Run(name, func(t *testing.T) {
+			if _, err := os.Stat(exe); err != nil {
+				t.Fatalf("%s: %v (CI installs python3.11)", exe, err)
+			}
+			cmd := exec.Command(exe, "-m", "unittest", "discover", "-v", "-s", "snakepit/tests", "-t", ".")
+			cmd.Env = append(os.Environ(), "PYTHONPATH=.", "PYTHONDONTWRITEBYTECODE=1")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("unittest on %s: %v\n%s", exe, err, out)
+			}
+			if !strings.Contains(string(out), "OK") {
+				t.Fatalf("unexpected unittest output:\n%s", out)
+			}
+			t.Logf("%s", strings.TrimSpace(string(out[strings.LastIndex(string(out), "Ran "):])))
+		})
+	}
+}
+
+// TestPath writes the package once and returns the same directory again.
+func TestPath(t *testing.T) {
+	t.Setenv(python.EnvCacheDir, t.TempDir())
+	dir, err := python.Path()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"__init__.py", "_adapter.py", "_dispatch.py", "_wire.py"} {
+		want, _ := python.FS.ReadFile("snakepit/" + f)
+		got, err := os.ReadFile(filepath.Join(dir, "snakepit", f))
+		if err != nil || string(got) != string(want) {
+			t.Fatalf("%s: content differs from the embedded file (%v)", f, err)
+		}
+	}
+	again, err := python.Path()
+	if err != nil || again != dir {
+		t.Fatalf("second Path: got %q, %v; want %q", again, err, dir)
+	}
+}

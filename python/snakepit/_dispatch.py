@@ -1,0 +1,386 @@
+"""The dispatcher: runs an adapter's commands for one worker.
+
+Both worker profiles drive this same class: the thread profile calls it from
+Go inside a sub-interpreter, the process profile's main loop calls it in the
+child. Every method returns values marshal can carry; errors come back as
+data, never as exceptions, so log records are never lost with them.
+
+Reply envelopes:
+
+* ``bytes``: success, the marshalled result, no log records pending;
+* ``(OK, payload, logs)``: success with log records;
+* ``(ERROR, (kind, type, message, traceback, extra), logs)``;
+* ``(END, None, logs)``: a stream has no more chunks.
+"""
+
+import collections
+import contextvars
+import importlib
+import inspect
+import io
+import logging
+import sys
+import traceback
+
+from . import _wire
+from ._adapter import Cancelled, Context, commands_of
+
+OK, ERROR, END = 0, 1, 2
+
+# Error kinds (the first field of an ERROR payload).
+K_PYTHON = "python"                  # the handler raised
+K_NOT_FOUND = "not_found"            # extra: list of command names
+K_BAD_ARGS = "bad_args"              # arguments do not fit the signature
+K_NOT_SERIALIZABLE = "not_serializable"
+K_CANCELLED = "cancelled"            # interrupted: cancelled or deadline
+K_STREAMING = "streaming"            # unary call of a streaming command
+K_NOT_STREAMING = "not_streaming"    # stream of a command that returns a value
+K_PROTOCOL = "protocol"              # misuse of the dispatcher itself
+
+MAX_PENDING_LOGS = 10000
+
+_current = contextvars.ContextVar("snakepit_call", default=None)
+
+
+class _Collector(logging.Handler):
+    """Keeps log records until the worker hands them to Go."""
+
+    def __init__(self, worker_id):
+        super().__init__(logging.NOTSET)
+        self.worker_id = worker_id
+        self.pending = collections.deque(maxlen=MAX_PENDING_LOGS)
+        self.dropped = 0
+
+    def emit(self, record):
+        try:
+            call = _current.get()
+            msg = record.getMessage()
+            exc = None
+            if record.exc_info:
+                exc = "".join(traceback.format_exception(*record.exc_info))
+            if len(self.pending) == self.pending.maxlen:
+                self.dropped += 1
+            self.pending.append((
+                record.levelno, record.name, msg,
+                call[0] if call else "", call[1] if call else "", exc,
+            ))
+        except Exception:
+            self.handleError(record)
+
+    def drain(self):
+        if not self.pending and not self.dropped:
+            return None
+        out = list(self.pending)
+        self.pending.clear()
+        if self.dropped:
+            out.append((logging.WARNING, "snakepit", "%d log records dropped (more than %d pending)"
+                        % (self.dropped, MAX_PENDING_LOGS), "", "", None))
+            self.dropped = 0
+        return out
+
+
+class _LineWriter(io.TextIOBase):
+    """A text stream that turns each written line into a log record."""
+
+    def __init__(self, name, level):
+        self._logger = logging.getLogger(name)
+        self._level = level
+        self._buf = ""
+
+    def writable(self):
+        return True
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError("write() argument must be str, not %s" % type(s).__name__)
+        self._buf += s
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self._logger.log(self._level, "%s", line)
+        return len(s)
+
+    def flush(self):
+        if self._buf:
+            line, self._buf = self._buf, ""
+            self._logger.log(self._level, "%s", line)
+
+
+class _Refuse(Exception):
+    """Carries an ERROR envelope out of _invoke: the call never started."""
+
+    def __init__(self, reply):
+        super().__init__()
+        self.reply = reply
+
+
+def _error(kind, exc=None, message=None, extra=None, logs=None):
+    if exc is not None:
+        t = type(exc)
+        mod = getattr(t, "__module__", "builtins")
+        name = t.__qualname__ if mod == "builtins" else mod + "." + t.__qualname__
+        tb = "".join(traceback.format_exception(t, exc, exc.__traceback__))
+        msg = str(exc) if message is None else message
+    else:
+        name, tb, msg = "", "", message or ""
+    return (ERROR, (kind, name, msg, tb, extra), logs)
+
+
+class Dispatcher:
+    """Runs one adapter module's commands, one call at a time."""
+
+    def __init__(self, module_name, worker_id="", capture_stdio=False, log_level=logging.INFO):
+        self.module_name = module_name
+        self.worker_id = worker_id
+        self.sessions = {}
+        self._loop = None
+        self._stream = None  # (iterator, is_async, command, correlation_id)
+        self._call = None    # the running call's Context, for cancel()
+        self._collector = _Collector(worker_id)
+        root = logging.getLogger()
+        root.addHandler(self._collector)
+        root.setLevel(log_level)
+        if capture_stdio:
+            sys.stdout = _LineWriter("stdout", logging.INFO)
+            sys.stderr = _LineWriter("stderr", logging.WARNING)
+        self.module = importlib.import_module(module_name)
+        self.commands = commands_of(self.module)
+        self._handlers = {name: (info.fn, info.wants_ctx) for name, info in self.commands.items()}
+
+    # ---- life cycle ----
+
+    def setup(self):
+        """Run the adapter's setup(), if any. Returns an envelope."""
+        return self._hook("setup")
+
+    def teardown(self):
+        """Run the adapter's teardown(), if any, and close the event loop."""
+        if self._stream is not None:
+            self.stream_close()
+        reply = self._hook("teardown")
+        if self._loop is not None:
+            try:
+                self._loop.close()
+            except Exception:
+                pass
+            self._loop = None
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, _LineWriter):
+                stream.flush()
+        return reply
+
+    def _hook(self, name):
+        fn = getattr(self.module, name, None)
+        if fn is None:
+            return self._ok(_wire.dumps(None))
+        try:
+            result = fn()
+            if inspect.iscoroutine(result):
+                result = self._run(result)
+        except BaseException as e:  # SystemExit/KeyboardInterrupt must not end the host
+            return _error(K_PYTHON, e, logs=self._collector.drain())
+        return self._ok(_wire.dumps(None))
+
+    def info(self):
+        """{"commands": {name: description}, "worker_id": ...}."""
+        return {
+            "commands": {n: i.description for n, i in self.commands.items()},
+            "worker_id": self.worker_id,
+            "module": self.module_name,
+        }
+
+    def drain_logs(self):
+        """Log records emitted between calls (background threads, setup)."""
+        return self._collector.drain()
+
+    def session_state(self, session_id):
+        state = self.sessions.get(session_id)
+        if state is None:
+            state = self.sessions[session_id] = {}
+        return state
+
+    def end_session(self, session_id):
+        """Drop a session's state. Returns whether there was any."""
+        return self.sessions.pop(session_id, None) is not None
+
+    def cancel(self):
+        """Mark the running call cancelled (ctx.cancelled() turns true)."""
+        ctx = self._call
+        if ctx is not None:
+            ctx._cancelled = True
+
+    # ---- calls ----
+
+    def call(self, command, kwargs, correlation_id, session_id, deadline, attachments):
+        """Run a command. Returns an envelope (see the module doc)."""
+        token = _current.set((command, correlation_id))
+        try:
+            try:
+                result = self._invoke(command, kwargs, correlation_id, session_id, deadline, attachments)
+                if inspect.iscoroutine(result):
+                    result = self._run(result)
+                elif _is_stream(result):
+                    _close_quietly(result, self)
+                    return _error(K_STREAMING, message="command %r streams: call it with Stream" % command,
+                                  logs=self._collector.drain())
+                payload = _wire.dumps(result)
+            except _Refuse as r:
+                return r.reply
+            except _wire.NotSerializable as e:
+                return _error(K_NOT_SERIALIZABLE, message=str(e), logs=self._collector.drain())
+            except Cancelled as e:
+                return _error(K_CANCELLED, e, logs=self._collector.drain())
+            except BaseException as e:
+                return _error(K_PYTHON, e, logs=self._collector.drain())
+            finally:
+                self._call = None
+            return self._ok(payload)
+        finally:
+            _current.reset(token)
+
+    def stream_open(self, command, kwargs, correlation_id, session_id, deadline, attachments):
+        """Start a streaming command; chunks come from stream_next."""
+        if self._stream is not None:
+            return _error(K_PROTOCOL, message="a stream is already open on this worker")
+        token = _current.set((command, correlation_id))
+        try:
+            try:
+                result = self._invoke(command, kwargs, correlation_id, session_id, deadline, attachments)
+                if inspect.iscoroutine(result):
+                    result = self._run(result)
+            except _Refuse as r:
+                return r.reply
+            except Cancelled as e:
+                return _error(K_CANCELLED, e, logs=self._collector.drain())
+            except BaseException as e:
+                return _error(K_PYTHON, e, logs=self._collector.drain())
+            finally:
+                ctx, self._call = self._call, None
+            if not _is_stream(result):
+                return _error(K_NOT_STREAMING, message="command %r returned %s, not a generator: call it with Call"
+                              % (command, type(result).__name__), logs=self._collector.drain())
+            is_async = hasattr(result, "__anext__")
+            self._stream = (result, is_async, command, correlation_id, ctx)
+            return self._ok(_wire.dumps(None))
+        finally:
+            _current.reset(token)
+
+    def stream_next(self):
+        """The next chunk: OK with the chunk, END, or ERROR."""
+        if self._stream is None:
+            return _error(K_PROTOCOL, message="no stream is open")
+        it, is_async, command, correlation_id, ctx = self._stream
+        token = _current.set((command, correlation_id))
+        self._call = ctx
+        try:
+            try:
+                if is_async:
+                    item = self._run(it.__anext__())
+                else:
+                    item = next(it)
+                payload = _wire.dumps(item)
+            except (StopIteration, StopAsyncIteration):
+                self._stream = None
+                return (END, None, self._collector.drain())
+            except _wire.NotSerializable as e:
+                self._abandon_stream()
+                return _error(K_NOT_SERIALIZABLE, message=str(e), logs=self._collector.drain())
+            except Cancelled as e:
+                self._abandon_stream()
+                return _error(K_CANCELLED, e, logs=self._collector.drain())
+            except BaseException as e:
+                self._stream = None
+                return _error(K_PYTHON, e, logs=self._collector.drain())
+            return self._ok(payload)
+        finally:
+            self._call = None
+            _current.reset(token)
+
+    def stream_close(self):
+        """Close the open stream early: the generator's finally blocks run."""
+        if self._stream is None:
+            return self._ok(_wire.dumps(None))
+        it, _, command, correlation_id, _ = self._stream
+        self._stream = None
+        token = _current.set((command, correlation_id))
+        try:
+            _close_quietly(it, self)
+        finally:
+            _current.reset(token)
+        return self._ok(_wire.dumps(None))
+
+    def _abandon_stream(self):
+        it = self._stream[0]
+        self._stream = None
+        _close_quietly(it, self)
+
+    def _invoke(self, command, kwargs, correlation_id, session_id, deadline, attachments):
+        handler = self._handlers.get(command)
+        if handler is None:
+            raise _Refuse(_error(K_NOT_FOUND, message="command %r not found" % (command,),
+                          extra=sorted(self._handlers), logs=self._collector.drain()))
+        fn, wants_ctx = handler
+        if kwargs is None:
+            kwargs = {}
+        if wants_ctx:
+            if "ctx" in kwargs:
+                raise _Refuse(_error(K_BAD_ARGS, message="argument 'ctx' is reserved for the call context",
+                                     logs=self._collector.drain()))
+            ctx = Context(self, command, correlation_id, session_id, deadline, attachments)
+            self._call = ctx
+            kwargs["ctx"] = ctx
+        try:
+            return fn(**kwargs)
+        except TypeError as e:
+            # Raised by the call itself (no frame of the handler ran): the
+            # arguments do not fit the signature.
+            if e.__traceback__ is not None and e.__traceback__.tb_next is None:
+                raise _Refuse(_error(K_BAD_ARGS, message=str(e), logs=self._collector.drain())) from None
+            raise
+
+    def _ok(self, payload):
+        logs = self._collector.drain()
+        if logs is None:
+            return payload
+        return (OK, payload, logs)
+
+    def _run(self, awaitable):
+        if self._loop is None:
+            import asyncio
+            self._loop = asyncio.new_event_loop()
+        loop = self._loop
+        task = loop.create_task(_await(awaitable))
+        try:
+            return loop.run_until_complete(task)
+        except Cancelled:
+            # Interrupted inside the loop: cancel the task and let it unwind.
+            task.cancel()
+            try:
+                loop.run_until_complete(_settle(task))
+            except BaseException:
+                pass
+            raise
+
+
+async def _await(awaitable):
+    return await awaitable
+
+
+async def _settle(task):
+    try:
+        await task
+    except BaseException:
+        pass
+
+
+def _is_stream(v):
+    return (hasattr(v, "__next__") and hasattr(v, "__iter__")) or hasattr(v, "__anext__")
+
+
+def _close_quietly(it, dispatcher):
+    try:
+        if hasattr(it, "aclose"):
+            dispatcher._run(it.aclose())
+        elif hasattr(it, "close"):
+            it.close()
+    except BaseException:
+        logging.getLogger("snakepit").exception("closing a stream raised")

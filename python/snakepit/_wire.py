@@ -1,0 +1,120 @@
+"""Values on the wire: marshal version 4 of the types snakepit carries.
+
+This module imports only marshal at load time: it is also loaded into every
+interpreter the Go side creates, and conversions are the rare path.
+"""
+
+import marshal
+
+VERSION = 4
+MAX_DEPTH = 2000
+_SIMPLE = (type(None), bool, int, float, str, bytes)
+
+
+def dumps(value):
+    """Marshal value, converting what has an obvious conversion first.
+    Raises NotSerializable naming the part that cannot cross."""
+    try:
+        return marshal.dumps(value, VERSION)
+    except ValueError:
+        pass
+    try:
+        converted = to_wire(value, 0)
+    except RecursionError:
+        raise NotSerializable("nested more than %d levels deep" % MAX_DEPTH) from None
+    try:
+        return marshal.dumps(converted, VERSION)
+    except ValueError as e:
+        raise NotSerializable(describe(converted) or str(e)) from None
+
+
+class NotSerializable(Exception):
+    """A value that cannot cross to Go."""
+
+
+def to_wire(v, depth):
+    """Return v with documented conversions applied, recursively."""
+    import dataclasses
+    import datetime
+    import decimal
+    import enum
+    import os
+    import uuid
+
+    if depth > MAX_DEPTH:
+        raise NotSerializable("nested more than %d levels deep" % MAX_DEPTH)
+    t = type(v)
+    if t in _SIMPLE:
+        return v
+    if t is list or t is tuple:
+        return t(to_wire(x, depth + 1) for x in v)
+    if t is dict:
+        return {k: to_wire(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, enum.Enum):
+        return to_wire(v.value, depth + 1)
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, (bytearray, memoryview)):
+        return bytes(v)
+    if isinstance(v, dict):
+        return {k: to_wire(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [to_wire(x, depth + 1) for x in v]
+    if isinstance(v, (set, frozenset)):
+        items = [to_wire(x, depth + 1) for x in v]
+        try:
+            items.sort()
+        except TypeError:
+            pass
+        return items
+    if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
+        return v.isoformat()
+    if isinstance(v, datetime.timedelta):
+        return v.total_seconds()
+    if isinstance(v, (decimal.Decimal, uuid.UUID)):
+        return str(v)
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return to_wire(dataclasses.asdict(v), depth + 1)
+    tolist = getattr(v, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return to_wire(tolist(), depth + 1)
+    return v  # left for describe() to name
+
+
+def _qual(t):
+    m = getattr(t, "__module__", "builtins")
+    q = getattr(t, "__qualname__", getattr(t, "__name__", "?"))
+    return q if m == "builtins" else m + "." + q
+
+
+def describe(obj):
+    """Name the first part of obj outside the carried types, or None."""
+    stack = [("", obj, 0)]
+    while stack:
+        path, o, depth = stack.pop()
+        t = type(o)
+        if t in _SIMPLE:
+            continue
+        where = path + ": " if path else ""
+        if depth > MAX_DEPTH:
+            return where + "nested more than %d levels deep" % MAX_DEPTH
+        if t is list or t is tuple:
+            for i in range(len(o) - 1, -1, -1):
+                stack.append((path + "[%d]" % i, o[i], depth + 1))
+            continue
+        if t is dict:
+            for k, v in reversed(list(o.items())):
+                if type(k) is not str:
+                    return where + "dict key of type " + _qual(type(k))
+                stack.append((path + "[%r]" % (k,), v, depth + 1))
+            continue
+        return where + _qual(t)
+    return None
