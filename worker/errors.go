@@ -12,18 +12,18 @@ import (
 // this package unwrap to the sentinel they belong to.
 var (
 	// ErrPython matches every *PythonError: the Python code raised.
-	ErrPython = errors.New("python exception")
+	ErrPython = errors.New("worker: python exception")
 
 	// ErrNotSubinterpreterSafe means a module refused to load in a
 	// sub-interpreter (numpy and most Cython or pybind11 extensions do). Such
 	// code must run in the process profile.
-	ErrNotSubinterpreterSafe = errors.New("module cannot be loaded in a sub-interpreter: use the process profile")
+	ErrNotSubinterpreterSafe = errors.New("worker: module cannot be loaded in a sub-interpreter: use the process profile")
 
 	// ErrNotSerializable means a value cannot cross between Go and Python:
 	// outside the supported types (None, bool, int, float, str, bytes,
 	// list/tuple, dict with str keys), an int beyond int64, a string that is
 	// not valid UTF-8, or nesting that is too deep.
-	ErrNotSerializable = errors.New("value not serialisable")
+	ErrNotSerializable = errors.New("worker: value not serialisable")
 )
 
 // NotSerializableError says which value could not cross, and where in it.

@@ -12,18 +12,20 @@ import (
 // subproc). Pools and tests use it; users normally reach workers through a
 // pool.
 //
-// A Worker is safe for use by several goroutines, but runs one call or one
-// open stream at a time: a call made while another is in progress fails
-// with [ErrBusy] rather than queueing (queueing is the pool's job).
+// A Worker is safe for use by several goroutines but runs one call or one
+// open stream at a time: a call made while another runs waits for it,
+// bounded by its own context. Pools give a worker one call at a time.
 type Worker interface {
 	// ID names the worker in logs and errors.
 	ID() string
 
 	// Call runs req.Command and returns its marshalled result. The call is
-	// bounded by ctx: when ctx ends, the worker interrupts the handler and
-	// returns an error matching ctx.Err() no later than the worker's
-	// interrupt grace period after that. If the handler does not stop within
-	// the grace period the worker declares itself dead ([ErrWorkerDead]).
+	// bounded by ctx (and req.Deadline): when it ends, Call returns an error
+	// matching ctx.Err() (or context.DeadlineExceeded) at once, and the
+	// worker interrupts the handler in the background. If the handler does
+	// not stop within the worker's grace period, the worker declares itself
+	// dead ([ErrWorkerDead], see Done and Err); until it stops, the worker's
+	// next call waits.
 	Call(ctx context.Context, req *Request) (*Response, error)
 
 	// Stream runs a command whose handler returns a generator; each item is
@@ -109,18 +111,19 @@ var (
 	// ErrWorkerDead: the worker died (crash, stuck handler, exit) during or
 	// before the call. Whether a call that failed with it reached Python is
 	// unknown: retry only idempotent calls.
-	ErrWorkerDead = errors.New("worker dead")
-	// ErrBusy: a call was made while the worker was running another.
-	ErrBusy = errors.New("worker busy with another call")
+	ErrWorkerDead = errors.New("worker: dead")
 	// ErrClosed: the worker has been closed.
-	ErrClosed = errors.New("worker closed")
+	ErrClosed = errors.New("worker: closed")
 	// ErrCommandNotFound: the adapter has no command by that name.
-	ErrCommandNotFound = errors.New("command not found")
+	ErrCommandNotFound = errors.New("worker: command not found")
 	// ErrBadArguments: the arguments do not fit the handler's signature.
-	ErrBadArguments = errors.New("bad arguments")
+	ErrBadArguments = errors.New("worker: bad arguments")
+	// ErrStreamMismatch: Call of a command whose handler streams (returns a
+	// generator), or Stream of one that returns a single value.
+	ErrStreamMismatch = errors.New("worker: call kind does not match the command (Call vs Stream)")
 	// ErrSetup: the worker could not start: the adapter failed to import,
 	// or its setup() raised.
-	ErrSetup = errors.New("worker setup failed")
+	ErrSetup = errors.New("worker: setup failed")
 )
 
 // CommandNotFoundError names the missing command and those that exist.

@@ -199,8 +199,8 @@ class Dispatcher:
         return state
 
     def end_session(self, session_id):
-        """Drop a session's state. Returns whether there was any."""
-        return self.sessions.pop(session_id, None) is not None
+        """Drop a session's state. Replies whether there was any."""
+        return self._ok(_wire.dumps(self.sessions.pop(session_id, None) is not None))
 
     def cancel(self):
         """Mark the running call cancelled (ctx.cancelled() turns true)."""

@@ -1,0 +1,469 @@
+// Package gil is the thread profile: each worker is a CPython
+// sub-interpreter inside the Go process, with its own GIL on Python ≥ 3.12,
+// so workers run Python in parallel on every core with no IPC. It implements
+// [worker.Worker].
+//
+// # The call path
+//
+// A call runs on the calling goroutine's own OS thread: the thread keeps a
+// thread state of the worker's interpreter (created on its first call), and
+// a call is one cgo call that takes the interpreter's GIL, runs the
+// dispatcher and the handler, and releases it. No other OS thread is woken,
+// which on a virtual machine costs tens of microseconds (see
+// BenchmarkNoopHome for that alternative). A call whose context can end runs
+// on a helper goroutine (a Go-level switch, not an OS thread wake-up) so the
+// caller can return at its deadline while the handler is being stopped.
+//
+// # Deadlines
+//
+// When a call's context ends, Call returns the context's error at once. In
+// the background the worker marks the handler's ctx cancelled and raises
+// snakepit.Cancelled in it (an asynchronous exception, raised within one
+// switch interval in pure-Python code); a handler that stops within
+// [Config.InterruptGrace] leaves the worker usable. A handler that does not
+// (blocked in C code) makes the worker declare itself dead: its interpreter
+// and threads cannot be reclaimed while the C code runs, so the pool should
+// replace it.
+//
+// # Limits
+//
+// Extension modules that do not support sub-interpreters (numpy, most
+// Cython and pybind11 modules) fail to import on Python ≥ 3.12; the worker
+// then fails to start with an error matching [worker.ErrNotSubinterpreterSafe]
+// that names the process profile as the fix. On 3.11 workers share one GIL.
+package gil
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/snakepit-go/snakepit/embed"
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/python"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// DefaultInterruptGrace is the grace period when Config.InterruptGrace is 0.
+const DefaultInterruptGrace = 2 * time.Second
+
+// Config configures one worker.
+type Config struct {
+	// Module is the adapter module to import (required), e.g. "my_adapter".
+	Module string
+	// Paths are prepended to sys.path before the module is imported, e.g.
+	// the directory holding it. Zero value: none.
+	Paths []string
+	// Runtime is the Python to use. Nil means embed.Default(): the
+	// SNAKEPIT_LIBPYTHON/SNAKEPIT_PYTHON environment, else the hermetic
+	// CPython if the program imports python/dist, else python3 on PATH.
+	Runtime *embed.Runtime
+	// ID names the worker in logs and errors. Zero value: "gil-<n>", n the
+	// interpreter's id.
+	ID string
+	// Logger receives the adapter's log records and its print() output,
+	// with the worker id, command and correlation id. Nil discards them.
+	Logger *slog.Logger
+	// InterruptGrace is how long a handler may take to stop after its call's
+	// context ended before the worker declares itself dead. Zero value:
+	// DefaultInterruptGrace.
+	InterruptGrace time.Duration
+	// SharedGIL runs the interpreter under the main interpreter's GIL even
+	// on Python ≥ 3.12 (for comparison; no parallelism). Zero value: own GIL.
+	SharedGIL bool
+}
+
+// Worker is a thread-profile worker. It implements [worker.Worker] and
+// [worker.SessionEnder].
+type Worker struct {
+	id    string
+	in    *embed.Interpreter
+	log   *slog.Logger
+	grace time.Duration
+	fns   dispatcherFuncs
+
+	// slot is held while Python runs one of this worker's calls (or a
+	// stream is open): calls take turns on it.
+	slot chan struct{}
+
+	done      chan struct{} // closed when the worker stopped
+	stopOnce  sync.Once
+	mu        sync.Mutex     // guards err, closed
+	err       error          // why the worker died
+	closed    bool           // Close has started
+	bg        sync.WaitGroup // background goroutines (interrupters, stuck-call watchers)
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type dispatcherFuncs struct {
+	call, streamOpen, streamNext, streamClose, endSession, teardown, drainLogs, cancel, cancelled *embed.Func
+}
+
+var _ worker.Worker = (*Worker)(nil)
+var _ worker.SessionEnder = (*Worker)(nil)
+
+// Start creates the worker's sub-interpreter, imports the adapter and runs
+// its setup(). It returns when the worker is ready, or an error matching
+// [worker.ErrSetup] (and, for a module that refuses sub-interpreters,
+// [worker.ErrNotSubinterpreterSafe]) with nothing left behind. ctx bounds
+// the wait; setup() itself runs to completion.
+func Start(ctx context.Context, cfg Config) (*Worker, error) {
+	if cfg.Module == "" {
+		return nil, errors.New("gil: Config.Module is required")
+	}
+	if cfg.InterruptGrace < 0 {
+		return nil, errors.New("gil: Config.InterruptGrace must not be negative")
+	}
+	rt := cfg.Runtime
+	if rt == nil {
+		var err error
+		if rt, err = embed.Default(); err != nil {
+			return nil, &worker.SetupError{WorkerID: cfg.ID, Stage: "start", Err: err}
+		}
+	}
+	pkg, err := python.Path()
+	if err != nil {
+		return nil, &worker.SetupError{WorkerID: cfg.ID, Stage: "start", Err: err}
+	}
+	in, err := rt.NewInterpreter(embed.InterpreterConfig{
+		Paths:     append([]string{pkg}, cfg.Paths...),
+		SharedGIL: cfg.SharedGIL,
+	})
+	if err != nil {
+		return nil, &worker.SetupError{WorkerID: cfg.ID, Stage: "start", Err: err}
+	}
+	w := &Worker{
+		id:    cfg.ID,
+		in:    in,
+		log:   cfg.Logger,
+		grace: cfg.InterruptGrace,
+		slot:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
+	}
+	if w.id == "" {
+		w.id = "gil-" + strconv.FormatInt(in.ID(), 10)
+	}
+	if w.log == nil {
+		w.log = slog.New(slog.DiscardHandler)
+	}
+	if w.grace == 0 {
+		w.grace = DefaultInterruptGrace
+	}
+	if err := w.boot(ctx, cfg.Module); err != nil {
+		_ = in.Close(context.Background())
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Worker) boot(ctx context.Context, module string) error {
+	code := fmt.Sprintf(`import snakepit, snakepit._dispatch
+_spk = snakepit._dispatch.Dispatcher(%s, worker_id=%s, capture_stdio=True, log_level=%d)
+_spk_call, _spk_stream_open, _spk_stream_next, _spk_stream_close = _spk.call, _spk.stream_open, _spk.stream_next, _spk.stream_close
+_spk_end_session, _spk_teardown, _spk_drain_logs, _spk_cancel, _spk_setup = _spk.end_session, _spk.teardown, _spk.drain_logs, _spk.cancel, _spk.setup
+_spk_cancelled = snakepit.Cancelled
+`, pyString(module), pyString(w.id), python.PythonLevel(w.log))
+	if err := w.in.Exec(ctx, code); err != nil {
+		return &worker.SetupError{WorkerID: w.id, Stage: "import", Err: err}
+	}
+	for name, fp := range map[string]**embed.Func{
+		"_spk_call": &w.fns.call, "_spk_stream_open": &w.fns.streamOpen, "_spk_stream_next": &w.fns.streamNext,
+		"_spk_stream_close": &w.fns.streamClose, "_spk_end_session": &w.fns.endSession, "_spk_teardown": &w.fns.teardown,
+		"_spk_drain_logs": &w.fns.drainLogs, "_spk_cancel": &w.fns.cancel, "_spk_cancelled": &w.fns.cancelled,
+	} {
+		f, err := w.in.Func(ctx, "__main__", name)
+		if err != nil {
+			return &worker.SetupError{WorkerID: w.id, Stage: "import", Err: err}
+		}
+		*fp = f
+	}
+	setup, err := w.in.Func(ctx, "__main__", "_spk_setup")
+	if err != nil {
+		return &worker.SetupError{WorkerID: w.id, Stage: "setup", Err: err}
+	}
+	out, err := w.in.CallRaw(ctx, setup, nil, nil, nil)
+	if err != nil {
+		return &worker.SetupError{WorkerID: w.id, Stage: "setup", Err: err}
+	}
+	r, err := python.DecodeReply(out, "setup", "")
+	if err != nil {
+		return &worker.SetupError{WorkerID: w.id, Stage: "setup", Err: err}
+	}
+	w.emit(context.Background(), r.Logs)
+	if r.Err != nil {
+		return &worker.SetupError{WorkerID: w.id, Stage: "setup", Err: unwrapCallError(r.Err)}
+	}
+	return nil
+}
+
+func unwrapCallError(err error) error {
+	var ce *worker.CallError
+	if errors.As(err, &ce) {
+		return ce.Err
+	}
+	return err
+}
+
+// pyString quotes s as a Python string literal (a JSON string is one).
+func pyString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// ID returns the worker's id.
+func (w *Worker) ID() string { return w.id }
+
+// Interpreter returns the worker's sub-interpreter.
+func (w *Worker) Interpreter() *embed.Interpreter { return w.in }
+
+// Done is closed when the worker stopped: closed or dead.
+func (w *Worker) Done() <-chan struct{} { return w.done }
+
+// Err returns why the worker died, or nil.
+func (w *Worker) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+func (w *Worker) die(reason string, cause error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = &worker.DeadError{WorkerID: w.id, Reason: reason, Err: cause}
+	}
+	w.mu.Unlock()
+	w.stop()
+	w.log.Error("worker dead", "worker", w.id, "reason", reason)
+}
+
+func (w *Worker) stop() { w.stopOnce.Do(func() { close(w.done) }) }
+
+// unavailable returns the error for a call on a stopped worker.
+func (w *Worker) unavailable() error {
+	if err := w.Err(); err != nil {
+		return err
+	}
+	return worker.ErrClosed
+}
+
+// acquire takes the call slot, bounded by ctx.
+func (w *Worker) acquire(ctx context.Context) error {
+	select {
+	case <-w.done:
+		return w.unavailable()
+	default:
+	}
+	select {
+	case w.slot <- struct{}{}:
+		select {
+		case <-w.done:
+			<-w.slot
+			return w.unavailable()
+		default:
+			return nil
+		}
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-w.done:
+		return w.unavailable()
+	}
+}
+
+func (w *Worker) release() { <-w.slot }
+
+// Call runs a command. See [worker.Worker.Call].
+func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Response, error) {
+	ctx, cancel := withRequestDeadline(ctx, req)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	args, err := python.EncodeCall(nil, req, deadline)
+	if err != nil {
+		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	if err := w.acquire(ctx); err != nil {
+		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	r, abandoned, err := w.run(ctx, w.fns.call, args, req.Command, req.CorrelationID, w.release)
+	if !abandoned {
+		w.release()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &worker.Response{Result: r.Payload}, nil
+}
+
+func withRequestDeadline(ctx context.Context, req *worker.Request) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Deadline(); !req.Deadline.IsZero() && (!ok || req.Deadline.Before(d)) {
+		return context.WithDeadline(ctx, req.Deadline)
+	}
+	return ctx, func() {}
+}
+
+type callResult struct {
+	out []byte
+	err error
+}
+
+// run calls a dispatcher method; the caller holds the slot. If ctx ends
+// first, run returns at once with abandoned set: the call is then stopped in
+// the background, which runs onAbandon once Python is done with it (unless
+// the worker died waiting).
+func (w *Worker) run(ctx context.Context, fn *embed.Func, args []byte, command, cid string, onAbandon func()) (r python.Reply, abandoned bool, err error) {
+	id := embed.NewCallID()
+	var res callResult
+	if ctx.Done() == nil {
+		// Nothing can end this call early: run it right here.
+		res.out, res.err = w.in.CallOnThread(id, fn, args, nil, nil)
+	} else {
+		resc := make(chan callResult, 1)
+		go func() {
+			out, err := w.in.CallOnThread(id, fn, args, nil, nil)
+			resc <- callResult{out, err}
+		}()
+		select {
+		case res = <-resc:
+		case <-ctx.Done():
+			w.bg.Add(1)
+			go w.abandon(id, resc, command, cid, onAbandon)
+			return python.Reply{}, true, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
+		}
+	}
+	r, err = w.reply(ctx, res, command, cid)
+	return r, false, err
+}
+
+func (w *Worker) reply(ctx context.Context, res callResult, command, cid string) (python.Reply, error) {
+	if res.err != nil {
+		if errors.Is(res.err, embed.ErrClosed) {
+			res.err = w.unavailable()
+		}
+		return python.Reply{}, &worker.CallError{Command: command, CorrelationID: cid, Err: res.err}
+	}
+	r, err := python.DecodeReply(res.out, command, cid)
+	if err != nil {
+		return python.Reply{}, &worker.CallError{Command: command, CorrelationID: cid, Err: err}
+	}
+	w.emit(ctx, r.Logs)
+	if r.Err != nil {
+		if errors.Is(r.Err, python.ErrCancelled) && ctx.Err() != nil {
+			return r, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
+		}
+		return r, r.Err
+	}
+	return r, nil
+}
+
+// abandon stops a call whose caller has gone: it marks the handler's ctx
+// cancelled and raises snakepit.Cancelled in it, then waits the grace
+// period for the call to end. If it does not, the worker dies.
+func (w *Worker) abandon(id uint64, resc <-chan callResult, command, cid string, onAbandon func()) {
+	defer w.bg.Done()
+	interrupted := make(chan struct{})
+	w.bg.Add(1)
+	go func() {
+		// Blocks for as long as C code holds the interpreter's GIL.
+		defer w.bg.Done()
+		defer close(interrupted)
+		bg := context.Background()
+		if _, err := w.in.CallRaw(bg, w.fns.cancel, nil, nil, nil); err == nil {
+			_, _ = w.in.Interrupt(bg, id, w.fns.cancelled)
+		}
+	}()
+	timer := time.NewTimer(w.grace)
+	defer timer.Stop()
+	select {
+	case res := <-resc:
+		if res.err == nil {
+			if r, err := python.DecodeReply(res.out, command, cid); err == nil {
+				w.emit(context.Background(), r.Logs)
+			}
+		}
+		onAbandon()
+	case <-timer.C:
+		w.die(fmt.Sprintf("handler %q (correlation %s) did not stop within %v of its deadline", command, cid, w.grace), nil)
+		// If the call ever ends, let Close reclaim the interpreter.
+		w.bg.Add(1)
+		go func() {
+			defer w.bg.Done()
+			<-resc
+			onAbandon()
+		}()
+	}
+}
+
+func (w *Worker) emit(ctx context.Context, logs []python.LogRecord) {
+	for _, r := range logs {
+		r.Emit(ctx, w.log, w.id)
+	}
+}
+
+// EndSession drops the Python-side state of a session on this worker.
+func (w *Worker) EndSession(ctx context.Context, sessionID string) error {
+	args, err := pymarshal.Marshal(pymarshal.Tuple{sessionID})
+	if err != nil {
+		return err
+	}
+	if err := w.acquire(ctx); err != nil {
+		return err
+	}
+	_, abandoned, err := w.run(ctx, w.fns.endSession, args, "end_session", "", w.release)
+	if !abandoned {
+		w.release()
+	}
+	return err
+}
+
+// Close runs the adapter's teardown() and ends the interpreter. It waits for
+// a running call until ctx ends. A dead worker whose handler is still stuck
+// cannot be reclaimed: Close then returns the death error.
+func (w *Worker) Close(ctx context.Context) error {
+	w.closeOnce.Do(func() { w.closeErr = w.close(ctx) })
+	return w.closeErr
+}
+
+func (w *Worker) close(ctx context.Context) error {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	// Take the slot directly: a dead worker refuses acquire, but its stuck
+	// call may have ended since.
+	select {
+	case w.slot <- struct{}{}:
+	case <-ctx.Done():
+		w.stop()
+		if err := w.Err(); err != nil {
+			return fmt.Errorf("gil: close %s: %w", w.id, err)
+		}
+		return fmt.Errorf("gil: close %s: a call is still running: %w", w.id, ctx.Err())
+	}
+	dead := w.Err() != nil
+	w.stop()
+	if !dead {
+		if out, err := w.in.CallRaw(ctx, w.fns.teardown, nil, nil, nil); err == nil {
+			if r, err := python.DecodeReply(out, "teardown", ""); err == nil {
+				w.emit(ctx, r.Logs)
+				if r.Err != nil {
+					w.log.Warn("teardown raised", "worker", w.id, "error", r.Err)
+				}
+			}
+		}
+		if out, err := w.in.CallRaw(ctx, w.fns.drainLogs, nil, nil, nil); err == nil {
+			if logs, err := python.DecodeLogs(out); err == nil {
+				w.emit(ctx, logs)
+			}
+		}
+	}
+	err := w.in.Close(ctx)
+	w.bg.Wait()
+	if err != nil {
+		return fmt.Errorf("gil: close %s: %w", w.id, err)
+	}
+	return nil
+}

@@ -1,0 +1,238 @@
+package python
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// The dispatcher's reply codes and error kinds (python/snakepit/_dispatch.py).
+const (
+	replyOK    = 0
+	replyError = 1
+	replyEnd   = 2
+)
+
+// ErrCancelled is what the dispatcher reports for a handler interrupted by
+// cancellation; workers turn it into the context's error.
+var ErrCancelled = errors.New("python: call interrupted")
+
+// EncodeCall marshals the dispatcher's call arguments for req: (command,
+// kwargs, correlation_id, session_id, deadline, attachments), the
+// positional arguments of Dispatcher.call and Dispatcher.stream_open.
+func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
+	var kwargs any = map[string]any{}
+	if len(req.Args) > 0 {
+		if req.Args[0]&^0x80 != '{' {
+			return nil, &worker.NotSerializableError{What: "argument", Detail: "Args must be a marshalled dict of keyword arguments"}
+		}
+		kwargs = pymarshal.RawValue(req.Args)
+	}
+	var sid, dl, att any
+	if req.SessionID != "" {
+		sid = req.SessionID
+	}
+	if !deadline.IsZero() {
+		dl = float64(deadline.UnixNano()) / 1e9
+	}
+	if len(req.Attachments) > 0 {
+		list := make([]any, len(req.Attachments))
+		for i, a := range req.Attachments {
+			list[i] = a
+		}
+		att = list
+	}
+	out, err := pymarshal.AppendMarshal(dst, pymarshal.Tuple{req.Command, kwargs, req.CorrelationID, sid, dl, att})
+	if err != nil {
+		return nil, &worker.NotSerializableError{What: "argument", Detail: err.Error(), Err: err}
+	}
+	return out, nil
+}
+
+// LogRecord is one record of the adapter's logging (or a printed line).
+type LogRecord struct {
+	Level         int // Python's levelno
+	Logger        string
+	Message       string
+	Command       string
+	CorrelationID string
+	Exception     string // formatted traceback, if the record had exc_info
+}
+
+// SlogLevel maps a Python level number to slog's.
+func SlogLevel(levelno int) slog.Level {
+	switch {
+	case levelno >= 40:
+		return slog.LevelError
+	case levelno >= 30:
+		return slog.LevelWarn
+	case levelno >= 20:
+		return slog.LevelInfo
+	default:
+		return slog.LevelDebug
+	}
+}
+
+// PythonLevel returns the most verbose Python level logger wants, so Python
+// does not build records Go would drop.
+func PythonLevel(logger *slog.Logger) int {
+	ctx := context.Background()
+	switch {
+	case logger.Enabled(ctx, slog.LevelDebug):
+		return 10
+	case logger.Enabled(ctx, slog.LevelInfo):
+		return 20
+	case logger.Enabled(ctx, slog.LevelWarn):
+		return 30
+	case logger.Enabled(ctx, slog.LevelError):
+		return 40
+	}
+	return 50
+}
+
+// Emit writes the record to logger, tagged with the worker id.
+func (r LogRecord) Emit(ctx context.Context, logger *slog.Logger, workerID string) {
+	level := SlogLevel(r.Level)
+	if !logger.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{slog.String("worker", workerID), slog.String("logger", r.Logger)}
+	if r.Command != "" {
+		attrs = append(attrs, slog.String("command", r.Command))
+	}
+	if r.CorrelationID != "" {
+		attrs = append(attrs, slog.String("correlation_id", r.CorrelationID))
+	}
+	if r.Exception != "" {
+		attrs = append(attrs, slog.String("exception", r.Exception))
+	}
+	logger.LogAttrs(ctx, level, r.Message, attrs...)
+}
+
+// Reply is a decoded dispatcher reply.
+type Reply struct {
+	// Payload is the marshalled result or chunk (nil at the end of a stream
+	// and on error).
+	Payload []byte
+	// End reports the end of a stream.
+	End bool
+	// Err is the call's error, typed with the worker package's errors.
+	Err error
+	// Logs are the records emitted since the previous reply.
+	Logs []LogRecord
+}
+
+// DecodeReply decodes a marshalled dispatcher reply. command and
+// correlationID label the errors it returns.
+func DecodeReply(b []byte, command, correlationID string) (Reply, error) {
+	// The common case, a result with no log records, is a plain bytes object
+	// whose content is the marshalled result: no decoding needed.
+	if len(b) >= 5 && b[0]&^0x80 == 's' {
+		n := int(binary.LittleEndian.Uint32(b[1:5]))
+		if n == len(b)-5 {
+			return Reply{Payload: b[5:]}, nil
+		}
+	}
+	v, err := pymarshal.Decode(b)
+	if err != nil {
+		return Reply{}, fmt.Errorf("python: malformed dispatcher reply: %w", err)
+	}
+	t, ok := v.([]any)
+	if !ok || len(t) != 3 {
+		return Reply{}, fmt.Errorf("python: malformed dispatcher reply %T", v)
+	}
+	code, _ := t[0].(int64)
+	var r Reply
+	r.Logs = decodeLogs(t[2])
+	switch code {
+	case replyOK:
+		p, ok := t[1].([]byte)
+		if !ok {
+			return Reply{}, errors.New("python: malformed dispatcher reply: payload is not bytes")
+		}
+		r.Payload = p
+	case replyEnd:
+		r.End = true
+	case replyError:
+		r.Err = decodeError(t[1], command, correlationID)
+	default:
+		return Reply{}, fmt.Errorf("python: malformed dispatcher reply code %d", code)
+	}
+	return r, nil
+}
+
+// DecodeLogs decodes a marshalled list of log records (the reply of the
+// dispatcher's drain_logs; None decodes to no records).
+func DecodeLogs(b []byte) ([]LogRecord, error) {
+	v, err := pymarshal.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("python: malformed log records: %w", err)
+	}
+	return decodeLogs(v), nil
+}
+
+func decodeLogs(v any) []LogRecord {
+	list, _ := v.([]any)
+	if len(list) == 0 {
+		return nil
+	}
+	out := make([]LogRecord, 0, len(list))
+	for _, item := range list {
+		f, ok := item.([]any)
+		if !ok || len(f) < 6 {
+			continue
+		}
+		var r LogRecord
+		lv, _ := f[0].(int64)
+		r.Level = int(lv)
+		r.Logger, _ = f[1].(string)
+		r.Message, _ = f[2].(string)
+		r.Command, _ = f[3].(string)
+		r.CorrelationID, _ = f[4].(string)
+		r.Exception, _ = f[5].(string)
+		out = append(out, r)
+	}
+	return out
+}
+
+func decodeError(v any, command, correlationID string) error {
+	f, ok := v.([]any)
+	if !ok || len(f) != 5 {
+		return fmt.Errorf("python: malformed error reply %v", v)
+	}
+	kind, _ := f[0].(string)
+	typ, _ := f[1].(string)
+	msg, _ := f[2].(string)
+	tb, _ := f[3].(string)
+	var err error
+	switch kind {
+	case "python":
+		err = &worker.PythonError{Type: typ, Message: msg, Traceback: tb}
+	case "not_found":
+		var avail []string
+		list, _ := f[4].([]any)
+		for _, a := range list {
+			if s, ok := a.(string); ok {
+				avail = append(avail, s)
+			}
+		}
+		err = &worker.CommandNotFoundError{Command: command, Available: avail}
+	case "bad_args":
+		err = &worker.BadArgumentsError{Command: command, Reason: msg}
+	case "not_serializable":
+		err = &worker.NotSerializableError{What: "result", Detail: msg}
+	case "cancelled":
+		err = ErrCancelled
+	case "streaming", "not_streaming":
+		err = fmt.Errorf("%w: %s", worker.ErrStreamMismatch, msg)
+	default:
+		err = fmt.Errorf("python: dispatcher: %s", msg)
+	}
+	return &worker.CallError{Command: command, CorrelationID: correlationID, Err: err}
+}

@@ -1,0 +1,2 @@
+"""An adapter that cannot be imported."""
+raise ImportError("this adapter is broken on purpose")

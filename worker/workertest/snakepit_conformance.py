@@ -1,0 +1,144 @@
+"""The adapter the conformance suite runs in every worker implementation."""
+
+import asyncio
+import logging
+import os
+import time
+
+import snakepit
+
+EVENTS = []
+TEARDOWN_MARKER = os.environ.get("SNAKEPIT_CONFORMANCE_TEARDOWN", "")
+_state = {"setup_ran": False}
+
+
+def setup():
+    _state["setup_ran"] = True
+
+
+def teardown():
+    if TEARDOWN_MARKER:
+        with open(TEARDOWN_MARKER, "w") as f:
+            f.write("teardown ran")
+
+
+@snakepit.command
+def echo(value):
+    """Return the value unchanged."""
+    return value
+
+
+@snakepit.command
+def type_of(value):
+    return type(value).__name__
+
+
+@snakepit.command
+def setup_ran():
+    return _state["setup_ran"]
+
+
+@snakepit.command(name="renamed", description="a command whose name differs from its function")
+def some_function_name():
+    return "renamed"
+
+
+@snakepit.command
+def context(ctx):
+    return {
+        "correlation_id": ctx.correlation_id,
+        "session_id": ctx.session_id,
+        "command": ctx.command,
+        "has_deadline": ctx.deadline is not None,
+        "attachments": ctx.attachments,
+        "worker_id": ctx.worker_id,
+    }
+
+
+@snakepit.command
+def remember(key, value, ctx):
+    ctx.session[key] = value
+    return len(ctx.session)
+
+
+@snakepit.command
+def recall(key, ctx):
+    return ctx.session.get(key)
+
+
+@snakepit.command
+def fail(message):
+    def inner():
+        raise ValueError(message)
+    inner()
+
+
+@snakepit.command
+def exit_handler():
+    raise SystemExit(2)
+
+
+@snakepit.command
+def not_serialisable():
+    return {"fine": 1, "bad": object()}
+
+
+@snakepit.command
+def log_things(ctx):
+    ctx.log.info("info from %s", ctx.command)
+    logging.getLogger("conformance.other").warning("warning from another logger")
+    print("printed by the handler")
+    return "logged"
+
+
+@snakepit.command
+def count(n):
+    try:
+        for i in range(n):
+            yield i
+    finally:
+        EVENTS.append("count finally")
+
+
+@snakepit.command
+def fail_midstream():
+    yield 1
+    raise RuntimeError("midstream")
+
+
+@snakepit.command
+def events():
+    out = list(EVENTS)
+    EVENTS.clear()
+    return out
+
+
+@snakepit.command
+async def async_double(x):
+    await asyncio.sleep(0.001)
+    return x * 2
+
+
+@snakepit.command
+async def async_count(n):
+    for i in range(n):
+        await asyncio.sleep(0)
+        yield i * 10
+
+
+@snakepit.command
+def spin(ctx):
+    """A pure-Python loop that never ends by itself."""
+    n = 0
+    try:
+        while True:
+            n += 1
+    finally:
+        EVENTS.append("spin interrupted")
+
+
+@snakepit.command
+def block_in_c(seconds):
+    """Blocks in C code (a sleep), where interrupts cannot reach."""
+    time.sleep(seconds)
+    return "woke"
