@@ -60,6 +60,7 @@ type Interpreter struct {
 	ci     *C.spk_interp    // thread states callers' threads hold (CallOnThread)
 
 	inflight atomic.Int64 // CallOnThread calls running
+	closing  atomic.Bool  // closed, readable without mu
 
 	reqs chan func()   // work for the home thread
 	done chan struct{} // closed when the home thread has ended the interpreter
@@ -294,6 +295,7 @@ func (in *Interpreter) Close(ctx context.Context) error {
 		return fmt.Errorf("embed: close interpreter %d: %d Thread(s) still attached", in.id, n)
 	}
 	in.closed = true
+	in.closing.Store(true)
 	in.mu.Unlock()
 	select {
 	case <-in.done:
@@ -383,16 +385,20 @@ func NewCallID() uint64 { return callIDs.Add(1) }
 
 var callIDs atomic.Uint64
 
-// callBuf is C memory for one call's result; pooled so the fast path does
-// not allocate.
+// callBuf is C memory for one call's arguments and result; pooled so the
+// fast path neither allocates nor passes Go pointers to C (which cgo checks).
 type callBuf struct {
-	buf *C.char
+	buf *C.char // result
+	arg *C.char // arguments, when they fit
 	res *C.spk_result
 }
+
+const argBufSize = 4 << 10
 
 var callBufs = sync.Pool{New: func() any {
 	return &callBuf{
 		buf: (*C.char)(C.malloc(outBufSize)),
+		arg: (*C.char)(C.malloc(argBufSize)),
 		res: (*C.spk_result)(C.calloc(1, C.sizeof_spk_result)),
 	}
 }}
@@ -409,20 +415,25 @@ func (in *Interpreter) CallOnThread(id uint64, f *Func, args, kwargs, dst []byte
 	f.check(in)
 	in.inflight.Add(1)
 	defer in.inflight.Add(-1)
-	in.mu.Lock()
-	closed := in.closed
-	in.mu.Unlock()
-	if closed {
+	if in.closing.Load() {
 		return nil, ErrClosed
 	}
 	cb := callBufs.Get().(*callBuf)
 	defer callBufs.Put(cb)
 	var ap, kp *C.char
-	if len(args) > 0 {
-		ap = (*C.char)(unsafe.Pointer(&args[0]))
-	}
-	if len(kwargs) > 0 {
-		kp = (*C.char)(unsafe.Pointer(&kwargs[0]))
+	if len(args)+len(kwargs) <= argBufSize {
+		staged := unsafe.Slice((*byte)(unsafe.Pointer(cb.arg)), argBufSize)
+		copy(staged, args)
+		copy(staged[len(args):], kwargs)
+		ap = cb.arg
+		kp = (*C.char)(unsafe.Add(unsafe.Pointer(cb.arg), len(args)))
+	} else {
+		if len(args) > 0 {
+			ap = (*C.char)(unsafe.Pointer(&args[0]))
+		}
+		if len(kwargs) > 0 {
+			kp = (*C.char)(unsafe.Pointer(&kwargs[0]))
+		}
 	}
 	runtime.LockOSThread()
 	C.spk_fcall(in.ci, C.uint64_t(id), f.obj, ap, C.Py_ssize_t(len(args)), kp, C.Py_ssize_t(len(kwargs)), cb.buf, outBufSize, cb.res)
@@ -640,16 +651,23 @@ func (s *scope) call(fn *C.PyObject, args, kwargs, dst []byte) ([]byte, error) {
 // take turns the result slot into Go values and frees what C allocated.
 func (s *scope) take(dst []byte) ([]byte, error) {
 	r := s.res
-	defer C.spk_result_free(r)
+	// Free what C allocated; most results allocate nothing (no cgo call).
+	if r.out_heap != 0 || r.etype != nil || r.emsg != nil || r.etb != nil {
+		defer C.spk_result_free(r)
+	}
 	switch r.status {
 	case C.SPK_OK:
 		n := int(r.out_len)
-		if n == 0 {
-			return dst, nil
-		}
 		src := s.buf
 		if r.out_heap != 0 {
 			src = r.out
+		}
+		if r.out_raw != 0 {
+			dst = pymarshal.AppendBytes(dst, unsafe.Slice((*byte)(unsafe.Pointer(src)), n))
+			return dst, nil
+		}
+		if n == 0 {
+			return dst, nil
 		}
 		return append(dst, unsafe.Slice((*byte)(unsafe.Pointer(src)), n)...), nil
 	case C.SPK_EPYTHON:

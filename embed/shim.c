@@ -48,7 +48,9 @@ static struct {
 
 	// Objects.
 	PyObject *None;
+	PyObject *PyBytes_Type;
 	PyObject **PyExc_ValueError;
+	PyObject *(*PyObject_Type)(PyObject *);
 	void (*Py_DecRef)(PyObject *);
 	PyObject *(*PyImport_ImportModule)(const char *);
 	PyObject *(*PyImport_AddModule)(const char *);
@@ -124,6 +126,8 @@ int spk_load(const char *path, char **err) {
 		goto fail;
 	}
 	REQ(PyExc_ValueError);
+	REQ(PyBytes_Type);
+	REQ(PyObject_Type);
 	REQ(Py_DecRef);
 	REQ(PyImport_ImportModule);
 	REQ(PyImport_AddModule);
@@ -434,6 +438,25 @@ static void put_result(PyObject *res, char *buf, Py_ssize_t cap, spk_result *r) 
 	if (res == api.None && cap >= 1) {
 		buf[0] = 'N';
 		r->out_len = 1;
+		return;
+	}
+	// A bytes result is copied as it is (the caller adds marshal's header):
+	// the dispatcher's replies are bytes, and this saves a copy.
+	PyObject *type = api.PyObject_Type(res);
+	api.Py_DecRef(type);
+	if (type == api.PyBytes_Type && api.PyBytes_AsStringAndSize(res, &p, &n) == 0) {
+		r->out_raw = 1;
+		if (n <= cap) {
+			memcpy(buf, p, n);
+			r->out_len = n;
+		} else if ((r->out = malloc(n)) == NULL) {
+			r->status = SPK_EINTERNAL;
+			r->emsg = strdup("out of memory copying the result");
+		} else {
+			memcpy(r->out, p, n);
+			r->out_len = n;
+			r->out_heap = 1;
+		}
 		return;
 	}
 	b = api.PyMarshal_WriteObjectToString(res, 4);

@@ -50,6 +50,7 @@ typedef struct {
 	char *out;          // marshalled result: the caller's buffer or malloc'd
 	Py_ssize_t out_len;
 	int out_heap;       // out was malloc'd (did not fit the caller's buffer)
+	int out_raw;        // out is the content of a bytes result, not marshalled
 	char *etype;
 	char *emsg;
 	char *etb;

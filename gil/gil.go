@@ -260,6 +260,11 @@ func (w *Worker) acquire(ctx context.Context) error {
 	default:
 	}
 	select {
+	case w.slot <- struct{}{}: // the common case: free
+		return nil
+	default:
+	}
+	select {
 	case w.slot <- struct{}{}:
 		select {
 		case <-w.done:

@@ -384,3 +384,46 @@ func fieldByIndex(v reflect.Value, index []int) (reflect.Value, bool) {
 	}
 	return v, true
 }
+
+// Appenders for callers that build a known shape without boxing values in
+// interfaces (the workers' call envelope).
+
+// AppendNone appends None.
+func AppendNone(b []byte) []byte { return append(b, typeNone) }
+
+// AppendString appends a str; invalid UTF-8 is an error.
+func AppendString(b []byte, s string) ([]byte, error) {
+	e := encoder{buf: b}
+	if err := e.str(s); err != nil {
+		return nil, err
+	}
+	return e.buf, nil
+}
+
+// AppendBytes appends a bytes value.
+func AppendBytes(b []byte, p []byte) []byte {
+	e := encoder{buf: b}
+	_ = e.bytes(p) // only fails beyond 2 GiB, which a []byte this call gets cannot reach in practice
+	return e.buf
+}
+
+// AppendFloat appends a float.
+func AppendFloat(b []byte, f float64) []byte {
+	e := encoder{buf: b}
+	e.float(f)
+	return e.buf
+}
+
+// AppendTupleHeader starts a tuple of n items; the items follow.
+func AppendTupleHeader(b []byte, n int) []byte {
+	e := encoder{buf: b}
+	_ = e.seqHeader(true, n)
+	return e.buf
+}
+
+// AppendListHeader starts a list of n items; the items follow.
+func AppendListHeader(b []byte, n int) []byte {
+	e := encoder{buf: b}
+	_ = e.seqHeader(false, n)
+	return e.buf
+}

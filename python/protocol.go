@@ -23,36 +23,53 @@ const (
 // cancellation; workers turn it into the context's error.
 var ErrCancelled = errors.New("python: call interrupted")
 
-// EncodeCall marshals the dispatcher's call arguments for req: (command,
-// kwargs, correlation_id, session_id, deadline, attachments), the
-// positional arguments of Dispatcher.call and Dispatcher.stream_open.
+// EncodeCall appends to dst the dispatcher's call arguments for req: the
+// marshalled tuple (command, kwargs, correlation_id, session_id, deadline,
+// attachments), the positional arguments of Dispatcher.call and
+// Dispatcher.stream_open. req.Args is copied in without decoding.
 func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
-	var kwargs any = map[string]any{}
-	if len(req.Args) > 0 {
-		if req.Args[0]&^0x80 != '{' {
-			return nil, &worker.NotSerializableError{What: "argument", Detail: "Args must be a marshalled dict of keyword arguments"}
-		}
-		kwargs = pymarshal.RawValue(req.Args)
+	if len(req.Args) > 0 && req.Args[0]&^0x80 != '{' {
+		return nil, &worker.NotSerializableError{What: "argument", Detail: "Args must be a marshalled dict of keyword arguments"}
 	}
-	var sid, dl, att any
-	if req.SessionID != "" {
-		sid = req.SessionID
+	size := 32 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID)
+	for _, a := range req.Attachments {
+		size += 5 + len(a)
 	}
-	if !deadline.IsZero() {
-		dl = float64(deadline.UnixNano()) / 1e9
+	if dst == nil {
+		dst = make([]byte, 0, size)
 	}
-	if len(req.Attachments) > 0 {
-		list := make([]any, len(req.Attachments))
-		for i, a := range req.Attachments {
-			list[i] = a
-		}
-		att = list
-	}
-	out, err := pymarshal.AppendMarshal(dst, pymarshal.Tuple{req.Command, kwargs, req.CorrelationID, sid, dl, att})
+	b := pymarshal.AppendTupleHeader(dst, 6)
+	b, err := pymarshal.AppendString(b, req.Command)
 	if err != nil {
-		return nil, &worker.NotSerializableError{What: "argument", Detail: err.Error(), Err: err}
+		return nil, &worker.NotSerializableError{What: "argument", Detail: "command: " + err.Error(), Err: err}
 	}
-	return out, nil
+	if len(req.Args) > 0 {
+		b = append(b, req.Args...)
+	} else {
+		b = append(b, '{', '0') // an empty dict
+	}
+	if b, err = pymarshal.AppendString(b, req.CorrelationID); err != nil {
+		return nil, &worker.NotSerializableError{What: "argument", Detail: "correlation id: " + err.Error(), Err: err}
+	}
+	if req.SessionID == "" {
+		b = pymarshal.AppendNone(b)
+	} else if b, err = pymarshal.AppendString(b, req.SessionID); err != nil {
+		return nil, &worker.NotSerializableError{What: "argument", Detail: "session id: " + err.Error(), Err: err}
+	}
+	if deadline.IsZero() {
+		b = pymarshal.AppendNone(b)
+	} else {
+		b = pymarshal.AppendFloat(b, float64(deadline.UnixNano())/1e9)
+	}
+	if len(req.Attachments) == 0 {
+		b = pymarshal.AppendNone(b)
+	} else {
+		b = pymarshal.AppendListHeader(b, len(req.Attachments))
+		for _, a := range req.Attachments {
+			b = pymarshal.AppendBytes(b, a)
+		}
+	}
+	return b, nil
 }
 
 // LogRecord is one record of the adapter's logging (or a printed line).

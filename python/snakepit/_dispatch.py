@@ -14,13 +14,14 @@ Reply envelopes:
 """
 
 import collections
-import contextvars
 import importlib
 import inspect
 import io
 import logging
 import sys
 import traceback
+
+from marshal import dumps as _marshal_dumps
 
 from . import _wire
 from ._adapter import Cancelled, Context, commands_of
@@ -39,7 +40,8 @@ K_PROTOCOL = "protocol"              # misuse of the dispatcher itself
 
 MAX_PENDING_LOGS = 10000
 
-_current = contextvars.ContextVar("snakepit_call", default=None)
+# Result types that need no check for coroutines or generators.
+_PLAIN = frozenset((dict, list, tuple, str, bytes, int, float, bool, type(None)))
 
 
 class _Collector(logging.Handler):
@@ -50,10 +52,13 @@ class _Collector(logging.Handler):
         self.worker_id = worker_id
         self.pending = collections.deque(maxlen=MAX_PENDING_LOGS)
         self.dropped = 0
+        # (command, correlation_id) of the running call, set by the
+        # dispatcher: records emitted meanwhile (from any thread) carry it.
+        self.current = None
 
     def emit(self, record):
         try:
-            call = _current.get()
+            call = self.current
             msg = record.getMessage()
             exc = None
             if record.exc_info:
@@ -212,36 +217,51 @@ class Dispatcher:
 
     def call(self, command, kwargs, correlation_id, session_id, deadline, attachments):
         """Run a command. Returns an envelope (see the module doc)."""
-        token = _current.set((command, correlation_id))
+        collector = self._collector
+        collector.current = (command, correlation_id)
         try:
-            try:
+            handler = self._handlers.get(command)
+            if handler is not None and not handler[1]:
+                # The common case, inlined: no context wanted.
+                try:
+                    result = handler[0](**kwargs)
+                except TypeError as e:
+                    if e.__traceback__ is not None and e.__traceback__.tb_next is None:
+                        raise _Refuse(_error(K_BAD_ARGS, message=str(e), logs=collector.drain())) from None
+                    raise
+            else:
                 result = self._invoke(command, kwargs, correlation_id, session_id, deadline, attachments)
+            if result.__class__ not in _PLAIN:
                 if inspect.iscoroutine(result):
                     result = self._run(result)
                 elif _is_stream(result):
                     _close_quietly(result, self)
                     return _error(K_STREAMING, message="command %r streams: call it with Stream" % command,
-                                  logs=self._collector.drain())
+                                  logs=collector.drain())
+            try:
+                payload = _marshal_dumps(result, 4)
+            except ValueError:
                 payload = _wire.dumps(result)
-            except _Refuse as r:
-                return r.reply
-            except _wire.NotSerializable as e:
-                return _error(K_NOT_SERIALIZABLE, message=str(e), logs=self._collector.drain())
-            except Cancelled as e:
-                return _error(K_CANCELLED, e, logs=self._collector.drain())
-            except BaseException as e:
-                return _error(K_PYTHON, e, logs=self._collector.drain())
-            finally:
-                self._call = None
-            return self._ok(payload)
+        except _Refuse as r:
+            return r.reply
+        except _wire.NotSerializable as e:
+            return _error(K_NOT_SERIALIZABLE, message=str(e), logs=collector.drain())
+        except Cancelled as e:
+            return _error(K_CANCELLED, e, logs=collector.drain())
+        except BaseException as e:
+            return _error(K_PYTHON, e, logs=collector.drain())
         finally:
-            _current.reset(token)
+            self._call = None
+            collector.current = None
+        if collector.pending or collector.dropped:
+            return (OK, payload, collector.drain())
+        return payload
 
     def stream_open(self, command, kwargs, correlation_id, session_id, deadline, attachments):
         """Start a streaming command; chunks come from stream_next."""
         if self._stream is not None:
             return _error(K_PROTOCOL, message="a stream is already open on this worker")
-        token = _current.set((command, correlation_id))
+        self._collector.current = (command, correlation_id)
         try:
             try:
                 result = self._invoke(command, kwargs, correlation_id, session_id, deadline, attachments)
@@ -262,14 +282,14 @@ class Dispatcher:
             self._stream = (result, is_async, command, correlation_id, ctx)
             return self._ok(_wire.dumps(None))
         finally:
-            _current.reset(token)
+            self._collector.current = None
 
     def stream_next(self):
         """The next chunk: OK with the chunk, END, or ERROR."""
         if self._stream is None:
             return _error(K_PROTOCOL, message="no stream is open")
         it, is_async, command, correlation_id, ctx = self._stream
-        token = _current.set((command, correlation_id))
+        self._collector.current = (command, correlation_id)
         self._call = ctx
         try:
             try:
@@ -293,7 +313,7 @@ class Dispatcher:
             return self._ok(payload)
         finally:
             self._call = None
-            _current.reset(token)
+            self._collector.current = None
 
     def stream_close(self):
         """Close the open stream early: the generator's finally blocks run."""
@@ -301,11 +321,11 @@ class Dispatcher:
             return self._ok(_wire.dumps(None))
         it, _, command, correlation_id, _ = self._stream
         self._stream = None
-        token = _current.set((command, correlation_id))
+        self._collector.current = (command, correlation_id)
         try:
             _close_quietly(it, self)
         finally:
-            _current.reset(token)
+            self._collector.current = None
         return self._ok(_wire.dumps(None))
 
     def _abandon_stream(self):

@@ -1,0 +1,166 @@
+package gil_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/snakepit-go/snakepit/embed"
+	"github.com/snakepit-go/snakepit/gil"
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/python"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+const benchAdapter = `
+import snakepit
+
+@snakepit.command
+def noop(req):
+    return req
+
+@snakepit.command
+def burn(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+`
+
+func benchWorker(b *testing.B, shared bool) *gil.Worker {
+	b.Helper()
+	dir := b.TempDir()
+	if err := os.WriteFile(dir+"/bench_adapter.py", []byte(benchAdapter), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	w, err := gil.Start(context.Background(), gil.Config{Module: "bench_adapter", Paths: []string{dir}, Runtime: runtimeFor(b), SharedGIL: shared})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { w.Close(context.Background()) })
+	return w
+}
+
+func noopRequest(b *testing.B) *worker.Request {
+	args, err := pymarshal.Marshal(map[string]any{"req": map[string]any{"id": 7, "name": "snake"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &worker.Request{Command: "noop", Args: args, CorrelationID: "bench"}
+}
+
+// BenchmarkNoop: one worker, one caller, a no-op command (it returns its
+// argument) with a small dict argument and result, through the full
+// dispatcher, run on the caller's thread.
+func BenchmarkNoop(b *testing.B) {
+	w := benchWorker(b, false)
+	req := noopRequest(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := w.Call(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkNoopDeadline is BenchmarkNoop with a deadline on every call: the
+// call runs on a helper goroutine so the caller can leave at its deadline.
+func BenchmarkNoopDeadline(b *testing.B) {
+	w := benchWorker(b, false)
+	req := noopRequest(b)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := w.Call(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkNoopHome is the alternative the worker does not use: the same
+// dispatcher call handed to the interpreter's home OS thread and back, which
+// costs an OS thread wake-up per call.
+func BenchmarkNoopHome(b *testing.B) {
+	w := benchWorker(b, false)
+	req := noopRequest(b)
+	in := w.Interpreter()
+	ctx := context.Background()
+	call, err := in.Func(ctx, "__main__", "_spk_call")
+	if err != nil {
+		b.Fatal(err)
+	}
+	args, err := python.EncodeCall(nil, req, time.Time{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		out, err := in.CallRaw(ctx, call, args, nil, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := python.DecodeReply(out, "noop", "bench"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCPUScaling runs a pure-Python task on one worker, then on N
+// workers at once (one caller goroutine each), and reports
+// speedup = N × time(1) / time(N).
+func BenchmarkCPUScaling(b *testing.B) {
+	counts := []int{2}
+	if c := runtime.NumCPU(); c > 2 {
+		counts = append(counts, c)
+	}
+	for _, n := range counts {
+		for _, shared := range []bool{false, true} {
+			name := fmt.Sprintf("workers=%d", n)
+			if shared {
+				name += "/shared-gil"
+			}
+			b.Run(name, func(b *testing.B) {
+				ws := make([]*gil.Worker, n)
+				for i := range ws {
+					ws[i] = benchWorker(b, shared)
+				}
+				args, _ := pymarshal.Marshal(map[string]any{"n": 150_000})
+				req := &worker.Request{Command: "burn", Args: args}
+				run := func(k int) time.Duration {
+					start := time.Now()
+					var wg sync.WaitGroup
+					for _, w := range ws[:k] {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							if _, err := w.Call(context.Background(), req); err != nil {
+								b.Error(err)
+							}
+						}()
+					}
+					wg.Wait()
+					return time.Since(start)
+				}
+				run(n) // warm up every worker
+				var one, all time.Duration
+				b.ResetTimer()
+				for range b.N {
+					one += run(1)
+					all += run(n)
+				}
+				b.ReportMetric(float64(n)*float64(one)/float64(all), "speedup")
+			})
+		}
+	}
+}
+
+var _ = embed.NewCallID
