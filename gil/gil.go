@@ -90,6 +90,12 @@ type Worker struct {
 	// slot is held while Python runs one of this worker's calls (or a
 	// stream is open): calls take turns on it.
 	slot chan struct{}
+	// jobs feeds the executor goroutine, which runs calls that may be
+	// abandoned (their context can end); results come back on resc. Only
+	// the slot holder sends, so one result channel serves every call.
+	jobs chan job
+	resc chan callResult
+	execDone chan struct{} // closed when the executor has exited
 
 	done      chan struct{} // closed when the worker stopped
 	stopOnce  sync.Once
@@ -145,6 +151,10 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		grace: cfg.InterruptGrace,
 		slot:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
+		jobs:  make(chan job),
+		resc:  make(chan callResult, 1),
+
+		execDone: make(chan struct{}),
 	}
 	if w.id == "" {
 		w.id = "gil-" + strconv.FormatInt(in.ID(), 10)
@@ -155,11 +165,32 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	if w.grace == 0 {
 		w.grace = DefaultInterruptGrace
 	}
+	go w.executor()
 	if err := w.boot(ctx, cfg.Module); err != nil {
+		close(w.jobs)
+		<-w.execDone
 		_ = in.Close(context.Background())
 		return nil, err
 	}
 	return w, nil
+}
+
+type job struct {
+	id   uint64
+	fn   *embed.Func
+	args []byte
+}
+
+// executor runs the calls whose callers may leave early. Handing a call to
+// it is a Go-level switch (no OS thread wake-up): the call still runs on
+// whichever OS thread runs the executor, with that thread's cached thread
+// state.
+func (w *Worker) executor() {
+	defer close(w.execDone)
+	for j := range w.jobs {
+		out, err := w.in.CallOnThread(j.id, j.fn, j.args, nil, nil)
+		w.resc <- callResult{out, err}
+	}
 }
 
 func (w *Worker) boot(ctx context.Context, module string) error {
@@ -327,16 +358,12 @@ func (w *Worker) run(ctx context.Context, fn *embed.Func, args []byte, command, 
 		// Nothing can end this call early: run it right here.
 		res.out, res.err = w.in.CallOnThread(id, fn, args, nil, nil)
 	} else {
-		resc := make(chan callResult, 1)
-		go func() {
-			out, err := w.in.CallOnThread(id, fn, args, nil, nil)
-			resc <- callResult{out, err}
-		}()
+		w.jobs <- job{id, fn, args}
 		select {
-		case res = <-resc:
+		case res = <-w.resc:
 		case <-ctx.Done():
 			w.bg.Add(1)
-			go w.abandon(id, resc, command, cid, onAbandon)
+			go w.abandon(id, w.resc, command, cid, onAbandon)
 			return python.Reply{}, true, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
 		}
 	}
@@ -450,6 +477,8 @@ func (w *Worker) close(ctx context.Context) error {
 	}
 	dead := w.Err() != nil
 	w.stop()
+	close(w.jobs) // we hold the slot: no call is sending
+	<-w.execDone
 	if !dead {
 		if out, err := w.in.CallRaw(ctx, w.fns.teardown, nil, nil, nil); err == nil {
 			if r, err := python.DecodeReply(out, "teardown", ""); err == nil {
