@@ -57,7 +57,7 @@ type Interpreter struct {
 	home   *C.PyThreadState // the home thread's thread state; used only there
 	hbuf   *C.char          // home thread's result buffer
 	hres   *C.spk_result    // home thread's result slot
-	ci     *C.spk_interp    // thread states callers' threads hold (CallOnThread)
+	ci     *C.spk_interp    // thread states callers' threads hold (CallOnThread); nil, under mu, once ended
 
 	inflight atomic.Int64 // CallOnThread calls running
 	closing  atomic.Bool  // closed, readable without mu
@@ -146,7 +146,10 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 	lifecycleMu.Lock()
 	C.spk_end_interp(C.int(in.rt.version.Minor), in.home)
 	lifecycleMu.Unlock()
+	in.mu.Lock()
 	C.spk_interp_free(in.ci)
+	in.ci = nil
+	in.mu.Unlock()
 	C.free(unsafe.Pointer(in.hbuf))
 	C.free(unsafe.Pointer(in.hres))
 }
@@ -378,6 +381,18 @@ func deleteForDeadThread(ci *C.spk_interp, tid C.pid_t) {
 		close(done)
 	}()
 	<-done
+}
+
+// ThreadStates returns how many thread states callers' threads hold for
+// this interpreter (one per OS thread that called CallOnThread).
+func (in *Interpreter) ThreadStates() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.ci == nil { // ended
+		return 0
+	}
+	var tid C.pid_t
+	return int(C.spk_interp_pending(in.ci, &tid, 0))
 }
 
 // NewCallID returns an id for [Interpreter.CallOnThread], unique in the process.

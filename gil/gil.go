@@ -93,8 +93,8 @@ type Worker struct {
 	// jobs feeds the executor goroutine, which runs calls that may be
 	// abandoned (their context can end); results come back on resc. Only
 	// the slot holder sends, so one result channel serves every call.
-	jobs chan job
-	resc chan callResult
+	jobs     chan job
+	resc     chan callResult
 	execDone chan struct{} // closed when the executor has exited
 
 	done      chan struct{} // closed when the worker stopped
