@@ -29,13 +29,15 @@ fuzz:
 	  done; \
 	done
 
-# Micro-benchmarks of the call path on the hermetic 3.14, then on 3.11.
+# Benchmarks of the call path and of parallelism on the hermetic 3.14, then
+# on 3.11.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./pymarshal/ ./embed/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./pymarshal/ ./embed/ ./gil/
 	$(MAKE) bench-311
 
 bench-311:
 	SNAKEPIT_LIBPYTHON=$(PY311_LIB) $(GO) test -run '^$$' -bench 'CallNoop$$|CallDict|ParallelCPU' -benchtime $(BENCHTIME) ./embed/
+	SNAKEPIT_TEST_WANT_MINOR=11 SNAKEPIT_LIBPYTHON=$(PY311_LIB) $(GO) test -run '^$$' -bench 'Noop$$|NoopDeadline|CPUScaling' -benchtime $(BENCHTIME) ./gil/
 
 docker:
 	docker build -f docker/Dockerfile -t snakepit-go .

@@ -678,8 +678,10 @@ func (s *scope) take(dst []byte) ([]byte, error) {
 			src = r.out
 		}
 		if r.out_raw != 0 {
-			dst = pymarshal.AppendBytes(dst, unsafe.Slice((*byte)(unsafe.Pointer(src)), n))
-			return dst, nil
+			if cap(dst)-len(dst) < n+5 {
+				dst = append(make([]byte, 0, len(dst)+n+5), dst...)
+			}
+			return pymarshal.AppendBytes(dst, unsafe.Slice((*byte)(unsafe.Pointer(src)), n)), nil
 		}
 		if n == 0 {
 			return dst, nil
