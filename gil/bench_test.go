@@ -133,7 +133,7 @@ func BenchmarkCPUScaling(b *testing.B) {
 				for i := range ws {
 					ws[i] = benchWorker(b, shared)
 				}
-				args, _ := pymarshal.Marshal(map[string]any{"n": 150_000})
+				args, _ := pymarshal.Marshal(map[string]any{"n": 400_000})
 				req := &worker.Request{Command: "burn", Args: args}
 				run := func(k int) time.Duration {
 					start := time.Now()
@@ -150,12 +150,22 @@ func BenchmarkCPUScaling(b *testing.B) {
 					wg.Wait()
 					return time.Since(start)
 				}
-				run(n) // warm up every worker
+				for range 2 { // warm up every interpreter
+					run(n)
+				}
+				// Each iteration times both phases three times, interleaved,
+				// and keeps the fastest of each: the least disturbed by the
+				// rest of the machine.
 				var one, all time.Duration
 				b.ResetTimer()
 				for range b.N {
-					one += run(1)
-					all += run(n)
+					bestOne, bestAll := time.Duration(1<<62), time.Duration(1<<62)
+					for range 3 {
+						bestOne = min(bestOne, run(1))
+						bestAll = min(bestAll, run(n))
+					}
+					one += bestOne
+					all += bestAll
 				}
 				b.ReportMetric(float64(n)*float64(one)/float64(all), "speedup")
 			})
