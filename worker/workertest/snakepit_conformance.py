@@ -139,6 +139,18 @@ def spin(ctx):
 
 @snakepit.command
 def block_in_c(seconds):
-    """Blocks in C code (a sleep), where interrupts cannot reach."""
-    time.sleep(seconds)
+    """Blocks in C where no interrupt reaches: a sleep (the thread profile's
+    asynchronous exception waits for it), with the cancel signal held off in
+    a worker process of its own (a signal would cut a sleep short)."""
+    import signal
+    import threading
+    own_process = bool(os.environ.get("SNAKEPIT_RUN_TOKEN"))
+    if own_process and threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        try:
+            time.sleep(seconds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+    else:
+        time.sleep(seconds)
     return "woke"

@@ -1,0 +1,467 @@
+package subproc
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/python"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// acquire takes the request slot, bounded by ctx.
+func (w *Worker) acquire(ctx context.Context) error {
+	select {
+	case <-w.done:
+		return w.unavailable()
+	default:
+	}
+	select {
+	case w.slot <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case w.slot <- struct{}{}:
+		select {
+		case <-w.done:
+			<-w.slot
+			return w.unavailable()
+		default:
+			return nil
+		}
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-w.done:
+		return w.unavailable()
+	}
+}
+
+func (w *Worker) releaseSlot() { <-w.slot }
+
+func withRequestDeadline(ctx context.Context, req *worker.Request) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Deadline(); !req.Deadline.IsZero() && (!ok || req.Deadline.Before(d)) {
+		return context.WithDeadline(ctx, req.Deadline)
+	}
+	return ctx, func() {}
+}
+
+// Call runs a command. See [worker.Worker.Call].
+func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Response, error) {
+	ctx, cancel := withRequestDeadline(ctx, req)
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	args, err := python.EncodeCall(nil, req, deadline)
+	if err != nil {
+		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	if err := w.acquire(ctx); err != nil {
+		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	r, abandoned, err := w.request(ctx, frameCall, args, req.Command, req.CorrelationID, w.releaseSlot)
+	if !abandoned {
+		w.releaseSlot()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &worker.Response{Result: r.Payload}, nil
+}
+
+// request sends one request frame and reads its reply; the caller holds
+// the slot. If ctx ends first it returns at once with abandoned set: the
+// child is interrupted (SIGUSR1) and its reply awaited in the background for
+// the grace period, after which onAbandon runs — or the group is killed.
+func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command, cid string, onAbandon func()) (r python.Reply, abandoned bool, err error) {
+	wrap := func(err error) error {
+		return &worker.CallError{Command: command, CorrelationID: cid, Err: err}
+	}
+	id := w.nextID.Add(1)
+	if err := w.write(ctx, typ, id, payload); err != nil {
+		if ctx.Err() != nil {
+			// A partly written frame cannot be taken back.
+			w.die(&worker.DeadError{WorkerID: w.id, Reason: "request write interrupted", Err: context.Cause(ctx)})
+			return r, false, wrap(context.Cause(ctx))
+		}
+		var nse *worker.NotSerializableError
+		if errors.As(err, &nse) {
+			return r, false, wrap(err)
+		}
+		return r, false, wrap(w.connError(err))
+	}
+	if d, ok := ctx.Deadline(); ok {
+		w.conn.SetReadDeadline(d)
+	}
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { w.conn.SetReadDeadline(time.Now()) })
+	}
+	f, err := w.readReply(id)
+	if stop != nil {
+		stop()
+	}
+	w.conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && ctx.Done() != nil {
+			// The read deadline is the context's: it may fire a moment
+			// before the context's own timer.
+			<-ctx.Done()
+			w.bg.Add(1)
+			go w.abandon(id, command, cid, onAbandon)
+			return r, true, wrap(context.Cause(ctx))
+		}
+		return r, false, wrap(err)
+	}
+	r, err = python.DecodeReply(f.payload, command, cid)
+	if err != nil {
+		w.die(&ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()})
+		return r, false, wrap(w.Err())
+	}
+	w.emit(ctx, r.Logs)
+	if r.Err != nil {
+		if errors.Is(r.Err, python.ErrCancelled) && ctx.Err() != nil {
+			return r, false, wrap(context.Cause(ctx))
+		}
+		return r, false, r.Err
+	}
+	return r, false, nil
+}
+
+// readReply reads the reply to request id. Anything else is a protocol
+// violation that kills the worker.
+func (w *Worker) readReply(id uint64) (frame, error) {
+	f, err := readFrame(w.conn, w.cfg.MaxFrame, w.rbuf)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return f, err
+		}
+		return f, w.connError(err)
+	}
+	if f.typ != frameReply || f.id != id {
+		err := &ProtocolError{PID: w.pid, Err: fmt.Errorf("%w: got type %d id %d, want REPLY %d", ErrBadFrame, f.typ, f.id, id), Stderr: w.stderr.String()}
+		w.die(err)
+		return f, err
+	}
+	if cap(f.payload) > cap(w.rbuf) && cap(f.payload) <= 1<<20 {
+		w.rbuf = f.payload[:0] // keep a buffer for the next small reply
+	}
+	return f, nil
+}
+
+// connError turns a failed read or write into the worker's death: a child
+// that closed the connection has exited or is exiting.
+func (w *Worker) connError(err error) error {
+	if errors.Is(err, ErrFrameTooLarge) || errors.Is(err, ErrBadFrame) || errors.Is(err, ErrTruncated) {
+		perr := &ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()}
+		w.die(perr)
+		return perr
+	}
+	if dead := w.Err(); dead != nil {
+		return dead
+	}
+	// The connection broke: the process is gone or going. Report how it ended.
+	w.kill()
+	if w.waitExit(2 * time.Second) {
+		return w.Err()
+	}
+	w.die(&ExitError{PID: w.pid, Stderr: w.stderr.String()})
+	return w.Err()
+}
+
+// abandon interrupts a request whose caller left and waits the grace
+// period for its reply.
+func (w *Worker) abandon(id uint64, command, cid string, onAbandon func()) {
+	defer w.bg.Done()
+	_ = syscall.Kill(w.pid, syscall.SIGUSR1)
+	w.conn.SetReadDeadline(time.Now().Add(w.cfg.InterruptGrace))
+	f, err := w.readReply(id)
+	w.conn.SetReadDeadline(time.Time{})
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			w.die(&worker.DeadError{WorkerID: w.id,
+				Reason: fmt.Sprintf("handler %q (correlation %s) did not stop within %v of its deadline", command, cid, w.cfg.InterruptGrace)})
+		}
+		onAbandon()
+		return
+	}
+	if r, err := python.DecodeReply(f.payload, command, cid); err == nil {
+		w.emit(context.Background(), r.Logs)
+	}
+	onAbandon()
+}
+
+// EndSession drops the Python-side state of a session on this worker.
+func (w *Worker) EndSession(ctx context.Context, sessionID string) error {
+	args, err := pymarshal.Marshal(pymarshal.Tuple{sessionID})
+	if err != nil {
+		return err
+	}
+	if err := w.acquire(ctx); err != nil {
+		return err
+	}
+	_, abandoned, err := w.request(ctx, frameEndSession, args, "end_session", "", w.releaseSlot)
+	if !abandoned {
+		w.releaseSlot()
+	}
+	return err
+}
+
+// Stream starts a streaming command. See [worker.Worker.Stream].
+func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream, error) {
+	sctx, cancel := withRequestDeadline(ctx, req)
+	deadline, _ := sctx.Deadline()
+	args, err := python.EncodeCall(nil, req, deadline)
+	if err != nil {
+		cancel()
+		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	if err := w.acquire(sctx); err != nil {
+		cancel()
+		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	s := &stream{w: w, ctx: sctx, cancel: cancel, command: req.Command, cid: req.CorrelationID}
+	_, abandoned, err := w.request(sctx, frameStreamOpen, args, req.Command, req.CorrelationID, s.closeAbandoned)
+	if err != nil {
+		if !abandoned {
+			w.releaseSlot()
+		}
+		cancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+type stream struct {
+	w       *Worker
+	ctx     context.Context
+	cancel  context.CancelFunc
+	command string
+	cid     string
+
+	mu   sync.Mutex // guards done; serialises Next and Close
+	done bool
+}
+
+func (s *stream) Next(ctx context.Context) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return nil, io.EOF
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(s.ctx, func() { cancel(context.Cause(s.ctx)) })
+	defer stop()
+	if d, ok := s.ctx.Deadline(); ok {
+		var c2 context.CancelFunc
+		cctx, c2 = context.WithDeadline(cctx, d)
+		defer c2()
+	}
+	r, abandoned, err := s.w.request(cctx, frameStreamNext, nil, s.command, s.cid, s.closeAbandoned)
+	switch {
+	case abandoned:
+		s.finish(false)
+		return nil, err
+	case err != nil:
+		s.finish(true)
+		return nil, err
+	case r.End:
+		s.finish(true)
+		return nil, io.EOF
+	}
+	return r.Payload, nil
+}
+
+func (s *stream) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return nil
+	}
+	_, _, err := s.w.request(context.Background(), frameStreamClose, nil, s.command, s.cid, nil)
+	s.finish(true)
+	return err
+}
+
+func (s *stream) finish(release bool) {
+	s.done = true
+	s.cancel()
+	if release {
+		s.w.releaseSlot()
+	}
+}
+
+// closeAbandoned runs once an interrupted request of the stream has ended:
+// it closes the generator (if the worker still lives) and frees the slot.
+func (s *stream) closeAbandoned() {
+	select {
+	case <-s.w.done:
+	default:
+		ctx, cancel := context.WithTimeout(context.Background(), s.w.cfg.InterruptGrace)
+		_, _, _ = s.w.request(ctx, frameStreamClose, nil, s.command, s.cid, func() {})
+		cancel()
+	}
+	s.w.releaseSlot()
+}
+
+// Close asks the child to run teardown() and exit, then escalates: SIGTERM
+// to the process group, then SIGKILL, StopGrace apart. Grandchildren in the
+// group die too. It waits for a running call until ctx ends.
+func (w *Worker) Close(ctx context.Context) error {
+	w.closeOnce.Do(func() { w.closeErr = w.close(ctx) })
+	return w.closeErr
+}
+
+func (w *Worker) close(ctx context.Context) error {
+	w.closing.Store(true)
+	var slotHeld bool
+	select {
+	case w.slot <- struct{}{}:
+		slotHeld = true
+	case <-ctx.Done():
+	case <-w.exited:
+	}
+	if slotHeld && w.Err() == nil {
+		sctx, cancel := context.WithTimeout(ctx, w.cfg.StopGrace)
+		if r, _, err := w.request(sctx, frameShutdown, nil, "teardown", "", func() {}); err == nil && r.Err != nil {
+			w.log.Warn("teardown raised", "worker", w.id, "error", r.Err)
+		}
+		cancel()
+	}
+	w.stopOnce.Do(func() { close(w.done) })
+	if !w.waitExit(w.cfg.StopGrace) {
+		_ = syscall.Kill(-w.pid, syscall.SIGTERM)
+		if !w.waitExit(w.cfg.StopGrace) {
+			w.kill()
+			<-w.exited
+		}
+	}
+	w.kill() // whatever else is left in the group
+	w.release()
+	w.reg.remove(w.pid)
+	w.bg.Wait()
+	done := make(chan struct{})
+	go func() { w.outputs.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(w.cfg.StopGrace):
+		// A process outside the group still holds the output pipes open.
+	}
+	return nil
+}
+
+// MemoryBytes returns the resident memory of the worker process and its
+// descendants, from /proc.
+func (w *Worker) MemoryBytes() (int64, error) {
+	select {
+	case <-w.exited:
+		return 0, w.unavailable()
+	default:
+	}
+	page := int64(os.Getpagesize())
+	var total int64
+	seen := map[int]bool{}
+	stack := []int{w.pid}
+	for len(stack) > 0 {
+		pid := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		statm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
+		if err != nil {
+			if pid == w.pid {
+				return 0, fmt.Errorf("subproc: memory of %d: %w", pid, err)
+			}
+			continue
+		}
+		if f := strings.Fields(string(statm)); len(f) > 1 {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			total += n * page
+		}
+		tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/children")
+		for _, t := range tasks {
+			b, err := os.ReadFile(t)
+			if err != nil {
+				continue
+			}
+			for _, c := range strings.Fields(string(b)) {
+				if n, err := strconv.Atoi(c); err == nil {
+					stack = append(stack, n)
+				}
+			}
+		}
+	}
+	return total, nil
+}
+
+// forward copies one output stream of the child to the logger, line by
+// line, keeping a tail for error reports.
+func (w *Worker) forward(r *os.File, name string, keep *tail) {
+	defer w.outputs.Done()
+	defer r.Close()
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			text := strings.TrimRight(string(line), "\r\n")
+			if keep != nil {
+				keep.add(text)
+			}
+			lv := slog.LevelInfo
+			if name == "stderr" {
+				lv = slog.LevelWarn
+			}
+			w.log.Log(context.Background(), lv, text, "worker", w.id, "stream", name)
+		}
+		if err != nil && err != bufio.ErrBufferFull {
+			return
+		}
+	}
+}
+
+// tail keeps the last lines written, up to a size.
+type tail struct {
+	mu    sync.Mutex // guards lines, size
+	max   int
+	lines []string
+	size  int
+}
+
+func newTail(max int) *tail { return &tail{max: max} }
+
+func (t *tail) add(line string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(line) > t.max {
+		line = line[len(line)-t.max:]
+	}
+	t.lines = append(t.lines, line)
+	t.size += len(line) + 1
+	for t.size > t.max && len(t.lines) > 1 {
+		t.size -= len(t.lines[0]) + 1
+		t.lines = t.lines[1:]
+	}
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.Join(t.lines, "\n")
+}

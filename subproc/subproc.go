@@ -1,0 +1,543 @@
+// Package subproc is the process profile: each worker is a Python child
+// process in its own process group, talking to the host over an inherited
+// socketpair. A segfault, a leak or an extension that refuses
+// sub-interpreters (numpy, torch) only costs a worker. It implements
+// [worker.Worker] and runs the same adapter and dispatcher as the thread
+// profile.
+//
+// # Process model
+//
+//   - The child is started from a dedicated, permanently locked OS thread
+//     with Setpgid (its own process group) and Pdeathsig.
+//   - fd 3 is the child's end of a socketpair(AF_UNIX, SOCK_STREAM); fd 4
+//     is the read end of a pipe whose write end only the host holds: when
+//     the host dies, even by SIGKILL, the child reads end of file and kills
+//     its own process group. No TCP port, no socket path.
+//   - The child announces itself with a versioned HELLO once the adapter is
+//     imported and setup() ran; the host then checks it with a PING/PONG
+//     before the worker is ready. stdout and stderr are plain logs,
+//     forwarded line by line to the logger; the last few KiB of stderr go
+//     into error reports.
+//   - Frames are length-prefixed, typed, carry a request id and are capped
+//     in size ([Config.MaxFrame]); a peer that sends garbage, an oversized
+//     or a truncated frame is killed, never trusted.
+//   - A call whose context ends returns at once; the child gets SIGUSR1,
+//     which raises snakepit.Cancelled in the handler. A handler that does not
+//     stop within [Config.InterruptGrace] has its process group killed and
+//     the worker reports itself dead.
+//   - Close sends SHUTDOWN (teardown() runs), then SIGTERM to the group,
+//     then SIGKILL to the group after [Config.StopGrace]; grandchildren die
+//     too.
+//   - A [Registry] records each group with its start time and a random run
+//     token placed in the child's environment, so a later host can kill what
+//     a host that died left behind, and never a reused pid.
+package subproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/python"
+	"github.com/snakepit-go/snakepit/python/locate"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// Defaults for zero Config durations.
+const (
+	DefaultInterruptGrace = 2 * time.Second
+	DefaultStopGrace      = 5 * time.Second
+	DefaultStartTimeout   = 60 * time.Second
+)
+
+// Config configures one process-profile worker.
+type Config struct {
+	// Module is the adapter module to import (required).
+	Module string
+	// Paths are put on the child's PYTHONPATH (after the snakepit package),
+	// e.g. the directory holding the adapter.
+	Paths []string
+	// Python is the interpreter to run. Zero value: the executable found by
+	// package locate (SNAKEPIT_PYTHON, the hermetic CPython if the program
+	// imports python/dist, python3 on PATH).
+	Python string
+	// Command, when set, replaces the interpreter invocation: the child runs
+	// Command followed by "-m snakepit._process <module> <flags>". Use it to
+	// wrap the interpreter ("nice", "-n", "10", "python3").
+	Command []string
+	// Env is extra environment for the child ("KEY=value"). The child does
+	// not inherit the host's environment: it gets PATH, HOME, USER, LANG,
+	// LC_*, TZ and TMPDIR from the host, PYTHONPATH, PYTHONUNBUFFERED=1 and
+	// the run token, then Env.
+	Env []string
+	// ID names the worker in logs and errors. Zero value: "proc-<pid>".
+	ID string
+	// Logger receives the adapter's log records and the child's stdout and
+	// stderr lines. Nil discards them.
+	Logger *slog.Logger
+	// InterruptGrace is how long an interrupted handler may take to stop
+	// before the worker's process group is killed. Zero: 2 s.
+	InterruptGrace time.Duration
+	// StopGrace is how long Close waits after SHUTDOWN, and again after
+	// SIGTERM, before escalating. Zero: 5 s.
+	StopGrace time.Duration
+	// StartTimeout bounds start-up when the context has no deadline. Zero:
+	// 60 s.
+	StartTimeout time.Duration
+	// MaxFrame caps a frame's payload in both directions. Zero: 64 MiB.
+	MaxFrame int
+	// Registry records the worker for orphan cleanup. Nil: DefaultRegistry().
+	Registry *Registry
+}
+
+// ExitError reports a worker process that ended. It matches
+// [worker.ErrWorkerDead].
+type ExitError struct {
+	PID    int
+	State  *os.ProcessState // nil if the process could not be reaped
+	Stderr string           // the last lines of its stderr
+}
+
+func (e *ExitError) Error() string {
+	msg := fmt.Sprintf("subproc: worker process %d ", e.PID)
+	if e.State != nil {
+		msg += "exited: " + e.State.String()
+	} else {
+		msg += "is gone"
+	}
+	if e.Stderr != "" {
+		msg += "; stderr: " + e.Stderr
+	}
+	return msg
+}
+
+func (e *ExitError) Unwrap() error { return worker.ErrWorkerDead }
+
+// ProtocolError reports a child that broke the protocol. It matches
+// [worker.ErrWorkerDead]: the child is killed.
+type ProtocolError struct {
+	PID    int
+	Err    error
+	Stderr string
+}
+
+func (e *ProtocolError) Error() string {
+	msg := fmt.Sprintf("subproc: worker process %d broke the protocol: %v", e.PID, e.Err)
+	if e.Stderr != "" {
+		msg += "; stderr: " + e.Stderr
+	}
+	return msg
+}
+
+func (e *ProtocolError) Unwrap() []error { return []error{worker.ErrWorkerDead, e.Err} }
+
+// Worker is a process-profile worker. It implements [worker.Worker],
+// [worker.SessionEnder] and [worker.MemoryReporter].
+type Worker struct {
+	id       string
+	cfg      Config
+	log      *slog.Logger
+	cmd      *exec.Cmd
+	pid      int
+	conn     *net.UnixConn
+	lifeline *os.File // write end; closing it tells the child the host is gone
+	reg      *Registry
+	stderr   *tail
+	outputs  sync.WaitGroup // stdout/stderr forwarders
+
+	slot   chan struct{} // held while a request is outstanding (or a stream open)
+	nextID atomic.Uint64
+	rbuf   []byte // frame read buffer; used by the slot holder
+
+	exited    chan struct{} // closed when the process was reaped
+	exitState *os.ProcessState
+
+	closing   atomic.Bool   // Close has started: the process exiting is expected
+	done      chan struct{} // closed when the worker stopped
+	stopOnce  sync.Once
+	mu        sync.Mutex // guards err
+	err       error
+	closeOnce sync.Once
+	closeErr  error
+	bg        sync.WaitGroup // abandon goroutines
+}
+
+var (
+	_ worker.Worker         = (*Worker)(nil)
+	_ worker.SessionEnder   = (*Worker)(nil)
+	_ worker.MemoryReporter = (*Worker)(nil)
+)
+
+// Start spawns the worker process and returns once it is ready: adapter
+// imported, setup() run, HELLO received and PING answered. A failure is an
+// error matching [worker.ErrSetup] carrying the child's stderr tail, and
+// leaves no process behind.
+func Start(ctx context.Context, cfg Config) (*Worker, error) {
+	if cfg.Module == "" {
+		return nil, errors.New("subproc: Config.Module is required")
+	}
+	if cfg.InterruptGrace < 0 || cfg.StopGrace < 0 || cfg.StartTimeout < 0 || cfg.MaxFrame < 0 {
+		return nil, errors.New("subproc: Config durations and MaxFrame must not be negative")
+	}
+	if cfg.InterruptGrace == 0 {
+		cfg.InterruptGrace = DefaultInterruptGrace
+	}
+	if cfg.StopGrace == 0 {
+		cfg.StopGrace = DefaultStopGrace
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = DefaultStartTimeout
+	}
+	if cfg.MaxFrame == 0 {
+		cfg.MaxFrame = DefaultMaxFrame
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	setupErr := func(stage string, err error) error {
+		return &worker.SetupError{WorkerID: cfg.ID, Stage: stage, Err: err}
+	}
+	argv, err := command(cfg, log)
+	if err != nil {
+		return nil, setupErr("start", err)
+	}
+	reg := cfg.Registry
+	if reg == nil {
+		if reg, err = DefaultRegistry(); err != nil {
+			return nil, setupErr("start", err)
+		}
+	}
+	pkg, err := python.Path()
+	if err != nil {
+		return nil, setupErr("start", err)
+	}
+	w := &Worker{
+		cfg:    cfg,
+		log:    log,
+		reg:    reg,
+		stderr: newTail(8 << 10),
+		slot:   make(chan struct{}, 1),
+		exited: make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	if err := w.spawn(argv, pkg); err != nil {
+		return nil, setupErr("start", err)
+	}
+	if err := w.handshake(ctx); err != nil {
+		w.kill()
+		<-w.exited
+		w.release()
+		w.outputs.Wait()
+		w.reg.remove(w.pid)
+		var se *worker.SetupError
+		if errors.As(err, &se) {
+			return nil, err
+		}
+		return nil, setupErr("start", err)
+	}
+	return w, nil
+}
+
+// command builds the child's argv.
+func command(cfg Config, log *slog.Logger) ([]string, error) {
+	prefix := cfg.Command
+	if len(prefix) == 0 {
+		exe := cfg.Python
+		if exe == "" {
+			py, err := locate.Find(locate.Options{})
+			if err != nil {
+				return nil, err
+			}
+			exe = py.Executable
+		}
+		if exe == "" {
+			return nil, errors.New("no Python executable found: set Config.Python or " + locate.EnvPython)
+		}
+		prefix = []string{exe}
+	}
+	argv := append(append([]string(nil), prefix...), "-m", "snakepit._process", cfg.Module,
+		"--worker-id", cfg.ID, "--log-level", strconv.Itoa(python.PythonLevel(log)),
+		"--max-frame", strconv.Itoa(cfg.MaxFrame))
+	return argv, nil
+}
+
+// childEnv is the explicit environment of a worker process.
+func childEnv(cfg Config, pkg, token string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch {
+		case k == "PATH", k == "HOME", k == "USER", k == "LOGNAME", k == "LANG", k == "TZ", k == "TMPDIR",
+			strings.HasPrefix(k, "LC_"):
+			env = append(env, kv)
+		}
+	}
+	paths := append([]string{pkg}, cfg.Paths...)
+	env = append(env,
+		"PYTHONPATH="+strings.Join(paths, string(filepath.ListSeparator)),
+		"PYTHONUNBUFFERED=1",
+		EnvRunToken+"="+token,
+	)
+	return append(env, cfg.Env...)
+}
+
+func (w *Worker) spawn(argv []string, pkg string) error {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socketpair: %w", err)
+	}
+	hostSock := os.NewFile(uintptr(fds[0]), "snakepit-host")
+	childSock := os.NewFile(uintptr(fds[1]), "snakepit-child")
+	defer childSock.Close()
+	lifeR, lifeW, err := os.Pipe()
+	if err != nil {
+		hostSock.Close()
+		return fmt.Errorf("lifeline: %w", err)
+	}
+	defer lifeR.Close()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		hostSock.Close()
+		lifeW.Close()
+		return err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		hostSock.Close()
+		lifeW.Close()
+		outR.Close()
+		outW.Close()
+		return err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = childEnv(w.cfg, pkg, w.reg.Token())
+	cmd.ExtraFiles = []*os.File{childSock, lifeR} // fds 3 and 4
+	cmd.Stdout, cmd.Stderr = outW, errW
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	err = startOnSpawner(cmd)
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		hostSock.Close()
+		lifeW.Close()
+		outR.Close()
+		errR.Close()
+		return fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	w.cmd = cmd
+	w.pid = cmd.Process.Pid
+	if w.cfg.ID == "" {
+		w.id = "proc-" + strconv.Itoa(w.pid)
+	} else {
+		w.id = w.cfg.ID
+	}
+	w.lifeline = lifeW
+	c, err := net.FileConn(hostSock)
+	hostSock.Close()
+	if err != nil {
+		lifeW.Close()
+		w.kill()
+		return fmt.Errorf("socket: %w", err)
+	}
+	w.conn = c.(*net.UnixConn)
+	w.outputs.Add(2)
+	go w.forward(outR, "stdout", nil)
+	go w.forward(errR, "stderr", w.stderr)
+	go w.reap()
+	if err := w.reg.add(w.pid); err != nil {
+		w.log.Warn("worker not recorded for orphan cleanup", "worker", w.id, "error", err)
+	}
+	return nil
+}
+
+// reap waits for the process and marks the worker dead if it ended while
+// nobody was stopping it.
+func (w *Worker) reap() {
+	_ = w.cmd.Wait()
+	w.exitState = w.cmd.ProcessState
+	close(w.exited)
+	if w.closing.Load() {
+		w.stopOnce.Do(func() { close(w.done) })
+		return
+	}
+	w.die(&ExitError{PID: w.pid, State: w.exitState, Stderr: w.stderr.String()})
+}
+
+// kill sends SIGKILL to the worker's whole process group.
+func (w *Worker) kill() {
+	_ = syscall.Kill(-w.pid, syscall.SIGKILL)
+}
+
+// release frees what the process held on the host side.
+func (w *Worker) release() {
+	if w.conn != nil {
+		w.conn.Close()
+	}
+	if w.lifeline != nil {
+		w.lifeline.Close()
+	}
+}
+
+func (w *Worker) handshake(ctx context.Context) error {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(w.cfg.StartTimeout)
+	}
+	stop := context.AfterFunc(ctx, func() { w.conn.SetReadDeadline(time.Now()) })
+	defer stop()
+	w.conn.SetReadDeadline(deadline)
+	defer w.conn.SetReadDeadline(time.Time{})
+	f, err := readFrame(w.conn, w.cfg.MaxFrame, nil)
+	if err != nil {
+		return w.startFailure("waiting for HELLO", ctx, err)
+	}
+	switch f.typ {
+	case frameFail:
+		r, derr := python.DecodeReply(f.payload, "setup", "")
+		if derr != nil {
+			return w.protocolError(fmt.Errorf("malformed FAIL: %w", derr))
+		}
+		w.emit(ctx, r.Logs)
+		cause := r.Err
+		var ce *worker.CallError
+		if errors.As(cause, &ce) {
+			cause = ce.Err
+		}
+		w.waitExit(time.Second)
+		if tail := w.stderr.String(); tail != "" {
+			cause = fmt.Errorf("%w; stderr: %s", cause, tail)
+		}
+		return &worker.SetupError{WorkerID: w.id, Stage: "setup", Err: cause}
+	case frameHello:
+	default:
+		return w.protocolError(fmt.Errorf("%w: got type %d before HELLO", ErrBadFrame, f.typ))
+	}
+	v, err := pymarshal.Decode(f.payload)
+	hello, ok := v.(map[string]any)
+	if err != nil || !ok {
+		return w.protocolError(fmt.Errorf("%w: malformed HELLO", ErrBadFrame))
+	}
+	if pv, _ := hello["protocol"].(int64); pv != ProtocolVersion {
+		return w.protocolError(fmt.Errorf("protocol version %v, want %d", hello["protocol"], ProtocolVersion))
+	}
+	if logs, ok := hello["logs"]; ok && logs != nil {
+		if b, err := pymarshal.Marshal(logs); err == nil {
+			if recs, err := python.DecodeLogs(b); err == nil {
+				w.emit(ctx, recs)
+			}
+		}
+	}
+	// Health check: the child answers requests before it is ready.
+	id := w.nextID.Add(1)
+	if err := w.write(ctx, framePing, id, nil); err != nil {
+		return w.startFailure("sending PING", ctx, err)
+	}
+	f, err = readFrame(w.conn, w.cfg.MaxFrame, nil)
+	if err != nil {
+		return w.startFailure("waiting for PONG", ctx, err)
+	}
+	if f.typ != framePong || f.id != id {
+		return w.protocolError(fmt.Errorf("%w: got type %d id %d, want PONG %d", ErrBadFrame, f.typ, f.id, id))
+	}
+	return nil
+}
+
+func (w *Worker) startFailure(what string, ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", what, context.Cause(ctx))
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("%s: no answer within the start timeout; stderr: %s", what, w.stderr.String())
+	}
+	if errors.Is(err, ErrFrameTooLarge) || errors.Is(err, ErrBadFrame) || errors.Is(err, ErrTruncated) {
+		return w.protocolError(err)
+	}
+	w.waitExit(2 * time.Second)
+	return &ExitError{PID: w.pid, State: w.exitState, Stderr: w.stderr.String()}
+}
+
+func (w *Worker) protocolError(err error) error {
+	w.kill()
+	w.waitExit(2 * time.Second)
+	return &ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()}
+}
+
+// waitExit waits up to d for the process to be reaped.
+func (w *Worker) waitExit(d time.Duration) bool {
+	select {
+	case <-w.exited:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// write sends one frame, bounded by ctx.
+func (w *Worker) write(ctx context.Context, typ byte, id uint64, payload []byte) error {
+	if len(payload) > w.cfg.MaxFrame {
+		return &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("request of %d bytes exceeds the frame limit of %d bytes", len(payload), w.cfg.MaxFrame)}
+	}
+	if d, ok := ctx.Deadline(); ok {
+		w.conn.SetWriteDeadline(d)
+		defer w.conn.SetWriteDeadline(time.Time{})
+	}
+	buf := appendFrame(make([]byte, 0, headerSize+len(payload)), typ, id, payload)
+	_, err := w.conn.Write(buf)
+	return err
+}
+
+// ID returns the worker's id.
+func (w *Worker) ID() string { return w.id }
+
+// PID returns the worker process's pid (also its process group id).
+func (w *Worker) PID() int { return w.pid }
+
+// Done is closed when the worker stopped: closed or dead.
+func (w *Worker) Done() <-chan struct{} { return w.done }
+
+// Err returns why the worker died, or nil.
+func (w *Worker) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+func (w *Worker) die(err error) {
+	w.mu.Lock()
+	first := w.err == nil
+	if first {
+		w.err = err
+	}
+	w.mu.Unlock()
+	w.stopOnce.Do(func() { close(w.done) })
+	if first {
+		w.kill()
+	}
+}
+
+func (w *Worker) unavailable() error {
+	if err := w.Err(); err != nil {
+		return err
+	}
+	return worker.ErrClosed
+}
+
+func (w *Worker) emit(ctx context.Context, logs []python.LogRecord) {
+	for _, r := range logs {
+		r.Emit(ctx, w.log, w.id)
+	}
+}

@@ -1,0 +1,74 @@
+package subproc_test
+
+import (
+	"context"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/snakepit-go/snakepit/internal/pymatrix"
+	"github.com/snakepit-go/snakepit/python/locate"
+	"github.com/snakepit-go/snakepit/subproc"
+	"github.com/snakepit-go/snakepit/worker"
+	"github.com/snakepit-go/snakepit/worker/workertest"
+
+	_ "github.com/snakepit-go/snakepit/python/dist"
+)
+
+var (
+	regOnce sync.Once
+	reg     *subproc.Registry
+	regErr  error
+)
+
+// testRegistry is a registry in a directory of this test run.
+func testRegistry(t testing.TB) *subproc.Registry {
+	t.Helper()
+	regOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "snakepit-registry-test-")
+		if err != nil {
+			regErr = err
+			return
+		}
+		reg, _, regErr = subproc.OpenRegistry(dir)
+	})
+	if regErr != nil {
+		t.Fatal(regErr)
+	}
+	return reg
+}
+
+// pythonExe is the interpreter this process tests: the hermetic 3.14, or
+// 3.11 in the re-executed child.
+func pythonExe(t testing.TB) string {
+	t.Helper()
+	py, err := locate.Find(locate.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if major, minor := py.MajorMinor(); major != 3 || minor != pymatrix.WantMinor() {
+		t.Fatalf("found Python %s (%s), want 3.%d", py.Version, py.Executable, pymatrix.WantMinor())
+	}
+	return py.Executable
+}
+
+func factory(t testing.TB) workertest.Factory {
+	return func(ctx context.Context, o workertest.Options) (worker.Worker, error) {
+		var env []string
+		for k, v := range o.Env {
+			env = append(env, k+"="+v)
+		}
+		return subproc.Start(ctx, subproc.Config{
+			Module: o.Module, Paths: o.Paths, Python: pythonExe(t), Env: env,
+			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Registry: testRegistry(t),
+		})
+	}
+}
+
+func TestConformance(t *testing.T) {
+	t.Logf("Python %s", pythonExe(t))
+	workertest.Run(t, factory(t))
+}
+
+// TestVersions re-runs this package's tests on CPython 3.11.
+func TestVersions(t *testing.T) { pymatrix.RunOn311(t) }
