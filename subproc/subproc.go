@@ -456,12 +456,16 @@ func (w *Worker) handshake(ctx context.Context) error {
 }
 
 func (w *Worker) startFailure(what string, ctx context.Context, err error) error {
+	var ne net.Error
+	timeout := errors.As(err, &ne) && ne.Timeout()
+	if _, ok := ctx.Deadline(); ok && timeout {
+		<-ctx.Done() // the read deadline was the context's; its timer is about to fire
+	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s: %w", what, context.Cause(ctx))
 	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return fmt.Errorf("%s: no answer within the start timeout; stderr: %s", what, w.stderr.String())
+	if timeout {
+		return fmt.Errorf("%s: no answer within the start timeout (%v); stderr: %s", what, w.cfg.StartTimeout, w.stderr.String())
 	}
 	if errors.Is(err, ErrFrameTooLarge) || errors.Is(err, ErrBadFrame) || errors.Is(err, ErrTruncated) {
 		return w.protocolError(err)
