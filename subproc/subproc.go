@@ -8,7 +8,8 @@
 // # Process model
 //
 //   - The child is started from a dedicated, permanently locked OS thread
-//     with Setpgid (its own process group) and Pdeathsig.
+//     with Setpgid (its own process group) and a parent-death signal
+//     (SIGTERM, on which the child kills its group).
 //   - fd 3 is the child's end of a socketpair(AF_UNIX, SOCK_STREAM); fd 4
 //     is the read end of a pipe whose write end only the host holds: when
 //     the host dies, even by SIGKILL, the child reads end of file and kills
@@ -326,7 +327,10 @@ func (w *Worker) spawn(argv []string, pkg string) error {
 	cmd.Env = childEnv(w.cfg, pkg, w.reg.Token())
 	cmd.ExtraFiles = []*os.File{childSock, lifeR} // fds 3 and 4
 	cmd.Stdout, cmd.Stderr = outW, errW
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// The parent-death signal is SIGTERM, not SIGKILL: the child's handler
+	// kills its whole group, grandchildren included, which SIGKILL to the
+	// child alone would leave behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	err = startOnSpawner(cmd)
 	outW.Close()
 	errW.Close()

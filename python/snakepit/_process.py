@@ -8,8 +8,9 @@ The child sends HELLO once the adapter is imported and setup() has run (or
 FAIL with the error), then answers requests one at a time with the same
 dispatcher the thread profile uses. When the lifeline reaches end of file
 (the host died, even by SIGKILL) the child kills its process group, so
-whatever its handlers started dies with it. SIGUSR1 from the host
-interrupts the running call with snakepit.Cancelled.
+whatever its handlers started dies with it; SIGTERM (also the host's
+parent-death signal, and the host's second stop step) does the same. SIGUSR1
+from the host interrupts the running call with snakepit.Cancelled.
 """
 
 import argparse
@@ -71,6 +72,14 @@ class _Conn:
         self.sock.sendall(_HEADER.pack(len(payload), typ, rid) + payload)
 
 
+def _kill_group(*_):
+    """End this worker and everything it started (its process group)."""
+    try:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    finally:
+        os._exit(70)
+
+
 def _watch_lifeline():
     # Signals are for the main thread (it runs the handlers).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT})
@@ -80,11 +89,7 @@ def _watch_lifeline():
     except OSError:
         pass
     if LIFELINE_ENABLED:
-        # The host is gone: take the whole process group down with us.
-        try:
-            os.killpg(os.getpgrp(), signal.SIGKILL)
-        finally:
-            os._exit(70)
+        _kill_group()  # the host is gone
 
 
 def _encode_reply(reply, max_frame):
@@ -105,6 +110,7 @@ def main(argv=None):
     p.add_argument("--max-frame", type=int, default=64 << 20)
     args = p.parse_args(argv)
 
+    signal.signal(signal.SIGTERM, _kill_group)
     threading.Thread(target=_watch_lifeline, name="snakepit-lifeline", daemon=True).start()
     conn = _Conn(SOCK_FD, args.max_frame)
     worker_id = args.worker_id or "proc-%d" % os.getpid()
