@@ -413,9 +413,12 @@ func (w *Worker) MemoryBytes() (int64, error) {
 
 // forward copies one output stream of the child to the logger, line by
 // line, keeping a tail for error reports.
-func (w *Worker) forward(r *os.File, name string, keep *tail) {
+func (w *Worker) forward(r *os.File, name string, keep *tail, done chan struct{}) {
 	defer w.outputs.Done()
 	defer r.Close()
+	if done != nil {
+		defer close(done)
+	}
 	br := bufio.NewReaderSize(r, 64<<10)
 	for {
 		line, err := br.ReadSlice('\n')

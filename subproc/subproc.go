@@ -157,6 +157,7 @@ type Worker struct {
 	reg      *Registry
 	stderr   *tail
 	outputs  sync.WaitGroup // stdout/stderr forwarders
+	errDone  chan struct{}  // closed when the stderr forwarder has read everything
 
 	slot   chan struct{} // held while a request is outstanding (or a stream open)
 	nextID atomic.Uint64
@@ -226,13 +227,14 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		return nil, setupErr("start", err)
 	}
 	w := &Worker{
-		cfg:    cfg,
-		log:    log,
-		reg:    reg,
-		stderr: newTail(8 << 10),
-		slot:   make(chan struct{}, 1),
-		exited: make(chan struct{}),
-		done:   make(chan struct{}),
+		cfg:     cfg,
+		log:     log,
+		reg:     reg,
+		stderr:  newTail(8 << 10),
+		errDone: make(chan struct{}),
+		slot:    make(chan struct{}, 1),
+		exited:  make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	if err := w.spawn(argv, pkg); err != nil {
 		return nil, setupErr("start", err)
@@ -358,8 +360,8 @@ func (w *Worker) spawn(argv []string, pkg string) error {
 	}
 	w.conn = c.(*net.UnixConn)
 	w.outputs.Add(2)
-	go w.forward(outR, "stdout", nil)
-	go w.forward(errR, "stderr", w.stderr)
+	go w.forward(outR, "stdout", nil, nil)
+	go w.forward(errR, "stderr", w.stderr, w.errDone)
 	go w.reap()
 	if err := w.reg.add(w.pid); err != nil {
 		w.log.Warn("worker not recorded for orphan cleanup", "worker", w.id, "error", err)
@@ -372,6 +374,12 @@ func (w *Worker) spawn(argv []string, pkg string) error {
 func (w *Worker) reap() {
 	_ = w.cmd.Wait()
 	w.exitState = w.cmd.ProcessState
+	// Let the last lines the process wrote reach the stderr tail, unless
+	// something else in its group keeps the pipe open.
+	select {
+	case <-w.errDone:
+	case <-time.After(500 * time.Millisecond):
+	}
 	close(w.exited)
 	if w.closing.Load() {
 		w.stopOnce.Do(func() { close(w.done) })

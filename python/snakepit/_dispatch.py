@@ -144,8 +144,12 @@ class Dispatcher:
         root = logging.getLogger()
         root.addHandler(self._collector)
         root.setLevel(log_level)
-        if capture_stdio:
+        # capture_stdio: True for both streams, or a collection of names.
+        if capture_stdio is True:
+            capture_stdio = ("stdout", "stderr")
+        if capture_stdio and "stdout" in capture_stdio:
             sys.stdout = _LineWriter("stdout", logging.INFO)
+        if capture_stdio and "stderr" in capture_stdio:
             sys.stderr = _LineWriter("stderr", logging.WARNING)
         self.module = importlib.import_module(module_name)
         self.commands = commands_of(self.module)

@@ -14,6 +14,7 @@ from the host interrupts the running call with snakepit.Cancelled.
 """
 
 import argparse
+import faulthandler
 import marshal
 import os
 import signal
@@ -110,15 +111,17 @@ def main(argv=None):
     p.add_argument("--max-frame", type=int, default=64 << 20)
     args = p.parse_args(argv)
 
+    faulthandler.enable()  # a crash prints the Python stack on stderr
     signal.signal(signal.SIGTERM, _kill_group)
     threading.Thread(target=_watch_lifeline, name="snakepit-lifeline", daemon=True).start()
     conn = _Conn(SOCK_FD, args.max_frame)
     worker_id = args.worker_id or "proc-%d" % os.getpid()
     try:
         # print() in handlers becomes log records tagged with the call, as in
-        # the thread profile; output written to the file descriptors (C code,
-        # subprocesses) is forwarded line by line by the host.
-        d = _dispatch.Dispatcher(args.module, worker_id=worker_id, capture_stdio=True,
+        # the thread profile. stderr stays the real file descriptor: the host
+        # forwards it line by line at once, so what a crashing process writes
+        # last (a traceback, faulthandler's report) is never lost.
+        d = _dispatch.Dispatcher(args.module, worker_id=worker_id, capture_stdio=("stdout",),
                                  log_level=args.log_level)
     except BaseException as e:
         conn.send(FAIL, 0, marshal.dumps(_dispatch._error(_dispatch.K_PYTHON, e), 4))
