@@ -40,6 +40,8 @@ K_PROTOCOL = "protocol"              # misuse of the dispatcher itself
 
 MAX_PENDING_LOGS = 10000
 
+_modules = sys.modules
+
 # Result types that need no check for coroutines or generators.
 _PLAIN = frozenset((dict, list, tuple, str, bytes, int, float, bool, type(None)))
 
@@ -242,10 +244,13 @@ class Dispatcher:
                     _close_quietly(result, self)
                     return _error(K_STREAMING, message="command %r streams: call it with Stream" % command,
                                   logs=collector.drain())
-            try:
-                payload = _marshal_dumps(result, 4)
-            except ValueError:
-                payload = _wire.dumps(result)
+            if "numpy" in _modules or "array" in _modules:
+                payload = _wire.dumps(result)  # see _wire.scan_needed
+            else:
+                try:
+                    payload = _marshal_dumps(result, 4)
+                except ValueError:
+                    payload = _wire.dumps(result)
         except _Refuse as r:
             return r.reply
         except _wire.NotSerializable as e:

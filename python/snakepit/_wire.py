@@ -5,6 +5,7 @@ interpreter the Go side creates, and conversions are the rare path.
 """
 
 import marshal
+import sys
 
 VERSION = 4
 MAX_DEPTH = 2000
@@ -15,9 +16,13 @@ def dumps(value):
     """Marshal value, converting what has an obvious conversion first.
     Raises NotSerializable naming the part that cannot cross."""
     try:
+        if scan_needed():
+            value = to_wire(value, 0)
         return marshal.dumps(value, VERSION)
     except ValueError:
         pass
+    except RecursionError:
+        raise NotSerializable("nested more than %d levels deep" % MAX_DEPTH) from None
     try:
         converted = to_wire(value, 0)
     except RecursionError:
@@ -26,6 +31,20 @@ def dumps(value):
         return marshal.dumps(converted, VERSION)
     except ValueError as e:
         raise NotSerializable(describe(converted) or str(e)) from None
+
+
+_modules = sys.modules
+
+
+def scan_needed():
+    """Whether results must be scanned before marshal sees them.
+
+    marshal writes any object that exposes the buffer protocol as bytes: a
+    numpy array or an array.array would reach Go as its raw memory. Those
+    types only exist once their modules are loaded, so only then is each
+    result converted first (numpy scalars, which also subclass int/float,
+    are caught by the same pass)."""
+    return "numpy" in _modules or "array" in _modules
 
 
 class NotSerializable(Exception):
@@ -47,9 +66,15 @@ def to_wire(v, depth):
     if t in _SIMPLE:
         return v
     if t is list or t is tuple:
-        return t(to_wire(x, depth + 1) for x in v)
+        items = [to_wire(x, depth + 1) for x in v]
+        if all(a is b for a, b in zip(items, v)):
+            return v
+        return t(items)
     if t is dict:
-        return {k: to_wire(x, depth + 1) for k, x in v.items()}
+        out = {k: to_wire(x, depth + 1) for k, x in v.items()}
+        if all(out[k] is x for k, x in v.items()):
+            return v
+        return out
     if isinstance(v, enum.Enum):
         return to_wire(v.value, depth + 1)
     if isinstance(v, bool):

@@ -133,6 +133,13 @@ class DispatcherTest(unittest.TestCase):
         code, v, _ = self.call("converted")
         self.assertEqual(v, {"when": "2024-01-02", "point": {"x": 1, "y": 2}, "tags": ["a", "b"]})
 
+    def test_buffer_objects_are_converted_not_copied_raw(self):
+        import array
+        from snakepit import _wire
+        self.assertTrue(_wire.scan_needed())
+        v = marshal.loads(_wire.dumps({"a": array.array("d", [1.5, 2.5]), "b": bytearray(b"xy"), "c": [1, "s"]}))
+        self.assertEqual(v, {"a": [1.5, 2.5], "b": b"xy", "c": [1, "s"]})
+
     def test_not_serialisable(self):
         code, err, _ = self.call("unserialisable")
         self.assertEqual((code, err[0]), (ERROR, _dispatch.K_NOT_SERIALIZABLE))
