@@ -3,6 +3,7 @@ GO        ?= go
 FUZZTIME  ?= 30s
 BENCHTIME ?= 2s
 PY311_LIB ?= /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0
+PY311_EXE ?= /usr/bin/python3.11
 
 .PHONY: test lint fuzz bench bench-311 docker
 
@@ -32,12 +33,13 @@ fuzz:
 # Benchmarks of the call path and of parallelism on the hermetic 3.14, then
 # on 3.11.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./pymarshal/ ./embed/ ./gil/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./pymarshal/ ./embed/ ./gil/ ./subproc/
 	$(MAKE) bench-311
 
 bench-311:
 	SNAKEPIT_LIBPYTHON=$(PY311_LIB) $(GO) test -run '^$$' -bench 'CallNoop$$|CallDict|ParallelCPU' -benchtime $(BENCHTIME) ./embed/
 	SNAKEPIT_TEST_WANT_MINOR=11 SNAKEPIT_LIBPYTHON=$(PY311_LIB) $(GO) test -run '^$$' -bench 'Noop$$|NoopDeadline|CPUScaling' -benchtime $(BENCHTIME) ./gil/
+	SNAKEPIT_PYTHON=$(PY311_EXE) $(GO) test -run '^$$' -bench 'Noop$$|EchoFloor|Startup' -benchtime $(BENCHTIME) ./subproc/
 
 docker:
 	docker build -f docker/Dockerfile -t snakepit-go .

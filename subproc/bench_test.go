@@ -1,0 +1,188 @@
+package subproc
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/python"
+	"github.com/snakepit-go/snakepit/python/dist"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+const benchAdapter = `
+import snakepit
+
+@snakepit.command
+def noop(req):
+    return req
+`
+
+func benchPython(b *testing.B) string {
+	b.Helper()
+	if exe := os.Getenv("SNAKEPIT_PYTHON"); exe != "" {
+		return exe
+	}
+	py, err := dist.Default()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return py.Executable
+}
+
+var benchRegistry *Registry
+
+func benchWorker(b *testing.B) *Worker {
+	b.Helper()
+	dir := b.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "bench_adapter.py"), []byte(benchAdapter), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if benchRegistry == nil {
+		var err error
+		if benchRegistry, _, err = OpenRegistry(filepath.Join(os.TempDir(), "snakepit-bench-registry")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	w, err := Start(context.Background(), Config{Module: "bench_adapter", Paths: []string{dir}, Python: benchPython(b), Registry: benchRegistry})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { w.Close(context.Background()) })
+	return w
+}
+
+func noopRequest(b *testing.B) *worker.Request {
+	args, err := pymarshal.Marshal(map[string]any{"req": map[string]any{"id": 7, "name": "snake"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &worker.Request{Command: "noop", Args: args, CorrelationID: "bench"}
+}
+
+// BenchmarkNoop: one worker process, one caller, a no-op command with a
+// small dict in and out, through the full dispatcher.
+func BenchmarkNoop(b *testing.B) {
+	w := benchWorker(b)
+	req := noopRequest(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := w.Call(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkNoopDeadline is BenchmarkNoop with a deadline on every call.
+func BenchmarkNoopDeadline(b *testing.B) {
+	w := benchWorker(b)
+	req := noopRequest(b)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := w.Call(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// echoLoop is the floor: a minimal Python loop that reads a frame from fd 3
+// and sends its payload straight back, with no dispatcher.
+const echoLoop = `
+import socket, struct
+s = socket.socket(fileno=3)
+H = struct.Struct("<IBQ")
+h = bytearray(13)
+while True:
+    if s.recv_into(h, 13, socket.MSG_WAITALL) < 13:
+        break
+    n, t, rid = H.unpack(h)
+    p = bytearray(n)
+    if n:
+        s.recv_into(p, n, socket.MSG_WAITALL)
+    s.sendall(H.pack(n, 11, rid) + p)
+`
+
+// BenchmarkEchoFloor measures the same socketpair and framing against
+// echoLoop, with the same request bytes as BenchmarkNoop: the cost of the
+// transport and two OS thread wake-ups, which no process-profile call can
+// go below.
+func BenchmarkEchoFloor(b *testing.B) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	host := os.NewFile(uintptr(fds[0]), "host")
+	child := os.NewFile(uintptr(fds[1]), "child")
+	cmd := exec.Command(benchPython(b), "-c", echoLoop)
+	cmd.ExtraFiles = []*os.File{child}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	child.Close()
+	c, err := net.FileConn(host)
+	host.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn := c.(*net.UnixConn)
+	defer func() { conn.Close(); cmd.Wait() }()
+	payload, err := python.EncodeCall(nil, noopRequest(b), time.Time{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 0, 256)
+	rbuf := make([]byte, 256)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		buf = appendFrame(buf[:0], frameCall, uint64(i), payload)
+		if _, err := conn.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+		f, err := readFrame(conn, DefaultMaxFrame, rbuf)
+		if err != nil || f.id != uint64(i) {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkStartup starts a worker (process, imports, setup, HELLO,
+// PING/PONG) and closes it; it reports the ready worker's resident memory.
+func BenchmarkStartup(b *testing.B) {
+	dir := b.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "bench_adapter.py"), []byte(benchAdapter), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	reg, _, err := OpenRegistry(filepath.Join(os.TempDir(), "snakepit-bench-registry"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer reg.Close()
+	exe := benchPython(b)
+	var rss int64
+	b.ResetTimer()
+	for range b.N {
+		w, err := Start(context.Background(), Config{Module: "bench_adapter", Paths: []string{dir}, Python: exe, Registry: reg})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if m, err := w.MemoryBytes(); err == nil {
+			rss += m
+		}
+		w.Close(context.Background())
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(rss)/float64(b.N)/(1<<20), "MiB-rss")
+}
