@@ -158,7 +158,11 @@ def main(argv=None):
     while True:
         frame = conn.read()
         if frame is None:
-            return 0  # the host closed the connection
+            # The host closed the connection without SHUTDOWN: it is gone.
+            # Do what the lifeline would (it may not have run yet).
+            if LIFELINE_ENABLED:
+                _kill_group()
+            return 0
         typ, rid, payload = frame
         if typ == PING:
             conn.send(PONG, rid, b"")
