@@ -176,7 +176,10 @@ func (w *Worker) connError(err error) error {
 	// The connection broke: the process is gone or going. Report how it ended.
 	w.kill()
 	if w.waitExit(2 * time.Second) {
-		return w.Err()
+		if dead := w.Err(); dead != nil {
+			return dead
+		}
+		return worker.ErrClosed // it exited because Close stopped it
 	}
 	w.die(&ExitError{PID: w.pid, Stderr: w.stderr.String()})
 	return w.Err()

@@ -380,12 +380,13 @@ func (w *Worker) reap() {
 	case <-w.errDone:
 	case <-time.After(500 * time.Millisecond):
 	}
-	close(w.exited)
+	// Record why before announcing the exit: waiters read Err after exited.
 	if w.closing.Load() {
 		w.stopOnce.Do(func() { close(w.done) })
-		return
+	} else {
+		w.die(&ExitError{PID: w.pid, State: w.exitState, Stderr: w.stderr.String()})
 	}
-	w.die(&ExitError{PID: w.pid, State: w.exitState, Stderr: w.stderr.String()})
+	close(w.exited)
 }
 
 // kill sends SIGKILL to the worker's whole process group.
