@@ -41,6 +41,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/snakepit-go/snakepit/embed"
@@ -89,7 +90,8 @@ type Worker struct {
 
 	// slot is held while Python runs one of this worker's calls (or a
 	// stream is open): calls take turns on it.
-	slot chan struct{}
+	slot       chan struct{}
+	openStream atomic.Pointer[stream] // the open stream, closed by Close
 	// jobs feeds the executor goroutine, which runs calls that may be
 	// abandoned (their context can end); results come back on resc. Only
 	// the slot holder sends, so one result channel serves every call.
@@ -464,6 +466,9 @@ func (w *Worker) close(ctx context.Context) error {
 	w.mu.Lock()
 	w.closed = true
 	w.mu.Unlock()
+	if s := w.openStream.Load(); s != nil {
+		s.Close() // frees the slot (after a Next in progress)
+	}
 	// Take the slot directly: a dead worker refuses acquire, but its stuck
 	// call may have ended since.
 	select {

@@ -32,6 +32,7 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 		cancel()
 		return nil, err
 	}
+	w.openStream.Store(s)
 	return s, nil
 }
 
@@ -91,6 +92,7 @@ func (s *stream) Close() error {
 func (s *stream) finish(release bool) {
 	s.done = true
 	s.cancel()
+	s.w.openStream.CompareAndSwap(s, nil)
 	if release {
 		s.w.release()
 	}

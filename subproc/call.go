@@ -246,6 +246,7 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 		cancel()
 		return nil, err
 	}
+	w.openStream.Store(s)
 	return s, nil
 }
 
@@ -304,6 +305,7 @@ func (s *stream) Close() error {
 func (s *stream) finish(release bool) {
 	s.done = true
 	s.cancel()
+	s.w.openStream.CompareAndSwap(s, nil)
 	if release {
 		s.w.releaseSlot()
 	}
@@ -332,6 +334,9 @@ func (w *Worker) Close(ctx context.Context) error {
 
 func (w *Worker) close(ctx context.Context) error {
 	w.closing.Store(true)
+	if s := w.openStream.Load(); s != nil {
+		s.Close() // frees the slot (after a Next in progress)
+	}
 	var slotHeld bool
 	select {
 	case w.slot <- struct{}{}:

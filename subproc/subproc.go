@@ -159,9 +159,10 @@ type Worker struct {
 	outputs  sync.WaitGroup // stdout/stderr forwarders
 	errDone  chan struct{}  // closed when the stderr forwarder has read everything
 
-	slot   chan struct{} // held while a request is outstanding (or a stream open)
-	nextID atomic.Uint64
-	rbuf   []byte // frame read buffer; used by the slot holder
+	slot       chan struct{}          // held while a request is outstanding (or a stream open)
+	openStream atomic.Pointer[stream] // the open stream, closed by Close
+	nextID     atomic.Uint64
+	rbuf       []byte // frame read buffer; used by the slot holder
 
 	exited    chan struct{} // closed when the process was reaped
 	exitState *os.ProcessState
@@ -262,9 +263,14 @@ func command(cfg Config, log *slog.Logger) ([]string, error) {
 		if exe == "" {
 			py, err := locate.Find(locate.Options{})
 			if err != nil {
-				return nil, err
+				// The process profile needs no libpython: any python3 will do.
+				var lookErr error
+				if exe, lookErr = exec.LookPath("python3"); lookErr != nil {
+					return nil, err
+				}
+			} else {
+				exe = py.Executable
 			}
-			exe = py.Executable
 		}
 		if exe == "" {
 			return nil, errors.New("no Python executable found: set Config.Python or " + locate.EnvPython)

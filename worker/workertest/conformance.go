@@ -102,8 +102,23 @@ func Run(t *testing.T, factory Factory) {
 	t.Run("DeadlineInterrupt", s.testDeadlineInterrupt)
 
 	t.Run("Teardown", func(t *testing.T) {
-		if err := w.Close(ctx); err != nil {
-			t.Fatalf("Close: %v", err)
+		// A stream left open does not keep Close waiting.
+		st, err := w.Stream(ctx, req("count", map[string]any{"n": 1000}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Next(ctx); err != nil {
+			t.Fatal(err)
+		}
+		closeErr := make(chan error, 1)
+		go func() { closeErr <- w.Close(ctx) }()
+		select {
+		case err := <-closeErr:
+			if err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Close with an open stream did not return")
 		}
 		closed = true
 		if err := w.Close(ctx); err != nil {
