@@ -79,7 +79,9 @@ func Run(t *testing.T, factory Factory) {
 		}
 		return w
 	}
-	w := start(t, "snakepit_conformance", 500*time.Millisecond)
+	// A generous grace: an interrupted handler must stop well within it even
+	// on a loaded machine, or DeadlineInterrupt would see the worker die.
+	w := start(t, "snakepit_conformance", 3*time.Second)
 	closed := false
 	t.Cleanup(func() {
 		if !closed {
