@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/snakepit-go/snakepit/embed"
+	"github.com/snakepit-go/snakepit/internal/callslot"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/worker"
@@ -90,7 +91,7 @@ type Worker struct {
 
 	// slot is held while Python runs one of this worker's calls (or a
 	// stream is open): calls take turns on it.
-	slot       chan struct{}
+	slot       callslot.Slot
 	openStream atomic.Pointer[stream] // the open stream, closed by Close
 	// jobs feeds the executor goroutine, which runs calls that may be
 	// abandoned (their context can end); results come back on resc. Only
@@ -151,7 +152,7 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		in:    in,
 		log:   cfg.Logger,
 		grace: cfg.InterruptGrace,
-		slot:  make(chan struct{}, 1),
+		slot:  callslot.New(),
 		done:  make(chan struct{}),
 		jobs:  make(chan job),
 		resc:  make(chan callResult, 1),
@@ -287,37 +288,14 @@ func (w *Worker) unavailable() error {
 
 // acquire takes the call slot, bounded by ctx.
 func (w *Worker) acquire(ctx context.Context) error {
-	select {
-	case <-w.done:
-		return w.unavailable()
-	default:
-	}
-	select {
-	case w.slot <- struct{}{}: // the common case: free
-		return nil
-	default:
-	}
-	select {
-	case w.slot <- struct{}{}:
-		select {
-		case <-w.done:
-			<-w.slot
-			return w.unavailable()
-		default:
-			return nil
-		}
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	case <-w.done:
-		return w.unavailable()
-	}
+	return w.slot.Acquire(ctx, w.done, w.unavailable)
 }
 
-func (w *Worker) release() { <-w.slot }
+func (w *Worker) release() { w.slot.Release() }
 
 // Call runs a command. See [worker.Worker.Call].
 func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Response, error) {
-	ctx, cancel := withRequestDeadline(ctx, req)
+	ctx, cancel := req.WithDeadline(ctx)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
 	args, err := python.EncodeCall(nil, req, deadline)
@@ -335,13 +313,6 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 		return nil, err
 	}
 	return &worker.Response{Result: r.Payload}, nil
-}
-
-func withRequestDeadline(ctx context.Context, req *worker.Request) (context.Context, context.CancelFunc) {
-	if d, ok := ctx.Deadline(); !req.Deadline.IsZero() && (!ok || req.Deadline.Before(d)) {
-		return context.WithDeadline(ctx, req.Deadline)
-	}
-	return ctx, func() {}
 }
 
 type callResult struct {

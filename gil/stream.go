@@ -12,7 +12,7 @@ import (
 // Stream starts a streaming command. See [worker.Worker.Stream]. The worker
 // runs nothing else until the stream is exhausted or closed.
 func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream, error) {
-	sctx, cancel := withRequestDeadline(ctx, req)
+	sctx, cancel := req.WithDeadline(ctx)
 	deadline, _ := sctx.Deadline()
 	args, err := python.EncodeCall(nil, req, deadline)
 	if err != nil {

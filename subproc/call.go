@@ -23,44 +23,14 @@ import (
 
 // acquire takes the request slot, bounded by ctx.
 func (w *Worker) acquire(ctx context.Context) error {
-	select {
-	case <-w.done:
-		return w.unavailable()
-	default:
-	}
-	select {
-	case w.slot <- struct{}{}:
-		return nil
-	default:
-	}
-	select {
-	case w.slot <- struct{}{}:
-		select {
-		case <-w.done:
-			<-w.slot
-			return w.unavailable()
-		default:
-			return nil
-		}
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	case <-w.done:
-		return w.unavailable()
-	}
+	return w.slot.Acquire(ctx, w.done, w.unavailable)
 }
 
-func (w *Worker) releaseSlot() { <-w.slot }
-
-func withRequestDeadline(ctx context.Context, req *worker.Request) (context.Context, context.CancelFunc) {
-	if d, ok := ctx.Deadline(); !req.Deadline.IsZero() && (!ok || req.Deadline.Before(d)) {
-		return context.WithDeadline(ctx, req.Deadline)
-	}
-	return ctx, func() {}
-}
+func (w *Worker) releaseSlot() { w.slot.Release() }
 
 // Call runs a command. See [worker.Worker.Call].
 func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Response, error) {
-	ctx, cancel := withRequestDeadline(ctx, req)
+	ctx, cancel := req.WithDeadline(ctx)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
 	args, err := python.EncodeCall(nil, req, deadline)
@@ -226,7 +196,7 @@ func (w *Worker) EndSession(ctx context.Context, sessionID string) error {
 
 // Stream starts a streaming command. See [worker.Worker.Stream].
 func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream, error) {
-	sctx, cancel := withRequestDeadline(ctx, req)
+	sctx, cancel := req.WithDeadline(ctx)
 	deadline, _ := sctx.Deadline()
 	args, err := python.EncodeCall(nil, req, deadline)
 	if err != nil {

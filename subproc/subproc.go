@@ -50,6 +50,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/snakepit-go/snakepit/internal/callslot"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/python/locate"
@@ -159,7 +160,7 @@ type Worker struct {
 	outputs  sync.WaitGroup // stdout/stderr forwarders
 	errDone  chan struct{}  // closed when the stderr forwarder has read everything
 
-	slot       chan struct{}          // held while a request is outstanding (or a stream open)
+	slot       callslot.Slot          // held while a request is outstanding (or a stream open)
 	openStream atomic.Pointer[stream] // the open stream, closed by Close
 	nextID     atomic.Uint64
 	rbuf       []byte // frame read buffer; used by the slot holder

@@ -90,14 +90,13 @@ type Request struct {
 	Deadline time.Time
 }
 
-// EffectiveDeadline returns the earlier of req.Deadline and ctx's deadline,
-// and whether there is one.
-func (r *Request) EffectiveDeadline(ctx context.Context) (time.Time, bool) {
-	d, ok := ctx.Deadline()
-	if !r.Deadline.IsZero() && (!ok || r.Deadline.Before(d)) {
-		return r.Deadline, true
+// WithDeadline returns ctx bounded by req.Deadline as well (ctx itself when
+// the request has no earlier deadline) and its cancel function.
+func (r *Request) WithDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Deadline(); !r.Deadline.IsZero() && (!ok || r.Deadline.Before(d)) {
+		return context.WithDeadline(ctx, r.Deadline)
 	}
-	return d, ok
+	return ctx, func() {}
 }
 
 // Response is the result of a call.
