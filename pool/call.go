@@ -1,0 +1,220 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"iter"
+	"strconv"
+	"time"
+
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+type correlationKey struct{}
+
+// WithCorrelationID returns a context whose calls carry id as their
+// correlation id (ctx.correlation_id in Python, in log records and errors).
+func WithCorrelationID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, correlationKey{}, id)
+}
+
+// CorrelationID returns the correlation id ctx carries, or "".
+func CorrelationID(ctx context.Context) string {
+	id, _ := ctx.Value(correlationKey{}).(string)
+	return id
+}
+
+// CallOption modifies one call.
+type CallOption func(*callOptions)
+
+type callOptions struct {
+	idempotent  bool
+	attachments [][]byte
+}
+
+// Idempotent marks a call as safe to run twice: if its worker dies during
+// the call, it is retried once on another worker. Other calls fail with
+// worker.ErrWorkerDead (whether they ran is unknown).
+func Idempotent() CallOption { return func(o *callOptions) { o.idempotent = true } }
+
+// WithAttachments passes raw byte blobs to the handler as ctx.attachments,
+// without conversion.
+func WithAttachments(blobs ...[]byte) CallOption {
+	return func(o *callOptions) { o.attachments = append(o.attachments, blobs...) }
+}
+
+// Call runs command with args (a map with string keys or a struct, encoded
+// as keyword arguments; nil for none) and decodes the result into out (a
+// pointer; nil discards it). See package pymarshal for how Go and Python
+// values correspond.
+func (p *Pool) Call(ctx context.Context, command string, args any, out any, opts ...CallOption) error {
+	return p.call(ctx, command, args, out, "", Hint, opts)
+}
+
+// CallRaw is Call with marshalled arguments (a dict, see pymarshal) and
+// result.
+func (p *Pool) CallRaw(ctx context.Context, command string, args []byte, opts ...CallOption) ([]byte, error) {
+	return p.callRaw(ctx, command, args, "", Hint, opts)
+}
+
+func (p *Pool) call(ctx context.Context, command string, args, out any, session string, mode Affinity, opts []CallOption) error {
+	raw, err := encodeArgs(args)
+	if err != nil {
+		p.stats.failed.Add(1)
+		return err
+	}
+	res, err := p.callRaw(ctx, command, raw, session, mode, opts)
+	if err != nil {
+		return err
+	}
+	if out == nil {
+		return nil
+	}
+	if err := pymarshal.Unmarshal(res, out); err != nil {
+		return &worker.NotSerializableError{What: "result", Detail: err.Error(), Err: err}
+	}
+	return nil
+}
+
+func encodeArgs(args any) ([]byte, error) {
+	if args == nil {
+		return nil, nil
+	}
+	raw, err := pymarshal.Marshal(args)
+	if err != nil {
+		return nil, &worker.NotSerializableError{What: "argument", Detail: err.Error(), Err: err}
+	}
+	if len(raw) == 0 || raw[0]&^0x80 != '{' {
+		return nil, &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("args must be a map with string keys or a struct (keyword arguments), got %T", args)}
+	}
+	return raw, nil
+}
+
+func (p *Pool) newRequest(ctx context.Context, command string, args []byte, session string, o callOptions) *worker.Request {
+	cid := CorrelationID(ctx)
+	if cid == "" {
+		cid = p.cidPrefix + "-" + strconv.FormatUint(p.cidSeq.Add(1), 10)
+	}
+	return &worker.Request{Command: command, Args: args, CorrelationID: cid, SessionID: session, Attachments: o.attachments}
+}
+
+func (p *Pool) callRaw(ctx context.Context, command string, args []byte, session string, mode Affinity, opts []CallOption) ([]byte, error) {
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if _, ok := ctx.Deadline(); !ok && p.cfg.CallTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.cfg.CallTimeout)
+		defer cancel()
+	}
+	req := p.newRequest(ctx, command, args, session, o)
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		m, err := p.acquireFor(ctx, session, mode)
+		if err != nil {
+			p.stats.failed.Add(1)
+			return nil, &worker.CallError{Command: command, CorrelationID: req.CorrelationID, Err: err}
+		}
+		waited := time.Now()
+		p.stats.wait.observe(waited.Sub(start))
+		resp, err := m.w.Call(ctx, req)
+		p.stats.call.observe(time.Since(waited))
+		p.release(m, err)
+		if err == nil {
+			p.stats.calls.Add(1)
+			if session != "" {
+				p.bindSession(session, m)
+			}
+			return resp.Result, nil
+		}
+		p.stats.failed.Add(1)
+		if o.idempotent && attempt == 0 && errors.Is(err, worker.ErrWorkerDead) && ctx.Err() == nil && session == "" {
+			p.stats.retries.Add(1)
+			continue
+		}
+		return nil, err
+	}
+}
+
+// Chunk is one item of a stream.
+type Chunk struct {
+	// Raw is the item, marshalled.
+	Raw []byte
+}
+
+// Decode decodes the chunk into out (a pointer).
+func (c Chunk) Decode(out any) error {
+	if err := pymarshal.Unmarshal(c.Raw, out); err != nil {
+		return &worker.NotSerializableError{What: "result", Detail: err.Error(), Err: err}
+	}
+	return nil
+}
+
+// Stream runs a command whose handler is a generator and yields its items
+// as they come (the worker produces the next one when the loop asks for it).
+// Breaking out of the loop closes the generator. An error ends the
+// sequence. The worker is held until the loop ends.
+//
+//	for chunk, err := range p.Stream(ctx, "count", map[string]any{"n": 3}) {
+//		if err != nil { ... }
+//		var n int
+//		_ = chunk.Decode(&n)
+//	}
+func (p *Pool) Stream(ctx context.Context, command string, args any, opts ...CallOption) iter.Seq2[Chunk, error] {
+	return p.stream(ctx, command, args, "", Hint, opts)
+}
+
+func (p *Pool) stream(ctx context.Context, command string, args any, session string, mode Affinity, opts []CallOption) iter.Seq2[Chunk, error] {
+	return func(yield func(Chunk, error) bool) {
+		raw, err := encodeArgs(args)
+		if err != nil {
+			yield(Chunk{}, err)
+			return
+		}
+		var o callOptions
+		for _, opt := range opts {
+			opt(&o)
+		}
+		req := p.newRequest(ctx, command, raw, session, o)
+		m, err := p.acquireFor(ctx, session, mode)
+		if err != nil {
+			yield(Chunk{}, &worker.CallError{Command: command, CorrelationID: req.CorrelationID, Err: err})
+			return
+		}
+		st, err := m.w.Stream(ctx, req)
+		if err != nil {
+			p.release(m, err)
+			yield(Chunk{}, err)
+			return
+		}
+		if session != "" {
+			p.bindSession(session, m)
+		}
+		var streamErr error
+		defer func() {
+			st.Close()
+			p.release(m, streamErr)
+		}()
+		for {
+			b, err := st.Next(ctx)
+			if err == io.EOF {
+				p.stats.calls.Add(1)
+				return
+			}
+			if err != nil {
+				streamErr = err
+				p.stats.failed.Add(1)
+				yield(Chunk{}, err)
+				return
+			}
+			if !yield(Chunk{Raw: b}, nil) {
+				p.stats.calls.Add(1)
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,218 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// Profile selects the kind of worker a pool runs.
+type Profile int
+
+const (
+	// Thread runs each worker as a CPython sub-interpreter in this process
+	// (package gil): the fastest calls, own GIL per worker on Python 3.12+.
+	Thread Profile = iota
+	// Process runs each worker as a Python child process (package subproc):
+	// full isolation, and extensions that refuse sub-interpreters (numpy).
+	Process
+)
+
+func (p Profile) String() string {
+	switch p {
+	case Thread:
+		return "thread"
+	case Process:
+		return "process"
+	}
+	return fmt.Sprintf("Profile(%d)", int(p))
+}
+
+// Config configures a pool. The zero value of each field is documented; New
+// validates the whole Config at once, copies it and never modifies the
+// caller's value.
+type Config struct {
+	// Name labels the pool in logs, errors and metrics. Zero: "default".
+	Name string
+	// Profile is the worker kind. Zero: Thread.
+	Profile Profile
+	// Module is the adapter module (required unless NewWorker is set).
+	Module string
+	// Paths are added to the workers' sys.path (the adapter's directory).
+	Paths []string
+	// LibPython (thread profile) and Python (process profile) choose the
+	// Python explicitly. Zero: the search of package locate — the
+	// SNAKEPIT_LIBPYTHON/SNAKEPIT_PYTHON environment, then the hermetic
+	// CPython 3.14 when the program imports python/dist, then python3 on PATH.
+	LibPython string
+	Python    string
+	// Env is extra environment for process-profile workers ("KEY=value").
+	Env []string
+
+	// Size is the number of workers. Zero: runtime.GOMAXPROCS(0).
+	Size int
+	// QueueSize bounds the callers waiting for a worker; a call beyond it
+	// fails at once with ErrSaturated. Zero: 16 × Size. Negative: no queue
+	// (a call fails at once when every worker is busy).
+	QueueSize int
+	// RejectEarly fails a call at once with ErrSaturated when the estimated
+	// wait for a worker (from recent call times) exceeds its remaining
+	// deadline.
+	RejectEarly bool
+	// CallTimeout bounds calls whose context has no deadline. Zero: none.
+	CallTimeout time.Duration
+
+	// StartConcurrency bounds how many workers start at once. Zero: 4.
+	StartConcurrency int
+	// StartTimeout bounds one worker's start. Zero: 60 s.
+	StartTimeout time.Duration
+
+	// MaxLifetime recycles a worker after this long (each worker's limit is
+	// jittered down by up to LifetimeJitter, so workers do not all recycle
+	// at once). Zero: no limit.
+	MaxLifetime time.Duration
+	// LifetimeJitter is the fraction of MaxLifetime to jitter by, in [0, 1).
+	// Zero: 0.1.
+	LifetimeJitter float64
+	// MaxCalls recycles a worker after this many calls. Zero: no limit.
+	MaxCalls int64
+	// MaxMemory recycles a worker whose memory exceeds it (process profile:
+	// resident memory of its process group). Zero: no limit.
+	MaxMemory int64
+	// MemoryCheckInterval is how often memory is sampled. Zero: 10 s.
+	MemoryCheckInterval time.Duration
+
+	// SessionIdleTimeout ends sessions unused for this long (their Python
+	// state is dropped). Zero: 10 minutes.
+	SessionIdleTimeout time.Duration
+
+	// RestartBackoff is the first delay before replacing a worker that died
+	// or failed to start; it doubles per consecutive failure up to
+	// MaxRestartBackoff. Zero: 100 ms and 30 s.
+	RestartBackoff    time.Duration
+	MaxRestartBackoff time.Duration
+	// CrashLoopThreshold deaths within CrashLoopWindow mark the pool
+	// degraded (see Health). Zero: 5 within 1 minute.
+	CrashLoopThreshold int
+	CrashLoopWindow    time.Duration
+
+	// InterruptGrace and StopGrace are passed to the workers (see gil.Config
+	// and subproc.Config). Zero: their defaults.
+	InterruptGrace time.Duration
+	StopGrace      time.Duration
+
+	// Logger receives pool events and the workers' Python logs. Nil
+	// discards them.
+	Logger *slog.Logger
+
+	// NewWorker, when set, replaces the profile: the pool starts its workers
+	// with it. For tests (workertest.Fake) and custom worker kinds.
+	NewWorker func(ctx context.Context, id string) (worker.Worker, error)
+}
+
+// withDefaults validates c and returns a copy with defaults filled in; it
+// reports every problem at once.
+func (c Config) withDefaults() (Config, error) {
+	var errs []error
+	if c.Module == "" && c.NewWorker == nil {
+		errs = append(errs, errors.New("Module is required"))
+	}
+	if c.Profile != Thread && c.Profile != Process {
+		errs = append(errs, fmt.Errorf("unknown Profile %d", int(c.Profile)))
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"CallTimeout", c.CallTimeout}, {"StartTimeout", c.StartTimeout}, {"MaxLifetime", c.MaxLifetime},
+		{"MemoryCheckInterval", c.MemoryCheckInterval}, {"SessionIdleTimeout", c.SessionIdleTimeout},
+		{"RestartBackoff", c.RestartBackoff}, {"MaxRestartBackoff", c.MaxRestartBackoff},
+		{"CrashLoopWindow", c.CrashLoopWindow}, {"InterruptGrace", c.InterruptGrace}, {"StopGrace", c.StopGrace},
+	} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative", f.name))
+		}
+	}
+	if c.Size < 0 {
+		errs = append(errs, errors.New("Size must not be negative"))
+	}
+	if c.StartConcurrency < 0 {
+		errs = append(errs, errors.New("StartConcurrency must not be negative"))
+	}
+	if c.MaxCalls < 0 || c.MaxMemory < 0 || c.CrashLoopThreshold < 0 {
+		errs = append(errs, errors.New("MaxCalls, MaxMemory and CrashLoopThreshold must not be negative"))
+	}
+	if c.LifetimeJitter < 0 || c.LifetimeJitter >= 1 {
+		errs = append(errs, errors.New("LifetimeJitter must be in [0, 1)"))
+	}
+	if c.MaxMemory > 0 && c.Profile == Thread && c.NewWorker == nil {
+		errs = append(errs, errors.New("MaxMemory needs the process profile (a thread-profile worker's memory cannot be told apart)"))
+	}
+	if len(errs) > 0 {
+		return c, &ConfigError{Errs: errs}
+	}
+	if c.Name == "" {
+		c.Name = "default"
+	}
+	if c.Size == 0 {
+		c.Size = runtime.GOMAXPROCS(0)
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = 16 * c.Size
+	} else if c.QueueSize < 0 {
+		c.QueueSize = 0
+	}
+	if c.StartConcurrency == 0 {
+		c.StartConcurrency = 4
+	}
+	if c.StartTimeout == 0 {
+		c.StartTimeout = 60 * time.Second
+	}
+	if c.LifetimeJitter == 0 {
+		c.LifetimeJitter = 0.1
+	}
+	if c.MemoryCheckInterval == 0 {
+		c.MemoryCheckInterval = 10 * time.Second
+	}
+	if c.SessionIdleTimeout == 0 {
+		c.SessionIdleTimeout = 10 * time.Minute
+	}
+	if c.RestartBackoff == 0 {
+		c.RestartBackoff = 100 * time.Millisecond
+	}
+	if c.MaxRestartBackoff == 0 {
+		c.MaxRestartBackoff = 30 * time.Second
+	}
+	if c.CrashLoopThreshold == 0 {
+		c.CrashLoopThreshold = 5
+	}
+	if c.CrashLoopWindow == 0 {
+		c.CrashLoopWindow = time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	c.Paths = append([]string(nil), c.Paths...)
+	c.Env = append([]string(nil), c.Env...)
+	return c, nil
+}
+
+// ConfigError lists every problem New found in a Config.
+type ConfigError struct {
+	Errs []error
+}
+
+func (e *ConfigError) Error() string {
+	msg := "pool: invalid config:"
+	for _, err := range e.Errs {
+		msg += " " + err.Error() + ";"
+	}
+	return msg[:len(msg)-1]
+}
+
+func (e *ConfigError) Unwrap() []error { return e.Errs }

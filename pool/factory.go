@@ -1,0 +1,45 @@
+package pool
+
+import (
+	"context"
+
+	"github.com/snakepit-go/snakepit/embed"
+	"github.com/snakepit-go/snakepit/gil"
+	"github.com/snakepit-go/snakepit/python/locate"
+	"github.com/snakepit-go/snakepit/subproc"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// profileFactory returns the function that starts one worker of the
+// configured profile.
+func profileFactory(c Config) (func(ctx context.Context, id string) (worker.Worker, error), error) {
+	switch c.Profile {
+	case Process:
+		return func(ctx context.Context, id string) (worker.Worker, error) {
+			return subproc.Start(ctx, subproc.Config{
+				Module: c.Module, Paths: c.Paths, Python: c.Python, Env: c.Env, ID: id, Logger: c.Logger,
+				InterruptGrace: c.InterruptGrace, StopGrace: c.StopGrace,
+			})
+		}, nil
+	default:
+		var rt *embed.Runtime
+		var err error
+		if c.LibPython != "" {
+			var py locate.Python
+			if py, err = locate.Find(locate.Options{LibPython: c.LibPython}); err == nil {
+				rt, err = embed.Load(py)
+			}
+		} else {
+			rt, err = embed.Default()
+		}
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, id string) (worker.Worker, error) {
+			return gil.Start(ctx, gil.Config{
+				Module: c.Module, Paths: c.Paths, Runtime: rt, ID: id, Logger: c.Logger,
+				InterruptGrace: c.InterruptGrace,
+			})
+		}, nil
+	}
+}

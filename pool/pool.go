@@ -1,0 +1,676 @@
+// Package pool runs Python handlers in a pool of workers of one profile —
+// thread (sub-interpreters in this process) or process (child processes) —
+// behind one API: calls with backpressure, streams, sessions with worker
+// affinity, recycling, supervision and metrics.
+//
+// A pool is created with [New] from a [Config] and used concurrently:
+//
+//	p, err := pool.New(ctx, pool.Config{Module: "my_adapter", Paths: []string{"./py"}})
+//	...
+//	var out Result
+//	err = p.Call(ctx, "predict", map[string]any{"x": 1}, &out)
+//
+// Several pools can live in one process, each independent (a process holds
+// one libpython, shared by its thread-profile pools).
+package pool
+
+import (
+	"container/list"
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// Errors a caller branches on.
+var (
+	// ErrSaturated: the wait queue is full (or, with RejectEarly, the
+	// estimated wait exceeds the call's remaining deadline). Nothing ran.
+	ErrSaturated = errors.New("pool: saturated")
+	// ErrClosed: the pool is closed or closing. Nothing ran.
+	ErrClosed = errors.New("pool: closed")
+	// ErrDegraded: no worker is alive and they keep failing (a crash loop,
+	// or an adapter that no longer starts); see Pool.Health.
+	ErrDegraded = errors.New("pool: degraded: workers keep failing")
+	// ErrSessionLost: the worker holding a session's state died or was
+	// recycled; the state is gone. The next call starts the session afresh.
+	ErrSessionLost = errors.New("pool: session state lost (its worker died or was recycled)")
+	// ErrSessionBusy: a strict-fail-fast session's worker is busy.
+	ErrSessionBusy = errors.New("pool: session's worker is busy")
+)
+
+// Pool is a pool of workers. It is safe for concurrent use.
+type Pool struct {
+	cfg       Config
+	log       *slog.Logger
+	newWorker func(ctx context.Context, id string) (worker.Worker, error)
+
+	ctx    context.Context // the pool's lifetime: start-ups, supervision
+	cancel context.CancelFunc
+
+	cidPrefix string
+	cidSeq    atomic.Uint64
+	memberSeq atomic.Uint64
+
+	mu         sync.Mutex // guards the fields below
+	closed     bool
+	members    map[*member]bool // live workers, any state
+	idle       []*member
+	waiters    list.List // *waiter, FIFO
+	inflight   int       // calls holding a worker
+	starting   int       // workers being started
+	sessions   map[string]*sessionEntry
+	deaths     []time.Time // recent deaths and start failures, for crash-loop detection
+	failStreak int         // consecutive failures, for backoff
+	lastErr    error       // the latest death or start failure
+	drained    chan struct{}
+
+	closing   chan struct{} // closed when Close begins
+	closeOnce sync.Once
+	closeErr  error
+	wg        sync.WaitGroup // every goroutine the pool starts
+
+	stats counters
+}
+
+type member struct {
+	w        worker.Worker
+	id       string
+	started  time.Time
+	retireAt time.Time // zero: no lifetime limit
+	calls    int64     // guarded by Pool.mu
+
+	busy      bool // guarded by Pool.mu
+	replacing bool // a replacement is being started (guarded by Pool.mu)
+	retiring  bool // leave as soon as idle (guarded by Pool.mu)
+	gone      bool // removed from the pool (guarded by Pool.mu)
+	stopping  atomic.Bool
+}
+
+type waiter struct {
+	want   *member // nil: any worker
+	ch     chan *member
+	handed bool // a worker was sent on ch (guarded by Pool.mu)
+}
+
+// New starts a pool: Size workers, StartConcurrency at a time, each ready
+// (health-checked) before it takes work. It returns when all are ready, or
+// the first start-up error (matching worker.ErrSetup), or ctx's error — then
+// with no worker left behind. Start-ups belong to the pool, not to ctx:
+// ctx only bounds how long New waits.
+func New(ctx context.Context, cfg Config) (*Pool, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	var tok [4]byte
+	_, _ = crand.Read(tok[:])
+	p := &Pool{
+		cfg:       c,
+		log:       c.Logger.With("pool", c.Name),
+		members:   map[*member]bool{},
+		sessions:  map[string]*sessionEntry{},
+		closing:   make(chan struct{}),
+		cidPrefix: hex.EncodeToString(tok[:]),
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	if p.newWorker = c.NewWorker; p.newWorker == nil {
+		if p.newWorker, err = profileFactory(c); err != nil {
+			p.cancel()
+			return nil, err
+		}
+	}
+
+	type result struct {
+		m   *member
+		err error
+	}
+	results := make(chan result, c.Size)
+	sem := make(chan struct{}, c.StartConcurrency)
+	for range c.Size {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-p.ctx.Done():
+				results <- result{err: p.ctx.Err()}
+				return
+			}
+			m, err := p.startMember()
+			<-sem
+			results <- result{m, err}
+		}()
+	}
+	var started []*member
+	var firstErr error
+	for range c.Size {
+		var r result
+		select {
+		case r = <-results:
+		case <-ctx.Done():
+			firstErr = fmt.Errorf("pool %s: start: %w", c.Name, context.Cause(ctx))
+			p.cancel() // stop the others; wait for them below
+			r = <-results
+		}
+		if r.err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("pool %s: start: %w", c.Name, r.err)
+			p.cancel()
+		}
+		if r.m != nil {
+			started = append(started, r.m)
+		}
+	}
+	if firstErr != nil {
+		for _, m := range started {
+			m.stopping.Store(true)
+			_ = m.w.Close(context.Background())
+		}
+		p.wg.Wait()
+		return nil, firstErr
+	}
+	p.mu.Lock()
+	for _, m := range started {
+		p.addLocked(m)
+	}
+	p.mu.Unlock()
+	p.wg.Add(1)
+	go p.housekeeping()
+	p.log.Info("pool ready", "profile", c.Profile.String(), "workers", c.Size)
+	return p, nil
+}
+
+// startMember starts one worker, bounded by StartTimeout and the pool.
+func (p *Pool) startMember() (*member, error) {
+	id := p.cfg.Name + "-" + strconv.FormatUint(p.memberSeq.Add(1), 10)
+	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.StartTimeout)
+	defer cancel()
+	w, err := p.newWorker(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	m := &member{w: w, id: w.ID(), started: time.Now()}
+	if p.cfg.MaxLifetime > 0 {
+		jitter := time.Duration(rand.Float64() * p.cfg.LifetimeJitter * float64(p.cfg.MaxLifetime))
+		m.retireAt = m.started.Add(p.cfg.MaxLifetime - jitter)
+	}
+	return m, nil
+}
+
+// addLocked puts a ready worker in service and watches it.
+func (p *Pool) addLocked(m *member) {
+	p.members[m] = true
+	p.stats.started.Add(1)
+	p.wg.Add(1)
+	go p.watch(m)
+	p.offerLocked(m)
+}
+
+// watch notices a worker's death.
+func (p *Pool) watch(m *member) {
+	defer p.wg.Done()
+	select {
+	case <-m.w.Done():
+	case <-p.ctx.Done():
+		return
+	}
+	if m.stopping.Load() {
+		return // retired or closed by the pool
+	}
+	err := m.w.Err()
+	p.log.Warn("worker died", "worker", m.id, "error", err)
+	p.stats.deaths.Add(1)
+	p.mu.Lock()
+	p.removeLocked(m)
+	p.noteFailureLocked(err)
+	closed := p.closed
+	p.mu.Unlock()
+	m.stopping.Store(true)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = m.w.Close(ctx) // release what the dead worker still holds
+		cancel()
+	}()
+	if !closed {
+		p.replace(nil)
+	}
+}
+
+// removeLocked takes m out of service and invalidates its sessions.
+func (p *Pool) removeLocked(m *member) {
+	if m.gone {
+		return
+	}
+	m.gone = true
+	delete(p.members, m)
+	for i, x := range p.idle {
+		if x == m {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			break
+		}
+	}
+	for _, e := range p.sessions {
+		if e.m == m {
+			e.lost = true
+			e.m = nil
+		}
+	}
+	// Strict session waiters for m will never get it.
+	for el := p.waiters.Front(); el != nil; {
+		next := el.Next()
+		if w := el.Value.(*waiter); w.want == m {
+			p.waiters.Remove(el)
+			w.handed = true
+			w.ch <- nil
+		}
+		el = next
+	}
+}
+
+func (p *Pool) noteFailureLocked(err error) {
+	now := time.Now()
+	p.lastErr = err
+	p.failStreak++
+	p.deaths = append(p.deaths, now)
+	cut := 0
+	for cut < len(p.deaths) && now.Sub(p.deaths[cut]) > p.cfg.CrashLoopWindow {
+		cut++
+	}
+	p.deaths = p.deaths[cut:]
+}
+
+// degradedLocked reports a crash loop: too many failures in the window.
+func (p *Pool) degradedLocked() bool {
+	return len(p.deaths) >= p.cfg.CrashLoopThreshold
+}
+
+// replace starts a worker in the background, with backoff after failures;
+// if old is set, old retires once the new worker is ready.
+func (p *Pool) replace(old *member) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.starting++
+	delay := time.Duration(0)
+	if p.failStreak > 0 {
+		delay = p.cfg.RestartBackoff << min(p.failStreak-1, 20)
+		delay = min(delay, p.cfg.MaxRestartBackoff)
+	}
+	p.mu.Unlock()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			if delay > 0 {
+				select {
+				case <-time.After(delay):
+				case <-p.ctx.Done():
+					p.mu.Lock()
+					p.starting--
+					p.mu.Unlock()
+					return
+				}
+			}
+			m, err := p.startMember()
+			p.mu.Lock()
+			if err == nil && p.closed {
+				p.starting--
+				p.mu.Unlock()
+				m.stopping.Store(true)
+				_ = m.w.Close(context.Background())
+				return
+			}
+			if err != nil {
+				if p.closed || p.ctx.Err() != nil {
+					p.starting--
+					p.mu.Unlock()
+					return
+				}
+				p.stats.startFailures.Add(1)
+				p.noteFailureLocked(err)
+				delay = min(p.cfg.RestartBackoff<<min(p.failStreak-1, 20), p.cfg.MaxRestartBackoff)
+				p.mu.Unlock()
+				p.log.Warn("worker start failed", "error", err, "retry_in", delay)
+				continue
+			}
+			p.starting--
+			if old != nil {
+				p.stats.recycled.Add(1)
+				old.retiring = true
+				if !old.busy && !old.gone {
+					p.removeLocked(old)
+					p.retireLocked(old)
+				}
+			}
+			p.addLocked(m)
+			p.mu.Unlock()
+			return
+		}
+	}()
+}
+
+// retireLocked closes a worker that left service, in the background.
+func (p *Pool) retireLocked(m *member) {
+	m.stopping.Store(true)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := m.w.Close(ctx); err != nil {
+			p.log.Warn("retired worker closed with an error", "worker", m.id, "error", err)
+		}
+	}()
+}
+
+// offerLocked gives m to the first waiter that accepts it, or idles it.
+func (p *Pool) offerLocked(m *member) {
+	for el := p.waiters.Front(); el != nil; el = el.Next() {
+		w := el.Value.(*waiter)
+		if w.want == nil || w.want == m {
+			p.waiters.Remove(el)
+			w.handed = true
+			m.busy = true
+			p.inflight++
+			w.ch <- m
+			return
+		}
+	}
+	p.idle = append(p.idle, m)
+}
+
+// acquire takes a worker: want if set (waiting for it unless failFast),
+// else prefer if idle, else any. On success the caller must release it.
+func (p *Pool) acquire(ctx context.Context, want, prefer *member, failFast bool) (*member, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if want != nil {
+		if want.gone {
+			p.mu.Unlock()
+			return nil, ErrSessionLost
+		}
+		if !want.busy {
+			p.takeIdleLocked(want)
+			p.mu.Unlock()
+			return want, nil
+		}
+		if failFast {
+			p.mu.Unlock()
+			return nil, ErrSessionBusy
+		}
+	} else if len(p.idle) > 0 {
+		m := p.idle[len(p.idle)-1]
+		if prefer != nil && !prefer.busy && !prefer.gone {
+			m = prefer
+		}
+		p.takeIdleLocked(m)
+		p.mu.Unlock()
+		return m, nil
+	}
+	if len(p.members) == 0 && p.degradedLocked() {
+		err := p.lastErr
+		p.mu.Unlock()
+		return nil, fmt.Errorf("%w: %v", ErrDegraded, err)
+	}
+	if p.waiters.Len() >= p.cfg.QueueSize {
+		p.mu.Unlock()
+		p.stats.rejected.Add(1)
+		return nil, ErrSaturated
+	}
+	if p.cfg.RejectEarly {
+		if d, ok := ctx.Deadline(); ok {
+			est := p.stats.estimateWait(p.waiters.Len()+1, max(len(p.members), 1))
+			if time.Until(d) < est {
+				p.mu.Unlock()
+				p.stats.rejected.Add(1)
+				return nil, fmt.Errorf("%w: estimated wait %v exceeds the remaining deadline", ErrSaturated, est.Round(time.Microsecond))
+			}
+		}
+	}
+	w := &waiter{want: want, ch: make(chan *member, 1)}
+	el := p.waiters.PushBack(w)
+	p.mu.Unlock()
+
+	select {
+	case m := <-w.ch:
+		if m == nil {
+			return nil, ErrSessionLost
+		}
+		return m, nil
+	case <-ctx.Done():
+	case <-p.closing:
+	}
+	p.mu.Lock()
+	if !w.handed {
+		p.waiters.Remove(el)
+		p.mu.Unlock()
+	} else {
+		// A worker was handed over as we gave up: pass it on.
+		p.mu.Unlock()
+		if m := <-w.ch; m != nil {
+			p.release(m, nil)
+		}
+	}
+	if ctx.Err() != nil {
+		return nil, context.Cause(ctx)
+	}
+	return nil, ErrClosed
+}
+
+func (p *Pool) takeIdleLocked(m *member) {
+	for i, x := range p.idle {
+		if x == m {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			break
+		}
+	}
+	m.busy = true
+	p.inflight++
+}
+
+// release returns a worker after a call; callErr is the call's error.
+func (p *Pool) release(m *member, callErr error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m.busy = false
+	p.inflight--
+	m.calls++
+	if p.inflight == 0 && p.drained != nil {
+		close(p.drained)
+		p.drained = nil
+	}
+	if callErr == nil && p.failStreak > 0 {
+		p.failStreak = 0 // a working worker ends a failure streak
+	}
+	switch {
+	case m.gone:
+		return
+	case p.closed:
+		p.idle = append(p.idle, m)
+		return
+	case m.retiring:
+		p.removeLocked(m)
+		p.retireLocked(m)
+		return
+	}
+	if !m.replacing && p.dueLocked(m) {
+		m.replacing = true
+		p.mu.Unlock()
+		p.replace(m)
+		p.mu.Lock()
+		if m.gone || m.retiring {
+			if !m.gone {
+				p.removeLocked(m)
+				p.retireLocked(m)
+			}
+			return
+		}
+	}
+	p.offerLocked(m)
+}
+
+// dueLocked reports whether m reached a call-count or lifetime limit.
+func (p *Pool) dueLocked(m *member) bool {
+	if p.cfg.MaxCalls > 0 && m.calls >= p.cfg.MaxCalls {
+		return true
+	}
+	return !m.retireAt.IsZero() && time.Now().After(m.retireAt)
+}
+
+// housekeeping expires sessions, checks lifetimes of idle workers and
+// memory, until the pool closes.
+func (p *Pool) housekeeping() {
+	defer p.wg.Done()
+	tick := min(p.cfg.SessionIdleTimeout/4, p.cfg.MemoryCheckInterval, time.Second)
+	tick = max(tick, 10*time.Millisecond)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	lastMem := time.Now()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.expireSessions()
+		var due []*member
+		p.mu.Lock()
+		checkMem := p.cfg.MaxMemory > 0 && time.Since(lastMem) >= p.cfg.MemoryCheckInterval
+		for m := range p.members {
+			if m.replacing || p.closed {
+				continue
+			}
+			if p.dueLocked(m) {
+				m.replacing = true
+				due = append(due, m)
+			}
+		}
+		p.mu.Unlock()
+		if checkMem {
+			lastMem = time.Now()
+			due = append(due, p.overMemory()...)
+		}
+		for _, m := range due {
+			p.replace(m)
+		}
+	}
+}
+
+func (p *Pool) overMemory() []*member {
+	p.mu.Lock()
+	var ms []*member
+	for m := range p.members {
+		if !m.replacing {
+			ms = append(ms, m)
+		}
+	}
+	p.mu.Unlock()
+	var due []*member
+	for _, m := range ms {
+		r, ok := m.w.(worker.MemoryReporter)
+		if !ok {
+			continue
+		}
+		if b, err := r.MemoryBytes(); err == nil && b > p.cfg.MaxMemory {
+			p.mu.Lock()
+			if !m.replacing && !m.gone {
+				m.replacing = true
+				due = append(due, m)
+				p.log.Info("recycling worker over its memory limit", "worker", m.id, "bytes", b)
+			}
+			p.mu.Unlock()
+		}
+	}
+	return due
+}
+
+// Health returns nil while the pool works, ErrClosed once closed, and an
+// error matching ErrDegraded (with the latest failure) during a crash loop.
+func (p *Pool) Health() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return ErrClosed
+	}
+	if p.degradedLocked() {
+		return fmt.Errorf("%w: %d failures in %v, latest: %v", ErrDegraded, len(p.deaths), p.cfg.CrashLoopWindow, p.lastErr)
+	}
+	return nil
+}
+
+// Close stops admitting calls (waiting ones fail with ErrClosed), waits for
+// calls in flight until ctx ends, then stops every worker (running
+// teardown()). It returns when every goroutine, thread and process the pool
+// started is gone; ctx's error if calls were still running when it ended
+// (their workers are stopped anyway). Closing twice returns the first
+// result.
+func (p *Pool) Close(ctx context.Context) error {
+	p.closeOnce.Do(func() { p.closeErr = p.close(ctx) })
+	return p.closeErr
+}
+
+func (p *Pool) close(ctx context.Context) error {
+	p.mu.Lock()
+	p.closed = true
+	close(p.closing)
+	var drained chan struct{}
+	if p.inflight > 0 {
+		drained = make(chan struct{})
+		p.drained = drained
+	}
+	p.mu.Unlock()
+	var err error
+	if drained != nil {
+		select {
+		case <-drained:
+		case <-ctx.Done():
+			err = fmt.Errorf("pool %s: close: calls still running: %w", p.cfg.Name, context.Cause(ctx))
+		}
+	}
+	p.cancel() // stops start-ups, supervision, housekeeping
+	p.mu.Lock()
+	var ms []*member
+	for m := range p.members {
+		ms = append(ms, m)
+		p.removeLocked(m)
+	}
+	p.idle = nil
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		m.stopping.Store(true)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx := ctx
+			if ctx.Err() != nil {
+				var cancel context.CancelFunc
+				cctx, cancel = context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+			}
+			if cerr := m.w.Close(cctx); cerr != nil {
+				p.log.Warn("worker closed with an error", "worker", m.id, "error", cerr)
+			}
+		}()
+	}
+	wg.Wait()
+	p.wg.Wait()
+	p.log.Info("pool closed")
+	return err
+}

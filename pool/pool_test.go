@@ -1,0 +1,537 @@
+package pool_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/snakepit-go/snakepit/pool"
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/worker"
+	"github.com/snakepit-go/snakepit/worker/workertest"
+)
+
+// fakes builds scripted workers and remembers them.
+type fakes struct {
+	mu      sync.Mutex
+	all     []*workertest.Fake
+	release chan struct{} // "block" returns when it closes (or its ctx ends)
+	fail    atomic.Int64  // the next fail starts fail
+	state   sync.Map      // worker id + session -> value
+}
+
+func newFakes() *fakes { return &fakes{release: make(chan struct{})} }
+
+func (f *fakes) factory(ctx context.Context, id string) (worker.Worker, error) {
+	if f.fail.Load() > 0 {
+		f.fail.Add(-1)
+		return nil, &worker.SetupError{WorkerID: id, Stage: "start", Err: errors.New("scripted start failure")}
+	}
+	var w *workertest.Fake
+	w = &workertest.Fake{WorkerID: id, Handlers: map[string]workertest.Handler{
+		"echo": func(ctx context.Context, r *worker.Request) (any, error) {
+			var args map[string]any
+			if len(r.Args) > 0 {
+				if err := pymarshal.Unmarshal(r.Args, &args); err != nil {
+					return nil, err
+				}
+			}
+			return map[string]any{"args": args, "worker": id, "cid": r.CorrelationID}, nil
+		},
+		"block": func(ctx context.Context, r *worker.Request) (any, error) {
+			select {
+			case <-f.release:
+				return id, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		},
+		"die": func(ctx context.Context, r *worker.Request) (any, error) {
+			go w.Kill("scripted death")
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+		"put": func(ctx context.Context, r *worker.Request) (any, error) {
+			var args struct{ V string }
+			pymarshal.Unmarshal(r.Args, &args)
+			f.state.Store(id+"/"+r.SessionID, args.V)
+			return id, nil
+		},
+		"get": func(ctx context.Context, r *worker.Request) (any, error) {
+			v, _ := f.state.Load(id + "/" + r.SessionID)
+			return v, nil
+		},
+		"items": func(ctx context.Context, r *worker.Request) (any, error) {
+			return []any{1, 2, 3}, nil
+		},
+	}}
+	f.mu.Lock()
+	f.all = append(f.all, w)
+	f.mu.Unlock()
+	return w, nil
+}
+
+func (f *fakes) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.all)
+}
+
+func newPool(t *testing.T, f *fakes, cfg pool.Config) *pool.Pool {
+	t.Helper()
+	cfg.NewWorker = f.factory
+	if cfg.Size == 0 {
+		cfg.Size = 2
+	}
+	p, err := pool.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		p.Close(ctx)
+	})
+	return p
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	_, err := pool.New(context.Background(), pool.Config{Size: -1, QueueSize: 3, LifetimeJitter: 2, CallTimeout: -time.Second, Profile: 7})
+	var ce *pool.ConfigError
+	if !errors.As(err, &ce) || len(ce.Errs) < 5 {
+		t.Fatalf("got %v, want every problem reported at once", err)
+	}
+	cfg := pool.Config{Module: "m", NewWorker: newFakes().factory, Size: 1}
+	p, err := pool.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	if cfg.Name != "" || cfg.QueueSize != 0 {
+		t.Fatal("New modified the caller's Config")
+	}
+	if s := p.Stats(); s.Name != "default" || s.QueueSize != 16 || s.Workers != 1 {
+		t.Fatalf("defaults: %+v", s)
+	}
+}
+
+func TestCall(t *testing.T) {
+	p := newPool(t, newFakes(), pool.Config{})
+	var out struct {
+		Args   map[string]any `json:"args"`
+		Worker string         `json:"worker"`
+		CID    string         `json:"cid"`
+	}
+	ctx := pool.WithCorrelationID(context.Background(), "cid-7")
+	if err := p.Call(ctx, "echo", map[string]any{"x": 1}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if out.Args["x"] != int64(1) || out.CID != "cid-7" || out.Worker == "" {
+		t.Fatalf("got %+v", out)
+	}
+	// Generated correlation ids are distinct.
+	var a, b struct{ CID string }
+	p.Call(context.Background(), "echo", nil, &a)
+	p.Call(context.Background(), "echo", nil, &b)
+	if a.CID == "" || a.CID == b.CID {
+		t.Fatalf("generated correlation ids %q, %q", a.CID, b.CID)
+	}
+	if err := p.Call(context.Background(), "nope", nil, nil); !errors.Is(err, worker.ErrCommandNotFound) {
+		t.Fatalf("unknown command: got %v", err)
+	}
+	if err := p.Call(context.Background(), "echo", []int{1}, nil); !errors.Is(err, worker.ErrNotSerializable) {
+		t.Fatalf("args not a map: got %v", err)
+	}
+	var n int
+	for c, err := range p.Stream(context.Background(), "items", nil) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v int
+		c.Decode(&v)
+		n += v
+	}
+	if n != 6 {
+		t.Fatalf("stream sum: got %d", n)
+	}
+	if s := p.Stats(); s.Calls != 4 || s.Failed != 2 || s.Idle != 2 {
+		t.Fatalf("stats: %+v", s)
+	}
+}
+
+// TestSaturation: beyond the queue, calls fail at once; a waiter whose
+// context ends leaves no trace; a context ending during a call returns.
+func TestSaturation(t *testing.T) {
+	f := newFakes()
+	p := newPool(t, f, pool.Config{Size: 1, QueueSize: 1})
+	ctx := context.Background()
+	errs := make(chan error, 2)
+	go func() { errs <- p.Call(ctx, "block", nil, nil) }() // holds the worker
+	eventually(t, "the worker is busy", func() bool { return p.Stats().Busy == 1 })
+	go func() { errs <- p.Call(ctx, "block", nil, nil) }() // queued
+	eventually(t, "a caller waits", func() bool { return p.Stats().Waiting == 1 })
+	if err := p.Call(ctx, "echo", nil, nil); !errors.Is(err, pool.ErrSaturated) {
+		t.Fatalf("beyond the queue: got %v, want ErrSaturated", err)
+	}
+	close(f.release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := p.Stats(); s.Rejected != 1 || s.Waiting != 0 || s.Idle != 1 {
+		t.Fatalf("stats: %+v", s)
+	}
+
+	// Context expiry while queued.
+	f2 := newFakes()
+	p2 := newPool(t, f2, pool.Config{Size: 1})
+	go p2.Call(ctx, "block", nil, nil)
+	eventually(t, "the worker is busy", func() bool { return p2.Stats().Busy == 1 })
+	qctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := p2.Call(qctx, "echo", nil, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued past the deadline: got %v", err)
+	}
+	if s := p2.Stats(); s.Waiting != 0 {
+		t.Fatalf("the waiter left a trace: %+v", s)
+	}
+	close(f2.release)
+	eventually(t, "the worker is idle", func() bool { return p2.Stats().Idle == 1 })
+	if err := p2.Call(ctx, "echo", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// Context expiry during a call.
+	f3 := newFakes()
+	p3 := newPool(t, f3, pool.Config{Size: 1})
+	cctx, cancel3 := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel3()
+	if err := p3.Call(cctx, "block", nil, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("deadline during the call: got %v", err)
+	}
+	if err := p3.Call(ctx, "echo", nil, nil); err != nil {
+		t.Fatalf("after: %v", err)
+	}
+}
+
+func TestRejectEarly(t *testing.T) {
+	f := newFakes()
+	p := newPool(t, f, pool.Config{Size: 1, RejectEarly: true})
+	ctx := context.Background()
+	// Teach the pool that calls take about 100 ms.
+	go func() { time.Sleep(100 * time.Millisecond); f.release <- struct{}{} }()
+	if err := p.Call(ctx, "block", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	go p.Call(ctx, "block", nil, nil)
+	eventually(t, "the worker is busy", func() bool { return p.Stats().Busy == 1 })
+	short, cancel := context.WithTimeout(ctx, 5*time.Millisecond)
+	defer cancel()
+	if err := p.Call(short, "echo", nil, nil); !errors.Is(err, pool.ErrSaturated) {
+		t.Fatalf("got %v, want an early ErrSaturated", err)
+	}
+	close(f.release)
+}
+
+// TestDeathAndRetry: a worker dying mid-call fails that call with
+// ErrWorkerDead (or retries it once if idempotent), and is replaced.
+func TestDeathAndRetry(t *testing.T) {
+	f := newFakes()
+	p := newPool(t, f, pool.Config{Size: 2, RestartBackoff: time.Millisecond})
+	ctx := context.Background()
+	if err := p.Call(ctx, "die", nil, nil); !errors.Is(err, worker.ErrWorkerDead) {
+		t.Fatalf("got %v, want ErrWorkerDead", err)
+	}
+	eventually(t, "the dead worker is replaced", func() bool { s := p.Stats(); return s.Workers == 2 && s.Deaths == 1 })
+
+	// An idempotent call whose worker dies runs again on another one.
+	var calls atomic.Int64
+	f.mu.Lock()
+	for _, w := range f.all {
+		w.Handlers["flaky"] = func(ctx context.Context, r *worker.Request) (any, error) {
+			if calls.Add(1) == 1 {
+				go f.killWorkerOf(r)
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return "ok", nil
+		}
+	}
+	f.mu.Unlock()
+	var got string
+	if err := p.Call(ctx, "flaky", nil, &got, pool.Idempotent()); err != nil || got != "ok" {
+		t.Fatalf("idempotent: got %q, %v", got, err)
+	}
+	if s := p.Stats(); s.Retries != 1 {
+		t.Fatalf("retries: %+v", s)
+	}
+}
+
+// killWorkerOf kills the fake that is running request r (the busy one).
+func (f *fakes) killWorkerOf(r *worker.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range f.all {
+		if w.Calls() > 0 {
+			select {
+			case <-w.Done():
+			default:
+				if w.Err() == nil {
+					w.Kill("killed mid-call")
+					return
+				}
+			}
+		}
+	}
+}
+
+func TestSessions(t *testing.T) {
+	f := newFakes()
+	p := newPool(t, f, pool.Config{Size: 2})
+	ctx := context.Background()
+	s := p.Session("s1", pool.StrictQueue)
+	var w1, w2 string
+	if err := s.Call(ctx, "put", map[string]any{"v": "a"}, &w1); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		var v string
+		if err := s.Call(ctx, "get", nil, &v); err != nil || v != "a" {
+			t.Fatalf("strict session: got %q, %v", v, err)
+		}
+	}
+	// Fail-fast while its worker is busy.
+	ff := p.Session("s2", pool.StrictFailFast)
+	if err := ff.Call(ctx, "put", map[string]any{"v": "b"}, &w2); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- ff.Call(ctx, "block", nil, nil) }()
+	eventually(t, "the session's worker is busy", func() bool { return p.Stats().Busy >= 1 })
+	if err := ff.Call(ctx, "get", nil, nil); !errors.Is(err, pool.ErrSessionBusy) {
+		t.Fatalf("fail-fast: got %v, want ErrSessionBusy", err)
+	}
+	close(f.release)
+	<-done
+
+	// The session's worker dies: the next strict call reports the loss.
+	f.mu.Lock()
+	for _, w := range f.all {
+		if w.ID() == w1 {
+			w.Kill("test")
+		}
+	}
+	f.mu.Unlock()
+	eventually(t, "the death is noticed", func() bool { return p.Stats().Deaths == 1 })
+	if err := s.Call(ctx, "get", nil, nil); !errors.Is(err, pool.ErrSessionLost) {
+		t.Fatalf("after its worker died: got %v, want ErrSessionLost", err)
+	}
+	var v any
+	if err := s.Call(ctx, "get", nil, &v); err != nil || v != nil {
+		t.Fatalf("the session starts afresh: got %v, %v", v, err)
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSessionExpiry(t *testing.T) {
+	f := newFakes()
+	p := newPool(t, f, pool.Config{Size: 1, SessionIdleTimeout: 50 * time.Millisecond})
+	s := p.Session("idle", pool.StrictQueue)
+	if err := s.Call(context.Background(), "put", map[string]any{"v": "x"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the idle session ends", func() bool { return p.Stats().Sessions == 0 })
+	f.mu.Lock()
+	left := f.all[0].Sessions()
+	f.mu.Unlock()
+	if len(left) != 0 {
+		t.Fatalf("the worker still has sessions %v", left)
+	}
+}
+
+// TestRecycling: workers are replaced after MaxCalls and MaxLifetime,
+// without failing a call and without losing capacity.
+func TestRecycling(t *testing.T) {
+	f := newFakes()
+	p := newPool(t, f, pool.Config{Size: 2, MaxCalls: 3})
+	ctx := context.Background()
+	for i := range 30 {
+		if err := p.Call(ctx, "echo", nil, nil); err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		time.Sleep(2 * time.Millisecond) // replacements start in the background
+	}
+	eventually(t, "recycled workers", func() bool { s := p.Stats(); return s.Recycled >= 5 && s.Workers == 2 })
+
+	f2 := newFakes()
+	p2 := newPool(t, f2, pool.Config{Size: 2, MaxLifetime: 30 * time.Millisecond})
+	eventually(t, "lifetime recycling", func() bool { return p2.Stats().Recycled >= 2 })
+	for range 10 {
+		if err := p2.Call(ctx, "echo", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := p2.Stats(); s.Workers != 2 {
+		t.Fatalf("capacity: %+v", s)
+	}
+}
+
+// TestCrashLoop: replacements that keep failing mark the pool degraded and
+// back off instead of spinning; calls fail fast once no worker is left.
+func TestCrashLoop(t *testing.T) {
+	f := newFakes()
+	p := newPool(t, f, pool.Config{Size: 1, RestartBackoff: 5 * time.Millisecond, MaxRestartBackoff: 50 * time.Millisecond, CrashLoopThreshold: 3})
+	f.fail.Store(1 << 30)
+	f.mu.Lock()
+	f.all[0].Kill("crash")
+	f.mu.Unlock()
+	eventually(t, "degraded", func() bool { return errors.Is(p.Health(), pool.ErrDegraded) })
+	if err := p.Call(context.Background(), "echo", nil, nil); !errors.Is(err, pool.ErrDegraded) {
+		t.Fatalf("got %v, want ErrDegraded", err)
+	}
+	s1 := p.Stats().StartFailures
+	time.Sleep(200 * time.Millisecond)
+	if d := p.Stats().StartFailures - s1; d > 10 {
+		t.Fatalf("%d start attempts in 200 ms: the pool spins", d)
+	}
+	f.fail.Store(0)
+	eventually(t, "recovered", func() bool { return p.Stats().Workers == 1 })
+	if err := p.Call(context.Background(), "echo", nil, nil); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+}
+
+func TestStartFailure(t *testing.T) {
+	f := newFakes()
+	f.fail.Store(1)
+	_, err := pool.New(context.Background(), pool.Config{Size: 3, NewWorker: f.factory})
+	if !errors.Is(err, worker.ErrSetup) {
+		t.Fatalf("got %v, want ErrSetup", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range f.all {
+		select {
+		case <-w.Done():
+		default:
+			t.Fatalf("worker %s left running after a failed start", w.ID())
+		}
+	}
+}
+
+func TestCloseWithBusyWorkers(t *testing.T) {
+	f := newFakes()
+	p, err := pool.New(context.Background(), pool.Config{Size: 2, NewWorker: f.factory})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() { errs <- p.Call(context.Background(), "block", nil, nil) }()
+	}
+	eventually(t, "busy and waiting", func() bool { s := p.Stats(); return s.Busy == 2 && s.Waiting == 1 })
+	closed := make(chan error)
+	go func() { closed <- p.Close(context.Background()) }()
+	if err := <-errs; !errors.Is(err, pool.ErrClosed) {
+		t.Fatalf("the waiter: got %v, want ErrClosed", err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case <-closed:
+		t.Fatal("Close returned while calls were in flight")
+	default:
+	}
+	close(f.release)
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("in-flight call: %v", err)
+		}
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Call(context.Background(), "echo", nil, nil); !errors.Is(err, pool.ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+	if err := p.Close(context.Background()); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	for _, w := range f.all {
+		select {
+		case <-w.Done():
+		default:
+			t.Fatalf("worker %s still running after Close", w.ID())
+		}
+	}
+}
+
+// TestStress runs mixed calls, sessions and worker deaths concurrently;
+// every call ends exactly once. SNAKEPIT_POOL_STRESS sets the number of
+// calls (default 2000).
+func TestStress(t *testing.T) {
+	n := 2000
+	if s := os.Getenv("SNAKEPIT_POOL_STRESS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	f := newFakes()
+	close(f.release) // "block" returns at once
+	p := newPool(t, f, pool.Config{Size: 4, QueueSize: 8, MaxCalls: 50, RestartBackoff: time.Millisecond})
+	var ended, ok, failed atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range n / 16 {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				var err error
+				switch i % 5 {
+				case 0:
+					err = p.Session(fmt.Sprint("s", g), pool.Hint).Call(ctx, "put", map[string]any{"v": "x"}, nil)
+				case 1:
+					err = p.Call(ctx, "die", nil, nil, pool.Idempotent())
+				default:
+					err = p.Call(ctx, "echo", map[string]any{"i": i}, nil)
+				}
+				cancel()
+				ended.Add(1)
+				if err == nil {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	total := int64(n / 16 * 16)
+	t.Logf("stress: %d calls, %d ok, %d failed; %+v", ended.Load(), ok.Load(), failed.Load(), p.Stats())
+	if ended.Load() != total || ok.Load()+failed.Load() != total {
+		t.Fatalf("calls ended %d, want %d", ended.Load(), total)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
