@@ -113,7 +113,8 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 // readReply reads the reply to request id. Anything else is a protocol
 // violation that kills the worker.
 func (w *Worker) readReply(id uint64) (frame, error) {
-	f, err := readFrame(w.conn, w.cfg.MaxFrame, w.rbuf)
+	// A fresh buffer per frame: the payload becomes the caller's result.
+	f, err := readFrame(w.conn, w.cfg.MaxFrame, nil)
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
@@ -125,9 +126,6 @@ func (w *Worker) readReply(id uint64) (frame, error) {
 		err := &ProtocolError{PID: w.pid, Err: fmt.Errorf("%w: got type %d id %d, want REPLY %d", ErrBadFrame, f.typ, f.id, id), Stderr: w.stderr.String()}
 		w.die(err)
 		return f, err
-	}
-	if cap(f.payload) > cap(w.rbuf) && cap(f.payload) <= 1<<20 {
-		w.rbuf = f.payload[:0] // keep a buffer for the next small reply
 	}
 	return f, nil
 }

@@ -163,7 +163,6 @@ type Worker struct {
 	slot       callslot.Slot          // held while a request is outstanding (or a stream open)
 	openStream atomic.Pointer[stream] // the open stream, closed by Close
 	nextID     atomic.Uint64
-	rbuf       []byte // frame read buffer; used by the slot holder
 
 	exited    chan struct{} // closed when the process was reaped
 	exitState *os.ProcessState
