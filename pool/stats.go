@@ -77,7 +77,7 @@ func (h *histogram) snapshot() Histogram {
 
 type counters struct {
 	calls, failed, rejected, retries, started, deaths, recycled, startFailures atomic.Int64
-	wait, call                                                                histogram
+	wait, call                                                                 histogram
 }
 
 // estimateWait guesses how long the n-th waiter waits for one of k workers,
