@@ -33,7 +33,7 @@ fuzz:
 # Benchmarks of the call path and of parallelism on the hermetic 3.14, then
 # on 3.11.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./pymarshal/ ./embed/ ./gil/ ./subproc/
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./pymarshal/ ./embed/ ./gil/ ./subproc/ ./pool/
 	$(MAKE) bench-311
 
 bench-311:
