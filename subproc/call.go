@@ -75,12 +75,16 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 		w.conn.SetReadDeadline(d)
 	}
 	var stop func() bool
+	fired := make(chan struct{})
 	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { w.conn.SetReadDeadline(time.Now()) })
+		stop = context.AfterFunc(ctx, func() {
+			w.conn.SetReadDeadline(time.Now())
+			close(fired)
+		})
 	}
 	f, err := w.readReply(id)
-	if stop != nil {
-		stop()
+	if stop != nil && !stop() {
+		<-fired // it ran: let it finish before the deadline is set again
 	}
 	w.conn.SetReadDeadline(time.Time{})
 	if err != nil {

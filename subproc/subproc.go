@@ -415,10 +415,18 @@ func (w *Worker) handshake(ctx context.Context) error {
 	if !ok {
 		deadline = time.Now().Add(w.cfg.StartTimeout)
 	}
-	stop := context.AfterFunc(ctx, func() { w.conn.SetReadDeadline(time.Now()) })
-	defer stop()
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		w.conn.SetReadDeadline(time.Now())
+		close(fired)
+	})
 	w.conn.SetReadDeadline(deadline)
-	defer w.conn.SetReadDeadline(time.Time{})
+	defer func() {
+		if !stop() {
+			<-fired // it ran: let it finish before clearing the deadline
+		}
+		w.conn.SetReadDeadline(time.Time{})
+	}()
 	f, err := readFrame(w.conn, w.cfg.MaxFrame, nil)
 	if err != nil {
 		return w.startFailure("waiting for HELLO", ctx, err)
