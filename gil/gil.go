@@ -46,6 +46,7 @@ import (
 
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/internal/callslot"
+	"github.com/snakepit-go/snakepit/internal/wstream"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/worker"
@@ -92,7 +93,7 @@ type Worker struct {
 	// slot is held while Python runs one of this worker's calls (or a
 	// stream is open): calls take turns on it.
 	slot       callslot.Slot
-	openStream atomic.Pointer[stream] // the open stream, closed by Close
+	openStream atomic.Pointer[wstream.Stream] // the open stream, closed by Close
 	// jobs feeds the executor goroutine, which runs calls that may be
 	// abandoned (their context can end); results come back on resc. Only
 	// the slot holder sends, so one result channel serves every call.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/snakepit-go/snakepit/internal/wstream"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/worker"
@@ -209,8 +209,24 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 		cancel()
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
-	s := &stream{w: w, ctx: sctx, cancel: cancel, command: req.Command, cid: req.CorrelationID}
-	_, abandoned, err := w.request(sctx, frameStreamOpen, args, req.Command, req.CorrelationID, s.closeAbandoned)
+	cmd, cid := req.Command, req.CorrelationID
+	closeGen := func() error {
+		_, _, err := w.request(context.Background(), frameStreamClose, nil, cmd, cid, nil)
+		return err
+	}
+	// After an interrupted open or next has ended in the child: close the
+	// generator (if the worker still lives) and free the slot.
+	closeAbandoned := func() {
+		select {
+		case <-w.done:
+		default:
+			ctx, cancel := context.WithTimeout(context.Background(), w.cfg.InterruptGrace)
+			_, _, _ = w.request(ctx, frameStreamClose, nil, cmd, cid, func() {})
+			cancel()
+		}
+		w.releaseSlot()
+	}
+	_, abandoned, err := w.request(sctx, frameStreamOpen, args, cmd, cid, closeAbandoned)
 	if err != nil {
 		if !abandoned {
 			w.releaseSlot()
@@ -218,82 +234,17 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 		cancel()
 		return nil, err
 	}
+	var s *wstream.Stream
+	s = wstream.New(sctx, cancel, wstream.Ops{
+		Next: func(ctx context.Context) (python.Reply, bool, error) {
+			return w.request(ctx, frameStreamNext, nil, cmd, cid, closeAbandoned)
+		},
+		CloseGen: closeGen,
+		Release:  w.releaseSlot,
+		Forget:   func() { w.openStream.CompareAndSwap(s, nil) },
+	})
 	w.openStream.Store(s)
 	return s, nil
-}
-
-type stream struct {
-	w       *Worker
-	ctx     context.Context
-	cancel  context.CancelFunc
-	command string
-	cid     string
-
-	mu   sync.Mutex // guards done; serialises Next and Close
-	done bool
-}
-
-func (s *stream) Next(ctx context.Context) ([]byte, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.done {
-		return nil, io.EOF
-	}
-	cctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	stop := context.AfterFunc(s.ctx, func() { cancel(context.Cause(s.ctx)) })
-	defer stop()
-	if d, ok := s.ctx.Deadline(); ok {
-		var c2 context.CancelFunc
-		cctx, c2 = context.WithDeadline(cctx, d)
-		defer c2()
-	}
-	r, abandoned, err := s.w.request(cctx, frameStreamNext, nil, s.command, s.cid, s.closeAbandoned)
-	switch {
-	case abandoned:
-		s.finish(false)
-		return nil, err
-	case err != nil:
-		s.finish(true)
-		return nil, err
-	case r.End:
-		s.finish(true)
-		return nil, io.EOF
-	}
-	return r.Payload, nil
-}
-
-func (s *stream) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.done {
-		return nil
-	}
-	_, _, err := s.w.request(context.Background(), frameStreamClose, nil, s.command, s.cid, nil)
-	s.finish(true)
-	return err
-}
-
-func (s *stream) finish(release bool) {
-	s.done = true
-	s.cancel()
-	s.w.openStream.CompareAndSwap(s, nil)
-	if release {
-		s.w.releaseSlot()
-	}
-}
-
-// closeAbandoned runs once an interrupted request of the stream has ended:
-// it closes the generator (if the worker still lives) and frees the slot.
-func (s *stream) closeAbandoned() {
-	select {
-	case <-s.w.done:
-	default:
-		ctx, cancel := context.WithTimeout(context.Background(), s.w.cfg.InterruptGrace)
-		_, _, _ = s.w.request(ctx, frameStreamClose, nil, s.command, s.cid, func() {})
-		cancel()
-	}
-	s.w.releaseSlot()
 }
 
 // Close asks the child to run teardown() and exit, then escalates: SIGTERM

@@ -51,6 +51,7 @@ import (
 	"time"
 
 	"github.com/snakepit-go/snakepit/internal/callslot"
+	"github.com/snakepit-go/snakepit/internal/wstream"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/python/locate"
@@ -160,8 +161,8 @@ type Worker struct {
 	outputs  sync.WaitGroup // stdout/stderr forwarders
 	errDone  chan struct{}  // closed when the stderr forwarder has read everything
 
-	slot       callslot.Slot          // held while a request is outstanding (or a stream open)
-	openStream atomic.Pointer[stream] // the open stream, closed by Close
+	slot       callslot.Slot                  // held while a request is outstanding (or a stream open)
+	openStream atomic.Pointer[wstream.Stream] // the open stream, closed by Close
 	nextID     atomic.Uint64
 
 	exited    chan struct{} // closed when the process was reaped

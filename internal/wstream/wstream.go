@@ -1,0 +1,97 @@
+// Package wstream is the stream state machine both worker kinds share: one
+// open generator, its chunks pulled one request at a time, closed early or
+// at its end, and the worker's call slot freed exactly once.
+package wstream
+
+import (
+	"context"
+	"io"
+	"sync"
+
+	"github.com/snakepit-go/snakepit/python"
+)
+
+// Ops are a worker kind's operations on its open stream.
+type Ops struct {
+	// Next asks for the next chunk, bounded by ctx. abandoned reports that
+	// ctx ended first and the worker now owns the request (it frees the
+	// slot itself once the request is done).
+	Next func(ctx context.Context) (r python.Reply, abandoned bool, err error)
+	// CloseGen closes the generator in the worker.
+	CloseGen func() error
+	// Release frees the worker's call slot.
+	Release func()
+	// Forget tells the worker the stream is over.
+	Forget func()
+}
+
+// Stream implements worker.Stream over Ops.
+type Stream struct {
+	ops    Ops
+	ctx    context.Context // bounds the whole stream
+	cancel context.CancelFunc
+
+	mu   sync.Mutex // guards done; serialises Next and Close
+	done bool       // the slot is released (or owned by an abandoned request)
+}
+
+// New returns the stream; ctx bounds it as a whole and cancel is called
+// when it ends.
+func New(ctx context.Context, cancel context.CancelFunc, ops Ops) *Stream {
+	return &Stream{ops: ops, ctx: ctx, cancel: cancel}
+}
+
+// Next returns the next chunk, io.EOF at the end, or the generator's error
+// (which also ends the stream). It is bounded by ctx and the stream's own
+// context.
+func (s *Stream) Next(ctx context.Context) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return nil, io.EOF
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := context.AfterFunc(s.ctx, func() { cancel(context.Cause(s.ctx)) })
+	defer stop()
+	if d, ok := s.ctx.Deadline(); ok {
+		var cancelDeadline context.CancelFunc
+		cctx, cancelDeadline = context.WithDeadline(cctx, d)
+		defer cancelDeadline()
+	}
+	r, abandoned, err := s.ops.Next(cctx)
+	switch {
+	case abandoned:
+		s.finish(false)
+		return nil, err
+	case err != nil:
+		s.finish(true) // the generator raised: the worker dropped it
+		return nil, err
+	case r.End:
+		s.finish(true)
+		return nil, io.EOF
+	}
+	return r.Payload, nil
+}
+
+// Close closes the generator (its finally blocks run) and frees the worker.
+// Closing an ended stream is a no-op.
+func (s *Stream) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return nil
+	}
+	err := s.ops.CloseGen()
+	s.finish(true)
+	return err
+}
+
+func (s *Stream) finish(release bool) {
+	s.done = true
+	s.cancel()
+	s.ops.Forget()
+	if release {
+		s.ops.Release()
+	}
+}
