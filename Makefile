@@ -5,7 +5,7 @@ BENCHTIME ?= 2s
 PY311_LIB ?= /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0
 PY311_EXE ?= /usr/bin/python3.11
 
-.PHONY: test lint fuzz bench bench-311 docker
+.PHONY: test lint fuzz bench bench-quick bench-go bench-311 docker
 
 # Vet, the cgo rule, the race detector (which also enables -d=checkptr over
 # the cgo package), and the whole suite: real Python, hermetic 3.14 in
@@ -30,9 +30,17 @@ fuzz:
 	  done; \
 	done
 
-# Benchmarks of the call path and of parallelism on the hermetic 3.14, then
-# on 3.11.
+# The thread-vs-process benchmark against the baselines, on the hermetic
+# CPython 3.14: prints a table, writes bench/results/.
 bench:
+	$(GO) run ./bench
+
+bench-quick:
+	$(GO) run ./bench -quick
+
+# The packages' Go benchmarks (call path, parallelism, overhead), on the
+# hermetic 3.14, then on 3.11.
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./pymarshal/ ./embed/ ./gil/ ./subproc/ ./pool/
 	$(MAKE) bench-311
 

@@ -63,6 +63,7 @@ const (
 	DefaultInterruptGrace = 2 * time.Second
 	DefaultStopGrace      = 5 * time.Second
 	DefaultStartTimeout   = 60 * time.Second
+	DefaultSpin           = 50 * time.Microsecond
 )
 
 // Config configures one process-profile worker.
@@ -101,6 +102,11 @@ type Config struct {
 	StartTimeout time.Duration
 	// MaxFrame caps a frame's payload in both directions. Zero: 64 MiB.
 	MaxFrame int
+	// Spin is how long the child polls for the next request after a reply
+	// before it sleeps: back-to-back calls then skip the wake-up of a
+	// sleeping process, at the cost of that much CPU after each call. Zero:
+	// DefaultSpin; negative: never spin.
+	Spin time.Duration
 	// Registry records the worker for orphan cleanup. Nil: DefaultRegistry().
 	Registry *Registry
 }
@@ -207,6 +213,11 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	if cfg.MaxFrame == 0 {
 		cfg.MaxFrame = DefaultMaxFrame
 	}
+	if cfg.Spin == 0 {
+		cfg.Spin = DefaultSpin
+	} else if cfg.Spin < 0 {
+		cfg.Spin = 0
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -280,7 +291,7 @@ func command(cfg Config, log *slog.Logger) ([]string, error) {
 	}
 	argv := append(append([]string(nil), prefix...), "-m", "snakepit._process", cfg.Module,
 		"--worker-id", cfg.ID, "--log-level", strconv.Itoa(python.PythonLevel(log)),
-		"--max-frame", strconv.Itoa(cfg.MaxFrame))
+		"--max-frame", strconv.Itoa(cfg.MaxFrame), "--spin-us", strconv.Itoa(int(cfg.Spin/time.Microsecond)))
 	return argv, nil
 }
 

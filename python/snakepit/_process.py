@@ -22,6 +22,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 from . import _dispatch
 from ._adapter import Cancelled
@@ -40,10 +41,27 @@ LIFELINE_ENABLED = True
 
 
 class _Conn:
-    def __init__(self, fd, max_frame):
+    def __init__(self, fd, max_frame, spin_s=0.0):
         self.sock = socket.socket(fileno=fd)
         self.max_frame = max_frame
         self.header = bytearray(_HEADER.size)
+        self.spin_s = spin_s
+
+    def _spin(self):
+        """Poll for the next request for a moment before sleeping in recv:
+        a caller making calls back to back then finds this process awake
+        instead of paying an OS thread wake-up (tens of microseconds)."""
+        if self.spin_s <= 0:
+            return
+        deadline = time.perf_counter() + self.spin_s
+        sock, flags = self.sock, socket.MSG_PEEK | socket.MSG_DONTWAIT
+        while time.perf_counter() < deadline:
+            try:
+                if sock.recv(1, flags):
+                    return
+                return  # end of stream: let the blocking read see it
+            except BlockingIOError:
+                pass
 
     def _read_exact(self, view):
         got = 0
@@ -56,6 +74,7 @@ class _Conn:
 
     def read(self):
         """(type, id, payload), or None at end of stream."""
+        self._spin()
         n = self._read_exact(memoryview(self.header))
         if n == 0:
             return None
@@ -109,12 +128,13 @@ def main(argv=None):
     p.add_argument("--worker-id", default="")
     p.add_argument("--log-level", type=int, default=20)
     p.add_argument("--max-frame", type=int, default=64 << 20)
+    p.add_argument("--spin-us", type=int, default=0)
     args = p.parse_args(argv)
 
     faulthandler.enable()  # a crash prints the Python stack on stderr
     signal.signal(signal.SIGTERM, _kill_group)
     threading.Thread(target=_watch_lifeline, name="snakepit-lifeline", daemon=True).start()
-    conn = _Conn(SOCK_FD, args.max_frame)
+    conn = _Conn(SOCK_FD, args.max_frame, args.spin_us / 1e6)
     worker_id = args.worker_id or "proc-%d" % os.getpid()
     try:
         # print() in handlers becomes log records tagged with the call, as in

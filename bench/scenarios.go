@@ -1,0 +1,488 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/snakepit-go/snakepit/pymarshal"
+)
+
+// measure runs call repeatedly for the scenario duration, one goroutine per
+// caller, after a warm-up, and returns ops/s and latency percentiles.
+func (e *env) measure(callers int, call func() error) (Result, error) {
+	warm := time.Now().Add(e.o.duration / 5)
+	for time.Now().Before(warm) {
+		if err := call(); err != nil {
+			return Result{}, err
+		}
+	}
+	var (
+		mu   sync.Mutex
+		lats []int64
+		ops  atomic.Int64
+		wg   sync.WaitGroup
+		ferr atomic.Value
+	)
+	stop := time.Now().Add(e.o.duration)
+	start := time.Now()
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]int64, 0, 4096)
+			for time.Now().Before(stop) {
+				t := time.Now()
+				if err := call(); err != nil {
+					ferr.Store(err)
+					return
+				}
+				local = append(local, int64(time.Since(t)))
+				ops.Add(1)
+			}
+			mu.Lock()
+			lats = append(lats, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if err, ok := ferr.Load().(error); ok {
+		return Result{}, err
+	}
+	elapsed := time.Since(start)
+	slices.Sort(lats)
+	q := func(p float64) int64 {
+		if len(lats) == 0 {
+			return 0
+		}
+		return lats[min(len(lats)-1, int(p*float64(len(lats))))]
+	}
+	return Result{Concurrency: callers, OpsPerS: float64(ops.Load()) / elapsed.Seconds(),
+		P50: q(0.5), P90: q(0.9), P99: q(0.99), P999: q(0.999)}, nil
+}
+
+// repeat runs m e.o.reps times and keeps the run with the median ops/s,
+// reporting the spread.
+func (e *env) repeat(m func() (Result, error)) (Result, error) {
+	var rs []Result
+	for range e.o.reps {
+		r, err := m()
+		if err != nil {
+			return r, err
+		}
+		rs = append(rs, r)
+	}
+	slices.SortFunc(rs, func(a, b Result) int {
+		switch {
+		case a.OpsPerS < b.OpsPerS:
+			return -1
+		case a.OpsPerS > b.OpsPerS:
+			return 1
+		}
+		return 0
+	})
+	med := rs[len(rs)/2]
+	if len(rs) > 1 && med.OpsPerS > 0 {
+		med.OpsSpread = (rs[len(rs)-1].OpsPerS - rs[0].OpsPerS) / med.OpsPerS
+	}
+	return med, nil
+}
+
+var noopArgs = mustMarshal(map[string]any{"req": map[string]any{"id": 7, "name": "snake"}})
+
+func mustMarshal(v any) []byte {
+	b, err := pymarshal.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// latency: a no-op call at one caller, in each profile and baseline.
+func (e *env) latency(ctx context.Context) ([]Result, error) {
+	var out []Result
+	for _, profile := range []string{"thread", "process"} {
+		if !e.has(profile) {
+			continue
+		}
+		e.progress("latency: " + profile)
+		p, err := e.newPool(ctx, profile, 1)
+		if err != nil {
+			return nil, err
+		}
+		r, err := e.repeat(func() (Result, error) {
+			return e.measure(1, func() error { _, err := p.CallRaw(ctx, "noop", noopArgs); return err })
+		})
+		p.Close(ctx)
+		if err != nil {
+			return nil, err
+		}
+		r.Scenario, r.Profile, r.Workers = "latency", profile, 1
+		out = append(out, r)
+	}
+	if !e.has("baselines") {
+		return out, nil
+	}
+	e.progress("latency: JSON-lines child")
+	r, err := e.repeat(e.jsonLines)
+	if err != nil {
+		return nil, err
+	}
+	r.Scenario, r.Profile, r.Workers = "latency", "jsonl-child", 1
+	out = append(out, r)
+
+	e.progress("latency: os/exec per call")
+	r, err = e.execPerCall()
+	if err != nil {
+		return nil, err
+	}
+	r.Scenario, r.Profile, r.Workers = "latency", "exec-per-call", 1
+	out = append(out, r)
+
+	for _, kind := range []string{"interpreter", "process"} {
+		e.progress("latency: " + kind + " pool executor")
+		n := 2000
+		if e.o.quick {
+			n = 500
+		}
+		var res Result
+		if err := e.baseline(&res, "latency", kind, strconv.Itoa(n)); err != nil {
+			return nil, err
+		}
+		res.Scenario, res.Profile, res.Workers, res.Concurrency = "latency", kind+"-pool-executor", 1, 1
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+// jsonLines drives a long-lived child that reads a JSON request per line
+// on stdin and writes a JSON reply per line: the usual hand-written bridge.
+func (e *env) jsonLines() (Result, error) {
+	cmd := exec.Command(e.exe, "-c", `import json, sys
+for line in sys.stdin:
+    req = json.loads(line)
+    sys.stdout.write(json.dumps(req["req"]) + "\n")
+    sys.stdout.flush()
+`)
+	in, _ := cmd.StdinPipe()
+	outp, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		return Result{}, err
+	}
+	defer func() { in.Close(); cmd.Wait() }()
+	rd := bufio.NewReader(outp)
+	line := []byte(`{"req": {"id": 7, "name": "snake"}}` + "\n")
+	return e.measure(1, func() error {
+		if _, err := in.Write(line); err != nil {
+			return err
+		}
+		reply, err := rd.ReadBytes('\n')
+		if err != nil {
+			return err
+		}
+		var v map[string]any
+		return json.Unmarshal(reply, &v)
+	})
+}
+
+// execPerCall starts the interpreter for every call.
+func (e *env) execPerCall() (Result, error) {
+	n := 30
+	if e.o.quick {
+		n = 10
+	}
+	var lats []int64
+	start := time.Now()
+	for range n {
+		t := time.Now()
+		out, err := exec.Command(e.exe, "-c", `import json, sys; print(json.dumps(json.loads(sys.argv[1])))`, `{"id": 7}`).Output()
+		if err != nil {
+			return Result{}, err
+		}
+		if !strings.Contains(string(out), "7") {
+			return Result{}, fmt.Errorf("unexpected output %q", out)
+		}
+		lats = append(lats, int64(time.Since(t)))
+	}
+	elapsed := time.Since(start)
+	slices.Sort(lats)
+	q := func(p float64) int64 { return lats[min(len(lats)-1, int(p*float64(len(lats))))] }
+	return Result{Concurrency: 1, OpsPerS: float64(n) / elapsed.Seconds(), P50: q(0.5), P90: q(0.9), P99: q(0.99), P999: q(0.999)}, nil
+}
+
+// baseline runs baselines.py and decodes its JSON into r (and extra fields).
+func (e *env) baseline(r *Result, args ...string) error {
+	cmd := exec.Command(e.exe, append([]string{"baselines.py"}, args...)...)
+	cmd.Dir = e.dir
+	cmd.Env = append(os.Environ(), "PYTHONPATH="+e.dir)
+	out, err := cmd.Output()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return fmt.Errorf("baselines.py %v: %w: %s", args, err, ee.Stderr)
+		}
+		return err
+	}
+	var raw struct {
+		OpsPerS float64 `json:"ops_per_s"`
+		P50     int64   `json:"p50_ns"`
+		P90     int64   `json:"p90_ns"`
+		P99     int64   `json:"p99_ns"`
+		P999    int64   `json:"p999_ns"`
+		Speedup float64 `json:"speedup"`
+		ManyS   float64 `json:"many_s"`
+	}
+	if err := json.Unmarshal(out, &raw); err != nil {
+		return fmt.Errorf("baselines.py %v: %w", args, err)
+	}
+	r.OpsPerS, r.P50, r.P90, r.P99, r.P999, r.Speedup = raw.OpsPerS, raw.P50, raw.P90, raw.P99, raw.P999, raw.Speedup
+	return nil
+}
+
+// throughput: no-op calls per second against callers, one pool of Workers.
+func (e *env) throughput(ctx context.Context) ([]Result, error) {
+	callers := []int{1, 2, 4, 8, 16, 32, 64}
+	if e.o.quick {
+		callers = []int{1, 4, 16}
+	}
+	var out []Result
+	for _, profile := range []string{"thread", "process"} {
+		if !e.has(profile) {
+			continue
+		}
+		p, err := e.newPool(ctx, profile, e.o.workers)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range callers {
+			e.progress(fmt.Sprintf("throughput: %s, %d callers", profile, c))
+			r, err := e.repeat(func() (Result, error) {
+				return e.measure(c, func() error { _, err := p.CallRaw(ctx, "noop", noopArgs); return err })
+			})
+			if err != nil {
+				p.Close(ctx)
+				return nil, err
+			}
+			r.Scenario, r.Profile, r.Workers = "throughput", profile, e.o.workers
+			out = append(out, r)
+		}
+		p.Close(ctx)
+	}
+	return out, nil
+}
+
+// cpu: a pure-Python task on 1..Workers workers at once; speedup over one.
+func (e *env) cpu(ctx context.Context) ([]Result, error) {
+	work := 400_000
+	if e.o.quick {
+		work = 200_000
+	}
+	var out []Result
+	counts := []int{}
+	for n := 1; n <= e.o.workers; n *= 2 {
+		counts = append(counts, n)
+	}
+	if counts[len(counts)-1] != e.o.workers {
+		counts = append(counts, e.o.workers)
+	}
+	args := mustMarshal(map[string]any{"n": work})
+	for _, profile := range []string{"thread", "process"} {
+		if !e.has(profile) {
+			continue
+		}
+		p, err := e.newPool(ctx, profile, e.o.workers)
+		if err != nil {
+			return nil, err
+		}
+		burst := func(k int) (time.Duration, error) {
+			var wg sync.WaitGroup
+			var ferr atomic.Value
+			t := time.Now()
+			for range k {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if _, err := p.CallRaw(ctx, "burn", args); err != nil {
+						ferr.Store(err)
+					}
+				}()
+			}
+			wg.Wait()
+			if err, ok := ferr.Load().(error); ok {
+				return 0, err
+			}
+			return time.Since(t), nil
+		}
+		burst(e.o.workers) // warm every worker
+		for _, n := range counts {
+			e.progress(fmt.Sprintf("cpu: %s, %d workers busy", profile, n))
+			// Interleaved: one task alone, then n at once; fastest of reps.
+			one, many := time.Duration(1<<62), time.Duration(1<<62)
+			for range max(e.o.reps, 2) {
+				d1, err := burst(1)
+				if err != nil {
+					p.Close(ctx)
+					return nil, err
+				}
+				dn, err := burst(n)
+				if err != nil {
+					p.Close(ctx)
+					return nil, err
+				}
+				one, many = min(one, d1), min(many, dn)
+			}
+			out = append(out, Result{Scenario: "cpu", Profile: profile, Workers: n, Concurrency: n,
+				OpsPerS: float64(n) / many.Seconds(), Speedup: float64(n) * one.Seconds() / many.Seconds()})
+		}
+		p.Close(ctx)
+	}
+	if e.has("baselines") {
+		for _, kind := range []string{"interpreter", "process"} {
+			for _, n := range counts {
+				e.progress(fmt.Sprintf("cpu: %s pool executor, %d workers", kind, n))
+				var r Result
+				if err := e.baseline(&r, "cpu", kind, strconv.Itoa(n), strconv.Itoa(work)); err != nil {
+					return nil, err
+				}
+				r.Scenario, r.Profile, r.Workers, r.Concurrency = "cpu", kind+"-pool-executor", n, n
+				out = append(out, r)
+			}
+		}
+	}
+	return out, nil
+}
+
+// payload: echo bytes and JSON-like structures of growing size.
+func (e *env) payload(ctx context.Context) ([]Result, error) {
+	sizes := []int{1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20}
+	if e.o.quick {
+		sizes = []int{1 << 10, 64 << 10, 1 << 20}
+	}
+	var out []Result
+	for _, profile := range []string{"thread", "process"} {
+		if !e.has(profile) {
+			continue
+		}
+		p, err := e.newPool(ctx, profile, 1)
+		if err != nil {
+			return nil, err
+		}
+		for _, size := range sizes {
+			for _, kind := range []string{"bytes", "json"} {
+				e.progress(fmt.Sprintf("payload: %s, %s %d B", profile, kind, size))
+				var data any = make([]byte, size)
+				if kind == "json" {
+					// A list of small records, about size bytes when marshalled.
+					recs := make([]any, max(1, size/48))
+					for i := range recs {
+						recs[i] = map[string]any{"id": i, "name": "item", "score": 1.5}
+					}
+					data = recs
+				}
+				args := mustMarshal(map[string]any{"data": data})
+				r, err := e.repeat(func() (Result, error) {
+					return e.measure(1, func() error { _, err := p.CallRaw(ctx, "echo", args); return err })
+				})
+				if err != nil {
+					p.Close(ctx)
+					return nil, err
+				}
+				r.Scenario, r.Profile, r.Workers, r.Param = "payload", profile, 1, fmt.Sprintf("%s %s", kind, sizeName(size))
+				r.MBPerS = r.OpsPerS * float64(2*len(args)) / 1e6 // there and back
+				out = append(out, r)
+			}
+		}
+		p.Close(ctx)
+	}
+	return out, nil
+}
+
+func sizeName(n int) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n >= 1<<10:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+// startup: time to a ready pool of Workers, and memory per worker.
+func (e *env) startup(ctx context.Context) ([]Result, error) {
+	var out []Result
+	for _, profile := range []string{"thread", "process"} {
+		if !e.has(profile) {
+			continue
+		}
+		var best time.Duration = 1 << 62
+		var rss int64
+		for range max(e.o.reps, 1) {
+			e.progress("startup: " + profile)
+			before := selfRSS()
+			t := time.Now()
+			p, err := e.newPool(ctx, profile, e.o.workers)
+			if err != nil {
+				return nil, err
+			}
+			d := time.Since(t)
+			if d < best {
+				best = d
+				if profile == "thread" {
+					rss = (selfRSS() - before) / int64(e.o.workers)
+				} else {
+					rss = childrenRSS() / int64(e.o.workers)
+				}
+			}
+			p.Close(ctx)
+		}
+		out = append(out, Result{Scenario: "startup", Profile: profile, Workers: e.o.workers, StartupNS: int64(best), RSSBytes: rss})
+	}
+	return out, nil
+}
+
+// stream: chunks per second from a generator.
+func (e *env) stream(ctx context.Context) ([]Result, error) {
+	n := 20000
+	if e.o.quick {
+		n = 2000
+	}
+	args := map[string]any{"n": n}
+	var out []Result
+	for _, profile := range []string{"thread", "process"} {
+		if !e.has(profile) {
+			continue
+		}
+		e.progress("stream: " + profile)
+		p, err := e.newPool(ctx, profile, 1)
+		if err != nil {
+			return nil, err
+		}
+		r, err := e.repeat(func() (Result, error) {
+			t := time.Now()
+			count := 0
+			for _, err := range p.Stream(ctx, "chunks", args) {
+				if err != nil {
+					return Result{}, err
+				}
+				count++
+			}
+			return Result{OpsPerS: float64(count) / time.Since(t).Seconds()}, nil
+		})
+		p.Close(ctx)
+		if err != nil {
+			return nil, err
+		}
+		r.Scenario, r.Profile, r.Workers, r.Concurrency = "stream", profile, 1, 1
+		out = append(out, r)
+	}
+	return out, nil
+}
+
