@@ -2,6 +2,8 @@ package pool
 
 import (
 	"context"
+	"runtime"
+	"time"
 
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/gil"
@@ -15,10 +17,18 @@ import (
 func profileFactory(c Config) (func(ctx context.Context, id string) (worker.Worker, error), error) {
 	switch c.Profile {
 	case Process:
+		// A worker process polls briefly for its next request after each
+		// reply, which saves a wake-up per call when cores are spare; with
+		// a worker per core or more, polling would take the CPU the host
+		// needs to send that request, so it is off.
+		spin := time.Duration(0) // subproc's default
+		if c.Size >= runtime.NumCPU() {
+			spin = -1
+		}
 		return func(ctx context.Context, id string) (worker.Worker, error) {
 			return subproc.Start(ctx, subproc.Config{
 				Module: c.Module, Paths: c.Paths, Python: c.Python, Env: c.Env, ID: id, Logger: c.Logger,
-				InterruptGrace: c.InterruptGrace, StopGrace: c.StopGrace,
+				InterruptGrace: c.InterruptGrace, StopGrace: c.StopGrace, Spin: spin,
 			})
 		}, nil
 	default:

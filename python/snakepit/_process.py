@@ -61,7 +61,7 @@ class _Conn:
                     return
                 return  # end of stream: let the blocking read see it
             except BlockingIOError:
-                pass
+                os.sched_yield()  # let a host thread that shares this CPU run
 
     def _read_exact(self, view):
         got = 0
