@@ -48,9 +48,9 @@ type Result struct {
 	Param       string  `json:"param,omitempty"` // payload size, kind...
 	OpsPerS     float64 `json:"ops_per_s"`
 	OpsSpread   float64 `json:"ops_spread,omitempty"` // (max-min)/median over repetitions
-	P50         int64   `json:"p50_ns,omitempty"`
+	P50         int64   `json:"p50_ns"`               // latency percentiles; 0 where not measured
 	P90         int64   `json:"p90_ns,omitempty"`
-	P99         int64   `json:"p99_ns,omitempty"`
+	P99         int64   `json:"p99_ns"`
 	P999        int64   `json:"p999_ns,omitempty"`
 	RSSBytes    int64   `json:"rss_bytes,omitempty"`
 	Speedup     float64 `json:"speedup,omitempty"`

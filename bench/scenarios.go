@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/pymarshal"
 )
 
@@ -81,6 +82,11 @@ func (e *env) repeat(m func() (Result, error)) (Result, error) {
 		}
 		rs = append(rs, r)
 	}
+	return median(rs), nil
+}
+
+// median returns the run with the median ops/s, with the spread of all.
+func median(rs []Result) Result {
 	slices.SortFunc(rs, func(a, b Result) int {
 		switch {
 		case a.OpsPerS < b.OpsPerS:
@@ -94,7 +100,7 @@ func (e *env) repeat(m func() (Result, error)) (Result, error) {
 	if len(rs) > 1 && med.OpsPerS > 0 {
 		med.OpsSpread = (rs[len(rs)-1].OpsPerS - rs[0].OpsPerS) / med.OpsPerS
 	}
-	return med, nil
+	return med
 }
 
 var noopArgs = mustMarshal(map[string]any{"req": map[string]any{"id": 7, "name": "snake"}})
@@ -107,25 +113,43 @@ func mustMarshal(v any) []byte {
 	return b
 }
 
-// latency: a no-op call at one caller, in each profile and baseline.
+// latency: a no-op call at one caller, in each profile and baseline. The
+// profiles' repetitions are interleaved, so drift in the machine affects
+// both alike.
 func (e *env) latency(ctx context.Context) ([]Result, error) {
 	var out []Result
+	var profiles []string
+	pools := map[string]*pool.Pool{}
+	defer func() {
+		for _, p := range pools {
+			p.Close(ctx)
+		}
+	}()
 	for _, profile := range []string{"thread", "process"} {
 		if !e.has(profile) {
 			continue
 		}
-		e.progress("latency: " + profile)
 		p, err := e.newPool(ctx, profile, 1)
 		if err != nil {
 			return nil, err
 		}
-		r, err := e.repeat(func() (Result, error) {
-			return e.measure(1, func() error { _, err := p.CallRaw(ctx, "noop", noopArgs); return err })
-		})
-		p.Close(ctx)
-		if err != nil {
-			return nil, err
+		pools[profile] = p
+		profiles = append(profiles, profile)
+	}
+	runs := map[string][]Result{}
+	for rep := range e.o.reps {
+		for _, profile := range profiles {
+			e.progress(fmt.Sprintf("latency: %s (repetition %d/%d)", profile, rep+1, e.o.reps))
+			p := pools[profile]
+			r, err := e.measure(1, func() error { _, err := p.CallRaw(ctx, "noop", noopArgs); return err })
+			if err != nil {
+				return nil, err
+			}
+			runs[profile] = append(runs[profile], r)
 		}
+	}
+	for _, profile := range profiles {
+		r := median(runs[profile])
 		r.Scenario, r.Profile, r.Workers = "latency", profile, 1
 		out = append(out, r)
 	}
@@ -485,4 +509,3 @@ func (e *env) stream(ctx context.Context) ([]Result, error) {
 	}
 	return out, nil
 }
-
