@@ -5,7 +5,7 @@ BENCHTIME ?= 2s
 PY311_LIB ?= /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0
 PY311_EXE ?= /usr/bin/python3.11
 
-.PHONY: test lint fuzz bench bench-quick bench-go bench-311 docker
+.PHONY: test lint fuzz soak bench bench-quick bench-go bench-311 docker
 
 # Vet, the cgo rule, the race detector (which also enables -d=checkptr over
 # the cgo package), and the whole suite: real Python, hermetic 3.14 in
@@ -20,6 +20,12 @@ lint:
 	@cgo=$$($(GO) list -f '{{if .CgoFiles}}{{.ImportPath}}{{end}}' ./...); \
 	  if [ "$$cgo" != "github.com/snakepit-go/snakepit/embed" ]; then \
 	    echo "only embed may use cgo; cgo packages: $$cgo"; exit 1; fi
+
+# Overload and a crash storm, bounded by SOAK (default 5m); prints the
+# summary table and fails on a lost or duplicated call or an orphan.
+SOAK ?= 5m
+soak:
+	$(GO) run ./soak -duration $(SOAK)
 
 # Every fuzz target, FUZZTIME each.
 fuzz:

@@ -414,11 +414,7 @@ func (p *Pool) acquire(ctx context.Context, want, prefer *member, failFast bool)
 			p.mu.Unlock()
 			return nil, ErrSessionBusy
 		}
-	} else if len(p.idle) > 0 {
-		m := p.idle[len(p.idle)-1]
-		if prefer != nil && !prefer.busy && !prefer.gone {
-			m = prefer
-		}
+	} else if m := p.pickIdleLocked(prefer); m != nil {
 		p.takeIdleLocked(m)
 		p.mu.Unlock()
 		return m, nil
@@ -473,6 +469,33 @@ func (p *Pool) acquire(ctx context.Context, want, prefer *member, failFast bool)
 	return nil, ErrClosed
 }
 
+// pickIdleLocked returns an idle worker (prefer, if idle), skipping and
+// removing workers that died while idle (their watcher replaces them).
+func (p *Pool) pickIdleLocked(prefer *member) *member {
+	for len(p.idle) > 0 {
+		m := p.idle[len(p.idle)-1]
+		if prefer != nil && !prefer.busy && !prefer.gone && !dead(prefer) {
+			m = prefer
+		}
+		if !dead(m) {
+			return m
+		}
+		p.removeLocked(m)
+	}
+	return nil
+}
+
+// dead reports whether m's worker has stopped (its watcher may not have
+// seen it yet).
+func dead(m *member) bool {
+	select {
+	case <-m.w.Done():
+		return true
+	default:
+		return false
+	}
+}
+
 func (p *Pool) takeIdleLocked(m *member) {
 	for i, x := range p.idle {
 		if x == m {
@@ -497,6 +520,9 @@ func (p *Pool) release(m *member, callErr error) {
 	}
 	if callErr == nil && p.failStreak > 0 {
 		p.failStreak = 0 // a working worker ends a failure streak
+	}
+	if !m.gone && dead(m) {
+		p.removeLocked(m) // its watcher replaces it
 	}
 	switch {
 	case m.gone:
