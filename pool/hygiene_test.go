@@ -1,0 +1,199 @@
+package pool_test
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snakepit-go/snakepit/pool"
+)
+
+const hygieneAdapter = `
+import os
+import snakepit
+
+@snakepit.command
+def environment():
+    return dict(os.environ)
+
+@snakepit.command
+def ping():
+    return "pong"
+`
+
+func hygieneDir(t *testing.T) string {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hygiene_adapter.py"), []byte(hygieneAdapter), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// socketInodes returns the inodes of the sockets process pid has open.
+func socketInodes(pid string) map[string]bool {
+	out := map[string]bool{}
+	fds, _ := filepath.Glob("/proc/" + pid + "/fd/*")
+	for _, fd := range fds {
+		l, err := os.Readlink(fd)
+		if err == nil && strings.HasPrefix(l, "socket:[") {
+			out[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	return out
+}
+
+// listening returns the sockets among inodes that listen (TCP, UDP-bound
+// or Unix), or that have a filesystem path.
+func listening(inodes map[string]bool) []string {
+	var bad []string
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		file, err := os.Open(f)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(file)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) > 9 && inodes[fields[9]] && fields[3] == "0A" { // TCP_LISTEN
+				bad = append(bad, f+": inode "+fields[9])
+			}
+		}
+		file.Close()
+	}
+	file, err := os.Open("/proc/net/unix")
+	if err == nil {
+		sc := bufio.NewScanner(file)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 7 || !inodes[fields[6]] {
+				continue
+			}
+			flags, _ := strconv.ParseUint(fields[3], 16, 32)
+			if flags&0x10000 != 0 || len(fields) > 7 { // __SO_ACCEPTCON, or a path
+				bad = append(bad, "/proc/net/unix: "+sc.Text())
+			}
+		}
+		file.Close()
+	}
+	return bad
+}
+
+func childPIDs() []string {
+	var out []string
+	tasks, _ := filepath.Glob("/proc/self/task/*/children")
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		out = append(out, strings.Fields(string(b))...)
+	}
+	return out
+}
+
+// TestNoListeningSockets: neither profile creates a listening socket or a
+// socket with a filesystem path, in the host or in the workers.
+func TestNoListeningSockets(t *testing.T) {
+	ctx := context.Background()
+	dir := hygieneDir(t)
+	for _, profile := range []pool.Profile{pool.Thread, pool.Process} {
+		p, err := pool.New(ctx, pool.Config{Profile: profile, Module: "hygiene_adapter", Paths: []string{dir}, Size: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close(ctx)
+		if err := p.Call(ctx, "ping", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pids := append([]string{strconv.Itoa(os.Getpid())}, childPIDs()...)
+	if len(pids) < 3 {
+		t.Fatalf("expected the process workers among the children, got %v", pids)
+	}
+	for _, pid := range pids {
+		if bad := listening(socketInodes(pid)); len(bad) > 0 {
+			t.Fatalf("process %s has listening or named sockets: %v", pid, bad)
+		}
+	}
+}
+
+// TestChildEnvironment: a process worker sees only the explicit
+// environment, not the host's secrets.
+func TestChildEnvironment(t *testing.T) {
+	t.Setenv("SNAKEPIT_TEST_SECRET", "hunter2")
+	ctx := context.Background()
+	p, err := pool.New(ctx, pool.Config{Profile: pool.Process, Module: "hygiene_adapter", Paths: []string{hygieneDir(t)}, Size: 1, Env: []string{"GIVEN=yes"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(ctx)
+	var env map[string]string
+	if err := p.Call(ctx, "environment", nil, &env); err != nil {
+		t.Fatal(err)
+	}
+	if _, leaked := env["SNAKEPIT_TEST_SECRET"]; leaked {
+		t.Fatal("the host's environment leaked into the worker")
+	}
+	if env["GIVEN"] != "yes" || env["PATH"] == "" || env["SNAKEPIT_RUN_TOKEN"] == "" {
+		t.Fatalf("explicit environment missing: %v", env)
+	}
+}
+
+func countFDs() int {
+	fds, _ := os.ReadDir("/proc/self/fd")
+	return len(fds)
+}
+
+func countThreads() int {
+	tasks, _ := os.ReadDir("/proc/self/task")
+	return len(tasks)
+}
+
+// TestNoLeaksAfterClose: goroutines, OS threads, file descriptors and child
+// processes return to their baseline when a pool closes (after a first
+// cycle, which warms what lives for the process: the Go runtime's threads,
+// the embedded interpreter's main thread).
+func TestNoLeaksAfterClose(t *testing.T) {
+	ctx := context.Background()
+	dir := hygieneDir(t)
+	cycle := func() {
+		for _, profile := range []pool.Profile{pool.Thread, pool.Process} {
+			p, err := pool.New(ctx, pool.Config{Profile: profile, Module: "hygiene_adapter", Paths: []string{dir}, Size: 2, MaxCalls: 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 50 {
+				if err := p.Call(ctx, "ping", nil, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var n int
+			for _, err := range p.Stream(ctx, "nope", nil) {
+				_ = err
+				n++
+			}
+			if err := p.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cycle()
+	time.Sleep(100 * time.Millisecond)
+	g0, th0, fd0 := runtime.NumGoroutine(), countThreads(), countFDs()
+	cycle()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		g, th, fd, kids := runtime.NumGoroutine(), countThreads(), countFDs(), childPIDs()
+		if g <= g0 && th <= th0+2 && fd <= fd0 && len(kids) == 0 {
+			t.Logf("goroutines %d→%d, threads %d→%d, fds %d→%d", g0, g, th0, th, fd0, fd)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after Close: goroutines %d (baseline %d), threads %d (%d), fds %d (%d), children %v", g, g0, th, th0, fd, fd0, kids)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
