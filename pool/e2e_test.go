@@ -35,6 +35,20 @@ def pid():
     return os.getpid()
 
 @snakepit.command
+def sleep(seconds):
+    import time
+    time.sleep(seconds)
+
+@snakepit.command
+def with_thread():
+    import threading
+    done = []
+    t = threading.Thread(target=lambda: done.append(1))
+    t.start()
+    t.join()
+    return len(done)
+
+@snakepit.command
 def squares(n):
     for i in range(n):
         yield i * i
@@ -157,6 +171,31 @@ func TestProcessWorkerKilledUnderLoad(t *testing.T) {
 	var after int
 	if err := p.Call(ctx, "pid", nil, &after); err != nil || after == victim {
 		t.Fatalf("after the kill: pid %d, %v", after, err)
+	}
+}
+
+// TestThreadWorkerStuckInC: a thread-profile handler blocked in C past its
+// grace period retires its worker; the pool replaces it and goes on.
+func TestThreadWorkerStuckInC(t *testing.T) {
+	ctx := context.Background()
+	p, err := pool.New(ctx, pool.Config{Module: "e2e_adapter", Paths: []string{e2eDir(t)}, Size: 2, InterruptGrace: 200 * time.Millisecond, RestartBackoff: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		p.Close(cctx)
+	}()
+	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if err := p.Call(cctx, "sleep", map[string]any{"seconds": 2}, nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want DeadlineExceeded", err)
+	}
+	eventually(t, "the stuck worker is replaced", func() bool { s := p.Stats(); return s.Deaths == 1 && s.Workers == 2 })
+	var n int
+	if err := p.Call(ctx, "with_thread", nil, &n); err != nil || n != 1 {
+		t.Fatalf("a handler starting a thread: got %d, %v", n, err)
 	}
 }
 

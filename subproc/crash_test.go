@@ -190,3 +190,35 @@ func TestOutputAndMemory(t *testing.T) {
 		t.Fatal("MemoryBytes of a closed worker: got nil error")
 	}
 }
+
+// TestFrameCap: a request or a result above Config.MaxFrame fails with a
+// typed error, and the worker stays usable.
+func TestFrameCap(t *testing.T) {
+	dir := t.TempDir()
+	src := "import snakepit\n@snakepit.command\ndef big(n):\n    return b'x' * n\n@snakepit.command\ndef echo(data):\n    return len(data)\n"
+	if err := os.WriteFile(filepath.Join(dir, "cap_adapter.py"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := subproc.Start(context.Background(), subproc.Config{Module: "cap_adapter", Paths: []string{dir}, Python: pythonExe(t), Registry: testRegistry(t), MaxFrame: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(context.Background())
+	ctx := context.Background()
+	args, _ := pymarshal.Marshal(map[string]any{"data": make([]byte, 2<<20)})
+	if _, err := w.Call(ctx, &worker.Request{Command: "echo", Args: args}); !errors.Is(err, worker.ErrNotSerializable) || !strings.Contains(err.Error(), "frame limit") {
+		t.Fatalf("oversized request: got %v", err)
+	}
+	args, _ = pymarshal.Marshal(map[string]any{"n": 2 << 20})
+	if _, err := w.Call(ctx, &worker.Request{Command: "big", Args: args}); !errors.Is(err, worker.ErrNotSerializable) || !strings.Contains(err.Error(), "frame limit") {
+		t.Fatalf("oversized result: got %v", err)
+	}
+	args, _ = pymarshal.Marshal(map[string]any{"data": []byte("ok")})
+	resp, err := w.Call(ctx, &worker.Request{Command: "echo", Args: args})
+	if err != nil {
+		t.Fatalf("after the oversized frames: %v", err)
+	}
+	if v, _ := pymarshal.Decode(resp.Result); v != int64(2) {
+		t.Fatalf("got %v", v)
+	}
+}
