@@ -236,21 +236,9 @@ func (d *decoder) value() (any, error) {
 		return v, nil
 
 	case typeFloat:
-		idx := d.reserve(flag)
-		n, err := d.byte1()
-		if err != nil {
-			return nil, err
-		}
-		b, err := d.bytesN(int(n))
-		if err != nil {
-			return nil, err
-		}
-		v, perr := parsePyFloat(string(b))
-		if perr != nil {
-			return nil, d.errAt(off, ErrMalformed, "float text "+strconv.Quote(string(b)))
-		}
-		d.fill(idx, v)
-		return v, nil
+		// The text float of marshal versions 0 and 1, which version 4 never
+		// writes; its syntax is CPython's, not Go's, so it is not accepted.
+		return nil, d.errAt(off, ErrMalformed, "text float (marshal version < 2)")
 
 	case typeString:
 		idx := d.reserve(flag)
@@ -468,19 +456,6 @@ func isASCII(b []byte) bool {
 		}
 	}
 	return true
-}
-
-// parsePyFloat parses the repr() text of the legacy TYPE_FLOAT.
-func parsePyFloat(s string) (float64, error) {
-	switch s {
-	case "nan", "-nan":
-		return math.NaN(), nil
-	case "inf":
-		return math.Inf(1), nil
-	case "-inf":
-		return math.Inf(-1), nil
-	}
-	return strconv.ParseFloat(s, 64)
 }
 
 // pyTypeName names a decoded value by its Python type, for messages.
