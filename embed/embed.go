@@ -59,6 +59,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/snakepit-go/snakepit/python/locate"
@@ -103,6 +104,7 @@ func (v Version) String() string { return fmt.Sprintf("%d.%d.%d", v.Major, v.Min
 
 // Runtime is the CPython loaded into this process. There is at most one.
 type Runtime struct {
+	live    atomic.Int64 // sub-interpreters alive
 	py      locate.Python
 	version Version
 	paths   []string // sys.path entries given to Load, for every interpreter

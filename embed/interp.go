@@ -80,6 +80,10 @@ func (rt *Runtime) NewInterpreter(cfg InterpreterConfig) (*Interpreter, error) {
 	return startInterpreter(rt, false, cfg)
 }
 
+// Interpreters returns how many sub-interpreters are alive, each with its
+// home OS thread.
+func (rt *Runtime) Interpreters() int { return int(rt.live.Load()) }
+
 func startInterpreter(rt *Runtime, isMain bool, cfg InterpreterConfig) (*Interpreter, error) {
 	in := &Interpreter{
 		rt:     rt,
@@ -129,6 +133,10 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 		}
 	}
 	in.id = int64(C.spk_interp_id(in.home))
+	if !in.isMain {
+		in.rt.live.Add(1)
+		defer in.rt.live.Add(-1) // the thread ends with this goroutine
+	}
 	in.hbuf = (*C.char)(C.malloc(outBufSize))
 	in.hres = (*C.spk_result)(C.calloc(1, C.sizeof_spk_result))
 	in.ci = C.spk_interp_new(in.home)
