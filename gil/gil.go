@@ -447,12 +447,24 @@ func (w *Worker) close(ctx context.Context) error {
 	case w.slot <- struct{}{}:
 	case <-ctx.Done():
 		w.stop()
+		// The call still runs (blocked in C, for a dead worker): finish
+		// closing when it returns, so the interpreter and its thread are
+		// reclaimed then rather than never.
+		go func() {
+			w.slot <- struct{}{}
+			_ = w.finishClose(context.Background(), true)
+		}()
 		if err := w.Err(); err != nil {
 			return fmt.Errorf("gil: close %s: %w", w.id, err)
 		}
 		return fmt.Errorf("gil: close %s: a call is still running: %w", w.id, ctx.Err())
 	}
-	dead := w.Err() != nil
+	return w.finishClose(ctx, w.Err() != nil)
+}
+
+// finishClose ends the worker once it holds the slot: teardown (unless the
+// worker died), the executor, the interpreter.
+func (w *Worker) finishClose(ctx context.Context, dead bool) error {
 	w.stop()
 	close(w.jobs) // we hold the slot: no call is sending
 	<-w.execDone
