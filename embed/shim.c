@@ -430,6 +430,22 @@ static void describe_unmarshallable(PyObject *obj, spk_result *r) {
 	api.PyErr_Clear();
 }
 
+// copy_out copies n bytes of result into buf, or into malloc'd memory if
+// they do not fit.
+static void copy_out(const char *p, Py_ssize_t n, char *buf, Py_ssize_t cap, spk_result *r) {
+	if (n <= cap) {
+		memcpy(buf, p, n);
+		r->out_len = n;
+	} else if ((r->out = malloc(n)) == NULL) {
+		r->status = SPK_EINTERNAL;
+		r->emsg = strdup("out of memory copying the result");
+	} else {
+		memcpy(r->out, p, n);
+		r->out_len = n;
+		r->out_heap = 1;
+	}
+}
+
 // put_result marshals res into buf, or into malloc'd memory if it is larger.
 static void put_result(PyObject *res, char *buf, Py_ssize_t cap, spk_result *r) {
 	PyObject *b;
@@ -446,17 +462,7 @@ static void put_result(PyObject *res, char *buf, Py_ssize_t cap, spk_result *r) 
 	api.Py_DecRef(type);
 	if (type == api.PyBytes_Type && api.PyBytes_AsStringAndSize(res, &p, &n) == 0) {
 		r->out_raw = 1;
-		if (n <= cap) {
-			memcpy(buf, p, n);
-			r->out_len = n;
-		} else if ((r->out = malloc(n)) == NULL) {
-			r->status = SPK_EINTERNAL;
-			r->emsg = strdup("out of memory copying the result");
-		} else {
-			memcpy(r->out, p, n);
-			r->out_len = n;
-			r->out_heap = 1;
-		}
+		copy_out(p, n, buf, cap, r);
 		return;
 	}
 	b = api.PyMarshal_WriteObjectToString(res, 4);
@@ -470,16 +476,8 @@ static void put_result(PyObject *res, char *buf, Py_ssize_t cap, spk_result *r) 
 	}
 	if (api.PyBytes_AsStringAndSize(b, &p, &n) < 0) {
 		fetch_error(r);
-	} else if (n <= cap) {
-		memcpy(buf, p, n);
-		r->out_len = n;
-	} else if ((r->out = malloc(n)) == NULL) {
-		r->status = SPK_EINTERNAL;
-		r->emsg = strdup("out of memory copying the result");
 	} else {
-		memcpy(r->out, p, n);
-		r->out_len = n;
-		r->out_heap = 1;
+		copy_out(p, n, buf, cap, r);
 	}
 	api.Py_DecRef(b);
 }
