@@ -353,8 +353,10 @@ func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 			}
 		}
 		// Probes hold their OS thread for a moment, so the scheduler must
-		// spread the others over different (idle) threads.
-		probes := min(pprof.Lookup("threadcreate").Count()+2, 256)
+		// spread the others over different (idle) threads. As many probes
+		// as Go has threads reach every idle one without making Go start
+		// more (it never ends them).
+		probes := min(pprof.Lookup("threadcreate").Count(), 256)
 		var wg sync.WaitGroup
 		for range probes {
 			wg.Add(1)
