@@ -353,10 +353,11 @@ func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 			}
 		}
 		// Probes hold their OS thread for a moment, so the scheduler must
-		// spread the others over different (idle) threads. As many probes
-		// as Go has threads reach every idle one without making Go start
-		// more (it never ends them).
-		probes := min(pprof.Lookup("threadcreate").Count(), 256)
+		// spread the others over different (idle) threads; it hands out the
+		// most recently idle first, which are those that made calls. Waves
+		// stay small (Go never ends the threads it starts for them) and
+		// repeat until every thread state is gone.
+		probes := min(2*pending+2, pprof.Lookup("threadcreate").Count(), 64)
 		var wg sync.WaitGroup
 		for range probes {
 			wg.Add(1)
