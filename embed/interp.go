@@ -353,11 +353,10 @@ func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 			}
 		}
 		// Probes hold their OS thread for a moment, so the scheduler must
-		// spread the others over different (idle) threads; it hands out the
-		// most recently idle first, which are those that made calls. Waves
-		// stay small (Go never ends the threads it starts for them) and
-		// repeat until every thread state is gone.
-		probes := min(2*pending+2, pprof.Lookup("threadcreate").Count(), 64)
+		// spread the others over different (idle) threads: as many probes
+		// as Go has threads reach every idle one. (Under load Go may start
+		// threads for them, which it keeps: a known cost of closing.)
+		probes := min(pprof.Lookup("threadcreate").Count(), 256)
 		var wg sync.WaitGroup
 		for range probes {
 			wg.Add(1)
