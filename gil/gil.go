@@ -103,9 +103,8 @@ type Worker struct {
 
 	done      chan struct{} // closed when the worker stopped
 	stopOnce  sync.Once
-	mu        sync.Mutex     // guards err, closed
+	mu        sync.Mutex     // guards err
 	err       error          // why the worker died
-	closed    bool           // Close has started
 	bg        sync.WaitGroup // background goroutines (interrupters, stuck-call watchers)
 	closeOnce sync.Once
 	closeErr  error
@@ -435,9 +434,6 @@ func (w *Worker) Close(ctx context.Context) error {
 }
 
 func (w *Worker) close(ctx context.Context) error {
-	w.mu.Lock()
-	w.closed = true
-	w.mu.Unlock()
 	if s := w.openStream.Load(); s != nil {
 		s.Close() // frees the slot (after a Next in progress)
 	}
