@@ -127,10 +127,10 @@ func (f *Fake) run(ctx context.Context, req *worker.Request) (any, error) {
 		return nil, &worker.CommandNotFoundError{Command: req.Command, Available: names}
 	}
 	// Like a real worker, a killed worker fails the call it was running.
+	// cctx inherits ctx's end and its error (DeadlineExceeded stays
+	// DeadlineExceeded); cancel is only for the kill.
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(ctx, cancel)
-	defer stop()
 	type result struct {
 		v   any
 		err error
