@@ -47,39 +47,45 @@ func CacheRoot(root string) (string, error) {
 }
 
 var (
-	pathOnce sync.Once
-	pathDir  string
-	pathErr  error
+	pathMu sync.Mutex
+	// pkgNames and pkgHash identify this build's package content.
+	pkgNames = sync.OnceValue(func() []string {
+		names, _ := fs.Glob(FS, "snakepit/*.py")
+		sort.Strings(names)
+		return names
+	})
+	pkgHash = sync.OnceValue(func() string {
+		h := sha256.New()
+		for _, n := range pkgNames() {
+			b, _ := FS.ReadFile(n)
+			fmt.Fprintf(h, "%s\x00%d\x00", n, len(b))
+			h.Write(b)
+		}
+		return hex.EncodeToString(h.Sum(nil))[:16]
+	})
 )
 
 // Path returns a directory containing the snakepit package, for sys.path.
 // The files are written once per content version into the cache root
-// (atomically, so concurrent processes agree).
+// (atomically, so concurrent processes agree). Each call checks that they
+// are still there and writes them again if the cache was cleared, or if
+// the cache root ($SNAKEPIT_PYTHON_CACHE) changed.
 func Path() (string, error) {
-	pathOnce.Do(func() { pathDir, pathErr = writePackage() })
-	return pathDir, pathErr
-}
-
-func writePackage() (string, error) {
+	pathMu.Lock()
+	defer pathMu.Unlock()
 	root, err := CacheRoot("")
 	if err != nil {
 		return "", err
 	}
-	names, err := fs.Glob(FS, "snakepit/*.py")
-	if err != nil {
-		return "", err
-	}
-	sort.Strings(names)
-	h := sha256.New()
-	for _, n := range names {
-		b, _ := FS.ReadFile(n)
-		fmt.Fprintf(h, "%s\x00%d\x00", n, len(b))
-		h.Write(b)
-	}
-	dir := filepath.Join(root, "pkg-"+hex.EncodeToString(h.Sum(nil))[:16])
+	dir := filepath.Join(root, "pkg-"+pkgHash())
 	if _, err := os.Stat(filepath.Join(dir, "snakepit", "__init__.py")); err == nil {
 		return dir, nil
 	}
+	return writePackage(root, dir)
+}
+
+func writePackage(root, dir string) (string, error) {
+	names := pkgNames()
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return "", fmt.Errorf("python: %w", err)
 	}

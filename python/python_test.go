@@ -38,7 +38,8 @@ func TestPythonUnitTests(t *testing.T) {
 	}
 }
 
-// TestPath writes the package once and returns the same directory again.
+// TestPath writes the package once, returns the same directory again, and
+// writes it again when the cache was cleared.
 func TestPath(t *testing.T) {
 	t.Setenv(python.EnvCacheDir, t.TempDir())
 	dir, err := python.Path()
@@ -55,5 +56,15 @@ func TestPath(t *testing.T) {
 	again, err := python.Path()
 	if err != nil || again != dir {
 		t.Fatalf("second Path: got %q, %v; want %q", again, err, dir)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	rewritten, err := python.Path()
+	if err != nil || rewritten != dir {
+		t.Fatalf("Path after the cache was cleared: got %q, %v; want %q", rewritten, err, dir)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "snakepit", "_dispatch.py")); err != nil {
+		t.Fatalf("not written again: %v", err)
 	}
 }
