@@ -337,48 +337,76 @@ func (in *Interpreter) Close(ctx context.Context) error {
 
 // reclaimThreadStates waits until every thread state that callers' threads
 // created for this interpreter is deleted. Each must be deleted by its own
-// thread (spk_sweep_thread runs at a thread's next call into the shim), so
-// Close sends probe goroutines that lock onto idle OS threads and sweep
-// them; thread states of threads that have exited are deleted directly.
+// thread (spk_sweep_thread runs at a thread's next call into the shim);
+// thread states of threads that have exited are deleted directly.
+//
+// Idle OS threads are reached with probes: a probe locks onto the thread it
+// runs on, sweeps it, and then holds it, so that the next probe runs on
+// another thread. Go hands out idle threads last-in first-out, so probes
+// walk down the idle threads one by one; busy threads take probes from the
+// global run queue. The walk stops as soon as nothing is pending, so Go
+// starts new threads for probes only while a thread state is still held by
+// a thread that has not taken one yet.
 func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 	tids := make([]C.pid_t, 64)
+	pending := func() int { return int(C.spk_interp_pending(in.ci, &tids[0], C.int(len(tids)))) }
+	// Probes per wave: one per thread Go had when Close began, and a few.
+	// Fixed, so waves that wait for a thread busy in C reuse the threads
+	// earlier waves made rather than make more.
+	probes := pprof.Lookup("threadcreate").Count() + 4
 	for wave := 0; ; wave++ {
-		pending := int(C.spk_interp_pending(in.ci, &tids[0], C.int(len(tids))))
-		if pending == 0 {
+		n := pending()
+		if n == 0 {
 			return nil
 		}
-		for _, tid := range tids[:min(pending, len(tids))] {
+		for _, tid := range tids[:min(n, len(tids))] {
 			if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid)); errors.Is(err, os.ErrNotExist) {
 				deleteForDeadThread(in.ci, tid)
 			}
 		}
-		// Probes hold their OS thread for a moment, so the scheduler must
-		// spread the others over different (idle) threads: as many probes
-		// as Go has threads reach every idle one. (Under load Go may start
-		// threads for them, which it keeps: a known cost of closing.)
-		probes := min(pprof.Lookup("threadcreate").Count(), 256)
-		var wg sync.WaitGroup
-		for range probes {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				runtime.LockOSThread()
-				defer runtime.UnlockOSThread()
-				C.spk_sweep_thread()
-				time.Sleep(time.Millisecond)
-			}()
+		if probeThreads(pending, probes) {
+			return nil
 		}
-		wg.Wait()
 		select {
 		case <-ctx.Done():
-			n := int(C.spk_interp_pending(in.ci, &tids[0], C.int(len(tids))))
-			if n == 0 {
+			if n := pending(); n == 0 {
 				return nil
 			}
 			return fmt.Errorf("embed: close interpreter %d: %d thread state(s) still held by busy threads: %w", in.id, n, ctx.Err())
-		case <-time.After(time.Duration(min(wave+1, 20)) * time.Millisecond):
+		case <-time.After(min(time.Millisecond<<min(wave, 8), 250*time.Millisecond)):
 		}
 	}
+}
+
+// probeThreads sends probes, one after another, until pending reports
+// nothing left (true) or max probes went out (false), then releases them.
+func probeThreads(pending func() int, max int) bool {
+	release := make(chan struct{})
+	swept := make(chan struct{})
+	var wg sync.WaitGroup
+	defer func() {
+		close(release)
+		wg.Wait()
+	}()
+	for range max {
+		if pending() == 0 {
+			return true
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Through the global run queue, so that threads busy with
+			// other goroutines (which never go idle) take probes too.
+			runtime.Gosched()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			C.spk_sweep_thread()
+			swept <- struct{}{}
+			<-release // hold this thread: the next probe runs on another
+		}()
+		<-swept
+	}
+	return pending() == 0
 }
 
 // deleteForDeadThread deletes, from a thread of its own that Go then

@@ -482,6 +482,12 @@ func (w *Worker) finishClose(ctx context.Context, dead bool) error {
 	err := w.in.Close(ctx)
 	w.bg.Wait()
 	if err != nil {
+		if ctx.Err() != nil {
+			// A thread that called the worker is still inside a C call
+			// and holds its thread state: end the interpreter once it
+			// returns.
+			go w.in.Close(context.Background())
+		}
 		return fmt.Errorf("gil: close %s: %w", w.id, err)
 	}
 	return nil

@@ -1,0 +1,156 @@
+package embed_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/snakepit-go/snakepit/embed"
+)
+
+// TestCloseKeepsThreadsBounded: closing interpreters that many goroutines
+// called, while other goroutines keep every P busy, reclaims the callers'
+// thread states without making Go start threads round after round (the
+// probes that reach idle threads stop as soon as nothing is pending).
+func TestCloseKeepsThreadsBounded(t *testing.T) {
+	r := testRuntime(t)
+	ctx := context.Background()
+	var stop atomic.Bool
+	var bg sync.WaitGroup
+	for range 2 * runtime.GOMAXPROCS(0) { // Go code that never blocks
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			x := 0
+			for !stop.Load() {
+				for i := range 10000 {
+					x += i
+				}
+				runtime.Gosched()
+			}
+			_ = x
+		}()
+	}
+	defer func() { stop.Store(true); bg.Wait() }()
+	threads := func() int { return pprof.Lookup("threadcreate").Count() }
+	const rounds, warm = 20, 3
+	base, peak := 0, 0
+	for round := range rounds {
+		in, err := r.NewInterpreter(embed.InterpreterConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Sleeping now and then (in C, without the GIL) makes Go move the
+		// callers across threads, so that several hold thread states.
+		mustExec(t, in, "import time\ndef f(x):\n    if x % 20 == 0:\n        time.sleep(0.002)\n    return x\n")
+		f, err := in.Func(ctx, "__main__", "f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for g := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 100 {
+					if _, err := in.CallOnThread(embed.NewCallID(), f, mustMarshal(t, []any{g*1000 + i}), nil, nil); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		held := in.ThreadStates()
+		if err := in.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := in.ThreadStates(); n != 0 {
+			t.Fatalf("round %d: %d thread states left after Close", round, n)
+		}
+		n := threads()
+		switch {
+		case round < warm:
+			base = max(base, n)
+		default:
+			peak = max(peak, n)
+		}
+		t.Logf("round %d: %d thread states reclaimed; Go's threads: %d", round, held, n)
+	}
+	// Earlier probing sent one probe per Go thread at once, and grew this
+	// to hundreds of threads within 20 rounds.
+	if limit := base + 16 + 4*runtime.GOMAXPROCS(0); peak > limit {
+		t.Fatalf("Go's threads grew from %d to %d over %d closes (limit %d)", base, peak, rounds-warm, limit)
+	}
+}
+
+// TestCloseWaitsForBusyThread: a thread state held by a thread that is
+// inside a long C call (here another interpreter's handler) cannot be
+// reclaimed until the call returns: Close says so when its context ends,
+// and a later Close finishes the job.
+func TestCloseWaitsForBusyThread(t *testing.T) {
+	ctx := context.Background()
+	a, b := newInterp(t, embed.InterpreterConfig{}), newInterp(t, embed.InterpreterConfig{})
+	defer b.Close(ctx)
+	mustExec(t, a, "def f():\n    return 1\n")
+	// slow tells the test (through a pipe) that it runs, then sleeps in C.
+	mustExec(t, b, "import os, time\ndef slow(fd):\n    os.write(fd, b'x')\n    time.sleep(1)\n    return 2\n")
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	fa, err := a.Func(ctx, "__main__", "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := b.Func(ctx, "__main__", "slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // both calls on one OS thread
+		defer runtime.UnlockOSThread()
+		if _, err := a.CallOnThread(embed.NewCallID(), fa, nil, nil, nil); err != nil {
+			done <- err
+			pw.Close() // the test's Read ends
+			return
+		}
+		_, err := b.CallOnThread(embed.NewCallID(), fb, mustMarshal(t, []any{int(pw.Fd())}), nil, nil)
+		done <- err
+	}()
+	if _, err := pr.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("%v (%v)", err, <-done)
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	err = a.Close(short)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close while the thread is busy in C: got %v, want DeadlineExceeded", err)
+	}
+	if n := a.ThreadStates(); n != 1 {
+		t.Fatalf("thread states: %d, want 1", n)
+	}
+	if _, err := a.CallOnThread(embed.NewCallID(), fa, nil, nil, nil); !errors.Is(err, embed.ErrClosed) {
+		t.Fatalf("call after Close: got %v, want ErrClosed", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	long, cancel2 := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel2()
+	if err := a.Close(long); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if n := a.ThreadStates(); n != 0 {
+		t.Fatalf("thread states after Close: %d", n)
+	}
+}
