@@ -7,6 +7,7 @@ package embed
 import "C"
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,12 +15,14 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
 
+	"github.com/snakepit-go/snakepit/internal/pin"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/worker"
@@ -111,6 +114,9 @@ func startInterpreter(rt *Runtime, isMain bool, cfg InterpreterConfig) (*Interpr
 // thread until it returns, so Go discards the thread with it.
 func (in *Interpreter) homeLoop(ready chan<- error) {
 	runtime.LockOSThread()
+	// This thread may have run callers of other interpreters: their thread
+	// states must go now, as no probe can reach a locked thread.
+	C.spk_release_thread()
 	defer close(in.done)
 	if in.isMain {
 		in.home = C.spk_new_main_tstate()
@@ -337,35 +343,63 @@ func (in *Interpreter) Close(ctx context.Context) error {
 
 // reclaimThreadStates waits until every thread state that callers' threads
 // created for this interpreter is deleted. Each must be deleted by its own
-// thread (spk_sweep_thread runs at a thread's next call into the shim);
-// thread states of threads that have exited are deleted directly.
+// thread: a thread sweeps at its next call into the shim and when a call
+// returns; thread states of threads that have exited are deleted directly.
+// Threads that never call again are reached with probes.
 //
-// Idle OS threads are reached with probes: a probe locks onto the thread it
-// runs on, sweeps it, and then holds it, so that the next probe runs on
-// another thread. Go hands out idle threads last-in first-out, so probes
-// walk down the idle threads one by one; busy threads take probes from the
-// global run queue. The walk stops as soon as nothing is pending, so Go
-// starts new threads for probes only while a thread state is still held by
-// a thread that has not taken one yet.
+// Threads that run Go code take drifting probes from the global run queue:
+// each locks onto its thread for a moment, sweeps it and leaves. Idle
+// threads (parked, with no goroutine) are reached by a walk: a probe locks
+// onto its thread, sweeps it and holds it, so the next probe goes to
+// another thread; Go hands out idle threads last-in first-out, so the walk
+// goes down them one by one and stops as soon as nothing is pending. Only
+// when every idle thread is held does Go start a new thread for a probe:
+// the walk stops there, and later walks of this Close stop short of that
+// depth (threads that went idle since are on top), so waiting for a thread
+// that is busy does not keep adding threads.
 func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 	tids := make([]C.pid_t, 64)
 	pending := func() int { return int(C.spk_interp_pending(in.ci, &tids[0], C.int(len(tids)))) }
-	// Probes per wave: one per thread Go had when Close began, and a few.
-	// Fixed, so waves that wait for a thread busy in C reuse the threads
-	// earlier waves made rather than make more.
-	probes := pprof.Lookup("threadcreate").Count() + 4
+	fixedDepth, explored := 0, 0
 	for wave := 0; ; wave++ {
 		n := pending()
 		if n == 0 {
 			return nil
 		}
+		sleeping := false
 		for _, tid := range tids[:min(n, len(tids))] {
-			if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid)); errors.Is(err, os.ErrNotExist) {
+			switch threadState(int(tid)) {
+			case 0: // gone
 				deleteForDeadThread(in.ci, tid)
+			case 'R':
+			default:
+				sleeping = true
 			}
 		}
-		if probeThreads(pending, probes) {
+		driftProbes()
+		if pending() == 0 {
 			return nil
+		}
+		// Walk when a thread that holds a thread state sleeps (it may be
+		// idle), after the first waves, which leave threads inside a call
+		// a moment to return (they sweep then). After a walk that made Go
+		// start a thread, walks stop short of that depth, but for a few
+		// exploring ones when waiting drags on.
+		if wave >= 2 && sleeping {
+			depth := fixedDepth
+			if explore := wave%8 == 7 && explored < 3; explore || depth == 0 {
+				if explore {
+					explored++
+				}
+				depth = pprof.Lookup("threadcreate").Count() + 4
+			}
+			done, newAt := walkIdleThreads(pending, depth)
+			if done {
+				return nil
+			}
+			if newAt > 0 {
+				fixedDepth = max(newAt-1, 1)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -378,35 +412,87 @@ func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 	}
 }
 
-// probeThreads sends probes, one after another, until pending reports
-// nothing left (true) or max probes went out (false), then releases them.
-func probeThreads(pending func() int, max int) bool {
+// threadState returns the state letter of thread tid of this process from
+// /proc ('R' running, 'S' sleeping, ...), or 0 if it no longer exists.
+// Only a thread that is surely gone gets 0: its thread states are then
+// deleted from another thread.
+func threadState(tid int) byte {
+	b, err := os.ReadFile("/proc/self/task/" + strconv.Itoa(tid) + "/stat")
+	if errors.Is(err, os.ErrNotExist) {
+		return 0
+	}
+	if err != nil {
+		return '?' // unknown (out of file descriptors?): not gone
+	}
+	// pid (comm) state ...: comm may hold spaces and parentheses.
+	if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
+		return b[i+2]
+	}
+	return '?'
+}
+
+// driftProbes has threads that run Go code sweep their thread states.
+func driftProbes() {
+	var wg sync.WaitGroup
+	for range 2 * runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.Gosched() // into the global run queue
+			runtime.LockOSThread()
+			C.spk_sweep_thread()
+			runtime.UnlockOSThread()
+		}()
+	}
+	wg.Wait()
+}
+
+// walkMu makes walks take turns: walks at once would hold more threads
+// between them than there are idle ones.
+var walkMu sync.Mutex
+
+// walkIdleThreads walks down the idle threads, holding at most depth, and
+// reports whether nothing is pending afterwards, and if a probe landed on
+// a thread that did not exist when the walk began (Go had no idle thread
+// left), how many threads the walk held then.
+func walkIdleThreads(pending func() int, depth int) (done bool, newAt int) {
+	walkMu.Lock()
+	defer walkMu.Unlock()
+	existing := map[int]bool{}
+	if tasks, err := os.ReadDir("/proc/self/task"); err == nil {
+		for _, t := range tasks {
+			if tid, err := strconv.Atoi(t.Name()); err == nil {
+				existing[tid] = true
+			}
+		}
+	}
 	release := make(chan struct{})
-	swept := make(chan struct{})
+	swept := make(chan int)
 	var wg sync.WaitGroup
 	defer func() {
 		close(release)
 		wg.Wait()
 	}()
-	for range max {
+	for held := 0; held < depth; {
 		if pending() == 0 {
-			return true
+			return true, 0
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// Through the global run queue, so that threads busy with
-			// other goroutines (which never go idle) take probes too.
-			runtime.Gosched()
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
 			C.spk_sweep_thread()
-			swept <- struct{}{}
+			swept <- syscall.Gettid()
 			<-release // hold this thread: the next probe runs on another
 		}()
-		<-swept
+		tid := <-swept
+		held++
+		if !existing[tid] {
+			return pending() == 0, held
+		}
 	}
-	return pending() == 0
+	return pending() == 0, 0
 }
 
 // deleteForDeadThread deletes, from a thread of its own that Go then
@@ -432,6 +518,16 @@ func (in *Interpreter) ThreadStates() int {
 	var tid C.pid_t
 	return int(C.spk_interp_pending(in.ci, &tid, 0))
 }
+
+// ReleaseThread deletes the thread states the calling OS thread keeps for
+// calls to sub-interpreters ([Interpreter.CallOnThread]). Call it right
+// after runtime.LockOSThread in a goroutine that keeps its thread for long:
+// an interpreter that closes waits for every thread that called it to give
+// up its thread state, and nothing else can run on a locked thread to do
+// it. The library does so for its own long-locked threads.
+func ReleaseThread() { C.spk_release_thread() }
+
+func init() { pin.SetHook(ReleaseThread) }
 
 // NewCallID returns an id for [Interpreter.CallOnThread], unique in the process.
 func NewCallID() uint64 { return callIDs.Add(1) }
@@ -552,6 +648,7 @@ func (in *Interpreter) Attach() (*Thread, error) {
 	in.threads++
 	in.mu.Unlock()
 	runtime.LockOSThread()
+	C.spk_release_thread() // see homeLoop
 	ts := C.spk_new_tstate(in.home)
 	if ts == nil {
 		runtime.UnlockOSThread()

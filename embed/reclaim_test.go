@@ -68,6 +68,7 @@ func TestCloseKeepsThreadsBounded(t *testing.T) {
 		}
 		wg.Wait()
 		held := in.ThreadStates()
+		closeStart := time.Now()
 		if err := in.Close(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +82,7 @@ func TestCloseKeepsThreadsBounded(t *testing.T) {
 		default:
 			peak = max(peak, n)
 		}
-		t.Logf("round %d: %d thread states reclaimed; Go's threads: %d", round, held, n)
+		t.Logf("round %d: %d thread states reclaimed in %v; Go's threads: %d", round, held, time.Since(closeStart).Round(time.Millisecond), n)
 	}
 	// Earlier probing sent one probe per Go thread at once, and grew this
 	// to hundreds of threads within 20 rounds.
@@ -152,5 +153,84 @@ func TestCloseWaitsForBusyThread(t *testing.T) {
 	}
 	if n := a.ThreadStates(); n != 0 {
 		t.Fatalf("thread states after Close: %d", n)
+	}
+}
+
+// TestReleaseThread: a thread that called an interpreter and is then
+// locked for long (as home threads and attached Threads are) gives up its
+// thread state when it says so, and the interpreter can close while the
+// thread stays locked.
+func TestReleaseThread(t *testing.T) {
+	ctx := context.Background()
+	a := newInterp(t, embed.InterpreterConfig{})
+	mustExec(t, a, "def f():\n    return 1\n")
+	f, err := a.Func(ctx, "__main__", "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	released, hold := make(chan error), make(chan struct{})
+	defer close(hold)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if _, err := a.CallOnThread(embed.NewCallID(), f, nil, nil, nil); err != nil {
+			released <- err
+			return
+		}
+		embed.ReleaseThread()
+		released <- nil
+		<-hold // locked and parked: no probe can run here
+	}()
+	if err := <-released; err != nil {
+		t.Fatal(err)
+	}
+	if n := a.ThreadStates(); n != 0 {
+		t.Fatalf("thread states after ReleaseThread: %d", n)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := a.Close(cctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAttachReleasesThread: attaching a Thread (which locks the caller's
+// thread) gives up the thread states that thread held for other
+// interpreters, so they can close while the Thread is attached.
+func TestAttachReleasesThread(t *testing.T) {
+	ctx := context.Background()
+	a, b := newInterp(t, embed.InterpreterConfig{}), newInterp(t, embed.InterpreterConfig{})
+	mustExec(t, a, "def f():\n    return 1\n")
+	f, err := a.Func(ctx, "__main__", "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	attached, detach, detached := make(chan error), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(detached)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if _, err := a.CallOnThread(embed.NewCallID(), f, nil, nil, nil); err != nil {
+			attached <- err
+			return
+		}
+		th, err := b.Attach()
+		attached <- err
+		if err == nil {
+			<-detach
+			th.Close()
+		}
+	}()
+	if err := <-attached; err != nil {
+		t.Fatal(err)
+	}
+	defer func() { close(detach); <-detached }() // before b closes
+	if n := a.ThreadStates(); n != 0 {
+		t.Fatalf("thread states after Attach elsewhere: %d", n)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := a.Close(cctx); err != nil {
+		t.Fatal(err)
 	}
 }

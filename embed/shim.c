@@ -645,10 +645,10 @@ static void unlink_from_owner(spk_tsent *e) {
 	pthread_mutex_unlock(&in->mu);
 }
 
-void spk_sweep_thread(void) {
+static void sweep(int all) {
 	for (spk_tsent **p = &tls_ents; *p;) {
 		spk_tsent *e = *p;
-		if (!atomic_load(&e->owner->closing)) {
+		if (!all && !atomic_load(&e->owner->closing)) {
 			p = &e->next_in_thread;
 			continue;
 		}
@@ -660,6 +660,10 @@ void spk_sweep_thread(void) {
 		free(e);
 	}
 }
+
+void spk_sweep_thread(void) { sweep(0); }
+
+void spk_release_thread(void) { sweep(1); }
 
 static spk_tsent *thread_entry(spk_interp *in) {
 	spk_tsent *prev = NULL;
@@ -724,6 +728,11 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 		e->interrupted = 0;
 	}
 	api.PyEval_SaveThread();
+	// An interpreter may have started closing during the call: give up
+	// this thread's states of it now rather than when it next calls.
+	if (atomic_load_explicit(&doomed, memory_order_relaxed) != 0) {
+		spk_sweep_thread();
+	}
 }
 
 int spk_interrupt(spk_interp *in, uint64_t seq, PyObject *exc) {

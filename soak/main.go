@@ -9,6 +9,9 @@
 //     with a deadline; each call must end exactly once (a result,
 //     ErrSaturated, a timeout or a worker error), the queue must stay
 //     within its bound, and the host's memory flat;
+//   - recycling (thread profile): the same overload while every worker is
+//     replaced after 200 calls, so sub-interpreters start and end all the
+//     time; the host's OS threads must stay flat;
 //   - crash storm (process profile): while load continues, handlers kill
 //     their own process (SIGKILL, abort, segfault), raise SystemExit, and the
 //     soak kills random workers from outside; the pool must return to full
@@ -66,6 +69,7 @@ type summary struct {
 	MaxQueue, QueueBound                        int
 	P99                                         time.Duration // of completed calls
 	StartRSS, PeakRSS                           int64
+	StartThreads, PeakThreads                   int // the host's OS threads
 }
 
 type report []summary
@@ -82,12 +86,12 @@ func (r report) failed() bool {
 func (r report) table() string {
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "phase\toffered\tadmitted\tcompleted\trejected\ttimeouts\tworker dead\tother errors\tlost\tduplicated\tkilled\treplaced\torphans\tmax queue\tp99 completed\thost RSS start→peak")
+	fmt.Fprintln(w, "phase\toffered\tadmitted\tcompleted\trejected\ttimeouts\tworker dead\tother errors\tlost\tduplicated\tkilled\treplaced\torphans\tmax queue\tp99 completed\thost RSS start→peak\thost threads start→peak")
 	for _, s := range r {
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d/%d\t%v\t%.0f→%.0f MiB\n", s.Phase, s.Offered, s.Admitted,
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d/%d\t%v\t%.0f→%.0f MiB\t%d→%d\n", s.Phase, s.Offered, s.Admitted,
 			s.Completed, s.Rejected, s.Timeouts, s.WorkerDead, s.OtherErrors, s.Lost, s.Duplicated, s.WorkersKilled,
 			s.WorkersReplaced, s.OrphansLeft, s.MaxQueue, s.QueueBound, s.P99.Round(time.Microsecond),
-			float64(s.StartRSS)/(1<<20), float64(s.PeakRSS)/(1<<20))
+			float64(s.StartRSS)/(1<<20), float64(s.PeakRSS)/(1<<20), s.StartThreads, s.PeakThreads)
 	}
 	w.Flush()
 	return b.String()
@@ -107,13 +111,15 @@ func soak(total time.Duration) (report, error) {
 		name    string
 		profile pool.Profile
 		storm   bool
+		recycle int // MaxCalls
 		share   float64
 	}{
-		{"overload thread", pool.Thread, false, 0.3},
-		{"overload process", pool.Process, false, 0.3},
-		{"crash storm process", pool.Process, true, 0.4},
+		{"overload thread", pool.Thread, false, 0, 0.2},
+		{"recycling thread", pool.Thread, false, 200, 0.2},
+		{"overload process", pool.Process, false, 0, 0.25},
+		{"crash storm process", pool.Process, true, 0, 0.35},
 	} {
-		s, err := runPhase(dir, phase.name, phase.profile, phase.storm, time.Duration(float64(total)*phase.share))
+		s, err := runPhase(dir, phase.name, phase.profile, phase.storm, phase.recycle, time.Duration(float64(total)*phase.share))
 		if err != nil {
 			return r, fmt.Errorf("%s: %w", phase.name, err)
 		}
@@ -122,20 +128,23 @@ func soak(total time.Duration) (report, error) {
 	return r, nil
 }
 
-func runPhase(dir, name string, profile pool.Profile, storm bool, d time.Duration) (summary, error) {
+func runPhase(dir, name string, profile pool.Profile, storm bool, maxCalls int, d time.Duration) (summary, error) {
 	s := summary{Phase: name}
 	ctx := context.Background()
 	const size, queue = 2, 16
 	p, err := pool.New(ctx, pool.Config{
 		Name: strings.ReplaceAll(name, " ", "-"), Profile: profile, Module: "soak_adapter", Paths: []string{dir},
 		Size: size, QueueSize: queue, RestartBackoff: 20 * time.Millisecond, MaxRestartBackoff: time.Second,
-		CrashLoopThreshold: 1 << 20, StopGrace: 2 * time.Second,
+		CrashLoopThreshold: 1 << 20, StopGrace: 2 * time.Second, MaxCalls: int64(maxCalls),
 	})
 	if err != nil {
 		return s, err
 	}
 	s.QueueBound = queue
 	s.StartRSS = rss()
+	s.StartThreads = threads()
+	var peakThreads atomic.Int64
+	peakThreads.Store(int64(s.StartThreads))
 	var latMu sync.Mutex
 	var lats []time.Duration
 	// Capacity: each call works 2 ms, so 2 workers serve ~1000 calls/s.
@@ -214,6 +223,22 @@ func runPhase(dir, name string, profile pool.Profile, storm bool, d time.Duratio
 			}
 		}
 	}()
+	wg.Add(1)
+	go func() { // sample the host's threads
+		defer wg.Done()
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			if n := int64(threads()); n > peakThreads.Load() {
+				peakThreads.Store(n)
+			}
+		}
+	}()
 	if storm {
 		// Kill random workers from outside as well.
 		wg.Add(1)
@@ -239,7 +264,8 @@ func runPhase(dir, name string, profile pool.Profile, storm bool, d time.Duratio
 	close(stop)
 	wg.Wait()
 	st := p.Stats()
-	s.WorkersReplaced = st.Deaths
+	s.WorkersReplaced = st.Deaths + st.Recycled
+	s.PeakThreads = int(peakThreads.Load())
 	if storm {
 		s.WorkersKilled = st.Deaths // from inside and outside
 	}
@@ -283,6 +309,12 @@ func children() []int {
 		}
 	}
 	return out
+}
+
+// threads counts this process's OS threads.
+func threads() int {
+	tasks, _ := os.ReadDir("/proc/self/task")
+	return len(tasks)
 }
 
 // peakRSS is this process's peak resident memory (VmHWM).

@@ -327,9 +327,17 @@ func TestSweepSafety(t *testing.T) {
 		t.Fatalf("registry dir mode %v", st.Mode())
 	}
 	files, _ := filepath.Glob(filepath.Join(dir, "run-*.json"))
+	owned := 0
 	for _, f := range files {
-		if st, _ := os.Stat(f); strings.Contains(f, fmt.Sprint(os.Getpid())) && st.Mode().Perm() != 0o600 {
-			t.Fatalf("own run file %s mode %v, want 0600", f, st.Mode())
+		if !strings.HasPrefix(filepath.Base(f), fmt.Sprintf("run-%d-", os.Getpid())) {
+			continue
 		}
+		owned++
+		if st, err := os.Stat(f); err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("own run file %s: %v, want mode 0600", f, err)
+		}
+	}
+	if owned != 1 {
+		t.Fatalf("%d run files of this process in %v, want 1", owned, files)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"runtime"
 	"sync"
+
+	"github.com/snakepit-go/snakepit/internal/pin"
 )
 
 // The spawner is one goroutine locked to its OS thread for the life of the
@@ -26,6 +28,7 @@ func startOnSpawner(cmd *exec.Cmd) error {
 		spawnReqs = make(chan spawnReq)
 		go func() {
 			runtime.LockOSThread() // never unlocked
+			pin.Pinned()
 			for r := range spawnReqs {
 				r.errc <- r.cmd.Start()
 			}
