@@ -41,7 +41,9 @@ func (e *env) measure(callers int, call func() error) (Result, error) {
 		go func() {
 			defer wg.Done()
 			local := make([]int64, 0, 4096)
-			for time.Now().Before(stop) {
+			// Every caller measures at least one call, however late it
+			// starts.
+			for first := true; first || time.Now().Before(stop); first = false {
 				t := time.Now()
 				if err := call(); err != nil {
 					ferr.Store(err)

@@ -3,6 +3,7 @@ package embed_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"os/signal"
@@ -475,13 +476,22 @@ func TestLifecycleRules(t *testing.T) {
 	th.Close() // idempotent
 
 	// A context that ends while the home thread is busy: the call never runs.
-	started := make(chan struct{})
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
 	go func() {
-		close(started)
-		_ = in.Exec(ctx, "import time; time.sleep(0.5)")
+		// Tells the test (through the pipe) that the home thread is busy.
+		code := fmt.Sprintf("import os, time; os.write(%d, b'x'); time.sleep(1)", pw.Fd())
+		if err := in.Exec(ctx, code); err != nil {
+			pw.Close() // the test's Read ends
+		}
 	}()
-	<-started
-	time.Sleep(50 * time.Millisecond)
+	if _, err := pr.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("the blocking call did not start: %v", err)
+	}
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
 	if err := in.Exec(short, "ran = True"); !errors.Is(err, context.DeadlineExceeded) {

@@ -228,9 +228,9 @@ func (p *Pool) watch(m *member) {
 	}
 	err := m.w.Err()
 	p.log.Warn("worker died", "worker", m.id, "error", err)
-	p.stats.deaths.Add(1)
 	p.mu.Lock()
 	p.removeLocked(m)
+	p.stats.deaths.Add(1)
 	p.noteFailureLocked(err)
 	closed := p.closed
 	p.mu.Unlock()

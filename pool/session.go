@@ -95,6 +95,9 @@ func (p *Pool) acquireFor(ctx context.Context, session string, mode Affinity) (*
 	var bound *member
 	if e != nil {
 		e.lastUsed = time.Now()
+		if e.m != nil && dead(e.m) {
+			p.removeLocked(e.m) // died; its watcher has not seen it yet
+		}
 		if e.lost {
 			e.lost = false
 			if mode != Hint {

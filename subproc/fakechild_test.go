@@ -121,7 +121,7 @@ func fakeConfig(t *testing.T, mode string) subproc.Config {
 		Module:       "unused",
 		Command:      []string{os.Args[0], "-test.run=^TestFakeChild$", "--"},
 		Env:          []string{envFakeChild + "=" + mode},
-		StartTimeout: 2 * time.Second,
+		StartTimeout: 30 * time.Second, // a -race test binary can start slowly
 		StopGrace:    time.Second,
 		Registry:     testRegistry(t),
 	}
@@ -145,7 +145,11 @@ func TestProtocolEdgeCases(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.mode, func(t *testing.T) {
-			w, err := subproc.Start(context.Background(), fakeConfig(t, tc.mode))
+			cfg := fakeConfig(t, tc.mode)
+			if tc.mode == "silent" || tc.mode == "no-pong" {
+				cfg.StartTimeout = 2 * time.Second // these wait for it
+			}
+			w, err := subproc.Start(context.Background(), cfg)
 			if err == nil {
 				w.Close(context.Background())
 				t.Fatal("started, want an error")
