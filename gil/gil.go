@@ -331,6 +331,11 @@ func (w *Worker) run(ctx context.Context, fn *embed.Func, args []byte, command, 
 		// Nothing can end this call early: run it right here.
 		res.out, res.err = w.in.CallOnThread(id, fn, args, nil, nil)
 	} else {
+		if ctx.Err() != nil {
+			// Ended already (say, while the call waited for the worker):
+			// the handler does not run.
+			return python.Reply{}, false, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
+		}
 		w.jobs <- job{id, fn, args}
 		select {
 		case res = <-w.resc:
@@ -370,21 +375,38 @@ func (w *Worker) reply(ctx context.Context, res callResult, command, cid string)
 // period for the call to end. If it does not, the worker dies.
 func (w *Worker) abandon(id uint64, resc <-chan callResult, command, cid string, onAbandon func()) {
 	defer w.bg.Done()
-	interrupted := make(chan struct{})
+	settled, interrupted := make(chan struct{}), make(chan struct{})
 	w.bg.Add(1)
 	go func() {
-		// Blocks for as long as C code holds the interpreter's GIL.
+		// Until the interrupt lands or the call ends: the executor may not
+		// have started the call yet (the handler then does not run at all
+		// if its deadline has passed; one with a later deadline is
+		// interrupted once it runs). Each try blocks for as long as C code
+		// holds the interpreter's GIL.
 		defer w.bg.Done()
 		defer close(interrupted)
 		bg := context.Background()
-		if _, err := w.in.CallRaw(bg, w.fns.cancel, nil, nil, nil); err == nil {
-			_, _ = w.in.Interrupt(bg, id, w.fns.cancelled)
+		for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+			if _, err := w.in.CallRaw(bg, w.fns.cancel, nil, nil, nil); err != nil {
+				return
+			}
+			if ok, err := w.in.Interrupt(bg, id, w.fns.cancelled); ok || err != nil {
+				return
+			}
+			select {
+			case <-settled:
+				return
+			case <-time.After(delay):
+			}
 		}
 	}()
 	timer := time.NewTimer(w.grace)
 	defer timer.Stop()
 	select {
 	case res := <-resc:
+		// Stop interrupting before the worker takes its next call.
+		close(settled)
+		<-interrupted
 		if res.err == nil {
 			if r, err := python.DecodeReply(res.out, command, cid); err == nil {
 				w.emit(context.Background(), r.Logs)
@@ -392,6 +414,7 @@ func (w *Worker) abandon(id uint64, resc <-chan callResult, command, cid string,
 		}
 		onAbandon()
 	case <-timer.C:
+		close(settled)
 		w.die(fmt.Sprintf("handler %q (correlation %s) did not stop within %v of its deadline", command, cid, w.grace), nil)
 		// If the call ever ends, let Close reclaim the interpreter.
 		w.bg.Add(1)

@@ -59,7 +59,12 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 		return &worker.CallError{Command: command, CorrelationID: cid, Err: err}
 	}
 	id := w.nextID.Add(1)
-	if err := w.write(ctx, typ, id, payload); err != nil {
+	if n, err := w.write(ctx, typ, id, payload); err != nil {
+		if ctx.Err() != nil && n == 0 {
+			// The context ended before anything was sent: the worker is
+			// as it was.
+			return r, false, wrap(context.Cause(ctx))
+		}
 		if ctx.Err() != nil {
 			// A partly written frame cannot be taken back.
 			w.die(&worker.DeadError{WorkerID: w.id, Reason: "request write interrupted", Err: context.Cause(ctx)})
@@ -161,10 +166,27 @@ func (w *Worker) connError(err error) error {
 // period for its reply.
 func (w *Worker) abandon(id uint64, command, cid string, onAbandon func()) {
 	defer w.bg.Done()
-	_ = syscall.Kill(w.pid, syscall.SIGUSR1)
+	// SIGUSR1 until the reply comes: the child ignores one that arrives
+	// before it started the call, and heeds only the first in a call.
+	settled := make(chan struct{})
+	var signals sync.WaitGroup
+	signals.Add(1)
+	go func() {
+		defer signals.Done()
+		for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+			_ = syscall.Kill(w.pid, syscall.SIGUSR1)
+			select {
+			case <-settled:
+				return
+			case <-time.After(delay):
+			}
+		}
+	}()
 	w.conn.SetReadDeadline(time.Now().Add(w.cfg.InterruptGrace))
 	f, err := w.readReply(id)
 	w.conn.SetReadDeadline(time.Time{})
+	close(settled)
+	signals.Wait() // none may reach the next call
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {

@@ -481,7 +481,7 @@ func (w *Worker) handshake(ctx context.Context) error {
 	}
 	// Health check: the child answers requests before it is ready.
 	id := w.nextID.Add(1)
-	if err := w.write(ctx, framePing, id, nil); err != nil {
+	if _, err := w.write(ctx, framePing, id, nil); err != nil {
 		return w.startFailure("sending PING", ctx, err)
 	}
 	f, err = readFrame(w.conn, w.cfg.MaxFrame, nil)
@@ -530,17 +530,20 @@ func (w *Worker) waitExit(d time.Duration) bool {
 }
 
 // write sends one frame, bounded by ctx.
-func (w *Worker) write(ctx context.Context, typ byte, id uint64, payload []byte) error {
+// write sends one frame, and returns how many bytes of it went out.
+func (w *Worker) write(ctx context.Context, typ byte, id uint64, payload []byte) (int, error) {
 	if len(payload) > w.cfg.MaxFrame {
-		return &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("request of %d bytes exceeds the frame limit of %d bytes", len(payload), w.cfg.MaxFrame)}
+		return 0, &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("request of %d bytes exceeds the frame limit of %d bytes", len(payload), w.cfg.MaxFrame)}
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
 	}
 	if d, ok := ctx.Deadline(); ok {
 		w.conn.SetWriteDeadline(d)
 		defer w.conn.SetWriteDeadline(time.Time{})
 	}
 	buf := appendFrame(make([]byte, 0, headerSize+len(payload)), typ, id, payload)
-	_, err := w.conn.Write(buf)
-	return err
+	return w.conn.Write(buf)
 }
 
 // ID returns the worker's id.

@@ -19,6 +19,7 @@ import inspect
 import io
 import logging
 import sys
+import time
 import traceback
 
 from marshal import dumps as _marshal_dumps
@@ -226,6 +227,8 @@ class Dispatcher:
         collector = self._collector
         collector.current = (command, correlation_id)
         try:
+            if deadline is not None and time.time() >= deadline:
+                raise Cancelled("the deadline passed before the handler started")
             handler = self._handlers.get(command)
             if handler is not None and not handler[1]:
                 # The common case, inlined: no context wanted.
@@ -273,6 +276,8 @@ class Dispatcher:
         self._collector.current = (command, correlation_id)
         try:
             try:
+                if deadline is not None and time.time() >= deadline:
+                    raise Cancelled("the deadline passed before the handler started")
                 result = self._invoke(command, kwargs, correlation_id, session_id, deadline, attachments)
                 if inspect.iscoroutine(result):
                     result = self._run(result)

@@ -151,10 +151,14 @@ def main(argv=None):
         conn.send(FAIL, 0, marshal.dumps(reply, 4))
         return 1
 
-    in_call = [False]
+    # [in a call, cancelled already]: the host repeats SIGUSR1 until the
+    # call ends (one sent before the call started is ignored); the handler
+    # gets Cancelled once.
+    in_call = [False, False]
 
     def on_cancel(signum, frame):
-        if in_call[0]:
+        if in_call[0] and not in_call[1]:
+            in_call[1] = True
             d.cancel()
             raise Cancelled("cancelled by the host")
 
@@ -195,6 +199,7 @@ def main(argv=None):
             sys.stderr.write("snakepit: unexpected frame type %d from the host\n" % typ)
             return 2
         try:
+            in_call[1] = False
             in_call[0] = True
             reply = handler(payload)
         except Cancelled as e:

@@ -543,6 +543,30 @@ func (s *suite) testDeadlineInterrupt(t *testing.T) {
 	if v := s.mustCall(t, req("echo", map[string]any{"value": 2})); v != int64(2) {
 		t.Fatalf("after the interrupts: got %v", v)
 	}
+	// A context that ended before the call: the handler never runs and
+	// the worker stays as it was.
+	ended, cancel3 := context.WithCancel(ctxBG)
+	cancel3()
+	s.mustCall(t, req("events", nil))
+	if _, err := s.w.Call(ended, req("spin", nil)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("ended context: got %v, want context.Canceled", err)
+	}
+	past := req("spin", nil)
+	past.Deadline = time.Now().Add(-time.Second)
+	if _, err := s.w.Call(ctxBG, past); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("past Request.Deadline: got %v, want DeadlineExceeded", err)
+	}
+	if v := s.mustCall(t, req("echo", map[string]any{"value": 3})); v != int64(3) {
+		t.Fatalf("after calls with ended contexts: got %v", v)
+	}
+	if ev := s.mustCall(t, req("events", nil)); len(ev.([]any)) != 0 {
+		t.Fatalf("events: got %v, want no handler to have run", ev)
+	}
+	select {
+	case <-s.w.Done():
+		t.Fatalf("worker stopped after calls with ended contexts: %v", s.w.Err())
+	default:
+	}
 }
 
 func contains(list []string, s string) bool {

@@ -157,6 +157,17 @@ class DispatcherTest(unittest.TestCase):
         self.assertEqual(past.remaining(), 0.0)
 
 
+    def test_deadline_passed_before_start(self):
+        # A call whose deadline passed while it waited is not run at all.
+        code, err, _ = self.call("counter", sid="late", deadline=1.0)
+        self.assertEqual((code, err[0]), (ERROR, _dispatch.K_CANCELLED))
+        self.assertIn("before the handler started", err[2])
+        self.assertEqual(self.call("counter", sid="late")[1], 1)  # it never counted
+        code, err, _ = unwrap(self.d.stream_open("count", {"n": 2}, "", None, 1.0, None))
+        self.assertEqual((code, err[0]), (ERROR, _dispatch.K_CANCELLED))
+        self.assertIsNone(self.d._stream)
+
+
 class StdioCaptureTest(unittest.TestCase):
     def test_print_becomes_records(self):
         saved = sys.stdout, sys.stderr
