@@ -1,5 +1,5 @@
-// Command soak runs snakepit under overload and a crash storm for a bounded
-// time and prints what happened to every call.
+// Command soak runs snakepit under overload, worker recycling and a crash
+// storm for a bounded time and prints what happened to every call.
 //
 //	go run ./soak                 # 5 minutes
 //	go run ./soak -duration 30s
@@ -223,42 +223,19 @@ func runPhase(dir, name string, profile pool.Profile, storm bool, maxCalls int, 
 			}
 		}
 	}()
-	wg.Add(1)
-	go func() { // sample the host's threads
-		defer wg.Done()
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-			if n := int64(threads()); n > peakThreads.Load() {
-				peakThreads.Store(n)
-			}
+	every(&wg, stop, 50*time.Millisecond, func() { // sample the host's threads
+		if n := int64(threads()); n > peakThreads.Load() {
+			peakThreads.Store(n)
 		}
-	}()
+	})
 	if storm {
 		// Kill random workers from outside as well.
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			t := time.NewTicker(300 * time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
-				}
-				kids := children()
-				if len(kids) > 0 {
-					syscall.Kill(kids[rand.IntN(len(kids))], syscall.SIGKILL)
-					atomic.AddInt64(&s.WorkersKilled, 1)
-				}
+		every(&wg, stop, 300*time.Millisecond, func() {
+			if kids := children(); len(kids) > 0 {
+				syscall.Kill(kids[rand.IntN(len(kids))], syscall.SIGKILL)
+				atomic.AddInt64(&s.WorkersKilled, 1)
 			}
-		}()
+		})
 	}
 	time.Sleep(d)
 	close(stop)
@@ -294,6 +271,24 @@ func runPhase(dir, name string, profile pool.Profile, storm bool, maxCalls int, 
 		s.OrphansLeft += int64(len(rep.Killed))
 	}
 	return s, nil
+}
+
+// every runs fn every d in a goroutine counted in wg, until stop closes.
+func every(wg *sync.WaitGroup, stop <-chan struct{}, d time.Duration, fn func()) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			fn()
+		}
+	}()
 }
 
 // children lists this process's child processes.
