@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snakepit-go/snakepit/internal/pymatrix"
 	"github.com/snakepit-go/snakepit/pool"
 	_ "github.com/snakepit-go/snakepit/python/dist"
 	"github.com/snakepit-go/snakepit/subproc"
@@ -19,7 +20,12 @@ import (
 
 const e2eAdapter = `
 import os
+import sys
 import snakepit
+
+@snakepit.command
+def minor():
+    return sys.version_info[1]
 
 @snakepit.command
 def greet(name):
@@ -62,6 +68,10 @@ func e2eDir(t *testing.T) string {
 	return dir
 }
 
+// TestVersions runs this package's tests again on CPython 3.11 (both
+// profiles), in a re-executed child: see internal/pymatrix.
+func TestVersions(t *testing.T) { pymatrix.RunOn311(t) }
+
 // TestEndToEnd runs the quickstart, sessions, streaming and recycling with
 // real Python in both profiles.
 func TestEndToEnd(t *testing.T) {
@@ -73,6 +83,10 @@ func TestEndToEnd(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Close(ctx)
+			var minor int
+			if err := p.Call(ctx, "minor", nil, &minor); err != nil || minor != pymatrix.WantMinor() {
+				t.Fatalf("runs on 3.%d, %v; want 3.%d", minor, err, pymatrix.WantMinor())
+			}
 			var out struct {
 				Greeting string `json:"greeting"`
 			}
