@@ -59,12 +59,24 @@ func (s *Stream) Next(ctx context.Context) ([]byte, error) {
 		cctx, cancelDeadline = context.WithDeadline(cctx, d)
 		defer cancelDeadline()
 	}
+	if cctx.Err() != nil {
+		// Ended before the request: nothing reaches the generator, so
+		// close it here (its finally blocks run) like Close would.
+		_ = s.ops.CloseGen()
+		s.finish(true)
+		return nil, context.Cause(cctx)
+	}
 	r, abandoned, err := s.ops.Next(cctx)
 	switch {
 	case abandoned:
 		s.finish(false)
 		return nil, err
 	case err != nil:
+		if cctx.Err() != nil {
+			// It may have ended just before the request went out; closing
+			// a stream the worker already dropped is harmless.
+			_ = s.ops.CloseGen()
+		}
 		s.finish(true) // the generator raised: the worker dropped it
 		return nil, err
 	case r.End:

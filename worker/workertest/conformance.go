@@ -454,6 +454,31 @@ func (s *suite) testStreaming(t *testing.T) {
 			t.Fatalf("the generator was not closed: events %v", ev)
 		}
 	})
+	t.Run("next with an ended context", func(t *testing.T) {
+		s.mustCall(t, req("events", nil))
+		st, err := s.w.Stream(ctxBG, req("count", map[string]any{"n": 1000000}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Next(ctxBG); err != nil {
+			t.Fatal(err)
+		}
+		ended, cancel := context.WithCancel(ctxBG)
+		cancel()
+		if _, err := st.Next(ended); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Next with an ended context: got %v, want context.Canceled", err)
+		}
+		if _, err := st.Next(ctxBG); err != io.EOF {
+			t.Fatalf("Next after that: got %v, want io.EOF", err)
+		}
+		if ev := s.mustCall(t, req("events", nil)); !reflect.DeepEqual(ev, []any{"count finally"}) {
+			t.Fatalf("the generator was not closed: events %v", ev)
+		}
+		// The worker streams again.
+		if got := s.collect(t, req("count", map[string]any{"n": 2})); len(got) != 2 {
+			t.Fatalf("stream after: got %v", got)
+		}
+	})
 	t.Run("error mid-stream", func(t *testing.T) {
 		st, err := s.w.Stream(ctxBG, req("fail_midstream", nil))
 		if err != nil {
