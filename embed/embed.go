@@ -105,6 +105,7 @@ func (v Version) String() string { return fmt.Sprintf("%d.%d.%d", v.Major, v.Min
 // Runtime is the CPython loaded into this process. There is at most one.
 type Runtime struct {
 	live    atomic.Int64 // sub-interpreters alive
+	homes   sync.Map     // home thread id -> *Interpreter, while it lives
 	py      locate.Python
 	version Version
 	paths   []string // sys.path entries given to Load, for every interpreter

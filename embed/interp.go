@@ -143,6 +143,9 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 		in.rt.live.Add(1)
 		defer in.rt.live.Add(-1) // the thread ends with this goroutine
 	}
+	tid := syscall.Gettid()
+	in.rt.homes.Store(tid, in)
+	defer in.rt.homes.Delete(tid)
 	in.hbuf = (*C.char)(C.malloc(outBufSize))
 	in.hres = (*C.spk_result)(C.calloc(1, C.sizeof_spk_result))
 	in.ci = C.spk_interp_new(in.home)
@@ -377,6 +380,7 @@ func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 			}
 		}
 		driftProbes()
+		in.sweepHomes(ctx, tids[:min(pending(), len(tids))])
 		if pending() == 0 {
 			return nil
 		}
@@ -409,6 +413,21 @@ func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 			return fmt.Errorf("embed: close interpreter %d: %d thread state(s) still held by busy threads: %w", in.id, n, ctx.Err())
 		case <-time.After(min(time.Millisecond<<min(wave, 8), 250*time.Millisecond)):
 		}
+	}
+}
+
+// sweepHomes asks the home threads of other interpreters among tids to
+// sweep: a home thread is locked, so no probe runs there, and it may hold a
+// thread state it cached before it became one (see spk_release_thread).
+func (in *Interpreter) sweepHomes(ctx context.Context, tids []C.pid_t) {
+	for _, tid := range tids {
+		v, ok := in.rt.homes.Load(int(tid))
+		if !ok || v.(*Interpreter) == in {
+			continue
+		}
+		hctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond) // it may be busy
+		_ = v.(*Interpreter).onHome(hctx, func(*scope) { C.spk_sweep_thread() })
+		cancel()
 	}
 }
 
@@ -524,10 +543,12 @@ func (in *Interpreter) ThreadStates() int {
 // after runtime.LockOSThread in a goroutine that keeps its thread for long:
 // an interpreter that closes waits for every thread that called it to give
 // up its thread state, and nothing else can run on a locked thread to do
-// it. The library does so for its own long-locked threads.
+// it. The library does so for its own long-locked threads. (States of
+// interpreters running a call at that moment are kept: they may hold their
+// GIL for long.)
 func ReleaseThread() { C.spk_release_thread() }
 
-func init() { pin.SetHook(ReleaseThread) }
+func init() { pin.SetHooks(ReleaseThread, func() { C.spk_sweep_thread() }) }
 
 // NewCallID returns an id for [Interpreter.CallOnThread], unique in the process.
 func NewCallID() uint64 { return callIDs.Add(1) }

@@ -3,6 +3,7 @@ package embed_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -227,6 +228,81 @@ func TestAttachReleasesThread(t *testing.T) {
 	defer func() { close(detach); <-detached }() // before b closes
 	if n := a.ThreadStates(); n != 0 {
 		t.Fatalf("thread states after Attach elsewhere: %d", n)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := a.Close(cctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReleaseSkipsBusyInterpreter: releasing a thread does not wait for an
+// interpreter whose GIL another thread holds in C (that thread state stays
+// until the interpreter closes), and the interpreter still closes once the
+// thread is unlocked again.
+func TestReleaseSkipsBusyInterpreter(t *testing.T) {
+	ctx := context.Background()
+	a, b := newInterp(t, embed.InterpreterConfig{}), newInterp(t, embed.InterpreterConfig{})
+	// hold() sleeps in C with the GIL held (a PyDLL call keeps it).
+	mustExec(t, a, "import ctypes, os\ndef f():\n    return 1\ndef hold(fd):\n    os.write(fd, b'x')\n    ctypes.PyDLL(None).usleep(1500000)\n    return 2\n")
+	f, err := a.Func(ctx, "__main__", "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hold, err := a.Func(ctx, "__main__", "hold")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	holding := make(chan error, 1)
+	called, attached, detach, detached := make(chan error, 1), make(chan error), make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(detached)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		_, err := a.CallOnThread(embed.NewCallID(), f, nil, nil, nil)
+		called <- err
+		if err != nil {
+			return
+		}
+		if _, err := pr.Read(make([]byte, 1)); err != nil { // hold() runs
+			attached <- err
+			return
+		}
+		th, err := b.Attach() // releases this thread's states: not a's
+		if err == nil && a.ThreadStates() != 2 {
+			// It waited for a's GIL and deleted this thread's state.
+			err = fmt.Errorf("a's thread states after Attach: %d, want 2 (this thread's and the holder's)", a.ThreadStates())
+			th.Close()
+			attached <- err
+			return
+		}
+		attached <- err
+		if err == nil {
+			<-detach
+			th.Close()
+		}
+	}()
+	if err := <-called; err != nil {
+		t.Fatal(err)
+	}
+	go func() { // only now: the call above must not wait for hold()
+		_, err := a.CallOnThread(embed.NewCallID(), hold, mustMarshal(t, []any{int(pw.Fd())}), nil, nil)
+		holding <- err
+	}()
+	if err := <-attached; err != nil {
+		<-holding
+		t.Fatal(err)
+	}
+	close(detach)
+	<-detached
+	if err := <-holding; err != nil {
+		t.Fatal(err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

@@ -611,6 +611,7 @@ struct spk_interp {
 	spk_tsent *ents;
 	int n;
 	atomic_int closing;
+	atomic_int calls; // spk_fcall calls inside (running or waiting for the GIL)
 };
 
 static __thread spk_tsent *tls_ents;
@@ -648,7 +649,12 @@ static void unlink_from_owner(spk_tsent *e) {
 static void sweep(int all) {
 	for (spk_tsent **p = &tls_ents; *p;) {
 		spk_tsent *e = *p;
-		if (!all && !atomic_load(&e->owner->closing)) {
+		// Deleting takes the owner's GIL: a closing interpreter runs no
+		// calls, but a live one may be stuck in C holding it, so release
+		// skips a live interpreter with calls inside (its thread state
+		// goes when that thread is asked to sweep, once it closes).
+		int closing = atomic_load(&e->owner->closing);
+		if (!closing && (!all || atomic_load(&e->owner->calls) > 0)) {
 			p = &e->next_in_thread;
 			continue;
 		}
@@ -717,6 +723,7 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 	}
 	// seq is written under the GIL, as spk_interrupt reads it.
 	reset(r);
+	atomic_fetch_add_explicit(&in->calls, 1, memory_order_relaxed);
 	api.PyEval_RestoreThread(e->ts);
 	e->seq = seq;
 	do_call(fn, args, alen, kwargs, klen, buf, cap, r);
@@ -728,6 +735,7 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 		e->interrupted = 0;
 	}
 	api.PyEval_SaveThread();
+	atomic_fetch_sub_explicit(&in->calls, 1, memory_order_relaxed);
 	// An interpreter may have started closing during the call: give up
 	// this thread's states of it now rather than when it next calls.
 	if (atomic_load_explicit(&doomed, memory_order_relaxed) != 0) {

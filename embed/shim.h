@@ -107,9 +107,10 @@ int spk_interp_pending(spk_interp *in, pid_t *tids, int max);
 // spk_sweep_thread deletes the calling thread's thread states of closing
 // interpreters.
 void spk_sweep_thread(void);
-// spk_release_thread deletes all the calling thread's cached thread states,
-// for a thread about to be locked to one goroutine for good (a home thread,
-// an attached Thread): probes could not reach it any more.
+// spk_release_thread deletes the calling thread's cached thread states, for
+// a thread about to be locked to one goroutine for good (a home thread, an
+// attached Thread): probes could not reach it any more. States of live
+// interpreters with a call inside (which may hold their GIL) are kept.
 void spk_release_thread(void);
 // spk_delete_for_dead_thread deletes the remaining thread states of in
 // whose thread tid has exited (safe: its thread-local state is gone). It

@@ -4,6 +4,7 @@ import (
 	"os/exec"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/snakepit-go/snakepit/internal/pin"
 )
@@ -29,8 +30,14 @@ func startOnSpawner(cmd *exec.Cmd) error {
 		go func() {
 			runtime.LockOSThread() // never unlocked
 			pin.Pinned()
-			for r := range spawnReqs {
-				r.errc <- r.cmd.Start()
+			tick := time.NewTicker(time.Second)
+			for {
+				select {
+				case r := <-spawnReqs:
+					r.errc <- r.cmd.Start()
+				case <-tick.C:
+					pin.Sweep()
+				}
 			}
 		}()
 	})
