@@ -379,7 +379,7 @@ func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 				sleeping = true
 			}
 		}
-		driftProbes()
+		driftProbes(ctx)
 		in.sweepHomes(ctx, tids[:min(pending(), len(tids))])
 		if pending() == 0 {
 			return nil
@@ -397,7 +397,7 @@ func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 				}
 				depth = pprof.Lookup("threadcreate").Count() + 4
 			}
-			done, newAt := walkIdleThreads(pending, depth)
+			done, newAt := walkIdleThreads(ctx, pending, depth)
 			if done {
 				return nil
 			}
@@ -411,7 +411,7 @@ func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 				return nil
 			}
 			return fmt.Errorf("embed: close interpreter %d: %d thread state(s) still held by busy threads: %w", in.id, n, ctx.Err())
-		case <-time.After(min(time.Millisecond<<min(wave, 8), 250*time.Millisecond)):
+		case <-time.After(waveDelay(wave)):
 		}
 	}
 }
@@ -450,8 +450,22 @@ func threadState(tid int) byte {
 	return '?'
 }
 
-// driftProbes has threads that run Go code sweep their thread states.
-func driftProbes() {
+// waveDelay is the pause after reclaim wave n: short at first, then 250 ms,
+// and after a minute 5 s (a thread busy in C for that long may stay so).
+func waveDelay(n int) time.Duration {
+	switch {
+	case n < 8:
+		return time.Millisecond << n
+	case n < 250:
+		return 250 * time.Millisecond
+	}
+	return 5 * time.Second
+}
+
+// driftProbes has threads that run Go code sweep their thread states. It
+// waits for them until ctx ends (a sweep waits for a closing interpreter's
+// GIL, which on a shared GIL another interpreter's C code may hold).
+func driftProbes(ctx context.Context) {
 	var wg sync.WaitGroup
 	for range 2 * runtime.GOMAXPROCS(0) {
 		wg.Add(1)
@@ -463,20 +477,29 @@ func driftProbes() {
 			runtime.UnlockOSThread()
 		}()
 	}
-	wg.Wait()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
-// walkMu makes walks take turns: walks at once would hold more threads
+// walkSem makes walks take turns: walks at once would hold more threads
 // between them than there are idle ones.
-var walkMu sync.Mutex
+var walkSem = make(chan struct{}, 1)
 
 // walkIdleThreads walks down the idle threads, holding at most depth, and
 // reports whether nothing is pending afterwards, and if a probe landed on
 // a thread that did not exist when the walk began (Go had no idle thread
 // left), how many threads the walk held then.
-func walkIdleThreads(pending func() int, depth int) (done bool, newAt int) {
-	walkMu.Lock()
-	defer walkMu.Unlock()
+func walkIdleThreads(ctx context.Context, pending func() int, depth int) (done bool, newAt int) {
+	select {
+	case walkSem <- struct{}{}:
+	case <-ctx.Done():
+		return pending() == 0, 0
+	}
+	defer func() { <-walkSem }()
 	existing := map[int]bool{}
 	if tasks, err := os.ReadDir("/proc/self/task"); err == nil {
 		for _, t := range tasks {
@@ -486,11 +509,13 @@ func walkIdleThreads(pending func() int, depth int) (done bool, newAt int) {
 		}
 	}
 	release := make(chan struct{})
-	swept := make(chan int)
+	swept := make(chan int, 1) // a probe that comes late does not block
 	var wg sync.WaitGroup
 	defer func() {
 		close(release)
-		wg.Wait()
+		if ctx.Err() == nil {
+			wg.Wait()
+		}
 	}()
 	for held := 0; held < depth; {
 		if pending() == 0 {
@@ -505,7 +530,12 @@ func walkIdleThreads(pending func() int, depth int) (done bool, newAt int) {
 			swept <- syscall.Gettid()
 			<-release // hold this thread: the next probe runs on another
 		}()
-		tid := <-swept
+		var tid int
+		select {
+		case tid = <-swept:
+		case <-ctx.Done():
+			return pending() == 0, 0
+		}
 		held++
 		if !existing[tid] {
 			return pending() == 0, held

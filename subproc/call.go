@@ -60,6 +60,12 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 	}
 	id := w.nextID.Add(1)
 	if n, err := w.write(ctx, typ, id, payload); err != nil {
+		var ne net.Error
+		if n == 0 && errors.As(err, &ne) && ne.Timeout() && ctx.Done() != nil {
+			// The write deadline is the context's: it may fire a moment
+			// before the context's own timer.
+			<-ctx.Done()
+		}
 		if ctx.Err() != nil && n == 0 {
 			// The context ended before anything was sent: the worker is
 			// as it was.
@@ -174,9 +180,16 @@ func (w *Worker) abandon(id uint64, command, cid string, onAbandon func()) {
 	go func() {
 		defer signals.Done()
 		for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+			select {
+			case <-w.exited:
+				return // reaped: the pid may belong to another process now
+			default:
+			}
 			_ = syscall.Kill(w.pid, syscall.SIGUSR1)
 			select {
 			case <-settled:
+				return
+			case <-w.exited:
 				return
 			case <-time.After(delay):
 			}
