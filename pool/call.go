@@ -114,7 +114,7 @@ func (p *Pool) callRaw(ctx context.Context, command string, args []byte, session
 	req := p.newRequest(ctx, command, args, session, o)
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
-		m, err := p.acquireFor(ctx, session, mode)
+		m, e, err := p.acquireFor(ctx, session, mode)
 		if err != nil {
 			p.stats.failed.Add(1)
 			return nil, &worker.CallError{Command: command, CorrelationID: req.CorrelationID, Err: err}
@@ -123,12 +123,9 @@ func (p *Pool) callRaw(ctx context.Context, command string, args []byte, session
 		p.stats.wait.observe(waited.Sub(start))
 		resp, err := m.w.Call(ctx, req)
 		p.stats.call.observe(time.Since(waited))
-		p.release(m, err)
+		p.releaseFor(m, e, session, err)
 		if err == nil {
 			p.stats.calls.Add(1)
-			if session != "" {
-				p.bindSession(session, m)
-			}
 			return resp.Result, nil
 		}
 		p.stats.failed.Add(1)
@@ -180,24 +177,23 @@ func (p *Pool) stream(ctx context.Context, command string, args any, session str
 			opt(&o)
 		}
 		req := p.newRequest(ctx, command, raw, session, o)
-		m, err := p.acquireFor(ctx, session, mode)
+		m, e, err := p.acquireFor(ctx, session, mode)
 		if err != nil {
+			p.stats.failed.Add(1)
 			yield(Chunk{}, &worker.CallError{Command: command, CorrelationID: req.CorrelationID, Err: err})
 			return
 		}
 		st, err := m.w.Stream(ctx, req)
 		if err != nil {
-			p.release(m, err)
+			p.releaseFor(m, e, session, err)
+			p.stats.failed.Add(1)
 			yield(Chunk{}, err)
 			return
-		}
-		if session != "" {
-			p.bindSession(session, m)
 		}
 		var streamErr error
 		defer func() {
 			st.Close()
-			p.release(m, streamErr)
+			p.releaseFor(m, e, session, streamErr)
 		}()
 		for {
 			b, err := st.Next(ctx)

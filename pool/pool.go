@@ -56,6 +56,10 @@ type Pool struct {
 
 	ctx    context.Context // the pool's lifetime: start-ups, supervision
 	cancel context.CancelFunc
+	// stopCtx bounds the closing of workers that leave service (retired,
+	// dead): it ends when Close's context ends, so no Close outlives it.
+	stopCtx context.Context
+	stop    context.CancelFunc
 
 	cidPrefix string
 	cidSeq    atomic.Uint64
@@ -87,19 +91,41 @@ type member struct {
 	id       string
 	started  time.Time
 	retireAt time.Time // zero: no lifetime limit
-	calls    int64     // guarded by Pool.mu
 
-	busy      bool // guarded by Pool.mu
-	replacing bool // a replacement is being started (guarded by Pool.mu)
-	retiring  bool // leave as soon as idle (guarded by Pool.mu)
-	gone      bool // removed from the pool (guarded by Pool.mu)
+	// The fields below are guarded by Pool.mu. A member is in exactly one
+	// of these states: idle (inIdle), busy, retiring-and-busy, or gone.
+	calls     int64
+	busy      bool // a caller holds it
+	inIdle    bool // it is in Pool.idle (then not busy, retiring or gone)
+	replacing bool // a replacement is starting or started: it no longer counts towards Size
+	retiring  bool // its replacement is in service: it leaves when idle
+	gone      bool // removed from the pool
 	stopping  atomic.Bool
 }
 
+// waiter is a caller queued for a worker.
 type waiter struct {
-	want   *member // nil: any worker
-	ch     chan *member
-	handed bool // a worker was sent on ch (guarded by Pool.mu)
+	// sess is set for a strict session: the waiter wants the session's
+	// worker, or any worker while the session is unbound (the worker it
+	// gets is then bound to the session).
+	sess     *sessionEntry
+	failFast bool
+	ch       chan grant // buffered: one grant
+	handed   bool       // a grant was sent on ch (guarded by Pool.mu)
+}
+
+// grant is what a waiter gets: a worker, or why it will not get one.
+type grant struct {
+	m   *member
+	err error
+}
+
+// target returns the member w waits for, nil for any.
+func (w *waiter) target() *member {
+	if w.sess != nil {
+		return w.sess.m
+	}
+	return nil
 }
 
 // New starts a pool: Size workers, StartConcurrency at a time, each ready
@@ -123,9 +149,11 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 		cidPrefix: hex.EncodeToString(tok[:]),
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.stopCtx, p.stop = context.WithCancel(context.Background())
 	if p.newWorker = c.NewWorker; p.newWorker == nil {
 		if p.newWorker, err = profileFactory(c); err != nil {
 			p.cancel()
+			p.stop()
 			return nil, err
 		}
 	}
@@ -171,9 +199,11 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 		}
 	}
 	if firstErr != nil {
+		// The workers that did start are stopped at once: New failed.
+		p.stop()
 		for _, m := range started {
 			m.stopping.Store(true)
-			_ = m.w.Close(context.Background())
+			_ = m.w.Close(p.stopCtx)
 		}
 		p.wg.Wait()
 		return nil, firstErr
@@ -206,13 +236,16 @@ func (p *Pool) startMember() (*member, error) {
 	return m, nil
 }
 
-// addLocked puts a ready worker in service and watches it.
+// addLocked puts a ready worker in service and watches it. A worker that
+// died while starting is not offered: its watcher removes and replaces it.
 func (p *Pool) addLocked(m *member) {
 	p.members[m] = true
 	p.stats.started.Add(1)
 	p.wg.Add(1)
 	go p.watch(m)
-	p.offerLocked(m)
+	if !dead(m) {
+		p.offerLocked(m)
+	}
 }
 
 // watch notices a worker's death.
@@ -232,19 +265,29 @@ func (p *Pool) watch(m *member) {
 	p.removeLocked(m)
 	p.stats.deaths.Add(1)
 	p.noteFailureLocked(err)
-	closed := p.closed
+	// A worker being replaced already has its successor on the way: it
+	// no longer counts towards Size, so its death starts nothing more.
+	if !m.replacing {
+		m.replacing = true
+		p.replaceLocked(nil)
+	}
 	p.mu.Unlock()
 	m.stopping.Store(true)
+	p.closeInBackground(m, time.Second) // release what the dead worker still holds
+}
+
+// closeInBackground closes a worker that left service, bounded by limit
+// and by Close's context.
+func (p *Pool) closeInBackground(m *member, limit time.Duration) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = m.w.Close(ctx) // release what the dead worker still holds
-		cancel()
+		ctx, cancel := context.WithTimeout(p.stopCtx, limit)
+		defer cancel()
+		if err := m.w.Close(ctx); err != nil {
+			p.log.Warn("worker left service with an error", "worker", m.id, "error", err)
+		}
 	}()
-	if !closed {
-		p.replace(nil)
-	}
 }
 
 // removeLocked takes m out of service and invalidates its sessions.
@@ -254,35 +297,64 @@ func (p *Pool) removeLocked(m *member) {
 	}
 	m.gone = true
 	delete(p.members, m)
-	for i, x := range p.idle {
-		if x == m {
-			p.idle = append(p.idle[:i], p.idle[i+1:]...)
-			break
+	p.unidleLocked(m)
+	// Strict session waiters for m will never get it: they learn that the
+	// session's state is gone, which reports the loss. (All of them: their
+	// session is unbound only once none is left waiting for m.)
+	var lost []*sessionEntry
+	for el := p.waiters.Front(); el != nil; {
+		next := el.Next()
+		if w := el.Value.(*waiter); w.target() == m {
+			lost = append(lost, w.sess)
+			p.grantLocked(el, grant{err: ErrSessionLost})
 		}
+		el = next
 	}
+	for _, e := range lost {
+		e.m = nil
+		e.lost = false
+	}
+	// The next strict call of any other session bound to m reports it.
 	for _, e := range p.sessions {
 		if e.m == m {
 			e.lost = true
 			e.m = nil
 		}
 	}
-	// Strict session waiters for m will never get it.
-	for el := p.waiters.Front(); el != nil; {
-		next := el.Next()
-		if w := el.Value.(*waiter); w.want == m {
-			p.waiters.Remove(el)
-			w.handed = true
-			w.ch <- nil
+}
+
+// unidleLocked takes m out of the idle list, if there.
+func (p *Pool) unidleLocked(m *member) {
+	if !m.inIdle {
+		return
+	}
+	m.inIdle = false
+	for i, x := range p.idle {
+		if x == m {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			return
 		}
-		el = next
 	}
 }
 
+// grantLocked removes waiter el from the queue and hands it g.
+func (p *Pool) grantLocked(el *list.Element, g grant) {
+	w := el.Value.(*waiter)
+	p.waiters.Remove(el)
+	w.handed = true
+	w.ch <- g
+}
+
 func (p *Pool) noteFailureLocked(err error) {
-	now := time.Now()
 	p.lastErr = err
 	p.failStreak++
-	p.deaths = append(p.deaths, now)
+	p.deaths = append(p.deaths, time.Now())
+	p.pruneDeathsLocked()
+}
+
+// pruneDeathsLocked forgets failures older than the crash-loop window.
+func (p *Pool) pruneDeathsLocked() {
+	now := time.Now()
 	cut := 0
 	for cut < len(p.deaths) && now.Sub(p.deaths[cut]) > p.cfg.CrashLoopWindow {
 		cut++
@@ -292,32 +364,33 @@ func (p *Pool) noteFailureLocked(err error) {
 
 // degradedLocked reports a crash loop: too many failures in the window.
 func (p *Pool) degradedLocked() bool {
+	p.pruneDeathsLocked()
 	return len(p.deaths) >= p.cfg.CrashLoopThreshold
 }
 
-// replace starts a worker in the background, with backoff after failures;
-// if old is set, old retires once the new worker is ready.
-func (p *Pool) replace(old *member) {
-	p.mu.Lock()
+// replaceLocked starts a worker in the background, with backoff after
+// failures; if old is set, old retires once the new worker is ready. The
+// caller has marked old (or the dead worker it replaces) as replacing, so
+// that exactly one replacement is on its way per worker that leaves.
+func (p *Pool) replaceLocked(old *member) {
 	if p.closed {
-		p.mu.Unlock()
 		return
 	}
 	p.starting++
 	delay := time.Duration(0)
 	if p.failStreak > 0 {
-		delay = p.cfg.RestartBackoff << min(p.failStreak-1, 20)
-		delay = min(delay, p.cfg.MaxRestartBackoff)
+		delay = min(p.cfg.RestartBackoff<<min(p.failStreak-1, 20), p.cfg.MaxRestartBackoff)
 	}
-	p.mu.Unlock()
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		for {
 			if delay > 0 {
+				t := time.NewTimer(delay)
 				select {
-				case <-time.After(delay):
+				case <-t.C:
 				case <-p.ctx.Done():
+					t.Stop()
 					p.mu.Lock()
 					p.starting--
 					p.mu.Unlock()
@@ -330,7 +403,7 @@ func (p *Pool) replace(old *member) {
 				p.starting--
 				p.mu.Unlock()
 				m.stopping.Store(true)
-				_ = m.w.Close(context.Background())
+				_ = m.w.Close(p.stopCtx)
 				return
 			}
 			if err != nil {
@@ -347,10 +420,10 @@ func (p *Pool) replace(old *member) {
 				continue
 			}
 			p.starting--
-			if old != nil {
+			if old != nil && !old.gone {
 				p.stats.recycled.Add(1)
 				old.retiring = true
-				if !old.busy && !old.gone {
+				if !old.busy {
 					p.removeLocked(old)
 					p.retireLocked(old)
 				}
@@ -362,67 +435,99 @@ func (p *Pool) replace(old *member) {
 	}()
 }
 
-// retireLocked closes a worker that left service, in the background.
+// retireLocked closes a worker that left service, in the background: its
+// teardown gets up to 30 s, less if Close's context ends first.
 func (p *Pool) retireLocked(m *member) {
 	m.stopping.Store(true)
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := m.w.Close(ctx); err != nil {
-			p.log.Warn("retired worker closed with an error", "worker", m.id, "error", err)
-		}
-	}()
+	p.closeInBackground(m, 30*time.Second)
 }
 
-// offerLocked gives m to the first waiter that accepts it, or idles it.
+// offerLocked gives m (idle, in service) to the first waiter that accepts
+// it, or idles it.
 func (p *Pool) offerLocked(m *member) {
 	for el := p.waiters.Front(); el != nil; el = el.Next() {
 		w := el.Value.(*waiter)
-		if w.want == nil || w.want == m {
-			p.waiters.Remove(el)
-			w.handed = true
-			m.busy = true
-			p.inflight++
-			w.ch <- m
-			return
+		if t := w.target(); t != nil && t != m {
+			continue
 		}
+		p.takeLocked(m)
+		p.grantLocked(el, grant{m: m}) // out of the queue before binding
+		if w.sess != nil && w.sess.m == nil {
+			p.bindLocked(w.sess, m)
+		}
+		return
 	}
+	m.inIdle = true
 	p.idle = append(p.idle, m)
 }
 
-// acquire takes a worker: want if set (waiting for it unless failFast),
-// else prefer if idle, else any. On success the caller must release it.
-func (p *Pool) acquire(ctx context.Context, want, prefer *member, failFast bool) (*member, error) {
+// bindLocked binds an unbound strict session to m, which the caller has
+// just taken for it. Fail-fast waiters of the same session, queued while it
+// was unbound, now find its worker busy.
+func (p *Pool) bindLocked(e *sessionEntry, m *member) {
+	e.m = m
+	for el := p.waiters.Front(); el != nil; {
+		next := el.Next()
+		if w := el.Value.(*waiter); w.sess == e && w.failFast {
+			p.grantLocked(el, grant{err: ErrSessionBusy})
+		}
+		el = next
+	}
+}
+
+// acquire takes a worker for a call. A strict session (sess set, strict)
+// gets the session's worker — waiting for it unless failFast — or, while
+// unbound, any worker, which it binds at once (so concurrent first calls
+// of a session meet on one worker). A hint session prefers its worker when
+// idle. On success the caller must release the worker.
+func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast bool) (*member, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
-	if want != nil {
-		if want.gone {
+	var ws *sessionEntry // the waiter's session, for strict calls
+	if strict {
+		ws = sess
+		if t := sess.m; t != nil {
+			if !t.gone && dead(t) {
+				p.removeLocked(t) // died; its watcher has not seen it yet
+			}
+			if t.gone || sess.m == nil {
+				sess.lost = false // reported now
+				p.mu.Unlock()
+				return nil, ErrSessionLost
+			}
+			if t.inIdle {
+				p.takeLocked(t)
+				p.mu.Unlock()
+				return t, nil
+			}
+			if failFast {
+				p.mu.Unlock()
+				return nil, ErrSessionBusy
+			}
+		} else if m := p.pickIdleLocked(nil); m != nil {
+			p.takeLocked(m)
+			p.bindLocked(sess, m)
 			p.mu.Unlock()
-			return nil, ErrSessionLost
+			return m, nil
 		}
-		if !want.busy {
-			p.takeIdleLocked(want)
+	} else {
+		var prefer *member
+		if sess != nil {
+			prefer = sess.m
+		}
+		if m := p.pickIdleLocked(prefer); m != nil {
+			p.takeLocked(m)
 			p.mu.Unlock()
-			return want, nil
+			return m, nil
 		}
-		if failFast {
-			p.mu.Unlock()
-			return nil, ErrSessionBusy
-		}
-	} else if m := p.pickIdleLocked(prefer); m != nil {
-		p.takeIdleLocked(m)
-		p.mu.Unlock()
-		return m, nil
 	}
 	if len(p.members) == 0 && p.degradedLocked() {
 		err := p.lastErr
 		p.mu.Unlock()
-		return nil, fmt.Errorf("%w: %v", ErrDegraded, err)
+		return nil, fmt.Errorf("%w: %w", ErrDegraded, err)
 	}
 	if p.waiters.Len() >= p.cfg.QueueSize {
 		p.mu.Unlock()
@@ -439,16 +544,13 @@ func (p *Pool) acquire(ctx context.Context, want, prefer *member, failFast bool)
 			}
 		}
 	}
-	w := &waiter{want: want, ch: make(chan *member, 1)}
+	w := &waiter{sess: ws, failFast: failFast, ch: make(chan grant, 1)}
 	el := p.waiters.PushBack(w)
 	p.mu.Unlock()
 
 	select {
-	case m := <-w.ch:
-		if m == nil {
-			return nil, ErrSessionLost
-		}
-		return m, nil
+	case g := <-w.ch:
+		return g.m, g.err
 	case <-ctx.Done():
 	case <-p.closing:
 	}
@@ -459,8 +561,8 @@ func (p *Pool) acquire(ctx context.Context, want, prefer *member, failFast bool)
 	} else {
 		// A worker was handed over as we gave up: pass it on.
 		p.mu.Unlock()
-		if m := <-w.ch; m != nil {
-			p.release(m, nil)
+		if g := <-w.ch; g.m != nil {
+			p.putBack(g.m)
 		}
 	}
 	if ctx.Err() != nil {
@@ -471,12 +573,16 @@ func (p *Pool) acquire(ctx context.Context, want, prefer *member, failFast bool)
 
 // pickIdleLocked returns an idle worker (prefer, if idle), skipping and
 // removing workers that died while idle (their watcher replaces them).
+// Each round removes a worker or returns, so it ends.
 func (p *Pool) pickIdleLocked(prefer *member) *member {
+	if prefer != nil && prefer.inIdle {
+		if !dead(prefer) {
+			return prefer
+		}
+		p.removeLocked(prefer)
+	}
 	for len(p.idle) > 0 {
 		m := p.idle[len(p.idle)-1]
-		if prefer != nil && !prefer.busy && !prefer.gone && !dead(prefer) {
-			m = prefer
-		}
 		if !dead(m) {
 			return m
 		}
@@ -496,13 +602,9 @@ func dead(m *member) bool {
 	}
 }
 
-func (p *Pool) takeIdleLocked(m *member) {
-	for i, x := range p.idle {
-		if x == m {
-			p.idle = append(p.idle[:i], p.idle[i+1:]...)
-			break
-		}
-	}
+// takeLocked marks m busy for a caller. m is idle or was just started.
+func (p *Pool) takeLocked(m *member) {
+	p.unidleLocked(m)
 	m.busy = true
 	p.inflight++
 }
@@ -511,15 +613,30 @@ func (p *Pool) takeIdleLocked(m *member) {
 func (p *Pool) release(m *member, callErr error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	m.calls++
+	if callErr == nil && p.failStreak > 0 {
+		p.failStreak = 0 // a working worker ends a failure streak
+	}
+	p.releaseLocked(m)
+}
+
+// putBack returns a worker that was handed to a caller who had already
+// left: no call ran on it.
+func (p *Pool) putBack(m *member) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.releaseLocked(m)
+}
+
+// releaseLocked makes a busy worker available again, or lets it leave.
+// Everything happens under one hold of the lock: the worker is never seen
+// free by another caller before its fate (recycle, retire) is decided.
+func (p *Pool) releaseLocked(m *member) {
 	m.busy = false
 	p.inflight--
-	m.calls++
 	if p.inflight == 0 && p.drained != nil {
 		close(p.drained)
 		p.drained = nil
-	}
-	if callErr == nil && p.failStreak > 0 {
-		p.failStreak = 0 // a working worker ends a failure streak
 	}
 	if !m.gone && dead(m) {
 		p.removeLocked(m) // its watcher replaces it
@@ -528,7 +645,8 @@ func (p *Pool) release(m *member, callErr error) {
 	case m.gone:
 		return
 	case p.closed:
-		p.idle = append(p.idle, m)
+		m.inIdle = true
+		p.idle = append(p.idle, m) // Close stops it
 		return
 	case m.retiring:
 		p.removeLocked(m)
@@ -536,17 +654,9 @@ func (p *Pool) release(m *member, callErr error) {
 		return
 	}
 	if !m.replacing && p.dueLocked(m) {
+		// The replacement starts first; m keeps serving until it is ready.
 		m.replacing = true
-		p.mu.Unlock()
-		p.replace(m)
-		p.mu.Lock()
-		if m.gone || m.retiring {
-			if !m.gone {
-				p.removeLocked(m)
-				p.retireLocked(m)
-			}
-			return
-		}
+		p.replaceLocked(m)
 	}
 	p.offerLocked(m)
 }
@@ -575,30 +685,25 @@ func (p *Pool) housekeeping() {
 		case <-t.C:
 		}
 		p.expireSessions()
-		var due []*member
 		p.mu.Lock()
-		checkMem := p.cfg.MaxMemory > 0 && time.Since(lastMem) >= p.cfg.MemoryCheckInterval
 		for m := range p.members {
-			if m.replacing || p.closed {
-				continue
-			}
-			if p.dueLocked(m) {
+			if !m.replacing && !p.closed && p.dueLocked(m) {
 				m.replacing = true
-				due = append(due, m)
+				p.replaceLocked(m)
 			}
 		}
+		checkMem := p.cfg.MaxMemory > 0 && time.Since(lastMem) >= p.cfg.MemoryCheckInterval
 		p.mu.Unlock()
 		if checkMem {
 			lastMem = time.Now()
-			due = append(due, p.overMemory()...)
-		}
-		for _, m := range due {
-			p.replace(m)
+			p.checkMemory()
 		}
 	}
 }
 
-func (p *Pool) overMemory() []*member {
+// checkMemory recycles workers over MaxMemory. Sampling happens without
+// the lock; the decision is re-checked under it.
+func (p *Pool) checkMemory() {
 	p.mu.Lock()
 	var ms []*member
 	for m := range p.members {
@@ -607,7 +712,6 @@ func (p *Pool) overMemory() []*member {
 		}
 	}
 	p.mu.Unlock()
-	var due []*member
 	for _, m := range ms {
 		r, ok := m.w.(worker.MemoryReporter)
 		if !ok {
@@ -615,15 +719,14 @@ func (p *Pool) overMemory() []*member {
 		}
 		if b, err := r.MemoryBytes(); err == nil && b > p.cfg.MaxMemory {
 			p.mu.Lock()
-			if !m.replacing && !m.gone {
+			if !m.replacing && !m.gone && !p.closed {
 				m.replacing = true
-				due = append(due, m)
 				p.log.Info("recycling worker over its memory limit", "worker", m.id, "bytes", b)
+				p.replaceLocked(m)
 			}
 			p.mu.Unlock()
 		}
 	}
-	return due
 }
 
 // Health returns nil while the pool works, ErrClosed once closed, and an
@@ -642,16 +745,24 @@ func (p *Pool) Health() error {
 
 // Close stops admitting calls (waiting ones fail with ErrClosed), waits for
 // calls in flight until ctx ends, then stops every worker (running
-// teardown()). It returns when every goroutine, thread and process the pool
-// started is gone; ctx's error if calls were still running when it ended
-// (their workers are stopped anyway). Closing twice returns the first
-// result.
+// teardown()), and returns when every goroutine and process the pool
+// started is gone. Everything it waits for is bounded by ctx: when ctx
+// ends, calls still running are interrupted, process workers are killed
+// (SIGKILL to their process groups) and reaped, and workers being retired
+// are stopped the same way. The one thing that may outlive Close is a
+// thread-profile worker whose handler is stuck in C code that ignores
+// interruption: its interpreter ends in the background when that call
+// returns (see gil.Worker.Close). Close returns ctx's error if calls were
+// still running when ctx ended. Closing twice returns the first result.
 func (p *Pool) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() { p.closeErr = p.close(ctx) })
 	return p.closeErr
 }
 
 func (p *Pool) close(ctx context.Context) error {
+	stopAfter := context.AfterFunc(ctx, p.stop) // bounds retirements too
+	defer stopAfter()
+	defer p.stop()
 	p.mu.Lock()
 	p.closed = true
 	close(p.closing)
@@ -684,13 +795,7 @@ func (p *Pool) close(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cctx := ctx
-			if ctx.Err() != nil {
-				var cancel context.CancelFunc
-				cctx, cancel = context.WithTimeout(context.Background(), time.Second)
-				defer cancel()
-			}
-			if cerr := m.w.Close(cctx); cerr != nil {
+			if cerr := m.w.Close(ctx); cerr != nil {
 				p.log.Warn("worker closed with an error", "worker", m.id, "error", cerr)
 			}
 		}()

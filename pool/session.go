@@ -24,10 +24,12 @@ const (
 	StrictFailFast
 )
 
+// sessionEntry is a session's binding; its fields are guarded by Pool.mu.
 type sessionEntry struct {
 	m        *member // nil: not bound (yet, or any more)
 	lost     bool    // its worker died or was recycled; reported once
 	lastUsed time.Time
+	active   int // calls of the session in progress: it does not expire meanwhile
 }
 
 // Session is a handle for calls that share Python-side state (ctx.session)
@@ -66,16 +68,25 @@ func (s *Session) Stream(ctx context.Context, command string, args any, opts ...
 }
 
 // Close ends the session: its Python-side state is dropped on its worker.
+// Calls of the session still running keep its binding (a strict call
+// arriving meanwhile still goes to that worker, and starts with empty
+// state); the pool forgets the session once none runs.
 func (s *Session) Close(ctx context.Context) error {
 	p := s.p
 	p.mu.Lock()
 	e := p.sessions[s.id]
-	delete(p.sessions, s.id)
+	var m *member
+	if e != nil {
+		m = e.m
+		if e.active == 0 {
+			delete(p.sessions, s.id)
+		}
+	}
 	p.mu.Unlock()
-	if e == nil || e.m == nil {
+	if m == nil {
 		return nil
 	}
-	return endSession(ctx, e.m, s.id)
+	return endSession(ctx, m, s.id)
 }
 
 func endSession(ctx context.Context, m *member, id string) error {
@@ -86,60 +97,71 @@ func endSession(ctx context.Context, m *member, id string) error {
 }
 
 // acquireFor takes a worker for a call, honouring the session's affinity.
-func (p *Pool) acquireFor(ctx context.Context, session string, mode Affinity) (*member, error) {
+// It returns the session's entry (nil without a session), which the caller
+// hands back to releaseFor with the worker.
+func (p *Pool) acquireFor(ctx context.Context, session string, mode Affinity) (*member, *sessionEntry, error) {
 	if session == "" {
-		return p.acquire(ctx, nil, nil, false)
+		m, err := p.acquire(ctx, nil, false, false)
+		return m, nil, err
 	}
 	p.mu.Lock()
-	e := p.sessions[session]
-	var bound *member
-	if e != nil {
-		e.lastUsed = time.Now()
-		if e.m != nil && dead(e.m) {
-			p.removeLocked(e.m) // died; its watcher has not seen it yet
-		}
-		if e.lost {
-			e.lost = false
-			if mode != Hint {
-				p.mu.Unlock()
-				return nil, ErrSessionLost
-			}
-		}
-		bound = e.m
+	if p.closed {
+		p.mu.Unlock()
+		return nil, nil, ErrClosed
 	}
-	p.mu.Unlock()
-	switch {
-	case bound == nil:
-		return p.acquire(ctx, nil, nil, false)
-	case mode == Hint:
-		return p.acquire(ctx, nil, bound, false)
-	default:
-		return p.acquire(ctx, bound, nil, mode == StrictFailFast)
-	}
-}
-
-// bindSession records that m served the session (and holds its state).
-func (p *Pool) bindSession(session string, m *member) {
-	p.mu.Lock()
 	e := p.sessions[session]
 	if e == nil {
 		e = &sessionEntry{}
 		p.sessions[session] = e
 	}
-	old := e.m
-	if !m.gone {
-		e.m = m
-	}
 	e.lastUsed = time.Now()
+	if e.m != nil && !e.m.gone && dead(e.m) {
+		p.removeLocked(e.m) // died; its watcher has not seen it yet
+	}
+	if e.lost {
+		e.lost = false
+		if mode != Hint {
+			p.mu.Unlock()
+			return nil, nil, ErrSessionLost
+		}
+	}
+	e.active++
 	p.mu.Unlock()
-	if old != nil && old != m && !old.gone {
-		// A hint session moved: drop its state on the worker it left.
+	m, err := p.acquire(ctx, e, mode != Hint, mode == StrictFailFast)
+	if err != nil {
+		p.mu.Lock()
+		e.active--
+		p.mu.Unlock()
+		return nil, nil, err
+	}
+	return m, e, nil
+}
+
+// releaseFor returns a worker after a call of a session (e may be nil):
+// a hint session that succeeded moves to the worker that served it.
+func (p *Pool) releaseFor(m *member, e *sessionEntry, session string, callErr error) {
+	if e == nil {
+		p.release(m, callErr)
+		return
+	}
+	p.mu.Lock()
+	e.active--
+	e.lastUsed = time.Now()
+	var left *member
+	if callErr == nil && e.m != m && !m.gone && p.sessions[session] == e {
+		// Only hint sessions move (strict ones are bound when they take
+		// their worker); the state they kept elsewhere is dropped.
+		left, e.m = e.m, m
+	}
+	p.mu.Unlock()
+	p.release(m, callErr)
+	if left != nil && !left.stopping.Load() {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
 			ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
 			defer cancel()
-			_ = endSession(ctx, old, session)
+			_ = endSession(ctx, left, session)
 		}()
 	}
 }
@@ -154,7 +176,7 @@ func (p *Pool) expireSessions() {
 	p.mu.Lock()
 	now := time.Now()
 	for id, e := range p.sessions {
-		if now.Sub(e.lastUsed) > p.cfg.SessionIdleTimeout {
+		if e.active == 0 && now.Sub(e.lastUsed) > p.cfg.SessionIdleTimeout {
 			delete(p.sessions, id)
 			if e.m != nil && !e.m.gone {
 				ex = append(ex, expired{id, e.m})

@@ -1,0 +1,313 @@
+package pool_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/snakepit-go/snakepit/pool"
+	"github.com/snakepit-go/snakepit/worker"
+	"github.com/snakepit-go/snakepit/worker/workertest"
+)
+
+// watched wraps a Fake: it reports calls that overlap on one worker and
+// can make Close slow (a teardown that takes until its context ends).
+type watched struct {
+	*workertest.Fake
+	active    atomic.Int32
+	overlaps  *atomic.Int32
+	slowClose bool
+}
+
+func (w *watched) Call(ctx context.Context, req *worker.Request) (*worker.Response, error) {
+	if w.active.Add(1) > 1 {
+		w.overlaps.Add(1)
+	}
+	defer w.active.Add(-1)
+	return w.Fake.Call(ctx, req)
+}
+
+func (w *watched) Close(ctx context.Context) error {
+	if w.slowClose {
+		<-ctx.Done()
+	}
+	return w.Fake.Close(ctx)
+}
+
+// scripted returns a NewWorker whose workers run "sleep" (the worker's id
+// after a short virtual sleep) and "block" (until ctx ends), and the list
+// of workers it made.
+type scripted struct {
+	mu        sync.Mutex
+	workers   []*watched
+	overlaps  atomic.Int32
+	slowClose bool
+	// before, if set, runs at each start (n counts from 1); an error fails
+	// the start, and dead makes the worker die as it starts.
+	before func(n int) (dead bool, err error)
+	starts atomic.Int32
+}
+
+func (s *scripted) newWorker(ctx context.Context, id string) (worker.Worker, error) {
+	n := int(s.starts.Add(1))
+	dead := false
+	if s.before != nil {
+		var err error
+		if dead, err = s.before(n); err != nil {
+			return nil, err
+		}
+	}
+	w := &watched{overlaps: &s.overlaps, slowClose: s.slowClose}
+	w.Fake = &workertest.Fake{WorkerID: id, Handlers: map[string]workertest.Handler{
+		"sleep": func(ctx context.Context, r *worker.Request) (any, error) {
+			select {
+			case <-time.After(time.Millisecond):
+				return id, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		},
+		"block": func(ctx context.Context, r *worker.Request) (any, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+	}}
+	if dead {
+		w.Kill("died while starting")
+	}
+	s.mu.Lock()
+	s.workers = append(s.workers, w)
+	s.mu.Unlock()
+	return w, nil
+}
+
+func (s *scripted) worker(i int) *watched {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.workers[i]
+}
+
+// Recycling by call count while strict-session and plain callers compete:
+// a worker was offered again after a caller had taken it (two calls on one
+// worker, a worker in the idle list twice, callers given closed workers).
+func TestRecycleUnderSessionsHandsWorkerToOneCaller(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &scripted{}
+		p, err := pool.New(context.Background(), pool.Config{Size: 2, MaxCalls: 3, QueueSize: 64, NewWorker: s.newWorker})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var closedWorker atomic.Int32
+		for g := range 6 {
+			wg.Go(func() {
+				for i := range 60 {
+					var err error
+					switch g % 3 {
+					case 0:
+						_, err = p.Session(fmt.Sprint("s", i%2), pool.StrictFailFast).CallRaw(context.Background(), "sleep", nil)
+					case 1:
+						_, err = p.Session(fmt.Sprint("h", i%2), pool.Hint).CallRaw(context.Background(), "sleep", nil)
+					default:
+						_, err = p.CallRaw(context.Background(), "sleep", nil)
+					}
+					if errors.Is(err, worker.ErrClosed) {
+						closedWorker.Add(1)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if n := s.overlaps.Load(); n > 0 {
+			t.Errorf("%d calls overlapped another call on the same worker, want 0", n)
+		}
+		if n := closedWorker.Load(); n > 0 {
+			t.Errorf("%d calls got a closed worker, want 0", n)
+		}
+		if err := p.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// A worker that dies while its recycling replacement starts (or while it
+// finishes its last call as a retiring worker) must not get a second
+// replacement: the pool grew past Size for good.
+func TestDeathDuringRecycleKeepsSize(t *testing.T) {
+	for _, lastCall := range []bool{false, true} {
+		name := "dies while its replacement starts"
+		if lastCall {
+			name = "dies during its last call as a retiring worker"
+		}
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s := &scripted{before: func(n int) (bool, error) {
+					if n > 1 {
+						time.Sleep(10 * time.Millisecond) // replacements start slowly
+					}
+					return false, nil
+				}}
+				p, err := pool.New(context.Background(), pool.Config{Size: 1, MaxCalls: 1, NewWorker: s.newWorker})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer p.Close(context.Background())
+				if _, err := p.CallRaw(context.Background(), "sleep", nil); err != nil {
+					t.Fatal(err) // worker 1 is due: its replacement starts
+				}
+				if lastCall {
+					// Busy when the replacement comes up: it retires when the
+					// call ends — and dies first.
+					go func() {
+						time.Sleep(15 * time.Millisecond)
+						s.worker(0).Kill("killed during its last call")
+					}()
+					_, _ = p.CallRaw(context.Background(), "block", nil)
+				} else {
+					s.worker(0).Kill("killed while its replacement starts")
+				}
+				time.Sleep(time.Second)
+				synctest.Wait()
+				st := p.Stats()
+				if st.Workers != 1 || st.Starting != 0 || s.starts.Load() != 2 {
+					t.Errorf("got %d workers, %d starting, %d started in all; want 1, 0, 2 (Size 1)", st.Workers, st.Starting, s.starts.Load())
+				}
+			})
+		})
+	}
+}
+
+// Health reported a crash loop for ever after one burst of failures: old
+// failures were forgotten only when a new one came.
+func TestHealthRecoversAfterWindow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &scripted{before: func(n int) (bool, error) {
+			if n == 2 || n == 3 {
+				return false, errors.New("scripted start failure")
+			}
+			return false, nil
+		}}
+		p, err := pool.New(context.Background(), pool.Config{
+			Size: 1, NewWorker: s.newWorker, CrashLoopThreshold: 3, CrashLoopWindow: time.Second,
+			RestartBackoff: time.Millisecond, MaxRestartBackoff: time.Millisecond,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close(context.Background())
+		s.worker(0).Kill("burst") // a death and two start failures
+		time.Sleep(100 * time.Millisecond)
+		synctest.Wait()
+		if err := p.Health(); !errors.Is(err, pool.ErrDegraded) {
+			t.Fatalf("Health after 3 failures: %v, want ErrDegraded", err)
+		}
+		time.Sleep(2 * time.Second)
+		if err := p.Health(); err != nil {
+			t.Errorf("Health once the window passed with no failure: %v, want nil", err)
+		}
+		if st := p.Stats(); !st.Healthy {
+			t.Errorf("Stats.Healthy = false once the window passed, want true")
+		}
+	})
+}
+
+// Concurrent first calls of a strict session ran on two workers, and the
+// session then silently kept only one of them.
+func TestStrictSessionConcurrentFirstCallsMeet(t *testing.T) {
+	for _, mode := range []pool.Affinity{pool.StrictQueue, pool.StrictFailFast} {
+		t.Run(fmt.Sprint(mode), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s := &scripted{}
+				p, err := pool.New(context.Background(), pool.Config{Size: 3, NewWorker: s.newWorker})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer p.Close(context.Background())
+				sess := p.Session("s", mode)
+				var wg sync.WaitGroup
+				ids := make([]string, 3)
+				errs := make([]error, 3)
+				for i := range ids {
+					wg.Go(func() {
+						var id string
+						errs[i] = sess.Call(context.Background(), "sleep", nil, &id)
+						ids[i] = id
+					})
+				}
+				wg.Wait()
+				served := map[string]bool{}
+				for i, err := range errs {
+					switch {
+					case err == nil:
+						served[ids[i]] = true
+					case mode == pool.StrictFailFast && errors.Is(err, pool.ErrSessionBusy):
+					default:
+						t.Errorf("call %d: %v", i, err)
+					}
+				}
+				if len(served) != 1 {
+					t.Errorf("the session's first calls ran on workers %v, want one worker", served)
+				}
+			})
+		})
+	}
+}
+
+// A replacement that died while starting was handed to a waiting caller,
+// which then failed with ErrWorkerDead instead of getting the next worker.
+func TestDeadReplacementIsNotOffered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &scripted{before: func(n int) (bool, error) { return n == 2, nil }}
+		p, err := pool.New(context.Background(), pool.Config{
+			Size: 1, NewWorker: s.newWorker, RestartBackoff: time.Millisecond, MaxRestartBackoff: time.Millisecond,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close(context.Background())
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { _, _ = p.CallRaw(ctx, "block", nil) }()
+		synctest.Wait()
+		res := make(chan error, 1)
+		go func() { // queued behind the busy worker
+			_, err := p.CallRaw(context.Background(), "sleep", nil)
+			res <- err
+		}()
+		synctest.Wait()
+		s.worker(0).Kill("scripted death") // worker 2 starts dead, worker 3 works
+		err = <-res
+		cancel()
+		if err != nil {
+			t.Errorf("queued call: %v, want it served by the next live worker", err)
+		}
+	})
+}
+
+// Close(ctx) waited 30 s for a retired worker's teardown whatever its
+// context said.
+func TestCloseBoundsRetiredWorkers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &scripted{slowClose: true}
+		p, err := pool.New(context.Background(), pool.Config{Size: 1, MaxCalls: 1, NewWorker: s.newWorker})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.CallRaw(context.Background(), "sleep", nil); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // the first worker is retired: its teardown hangs
+		synctest.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_ = p.Close(ctx)
+		if took := time.Since(start); took > 100*time.Millisecond {
+			t.Errorf("Close took %v, its context allowed 100ms", took)
+		}
+	})
+}
