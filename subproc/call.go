@@ -117,8 +117,8 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 	}
 	w.emit(ctx, r.Logs)
 	if r.Err != nil {
-		if errors.Is(r.Err, python.ErrCancelled) && ctx.Err() != nil {
-			return r, false, wrap(context.Cause(ctx))
+		if errors.Is(r.Err, python.ErrCancelled) {
+			return r, false, python.CancelledError(ctx, r.Err, command, cid)
 		}
 		return r, false, r.Err
 	}
