@@ -32,7 +32,7 @@ var (
 // (or grace) a Close may take: a hang guard, generous for a loaded machine
 // under -race.
 const (
-	chaosGrace = 300 * time.Millisecond
+	chaosGrace = 800 * time.Millisecond
 	closeSlack = 3 * time.Second
 	hangGuard  = 20 * time.Second
 )
@@ -307,13 +307,17 @@ func chaosStep(t *testing.T, rng *rand.Rand, w *subproc.Worker, kind string) (go
 func chaosStream(t *testing.T, rng *rand.Rand, w *subproc.Worker) {
 	t.Helper()
 	s := step{Op: "stream", N: rng.IntN(5)}
-	switch rng.IntN(4) {
+	switch rng.IntN(6) {
 	case 1:
 		s.CloseDelayMS = 50
 	case 2:
 		s.CloseDelayMS = -1 // until SIGUSR1
 	case 3:
 		s.CloseDelayMS, s.CloseIgnoresSignal = -1, true // for ever: the worker dies
+	case 4:
+		s.ExitOnClose = true
+	case 5:
+		s.ExitAtChunk = 1 + rng.IntN(s.N+1)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
@@ -324,6 +328,13 @@ func chaosStream(t *testing.T, rng *rand.Rand, w *subproc.Worker) {
 	read := rng.IntN(s.N + 2)
 	for i := 1; i <= read; i++ {
 		chunk, err := st.Next(ctx)
+		if i == s.ExitAtChunk {
+			if !errors.Is(err, worker.ErrWorkerDead) {
+				t.Fatalf("chunk %d from a child that exits: got %v, want ErrWorkerDead", i, err)
+			}
+			waitDead(t, w)
+			return
+		}
 		if i > s.N {
 			if err != io.EOF {
 				t.Fatalf("stream end: got %v, want io.EOF", err)
@@ -345,7 +356,7 @@ func chaosStream(t *testing.T, rng *rand.Rand, w *subproc.Worker) {
 	case <-time.After(chaosGrace + closeSlack):
 		t.Fatalf("stream Close: still running after %v, want it bounded by the grace (%v)", time.Since(start), chaosGrace)
 	}
-	if s.CloseIgnoresSignal && read <= s.N {
+	if (s.CloseIgnoresSignal || s.ExitOnClose) && read <= s.N {
 		waitDead(t, w)
 	}
 }

@@ -61,6 +61,8 @@ type step struct {
 	CloseDelayMS       int    `json:"close_delay_ms,omitempty"`
 	CloseIgnoresSignal bool   `json:"close_ignores_signal,omitempty"`
 	NextDelayMS        int    `json:"next_delay_ms,omitempty"` // before each chunk (signals ignored)
+	ExitAtChunk        int    `json:"exit_at_chunk,omitempty"` // exit instead of sending this chunk (N+1: the end)
+	ExitOnClose        bool   `json:"exit_on_close,omitempty"` // exit instead of closing
 	PidFile            string `json:"pid_file,omitempty"`
 }
 
@@ -165,6 +167,9 @@ func scriptChild() {
 			write(encodeFrame(fReply, id, okNone))
 			os.Exit(0)
 		case fStreamNext:
+			if stream != nil && stream.ExitAtChunk == chunk+1 {
+				os.Exit(3)
+			}
 			if stream == nil || chunk >= stream.N {
 				write(encodeFrame(fReply, id, end))
 				continue
@@ -177,6 +182,9 @@ func scriptChild() {
 			write(encodeFrame(fReply, id, p))
 			continue
 		case fStreamClose:
+			if stream != nil && stream.ExitOnClose {
+				os.Exit(3)
+			}
 			if stream != nil && stream.CloseDelayMS != 0 {
 				d := time.Duration(stream.CloseDelayMS) * time.Millisecond
 				if wait(d, !stream.CloseIgnoresSignal) {
