@@ -362,8 +362,8 @@ func (w *Worker) reply(ctx context.Context, res callResult, command, cid string)
 	}
 	w.emit(ctx, r.Logs)
 	if r.Err != nil {
-		if errors.Is(r.Err, python.ErrCancelled) && ctx.Err() != nil {
-			return r, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
+		if errors.Is(r.Err, python.ErrCancelled) {
+			return r, python.CancelledError(ctx, r.Err, command, cid)
 		}
 		return r, r.Err
 	}

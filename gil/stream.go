@@ -23,14 +23,14 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
 	cmd, cid := req.Command, req.CorrelationID
-	closeGen := func() error {
+	closeGen := func(context.Context) (bool, error) {
 		_, _, err := w.run(context.Background(), w.fns.streamClose, nil, cmd, cid, nil)
-		return err
+		return false, err
 	}
 	// After an interrupted open or next has ended in Python: close the
 	// generator and free the worker.
 	closeAbandoned := func() {
-		_ = closeGen()
+		_, _ = closeGen(context.Background())
 		w.release()
 	}
 	_, abandoned, err := w.run(sctx, w.fns.streamOpen, args, cmd, cid, closeAbandoned)

@@ -20,8 +20,36 @@ const (
 )
 
 // ErrCancelled is what the dispatcher reports for a handler interrupted by
-// cancellation; workers turn it into the context's error.
+// cancellation; workers turn it into the context's error with
+// [CancelledError].
 var ErrCancelled = errors.New("python: call interrupted")
+
+// deadlineSlack is how far ahead of the host's clock a deadline may be and
+// still count as passed when Python reports it so. The deadline crosses as
+// a float of Unix seconds (rounded to a fraction of a microsecond) and
+// Python reads the wall clock while Go's timer runs on the monotonic one
+// and fires a little late: Python may see the deadline a moment before the
+// context ends.
+const deadlineSlack = time.Millisecond
+
+// CancelledError returns the error for a call bounded by ctx that the
+// dispatcher reported interrupted (err matches [ErrCancelled]): the
+// context's cause when ctx has ended; one matching both
+// [context.DeadlineExceeded] and [ErrCancelled] when ctx's deadline has
+// passed (or is within a millisecond) by the host's clock but its timer has
+// not fired yet — Python checks the deadline itself before the handler
+// starts; otherwise err unchanged (the handler raised Cancelled on its own).
+// command and correlationID label the error.
+func CancelledError(ctx context.Context, err error, command, correlationID string) error {
+	if ctx.Err() != nil {
+		return &worker.CallError{Command: command, CorrelationID: correlationID, Err: context.Cause(ctx)}
+	}
+	if d, ok := ctx.Deadline(); ok && time.Until(d) <= deadlineSlack {
+		return &worker.CallError{Command: command, CorrelationID: correlationID,
+			Err: fmt.Errorf("%w (%w)", context.DeadlineExceeded, ErrCancelled)}
+	}
+	return err
+}
 
 // EncodeCall appends to dst the dispatcher's call arguments for req: the
 // marshalled tuple (command, kwargs, correlation_id, session_id, deadline,

@@ -1,14 +1,18 @@
 package python_test
 
 import (
+	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/python/dist"
+	"github.com/snakepit-go/snakepit/worker"
 )
 
 // TestPythonUnitTests runs the snakepit package's own unittest suite with
@@ -68,3 +72,31 @@ func TestPath(t *testing.T) {
 		t.Fatalf("not written again: %v", err)
 	}
 }
+
+// TestCancelledError: a cancelled reply on a context whose deadline has
+// passed, though its timer has not fired, matches DeadlineExceeded; one
+// far from its deadline stays what Python said.
+func TestCancelledError(t *testing.T) {
+	cancelled := &worker.CallError{Command: "c", Err: python.ErrCancelled}
+	past, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	late := lateCtx{past, time.Now().Add(-time.Millisecond)}
+	if err := python.CancelledError(late, cancelled, "c", ""); !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, python.ErrCancelled) {
+		t.Fatalf("deadline passed: got %v, want DeadlineExceeded and ErrCancelled", err)
+	}
+	if err := python.CancelledError(past, cancelled, "c", ""); err != cancelled {
+		t.Fatalf("deadline an hour away: got %v, want %v", err, cancelled)
+	}
+	ended, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	if err := python.CancelledError(ended, cancelled, "c", ""); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled: got %v, want context.Canceled", err)
+	}
+}
+
+type lateCtx struct {
+	context.Context
+	d time.Time
+}
+
+func (c lateCtx) Deadline() (time.Time, bool) { return c.d, true }

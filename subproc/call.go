@@ -8,12 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
 
 	"github.com/snakepit-go/snakepit/internal/wstream"
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -60,12 +60,6 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 	}
 	id := w.nextID.Add(1)
 	if n, err := w.write(ctx, typ, id, payload); err != nil {
-		var ne net.Error
-		if n == 0 && errors.As(err, &ne) && ne.Timeout() && ctx.Done() != nil {
-			// The write deadline is the context's: it may fire a moment
-			// before the context's own timer.
-			<-ctx.Done()
-		}
 		if ctx.Err() != nil && n == 0 {
 			// The context ended before anything was sent: the worker is
 			// as it was.
@@ -82,28 +76,26 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 		}
 		return r, false, wrap(w.connError(err))
 	}
-	if d, ok := ctx.Deadline(); ok {
-		w.conn.SetReadDeadline(d)
-	}
+	// The read is bounded by the context's end alone (its deadline fires
+	// through it too): a timeout then always means the context ended.
 	var stop func() bool
 	fired := make(chan struct{})
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, func() {
-			w.conn.SetReadDeadline(time.Now())
+			w.conn.SetReadDeadline(longAgo)
 			close(fired)
 		})
 	}
 	f, err := w.readReply(id)
 	if stop != nil && !stop() {
-		<-fired // it ran: let it finish before the deadline is set again
+		<-fired // it ran: let it finish before the deadline is cleared
+		w.conn.SetReadDeadline(time.Time{})
 	}
-	w.conn.SetReadDeadline(time.Time{})
 	if err != nil {
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() && ctx.Done() != nil {
-			// The read deadline is the context's: it may fire a moment
-			// before the context's own timer.
-			<-ctx.Done()
+		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() != nil {
+			// What was read of the reply stays in w.rd: abandon
+			// continues the frame where this read stopped.
 			w.bg.Add(1)
 			go w.abandon(id, command, cid, onAbandon)
 			return r, true, wrap(context.Cause(ctx))
@@ -117,8 +109,8 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 	}
 	w.emit(ctx, r.Logs)
 	if r.Err != nil {
-		if errors.Is(r.Err, python.ErrCancelled) && ctx.Err() != nil {
-			return r, false, wrap(context.Cause(ctx))
+		if errors.Is(r.Err, python.ErrCancelled) {
+			return r, false, python.CancelledError(ctx, r.Err, command, cid)
 		}
 		return r, false, r.Err
 	}
@@ -128,8 +120,9 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 // readReply reads the reply to request id. Anything else is a protocol
 // violation that kills the worker.
 func (w *Worker) readReply(id uint64) (frame, error) {
-	// A fresh buffer per frame: the payload becomes the caller's result.
-	f, err := readFrame(w.conn, w.cfg.MaxFrame, nil)
+	// A fresh buffer per frame (w.rd has none): the payload becomes the
+	// caller's result.
+	f, err := w.rd.next()
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
@@ -185,7 +178,7 @@ func (w *Worker) abandon(id uint64, command, cid string, onAbandon func()) {
 				return // reaped: the pid may belong to another process now
 			default:
 			}
-			_ = syscall.Kill(w.pid, syscall.SIGUSR1)
+			w.signalProcess(unix.SIGUSR1)
 			select {
 			case <-settled:
 				return
@@ -231,7 +224,12 @@ func (w *Worker) EndSession(ctx context.Context, sessionID string) error {
 	return err
 }
 
-// Stream starts a streaming command. See [worker.Worker.Stream].
+// Stream starts a streaming command. See [worker.Worker.Stream]. Closing
+// the stream early closes the generator in the child (its finally blocks
+// run) for up to InterruptGrace; then the child gets SIGUSR1
+// (snakepit.Cancelled is raised in the generator's cleanup) and another
+// InterruptGrace, after which its process group is killed. Neither Close
+// nor breaking out of a loop over the stream waits longer than that.
 func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream, error) {
 	sctx, cancel := req.WithDeadline(ctx)
 	deadline, _ := sctx.Deadline()
@@ -245,19 +243,25 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
 	cmd, cid := req.Command, req.CorrelationID
-	closeGen := func() error {
-		_, _, err := w.request(context.Background(), frameStreamClose, nil, cmd, cid, nil)
-		return err
+	// closeGen closes the generator, bounded by ctx and InterruptGrace.
+	// If the close is abandoned, the slot is freed once its reply came
+	// (or the worker died), not before: the child is still busy with it.
+	closeGen := func(ctx context.Context) (bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, w.cfg.InterruptGrace)
+		defer cancel()
+		_, abandoned, err := w.request(ctx, frameStreamClose, nil, cmd, cid, w.releaseSlot)
+		return abandoned, err
 	}
 	// After an interrupted open or next has ended in the child: close the
-	// generator (if the worker still lives) and free the slot.
+	// generator (if the worker still lives) and free the slot once the
+	// child is done with it.
 	closeAbandoned := func() {
 		select {
 		case <-w.done:
 		default:
-			ctx, cancel := context.WithTimeout(context.Background(), w.cfg.InterruptGrace)
-			_, _, _ = w.request(ctx, frameStreamClose, nil, cmd, cid, func() {})
-			cancel()
+			if abandoned, _ := closeGen(context.Background()); abandoned {
+				return // the close's own abandon frees the slot
+			}
 		}
 		w.releaseSlot()
 	}
@@ -282,9 +286,25 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 	return s, nil
 }
 
+// outputDrain is how long Close lets the output forwarders read what the
+// reaped process (or a descendant that left its group) still has in the
+// pipes before it closes them.
+const outputDrain = 250 * time.Millisecond
+
 // Close asks the child to run teardown() and exit, then escalates: SIGTERM
-// to the process group, then SIGKILL, StopGrace apart. Grandchildren in the
-// group die too. It waits for a running call until ctx ends.
+// to the process group, then SIGKILL, StopGrace apart — or at once when ctx
+// ends. An open stream is closed first (bounded by ctx and InterruptGrace).
+// It waits for a running call until ctx ends. Close returns within ctx plus
+// a short bound: the kill is immediate and the reap follows it.
+//
+// Grandchildren in the process group die with the worker (the group is
+// killed when the child exits, before it is reaped). A descendant that left
+// the group (setsid, setpgid) is not killed by the host: the Python child
+// kills the descendants it knows of as their subreaper when it exits, but
+// one that escapes both (double fork before its parent exits, or a process
+// that outlives the child's SIGKILL) survives. Close never waits for such
+// a process: it stops reading the child's stdout and stderr, which the
+// survivor may hold open, after a short drain.
 func (w *Worker) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() { w.closeErr = w.close(ctx) })
 	return w.closeErr
@@ -293,7 +313,7 @@ func (w *Worker) Close(ctx context.Context) error {
 func (w *Worker) close(ctx context.Context) error {
 	w.closing.Store(true)
 	if s := w.openStream.Load(); s != nil {
-		s.Close() // frees the slot (after a Next in progress)
+		_ = s.CloseContext(ctx) // frees the slot (after a Next in progress)
 	}
 	var slotHeld bool
 	select {
@@ -310,39 +330,76 @@ func (w *Worker) close(ctx context.Context) error {
 		cancel()
 	}
 	w.stopOnce.Do(func() { close(w.done) })
-	if !w.waitExit(w.cfg.StopGrace) {
-		_ = syscall.Kill(-w.pid, syscall.SIGTERM)
-		if !w.waitExit(w.cfg.StopGrace) {
+	if !w.waitExitCtx(ctx, w.cfg.StopGrace) {
+		w.signalGroup(unix.SIGTERM)
+		if !w.waitExitCtx(ctx, w.cfg.StopGrace) {
 			w.kill()
 			<-w.exited
 		}
 	}
-	w.kill() // whatever else is left in the group
+	// The reaper killed what was left of the group before reaping.
 	w.release()
 	w.reg.remove(w.pid)
 	w.bg.Wait()
-	done := make(chan struct{})
-	go func() { w.outputs.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(w.cfg.StopGrace):
-		// A process outside the group still holds the output pipes open.
-	}
+	w.drainOutputs(ctx)
 	return nil
 }
 
+// drainOutputs lets the output forwarders finish, then closes the pipes'
+// read ends: a process that left the worker's group may hold their write
+// ends open for ever, and the forwarders must end regardless. Call it
+// once the process was reaped.
+func (w *Worker) drainOutputs(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { w.outputs.Wait(); close(done) }()
+	t := time.NewTimer(outputDrain)
+	defer t.Stop()
+	select {
+	case <-done:
+		return
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	w.outR.Close()
+	w.errR.Close()
+	<-done
+}
+
 // MemoryBytes returns the resident memory of the worker process and its
-// descendants, from /proc.
+// descendants (those still in its process tree), from /proc.
 func (w *Worker) MemoryBytes() (int64, error) {
 	select {
 	case <-w.exited:
 		return 0, w.unavailable()
 	default:
 	}
-	page := int64(os.Getpagesize())
-	var total int64
-	seen := map[int]bool{}
-	stack := []int{w.pid}
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
+		return 0, fmt.Errorf("subproc: memory of %d: %w", w.pid, err)
+	}
+	self, err := fs.Proc(w.pid)
+	if err != nil {
+		return 0, fmt.Errorf("subproc: memory of %d: %w", w.pid, err)
+	}
+	statm, err := self.Statm()
+	if err != nil {
+		return 0, fmt.Errorf("subproc: memory of %d: %w", w.pid, err)
+	}
+	total := int64(statm.ResidentBytes())
+	procs, err := fs.AllProcs()
+	if err != nil {
+		return total, nil // the process itself is counted
+	}
+	kids := map[int][]int{}
+	for _, p := range procs {
+		st, err := p.Stat()
+		if err != nil {
+			continue // gone meanwhile
+		}
+		kids[st.PPID] = append(kids[st.PPID], p.PID)
+	}
+	seen := map[int]bool{w.pid: true}
+	stack := append([]int(nil), kids[w.pid]...)
 	for len(stack) > 0 {
 		pid := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
@@ -350,29 +407,12 @@ func (w *Worker) MemoryBytes() (int64, error) {
 			continue
 		}
 		seen[pid] = true
-		statm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
-		if err != nil {
-			if pid == w.pid {
-				return 0, fmt.Errorf("subproc: memory of %d: %w", pid, err)
-			}
-			continue
-		}
-		if f := strings.Fields(string(statm)); len(f) > 1 {
-			n, _ := strconv.ParseInt(f[1], 10, 64)
-			total += n * page
-		}
-		tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/children")
-		for _, t := range tasks {
-			b, err := os.ReadFile(t)
-			if err != nil {
-				continue
-			}
-			for _, c := range strings.Fields(string(b)) {
-				if n, err := strconv.Atoi(c); err == nil {
-					stack = append(stack, n)
-				}
+		if p, err := fs.Proc(pid); err == nil {
+			if sm, err := p.Statm(); err == nil {
+				total += int64(sm.ResidentBytes())
 			}
 		}
+		stack = append(stack, kids[pid]...)
 	}
 	return total, nil
 }

@@ -47,6 +47,10 @@ func TestFakeChild(t *testing.T) {
 		return h[4], binary.LittleEndian.Uint64(h[5:13]), true
 	}
 	os.Stderr.WriteString("fake child: mode " + mode + "\n")
+	if mode == "script" {
+		scriptChild()
+		return
+	}
 	switch mode {
 	case "garbage":
 		sock.Write([]byte("this is not a frame at all, just noise.........."))

@@ -65,31 +65,88 @@ func appendFrame(dst []byte, typ byte, id uint64, payload []byte) []byte {
 // (before reading the payload) for a payload above max. buf is reused for
 // the payload when large enough.
 func readFrame(r io.Reader, max int, buf []byte) (frame, error) {
-	var h [headerSize]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
-		if err == io.ErrUnexpectedEOF {
-			return frame{}, ErrTruncated
+	fr := frameReader{r: r, max: max, buf: buf}
+	return fr.next()
+}
+
+// frameReader reads frames one after the other and keeps a frame it has
+// partly read across errors that leave the stream intact (a read deadline):
+// the next call to next resumes where the failed one stopped, so a reply
+// that straddles a caller's deadline is read whole, never parsed from its
+// middle.
+type frameReader struct {
+	r   io.Reader
+	max int
+	buf []byte // reused for payloads when large enough; nil: a fresh one each
+
+	h   [headerSize]byte
+	nh  int   // header bytes read so far
+	f   frame // the frame being read, once the header is whole
+	np  int   // payload bytes read so far
+	err error // a frame-level error: the stream cannot be read further
+}
+
+// partial reports whether a frame has been started but not finished.
+func (fr *frameReader) partial() bool { return fr.nh > 0 }
+
+// next reads the next frame, or continues the one a previous call left
+// unfinished. Errors as for readFrame; after a frame-level error
+// (ErrFrameTooLarge, ErrBadFrame, ErrTruncated) every later call fails too.
+func (fr *frameReader) next() (frame, error) {
+	if fr.err != nil {
+		return frame{}, fr.err
+	}
+	for fr.nh < headerSize {
+		n, err := fr.r.Read(fr.h[fr.nh:])
+		fr.nh += n
+		if fr.nh == headerSize {
+			break
 		}
-		return frame{}, err
-	}
-	n := binary.LittleEndian.Uint32(h[0:4])
-	f := frame{typ: h[4], id: binary.LittleEndian.Uint64(h[5:13])}
-	if f.typ == 0 || f.typ > frameReply {
-		return frame{}, fmt.Errorf("%w: type %d", ErrBadFrame, f.typ)
-	}
-	if uint64(n) > uint64(max) {
-		return frame{}, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, max)
-	}
-	if cap(buf) >= int(n) {
-		f.payload = buf[:n]
-	} else {
-		f.payload = make([]byte, n)
-	}
-	if _, err := io.ReadFull(r, f.payload); err != nil {
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return frame{}, ErrTruncated
+		if err != nil {
+			if err == io.EOF {
+				if fr.nh == 0 {
+					return frame{}, io.EOF
+				}
+				return frame{}, fr.fail(ErrTruncated)
+			}
+			return frame{}, err
 		}
-		return frame{}, err
 	}
+	if fr.np == 0 && fr.f.typ == 0 {
+		n := binary.LittleEndian.Uint32(fr.h[0:4])
+		f := frame{typ: fr.h[4], id: binary.LittleEndian.Uint64(fr.h[5:13])}
+		if f.typ == 0 || f.typ > frameReply {
+			return frame{}, fr.fail(fmt.Errorf("%w: type %d", ErrBadFrame, f.typ))
+		}
+		if uint64(n) > uint64(fr.max) {
+			return frame{}, fr.fail(fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, fr.max))
+		}
+		if cap(fr.buf) >= int(n) {
+			f.payload = fr.buf[:n]
+		} else {
+			f.payload = make([]byte, n)
+		}
+		fr.f = f
+	}
+	for fr.np < len(fr.f.payload) {
+		n, err := fr.r.Read(fr.f.payload[fr.np:])
+		fr.np += n
+		if fr.np == len(fr.f.payload) {
+			break
+		}
+		if err != nil {
+			if err == io.EOF {
+				return frame{}, fr.fail(ErrTruncated)
+			}
+			return frame{}, err
+		}
+	}
+	f := fr.f
+	fr.nh, fr.np, fr.f = 0, 0, frame{}
 	return f, nil
+}
+
+func (fr *frameReader) fail(err error) error {
+	fr.err = err
+	return err
 }

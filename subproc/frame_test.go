@@ -80,3 +80,68 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	})
 }
+
+// stutterReader hands out one byte per Read and fails every other Read with
+// a timeout, like a connection whose read deadline keeps passing.
+type stutterReader struct {
+	data []byte
+	fail bool
+}
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string { return "i/o timeout" }
+func (timeoutError) Timeout() bool { return true }
+
+func (r *stutterReader) Read(p []byte) (int, error) {
+	r.fail = !r.fail
+	if r.fail {
+		return 0, timeoutError{}
+	}
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	p[0] = r.data[0]
+	r.data = r.data[1:]
+	return 1, nil
+}
+
+// TestFrameReaderResumes: a frame read across many timeouts, at every byte
+// boundary of header and payload, comes out whole; so does the next one.
+func TestFrameReaderResumes(t *testing.T) {
+	inner := appendFrame(nil, frameReply, 2, []byte("looks like a frame"))
+	var data []byte
+	data = appendFrame(data, frameReply, 1, inner) // a payload holding a frame
+	data = appendFrame(data, frameReply, 2, []byte("second"))
+	fr := frameReader{r: &stutterReader{data: data}, max: 1 << 10}
+	var got []frame
+	timeouts := 0
+	for len(got) < 2 {
+		f, err := fr.next()
+		if err != nil {
+			if _, ok := err.(timeoutError); !ok {
+				t.Fatalf("got %v, want only timeouts", err)
+			}
+			timeouts++
+			continue
+		}
+		got = append(got, f)
+	}
+	if got[0].id != 1 || !bytes.Equal(got[0].payload, inner) {
+		t.Fatalf("first frame: got id %d payload %q, want id 1 payload %q", got[0].id, got[0].payload, inner)
+	}
+	if got[1].id != 2 || string(got[1].payload) != "second" {
+		t.Fatalf("second frame: got id %d payload %q, want id 2 payload %q", got[1].id, got[1].payload, "second")
+	}
+	if timeouts < len(data) {
+		t.Fatalf("got %d timeouts, want at least %d", timeouts, len(data))
+	}
+	if _, err := fr.next(); err != io.EOF && !isTimeout(err) {
+		t.Fatalf("at the end: got %v, want io.EOF", err)
+	}
+}
+
+func isTimeout(err error) bool {
+	_, ok := err.(timeoutError)
+	return ok
+}

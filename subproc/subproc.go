@@ -22,13 +22,34 @@
 //   - Frames are length-prefixed, typed, carry a request id and are capped
 //     in size ([Config.MaxFrame]); a peer that sends garbage, an oversized
 //     or a truncated frame is killed, never trusted.
-//   - A call whose context ends returns at once; the child gets SIGUSR1,
-//     which raises snakepit.Cancelled in the handler. A handler that does not
-//     stop within [Config.InterruptGrace] has its process group killed and
-//     the worker reports itself dead.
+//   - A call whose context ends (deadline or cancel) returns at once, even
+//     from a request write blocked on a child that stopped reading; the
+//     child gets SIGUSR1, which raises snakepit.Cancelled in the handler,
+//     and the reply is read in the background — a frame begun before the
+//     deadline is continued where it stopped, never parsed from its middle.
+//     The next call waits for that. A handler that does not stop within
+//     [Config.InterruptGrace] has its process group killed and the worker
+//     reports itself dead; so does a request frame that was only partly
+//     written (it cannot be taken back). Every deadline outcome matches
+//     [context.DeadlineExceeded].
 //   - Close sends SHUTDOWN (teardown() runs), then SIGTERM to the group,
-//     then SIGKILL to the group after [Config.StopGrace]; grandchildren die
-//     too.
+//     then SIGKILL to the group after [Config.StopGrace], or at once when
+//     its context ends; grandchildren in the group die too.
+//   - Signals never reach a reaped pid: the reaper learns of the exit
+//     without reaping (waitid WNOWAIT), kills the rest of the group while
+//     the group id is still pinned by the zombie leader, and only then
+//     reaps; SIGUSR1 goes through a pidfd (pidfd_open, Linux 5.3+; on
+//     older kernels by pid, under the same lock that orders it before the
+//     reap).
+//   - Containment has limits: a descendant that leaves the process group
+//     (setsid, setpgid) is not killed by the host's group kills. The Python
+//     child is the subreaper of its descendants and kills those still
+//     attached when it exits, but a process that escapes both (double fork
+//     and setsid while the child lives on, or after the child is SIGKILLed)
+//     survives the worker. Close does not wait for it: it closes its end of
+//     the stdout and stderr pipes such a process may hold after a short
+//     drain. Run workers in a container or a cgroup of their own where this
+//     matters.
 //   - A [Registry] records each group with its start time and a random run
 //     token placed in the child's environment, so a later host can kill what
 //     a host that died left behind, and never a reused pid.
@@ -49,6 +70,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/snakepit-go/snakepit/internal/callslot"
 	"github.com/snakepit-go/snakepit/internal/wstream"
@@ -92,7 +115,9 @@ type Config struct {
 	// stderr lines. Nil discards them.
 	Logger *slog.Logger
 	// InterruptGrace is how long an interrupted handler may take to stop
-	// before the worker's process group is killed. Zero: 2 s.
+	// before the worker's process group is killed. Closing a stream early
+	// waits as long for the generator's cleanup before interrupting it,
+	// then as long again. Zero: 2 s.
 	InterruptGrace time.Duration
 	// StopGrace is how long Close waits after SHUTDOWN, and again after
 	// SIGTERM, before escalating. Zero: 5 s.
@@ -162,10 +187,20 @@ type Worker struct {
 	pid      int
 	conn     *net.UnixConn
 	lifeline *os.File // write end; closing it tells the child the host is gone
+	rd       *frameReader
 	reg      *Registry
 	stderr   *tail
 	outputs  sync.WaitGroup // stdout/stderr forwarders
+	outR     *os.File       // read end of the child's stdout, closed by the forwarder or Close
+	errR     *os.File       // read end of the child's stderr, closed by the forwarder or Close
 	errDone  chan struct{}  // closed when the stderr forwarder has read everything
+
+	// sigMu guards reaped and pidfd: a signal is sent with it read-held,
+	// and the reaper sets reaped (and closes the pidfd) with it held before
+	// it reaps, so no signal can reach a pid the kernel has handed on.
+	sigMu  sync.RWMutex
+	reaped bool
+	pidfd  int // -1 where pidfd_open is unavailable (Linux < 5.3)
 
 	slot       callslot.Slot                  // held while a request is outstanding (or a stream open)
 	openStream atomic.Pointer[wstream.Stream] // the open stream, closed by Close
@@ -200,6 +235,10 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	}
 	if cfg.InterruptGrace < 0 || cfg.StopGrace < 0 || cfg.StartTimeout < 0 || cfg.MaxFrame < 0 {
 		return nil, errors.New("subproc: Config durations and MaxFrame must not be negative")
+	}
+	if ctx.Err() != nil {
+		// Ended already: start nothing.
+		return nil, &worker.SetupError{WorkerID: cfg.ID, Stage: "start", Err: context.Cause(ctx)}
 	}
 	if cfg.InterruptGrace == 0 {
 		cfg.InterruptGrace = DefaultInterruptGrace
@@ -248,6 +287,7 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		slot:    make(chan struct{}, 1),
 		exited:  make(chan struct{}),
 		done:    make(chan struct{}),
+		pidfd:   -1,
 	}
 	if err := w.spawn(argv, pkg); err != nil {
 		return nil, setupErr("start", err)
@@ -256,7 +296,7 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		w.kill()
 		<-w.exited
 		w.release()
-		w.outputs.Wait()
+		w.drainOutputs(context.Background())
 		w.reg.remove(w.pid)
 		var se *worker.SetupError
 		if errors.As(err, &se) {
@@ -316,7 +356,7 @@ func childEnv(cfg Config, pkg, token string) []string {
 }
 
 func (w *Worker) spawn(argv []string, pkg string) error {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("socketpair: %w", err)
 	}
@@ -350,7 +390,7 @@ func (w *Worker) spawn(argv []string, pkg string) error {
 	// The parent-death signal is SIGTERM, not SIGKILL: the child's handler
 	// kills its whole group, grandchildren included, which SIGKILL to the
 	// child alone would leave behind.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGTERM}
 	err = startOnSpawner(cmd)
 	outW.Close()
 	errW.Close()
@@ -363,6 +403,11 @@ func (w *Worker) spawn(argv []string, pkg string) error {
 	}
 	w.cmd = cmd
 	w.pid = cmd.Process.Pid
+	// The process cannot have been reaped yet (only reap does that), so the
+	// pidfd names it, not a successor.
+	if fd, err := unix.PidfdOpen(w.pid, 0); err == nil {
+		w.pidfd = fd
+	}
 	if w.cfg.ID == "" {
 		w.id = "proc-" + strconv.Itoa(w.pid)
 	} else {
@@ -377,6 +422,8 @@ func (w *Worker) spawn(argv []string, pkg string) error {
 		return fmt.Errorf("socket: %w", err)
 	}
 	w.conn = c.(*net.UnixConn)
+	w.rd = &frameReader{r: w.conn, max: w.cfg.MaxFrame}
+	w.outR, w.errR = outR, errR
 	w.outputs.Add(2)
 	go w.forward(outR, "stdout", nil, nil)
 	go w.forward(errR, "stderr", w.stderr, w.errDone)
@@ -388,8 +435,29 @@ func (w *Worker) spawn(argv []string, pkg string) error {
 }
 
 // reap waits for the process and marks the worker dead if it ended while
-// nobody was stopping it.
+// nobody was stopping it. It learns of the exit without reaping (waitid with
+// WNOWAIT), kills what is left of the process group — the group id cannot
+// be reused while its leader is an unreaped zombie — and only then reaps:
+// from then on the worker sends no signal at all.
 func (w *Worker) reap() {
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, w.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	w.sigMu.Lock()
+	if signalHook != nil {
+		signalHook(-w.pid, unix.SIGKILL)
+	}
+	_ = unix.Kill(-w.pid, unix.SIGKILL) // the rest of the group
+	w.reaped = true
+	if w.pidfd >= 0 {
+		unix.Close(w.pidfd)
+		w.pidfd = -1
+	}
+	w.sigMu.Unlock()
 	_ = w.cmd.Wait()
 	w.exitState = w.cmd.ProcessState
 	// Let the last lines the process wrote reach the stderr tail, unless
@@ -408,8 +476,42 @@ func (w *Worker) reap() {
 }
 
 // kill sends SIGKILL to the worker's whole process group.
-func (w *Worker) kill() {
-	_ = syscall.Kill(-w.pid, syscall.SIGKILL)
+func (w *Worker) kill() { w.signalGroup(unix.SIGKILL) }
+
+// signalHook, set only by tests, sees each signal the worker is about to
+// send (to -pid for the group), at a moment the process is not reaped.
+var signalHook func(pid int, sig unix.Signal)
+
+// signalGroup sends sig to the worker's process group, unless the process
+// has been reaped (the group id may then name another group).
+func (w *Worker) signalGroup(sig unix.Signal) {
+	w.sigMu.RLock()
+	defer w.sigMu.RUnlock()
+	if !w.reaped {
+		if signalHook != nil {
+			signalHook(-w.pid, sig)
+		}
+		_ = unix.Kill(-w.pid, sig)
+	}
+}
+
+// signalProcess sends sig to the worker process: through its pidfd, which
+// can never name another process, or by pid where pidfds are unavailable
+// (Linux < 5.3) — safe there too, because the process is not reaped while
+// sigMu is read-held.
+func (w *Worker) signalProcess(sig unix.Signal) {
+	w.sigMu.RLock()
+	defer w.sigMu.RUnlock()
+	if !w.reaped && signalHook != nil {
+		signalHook(w.pid, sig)
+	}
+	switch {
+	case w.reaped:
+	case w.pidfd >= 0:
+		_ = unix.PidfdSendSignal(w.pidfd, sig, nil, 0)
+	default:
+		_ = unix.Kill(w.pid, sig)
+	}
 }
 
 // release frees what the process held on the host side.
@@ -423,23 +525,24 @@ func (w *Worker) release() {
 }
 
 func (w *Worker) handshake(ctx context.Context) error {
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		deadline = time.Now().Add(w.cfg.StartTimeout)
+	// The start timeout first, then the context's end: an AfterFunc on a
+	// context that has ended already runs at once, and no later deadline
+	// may overwrite it.
+	if _, ok := ctx.Deadline(); !ok {
+		w.conn.SetReadDeadline(time.Now().Add(w.cfg.StartTimeout))
 	}
 	fired := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
-		w.conn.SetReadDeadline(time.Now())
+		w.conn.SetReadDeadline(longAgo)
 		close(fired)
 	})
-	w.conn.SetReadDeadline(deadline)
 	defer func() {
 		if !stop() {
 			<-fired // it ran: let it finish before clearing the deadline
 		}
 		w.conn.SetReadDeadline(time.Time{})
 	}()
-	f, err := readFrame(w.conn, w.cfg.MaxFrame, nil)
+	f, err := w.rd.next()
 	if err != nil {
 		return w.startFailure("waiting for HELLO", ctx, err)
 	}
@@ -484,7 +587,7 @@ func (w *Worker) handshake(ctx context.Context) error {
 	if _, err := w.write(ctx, framePing, id, nil); err != nil {
 		return w.startFailure("sending PING", ctx, err)
 	}
-	f, err = readFrame(w.conn, w.cfg.MaxFrame, nil)
+	f, err = w.rd.next()
 	if err != nil {
 		return w.startFailure("waiting for PONG", ctx, err)
 	}
@@ -497,9 +600,6 @@ func (w *Worker) handshake(ctx context.Context) error {
 func (w *Worker) startFailure(what string, ctx context.Context, err error) error {
 	var ne net.Error
 	timeout := errors.As(err, &ne) && ne.Timeout()
-	if _, ok := ctx.Deadline(); ok && timeout {
-		<-ctx.Done() // the read deadline was the context's; its timer is about to fire
-	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s: %w", what, context.Cause(ctx))
 	}
@@ -521,16 +621,36 @@ func (w *Worker) protocolError(err error) error {
 
 // waitExit waits up to d for the process to be reaped.
 func (w *Worker) waitExit(d time.Duration) bool {
+	return w.waitExitCtx(context.Background(), d)
+}
+
+// waitExitCtx waits up to d, and until ctx ends, for the process to be
+// reaped.
+func (w *Worker) waitExitCtx(ctx context.Context, d time.Duration) bool {
 	select {
 	case <-w.exited:
 		return true
-	case <-time.After(d):
+	default:
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-w.exited:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-t.C:
 		return false
 	}
 }
 
-// write sends one frame, bounded by ctx.
-// write sends one frame, and returns how many bytes of it went out.
+// longAgo is a deadline that has passed: set on the connection, it makes
+// a blocked read or write return at once.
+var longAgo = time.Unix(1, 0)
+
+// write sends one frame, bounded by ctx: a context that ends (deadline or
+// cancel) interrupts a write blocked on a child that does not read. It
+// returns how many bytes of the frame went out.
 func (w *Worker) write(ctx context.Context, typ byte, id uint64, payload []byte) (int, error) {
 	if len(payload) > w.cfg.MaxFrame {
 		return 0, &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("request of %d bytes exceeds the frame limit of %d bytes", len(payload), w.cfg.MaxFrame)}
@@ -538,12 +658,21 @@ func (w *Worker) write(ctx context.Context, typ byte, id uint64, payload []byte)
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	if d, ok := ctx.Deadline(); ok {
-		w.conn.SetWriteDeadline(d)
-		defer w.conn.SetWriteDeadline(time.Time{})
-	}
 	buf := appendFrame(make([]byte, 0, headerSize+len(payload)), typ, id, payload)
-	return w.conn.Write(buf)
+	if ctx.Done() == nil {
+		return w.conn.Write(buf)
+	}
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		w.conn.SetWriteDeadline(longAgo)
+		close(fired)
+	})
+	n, err := w.conn.Write(buf)
+	if !stop() {
+		<-fired // it ran: let it finish before clearing the deadline
+		w.conn.SetWriteDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // ID returns the worker's id.

@@ -6,7 +6,6 @@ package wstream
 import (
 	"context"
 	"io"
-	"sync"
 
 	"github.com/snakepit-go/snakepit/python"
 )
@@ -17,8 +16,11 @@ type Ops struct {
 	// ctx ended first and the worker now owns the request (it frees the
 	// slot itself once the request is done).
 	Next func(ctx context.Context) (r python.Reply, abandoned bool, err error)
-	// CloseGen closes the generator in the worker.
-	CloseGen func() error
+	// CloseGen closes the generator in the worker, bounded by ctx (and
+	// by the worker's own grace period). abandoned reports that it did
+	// not finish in time and the worker now owns the close (it frees the
+	// slot itself once the generator is closed, or the worker died).
+	CloseGen func(ctx context.Context) (abandoned bool, err error)
 	// Release frees the worker's call slot.
 	Release func()
 	// Forget tells the worker the stream is over.
@@ -31,22 +33,26 @@ type Stream struct {
 	ctx    context.Context // bounds the whole stream
 	cancel context.CancelFunc
 
-	mu   sync.Mutex // guards done; serialises Next and Close
-	done bool       // the slot is released (or owned by an abandoned request)
+	// lock is held (a token in it) by Next and Close: a channel, so that
+	// CloseContext can give up waiting for a Next in progress.
+	lock chan struct{}
+	done bool // guarded by lock; the slot is released (or owned by an abandoned request)
 }
 
 // New returns the stream; ctx bounds it as a whole and cancel is called
 // when it ends.
 func New(ctx context.Context, cancel context.CancelFunc, ops Ops) *Stream {
-	return &Stream{ops: ops, ctx: ctx, cancel: cancel}
+	return &Stream{ops: ops, ctx: ctx, cancel: cancel, lock: make(chan struct{}, 1)}
 }
+
+func (s *Stream) unlock() { <-s.lock }
 
 // Next returns the next chunk, io.EOF at the end, or the generator's error
 // (which also ends the stream). It is bounded by ctx and the stream's own
 // context.
 func (s *Stream) Next(ctx context.Context) ([]byte, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.lock <- struct{}{}
+	defer s.unlock()
 	if s.done {
 		return nil, io.EOF
 	}
@@ -62,8 +68,8 @@ func (s *Stream) Next(ctx context.Context) ([]byte, error) {
 	if cctx.Err() != nil {
 		// Ended before the request: nothing reaches the generator, so
 		// close it here (its finally blocks run) like Close would.
-		_ = s.ops.CloseGen()
-		s.finish(true)
+		abandoned, _ := s.ops.CloseGen(context.Background())
+		s.finish(!abandoned)
 		return nil, context.Cause(cctx)
 	}
 	r, abandoned, err := s.ops.Next(cctx)
@@ -72,12 +78,14 @@ func (s *Stream) Next(ctx context.Context) ([]byte, error) {
 		s.finish(false)
 		return nil, err
 	case err != nil:
+		release := true
 		if cctx.Err() != nil {
 			// It may have ended just before the request went out; closing
 			// a stream the worker already dropped is harmless.
-			_ = s.ops.CloseGen()
+			abandoned, _ := s.ops.CloseGen(context.Background())
+			release = !abandoned
 		}
-		s.finish(true) // the generator raised: the worker dropped it
+		s.finish(release) // the generator raised: the worker dropped it
 		return nil, err
 	case r.End:
 		s.finish(true)
@@ -87,15 +95,25 @@ func (s *Stream) Next(ctx context.Context) ([]byte, error) {
 }
 
 // Close closes the generator (its finally blocks run) and frees the worker.
-// Closing an ended stream is a no-op.
-func (s *Stream) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// Closing an ended stream is a no-op. It waits for a Next in progress.
+func (s *Stream) Close() error { return s.CloseContext(context.Background()) }
+
+// CloseContext is Close bounded by ctx: it stops waiting for a Next in
+// progress when ctx ends (returning ctx's cause, the stream left as it
+// is), and the generator's close is bounded by ctx too (the worker then
+// finishes or kills it in the background).
+func (s *Stream) CloseContext(ctx context.Context) error {
+	select {
+	case s.lock <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	defer s.unlock()
 	if s.done {
 		return nil
 	}
-	err := s.ops.CloseGen()
-	s.finish(true)
+	abandoned, err := s.ops.CloseGen(ctx)
+	s.finish(!abandoned)
 	return err
 }
 

@@ -581,6 +581,13 @@ func (s *suite) testDeadlineInterrupt(t *testing.T) {
 	if _, err := s.w.Call(ctxBG, past); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("past Request.Deadline: got %v, want DeadlineExceeded", err)
 	}
+	// A deadline Python sees as passed before the host's timer fired is a
+	// deadline like any other.
+	late, cancel4 := lateDeadline(time.Now().Add(-time.Second))
+	defer cancel4()
+	if _, err := s.w.Call(late, req("spin", nil)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("deadline passed, timer not fired: got %v, want DeadlineExceeded", err)
+	}
 	if v := s.mustCall(t, req("echo", map[string]any{"value": 3})); v != int64(3) {
 		t.Fatalf("after calls with ended contexts: got %v", v)
 	}
@@ -592,6 +599,22 @@ func (s *suite) testDeadlineInterrupt(t *testing.T) {
 		t.Fatalf("worker stopped after calls with ended contexts: %v", s.w.Err())
 	default:
 	}
+}
+
+// lateCtx reports deadline d, which has passed, while its Done channel
+// stays open: a context whose timer has not fired yet.
+type lateCtx struct {
+	context.Context
+	d time.Time
+}
+
+func (c lateCtx) Deadline() (time.Time, bool) { return c.d, true }
+
+// lateDeadline returns a lateCtx with deadline d that ends (as a hang
+// guard) ten seconds from now.
+func lateDeadline(d time.Time) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctxBG, 10*time.Second)
+	return lateCtx{ctx, d}, cancel
 }
 
 func contains(list []string, s string) bool {
