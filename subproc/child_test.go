@@ -85,14 +85,14 @@ def escape():
     return [direct.pid, orphan]
 `
 
-func startChild(t *testing.T) *subproc.Worker {
+func startChild(t *testing.T, extraPaths ...string) *subproc.Worker {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "child_adapter.py"), []byte(childAdapter), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	w, err := subproc.Start(context.Background(), subproc.Config{
-		Module: "child_adapter", Paths: []string{dir}, Python: pythonExe(t), Registry: testRegistry(t),
+		Module: "child_adapter", Paths: append([]string{dir}, extraPaths...), Python: pythonExe(t), Registry: testRegistry(t),
 		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
@@ -187,7 +187,8 @@ func TestForkedPoolKeepsWorker(t *testing.T) {
 }
 
 // TestWorkingDirectoryNotOnPath: modules in the host's working directory
-// shadow nothing in the worker, and sys.path has no entry for it.
+// shadow nothing in the worker, and sys.path has no entry for it, even with
+// an empty entry in Config.Paths.
 func TestWorkingDirectoryNotOnPath(t *testing.T) {
 	cwd := t.TempDir()
 	poison := []byte("raise RuntimeError('imported from the host working directory')\n")
@@ -197,7 +198,7 @@ func TestWorkingDirectoryNotOnPath(t *testing.T) {
 		}
 	}
 	t.Chdir(cwd)
-	w := startChild(t)
+	w := startChild(t, "")
 	var got struct {
 		SysPath  []string `json:"sys_path"`
 		Cwd      string

@@ -311,7 +311,13 @@ func childEnv(cfg Config, pkg, token string) []string {
 			env = append(env, kv)
 		}
 	}
-	paths := append([]string{pkg}, cfg.Paths...)
+	// An empty entry would mean the working directory on sys.path.
+	paths := []string{pkg}
+	for _, p := range cfg.Paths {
+		if p != "" {
+			paths = append(paths, p)
+		}
+	}
 	env = append(env,
 		"PYTHONPATH="+strings.Join(paths, string(filepath.ListSeparator)),
 		"PYTHONUNBUFFERED=1",
