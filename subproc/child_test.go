@@ -73,6 +73,31 @@ def paths():
 
 
 @snakepit.command
+def background():
+    """What os.system("job &") does: the shell exits and the job, orphaned,
+    is adopted by the worker; return the job's pid."""
+    out = subprocess.run(["sh", "-c", "sleep 0.1 >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out)
+
+
+_kept = []
+
+
+@snakepit.command
+def start_child(code):
+    """Start a child the handler will wait for later."""
+    p = subprocess.Popen(["sh", "-c", "exit %d" % code])
+    _kept.append(p)
+    return p.pid
+
+
+@snakepit.command
+def wait_child():
+    return _kept.pop().wait()
+
+
+@snakepit.command
 def escape():
     """Start a process in a new session, and one orphaned in a new session
     (its parent exits at once); return both pids."""
@@ -218,6 +243,52 @@ func TestWorkingDirectoryNotOnPath(t *testing.T) {
 		if filepath.Dir(f) == cwd {
 			t.Errorf("module file: got %s, want the standard library's", f)
 		}
+	}
+}
+
+// procState returns the state letter of a process ("Z" for a zombie), or
+// "" once it is gone.
+func procState(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return ""
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || len(b) < i+3 {
+		return ""
+	}
+	return string(b[i+2])
+}
+
+// waitState waits until pid is in state (a zombie: "Z").
+func waitState(t *testing.T, pid int, state string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for procState(pid) != state {
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d: got state %q, want %q", pid, procState(pid), state)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestAdoptedOrphansReaped: orphans the worker adopts as a subreaper are
+// reaped once they exit, while a child that a handler's Popen owns keeps
+// its exit status for the handler.
+func TestAdoptedOrphansReaped(t *testing.T) {
+	w := startChild(t)
+	var owned, orphan, status, pid int
+	call(t, w, "start_child", map[string]any{"code": 7}, &owned)
+	call(t, w, "background", nil, &orphan)
+	waitState(t, owned, "Z")
+	waitState(t, orphan, "Z")
+	call(t, w, "pid", nil, &pid)
+	if st := procState(orphan); st != "" {
+		t.Fatalf("adopted orphan %d after the next call: got state %q, want reaped", orphan, st)
+	}
+	call(t, w, "wait_child", nil, &status)
+	if status != 7 {
+		t.Fatalf("exit status of the handler's own child: got %d, want 7", status)
 	}
 }
 

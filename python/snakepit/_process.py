@@ -24,9 +24,11 @@ plumbing:
   left its process group with setsid(). However the worker ends (lifeline
   end of file, SIGTERM, SHUTDOWN, a failed start), it SIGKILLs every
   descendant it can find and reaps them. Only SIGKILL of the worker itself
-  escapes this (its process group is then killed by the host).
+  escapes this (its process group is then killed by the host). Adopted
+  orphans that exit are reaped when the next frame arrives (children a
+  live subprocess or multiprocessing Popen owns are left to it).
 * A process forked from the worker (multiprocessing's fork context) gets
-  the default SIGTERM and SIGUSR1 dispositions back, has /dev/null on fds
+  the default SIGTERM, SIGUSR1 and SIGCHLD dispositions back, has /dev/null on fds
   3 and 4, and runs no lifeline watcher: terminating it ends only it.
 """
 
@@ -136,6 +138,83 @@ def _reap():
             return False
 
 
+# Set by the SIGCHLD handler: a child (perhaps an adopted orphan) exited.
+_child_exited = False
+
+
+def _on_sigchld(signum, frame):
+    global _child_exited
+    _child_exited = True
+
+
+def _children():
+    """Pids of this process's children, from /proc."""
+    pids = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+        for tid in tasks:
+            with open("/proc/self/task/%s/children" % tid, "rb") as f:
+                pids.extend(int(p) for p in f.read().split())
+    except (OSError, ValueError):
+        return []
+    return pids
+
+
+def _waited_for():
+    """Pids that a live Popen object (subprocess, multiprocessing) will
+    wait for."""
+    import gc
+    pids = set()
+    for mod, name in (("subprocess", "Popen"), ("multiprocessing.popen_fork", "Popen")):
+        m = sys.modules.get(mod)
+        cls = getattr(m, name, None) if m is not None else None
+        if cls is None:
+            continue
+        classes, stack = set(), [cls]
+        while stack:
+            c = stack.pop()
+            if c not in classes:
+                classes.add(c)
+                stack.extend(c.__subclasses__())
+        for c in classes:
+            for o in gc.get_referrers(c):
+                if type(o) is c:
+                    pid = getattr(o, "pid", None)
+                    if isinstance(pid, int):
+                        pids.add(pid)
+    return pids
+
+
+def _reap_adopted():
+    """Reap exited children that nothing in the worker will wait for.
+
+    As a subreaper the worker inherits the orphans of its descendants
+    (what "cmd &" in os.system leaves, daemons): without this they would
+    stay zombies for the worker's life. Children that a live Popen object
+    (subprocess, multiprocessing) owns are left to it, so their exit status
+    is not taken from it."""
+    global _child_exited
+    _child_exited = False
+    zombies = []
+    for pid in _children():
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                data = f.read()
+            if data[data.rindex(b")") + 2:data.rindex(b")") + 3] == b"Z":
+                zombies.append(pid)
+        except (OSError, ValueError):
+            pass
+    if not zombies:
+        return
+    owned = _waited_for()
+    for pid in zombies:
+        if pid not in owned:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except OSError:
+                pass
+
+
 def _end_descendants(limit_s=2.0):
     """SIGKILL every descendant of the worker and reap its children, until
     none is left or limit_s has passed (a descendant may fork meanwhile)."""
@@ -156,7 +235,7 @@ def _end_descendants(limit_s=2.0):
 
 
 # Signals whose worker handlers a forked process must not run.
-_FORK_SIGNALS = frozenset((signal.SIGTERM, signal.SIGUSR1))
+_FORK_SIGNALS = frozenset((signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD))
 
 # Signal mask of each thread that is forking, restored after the fork.
 _fork_masks = {}
@@ -272,7 +351,7 @@ def _kill_group(signum=None, frame=None):
 
 def _watch_lifeline():
     # Signals are for the main thread (it runs the handlers).
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
     try:
         while os.read(LIFELINE_FD, 1):
             pass
@@ -304,7 +383,8 @@ def main(argv=None):
     global _worker_pid
     _worker_pid = os.getpid()
     _close_inherited_fds()
-    _become_subreaper()
+    if _become_subreaper():
+        signal.signal(signal.SIGCHLD, _on_sigchld)
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_after_fork_in_child)
     faulthandler.enable()  # a crash prints the Python stack on stderr
@@ -368,6 +448,8 @@ def main(argv=None):
                 _kill_group()
             return 0
         typ, rid, payload = frame
+        if _child_exited:
+            _reap_adopted()
         if typ == PING:
             conn.send(PONG, rid, b"")
             continue
