@@ -28,8 +28,9 @@ plumbing:
   orphans that exit are reaped when the next frame arrives (children a
   live subprocess or multiprocessing Popen owns are left to it).
 * A process forked from the worker (multiprocessing's fork context) gets
-  the default SIGTERM, SIGUSR1 and SIGCHLD dispositions back, has /dev/null on fds
-  3 and 4, and runs no lifeline watcher: terminating it ends only it.
+  the default SIGTERM, SIGUSR1 and SIGCHLD dispositions back, has
+  /dev/null on fds 3 and 4, and runs no lifeline watcher: terminating it
+  ends only it.
 """
 
 import argparse
@@ -148,15 +149,29 @@ def _on_sigchld(signum, frame):
 
 
 def _children():
-    """Pids of this process's children, from /proc."""
+    """Pids of this process's children, from /proc (each thread's children
+    list where the kernel has one, else a scan of every process)."""
     pids = []
     try:
-        tasks = os.listdir("/proc/self/task")
-        for tid in tasks:
+        for tid in os.listdir("/proc/self/task"):
             with open("/proc/self/task/%s/children" % tid, "rb") as f:
                 pids.extend(int(p) for p in f.read().split())
+        return pids
+    except FileNotFoundError:
+        pass
     except (OSError, ValueError):
         return []
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                data = f.read()
+            if int(data[data.rindex(b")") + 2:].split()[1]) == me:
+                pids.append(int(name))
+        except (OSError, ValueError, IndexError):
+            pass
     return pids
 
 
@@ -385,6 +400,9 @@ def main(argv=None):
     _close_inherited_fds()
     if _become_subreaper():
         signal.signal(signal.SIGCHLD, _on_sigchld)
+        # Restart system calls a child's exit interrupts: C extensions that
+        # do not retry on EINTR never see it.
+        signal.siginterrupt(signal.SIGCHLD, False)
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_after_fork_in_child)
     faulthandler.enable()  # a crash prints the Python stack on stderr
