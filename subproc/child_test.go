@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -305,7 +304,7 @@ func TestSetsidDescendantsEndWithWorker(t *testing.T) {
 	t.Cleanup(func() {
 		for _, pid := range pids {
 			if alive(pid) {
-				syscall.Kill(pid, syscall.SIGKILL)
+				unix.Kill(pid, unix.SIGKILL)
 			}
 		}
 	})
@@ -313,7 +312,7 @@ func TestSetsidDescendantsEndWithWorker(t *testing.T) {
 		if !alive(pid) {
 			t.Fatalf("pid %d: got gone before Close, want running", pid)
 		}
-		if pgid, _ := syscall.Getpgid(pid); pgid == w.PID() {
+		if pgid, _ := unix.Getpgid(pid); pgid == w.PID() {
 			t.Fatalf("pid %d: got in the worker's process group, want its own session", pid)
 		}
 	}
