@@ -58,8 +58,38 @@ var unsupportedNames = map[byte]string{
 
 // Decode decodes one marshal value that must span all of data, returning it
 // in the Go shapes listed in the package documentation.
+//
+// What decoding may allocate is bounded by the input's size: at most
+// [DecodeBudget](len(data)) bytes of Go values (an estimate that counts
+// slots, boxed values, maps and back-reference tables). A one-byte None
+// costs a 16-byte slot in a []any, so a frame of Nones could otherwise grow
+// sixteenfold or more; input whose value would exceed the budget is refused
+// with [ErrTooLarge] before the allocation that would cross it. Use
+// [DecodeLimit] for another bound.
 func Decode(data []byte) (any, error) {
-	d := decoder{data: data}
+	return DecodeLimit(data, DecodeBudget(len(data)))
+}
+
+// Budget of [Decode]: BudgetPerByte bytes of decoded Go values per input
+// byte, plus BudgetBase. Values Python writes for ordinary data (numbers,
+// strings, records) cost well under BudgetPerByte per byte; lists of None or
+// bools cost 16, so such lists decode up to a few million elements.
+const (
+	BudgetPerByte = 8
+	BudgetBase    = 64 << 20
+)
+
+// DecodeBudget returns the allocation bound [Decode] applies to an input of
+// n bytes: BudgetPerByte*n + BudgetBase.
+func DecodeBudget(n int) int64 {
+	return BudgetPerByte*int64(n) + BudgetBase
+}
+
+// DecodeLimit is [Decode] with an explicit bound, in bytes, on the Go
+// values the decoding may allocate (the same estimate Decode uses). It
+// fails with an error wrapping [ErrTooLarge] when the value would need more.
+func DecodeLimit(data []byte, limit int64) (any, error) {
+	d := decoder{data: data, budget: limit, limit: limit}
 	if len(data) <= sharedStringMax {
 		d.text = string(data)
 	}
@@ -84,11 +114,45 @@ type refSlot struct {
 const sharedStringMax = 64 << 10
 
 type decoder struct {
-	data  []byte
-	text  string // data as a string, when len(data) <= sharedStringMax
-	pos   int
-	depth int
-	refs  []refSlot
+	data   []byte
+	text   string // data as a string, when len(data) <= sharedStringMax
+	pos    int
+	depth  int
+	refs   []refSlot
+	budget int64 // bytes of Go values still allowed
+	limit  int64 // the initial budget, for messages
+}
+
+// Estimated Go cost of decoded values, in bytes (64-bit platforms, measured
+// with runtime.MemStats).
+const (
+	costSlot     = 16  // an interface value: a []any element or a boxed string header
+	costBoxed    = 16  // a boxed int64 or float64 (its allocation size class)
+	costSlice    = 48  // a boxed slice header ([]any, []byte) and its overhead
+	costRef      = 64  // a back-reference table entry, with append's growth
+	costMap      = 80  // a map header
+	costMapGroup = 264 // the first group of eight slots of a map[string]any
+	costMapEntry = 48  // each entry past the first eight, with growth slack
+)
+
+// charge takes n bytes from the budget, or fails without taking them.
+func (d *decoder) charge(off int, n int64) error {
+	if n > d.budget {
+		d.budget = -1
+		return d.errAt(off, ErrTooLarge, "the decoded value needs more than "+
+			strconv.FormatInt(d.limit, 10)+" bytes for "+strconv.Itoa(len(d.data))+" bytes of input")
+	}
+	d.budget -= n
+	return nil
+}
+
+// strCost is the cost of a decoded str of n bytes: its boxed header, and
+// its bytes unless it slices the shared copy of the input.
+func (d *decoder) strCost(n int) int64 {
+	if d.text != "" {
+		return costSlot
+	}
+	return costSlot + int64(n)
 }
 
 // str returns data[from:to] as a string.
@@ -171,6 +235,16 @@ func (d *decoder) reserve(flag bool) int {
 	return len(d.refs) - 1
 }
 
+// reserveCharged is reserve, charging the table entry first.
+func (d *decoder) reserveCharged(off int, flag bool) (int, error) {
+	if flag {
+		if err := d.charge(off, costRef); err != nil {
+			return -1, err
+		}
+	}
+	return d.reserve(flag), nil
+}
+
 func (d *decoder) fill(idx int, v any) {
 	if idx >= 0 {
 		d.refs[idx] = refSlot{v: v}
@@ -185,6 +259,11 @@ func (d *decoder) value() (any, error) {
 	}
 	flag := code&flagRef != 0
 	code &^= flagRef
+	if flag {
+		if err := d.charge(off, costRef); err != nil {
+			return nil, err
+		}
+	}
 
 	switch code {
 	case typeNone, typeTrue, typeFalse:
@@ -197,6 +276,9 @@ func (d *decoder) value() (any, error) {
 		return v, nil
 
 	case typeInt:
+		if err := d.charge(off, costBoxed); err != nil {
+			return nil, err
+		}
 		idx := d.reserve(flag)
 		n, err := d.int32()
 		if err != nil {
@@ -207,6 +289,9 @@ func (d *decoder) value() (any, error) {
 		return v, nil
 
 	case typeInt64:
+		if err := d.charge(off, costBoxed); err != nil {
+			return nil, err
+		}
 		idx := d.reserve(flag)
 		b, err := d.bytesN(8)
 		if err != nil {
@@ -217,6 +302,9 @@ func (d *decoder) value() (any, error) {
 		return v, nil
 
 	case typeLong:
+		if err := d.charge(off, costBoxed); err != nil {
+			return nil, err
+		}
 		idx := d.reserve(flag)
 		v, err := d.long(off)
 		if err != nil {
@@ -226,6 +314,9 @@ func (d *decoder) value() (any, error) {
 		return v, nil
 
 	case typeBinaryFloat:
+		if err := d.charge(off, costBoxed); err != nil {
+			return nil, err
+		}
 		idx := d.reserve(flag)
 		b, err := d.bytesN(8)
 		if err != nil {
@@ -244,6 +335,9 @@ func (d *decoder) value() (any, error) {
 		idx := d.reserve(flag)
 		n, err := d.size(1)
 		if err != nil {
+			return nil, err
+		}
+		if err := d.charge(off, costSlice+int64(n)); err != nil {
 			return nil, err
 		}
 		b, _ := d.bytesN(n)
@@ -270,6 +364,9 @@ func (d *decoder) value() (any, error) {
 		start := d.pos
 		b, err := d.bytesN(n)
 		if err != nil {
+			return nil, err
+		}
+		if err := d.charge(off, d.strCost(n)); err != nil {
 			return nil, err
 		}
 		if code == typeUnicode || code == typeInterned {
@@ -317,6 +414,9 @@ func (d *decoder) value() (any, error) {
 		if err := d.enter(off); err != nil {
 			return nil, err
 		}
+		if err := d.charge(off, costSlice+costSlot*int64(n)); err != nil {
+			return nil, err
+		}
 		list := make([]any, n)
 		for i := range list {
 			if list[i], err = d.value(); err != nil {
@@ -332,14 +432,26 @@ func (d *decoder) value() (any, error) {
 		if err := d.enter(off); err != nil {
 			return nil, err
 		}
+		if err := d.charge(off, costSlot+costMap); err != nil {
+			return nil, err
+		}
 		m := make(map[string]any)
-		for {
+		for entries := 0; ; entries++ {
 			if err := d.need(1); err != nil {
 				return nil, err
 			}
 			if d.data[d.pos] == typeNull {
 				d.pos++
 				break
+			}
+			cost := int64(costMapEntry)
+			if entries == 0 {
+				cost = costMapGroup
+			} else if entries < 8 {
+				cost = 0
+			}
+			if err := d.charge(d.pos, cost); err != nil {
+				return nil, err
 			}
 			ks, err := d.key()
 			if err != nil {
@@ -376,6 +488,13 @@ func (d *decoder) key() (string, error) {
 		}
 		if !isASCII(d.data[d.pos+2 : d.pos+2+n]) {
 			return "", d.errAt(off, ErrMalformed, "non-ASCII byte in an ASCII string")
+		}
+		cost := d.strCost(n) - costSlot // stored in the map's slot, not boxed
+		if code&flagRef != 0 {
+			cost += costRef
+		}
+		if err := d.charge(off, cost); err != nil {
+			return "", err
 		}
 		s := d.str(d.pos+2, d.pos+2+n)
 		d.pos += 2 + n

@@ -26,6 +26,8 @@
 // (marshal's FLAG_REF) are resolved; a reference to a container that is still
 // being decoded (a recursive value) is refused. Decoded containers that were
 // shared in Python (one list referenced twice) are shared in Go as well.
+// What decoding allocates is bounded by the input's size ([DecodeBudget]);
+// input that would need more is refused with [ErrTooLarge].
 //
 // # Go values
 //
@@ -64,6 +66,9 @@ var (
 	// ErrTypeMismatch: Unmarshal found a value it cannot store in the Go
 	// destination (a str into an int field, say).
 	ErrTypeMismatch = errors.New("type mismatch")
+	// ErrTooLarge: decoding the input would allocate more than its budget
+	// (see [Decode] and [DecodeLimit]).
+	ErrTooLarge = errors.New("decoded value exceeds the allocation budget")
 )
 
 // MaxDepth bounds the nesting of containers in both directions. It matches

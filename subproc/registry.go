@@ -1,19 +1,21 @@
 package subproc
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
-	"syscall"
+
+	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
 )
 
 // EnvRunToken is the environment variable that carries a host run's token
@@ -29,16 +31,29 @@ const EnvRunToken = "SNAKEPIT_RUN_TOKEN"
 // and hosts that are alive are never touched either.
 //
 // The directory is private to the user (0700, owned by them, not a
-// symlink); run files are 0600. A file that another user owns, or that is
-// readable by others, is never acted on.
+// symlink), and so is every directory of its path that snakepit creates;
+// the directories above must belong to root or the user and, when others
+// may write to them, be sticky (as /tmp is). Run files are 0600. A file
+// that another user owns, that is readable by others, or that is larger
+// than [MaxRunFileSize], is never acted on.
+//
+// A Registry that could not be opened still carries a run token (see
+// [DefaultRegistry]): workers start, and only the orphan cleanup is lost.
 type Registry struct {
 	dir   string
 	token string
+	err   error // why the registry is unusable; nil when it works
 
-	mu      sync.Mutex // guards f, entries
+	mu      sync.Mutex // guards f, root, entries
+	root    *os.Root   // the registry directory; nil after Close
 	f       *os.File   // our run file, locked; nil after Close
 	entries map[int]runEntry
 }
+
+// MaxRunFileSize bounds the run files a sweep reads: a host writes a few
+// dozen bytes per worker, so a larger file is not one of ours to trust, and
+// reading it whole would cost the sweep its size in time and memory.
+const MaxRunFileSize = 1 << 20
 
 type runEntry struct {
 	PGID  int    `json:"pgid"`
@@ -60,7 +75,8 @@ type SweepReport struct {
 	// Spared lists groups recorded by dead hosts that were left alone, with
 	// the reason ("pid 123: start time differs", ...).
 	Spared []string
-	// Refused lists run files not acted on (wrong owner or mode).
+	// Refused lists run files not acted on, with the reason: wrong owner
+	// or mode, or larger than MaxRunFileSize (such files are removed).
 	Refused []string
 }
 
@@ -74,38 +90,45 @@ func DefaultRegistryDir() string {
 }
 
 // OpenRegistry sweeps dir for groups left by dead hosts, then creates this
-// host's run file in it. dir "" means DefaultRegistryDir().
+// host's run file in it. dir "" means DefaultRegistryDir(). It fails when
+// dir or a directory above it is not safe to use (see [Registry]).
 func OpenRegistry(dir string) (*Registry, SweepReport, error) {
 	if dir == "" {
 		dir = DefaultRegistryDir()
 	}
-	if err := ensurePrivateDir(dir); err != nil {
+	root, err := openPrivateDir(dir)
+	if err != nil {
 		return nil, SweepReport{}, err
 	}
-	report, err := Sweep(dir)
+	report, err := sweepRoot(root)
 	if err != nil {
+		root.Close()
 		return nil, report, err
 	}
 	var tok [16]byte
 	if _, err := rand.Read(tok[:]); err != nil {
+		root.Close()
 		return nil, report, fmt.Errorf("subproc: registry token: %w", err)
 	}
-	r := &Registry{dir: dir, token: hex.EncodeToString(tok[:]), entries: map[int]runEntry{}}
+	r := &Registry{dir: dir, root: root, token: hex.EncodeToString(tok[:]), entries: map[int]runEntry{}}
 	// Create under a temporary name, lock, then rename: a sweeper never sees
 	// an unlocked file of a live host.
-	tmp, err := os.CreateTemp(dir, ".tmp-run-*")
+	tmpName := ".tmp-run-" + r.token
+	tmp, err := root.OpenFile(tmpName, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
+		root.Close()
 		return nil, report, fmt.Errorf("subproc: registry: %w", err)
 	}
-	if err := syscall.Flock(int(tmp.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := unix.Flock(int(tmp.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		tmp.Close()
-		os.Remove(tmp.Name())
+		root.Remove(tmpName)
+		root.Close()
 		return nil, report, fmt.Errorf("subproc: registry lock: %w", err)
 	}
-	final := filepath.Join(dir, fmt.Sprintf("run-%d-%s.json", os.Getpid(), r.token[:12]))
-	if err := os.Rename(tmp.Name(), final); err != nil {
+	if err := root.Rename(tmpName, r.fileName()); err != nil {
 		tmp.Close()
-		os.Remove(tmp.Name())
+		root.Remove(tmpName)
+		root.Close()
 		return nil, report, fmt.Errorf("subproc: registry: %w", err)
 	}
 	r.f = tmp
@@ -116,19 +139,46 @@ func OpenRegistry(dir string) (*Registry, SweepReport, error) {
 	return r, report, nil
 }
 
+func (r *Registry) fileName() string {
+	return fmt.Sprintf("run-%d-%s.json", os.Getpid(), r.token[:12])
+}
+
+// unusableRegistry is a registry that records nothing, for when the real
+// one cannot be opened: its token still marks the workers' environment.
+func unusableRegistry(err error) *Registry {
+	var tok [16]byte
+	_, _ = rand.Read(tok[:]) // never fails on Linux; a zero token marks nothing
+	return &Registry{token: hex.EncodeToString(tok[:]), err: err}
+}
+
 var (
 	defaultRegOnce sync.Once
 	defaultReg     *Registry
-	defaultRegErr  error
 )
 
 // DefaultRegistry is the registry of this host process in
 // DefaultRegistryDir(), opened (and swept) on first use. Workers whose
 // Config.Registry is nil use it.
+//
+// The registry never stops workers from starting: when its directory cannot
+// be used (another user created it, a path component is a symlink or open
+// to others, the disk is full), DefaultRegistry returns a registry that
+// records nothing and a nil error; [Registry.Err] says why, and each worker
+// started with it logs a warning. The lifeline still ends workers with
+// their host; only the cleanup after a lifeline failure is lost.
 func DefaultRegistry() (*Registry, error) {
-	defaultRegOnce.Do(func() { defaultReg, _, defaultRegErr = OpenRegistry("") })
-	return defaultReg, defaultRegErr
+	defaultRegOnce.Do(func() {
+		var err error
+		if defaultReg, _, err = OpenRegistry(""); err != nil {
+			defaultReg = unusableRegistry(err)
+		}
+	})
+	return defaultReg, nil
 }
+
+// Err reports why the registry records nothing (see [DefaultRegistry]), or
+// nil when it works.
+func (r *Registry) Err() error { return r.err }
 
 // Token returns the run token placed in workers' environment.
 func (r *Registry) Token() string { return r.token }
@@ -137,12 +187,18 @@ func (r *Registry) Token() string { return r.token }
 func (r *Registry) Dir() string { return r.dir }
 
 func (r *Registry) add(pgid int) error {
+	if r.err != nil {
+		return fmt.Errorf("subproc: registry unavailable: %w", r.err)
+	}
 	start, err := processStartTime(pgid)
 	if err != nil {
 		return fmt.Errorf("subproc: registry: %w", err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.err != nil {
+		return fmt.Errorf("subproc: registry unavailable: %w", r.err)
+	}
 	if r.f == nil {
 		return errors.New("subproc: registry closed")
 	}
@@ -183,62 +239,86 @@ func (r *Registry) Close() error {
 	if r.f == nil {
 		return nil
 	}
-	name := filepath.Join(r.dir, fmt.Sprintf("run-%d-%s.json", os.Getpid(), r.token[:12]))
-	err := os.Remove(name)
+	err := r.root.Remove(r.fileName())
 	r.f.Close()
 	r.f = nil
-	return err
+	r.root.Close()
+	r.root = nil
+	if err != nil {
+		return fmt.Errorf("subproc: registry: %w", err)
+	}
+	return nil
 }
 
 // Sweep kills the process groups recorded by hosts that died (their run
 // files are no longer locked) when, and only when, the group leader's start
-// time and run token still match, then removes those run files.
+// time and run token still match, then removes those run files. It fails
+// when dir or a directory above it is not safe to use (see [Registry]).
 func Sweep(dir string) (SweepReport, error) {
-	var rep SweepReport
-	names, err := filepath.Glob(filepath.Join(dir, "run-*.json"))
+	root, err := openPrivateDir(dir)
 	if err != nil {
-		return rep, err
+		return SweepReport{}, err
 	}
+	defer root.Close()
+	return sweepRoot(root)
+}
+
+func sweepRoot(root *os.Root) (SweepReport, error) {
+	var rep SweepReport
+	d, err := root.Open(".")
+	if err != nil {
+		return rep, fmt.Errorf("subproc: registry: %w", err)
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return rep, fmt.Errorf("subproc: registry: %w", err)
+	}
+	slices.Sort(names)
 	uid := os.Getuid()
 	for _, name := range names {
-		f, err := os.OpenFile(name, os.O_RDWR|syscall.O_NOFOLLOW, 0)
-		if err != nil {
-			continue // removed meanwhile, or a symlink
+		if !strings.HasPrefix(name, "run-") || !strings.HasSuffix(name, ".json") {
+			continue
 		}
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		path := filepath.Join(root.Name(), name)
+		f, err := root.OpenFile(name, os.O_RDWR|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+		if err != nil {
+			continue // removed meanwhile, a symlink, or not ours to open
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			f.Close() // its host is alive
 			continue
 		}
-		var st syscall.Stat_t
-		if err := syscall.Fstat(int(f.Fd()), &st); err != nil || int(st.Uid) != uid || st.Mode&0o077 != 0 || st.Mode&syscall.S_IFMT != syscall.S_IFREG {
-			rep.Refused = append(rep.Refused, name)
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil || int(st.Uid) != uid || st.Mode&0o077 != 0 || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			rep.Refused = append(rep.Refused, path+": not a private file of this user")
+			f.Close()
+			continue
+		}
+		data, err := io.ReadAll(io.LimitReader(f, MaxRunFileSize+1))
+		if st.Size > MaxRunFileSize || len(data) > MaxRunFileSize {
+			rep.Refused = append(rep.Refused, fmt.Sprintf("%s: larger than %d bytes (removed)", path, MaxRunFileSize))
+			root.Remove(name)
 			f.Close()
 			continue
 		}
 		rep.Files++
 		var rf runFile
-		data, _ := readAll(f)
-		if err := json.Unmarshal(data, &rf); err == nil && rf.Token != "" {
+		if err == nil && json.Unmarshal(data, &rf) == nil && rf.Token != "" {
 			for _, e := range rf.Groups {
 				if why := checkGroup(e, rf.Token); why != "" {
 					rep.Spared = append(rep.Spared, fmt.Sprintf("pgid %d: %s", e.PGID, why))
 					continue
 				}
-				if err := syscall.Kill(-e.PGID, syscall.SIGKILL); err == nil {
+				if err := unix.Kill(-e.PGID, unix.SIGKILL); err == nil {
 					rep.Killed = append(rep.Killed, e.PGID)
 				}
 			}
 		}
-		os.Remove(name)
+		root.Remove(name)
 		f.Close()
 	}
 	return rep, nil
-}
-
-func readAll(f *os.File) ([]byte, error) {
-	var buf bytes.Buffer
-	_, err := buf.ReadFrom(f)
-	return buf.Bytes(), err
 }
 
 // checkGroup returns why a recorded group must be left alone, or "".
@@ -253,56 +333,146 @@ func checkGroup(e runEntry, token string) string {
 	if start != e.Start {
 		return "start time differs (pid reused)"
 	}
-	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", e.PGID))
+	p, err := procfs.NewProc(e.PGID)
+	if err != nil {
+		return "gone"
+	}
+	env, err := p.Environ()
 	if err != nil {
 		return "environment unreadable"
 	}
-	if !bytes.Contains(append([]byte{0}, env...), []byte("\x00"+EnvRunToken+"="+token+"\x00")) {
+	if !slices.Contains(env, EnvRunToken+"="+token) {
 		return "run token differs"
 	}
 	return ""
 }
 
-// processStartTime reads field 22 of /proc/<pid>/stat.
+// processStartTime returns the start time of a process, in clock ticks
+// since boot (field 22 of /proc/<pid>/stat).
 func processStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0, err
 	}
-	// The command name (field 2) may hold spaces and parentheses: fields
-	// are counted after its closing parenthesis.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	st, err := p.Stat()
+	if err != nil {
+		return 0, err
 	}
-	fields := strings.Fields(string(b[i+1:]))
-	if len(fields) < 20 {
-		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
-	}
-	return strconv.ParseUint(fields[19], 10, 64)
+	return st.Starttime, nil
 }
 
-// ensurePrivateDir creates dir (0700) if needed and checks that it is a
-// directory owned by this user, not a symlink, and not open to others.
-func ensurePrivateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("subproc: registry dir: %w", err)
-	}
-	st, err := os.Lstat(dir)
+// openPrivateDir opens dir as a root, creating what is missing of it.
+// dir, and the directories created for it (for the default directory:
+// snakepit-<uid> or snakepit too), must be directories, not symlinks,
+// owned by this user; they are made 0700. The directories above them must
+// be owned by root or this user and, when others may write to them, be
+// sticky (checkAncestors).
+func openPrivateDir(dir string) (*os.Root, error) {
+	dir, err := filepath.Abs(dir)
 	if err != nil {
-		return fmt.Errorf("subproc: registry dir: %w", err)
+		return nil, fmt.Errorf("subproc: registry dir: %w", err)
+	}
+	base, own := filepath.Dir(dir), []string{filepath.Base(dir)}
+	if def := DefaultRegistryDir(); filepath.Clean(def) == dir {
+		// snakepit-<uid>/runs or snakepit/runs: both components are ours.
+		base, own = filepath.Dir(base), []string{filepath.Base(base), own[0]}
+	}
+	for {
+		if _, err := os.Lstat(base); err == nil || filepath.Dir(base) == base {
+			break
+		}
+		base, own = filepath.Dir(base), append([]string{filepath.Base(base)}, own...)
+	}
+	realBase, err := filepath.EvalSymlinks(base)
+	if err != nil {
+		return nil, fmt.Errorf("subproc: registry dir: %w", err)
+	}
+	if err := checkAncestors(realBase); err != nil {
+		return nil, err
+	}
+	root, err := os.OpenRoot(realBase)
+	if err != nil {
+		return nil, fmt.Errorf("subproc: registry dir: %w", err)
+	}
+	uid := os.Getuid()
+	for _, name := range own {
+		sub, err := openPrivateSubdir(root, name, uid)
+		root.Close()
+		if err != nil {
+			return nil, err
+		}
+		root = sub
+	}
+	return root, nil
+}
+
+// openPrivateSubdir creates name in root if needed, checks that it is a
+// directory owned by uid (not a symlink), makes it 0700 and opens it.
+func openPrivateSubdir(root *os.Root, name string, uid int) (*os.Root, error) {
+	path := filepath.Join(root.Name(), name)
+	if err := root.Mkdir(name, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("subproc: registry dir: %w", err)
+	}
+	st, err := root.Lstat(name)
+	if err != nil {
+		return nil, fmt.Errorf("subproc: registry dir: %w", err)
 	}
 	if st.Mode()&fs.ModeSymlink != 0 || !st.IsDir() {
-		return fmt.Errorf("subproc: registry dir %s is not a directory", dir)
+		return nil, fmt.Errorf("subproc: registry dir %s is not a directory", path)
 	}
-	sys, ok := st.Sys().(*syscall.Stat_t)
-	if !ok || int(sys.Uid) != os.Getuid() {
-		return fmt.Errorf("subproc: registry dir %s is not owned by this user", dir)
+	sub, err := root.OpenRoot(name)
+	if err != nil {
+		return nil, fmt.Errorf("subproc: registry dir: %w", err)
 	}
-	if st.Mode().Perm()&0o077 != 0 {
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return fmt.Errorf("subproc: registry dir %s is open to other users: %w", dir, err)
+	// Check what was opened, not the name: it cannot change under us.
+	d, err := sub.Open(".")
+	if err != nil {
+		sub.Close()
+		return nil, fmt.Errorf("subproc: registry dir: %w", err)
+	}
+	defer d.Close()
+	var fst unix.Stat_t
+	if err := unix.Fstat(int(d.Fd()), &fst); err != nil {
+		sub.Close()
+		return nil, fmt.Errorf("subproc: registry dir: %w", &fs.PathError{Op: "fstat", Path: path, Err: err})
+	}
+	if fst.Mode&unix.S_IFMT != unix.S_IFDIR {
+		sub.Close()
+		return nil, fmt.Errorf("subproc: registry dir %s is not a directory", path)
+	}
+	if int(fst.Uid) != uid {
+		sub.Close()
+		return nil, fmt.Errorf("subproc: registry dir %s is not owned by this user (uid %d)", path, fst.Uid)
+	}
+	if fst.Mode&0o077 != 0 {
+		if err := unix.Fchmod(int(d.Fd()), 0o700); err != nil {
+			sub.Close()
+			return nil, fmt.Errorf("subproc: registry dir %s is open to other users: %w", path, err)
 		}
 	}
-	return nil
+	return sub, nil
+}
+
+// checkAncestors checks dir and every directory above it: each must be
+// owned by root or this user and, if others may write to it, be sticky, so
+// that no other user can replace what lies below.
+func checkAncestors(dir string) error {
+	uid := uint32(os.Getuid())
+	for p := dir; ; p = filepath.Dir(p) {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return fmt.Errorf("subproc: registry dir: %w", &fs.PathError{Op: "lstat", Path: p, Err: err})
+		}
+		switch {
+		case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+			return fmt.Errorf("subproc: registry dir %s is not a directory", p)
+		case st.Uid != 0 && st.Uid != uid:
+			return fmt.Errorf("subproc: registry dir %s is owned by another user (uid %d)", p, st.Uid)
+		case st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0:
+			return fmt.Errorf("subproc: registry dir %s is writable by others and not sticky", p)
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
 }

@@ -101,7 +101,7 @@ type Config struct {
 	// imports python/dist, python3 on PATH).
 	Python string
 	// Command, when set, replaces the interpreter invocation: the child runs
-	// Command followed by "-m snakepit._process <module> <flags>". Use it to
+	// Command followed by "-P -m snakepit._process <module> <flags>". Use it to
 	// wrap the interpreter ("nice", "-n", "10", "python3").
 	Command []string
 	// Env is extra environment for the child ("KEY=value"). The child does
@@ -329,7 +329,12 @@ func command(cfg Config, log *slog.Logger) ([]string, error) {
 		}
 		prefix = []string{exe}
 	}
-	argv := append(append([]string(nil), prefix...), "-m", "snakepit._process", cfg.Module,
+	// -P (Python 3.11+): the host's working directory is not put in front
+	// of sys.path, so a stray argparse.py or json.py there is never
+	// imported. PYTHONPATH (the snakepit package and Config.Paths) keeps
+	// working, unlike with -I, and programs the worker runs are unaffected,
+	// unlike with PYTHONSAFEPATH in the environment.
+	argv := append(append([]string(nil), prefix...), "-P", "-m", "snakepit._process", cfg.Module,
 		"--worker-id", cfg.ID, "--log-level", strconv.Itoa(python.PythonLevel(log)),
 		"--max-frame", strconv.Itoa(cfg.MaxFrame), "--spin-us", strconv.Itoa(int(cfg.Spin/time.Microsecond)))
 	return argv, nil
@@ -346,7 +351,13 @@ func childEnv(cfg Config, pkg, token string) []string {
 			env = append(env, kv)
 		}
 	}
-	paths := append([]string{pkg}, cfg.Paths...)
+	// An empty entry would mean the working directory on sys.path.
+	paths := []string{pkg}
+	for _, p := range cfg.Paths {
+		if p != "" {
+			paths = append(paths, p)
+		}
+	}
 	env = append(env,
 		"PYTHONPATH="+strings.Join(paths, string(filepath.ListSeparator)),
 		"PYTHONUNBUFFERED=1",

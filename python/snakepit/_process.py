@@ -11,9 +11,30 @@ dispatcher the thread profile uses. When the lifeline reaches end of file
 whatever its handlers started dies with it; SIGTERM (also the host's
 parent-death signal, and the host's second stop step) does the same. SIGUSR1
 from the host interrupts the running call with snakepit.Cancelled.
+
+What the worker starts does not escape it, and does not inherit its
+plumbing:
+
+* At start, every descriptor above 4 (whatever the host left open without
+  close-on-exec) is closed, and fds 3 and 4 are marked close-on-exec, so
+  programs the handlers run (os.system, subprocess) hold neither the
+  host's socket nor the lifeline.
+* On Linux the worker is a child subreaper (PR_SET_CHILD_SUBREAPER):
+  descendants whose parent exits are re-parented to it, even those that
+  left its process group with setsid(). However the worker ends (lifeline
+  end of file, SIGTERM, SHUTDOWN, a failed start), it SIGKILLs every
+  descendant it can find and reaps them. Only SIGKILL of the worker itself
+  escapes this (its process group is then killed by the host). Adopted
+  orphans that exit are reaped when the next frame arrives (children a
+  live subprocess or multiprocessing Popen owns are left to it).
+* A process forked from the worker (multiprocessing's fork context) gets
+  the default SIGTERM, SIGUSR1 and SIGCHLD dispositions back, has
+  /dev/null on fds 3 and 4, and runs no lifeline watcher: terminating it
+  ends only it.
 """
 
 import argparse
+import errno
 import faulthandler
 import marshal
 import os
@@ -38,6 +59,241 @@ LIFELINE_FD = 4
 
 # Set to False by code that must outlive its host (tests of orphan cleanup).
 LIFELINE_ENABLED = True
+
+PR_SET_CHILD_SUBREAPER = 36
+
+# The pid of the worker process, set by main(). Processes forked from the
+# worker see another pid and leave the worker's duties alone.
+_worker_pid = None
+
+
+def _close_inherited_fds():
+    """Close every descriptor above the lifeline and keep fds 3 and 4 from
+    reaching programs this worker runs."""
+    try:
+        top = max(int(n) for n in os.listdir("/proc/self/fd")) + 1
+    except (OSError, ValueError):
+        top = min(os.sysconf("SC_OPEN_MAX"), 1 << 16)
+    if top > LIFELINE_FD + 1:
+        os.closerange(LIFELINE_FD + 1, top)
+    for fd in (SOCK_FD, LIFELINE_FD):
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            pass
+
+
+def _become_subreaper():
+    """Ask Linux to re-parent orphaned descendants to this process, so that
+    one which left the process group (setsid) can still be found. Best
+    effort: False where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except Exception:
+        return False
+
+
+def _live_descendants():
+    """Pids of the live (not zombie) descendants of this process, from /proc."""
+    kids = {}
+    state = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                data = f.read()
+            fields = data[data.rindex(b")") + 2:].split()
+            pid, ppid = int(name), int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(pid)
+        state[pid] = fields[0]
+    out, stack = [], [os.getpid()]
+    while stack:
+        for pid in kids.get(stack.pop(), ()):
+            stack.append(pid)
+            if state.get(pid) != b"Z":
+                out.append(pid)
+    return out
+
+
+def _reap():
+    """Collect every child that has exited; True if none is left."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        except OSError as e:
+            return e.errno == errno.ECHILD
+        if pid == 0:
+            return False
+
+
+# Set by the SIGCHLD handler: a child (perhaps an adopted orphan) exited.
+_child_exited = False
+
+
+def _on_sigchld(signum, frame):
+    global _child_exited
+    _child_exited = True
+
+
+def _children():
+    """Pids of this process's children, from /proc (each thread's children
+    list where the kernel has one, else a scan of every process)."""
+    pids = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open("/proc/self/task/%s/children" % tid, "rb") as f:
+                pids.extend(int(p) for p in f.read().split())
+        return pids
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError):
+        return []
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                data = f.read()
+            if int(data[data.rindex(b")") + 2:].split()[1]) == me:
+                pids.append(int(name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
+def _waited_for():
+    """Pids that a live Popen object (subprocess, multiprocessing) will
+    wait for."""
+    import gc
+    pids = set()
+    for mod, name in (("subprocess", "Popen"), ("multiprocessing.popen_fork", "Popen")):
+        m = sys.modules.get(mod)
+        cls = getattr(m, name, None) if m is not None else None
+        if cls is None:
+            continue
+        classes, stack = set(), [cls]
+        while stack:
+            c = stack.pop()
+            if c not in classes:
+                classes.add(c)
+                stack.extend(c.__subclasses__())
+        for c in classes:
+            for o in gc.get_referrers(c):
+                if type(o) is c:
+                    pid = getattr(o, "pid", None)
+                    if isinstance(pid, int):
+                        pids.add(pid)
+    return pids
+
+
+def _reap_adopted():
+    """Reap exited children that nothing in the worker will wait for.
+
+    As a subreaper the worker inherits the orphans of its descendants
+    (what "cmd &" in os.system leaves, daemons): without this they would
+    stay zombies for the worker's life. Children that a live Popen object
+    (subprocess, multiprocessing) owns are left to it, so their exit status
+    is not taken from it."""
+    global _child_exited
+    _child_exited = False
+    zombies = []
+    for pid in _children():
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                data = f.read()
+            if data[data.rindex(b")") + 2:data.rindex(b")") + 3] == b"Z":
+                zombies.append(pid)
+        except (OSError, ValueError):
+            pass
+    if not zombies:
+        return
+    owned = _waited_for()
+    for pid in zombies:
+        if pid not in owned:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except OSError:
+                pass
+
+
+def _end_descendants(limit_s=2.0):
+    """SIGKILL every descendant of the worker and reap its children, until
+    none is left or limit_s has passed (a descendant may fork meanwhile)."""
+    if _worker_pid is None or os.getpid() != _worker_pid:
+        return
+    deadline = time.monotonic() + limit_s
+    while True:
+        live = _live_descendants()
+        for pid in live:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        none_left = _reap()
+        if (not live and none_left) or time.monotonic() > deadline:
+            return
+        time.sleep(0.002)  # the killed ones are exiting
+
+
+# Signals whose worker handlers a forked process must not run.
+_FORK_SIGNALS = frozenset((signal.SIGTERM, signal.SIGUSR1, signal.SIGCHLD))
+
+# Signal mask of each thread that is forking, restored after the fork.
+_fork_masks = {}
+
+
+def _before_fork():
+    """Block the worker's signals while forking: a SIGTERM that reaches the
+    new process before its handlers are reset stays pending (instead of
+    being caught by the worker's handler and dropped when Python reinitialises
+    its signal state in the child) and takes effect once they are."""
+    if os.getpid() == _worker_pid:
+        _fork_masks[threading.get_ident()] = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_SIGNALS)
+
+
+def _after_fork_in_parent():
+    old = _fork_masks.pop(threading.get_ident(), None)
+    if old is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _after_fork_in_child():
+    """A process forked from the worker is not the worker: give it the
+    default signal dispositions and take the host's descriptors away."""
+    old = _fork_masks.pop(threading.get_ident(), None)
+    _fork_masks.clear()
+    for sig in _FORK_SIGNALS:
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        null = -1
+    if null >= 0:
+        for fd in (SOCK_FD, LIFELINE_FD):
+            try:
+                os.dup2(null, fd, inheritable=False)
+            except OSError:
+                pass
+        os.close(null)
+    if old is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _Conn:
@@ -92,9 +348,17 @@ class _Conn:
         self.sock.sendall(_HEADER.pack(len(payload), typ, rid) + payload)
 
 
-def _kill_group(*_):
-    """End this worker and everything it started (its process group)."""
+def _kill_group(signum=None, frame=None):
+    """End this worker and everything it started (its descendants, then its
+    process group)."""
+    if _worker_pid is not None and os.getpid() != _worker_pid:
+        # A forked process that kept the handler: behave as the default.
+        if signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        return
     try:
+        _end_descendants(0.5)
         os.killpg(os.getpgrp(), signal.SIGKILL)
     finally:
         os._exit(70)
@@ -102,7 +366,7 @@ def _kill_group(*_):
 
 def _watch_lifeline():
     # Signals are for the main thread (it runs the handlers).
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
     try:
         while os.read(LIFELINE_FD, 1):
             pass
@@ -131,6 +395,16 @@ def main(argv=None):
     p.add_argument("--spin-us", type=int, default=0)
     args = p.parse_args(argv)
 
+    global _worker_pid
+    _worker_pid = os.getpid()
+    _close_inherited_fds()
+    if _become_subreaper():
+        signal.signal(signal.SIGCHLD, _on_sigchld)
+        # Restart system calls a child's exit interrupts: C extensions that
+        # do not retry on EINTR never see it.
+        signal.siginterrupt(signal.SIGCHLD, False)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
     faulthandler.enable()  # a crash prints the Python stack on stderr
     signal.signal(signal.SIGTERM, _kill_group)
     threading.Thread(target=_watch_lifeline, name="snakepit-lifeline", daemon=True).start()
@@ -157,6 +431,10 @@ def main(argv=None):
     in_call = [False, False]
 
     def on_cancel(signum, frame):
+        if os.getpid() != _worker_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if in_call[0] and not in_call[1]:
             in_call[1] = True
             d.cancel()
@@ -188,6 +466,8 @@ def main(argv=None):
                 _kill_group()
             return 0
         typ, rid, payload = frame
+        if _child_exited:
+            _reap_adopted()
         if typ == PING:
             conn.send(PONG, rid, b"")
             continue
@@ -209,5 +489,13 @@ def main(argv=None):
         conn.send(REPLY, rid, _encode_reply(reply, args.max_frame))
 
 
+def run(argv=None):
+    """main(), then end whatever the worker started: the exit status."""
+    try:
+        return main(argv)
+    finally:
+        _end_descendants()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -52,30 +52,35 @@ class NotSerializable(Exception):
 
 
 def to_wire(v, depth):
-    """Return v with documented conversions applied, recursively."""
-    import dataclasses
-    import datetime
-    import decimal
-    import enum
-    import os
-    import uuid
+    """Return v with documented conversions applied, recursively.
 
-    if depth > MAX_DEPTH:
-        raise NotSerializable("nested more than %d levels deep" % MAX_DEPTH)
+    The carried types return at once; other values go to _convert, which
+    looks up the modules that could have made them in sys.modules (a value
+    of a module's type cannot exist before the module is loaded), so no
+    import runs here and nothing is imported on a value's behalf."""
     t = type(v)
     if t in _SIMPLE:
         return v
+    if depth > MAX_DEPTH:
+        raise NotSerializable("nested more than %d levels deep" % MAX_DEPTH)
     if t is list or t is tuple:
-        items = [to_wire(x, depth + 1) for x in v]
+        items = [x if type(x) in _SIMPLE else to_wire(x, depth + 1) for x in v]
         if all(a is b for a, b in zip(items, v)):
             return v
         return t(items)
     if t is dict:
-        out = {k: to_wire(x, depth + 1) for k, x in v.items()}
+        out = {k: x if type(x) in _SIMPLE else to_wire(x, depth + 1) for k, x in v.items()}
         if all(out[k] is x for k, x in v.items()):
             return v
         return out
-    if isinstance(v, enum.Enum):
+    return _convert(v, t, depth)
+
+
+def _convert(v, t, depth):
+    """The documented conversions of a value that is not of a carried type."""
+    mods = _modules
+    enum = mods.get("enum")
+    if enum is not None and isinstance(v, enum.Enum):
         return to_wire(v.value, depth + 1)
     if isinstance(v, bool):
         return bool(v)
@@ -98,15 +103,20 @@ def to_wire(v, depth):
         except TypeError:
             pass
         return items
-    if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
-        return v.isoformat()
-    if isinstance(v, datetime.timedelta):
-        return v.total_seconds()
-    if isinstance(v, (decimal.Decimal, uuid.UUID)):
-        return str(v)
-    if isinstance(v, os.PathLike):
-        return os.fspath(v)
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+    datetime = mods.get("datetime")
+    if datetime is not None:
+        if isinstance(v, (datetime.datetime, datetime.date, datetime.time)):
+            return v.isoformat()
+        if isinstance(v, datetime.timedelta):
+            return v.total_seconds()
+    for name, cls in (("decimal", "Decimal"), ("uuid", "UUID")):
+        m = mods.get(name)
+        if m is not None and isinstance(v, getattr(m, cls)):
+            return str(v)
+    if hasattr(t, "__fspath__"):  # os.PathLike
+        return mods["os"].fspath(v)
+    dataclasses = mods.get("dataclasses")
+    if dataclasses is not None and dataclasses.is_dataclass(v):  # v is no class: t is not type
         return to_wire(dataclasses.asdict(v), depth + 1)
     tolist = getattr(v, "tolist", None)  # numpy arrays and scalars
     if callable(tolist):

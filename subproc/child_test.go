@@ -1,0 +1,323 @@
+package subproc_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/subproc"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// childAdapter reports what the worker process sees of its own plumbing.
+const childAdapter = `
+import os
+import subprocess
+import sys
+import tempfile
+
+import snakepit
+
+
+def _targets(pid):
+    d = "/proc/%s/fd" % pid
+    out = {}
+    for name in os.listdir(d):
+        try:
+            out[name] = os.readlink(os.path.join(d, name))
+        except OSError:
+            pass
+    return out
+
+
+@snakepit.command
+def descriptors():
+    """The worker's open descriptors, and those of a shell it runs."""
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "fds")
+        rc = os.system("for f in /proc/$$/fd/*; do readlink $f || true; done > " + out)
+        with open(out) as f:
+            shell = f.read().split()
+    return {"worker": _targets("self"), "shell": shell, "rc": rc}
+
+
+@snakepit.command
+def pool_map(n):
+    """multiprocessing.Pool with fork: leaving the with block terminates
+    the pool's processes with SIGTERM."""
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(2) as p:
+        return p.map(abs, range(-n, 0))
+
+
+@snakepit.command
+def pid():
+    return os.getpid()
+
+
+@snakepit.command
+def paths():
+    import json
+    return {"sys_path": sys.path, "cwd": os.getcwd(), "json": json.__file__,
+            "argparse": sys.modules["argparse"].__file__}
+
+
+@snakepit.command
+def background():
+    """What os.system("job &") does: the shell exits and the job, orphaned,
+    is adopted by the worker; return the job's pid."""
+    out = subprocess.run(["sh", "-c", "sleep 0.1 >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out)
+
+
+_kept = []
+
+
+@snakepit.command
+def start_child(code):
+    """Start a child the handler will wait for later."""
+    p = subprocess.Popen(["sh", "-c", "exit %d" % code])
+    _kept.append(p)
+    return p.pid
+
+
+@snakepit.command
+def wait_child():
+    return _kept.pop().wait()
+
+
+@snakepit.command
+def escape():
+    """Start a process in a new session, and one orphaned in a new session
+    (its parent exits at once); return both pids."""
+    direct = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    code = ("import subprocess, sys; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+            "print(p.pid)")
+    orphan = int(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True).stdout)
+    return [direct.pid, orphan]
+`
+
+func startChild(t *testing.T, extraPaths ...string) *subproc.Worker {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "child_adapter.py"), []byte(childAdapter), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := subproc.Start(context.Background(), subproc.Config{
+		Module: "child_adapter", Paths: append([]string{dir}, extraPaths...), Python: pythonExe(t), Registry: testRegistry(t),
+		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close(context.Background()) })
+	return w
+}
+
+func call(t *testing.T, w *subproc.Worker, command string, args map[string]any, out any) {
+	t.Helper()
+	var raw []byte
+	if args != nil {
+		var err error
+		if raw, err = pymarshal.Marshal(args); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	resp, err := w.Call(ctx, &worker.Request{Command: command, Args: raw})
+	if err != nil {
+		t.Fatalf("%s: %v", command, err)
+	}
+	if err := pymarshal.Unmarshal(resp.Result, out); err != nil {
+		t.Fatalf("%s: %v", command, err)
+	}
+}
+
+// TestChildDescriptors: a descriptor the host opened without close-on-exec
+// does not reach the worker, and a program the worker runs holds neither
+// the host's socket (fd 3) nor the lifeline (fd 4).
+func TestChildDescriptors(t *testing.T) {
+	var p [2]int
+	if err := unix.Pipe(p[:]); err != nil { // no O_CLOEXEC: inherited by exec
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	leaked, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(p[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startChild(t)
+	var got struct {
+		Worker map[string]string
+		Shell  []string
+		RC     int
+	}
+	call(t, w, "descriptors", nil, &got)
+	if got.RC != 0 {
+		t.Fatalf("os.system exit status: got %d, want 0", got.RC)
+	}
+	for fd, target := range got.Worker {
+		if target == leaked {
+			t.Errorf("worker fd %s: got the host's non-close-on-exec pipe %s, want it closed", fd, target)
+		}
+	}
+	sock, life := got.Worker["3"], got.Worker["4"]
+	if !strings.HasPrefix(sock, "socket:") || !strings.HasPrefix(life, "pipe:") {
+		t.Fatalf("worker fds 3 and 4: got %q and %q, want the host socket and the lifeline", sock, life)
+	}
+	for _, target := range got.Shell {
+		if target == sock || target == life || target == leaked {
+			t.Errorf("a shell started by the worker holds %s (worker fd 3 %s, fd 4 %s, host pipe %s), want none of them",
+				target, sock, life, leaked)
+		}
+	}
+}
+
+// TestForkedPoolKeepsWorker: the processes of a fork-context
+// multiprocessing.Pool are terminated with SIGTERM when the pool closes;
+// that ends them, not the worker they were forked from.
+func TestForkedPoolKeepsWorker(t *testing.T) {
+	w := startChild(t)
+	var before, after int
+	call(t, w, "pid", nil, &before)
+	for range 3 {
+		var got []int
+		call(t, w, "pool_map", map[string]any{"n": 4}, &got)
+		if want := []int{4, 3, 2, 1}; !slices.Equal(got, want) {
+			t.Fatalf("pool_map: got %v, want %v", got, want)
+		}
+	}
+	call(t, w, "pid", nil, &after)
+	if after != before {
+		t.Fatalf("worker pid after the pool closed: got %d, want %d", after, before)
+	}
+	if err := w.Err(); err != nil {
+		t.Fatalf("worker after the pool closed: got %v, want alive", err)
+	}
+}
+
+// TestWorkingDirectoryNotOnPath: modules in the host's working directory
+// shadow nothing in the worker, and sys.path has no entry for it, even with
+// an empty entry in Config.Paths.
+func TestWorkingDirectoryNotOnPath(t *testing.T) {
+	cwd := t.TempDir()
+	poison := []byte("raise RuntimeError('imported from the host working directory')\n")
+	for _, name := range []string{"argparse.py", "json.py", "snakepit_probe.py"} {
+		if err := os.WriteFile(filepath.Join(cwd, name), poison, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Chdir(cwd)
+	w := startChild(t, "")
+	var got struct {
+		SysPath  []string `json:"sys_path"`
+		Cwd      string
+		JSON     string
+		Argparse string
+	}
+	call(t, w, "paths", nil, &got)
+	if got.Cwd != cwd {
+		t.Fatalf("worker working directory: got %q, want %q", got.Cwd, cwd)
+	}
+	for _, p := range got.SysPath {
+		if p == "" || p == "." || filepath.Clean(p) == cwd {
+			t.Errorf("sys.path entry %q: got the working directory on sys.path %v, want it absent", p, got.SysPath)
+		}
+	}
+	for _, f := range []string{got.JSON, got.Argparse} {
+		if filepath.Dir(f) == cwd {
+			t.Errorf("module file: got %s, want the standard library's", f)
+		}
+	}
+}
+
+// procState returns the state letter of a process ("Z" for a zombie), or
+// "" once it is gone.
+func procState(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return ""
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || len(b) < i+3 {
+		return ""
+	}
+	return string(b[i+2])
+}
+
+// waitState waits until pid is in state (a zombie: "Z").
+func waitState(t *testing.T, pid int, state string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for procState(pid) != state {
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d: got state %q, want %q", pid, procState(pid), state)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestAdoptedOrphansReaped: orphans the worker adopts as a subreaper are
+// reaped once they exit, while a child that a handler's Popen owns keeps
+// its exit status for the handler.
+func TestAdoptedOrphansReaped(t *testing.T) {
+	w := startChild(t)
+	var owned, orphan, status, pid int
+	call(t, w, "start_child", map[string]any{"code": 7}, &owned)
+	call(t, w, "background", nil, &orphan)
+	waitState(t, owned, "Z")
+	waitState(t, orphan, "Z")
+	call(t, w, "pid", nil, &pid)
+	if st := procState(orphan); st != "" {
+		t.Fatalf("adopted orphan %d after the next call: got state %q, want reaped", orphan, st)
+	}
+	call(t, w, "wait_child", nil, &status)
+	if status != 7 {
+		t.Fatalf("exit status of the handler's own child: got %d, want 7", status)
+	}
+}
+
+// TestSetsidDescendantsEndWithWorker: processes the worker started that
+// left its process group with setsid(), one of them orphaned, end when the
+// worker is closed.
+func TestSetsidDescendantsEndWithWorker(t *testing.T) {
+	w := startChild(t)
+	var pids []int
+	call(t, w, "escape", nil, &pids)
+	if len(pids) != 2 {
+		t.Fatalf("escape: got %v, want two pids", pids)
+	}
+	t.Cleanup(func() {
+		for _, pid := range pids {
+			if alive(pid) {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+	})
+	for _, pid := range pids {
+		if !alive(pid) {
+			t.Fatalf("pid %d: got gone before Close, want running", pid)
+		}
+		if pgid, _ := unix.Getpgid(pid); pgid == w.PID() {
+			t.Fatalf("pid %d: got in the worker's process group, want its own session", pid)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w.Close(ctx)
+	waitGone(t, pids, 10*time.Second)
+}
