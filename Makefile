@@ -5,7 +5,7 @@ BENCHTIME ?= 2s
 PY311_LIB ?= /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0
 PY311_EXE ?= /usr/bin/python3.11
 
-.PHONY: test lint fuzz soak bench bench-quick bench-go bench-311 docker
+.PHONY: test lint fuzz soak chaos bench bench-quick bench-go bench-311 docker
 
 # Vet, the cgo rule, the race detector (which also enables -d=checkptr over
 # the cgo package), and the whole suite: real Python, hermetic 3.14 in
@@ -26,6 +26,14 @@ lint:
 SOAK ?= 5m
 soak:
 	$(GO) run ./soak -duration $(SOAK)
+
+# The randomized tests at length (make test runs a share of each): the
+# pool over scripted workers in virtual time, CHAOS_SEEDS runs of 300 steps,
+# and the process profile against the fault-injecting child, 600 steps.
+CHAOS_SEEDS ?= 20000
+chaos:
+	$(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' ./pool/ -chaos.seeds=$(CHAOS_SEEDS) -chaos.steps=300
+	SNAKEPIT_CHAOS=1 $(GO) test -race -count=1 -timeout 30m -run '^TestChaos$$' ./subproc/
 
 # Every fuzz target, FUZZTIME each.
 fuzz:

@@ -18,7 +18,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -26,6 +25,7 @@ import (
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/worker"
+	"golang.org/x/sys/unix"
 )
 
 // outBufSize is the per-thread buffer results are marshalled into; larger
@@ -143,7 +143,7 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 		in.rt.live.Add(1)
 		defer in.rt.live.Add(-1) // the thread ends with this goroutine
 	}
-	tid := syscall.Gettid()
+	tid := unix.Gettid()
 	in.rt.homes.Store(tid, in)
 	defer in.rt.homes.Delete(tid)
 	in.hbuf = (*C.char)(C.malloc(outBufSize))
@@ -527,7 +527,7 @@ func walkIdleThreads(ctx context.Context, pending func() int, depth int) (done b
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
 			C.spk_sweep_thread()
-			swept <- syscall.Gettid()
+			swept <- unix.Gettid()
 			<-release // hold this thread: the next probe runs on another
 		}()
 		var tid int
@@ -713,7 +713,7 @@ func (in *Interpreter) Attach() (*Thread, error) {
 		ts:  ts,
 		buf: (*C.char)(C.malloc(outBufSize)),
 		res: (*C.spk_result)(C.calloc(1, C.sizeof_spk_result)),
-		tid: syscall.Gettid(),
+		tid: unix.Gettid(),
 	}, nil
 }
 
@@ -764,7 +764,7 @@ func (t *Thread) Close() {
 	if t.closed {
 		return
 	}
-	if tid := syscall.Gettid(); tid != t.tid {
+	if tid := unix.Gettid(); tid != t.tid {
 		panic(fmt.Sprintf("embed: Thread attached on OS thread %d closed from OS thread %d", t.tid, tid))
 	}
 	t.closed = true

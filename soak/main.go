@@ -32,7 +32,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -40,6 +39,7 @@ import (
 	_ "github.com/snakepit-go/snakepit/python/dist"
 	"github.com/snakepit-go/snakepit/subproc"
 	"github.com/snakepit-go/snakepit/worker"
+	"golang.org/x/sys/unix"
 )
 
 //go:embed soak_adapter.py
@@ -232,7 +232,7 @@ func runPhase(dir, name string, profile pool.Profile, storm bool, maxCalls int, 
 		// Kill random workers from outside as well.
 		every(&wg, stop, 300*time.Millisecond, func() {
 			if kids := children(); len(kids) > 0 {
-				syscall.Kill(kids[rand.IntN(len(kids))], syscall.SIGKILL)
+				unix.Kill(kids[rand.IntN(len(kids))], unix.SIGKILL)
 				atomic.AddInt64(&s.WorkersKilled, 1)
 			}
 		})

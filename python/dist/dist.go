@@ -38,12 +38,12 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 
 	embedpython "github.com/kluctl/go-embed-python/python"
 
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/python/locate"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -151,8 +151,8 @@ func lockFile(path string) (func(), error) {
 		return nil, fmt.Errorf("dist: lock: %w", err)
 	}
 	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if !errors.Is(err, syscall.EINTR) {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
 			break
 		}
 	}
@@ -161,7 +161,7 @@ func lockFile(path string) (func(), error) {
 		return nil, fmt.Errorf("dist: lock %s: %w", path, err)
 	}
 	return func() {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
 		f.Close()
 	}, nil
 }
