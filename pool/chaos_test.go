@@ -68,16 +68,17 @@ type harness struct {
 	t   *testing.T
 	rng *rand.Rand // the driver's only
 
-	mu         sync.Mutex // guards the fields below
-	workers    []*chaosWorker
-	runs       map[string]int                  // correlation id -> handler runs
-	strictRuns map[string]map[*chaosWorker]int // strict session -> workers running it
-	failStarts bool                            // start-ups fail (a crash loop)
-	startFail  float64                         // else they fail with this probability
-	closeCtx   context.Context                 // Close's context, once Close begins
-	violations []string
-	outcomes   map[string]int // error class -> count
-	memHigh    map[*chaosWorker]bool
+	mu          sync.Mutex // guards the fields below
+	workers     []*chaosWorker
+	runs        map[string]int                  // correlation id -> handler runs
+	strictRuns  map[string]map[*chaosWorker]int // strict session -> workers running it
+	failStarts  bool                            // start-ups fail (a crash loop)
+	startFail   float64                         // else they fail with this probability
+	closeCtx    context.Context                 // Close's context, once Close begins
+	violations  []string
+	outcomes    map[string]int // error class -> count
+	memHigh     map[*chaosWorker]bool
+	endSessions int // Session.Close calls (not counted in Stats)
 }
 
 // closeHard reports whether Close's context ended: then Close may cut
@@ -475,6 +476,9 @@ func (h *harness) classify(c chaosCall, cid string, err error) {
 	}
 	h.mu.Lock()
 	h.outcomes[class]++
+	if c.kind == "endsession" {
+		h.endSessions++
+	}
 	h.mu.Unlock()
 }
 
@@ -694,6 +698,15 @@ func runChaos(t *testing.T, seed uint64, steps int) {
 	h.mu.Unlock()
 	if total != seq {
 		t.Errorf("seed %d: %d outcomes for %d calls", seed, total, seq)
+	}
+	// Every call and stream is counted once as succeeded or failed, and a
+	// retried one once more for its first attempt.
+	st := p.Stats()
+	if got, want := st.Calls+st.Failed, int64(seq-h.endSessions+1)+st.Retries; got != want { // +1: the call after Close
+		t.Errorf("seed %d: Stats counts %d calls + %d failed, want %d (%d calls and one after Close, %d session closes, %d retries)", seed, st.Calls, st.Failed, want, seq, h.endSessions, st.Retries)
+	}
+	if st.Workers != 0 || st.Idle != 0 || st.Busy != 0 || st.Waiting != 0 || st.Healthy {
+		t.Errorf("seed %d: Stats after Close: %+v, want no workers, none waiting, not healthy", seed, st)
 	}
 	if testing.Verbose() {
 		t.Logf("seed %d: %d calls, outcomes %v, %d workers started", seed, seq, h.outcomes, len(h.workers))
