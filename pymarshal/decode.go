@@ -61,21 +61,23 @@ var unsupportedNames = map[byte]string{
 //
 // What decoding may allocate is bounded by the input's size: at most
 // [DecodeBudget](len(data)) bytes of Go values (an estimate that counts
-// slots, boxed values, maps and back-reference tables). A one-byte None
-// costs a 16-byte slot in a []any, so a frame of Nones could otherwise grow
-// sixteenfold or more; input whose value would exceed the budget is refused
-// with [ErrTooLarge] before the allocation that would cross it. Use
-// [DecodeLimit] for another bound.
+// slots, boxed values, maps and back-reference tables), which is above what
+// ordinary data needs and below what input built to expand needs (one-byte
+// values each with a back-reference entry, empty containers: 40 to 80 bytes
+// per input byte). Such input is refused with [ErrTooLarge] before the
+// allocation that would cross the bound. Use [DecodeLimit] for another
+// bound — a tighter one where the input's shape is known.
 func Decode(data []byte) (any, error) {
 	return DecodeLimit(data, DecodeBudget(len(data)))
 }
 
 // Budget of [Decode]: BudgetPerByte bytes of decoded Go values per input
-// byte, plus BudgetBase. Values Python writes for ordinary data (numbers,
-// strings, records) cost well under BudgetPerByte per byte; lists of None or
-// bools cost 16, so such lists decode up to a few million elements.
+// byte, plus BudgetBase. Values Python writes for ordinary data cost less
+// per byte: numbers and strings a few bytes, lists of None or bools 16,
+// records (small dicts whose keys marshal shares by back-reference) 20–25
+// — a Go map costs hundreds of bytes where Python writes a dozen.
 const (
-	BudgetPerByte = 8
+	BudgetPerByte = 32
 	BudgetBase    = 64 << 20
 )
 

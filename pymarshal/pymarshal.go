@@ -26,8 +26,10 @@
 // (marshal's FLAG_REF) are resolved; a reference to a container that is still
 // being decoded (a recursive value) is refused. Decoded containers that were
 // shared in Python (one list referenced twice) are shared in Go as well.
-// What decoding allocates is bounded by the input's size ([DecodeBudget]);
-// input that would need more is refused with [ErrTooLarge].
+// What decoding allocates is bounded by the input's size ([DecodeBudget]),
+// and so are the copies [Unmarshal] makes into typed values of what
+// back-references share; input that would need more is refused with
+// [ErrTooLarge].
 //
 // # Go values
 //

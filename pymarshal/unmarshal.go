@@ -27,7 +27,29 @@ func Unmarshal(data []byte, v any) error {
 		*p = src
 		return nil
 	}
-	return Assign(rv.Elem(), src)
+	// Storing into typed values copies what back-references share (a list
+	// referenced a thousand times becomes a thousand slices): the copies
+	// are bounded by the input's size too.
+	a := assigner{budget: DecodeBudget(len(data))}
+	a.limit = a.budget
+	return a.assign(rv.Elem(), src)
+}
+
+// assigner stores decoded values into typed Go values, charging what it
+// allocates to a budget.
+type assigner struct {
+	budget, limit int64
+}
+
+// charge takes n bytes from the budget, or fails.
+func (a *assigner) charge(n int64) error {
+	if n > a.budget {
+		a.budget = -1
+		return &Error{Op: "unmarshal", Offset: -1, Err: ErrTooLarge,
+			Detail: "storing the value needs more than " + strconv.FormatInt(a.limit, 10) + " bytes"}
+	}
+	a.budget -= n
+	return nil
 }
 
 func reflectTypeName(rv reflect.Value) string {
@@ -38,8 +60,14 @@ func reflectTypeName(rv reflect.Value) string {
 }
 
 // Assign stores a decoded value (one of the shapes [Decode] returns) in dst,
-// converting as [Unmarshal] does. dst must be settable.
+// converting as [Unmarshal] does. dst must be settable. Unlike Unmarshal, it
+// does not bound what the copies into dst allocate.
 func Assign(dst reflect.Value, src any) error {
+	a := assigner{budget: math.MaxInt64, limit: math.MaxInt64}
+	return a.assign(dst, src)
+}
+
+func (a *assigner) assign(dst reflect.Value, src any) error {
 	mismatch := func() error {
 		return &Error{Op: "unmarshal", Offset: -1, Err: ErrTypeMismatch,
 			Detail: "cannot store Python " + pyTypeName(src) + " in Go " + dst.Type().String()}
@@ -53,9 +81,12 @@ func Assign(dst reflect.Value, src any) error {
 	}
 	if dst.Kind() == reflect.Pointer {
 		if dst.IsNil() {
+			if err := a.charge(int64(dst.Type().Elem().Size())); err != nil {
+				return err
+			}
 			dst.Set(reflect.New(dst.Type().Elem()))
 		}
-		return Assign(dst.Elem(), src)
+		return a.assign(dst.Elem(), src)
 	}
 	if dst.CanAddr() {
 		if tu, ok := dst.Addr().Interface().(encoding.TextUnmarshaler); ok {
@@ -118,6 +149,9 @@ func Assign(dst reflect.Value, src any) error {
 	case []byte:
 		switch {
 		case dst.Kind() == reflect.Slice && dst.Type().Elem().Kind() == reflect.Uint8:
+			if err := a.charge(int64(len(s))); err != nil {
+				return err
+			}
 			dst.SetBytes(append([]byte(nil), s...))
 		case dst.Kind() == reflect.Array && dst.Type().Elem().Kind() == reflect.Uint8:
 			if dst.Len() != len(s) {
@@ -128,21 +162,24 @@ func Assign(dst reflect.Value, src any) error {
 			return mismatch()
 		}
 	case []any:
-		return assignSeq(dst, s, mismatch)
+		return a.assignSeq(dst, s, mismatch)
 	case map[string]any:
-		return assignMap(dst, s, mismatch)
+		return a.assignMap(dst, s, mismatch)
 	default:
 		return mismatch()
 	}
 	return nil
 }
 
-func assignSeq(dst reflect.Value, s []any, mismatch func() error) error {
+func (a *assigner) assignSeq(dst reflect.Value, s []any, mismatch func() error) error {
 	switch dst.Kind() {
 	case reflect.Slice:
+		if err := a.charge(24 + int64(len(s))*int64(dst.Type().Elem().Size())); err != nil {
+			return err
+		}
 		out := reflect.MakeSlice(dst.Type(), len(s), len(s))
 		for i, el := range s {
-			if err := Assign(out.Index(i), el); err != nil {
+			if err := a.assign(out.Index(i), el); err != nil {
 				return prependPath(err, indexElem(i))
 			}
 		}
@@ -152,7 +189,7 @@ func assignSeq(dst reflect.Value, s []any, mismatch func() error) error {
 			return &Error{Op: "unmarshal", Offset: -1, Err: ErrTypeMismatch, Detail: strconv.Itoa(len(s)) + " items into " + dst.Type().String()}
 		}
 		for i, el := range s {
-			if err := Assign(dst.Index(i), el); err != nil {
+			if err := a.assign(dst.Index(i), el); err != nil {
 				return prependPath(err, indexElem(i))
 			}
 		}
@@ -162,7 +199,7 @@ func assignSeq(dst reflect.Value, s []any, mismatch func() error) error {
 	return nil
 }
 
-func assignMap(dst reflect.Value, m map[string]any, mismatch func() error) error {
+func (a *assigner) assignMap(dst reflect.Value, m map[string]any, mismatch func() error) error {
 	switch dst.Kind() {
 	case reflect.Map:
 		kt := dst.Type().Key()
@@ -170,13 +207,17 @@ func assignMap(dst reflect.Value, m map[string]any, mismatch func() error) error
 		if kt.Kind() != reflect.String && !textKey {
 			return mismatch()
 		}
+		et := dst.Type().Elem()
+		entry := int64(kt.Size()+et.Size()) + 8 // slot and control byte
+		if err := a.charge(costMap + int64(len(m))*entry); err != nil {
+			return err
+		}
 		if dst.IsNil() {
 			dst.Set(reflect.MakeMapWithSize(dst.Type(), len(m)))
 		}
-		et := dst.Type().Elem()
 		for k, v := range m {
 			ev := reflect.New(et).Elem()
-			if err := Assign(ev, v); err != nil {
+			if err := a.assign(ev, v); err != nil {
 				return prependPath(err, keyElem(k))
 			}
 			kv := reflect.New(kt).Elem()
@@ -210,7 +251,7 @@ func assignMap(dst reflect.Value, m map[string]any, mismatch func() error) error
 			if !fv.CanSet() {
 				continue
 			}
-			if err := Assign(fv, v); err != nil {
+			if err := a.assign(fv, v); err != nil {
 				return prependPath(err, "."+f.name)
 			}
 		}

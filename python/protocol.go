@@ -184,7 +184,7 @@ func DecodeReply(b []byte, command, correlationID string) (Reply, error) {
 			return Reply{Payload: b[5:]}, nil
 		}
 	}
-	v, err := pymarshal.Decode(b)
+	v, err := pymarshal.DecodeLimit(b, envelopeBudget(len(b)))
 	if err != nil {
 		return Reply{}, fmt.Errorf("python: malformed dispatcher reply: %w", err)
 	}
@@ -215,12 +215,19 @@ func DecodeReply(b []byte, command, correlationID string) (Reply, error) {
 // DecodeLogs decodes a marshalled list of log records (the reply of the
 // dispatcher's drain_logs; None decodes to no records).
 func DecodeLogs(b []byte) ([]LogRecord, error) {
-	v, err := pymarshal.Decode(b)
+	v, err := pymarshal.DecodeLimit(b, envelopeBudget(len(b)))
 	if err != nil {
 		return nil, fmt.Errorf("python: malformed log records: %w", err)
 	}
 	return decodeLogs(v), nil
 }
+
+// envelopeBudget bounds what decoding a dispatcher reply's envelope (its
+// code, the result as one bytes object, log records) may allocate. The
+// envelope's shape is the dispatcher's, not the handler's: records of
+// strings and ints cost a few bytes per input byte, so a tight bound
+// refuses a reply built to expand in the host.
+func envelopeBudget(n int) int64 { return 8*int64(n) + 1<<20 }
 
 func decodeLogs(v any) []LogRecord {
 	list, _ := v.([]any)
