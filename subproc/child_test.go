@@ -96,6 +96,67 @@ def wait_child():
     return _kept.pop().wait()
 
 
+_raw = []
+
+
+@snakepit.command
+def spawn_raw(kind):
+    """Start a child that exits with 5 through os.posix_spawn or os.fork,
+    for the handler to wait for later with os.waitpid."""
+    if kind == "posix_spawn":
+        pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 5"], os.environ)
+    else:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(5)
+    _raw.append(pid)
+    return pid
+
+
+@snakepit.command
+def wait_raw():
+    try:
+        return os.waitstatus_to_exitcode(os.waitpid(_raw.pop(), 0)[1])
+    except ChildProcessError:
+        return -1
+
+
+@snakepit.command
+def nested_fork():
+    """A child of the worker installs its own SIGTERM handler and forks: the
+    grandchild keeps that handler. Returns what the grandchild saw."""
+    import signal
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGTERM, lambda *a: None)
+        g = os.fork()
+        if g == 0:
+            kept = signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+            os.write(w, b"kept" if kept else b"reset")
+            os._exit(0)
+        os.waitpid(g, 0)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        seen = f.read()
+    os.waitpid(pid, 0)
+    return seen
+
+
+@snakepit.command
+def early():
+    """The descriptor a sitecustomize opened before the worker started, and
+    whether it still refers to its file."""
+    import builtins
+    f = getattr(builtins, "_snakepit_test_early", None)
+    if f is None:
+        return "no sitecustomize"
+    f.write("still mine\n")
+    f.flush()
+    return os.readlink("/proc/self/fd/%d" % f.fileno())
+
+
 @snakepit.command
 def escape():
     """Start a process in a new session, and one orphaned in a new session
@@ -320,4 +381,54 @@ func TestSetsidDescendantsEndWithWorker(t *testing.T) {
 	defer cancel()
 	w.Close(ctx)
 	waitGone(t, pids, 10*time.Second)
+}
+
+// TestOwnChildrenKeepTheirStatus: the reaper of adopted orphans leaves the
+// exit status of children the handler started itself with os.posix_spawn
+// or os.fork to the handler's own waitpid, even across calls.
+func TestOwnChildrenKeepTheirStatus(t *testing.T) {
+	w := startChild(t)
+	for _, kind := range []string{"posix_spawn", "fork"} {
+		var pid, status int
+		call(t, w, "spawn_raw", map[string]any{"kind": kind}, &pid)
+		waitState(t, pid, "Z")
+		call(t, w, "pid", nil, new(int)) // a frame after the exit: the reaper runs
+		call(t, w, "wait_raw", nil, &status)
+		if status != 5 {
+			t.Errorf("%s child: waitpid in the handler got exit code %d, want 5 (-1: its status was taken)", kind, status)
+		}
+	}
+}
+
+// TestNestedForkKeepsHandlers: only processes forked by the worker itself
+// get default signal handling back; a child's own children keep what the
+// child installed.
+func TestNestedForkKeepsHandlers(t *testing.T) {
+	w := startChild(t)
+	var seen string
+	call(t, w, "nested_fork", nil, &seen)
+	if seen != "kept" {
+		t.Fatalf("grandchild's SIGTERM handler: got %q, want kept", seen)
+	}
+}
+
+// TestEarlyDescriptorsKept: a file the worker's own start-up opened before
+// the worker took over (here by a sitecustomize) stays open and its own;
+// only descriptors inherited from the host are closed.
+func TestEarlyDescriptorsKept(t *testing.T) {
+	site := t.TempDir()
+	target := filepath.Join(site, "early.log")
+	code := "import builtins\nbuiltins._snakepit_test_early = open(" + strconv.Quote(target) + ", 'w')\n"
+	if err := os.WriteFile(filepath.Join(site, "sitecustomize.py"), []byte(code), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := startChild(t, site)
+	var got string
+	call(t, w, "early", nil, &got)
+	if got != target {
+		t.Fatalf("sitecustomize's file: its descriptor now refers to %q, want %q", got, target)
+	}
+	if b, _ := os.ReadFile(target); string(b) != "still mine\n" {
+		t.Fatalf("sitecustomize's file holds %q, want the line written through it", b)
+	}
 }

@@ -68,14 +68,24 @@ _worker_pid = None
 
 
 def _close_inherited_fds():
-    """Close every descriptor above the lifeline and keep fds 3 and 4 from
-    reaching programs this worker runs."""
+    """Close the descriptors above the lifeline that the host left
+    inheritable, and keep fds 3 and 4 from reaching programs this worker
+    runs. Descriptors this process opened itself before main() (site
+    hooks, imports) are left alone: Python opens them non-inheritable
+    (PEP 446), and closing one under its file object would let the next
+    open() reuse the number behind its back."""
     try:
-        top = max(int(n) for n in os.listdir("/proc/self/fd")) + 1
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
     except (OSError, ValueError):
-        top = min(os.sysconf("SC_OPEN_MAX"), 1 << 16)
-    if top > LIFELINE_FD + 1:
-        os.closerange(LIFELINE_FD + 1, top)
+        fds = range(LIFELINE_FD + 1, min(os.sysconf("SC_OPEN_MAX"), 1 << 16))
+    for fd in fds:
+        if fd <= LIFELINE_FD:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                os.close(fd)
+        except OSError:
+            pass  # not open (the directory listing's own descriptor)
     for fd in (SOCK_FD, LIFELINE_FD):
         try:
             os.set_inheritable(fd, False)
@@ -175,6 +185,35 @@ def _children():
     return pids
 
 
+# Children the worker started itself through os.fork, os.forkpty or
+# os.posix_spawn(p) (and what uses them: os.spawn*, pty, multiprocessing).
+# Their exit status belongs to the code that started them: the reaper of
+# adopted orphans leaves them alone.
+_own_children = set()
+
+
+def _track_own_children():
+    """Wrap the process-creating functions of os to record the pids they
+    return in the worker."""
+    import functools
+
+    def recording(fn, pid_of):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            r = fn(*args, **kwargs)
+            pid = pid_of(r)
+            if pid and os.getpid() == _worker_pid:
+                _own_children.add(pid)
+            return r
+        return wrapper
+
+    for name, pid_of in (("fork", lambda r: r), ("forkpty", lambda r: r[0]),
+                         ("posix_spawn", lambda r: r), ("posix_spawnp", lambda r: r)):
+        fn = getattr(os, name, None)
+        if fn is not None:
+            setattr(os, name, recording(fn, pid_of))
+
+
 def _waited_for():
     """Pids that a live Popen object (subprocess, multiprocessing) will
     wait for."""
@@ -205,13 +244,15 @@ def _reap_adopted():
 
     As a subreaper the worker inherits the orphans of its descendants
     (what "cmd &" in os.system leaves, daemons): without this they would
-    stay zombies for the worker's life. Children that a live Popen object
-    (subprocess, multiprocessing) owns are left to it, so their exit status
-    is not taken from it."""
+    stay zombies for the worker's life. Children the worker started itself
+    (see _track_own_children) and those a live Popen object (subprocess,
+    multiprocessing) owns are left to whoever waits for them."""
     global _child_exited
     _child_exited = False
     zombies = []
-    for pid in _children():
+    children = _children()
+    _own_children.intersection_update(children)  # the others were waited for
+    for pid in children:
         try:
             with open("/proc/%d/stat" % pid, "rb") as f:
                 data = f.read()
@@ -221,7 +262,7 @@ def _reap_adopted():
             pass
     if not zombies:
         return
-    owned = _waited_for()
+    owned = _waited_for() | _own_children
     for pid in zombies:
         if pid not in owned:
             try:
@@ -273,9 +314,14 @@ def _after_fork_in_parent():
 
 def _after_fork_in_child():
     """A process forked from the worker is not the worker: give it the
-    default signal dispositions and take the host's descriptors away."""
+    default signal dispositions and take the host's descriptors away.
+    Processes forked further down (by a child that installed handlers of
+    its own, or reused fds 3 and 4) are left as they are."""
     old = _fork_masks.pop(threading.get_ident(), None)
     _fork_masks.clear()
+    _own_children.clear()
+    if old is None:
+        return  # the parent was not the worker (see _before_fork)
     for sig in _FORK_SIGNALS:
         try:
             signal.signal(sig, signal.SIG_DFL)
@@ -292,8 +338,7 @@ def _after_fork_in_child():
             except OSError:
                 pass
         os.close(null)
-    if old is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _Conn:
@@ -405,6 +450,7 @@ def main(argv=None):
         signal.siginterrupt(signal.SIGCHLD, False)
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_after_fork_in_child)
+    _track_own_children()
     faulthandler.enable()  # a crash prints the Python stack on stderr
     signal.signal(signal.SIGTERM, _kill_group)
     threading.Thread(target=_watch_lifeline, name="snakepit-lifeline", daemon=True).start()

@@ -116,7 +116,7 @@ def _convert(v, t, depth):
     if hasattr(t, "__fspath__"):  # os.PathLike
         return mods["os"].fspath(v)
     dataclasses = mods.get("dataclasses")
-    if dataclasses is not None and dataclasses.is_dataclass(v):  # v is no class: t is not type
+    if dataclasses is not None and dataclasses.is_dataclass(v) and not isinstance(v, type):
         return to_wire(dataclasses.asdict(v), depth + 1)
     tolist = getattr(v, "tolist", None)  # numpy arrays and scalars
     if callable(tolist):

@@ -48,6 +48,12 @@ class WireTest(unittest.TestCase):
             "array": ToList(),
         }
 
+    def test_dataclass_class_is_not_converted(self):
+        # The class itself is no instance: it stays as it is, for
+        # describe() to name as not serialisable (asdict would raise).
+        got = _wire.to_wire({"schema": Point}, 0)
+        self.assertIs(got["schema"], Point)
+
     def test_conversions(self):
         got = _wire.to_wire(self.sample(), 0)
         self.assertEqual(got["floats"], [float(i) for i in range(1000)])
