@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -283,6 +284,14 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 		Forget:   func() { w.openStream.CompareAndSwap(s, nil) },
 	})
 	w.openStream.Store(s)
+	if w.closing.Load() {
+		// Close began while the stream was opening and may have missed
+		// it (it looks for an open stream before it waits for the slot):
+		// the stream ends now, so Close is not left waiting for a
+		// caller who would hold it open.
+		_ = s.Close()
+		return nil, &worker.CallError{Command: cmd, CorrelationID: cid, Err: worker.ErrClosed}
+	}
 	return s, nil
 }
 
@@ -386,20 +395,8 @@ func (w *Worker) MemoryBytes() (int64, error) {
 		return 0, fmt.Errorf("subproc: memory of %d: %w", w.pid, err)
 	}
 	total := int64(statm.ResidentBytes())
-	procs, err := fs.AllProcs()
-	if err != nil {
-		return total, nil // the process itself is counted
-	}
-	kids := map[int][]int{}
-	for _, p := range procs {
-		st, err := p.Stat()
-		if err != nil {
-			continue // gone meanwhile
-		}
-		kids[st.PPID] = append(kids[st.PPID], p.PID)
-	}
 	seen := map[int]bool{w.pid: true}
-	stack := append([]int(nil), kids[w.pid]...)
+	stack := children(fs, w.pid)
 	for len(stack) > 0 {
 		pid := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
@@ -412,9 +409,49 @@ func (w *Worker) MemoryBytes() (int64, error) {
 				total += int64(sm.ResidentBytes())
 			}
 		}
-		stack = append(stack, kids[pid]...)
+		stack = append(stack, children(fs, pid)...)
 	}
 	return total, nil
+}
+
+// children lists pid's child processes from its threads' children files
+// (a walk of the worker's own tree, not of every process on the host);
+// where the kernel has no such files it falls back to scanning every
+// process's parent.
+func children(fs procfs.FS, pid int) []int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // gone meanwhile
+	}
+	var out []int
+	for _, task := range tasks {
+		b, err := os.ReadFile(dir + "/" + task.Name() + "/children")
+		if errors.Is(err, os.ErrNotExist) {
+			return scanChildren(fs, pid)
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// scanChildren finds pid's children by reading every process's parent.
+func scanChildren(fs procfs.FS, pid int) []int {
+	procs, err := fs.AllProcs()
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, p := range procs {
+		if st, err := p.Stat(); err == nil && st.PPID == pid {
+			out = append(out, p.PID)
+		}
+	}
+	return out
 }
 
 // forward copies one output stream of the child to the logger, line by

@@ -376,31 +376,37 @@ func blockedWrite(t *testing.T, w *subproc.Worker) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cctx, ccancel := context.WithCancel(context.Background())
-	defer ccancel()
-	// Late enough for the write to be under way (if the context ends
-	// before it starts, nothing is sent and the worker lives on).
-	stop := time.AfterFunc(200*time.Millisecond, ccancel)
-	defer stop.Stop()
-	errc := make(chan error, 1)
-	go func() {
-		_, err := w.Call(cctx, &worker.Request{Command: step{Op: "echo"}.command(), Args: args})
-		errc <- err
-	}()
-	select {
-	case err := <-errc:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("blocked write: got %v, want context.Canceled", err)
+	// Cancel late enough for the write to be under way: the socket buffer
+	// takes the first part of the 8 MiB at once, and a partly written frame
+	// cannot be taken back, so the worker must die. A slow machine (-race)
+	// may not have started writing by then; nothing sent keeps the worker,
+	// so try again later before calling it a failure.
+	for _, after := range []time.Duration{200 * time.Millisecond, time.Second, 3 * time.Second} {
+		cctx, ccancel := context.WithCancel(context.Background())
+		stop := time.AfterFunc(after, ccancel)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := w.Call(cctx, &worker.Request{Command: step{Op: "echo"}.command(), Args: args})
+			errc <- err
+		}()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("blocked write: got %v, want context.Canceled", err)
+			}
+		case <-time.After(hangGuard):
+			t.Fatalf("a cancelled call blocked in its write did not return")
 		}
-	case <-time.After(hangGuard):
-		t.Fatalf("a cancelled call blocked in its write did not return")
+		stop.Stop()
+		ccancel()
+		select {
+		case <-w.Done():
+			waitDead(t, w)
+			return
+		default:
+		}
 	}
-	select {
-	case <-w.Done():
-		waitDead(t, w)
-	default:
-		t.Logf("the context ended before the write started")
-	}
+	t.Fatal("the worker lived on after writes cancelled 0.2, 1 and 3 s in, want it dead (a partly written frame)")
 }
 
 // abandonedStreamClose: a Next times out and its chunk comes late; closing
@@ -569,6 +575,43 @@ func TestCloseWithOpenStreamBounded(t *testing.T) {
 	}
 	waitDead(t, w) // the cleanup ignored SIGUSR1 for a second grace
 	closeWithin(t, w, time.Second)
+	assertNoChildren(t)
+	assertGoroutines(t, base)
+}
+
+// TestCloseDuringStreamOpen: a Close that begins while a stream is still
+// opening does not wait for a caller who would hold that stream: the open
+// fails with ErrClosed and Close goes on.
+func TestCloseDuringStreamOpen(t *testing.T) {
+	base := goroutineBaseline(t)
+	w := startScript(t)
+	type opened struct {
+		st  worker.Stream
+		err error
+	}
+	res := make(chan opened, 1)
+	go func() {
+		st, err := w.Stream(context.Background(), &worker.Request{Command: step{Op: "stream", N: 3, DelayMS: 300}.command()})
+		res <- opened{st, err}
+	}()
+	time.Sleep(100 * time.Millisecond) // the open is under way
+	// Close's context is long: it must not need it (the open ends 200 ms
+	// later, and then the stream at once).
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	w.Close(ctx)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Close during a stream's open took %v, want it to go on once the open ends", took)
+	}
+	r := <-res
+	if r.err == nil {
+		r.st.Close()
+		t.Fatal("stream opened while the worker closed: got a stream, want ErrClosed")
+	}
+	if !errors.Is(r.err, worker.ErrClosed) {
+		t.Fatalf("stream open during Close: got %v, want ErrClosed", r.err)
+	}
 	assertNoChildren(t)
 	assertGoroutines(t, base)
 }

@@ -158,6 +158,16 @@ def early():
 
 
 @snakepit.command
+def start_hog(mb):
+    """Start a grandchild holding mb MiB (touched), wait until it holds it."""
+    code = "import sys, time; b = bytearray(%d << 20); b[::4096] = b'x' * len(b[::4096]); print('ready', flush=True); time.sleep(60)" % mb
+    p = subprocess.Popen(["sh", "-c", 'exec "$0" -c "$1"', sys.executable, code], stdout=subprocess.PIPE)
+    p.stdout.readline()
+    _kept.append(p)
+    return p.pid
+
+
+@snakepit.command
 def escape():
     """Start a process in a new session, and one orphaned in a new session
     (its parent exits at once); return both pids."""
@@ -430,5 +440,24 @@ func TestEarlyDescriptorsKept(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(target); string(b) != "still mine\n" {
 		t.Fatalf("sitecustomize's file holds %q, want the line written through it", b)
+	}
+}
+
+// TestMemoryCountsDescendants: MemoryBytes adds the resident memory of the
+// worker's descendants, found by walking its own process tree.
+func TestMemoryCountsDescendants(t *testing.T) {
+	w := startChild(t)
+	before, err := w.MemoryBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	call(t, w, "start_hog", map[string]any{"mb": 64}, &pid)
+	after, err := w.MemoryBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before < 60<<20 {
+		t.Fatalf("MemoryBytes grew by %d bytes with a 64 MiB grandchild (pid %d), want about 64 MiB", after-before, pid)
 	}
 }

@@ -86,9 +86,6 @@ type frameReader struct {
 	err error // a frame-level error: the stream cannot be read further
 }
 
-// partial reports whether a frame has been started but not finished.
-func (fr *frameReader) partial() bool { return fr.nh > 0 }
-
 // next reads the next frame, or continues the one a previous call left
 // unfinished. Errors as for readFrame; after a frame-level error
 // (ErrFrameTooLarge, ErrBadFrame, ErrTruncated) every later call fails too.

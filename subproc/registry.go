@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
@@ -263,6 +264,27 @@ func Sweep(dir string) (SweepReport, error) {
 	return sweepRoot(root)
 }
 
+// removeStaleTemp removes a run file a host left under its temporary name
+// (it died between creating and renaming it): one nobody holds locked and
+// older than a minute (a live host locks it right after creating it).
+func removeStaleTemp(root *os.Root, name string) {
+	f, err := root.OpenFile(name, os.O_RDWR|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &st) != nil || int(st.Uid) != os.Getuid() || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return
+	}
+	if time.Since(time.Unix(st.Mtim.Unix())) < time.Minute {
+		return
+	}
+	if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+		root.Remove(name)
+	}
+}
+
 func sweepRoot(root *os.Root) (SweepReport, error) {
 	var rep SweepReport
 	d, err := root.Open(".")
@@ -277,6 +299,10 @@ func sweepRoot(root *os.Root) (SweepReport, error) {
 	slices.Sort(names)
 	uid := os.Getuid()
 	for _, name := range names {
+		if strings.HasPrefix(name, ".tmp-run-") {
+			removeStaleTemp(root, name)
+			continue
+		}
 		if !strings.HasPrefix(name, "run-") || !strings.HasSuffix(name, ".json") {
 			continue
 		}

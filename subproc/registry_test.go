@@ -56,6 +56,18 @@ func TestRegistryHostProcess(t *testing.T) {
 // (or a directory of its path) is another user's, a file or a symlink,
 // opening the registry fails, and workers started with the default
 // registry start anyway with a warning.
+// chownOther gives path to another user (nobody). Only root can: CI runs
+// the suite as root; elsewhere the cases that need it are skipped.
+func chownOther(t *testing.T, path string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("giving a directory to another user needs root")
+	}
+	if err := os.Chown(path, 65534, 65534); err != nil {
+		t.Fatalf("chown: %v", err)
+	}
+}
+
 func TestRegistryDirTakenByAnotherUser(t *testing.T) {
 	adapters := t.TempDir()
 	if err := os.WriteFile(filepath.Join(adapters, "child_adapter.py"), []byte(childAdapter), 0o644); err != nil {
@@ -68,9 +80,7 @@ func TestRegistryDirTakenByAnotherUser(t *testing.T) {
 	}{
 		{"directory of another user", func(t *testing.T, tmp string) {
 			mustMkdir(t, filepath.Join(tmp, leaf), 0o777)
-			if err := os.Chown(filepath.Join(tmp, leaf), 65534, 65534); err != nil {
-				t.Fatalf("chown (the test runs as root in CI): %v", err)
-			}
+			chownOther(t, filepath.Join(tmp, leaf))
 		}},
 		{"a file", func(t *testing.T, tmp string) {
 			if err := os.WriteFile(filepath.Join(tmp, leaf), nil, 0o644); err != nil {
@@ -87,9 +97,7 @@ func TestRegistryDirTakenByAnotherUser(t *testing.T) {
 		{"runs of another user", func(t *testing.T, tmp string) {
 			mustMkdir(t, filepath.Join(tmp, leaf), 0o700)
 			mustMkdir(t, filepath.Join(tmp, leaf, "runs"), 0o700)
-			if err := os.Chown(filepath.Join(tmp, leaf, "runs"), 65534, 65534); err != nil {
-				t.Fatal(err)
-			}
+			chownOther(t, filepath.Join(tmp, leaf, "runs"))
 		}},
 		{"a parent writable by all, not sticky", func(t *testing.T, tmp string) {
 			if err := os.Chmod(tmp, 0o777); err != nil {
@@ -148,6 +156,33 @@ func TestSweepOversizedRunFile(t *testing.T) {
 	}
 	if _, err := os.Stat(name); !os.IsNotExist(err) {
 		t.Fatalf("oversized run file: got %v, want it removed", err)
+	}
+}
+
+// TestSweepStaleTempFile: a run file left under its temporary name by a
+// host that died before renaming it is removed once a minute old and
+// unlocked; a fresh one (a host creating its file now) is left.
+func TestSweepStaleTempFile(t *testing.T) {
+	dir := t.TempDir()
+	stale := filepath.Join(dir, ".tmp-run-stale")
+	fresh := filepath.Join(dir, ".tmp-run-fresh")
+	for _, p := range []string{stale, fresh} {
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-2 * time.Minute)
+	if err := os.Chtimes(stale, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := subproc.Sweep(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("stale temporary run file: got %v, want it removed", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Fatalf("fresh temporary run file: got %v, want it kept", err)
 	}
 }
 

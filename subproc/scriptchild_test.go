@@ -212,6 +212,7 @@ func scriptChild() {
 		}
 		if typ == fStreamOpen {
 			stream, chunk = &s, 0
+			time.Sleep(time.Duration(s.DelayMS) * time.Millisecond)
 			write(encodeFrame(fReply, id, okNone))
 			continue
 		}

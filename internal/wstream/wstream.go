@@ -103,6 +103,9 @@ func (s *Stream) Close() error { return s.CloseContext(context.Background()) }
 // is), and the generator's close is bounded by ctx too (the worker then
 // finishes or kills it in the background).
 func (s *Stream) CloseContext(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return context.Cause(ctx) // an ended context closes nothing, even with the lock free
+	}
 	select {
 	case s.lock <- struct{}{}:
 	case <-ctx.Done():
