@@ -49,6 +49,7 @@ static struct {
 	// Objects.
 	PyObject *None;
 	PyObject *PyBytes_Type;
+	PyObject *PyDict_Type;
 	PyObject **PyExc_ValueError;
 	PyObject *(*PyObject_Type)(PyObject *);
 	void (*Py_DecRef)(PyObject *);
@@ -127,6 +128,7 @@ int spk_load(const char *path, char **err) {
 	}
 	REQ(PyExc_ValueError);
 	REQ(PyBytes_Type);
+	REQ(PyDict_Type);
 	REQ(PyObject_Type);
 	REQ(Py_DecRef);
 	REQ(PyImport_ImportModule);
@@ -551,6 +553,16 @@ static void do_call(PyObject *fn, const char *args, Py_ssize_t alen, const char 
 		kw = api.PyMarshal_ReadObjectFromString(kwargs, klen);
 		if (kw == NULL) {
 			fetch_error(r);
+			goto out;
+		}
+		// PyObject_Call requires a dict (or NULL): anything else crashes it.
+		PyObject *kt = api.PyObject_Type(kw);
+		api.Py_DecRef(kt);
+		if (kt != api.PyDict_Type) {
+			r->status = SPK_EPYTHON;
+			r->etype = strdup("TypeError");
+			r->emsg = strdup("keyword arguments must be a marshalled dict");
+			r->etb = strdup("");
 			goto out;
 		}
 	}

@@ -56,8 +56,13 @@ func CancelledError(ctx context.Context, err error, command, correlationID strin
 // attachments), the positional arguments of Dispatcher.call and
 // Dispatcher.stream_open. req.Args is copied in without decoding.
 func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
-	if len(req.Args) > 0 && req.Args[0]&^0x80 != '{' {
-		return nil, &worker.NotSerializableError{What: "argument", Detail: "Args must be a marshalled dict of keyword arguments"}
+	// Args is spliced in as it is: it must be exactly one dict, or what
+	// follows it would be read as the call's next fields (its correlation
+	// and session ids).
+	if len(req.Args) > 0 {
+		if err := pymarshal.CheckDict(req.Args); err != nil {
+			return nil, &worker.NotSerializableError{What: "argument", Detail: "Args must be exactly one marshalled dict of keyword arguments: " + err.Error(), Err: err}
+		}
 	}
 	size := 32 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID)
 	for _, a := range req.Attachments {

@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/worker"
 )
 
 // A reply envelope whose log records are built to expand (a million
@@ -31,5 +33,24 @@ func TestDecodeReplyEnvelopeBudget(t *testing.T) {
 	r, err := DecodeReply(ok, "cmd", "cid")
 	if err != nil || len(r.Logs) != 1 {
 		t.Fatalf("ordinary envelope: got %d records, error %v; want 1, nil", len(r.Logs), err)
+	}
+}
+
+// Args is spliced into the call as it is: bytes after the dict would be
+// read as the call's correlation and session ids (selecting another
+// session's state), so anything but exactly one dict is refused.
+func TestEncodeCallChecksArgs(t *testing.T) {
+	sid, _ := pymarshal.Marshal("someone-elses-session")
+	spliced := append(append([]byte{'{', '0'}, sid...), sid...)
+	list, _ := pymarshal.Marshal([]any{int64(1)})
+	for name, args := range map[string][]byte{"trailing values": spliced, "a list": list, "truncated": {'{', 'z', 1}} {
+		_, err := EncodeCall(nil, &worker.Request{Command: "c", Args: args}, time.Time{})
+		if !errors.Is(err, worker.ErrNotSerializable) {
+			t.Errorf("%s: got %v, want ErrNotSerializable", name, err)
+		}
+	}
+	good, _ := pymarshal.Marshal(map[string]any{"x": int64(1)})
+	if _, err := EncodeCall(nil, &worker.Request{Command: "c", Args: good}, time.Time{}); err != nil {
+		t.Fatalf("a dict: %v", err)
 	}
 }
