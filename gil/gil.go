@@ -121,7 +121,11 @@ var _ worker.SessionEnder = (*Worker)(nil)
 // its setup(). It returns when the worker is ready, or an error matching
 // [worker.ErrSetup] (and, for a module that refuses sub-interpreters,
 // [worker.ErrNotSubinterpreterSafe]) with nothing left behind. ctx bounds
-// the wait; setup() itself runs to completion.
+// the wait: if it ends first, Start returns an error matching
+// [worker.ErrSetup] and ctx's error at once, while the import or setup()
+// still runs (Python code on the home thread cannot be interrupted); the
+// interpreter and its thread are reclaimed in the background when it
+// returns, and never if it blocks for ever.
 func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	if cfg.Module == "" {
 		return nil, errors.New("gil: Config.Module is required")
@@ -169,13 +173,33 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		w.grace = DefaultInterruptGrace
 	}
 	go w.executor()
-	if err := w.boot(ctx, cfg.Module); err != nil {
+	// The import and setup() run on the interpreter's home thread and
+	// cannot be interrupted: ctx bounds the wait for them. If ctx ends
+	// first, Start returns and the interpreter is ended once they return.
+	bootc := make(chan error, 1)
+	go func() { bootc <- w.boot(ctx, cfg.Module) }()
+	abort := func() {
 		close(w.jobs)
 		<-w.execDone
 		_ = in.Close(context.Background())
-		return nil, err
 	}
-	return w, nil
+	select {
+	case err := <-bootc:
+		if err != nil {
+			abort()
+			return nil, err
+		}
+		return w, nil
+	case <-ctx.Done():
+		go func() {
+			if <-bootc == nil {
+				w.stop()
+			}
+			abort()
+		}()
+		return nil, &worker.SetupError{WorkerID: w.id, Stage: "setup",
+			Err: fmt.Errorf("gil: the adapter's import or setup() did not return in time (it is abandoned and reclaimed if it returns; a module that deadlocks in a sub-interpreter may need the process profile): %w", context.Cause(ctx))}
+	}
 }
 
 type job struct {

@@ -1,0 +1,90 @@
+package gil_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/snakepit-go/snakepit/gil"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// blockingAdapter writes an adapter that blocks in the given stage
+// ("import" or "setup") until the returned release function is called.
+func blockingAdapter(t *testing.T, stage string) (dir string, release func()) {
+	t.Helper()
+	dir = t.TempDir()
+	gate := filepath.Join(dir, "gate")
+	wait := "import os, time\n" +
+		"def _block():\n" +
+		"    for _ in range(6000):\n" +
+		"        if os.path.exists(" + pyQuote(gate) + "):\n" +
+		"            return\n" +
+		"        time.sleep(0.01)\n"
+	src := wait + "def handle(ctx, **kw):\n    return 1\n"
+	if stage == "import" {
+		src += "_block()\n"
+	} else {
+		src += "def setup():\n    _block()\n"
+	}
+	if err := os.WriteFile(filepath.Join(dir, "blocking_adapter.py"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir, func() {
+		if err := os.WriteFile(gate, nil, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func pyQuote(s string) string { return "r'" + s + "'" }
+
+// TestStartHonoursDeadline: an adapter whose import or setup() blocks makes
+// Start return at ctx's deadline with an error matching worker.ErrSetup and
+// context.DeadlineExceeded; the interpreter is reclaimed once the blocked
+// code returns.
+func TestStartHonoursDeadline(t *testing.T) {
+	r := runtimeFor(t)
+	for _, stage := range []string{"import", "setup"} {
+		t.Run(stage, func(t *testing.T) {
+			base := r.Interpreters()
+			dir, release := blockingAdapter(t, stage)
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			type result struct {
+				w   *gil.Worker
+				err error
+			}
+			resc := make(chan result, 1)
+			go func() {
+				w, err := gil.Start(ctx, gil.Config{Module: "blocking_adapter", Paths: []string{dir}, Runtime: r})
+				resc <- result{w, err}
+			}()
+			var res result
+			select {
+			case res = <-resc:
+			case <-time.After(10 * time.Second): // hang guard
+				release()
+				t.Fatal("Start did not return at its deadline")
+			}
+			release()
+			if res.w != nil {
+				res.w.Close(context.Background())
+			}
+			if !errors.Is(res.err, worker.ErrSetup) || !errors.Is(res.err, context.DeadlineExceeded) {
+				t.Fatalf("got %v, want ErrSetup and DeadlineExceeded", res.err)
+			}
+			// Reclaimed in the background once the blocked code returns.
+			deadline := time.Now().Add(30 * time.Second)
+			for r.Interpreters() > base {
+				if time.Now().After(deadline) {
+					t.Fatalf("got %d interpreters, want %d", r.Interpreters(), base)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+}
