@@ -473,7 +473,8 @@ func (w *Worker) EndSession(ctx context.Context, sessionID string) error {
 }
 
 // Close runs the adapter's teardown() and ends the interpreter. It waits for
-// a running call until ctx ends. A dead worker whose handler is still stuck
+// a running call or stream Next until ctx ends, then returns ctx's error and
+// finishes closing in the background once that call returns. A dead worker whose handler is still stuck
 // cannot be reclaimed: Close then returns the death error.
 func (w *Worker) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() { w.closeErr = w.close(ctx) })
@@ -481,8 +482,10 @@ func (w *Worker) Close(ctx context.Context) error {
 }
 
 func (w *Worker) close(ctx context.Context) error {
-	if s := w.openStream.Load(); s != nil {
-		s.Close() // frees the slot (after a Next in progress)
+	s := w.openStream.Load()
+	if s != nil {
+		// Frees the slot, after a Next in progress if it ends within ctx.
+		_ = s.CloseContext(ctx)
 	}
 	// Take the slot directly: a dead worker refuses acquire, but its stuck
 	// call may have ended since.
@@ -494,6 +497,9 @@ func (w *Worker) close(ctx context.Context) error {
 		// closing when it returns, so the interpreter and its thread are
 		// reclaimed then rather than never.
 		go func() {
+			if s != nil {
+				_ = s.Close() // after the Next in progress
+			}
 			w.slot <- struct{}{}
 			_ = w.finishClose(context.Background(), true)
 		}()

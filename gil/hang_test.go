@@ -88,3 +88,71 @@ func TestStartHonoursDeadline(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseDuringStreamNext: Close returns at its ctx's end while a stream's
+// Next is blocked in Python, and the worker is reclaimed once Next returns.
+func TestCloseDuringStreamNext(t *testing.T) {
+	r := runtimeFor(t)
+	base := r.Interpreters()
+	dir := t.TempDir()
+	gate, entered := filepath.Join(dir, "gate"), filepath.Join(dir, "entered")
+	src := "import os, time, snakepit\n" +
+		"@snakepit.command\n" +
+		"def slow():\n" +
+		"    yield 1\n" +
+		"    open(" + pyQuote(entered) + ", 'w').close()\n" +
+		"    for _ in range(6000):\n" +
+		"        if os.path.exists(" + pyQuote(gate) + "):\n" +
+		"            break\n" +
+		"        time.sleep(0.01)\n" +
+		"    yield 2\n"
+	if err := os.WriteFile(filepath.Join(dir, "stream_adapter.py"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := gil.Start(context.Background(), gil.Config{Module: "stream_adapter", Paths: []string{dir}, Runtime: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.WriteFile(gate, nil, 0o644)
+	st, err := w.Stream(context.Background(), &worker.Request{Command: "slow", CorrelationID: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Next(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	nextDone := make(chan struct{})
+	go func() {
+		defer close(nextDone)
+		_, _ = st.Next(context.Background())
+	}()
+	for { // wait until Next runs inside Python
+		if _, err := os.Stat(entered); err == nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- w.Close(ctx) }()
+	select {
+	case err := <-closed:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("got %v, want DeadlineExceeded", err)
+		}
+	case <-time.After(10 * time.Second): // hang guard
+		os.WriteFile(gate, nil, 0o644)
+		<-closed
+		t.Fatal("Close did not return at its ctx's end")
+	}
+	os.WriteFile(gate, nil, 0o644)
+	<-nextDone
+	deadline := time.Now().Add(30 * time.Second)
+	for r.Interpreters() > base {
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d interpreters, want %d", r.Interpreters(), base)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
