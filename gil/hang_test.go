@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -154,5 +155,34 @@ func TestCloseDuringStreamNext(t *testing.T) {
 			t.Fatalf("got %d interpreters, want %d", r.Interpreters(), base)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestDaemonThreadRefusalNamesProcessProfile: starting a daemon thread in a
+// handler fails with an error that points to the process profile.
+func TestDaemonThreadRefusalNamesProcessProfile(t *testing.T) {
+	r := runtimeFor(t)
+	dir := t.TempDir()
+	src := "import threading, snakepit\n" +
+		"@snakepit.command\n" +
+		"def daemon():\n" +
+		"    t = threading.Thread(target=lambda: None, daemon=True)\n" +
+		"    t.start()\n" +
+		"    t.join()\n" +
+		"    return 1\n"
+	if err := os.WriteFile(filepath.Join(dir, "daemon_adapter.py"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := gil.Start(context.Background(), gil.Config{Module: "daemon_adapter", Paths: []string{dir}, Runtime: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(context.Background())
+	_, err = w.Call(context.Background(), &worker.Request{Command: "daemon", CorrelationID: "d"})
+	if err == nil && r.Version().Minor < 12 {
+		return // legacy 3.11 sub-interpreters accept daemon threads
+	}
+	if err == nil || !strings.Contains(err.Error(), "process profile") {
+		t.Fatalf("got %v, want an error naming the process profile", err)
 	}
 }
