@@ -49,6 +49,7 @@ import (
 	"github.com/snakepit-go/snakepit/internal/wstream"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
+	"github.com/snakepit-go/snakepit/python/locate"
 	"github.com/snakepit-go/snakepit/worker"
 )
 
@@ -66,6 +67,9 @@ type Config struct {
 	// SNAKEPIT_LIBPYTHON/SNAKEPIT_PYTHON environment, else the hermetic
 	// CPython if the program imports python/dist, else python3 on PATH.
 	Runtime *embed.Runtime
+	// LibPython, when Runtime is nil, is the libpython to load (see
+	// [LoadRuntime]). Zero value: embed.Default().
+	LibPython string
 	// ID names the worker in logs and errors. Zero value: "gil-<n>", n the
 	// interpreter's id.
 	ID string
@@ -117,6 +121,20 @@ type dispatcherFuncs struct {
 var _ worker.Worker = (*Worker)(nil)
 var _ worker.SessionEnder = (*Worker)(nil)
 
+// LoadRuntime loads the Python runtime thread-profile workers run on:
+// libPython's CPython, or embed.Default() when libPython is empty. The
+// runtime is loaded once per process; see [embed.Load].
+func LoadRuntime(libPython string) (*embed.Runtime, error) {
+	if libPython == "" {
+		return embed.Default()
+	}
+	py, err := locate.Find(locate.Options{LibPython: libPython})
+	if err != nil {
+		return nil, err
+	}
+	return embed.Load(py)
+}
+
 // Start creates the worker's sub-interpreter, imports the adapter and runs
 // its setup(). It returns when the worker is ready, or an error matching
 // [worker.ErrSetup] (and, for a module that refuses sub-interpreters,
@@ -136,7 +154,7 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	rt := cfg.Runtime
 	if rt == nil {
 		var err error
-		if rt, err = embed.Default(); err != nil {
+		if rt, err = LoadRuntime(cfg.LibPython); err != nil {
 			return nil, &worker.SetupError{WorkerID: cfg.ID, Stage: "start", Err: err}
 		}
 	}
