@@ -239,10 +239,11 @@ func (w *Worker) executor() {
 }
 
 func (w *Worker) boot(ctx context.Context, module string) error {
-	code := fmt.Sprintf(`import snakepit, snakepit._dispatch
+	code := fmt.Sprintf(`import snakepit, snakepit._dispatch, snakepit._sleep
+snakepit._sleep.install()
 _spk = snakepit._dispatch.Dispatcher(%s, worker_id=%s, capture_stdio=True, log_level=%d)
 _spk_call, _spk_stream_open, _spk_stream_next, _spk_stream_close = _spk.call, _spk.stream_open, _spk.stream_next, _spk.stream_close
-_spk_end_session, _spk_teardown, _spk_drain_logs, _spk_cancel, _spk_setup = _spk.end_session, _spk.teardown, _spk.drain_logs, _spk.cancel, _spk.setup
+_spk_end_session, _spk_teardown, _spk_drain_logs, _spk_cancel, _spk_setup = _spk.end_session, _spk.teardown, _spk.drain_logs, snakepit._sleep.on_cancel(_spk.cancel), _spk.setup
 _spk_cancelled = snakepit.Cancelled
 `, pyString(module), pyString(w.id), python.PythonLevel(w.log))
 	if err := w.in.Exec(ctx, code); err != nil {

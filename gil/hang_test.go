@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/snakepit-go/snakepit/gil"
+	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
 )
 
@@ -184,5 +185,40 @@ func TestDaemonThreadRefusalNamesProcessProfile(t *testing.T) {
 	}
 	if err == nil || !strings.Contains(err.Error(), "process profile") {
 		t.Fatalf("got %v, want an error naming the process profile", err)
+	}
+}
+
+// TestSleepWakesOnDeadline: a handler in time.sleep() is interrupted at its
+// deadline, and the worker stays alive and serves the next call.
+func TestSleepWakesOnDeadline(t *testing.T) {
+	r := runtimeFor(t)
+	dir := t.TempDir()
+	src := "import time, snakepit\n" +
+		"@snakepit.command\n" +
+		"def nap(s):\n" +
+		"    time.sleep(s)\n" +
+		"    return 1\n"
+	if err := os.WriteFile(filepath.Join(dir, "sleep_adapter.py"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := gil.Start(context.Background(), gil.Config{Module: "sleep_adapter", Paths: []string{dir}, Runtime: r, InterruptGrace: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(context.Background())
+	call := func(ctx context.Context, s float64) error {
+		b, _ := pymarshal.Marshal(map[string]any{"s": s})
+		_, err := w.Call(ctx, &worker.Request{Command: "nap", Args: b, CorrelationID: "n"})
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := call(ctx, 60); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want DeadlineExceeded", err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 20*time.Second) // hang guard
+	defer cancel2()
+	if err := call(ctx2, 0); err != nil {
+		t.Fatalf("next call: got %v, want success (worker error: %v)", err, w.Err())
 	}
 }
