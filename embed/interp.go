@@ -32,9 +32,10 @@ import (
 // results take one malloc and copy.
 const outBufSize = 64 << 10
 
-// lifecycleMu serialises the creation and ending of interpreters: CPython
-// 3.12 needs creation serialised, and doing the same everywhere costs nothing
-// at the rate interpreters come and go.
+// lifecycleMu serialises the creation of interpreters: CPython 3.12 needs
+// creation serialised, and doing the same everywhere costs nothing at the
+// rate interpreters come and go. Ending is not serialised: it may wait for
+// the interpreter's threads for any time.
 var lifecycleMu sync.Mutex
 
 // InterpreterConfig configures a sub-interpreter.
@@ -64,6 +65,7 @@ type Interpreter struct {
 
 	inflight atomic.Int64 // CallOnThread calls running
 	closing  atomic.Bool  // closed, readable without mu
+	ending   atomic.Bool  // the home thread was asked to end the interpreter
 
 	reqs chan func()   // work for the home thread
 	done chan struct{} // closed when the home thread has ended the interpreter
@@ -160,9 +162,9 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 		C.spk_decref(in.home, &in.funcs[0], C.int(n))
 		in.funcs = nil
 	}
-	lifecycleMu.Lock()
+	// Not under lifecycleMu: ending joins the interpreter's threads and
+	// runs its atexit hooks, which must not hold up other interpreters.
 	C.spk_end_interp(C.int(in.rt.version.Minor), in.home)
-	lifecycleMu.Unlock()
 	in.mu.Lock()
 	C.spk_interp_free(in.ci)
 	in.ci = nil
@@ -302,7 +304,11 @@ func (in *Interpreter) CallRaw(ctx context.Context, f *Func, args, kwargs, dst [
 // it, and for the threads that called [Interpreter.CallOnThread] to give up
 // their thread states (see there). If ctx ends first, Close returns its
 // error and the interpreter stays closed to new work; Close may be called
-// again to finish. Close fails while Threads are attached, and for the main
+// again to finish. Once Python code has finished, ending the interpreter
+// joins its non-daemon threads and runs its atexit hooks: ctx bounds that
+// wait too, and if it ends first the interpreter ends in the background
+// when they finish (a later Close waits for that). Ending does not hold up
+// the creation of other interpreters. Close fails while Threads are attached, and for the main
 // interpreter. Closing a closed interpreter is a no-op.
 func (in *Interpreter) Close(ctx context.Context) error {
 	if in.isMain {
@@ -322,6 +328,9 @@ func (in *Interpreter) Close(ctx context.Context) error {
 		return nil
 	default:
 	}
+	if in.ending.Load() {
+		return in.waitEnded(ctx)
+	}
 	for in.inflight.Load() > 0 {
 		select {
 		case <-ctx.Done():
@@ -335,13 +344,27 @@ func (in *Interpreter) Close(ctx context.Context) error {
 	}
 	select {
 	case in.reqs <- nil:
+		in.ending.Store(true)
 	case <-in.done:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	<-in.done
-	return nil
+	return in.waitEnded(ctx)
+}
+
+// waitEnded waits, bounded by ctx, for the home thread to end the
+// interpreter once asked to. Ending joins the interpreter's non-daemon
+// threads and runs its atexit hooks and finalizers, which may take any
+// time: if ctx ends first, the interpreter goes on ending in the
+// background, and a later Close waits for it again.
+func (in *Interpreter) waitEnded(ctx context.Context) error {
+	select {
+	case <-in.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("embed: close interpreter %d: still ending (waiting for its threads, atexit hooks or finalizers): %w", in.id, ctx.Err())
+	}
 }
 
 // reclaimThreadStates waits until every thread state that callers' threads

@@ -49,6 +49,7 @@ import (
 	"github.com/snakepit-go/snakepit/internal/wstream"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
+	"github.com/snakepit-go/snakepit/python/locate"
 	"github.com/snakepit-go/snakepit/worker"
 )
 
@@ -66,6 +67,9 @@ type Config struct {
 	// SNAKEPIT_LIBPYTHON/SNAKEPIT_PYTHON environment, else the hermetic
 	// CPython if the program imports python/dist, else python3 on PATH.
 	Runtime *embed.Runtime
+	// LibPython, when Runtime is nil, is the libpython to load (see
+	// [LoadRuntime]). Zero value: embed.Default().
+	LibPython string
 	// ID names the worker in logs and errors. Zero value: "gil-<n>", n the
 	// interpreter's id.
 	ID string
@@ -117,11 +121,29 @@ type dispatcherFuncs struct {
 var _ worker.Worker = (*Worker)(nil)
 var _ worker.SessionEnder = (*Worker)(nil)
 
+// LoadRuntime loads the Python runtime thread-profile workers run on:
+// libPython's CPython, or embed.Default() when libPython is empty. The
+// runtime is loaded once per process; see [embed.Load].
+func LoadRuntime(libPython string) (*embed.Runtime, error) {
+	if libPython == "" {
+		return embed.Default()
+	}
+	py, err := locate.Find(locate.Options{LibPython: libPython})
+	if err != nil {
+		return nil, err
+	}
+	return embed.Load(py)
+}
+
 // Start creates the worker's sub-interpreter, imports the adapter and runs
 // its setup(). It returns when the worker is ready, or an error matching
 // [worker.ErrSetup] (and, for a module that refuses sub-interpreters,
 // [worker.ErrNotSubinterpreterSafe]) with nothing left behind. ctx bounds
-// the wait; setup() itself runs to completion.
+// the wait: if it ends first, Start returns an error matching
+// [worker.ErrSetup] and ctx's error at once, while the import or setup()
+// still runs (Python code on the home thread cannot be interrupted); the
+// interpreter and its thread are reclaimed in the background when it
+// returns, and never if it blocks for ever.
 func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	if cfg.Module == "" {
 		return nil, errors.New("gil: Config.Module is required")
@@ -132,7 +154,7 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	rt := cfg.Runtime
 	if rt == nil {
 		var err error
-		if rt, err = embed.Default(); err != nil {
+		if rt, err = LoadRuntime(cfg.LibPython); err != nil {
 			return nil, &worker.SetupError{WorkerID: cfg.ID, Stage: "start", Err: err}
 		}
 	}
@@ -169,13 +191,33 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		w.grace = DefaultInterruptGrace
 	}
 	go w.executor()
-	if err := w.boot(ctx, cfg.Module); err != nil {
+	// The import and setup() run on the interpreter's home thread and
+	// cannot be interrupted: ctx bounds the wait for them. If ctx ends
+	// first, Start returns and the interpreter is ended once they return.
+	bootc := make(chan error, 1)
+	go func() { bootc <- w.boot(ctx, cfg.Module) }()
+	abort := func() {
 		close(w.jobs)
 		<-w.execDone
 		_ = in.Close(context.Background())
-		return nil, err
 	}
-	return w, nil
+	select {
+	case err := <-bootc:
+		if err != nil {
+			abort()
+			return nil, err
+		}
+		return w, nil
+	case <-ctx.Done():
+		go func() {
+			if <-bootc == nil {
+				w.stop()
+			}
+			abort()
+		}()
+		return nil, &worker.SetupError{WorkerID: w.id, Stage: "setup",
+			Err: fmt.Errorf("gil: the adapter's import or setup() did not return in time (it is abandoned and reclaimed if it returns; a module that deadlocks in a sub-interpreter may need the process profile): %w", context.Cause(ctx))}
+	}
 }
 
 type job struct {
@@ -197,10 +239,11 @@ func (w *Worker) executor() {
 }
 
 func (w *Worker) boot(ctx context.Context, module string) error {
-	code := fmt.Sprintf(`import snakepit, snakepit._dispatch
+	code := fmt.Sprintf(`import snakepit, snakepit._dispatch, snakepit._sleep
+snakepit._sleep.install()
 _spk = snakepit._dispatch.Dispatcher(%s, worker_id=%s, capture_stdio=True, log_level=%d)
 _spk_call, _spk_stream_open, _spk_stream_next, _spk_stream_close = _spk.call, _spk.stream_open, _spk.stream_next, _spk.stream_close
-_spk_end_session, _spk_teardown, _spk_drain_logs, _spk_cancel, _spk_setup = _spk.end_session, _spk.teardown, _spk.drain_logs, _spk.cancel, _spk.setup
+_spk_end_session, _spk_teardown, _spk_drain_logs, _spk_cancel, _spk_setup = _spk.end_session, _spk.teardown, _spk.drain_logs, snakepit._sleep.on_cancel(_spk.cancel), _spk.setup
 _spk_cancelled = snakepit.Cancelled
 `, pyString(module), pyString(w.id), python.PythonLevel(w.log))
 	if err := w.in.Exec(ctx, code); err != nil {
@@ -449,7 +492,8 @@ func (w *Worker) EndSession(ctx context.Context, sessionID string) error {
 }
 
 // Close runs the adapter's teardown() and ends the interpreter. It waits for
-// a running call until ctx ends. A dead worker whose handler is still stuck
+// a running call or stream Next until ctx ends, then returns ctx's error and
+// finishes closing in the background once that call returns. A dead worker whose handler is still stuck
 // cannot be reclaimed: Close then returns the death error.
 func (w *Worker) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() { w.closeErr = w.close(ctx) })
@@ -457,8 +501,10 @@ func (w *Worker) Close(ctx context.Context) error {
 }
 
 func (w *Worker) close(ctx context.Context) error {
-	if s := w.openStream.Load(); s != nil {
-		s.Close() // frees the slot (after a Next in progress)
+	s := w.openStream.Load()
+	if s != nil {
+		// Frees the slot, after a Next in progress if it ends within ctx.
+		_ = s.CloseContext(ctx)
 	}
 	// Take the slot directly: a dead worker refuses acquire, but its stuck
 	// call may have ended since.
@@ -470,6 +516,9 @@ func (w *Worker) close(ctx context.Context) error {
 		// closing when it returns, so the interpreter and its thread are
 		// reclaimed then rather than never.
 		go func() {
+			if s != nil {
+				_ = s.Close() // after the Next in progress
+			}
 			w.slot <- struct{}{}
 			_ = w.finishClose(context.Background(), true)
 		}()

@@ -46,6 +46,15 @@ def sleep(seconds):
     time.sleep(seconds)
 
 @snakepit.command
+def block_in_c(seconds):
+    # A timed wait on a held lock: C code no interrupt reaches (unlike
+    # time.sleep, which thread-profile workers wake on cancellation).
+    import threading
+    held = threading.Lock()
+    held.acquire()
+    held.acquire(timeout=seconds)
+
+@snakepit.command
 def with_thread():
     import threading
     done = []
@@ -203,7 +212,7 @@ func TestThreadWorkerStuckInC(t *testing.T) {
 	}()
 	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
-	if err := p.Call(cctx, "sleep", map[string]any{"seconds": 2}, nil); !errors.Is(err, context.DeadlineExceeded) {
+	if err := p.Call(cctx, "block_in_c", map[string]any{"seconds": 2}, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want DeadlineExceeded", err)
 	}
 	eventually(t, "the stuck worker is replaced", func() bool { s := p.Stats(); return s.Deaths == 1 && s.Workers == 2 })

@@ -5,9 +5,7 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/gil"
-	"github.com/snakepit-go/snakepit/python/locate"
 	"github.com/snakepit-go/snakepit/subproc"
 	"github.com/snakepit-go/snakepit/worker"
 )
@@ -32,16 +30,7 @@ func profileFactory(c Config) (func(ctx context.Context, id string) (worker.Work
 			})
 		}, nil
 	default:
-		var rt *embed.Runtime
-		var err error
-		if c.LibPython != "" {
-			var py locate.Python
-			if py, err = locate.Find(locate.Options{LibPython: c.LibPython}); err == nil {
-				rt, err = embed.Load(py)
-			}
-		} else {
-			rt, err = embed.Default()
-		}
+		rt, err := gil.LoadRuntime(c.LibPython)
 		if err != nil {
 			return nil, err
 		}

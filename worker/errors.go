@@ -69,6 +69,9 @@ func (e *PythonError) Error() string {
 	if e.IsSubinterpreterRefusal() {
 		msg += " (run this code in the process profile)"
 	}
+	if isDaemonRefusal(e) {
+		msg += " (the process profile allows daemon threads)"
+	}
 	return msg
 }
 
@@ -87,4 +90,10 @@ func (e *PythonError) Unwrap() []error {
 func (e *PythonError) IsSubinterpreterRefusal() bool {
 	return (e.Type == "ImportError" || e.Type == "ModuleNotFoundError") &&
 		strings.Contains(e.Message, "does not support loading in subinterpreters")
+}
+
+// isDaemonRefusal reports whether e is the RuntimeError a sub-interpreter
+// raises when a daemon thread is started in it.
+func isDaemonRefusal(e *PythonError) bool {
+	return e.Type == "RuntimeError" && strings.Contains(e.Message, "daemon threads are disabled")
 }

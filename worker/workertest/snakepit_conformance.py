@@ -139,18 +139,21 @@ def spin(ctx):
 
 @snakepit.command
 def block_in_c(seconds):
-    """Blocks in C where no interrupt reaches: a sleep (the thread profile's
-    asynchronous exception waits for it), with the cancel signal held off in
-    a worker process of its own (a signal would cut a sleep short)."""
+    """Blocks in C where no interrupt reaches: a timed wait on a held lock
+    (the thread profile's asynchronous exception waits for it, and its
+    time.sleep would wake on cancellation), with the cancel signal held off
+    in a worker process of its own (a signal would cut the wait short)."""
     import signal
     import threading
+    held = threading.Lock()
+    held.acquire()
     own_process = bool(os.environ.get("SNAKEPIT_RUN_TOKEN"))
     if own_process and threading.current_thread() is threading.main_thread():
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         try:
-            time.sleep(seconds)
+            held.acquire(timeout=seconds)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     else:
-        time.sleep(seconds)
+        held.acquire(timeout=seconds)
     return "woke"
