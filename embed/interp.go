@@ -883,6 +883,8 @@ func (s *scope) take(dst []byte) ([]byte, error) {
 		return nil, &worker.NotSerializableError{What: "result", Detail: C.GoString(r.emsg)}
 	case C.SPK_ECLOSED:
 		return nil, ErrClosed
+	case C.SPK_EBADARGS:
+		return nil, &worker.NotSerializableError{What: "argument", Detail: C.GoString(r.emsg)}
 	default:
 		return nil, fmt.Errorf("embed: %s", C.GoString(r.emsg))
 	}

@@ -49,6 +49,7 @@ static struct {
 	// Objects.
 	PyObject *None;
 	PyObject *PyBytes_Type;
+	PyObject *PyDict_Type;
 	PyObject **PyExc_ValueError;
 	PyObject *(*PyObject_Type)(PyObject *);
 	void (*Py_DecRef)(PyObject *);
@@ -127,6 +128,7 @@ int spk_load(const char *path, char **err) {
 	}
 	REQ(PyExc_ValueError);
 	REQ(PyBytes_Type);
+	REQ(PyDict_Type);
 	REQ(PyObject_Type);
 	REQ(Py_DecRef);
 	REQ(PyImport_ImportModule);
@@ -417,6 +419,8 @@ static void describe_unmarshallable(PyObject *obj, spk_result *r) {
 		desc = api.PyObject_CallFunctionObjArgs(fn, obj, NULL);
 		api.Py_DecRef(fn);
 	}
+	// str_of calls into Python, which must not run with an exception set.
+	api.PyErr_Clear();
 	r->status = SPK_EUNSERIALIZABLE;
 	if (desc != NULL && desc != api.None) {
 		r->emsg = str_of(desc);
@@ -551,6 +555,14 @@ static void do_call(PyObject *fn, const char *args, Py_ssize_t alen, const char 
 		kw = api.PyMarshal_ReadObjectFromString(kwargs, klen);
 		if (kw == NULL) {
 			fetch_error(r);
+			goto out;
+		}
+		// PyObject_Call requires a dict (or NULL) and does not check it.
+		PyObject *kt = api.PyObject_Type(kw);
+		api.Py_DecRef(kt); // the type outlives kw
+		if (kt != api.PyDict_Type) {
+			r->status = SPK_EBADARGS;
+			r->emsg = strdup("keyword arguments must be a marshalled dict");
 			goto out;
 		}
 	}

@@ -1,0 +1,66 @@
+package embed_test
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"testing"
+
+	"github.com/snakepit-go/snakepit/embed"
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// TestKwargsNotDict passes marshalled values other than a dict as keyword
+// arguments through every raw call path: each must fail with an argument
+// NotSerializableError, never reach PyObject_Call (which would crash).
+func TestKwargsNotDict(t *testing.T) {
+	in := newInterp(t, embed.InterpreterConfig{})
+	mustExec(t, in, echoCode)
+	ctx := context.Background()
+	f, err := in.Func(ctx, "__main__", "kw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args, err := pymarshal.Marshal(pymarshal.Tuple([]any{1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []any{[]any{"a", 1}, "a", 3, nil, pymarshal.Tuple([]any{"b"})} {
+		kw, err := pymarshal.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check := func(path string, err error) {
+			t.Helper()
+			var nse *worker.NotSerializableError
+			if !errors.As(err, &nse) || nse.What != "argument" {
+				t.Errorf("%s with kwargs %#v: got %v, want an argument NotSerializableError", path, v, err)
+			}
+		}
+		_, err = in.CallRaw(ctx, f, args, kw, nil)
+		check("CallRaw", err)
+		_, err = in.CallOnThread(0, f, args, kw, nil)
+		check("CallOnThread", err)
+		func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			th, err := in.Attach()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer th.Close()
+			tf, err := th.Func("__main__", "kw")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = th.CallRaw(tf, args, kw, nil)
+			check("Thread.CallRaw", err)
+		}()
+	}
+	// A dict still works.
+	kw, _ := pymarshal.Marshal(map[string]any{"b": 5})
+	if _, err := in.CallRaw(ctx, f, args, kw, nil); err != nil {
+		t.Fatalf("got %v, want no error", err)
+	}
+}
