@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/snakepit-go/snakepit/embed"
@@ -62,5 +63,24 @@ func TestKwargsNotDict(t *testing.T) {
 	kw, _ := pymarshal.Marshal(map[string]any{"b": 5})
 	if _, err := in.CallRaw(ctx, f, args, kw, nil); err != nil {
 		t.Fatalf("got %v, want no error", err)
+	}
+}
+
+// TestUnserializableDeepPathCapped checks that a value marshal cannot
+// carry, nested deep inside a result, is named with a bounded path.
+func TestUnserializableDeepPathCapped(t *testing.T) {
+	in := newInterp(t, embed.InterpreterConfig{})
+	mustExec(t, in, `
+deep = object()
+for _ in range(1990):
+    deep = [deep]
+`)
+	_, err := in.Eval(context.Background(), "deep")
+	var nse *worker.NotSerializableError
+	if !errors.As(err, &nse) {
+		t.Fatalf("got %v, want a NotSerializableError", err)
+	}
+	if msg := err.Error(); len(msg) > 400 || !strings.Contains(msg, "object") {
+		t.Fatalf("got a message of %d bytes (%.200s), want at most 400 naming object", len(msg), msg)
 	}
 }
