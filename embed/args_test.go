@@ -3,8 +3,10 @@ package embed_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/snakepit-go/snakepit/embed"
@@ -82,5 +84,47 @@ for _ in range(1990):
 	}
 	if msg := err.Error(); len(msg) > 400 || !strings.Contains(msg, "object") {
 		t.Fatalf("got a message of %d bytes (%.200s), want at most 400 naming object", len(msg), msg)
+	}
+}
+
+// TestCallBufsFreed runs bursts of concurrent calls with garbage
+// collections between them: the pooled C buffers the collector drops must
+// be freed, so their number stays bounded by one burst's concurrency.
+func TestCallBufsFreed(t *testing.T) {
+	in := newInterp(t, embed.InterpreterConfig{})
+	const burst, rounds = 50, 8
+	// Every call of a burst holds its buffer at once: they meet at a
+	// barrier (the timeout is a hang guard).
+	mustExec(t, in, fmt.Sprintf(`
+import threading
+barrier = threading.Barrier(%d)
+def meet():
+    barrier.wait(timeout=60)
+`, burst))
+	f, err := in.Func(context.Background(), "__main__", "meet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range rounds {
+		var wg sync.WaitGroup
+		for range burst {
+			wg.Go(func() {
+				if _, err := in.CallOnThread(embed.NewCallID(), f, nil, nil, nil); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		runtime.GC()
+		runtime.GC()
+	}
+	// Cleanups run on their own goroutine after a collection: give them
+	// a bounded number of collections to catch up.
+	for i := 0; i < 100 && embed.LiveCallBufs() > burst; i++ {
+		runtime.GC()
+		runtime.Gosched()
+	}
+	if n := embed.LiveCallBufs(); n > burst {
+		t.Fatalf("got %d call buffers holding C memory after %d bursts of %d, want at most %d", n, rounds, burst, burst)
 	}
 }

@@ -595,13 +595,38 @@ type callBuf struct {
 
 const argBufSize = 4 << 10
 
-var callBufs = sync.Pool{New: func() any {
-	return &callBuf{
+// callBufs holds callBufs between calls. A sync.Pool drops entries at
+// garbage collections; each callBuf carries a cleanup that frees its C
+// memory when the collector reclaims it.
+var callBufs = sync.Pool{New: func() any { return newCallBuf() }}
+
+// callBufMem is the C memory of one callBuf, freed by its cleanup.
+type callBufMem struct {
+	buf, arg *C.char
+	res      *C.spk_result
+}
+
+func newCallBuf() *callBuf {
+	m := callBufMem{
 		buf: (*C.char)(C.malloc(outBufSize)),
 		arg: (*C.char)(C.malloc(argBufSize)),
 		res: (*C.spk_result)(C.calloc(1, C.sizeof_spk_result)),
 	}
-}}
+	cb := &callBuf{buf: m.buf, arg: m.arg, res: m.res}
+	liveCallBufs.Add(1)
+	runtime.AddCleanup(cb, freeCallBufMem, m)
+	return cb
+}
+
+// liveCallBufs counts callBufs whose C memory is not freed yet.
+var liveCallBufs atomic.Int64
+
+func freeCallBufMem(m callBufMem) {
+	liveCallBufs.Add(-1)
+	C.free(unsafe.Pointer(m.buf))
+	C.free(unsafe.Pointer(m.arg))
+	C.free(unsafe.Pointer(m.res))
+}
 
 // CallOnThread calls f on the calling goroutine's OS thread, without a
 // handoff: the goroutine is locked to its thread for the call, and the
