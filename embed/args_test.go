@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -126,5 +127,44 @@ def meet():
 	}
 	if n := embed.LiveCallBufs(); n > burst {
 		t.Fatalf("got %d call buffers holding C memory after %d bursts of %d, want at most %d", n, rounds, burst, burst)
+	}
+}
+
+// TestConcurrentClose closes each interpreter from two goroutines at once,
+// after calls from other threads left thread states to reclaim: both Close
+// calls must return without error (and without touching freed memory,
+// which the AddressSanitizer run checks).
+func TestConcurrentClose(t *testing.T) {
+	rt := testRuntime(t)
+	for range 20 {
+		in, err := rt.NewInterpreter(embed.InterpreterConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mustExec(t, in, echoCode)
+		f, err := in.Func(context.Background(), "__main__", "noop")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				if _, err := in.CallOnThread(embed.NewCallID(), f, nil, nil, nil); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a hang guard
+		errs := make(chan error, 2)
+		for range 2 {
+			go func() { errs <- in.Close(ctx) }()
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Errorf("Close: got %v, want nil", err)
+			}
+		}
+		cancel()
 	}
 }

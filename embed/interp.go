@@ -72,6 +72,49 @@ type Interpreter struct {
 	closed  bool          // Close has begun: no new work, no new Threads
 	threads int           // attached Threads
 	funcs   []*C.PyObject // references held by Funcs, released at Close
+	ciRefs  int           // Close calls using ci (see acquireCI)
+	ciEnded bool          // the interpreter has ended: ci is freed once ciRefs is 0
+}
+
+// acquireCI reports whether in.ci is still usable and, if so, keeps it from
+// being freed until [Interpreter.releaseCI]. Concurrent Close calls use ci
+// while the home thread may end the interpreter: the last of them frees it.
+func (in *Interpreter) acquireCI() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.ci == nil || in.ciEnded {
+		return false
+	}
+	in.ciRefs++
+	return true
+}
+
+// releaseCI ends a use of ci begun by a successful [Interpreter.acquireCI].
+func (in *Interpreter) releaseCI() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.ciRefs--
+	if in.ciRefs == 0 && in.ciEnded {
+		in.freeCILocked()
+	}
+}
+
+// endCI marks ci ended, on the home thread after the interpreter ended, and
+// frees it unless a Close still uses it.
+func (in *Interpreter) endCI() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.ciEnded = true
+	if in.ciRefs == 0 {
+		in.freeCILocked()
+	}
+}
+
+func (in *Interpreter) freeCILocked() {
+	if in.ci != nil {
+		C.spk_interp_free(in.ci)
+		in.ci = nil
+	}
 }
 
 // NewInterpreter creates a sub-interpreter on a new home OS thread: own GIL
@@ -163,10 +206,7 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 	lifecycleMu.Lock()
 	C.spk_end_interp(C.int(in.rt.version.Minor), in.home)
 	lifecycleMu.Unlock()
-	in.mu.Lock()
-	C.spk_interp_free(in.ci)
-	in.ci = nil
-	in.mu.Unlock()
+	in.endCI()
 	C.free(unsafe.Pointer(in.hbuf))
 	C.free(unsafe.Pointer(in.hres))
 }
@@ -329,8 +369,18 @@ func (in *Interpreter) Close(ctx context.Context) error {
 		case <-time.After(time.Millisecond):
 		}
 	}
+	if !in.acquireCI() { // the home thread has ended the interpreter
+		select {
+		case <-in.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	C.spk_interp_close(in.ci)
-	if err := in.reclaimThreadStates(ctx); err != nil {
+	err := in.reclaimThreadStates(ctx)
+	in.releaseCI()
+	if err != nil {
 		return err
 	}
 	select {
