@@ -143,7 +143,7 @@ func startInterpreter(rt *Runtime, isMain bool, cfg InterpreterConfig) (*Interpr
 	if err := <-ready; err != nil {
 		return nil, err
 	}
-	if err := in.Exec(context.Background(), bootstrapCode(append(append([]string(nil), rt.paths...), cfg.Paths...))); err != nil {
+	if err := in.Exec(context.Background(), bootstrapCode(append(append([]string(nil), rt.paths...), cfg.Paths...), isMain)); err != nil {
 		if !isMain {
 			_ = in.Close(context.Background())
 		}
@@ -988,20 +988,31 @@ func decodeResult(out []byte) (any, error) {
 }
 
 // bootstrapCode prepares a new interpreter: the helper module the C side
-// uses to name values marshal cannot carry (snakepit's own _wire.py), and
-// the extra sys.path entries.
-func bootstrapCode(paths []string) string {
+// uses to name values marshal cannot carry (snakepit's own _wire.py), the
+// guards against acting on the host process (snakepit's _hostguard.py:
+// os._exit, fork on 3.11, faulthandler, signal masks; on 3.11 daemon
+// threads in sub-interpreters, which abort the host when the interpreter
+// ends), and the extra sys.path entries.
+func bootstrapCode(paths []string, isMain bool) string {
 	if paths == nil {
 		paths = []string{}
 	}
 	// JSON strings and lists are valid Python literals.
 	p, _ := json.Marshal(paths)
 	src, _ := json.Marshal(python.WireSource())
+	guard, _ := json.Marshal(python.HostGuardSource())
+	sub := "True"
+	if isMain {
+		sub = "False"
+	}
 	return `import sys as _s, types as _t
 _m = _t.ModuleType("_snakepit_embed")
 exec(` + string(src) + `, _m.__dict__)
 _s.modules["_snakepit_embed"] = _m
+_g = {"__name__": "_snakepit_hostguard"}
+exec(` + string(guard) + `, _g)
+_g["install"](legacy_threads=` + sub + ` and _s.version_info < (3, 12))
 _s.path[0:0] = ` + string(p) + `
-del _s, _t, _m
+del _s, _t, _m, _g
 `
 }
