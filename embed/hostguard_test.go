@@ -75,6 +75,20 @@ func hostGuardChild(t *testing.T) {
 			t.Fatalf("%s: nil dereference not recovered", name)
 		}
 	}
+	// Threads started directly with _thread are never joined: refused in
+	// every sub-interpreter.
+	for _, cfg := range []embed.InterpreterConfig{{}, {SharedGIL: true}} {
+		in := newInterp(t, cfg)
+		err := in.Exec(ctx, "import _thread, time; _thread.start_new_thread(time.sleep, (30,))")
+		var pe *worker.PythonError
+		if !errors.As(err, &pe) || pe.Type != "RuntimeError" || !strings.Contains(pe.Message, "process profile") {
+			t.Errorf("%+v: raw thread: got %v, want a RuntimeError naming the process profile", cfg, err)
+		}
+		// threading's non-daemon threads still work.
+		if err := in.Exec(ctx, "import threading; th = threading.Thread(target=len, args=((),)); th.start(); th.join()"); err != nil {
+			t.Errorf("%+v: threading.Thread: got %v, want nil", cfg, err)
+		}
+	}
 	if pymatrix.InChild() || rt.Version().Minor < 12 {
 		// 3.11: daemon threads are refused in sub-interpreters (one still
 		// running when the interpreter ends aborts the process).

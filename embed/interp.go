@@ -1011,7 +1011,7 @@ exec(` + string(src) + `, _m.__dict__)
 _s.modules["_snakepit_embed"] = _m
 _g = {"__name__": "_snakepit_hostguard"}
 exec(` + string(guard) + `, _g)
-_g["install"](legacy_threads=` + sub + ` and _s.version_info < (3, 12))
+_g["install"](sub_interpreter=` + sub + `, legacy_threads=` + sub + ` and _s.version_info < (3, 12))
 _s.path[0:0] = ` + string(p) + `
 del _s, _t, _m, _g
 `

@@ -31,9 +31,11 @@ def _refused(name, why):
     return refused
 
 
-def install(legacy_threads=False):
-    """Install the guards in this interpreter. legacy_threads: the
-    interpreter does not refuse daemon threads itself (3.11)."""
+def install(sub_interpreter=False, legacy_threads=False):
+    """Install the guards in this interpreter. sub_interpreter: refuse
+    threads nothing joins when the interpreter ends (raw _thread threads);
+    legacy_threads: the interpreter does not refuse daemon threads of
+    threading itself (3.11)."""
     import os
     import posix
     import signal
@@ -62,27 +64,29 @@ def install(legacy_threads=False):
     ):
         if hasattr(signal, name):
             setattr(signal, name, _refused("signal." + name, why))
-    if legacy_threads:
-        _refuse_daemon_threads()
+    if sub_interpreter:
+        _refuse_daemon_threads(legacy_threads)
 
 
-def _refuse_daemon_threads():
-    import threading
+def _refuse_daemon_threads(legacy_threads):
+    import threading  # first: it keeps its own reference to _thread's functions
     import _thread
 
-    msg = ("daemon threads are disabled in this interpreter: one still running "
-           "when the worker closes would abort the host; " + HINT)
-    start = threading.Thread.start
+    if legacy_threads:
+        msg = ("daemon threads are disabled in this interpreter: one still running "
+               "when the worker closes would abort the host; " + HINT)
+        start = threading.Thread.start
 
-    def guarded_start(self):
-        if self.daemon:
-            raise RuntimeError(msg)
-        return start(self)
+        def guarded_start(self):
+            if self.daemon:
+                raise RuntimeError(msg)
+            return start(self)
 
-    guarded_start.__name__ = guarded_start.__qualname__ = "start"
-    guarded_start.__doc__ = start.__doc__
-    threading.Thread.start = guarded_start
-    # threading keeps its own reference to _thread.start_new_thread; threads
-    # started directly with _thread are never joined (daemon threads).
+        guarded_start.__name__ = guarded_start.__qualname__ = "start"
+        guarded_start.__doc__ = start.__doc__
+        threading.Thread.start = guarded_start
+    # Threads started directly with _thread are never joined (daemon
+    # threads): on 3.11 one still running when the interpreter ends aborts
+    # the host, on 3.12+ it is left hanging for good.
     _thread.start_new_thread = _thread.start_new = _refused(
         "_thread.start_new_thread", "its threads are daemon threads")
