@@ -168,3 +168,24 @@ func TestConcurrentClose(t *testing.T) {
 		cancel()
 	}
 }
+
+// TestNumpySecondInterpreter311 imports Debian's numpy (CPython 3.11) in two
+// sub-interpreters: the second refuses ("Interpreter change detected"),
+// which must match worker.ErrNotSubinterpreterSafe. On 3.12+ the refusal
+// comes from CPython itself (TestSubinterpreterRefusal).
+func TestNumpySecondInterpreter311(t *testing.T) {
+	if testRuntime(t).Version().Minor != 11 {
+		return // covered by the 3.11 child of TestVersionMatrix
+	}
+	ctx := context.Background()
+	var err error
+	for range 2 {
+		in := newInterp(t, embed.InterpreterConfig{Paths: []string{"/usr/lib/python3/dist-packages"}})
+		if err = in.Exec(ctx, "import numpy"); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, worker.ErrNotSubinterpreterSafe) || !strings.Contains(err.Error(), "process profile") {
+		t.Fatalf("got %v, want an error matching worker.ErrNotSubinterpreterSafe", err)
+	}
+}
