@@ -84,9 +84,26 @@ func hostGuardChild(t *testing.T) {
 		if !errors.As(err, &pe) || pe.Type != "RuntimeError" || !strings.Contains(pe.Message, "process profile") {
 			t.Errorf("%+v: raw thread: got %v, want a RuntimeError naming the process profile", cfg, err)
 		}
-		// threading's non-daemon threads still work.
-		if err := in.Exec(ctx, "import threading; th = threading.Thread(target=len, args=((),)); th.start(); th.join()"); err != nil {
+		// threading's non-daemon threads still work, also started from
+		// a thread threading did not start (the default daemon is False).
+		if err := in.Exec(ctx, "import threading; th = threading.Thread(target=len, args=((),)); th.start(); th.join(); assert not th.daemon"); err != nil {
 			t.Errorf("%+v: threading.Thread: got %v, want nil", cfg, err)
+		}
+		mustExec(t, in, `
+import threading
+def start_thread():
+    th = threading.Thread(target=len, args=((),))
+    th.start()
+    th.join()
+    return th.daemon
+`)
+		f, err := in.Func(ctx, "__main__", "start_thread")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := in.CallOnThread(embed.NewCallID(), f, nil, nil, nil)
+		if err != nil || string(out) != "F" {
+			t.Errorf("%+v: threading.Thread on a caller's thread: got %q, %v, want a non-daemon thread", cfg, out, err)
 		}
 	}
 	if pymatrix.InChild() || rt.Version().Minor < 12 {

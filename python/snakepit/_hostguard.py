@@ -85,6 +85,20 @@ def _refuse_daemon_threads(legacy_threads):
         guarded_start.__name__ = guarded_start.__qualname__ = "start"
         guarded_start.__doc__ = start.__doc__
         threading.Thread.start = guarded_start
+        # A thread inherits daemon from its creator, and calls run on
+        # threads threading knows as dummy threads, which are daemon: as on
+        # 3.12+ where daemon threads are refused, a thread not asked to be
+        # a daemon is not one.
+        init = threading.Thread.__init__
+
+        def guarded_init(self, *args, daemon=None, **kwargs):
+            init(self, *args, daemon=daemon, **kwargs)
+            if daemon is None:
+                self._daemonic = False
+
+        guarded_init.__name__ = guarded_init.__qualname__ = "__init__"
+        guarded_init.__doc__ = init.__doc__
+        threading.Thread.__init__ = guarded_init
     # Threads started directly with _thread are never joined (daemon
     # threads): on 3.11 one still running when the interpreter ends aborts
     # the host, on 3.12+ it is left hanging for good.
