@@ -5,13 +5,24 @@ BENCHTIME ?= 2s
 PY311_LIB ?= /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0
 PY311_EXE ?= /usr/bin/python3.11
 
-.PHONY: test lint fuzz soak chaos bench bench-quick bench-go bench-311 docker
+.PHONY: test test-asan lint fuzz soak chaos bench bench-quick bench-go bench-311 docker
 
 # Vet, the cgo rule, the race detector (which also enables -d=checkptr over
 # the cgo package), and the whole suite: real Python, hermetic 3.14 in
 # process and the system's 3.11 in a re-executed child.
 test: lint
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# The cgo package and the thread profile under AddressSanitizer: the shim
+# is compiled with -fsanitize=address and libpython, loaded with dlopen,
+# runs under the ASan runtime (its allocations are intercepted; its own
+# code is not instrumented). Leak detection is off: CPython keeps objects
+# alive until exit by design, and sub-interpreters leak upstream.
+ASAN_CFLAGS ?= -fsanitize=address -fno-omit-frame-pointer -O1 -g
+test-asan:
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 \
+	CGO_CFLAGS="$(ASAN_CFLAGS)" CGO_LDFLAGS="-fsanitize=address" \
+	  $(GO) test -asan -count=1 -timeout 20m ./embed/ ./gil/
 
 lint:
 	@unformatted=$$(gofmt -l .); \

@@ -588,34 +588,3 @@ func FuzzPythonRoundTrip(f *testing.F) {
 		}
 	})
 }
-
-// TestNonDictKwargs: keyword arguments that unmarshal to something other
-// than a dict are a TypeError, not a crash of the host (PyObject_Call
-// dereferences them as a dict).
-func TestNonDictKwargs(t *testing.T) {
-	in, err := testRuntime(t).NewInterpreter(embed.InterpreterConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close(context.Background())
-	ctx := context.Background()
-	if err := in.Exec(ctx, echoCode); err != nil {
-		t.Fatal(err)
-	}
-	echo, err := in.Func(ctx, "__main__", "echo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	args, _ := pymarshal.Marshal(pymarshal.Tuple{int64(1)})
-	for _, kw := range []any{[]any{"x", int64(1)}, "x", int64(7), pymarshal.Tuple{}} {
-		raw, _ := pymarshal.Marshal(kw)
-		_, err := in.CallRaw(ctx, echo, args, raw, nil)
-		var pe *worker.PythonError
-		if !errors.As(err, &pe) || pe.Type != "TypeError" {
-			t.Errorf("kwargs %#v: got %v, want a TypeError", kw, err)
-		}
-	}
-	if out, err := in.CallRaw(ctx, echo, args, nil, nil); err != nil || len(out) == 0 {
-		t.Fatalf("the interpreter after bad kwargs: %v", err)
-	}
-}

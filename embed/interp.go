@@ -74,6 +74,49 @@ type Interpreter struct {
 	closed  bool          // Close has begun: no new work, no new Threads
 	threads int           // attached Threads
 	funcs   []*C.PyObject // references held by Funcs, released at Close
+	ciRefs  int           // Close calls using ci (see acquireCI)
+	ciEnded bool          // the interpreter has ended: ci is freed once ciRefs is 0
+}
+
+// acquireCI reports whether in.ci is still usable and, if so, keeps it from
+// being freed until [Interpreter.releaseCI]. Concurrent Close calls use ci
+// while the home thread may end the interpreter: the last of them frees it.
+func (in *Interpreter) acquireCI() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.ci == nil || in.ciEnded {
+		return false
+	}
+	in.ciRefs++
+	return true
+}
+
+// releaseCI ends a use of ci begun by a successful [Interpreter.acquireCI].
+func (in *Interpreter) releaseCI() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.ciRefs--
+	if in.ciRefs == 0 && in.ciEnded {
+		in.freeCILocked()
+	}
+}
+
+// endCI marks ci ended, on the home thread after the interpreter ended, and
+// frees it unless a Close still uses it.
+func (in *Interpreter) endCI() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.ciEnded = true
+	if in.ciRefs == 0 {
+		in.freeCILocked()
+	}
+}
+
+func (in *Interpreter) freeCILocked() {
+	if in.ci != nil {
+		C.spk_interp_free(in.ci)
+		in.ci = nil
+	}
 }
 
 // NewInterpreter creates a sub-interpreter on a new home OS thread: own GIL
@@ -102,7 +145,7 @@ func startInterpreter(rt *Runtime, isMain bool, cfg InterpreterConfig) (*Interpr
 	if err := <-ready; err != nil {
 		return nil, err
 	}
-	if err := in.Exec(context.Background(), bootstrapCode(append(append([]string(nil), rt.paths...), cfg.Paths...))); err != nil {
+	if err := in.Exec(context.Background(), bootstrapCode(append(append([]string(nil), rt.paths...), cfg.Paths...), isMain)); err != nil {
 		if !isMain {
 			_ = in.Close(context.Background())
 		}
@@ -165,10 +208,7 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 	// Not under lifecycleMu: ending joins the interpreter's threads and
 	// runs its atexit hooks, which must not hold up other interpreters.
 	C.spk_end_interp(C.int(in.rt.version.Minor), in.home)
-	in.mu.Lock()
-	C.spk_interp_free(in.ci)
-	in.ci = nil
-	in.mu.Unlock()
+	in.endCI()
 	C.free(unsafe.Pointer(in.hbuf))
 	C.free(unsafe.Pointer(in.hres))
 }
@@ -338,8 +378,18 @@ func (in *Interpreter) Close(ctx context.Context) error {
 		case <-time.After(time.Millisecond):
 		}
 	}
+	if !in.acquireCI() { // the home thread has ended the interpreter
+		select {
+		case <-in.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	C.spk_interp_close(in.ci)
-	if err := in.reclaimThreadStates(ctx); err != nil {
+	err := in.reclaimThreadStates(ctx)
+	in.releaseCI()
+	if err != nil {
 		return err
 	}
 	select {
@@ -618,13 +668,38 @@ type callBuf struct {
 
 const argBufSize = 4 << 10
 
-var callBufs = sync.Pool{New: func() any {
-	return &callBuf{
+// callBufs holds callBufs between calls. A sync.Pool drops entries at
+// garbage collections; each callBuf carries a cleanup that frees its C
+// memory when the collector reclaims it.
+var callBufs = sync.Pool{New: func() any { return newCallBuf() }}
+
+// callBufMem is the C memory of one callBuf, freed by its cleanup.
+type callBufMem struct {
+	buf, arg *C.char
+	res      *C.spk_result
+}
+
+func newCallBuf() *callBuf {
+	m := callBufMem{
 		buf: (*C.char)(C.malloc(outBufSize)),
 		arg: (*C.char)(C.malloc(argBufSize)),
 		res: (*C.spk_result)(C.calloc(1, C.sizeof_spk_result)),
 	}
-}}
+	cb := &callBuf{buf: m.buf, arg: m.arg, res: m.res}
+	liveCallBufs.Add(1)
+	runtime.AddCleanup(cb, freeCallBufMem, m)
+	return cb
+}
+
+// liveCallBufs counts callBufs whose C memory is not freed yet.
+var liveCallBufs atomic.Int64
+
+func freeCallBufMem(m callBufMem) {
+	liveCallBufs.Add(-1)
+	C.free(unsafe.Pointer(m.buf))
+	C.free(unsafe.Pointer(m.arg))
+	C.free(unsafe.Pointer(m.res))
+}
 
 // CallOnThread calls f on the calling goroutine's OS thread, without a
 // handoff: the goroutine is locked to its thread for the call, and the
@@ -906,6 +981,8 @@ func (s *scope) take(dst []byte) ([]byte, error) {
 		return nil, &worker.NotSerializableError{What: "result", Detail: C.GoString(r.emsg)}
 	case C.SPK_ECLOSED:
 		return nil, ErrClosed
+	case C.SPK_EBADARGS:
+		return nil, &worker.NotSerializableError{What: "argument", Detail: C.GoString(r.emsg)}
 	default:
 		return nil, fmt.Errorf("embed: %s", C.GoString(r.emsg))
 	}
@@ -934,20 +1011,31 @@ func decodeResult(out []byte) (any, error) {
 }
 
 // bootstrapCode prepares a new interpreter: the helper module the C side
-// uses to name values marshal cannot carry (snakepit's own _wire.py), and
-// the extra sys.path entries.
-func bootstrapCode(paths []string) string {
+// uses to name values marshal cannot carry (snakepit's own _wire.py), the
+// guards against acting on the host process (snakepit's _hostguard.py:
+// os._exit, fork on 3.11, faulthandler, signal masks; on 3.11 daemon
+// threads in sub-interpreters, which abort the host when the interpreter
+// ends), and the extra sys.path entries.
+func bootstrapCode(paths []string, isMain bool) string {
 	if paths == nil {
 		paths = []string{}
 	}
 	// JSON strings and lists are valid Python literals.
 	p, _ := json.Marshal(paths)
 	src, _ := json.Marshal(python.WireSource())
+	guard, _ := json.Marshal(python.HostGuardSource())
+	sub := "True"
+	if isMain {
+		sub = "False"
+	}
 	return `import sys as _s, types as _t
 _m = _t.ModuleType("_snakepit_embed")
 exec(` + string(src) + `, _m.__dict__)
 _s.modules["_snakepit_embed"] = _m
+_g = {"__name__": "_snakepit_hostguard"}
+exec(` + string(guard) + `, _g)
+_g["install"](sub_interpreter=` + sub + `, legacy_threads=` + sub + ` and _s.version_info < (3, 12))
 _s.path[0:0] = ` + string(p) + `
-del _s, _t, _m
+del _s, _t, _m, _g
 `
 }

@@ -419,6 +419,8 @@ static void describe_unmarshallable(PyObject *obj, spk_result *r) {
 		desc = api.PyObject_CallFunctionObjArgs(fn, obj, NULL);
 		api.Py_DecRef(fn);
 	}
+	// str_of calls into Python, which must not run with an exception set.
+	api.PyErr_Clear();
 	r->status = SPK_EUNSERIALIZABLE;
 	if (desc != NULL && desc != api.None) {
 		r->emsg = str_of(desc);
@@ -555,14 +557,12 @@ static void do_call(PyObject *fn, const char *args, Py_ssize_t alen, const char 
 			fetch_error(r);
 			goto out;
 		}
-		// PyObject_Call requires a dict (or NULL): anything else crashes it.
+		// PyObject_Call requires a dict (or NULL) and does not check it.
 		PyObject *kt = api.PyObject_Type(kw);
-		api.Py_DecRef(kt);
+		api.Py_DecRef(kt); // the type outlives kw
 		if (kt != api.PyDict_Type) {
-			r->status = SPK_EPYTHON;
-			r->etype = strdup("TypeError");
+			r->status = SPK_EBADARGS;
 			r->emsg = strdup("keyword arguments must be a marshalled dict");
-			r->etb = strdup("");
 			goto out;
 		}
 	}

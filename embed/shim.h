@@ -118,6 +118,9 @@ void spk_release_thread(void);
 int spk_delete_for_dead_thread(spk_interp *in, pid_t tid);
 
 enum { SPK_ECLOSED = 4 };
+
+// SPK_EBADARGS: the arguments are not of the shape a call takes; emsg says why.
+enum { SPK_EBADARGS = 5 };
 void spk_result_free(spk_result *r);
 
 #endif

@@ -5,7 +5,8 @@ import (
 	"strconv"
 )
 
-// CheckDict reports whether data is exactly one marshalled dict, without
+// CheckDict reports whether data is exactly one marshalled dict (with str
+// keys, as every dict in it), without
 // decoding it: the structure is walked (lengths, nesting, back-reference
 // numbers, nothing after the value) but nothing is allocated. It returns
 // nil, or an *Error matching ErrMalformed, ErrTruncated or ErrUnsupported.
@@ -147,7 +148,12 @@ func (s *spanner) value(depth int) error {
 				s.pos++
 				return nil
 			}
-			if err := s.value(depth + 1); err != nil { // key
+			switch s.data[s.pos] &^ flagRef { // keys are strings, as Decode requires
+			case typeUnicode, typeInterned, typeASCII, typeASCIIInterned, typeShortASCII, typeShortASCIIIntern, typeRef:
+			default:
+				return s.fail(ErrUnsupported, "a dict key that is not a str")
+			}
+			if err := s.value(depth + 1); err != nil {
 				return err
 			}
 			if err := s.value(depth + 1); err != nil {

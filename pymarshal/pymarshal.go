@@ -47,6 +47,7 @@ package pymarshal
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Sentinel errors; every error of this package wraps one of them.
@@ -88,6 +89,8 @@ type Error struct {
 	Offset int    // byte offset in the input, for unmarshal; -1 when unknown
 	Detail string // what was found, e.g. "set" or "chan int"
 	Err    error  // one of the sentinels of this package
+
+	tailLen int // length of Path's innermost part kept when Path was cut
 }
 
 func (e *Error) Error() string {
@@ -127,8 +130,47 @@ func prependPath(err error, elem string) error {
 		} else {
 			pe.Path = elem + "." + pe.Path
 		}
+		pe.capPath()
 	}
 	return err
+}
+
+// Bounds of an error's path: a value nested thousands of levels deep would
+// otherwise make a message of many kilobytes. A longer path keeps its
+// outermost elements (up to pathHeadMax bytes) and its innermost ones (up to
+// pathTailMax bytes), with pathElision between them.
+const (
+	pathHeadMax = 96
+	pathTailMax = 96
+	pathElision = "…"
+)
+
+// capPath shortens e.Path, built by prepending elements, to the bounds
+// above. The innermost part is fixed the first time the path is cut (its
+// length kept in e.tailLen); later elements are prepended to the head, whose
+// innermost elements are dropped.
+func (e *Error) capPath() {
+	if len(e.Path) <= pathHeadMax+pathTailMax+len(pathElision) {
+		return
+	}
+	var head, tail string
+	if e.tailLen > 0 {
+		n := len(e.Path) - e.tailLen - len(pathElision)
+		head, tail = e.Path[:n], e.Path[len(e.Path)-e.tailLen:]
+	} else {
+		head, tail = e.Path[:len(e.Path)-pathTailMax], e.Path[len(e.Path)-pathTailMax:]
+		if i := strings.IndexAny(tail, "[."); i > 0 {
+			head, tail = e.Path[:len(head)+i], tail[i:]
+		}
+	}
+	if len(head) > pathHeadMax {
+		i := strings.LastIndexAny(head[:pathHeadMax+1], "[.")
+		if i <= 0 {
+			i = pathHeadMax
+		}
+		head = head[:i]
+	}
+	e.Path, e.tailLen = head+pathElision+tail, len(tail)
 }
 
 func indexElem(i int) string { return fmt.Sprintf("[%d]", i) }

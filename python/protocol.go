@@ -51,18 +51,28 @@ func CancelledError(ctx context.Context, err error, command, correlationID strin
 	return err
 }
 
+// checkArgs reports whether args is empty or exactly one marshalled dict
+// with string keys. Args is spliced into the call tuple as it is, so a
+// prefix that looks like a dict followed by more values would shift the
+// tuple's later fields (correlation id, session id) under the caller's
+// control.
+func checkArgs(args []byte) error {
+	if len(args) == 0 {
+		return nil
+	}
+	if err := pymarshal.CheckDict(args); err != nil {
+		return &worker.NotSerializableError{What: "argument", Detail: "Args must be exactly one marshalled dict of keyword arguments: " + err.Error(), Err: err}
+	}
+	return nil
+}
+
 // EncodeCall appends to dst the dispatcher's call arguments for req: the
 // marshalled tuple (command, kwargs, correlation_id, session_id, deadline,
 // attachments), the positional arguments of Dispatcher.call and
 // Dispatcher.stream_open. req.Args is copied in without decoding.
 func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
-	// Args is spliced in as it is: it must be exactly one dict, or what
-	// follows it would be read as the call's next fields (its correlation
-	// and session ids).
-	if len(req.Args) > 0 {
-		if err := pymarshal.CheckDict(req.Args); err != nil {
-			return nil, &worker.NotSerializableError{What: "argument", Detail: "Args must be exactly one marshalled dict of keyword arguments: " + err.Error(), Err: err}
-		}
+	if err := checkArgs(req.Args); err != nil {
+		return nil, err
 	}
 	size := 32 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID)
 	for _, a := range req.Attachments {

@@ -125,3 +125,15 @@ func WireSource() string {
 	}
 	return string(b)
 }
+
+// HostGuardSource returns the source of snakepit/_hostguard.py, the guards
+// the embed package installs in every interpreter it creates: functions
+// that would act on the whole host process (os._exit, fork on 3.11,
+// faulthandler, signal masks and timers) raise RuntimeError instead.
+func HostGuardSource() string {
+	b, err := FS.ReadFile("snakepit/_hostguard.py")
+	if err != nil {
+		panic("python: embedded _hostguard.py missing: " + err.Error())
+	}
+	return string(b)
+}

@@ -86,10 +86,13 @@ func (e *PythonError) Unwrap() []error {
 }
 
 // IsSubinterpreterRefusal reports whether e is the ImportError CPython raises
-// for an extension module that does not support sub-interpreters.
+// for an extension module that does not support sub-interpreters, or the
+// one such a module raises itself when a second interpreter imports it
+// (numpy before 2 on CPython 3.11: "Interpreter change detected").
 func (e *PythonError) IsSubinterpreterRefusal() bool {
 	return (e.Type == "ImportError" || e.Type == "ModuleNotFoundError") &&
-		strings.Contains(e.Message, "does not support loading in subinterpreters")
+		(strings.Contains(e.Message, "does not support loading in subinterpreters") ||
+			strings.Contains(e.Message, "Interpreter change detected"))
 }
 
 // isDaemonRefusal reports whether e is the RuntimeError a sub-interpreter

@@ -130,6 +130,24 @@ def _qual(t):
     return q if m == "builtins" else m + "." + q
 
 
+# Bounds of a path in a message: a value nested thousands of levels deep
+# keeps its outermost and innermost elements, elided between.
+_PATH_HEAD = 96
+_PATH_TAIL = 96
+
+
+def _short(path):
+    if len(path) <= _PATH_HEAD + _PATH_TAIL + 1:
+        return path
+    head = path[:_PATH_HEAD + 1]
+    i = head.rfind("[")
+    head = head[:i] if i > 0 else head[:_PATH_HEAD]
+    tail = path[-_PATH_TAIL:]
+    j = tail.find("[")
+    tail = tail[j:] if j > 0 else tail
+    return head + "\u2026" + tail
+
+
 def describe(obj):
     """Name the first part of obj outside the carried types, or None."""
     stack = [("", obj, 0)]
@@ -138,7 +156,7 @@ def describe(obj):
         t = type(o)
         if t in _SIMPLE:
             continue
-        where = path + ": " if path else ""
+        where = _short(path) + ": " if path else ""
         if depth > MAX_DEPTH:
             return where + "nested more than %d levels deep" % MAX_DEPTH
         if t is list or t is tuple:
