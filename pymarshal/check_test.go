@@ -55,3 +55,16 @@ func FuzzCheckDict(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkCheckDict(b *testing.B) {
+	data, err := Marshal(map[string]any{"a": int64(1), "b": "two", "c": 3.5, "d": []any{true, nil}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := CheckDict(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
