@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/gil"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
@@ -80,13 +81,7 @@ func TestStartHonoursDeadline(t *testing.T) {
 				t.Fatalf("got %v, want ErrSetup and DeadlineExceeded", res.err)
 			}
 			// Reclaimed in the background once the blocked code returns.
-			deadline := time.Now().Add(30 * time.Second)
-			for r.Interpreters() > base {
-				if time.Now().After(deadline) {
-					t.Fatalf("got %d interpreters, want %d", r.Interpreters(), base)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			waitInterpreters(t, r, base)
 		})
 	}
 }
@@ -150,13 +145,7 @@ func TestCloseDuringStreamNext(t *testing.T) {
 	}
 	os.WriteFile(gate, nil, 0o644)
 	<-nextDone
-	deadline := time.Now().Add(30 * time.Second)
-	for r.Interpreters() > base {
-		if time.Now().After(deadline) {
-			t.Fatalf("got %d interpreters, want %d", r.Interpreters(), base)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitInterpreters(t, r, base)
 }
 
 // TestDaemonThreadRefusalNamesProcessProfile: starting a daemon thread in a
@@ -220,5 +209,18 @@ func TestSleepWakesOnDeadline(t *testing.T) {
 	defer cancel2()
 	if err := call(ctx2, 0); err != nil {
 		t.Fatalf("next call: got %v, want success (worker error: %v)", err, w.Err())
+	}
+}
+
+// waitInterpreters waits (up to 30 s) for the runtime's interpreters to
+// come back to base: those ended in the background are reclaimed.
+func waitInterpreters(t *testing.T, r *embed.Runtime, base int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for r.Interpreters() > base {
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d interpreters, want %d", r.Interpreters(), base)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
