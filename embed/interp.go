@@ -65,6 +65,7 @@ type Interpreter struct {
 
 	inflight atomic.Int64 // CallOnThread calls running
 	closing  atomic.Bool  // closed, readable without mu
+	reaping  atomic.Bool  // a reap (see reap) runs
 	ending   atomic.Bool  // the home thread was asked to end the interpreter
 
 	reqs chan func()   // work for the home thread
@@ -418,10 +419,11 @@ func (in *Interpreter) waitEnded(ctx context.Context) error {
 }
 
 // reclaimThreadStates waits until every thread state that callers' threads
-// created for this interpreter is deleted. Each must be deleted by its own
-// thread: a thread sweeps at its next call into the shim and when a call
-// returns; thread states of threads that have exited are deleted directly.
-// Threads that never call again are reached with probes.
+// created for this interpreter is deleted. Most are deleted at once by a
+// reaper (see reap). The one each thread is bound to (the last it used, on
+// 3.12+) must be deleted by that thread: a thread sweeps at its next call
+// into the shim and when a call returns; threads that exit delete theirs as
+// they exit. Threads that never call again are reached with probes.
 //
 // Threads that run Go code take drifting probes from the global run queue:
 // each locks onto its thread for a moment, sweeps it and leaves. Idle
@@ -443,14 +445,19 @@ func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 			return nil
 		}
 		sleeping := false
+		var dead []C.pid_t
 		for _, tid := range tids[:min(n, len(tids))] {
 			switch threadState(int(tid)) {
 			case 0: // gone
-				deleteForDeadThread(in.ci, tid)
+				dead = append(dead, tid)
 			case 'R':
 			default:
 				sleeping = true
 			}
+		}
+		in.reap(ctx, dead)
+		if pending() == 0 {
+			return nil
 		}
 		driftProbes(ctx)
 		in.sweepHomes(ctx, tids[:min(pending(), len(tids))])
@@ -617,16 +624,35 @@ func walkIdleThreads(ctx context.Context, pending func() int, depth int) (done b
 	return pending() == 0, 0
 }
 
-// deleteForDeadThread deletes, from a thread of its own that Go then
-// discards, the thread states of an OS thread that no longer exists.
-func deleteForDeadThread(ci *C.spk_interp, tid C.pid_t) {
+// reap deletes the thread states of in that their threads neither use nor
+// are bound to, and those of the dead threads, from a thread of its own
+// (spk_reap). It waits for that until ctx ends: reaping waits for the
+// interpreter's GIL, which a thread of it stuck in C may hold; the reaper
+// then goes on in the background, keeping ci alive, and later waves skip
+// reaping while it runs.
+func (in *Interpreter) reap(ctx context.Context, dead []C.pid_t) {
+	if !in.reaping.CompareAndSwap(false, true) {
+		return
+	}
+	if !in.acquireCI() {
+		in.reaping.Store(false)
+		return
+	}
 	done := make(chan struct{})
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		C.spk_delete_for_dead_thread(ci, tid)
-		close(done)
+		defer close(done)
+		defer in.reaping.Store(false)
+		defer in.releaseCI()
+		var p *C.pid_t
+		if len(dead) > 0 {
+			p = &dead[0]
+		}
+		C.spk_reap(in.ci, p, C.int(len(dead)))
 	}()
-	<-done
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 // ThreadStates returns how many thread states callers' threads hold for
@@ -641,14 +667,16 @@ func (in *Interpreter) ThreadStates() int {
 	return int(C.spk_interp_pending(in.ci, &tid, 0))
 }
 
-// ReleaseThread deletes the thread states the calling OS thread keeps for
-// calls to sub-interpreters ([Interpreter.CallOnThread]). Call it right
-// after runtime.LockOSThread in a goroutine that keeps its thread for long:
-// an interpreter that closes waits for every thread that called it to give
-// up its thread state, and nothing else can run on a locked thread to do
-// it. The library does so for its own long-locked threads. (States of
-// interpreters running a call at that moment are kept: they may hold their
-// GIL for long.)
+// ReleaseThread leaves the calling OS thread with no thread state that only
+// it could delete among those it keeps for calls to sub-interpreters
+// ([Interpreter.CallOnThread]). Call it right after runtime.LockOSThread in
+// a goroutine that keeps its thread for long, and again after calls it makes
+// there: an interpreter that closes waits for the thread state each thread
+// is bound to (the one it used last) to be deleted by that thread, and
+// nothing else can run on a locked thread to do it. The others Close deletes
+// itself. On 3.12+ it may take the main interpreter's GIL for a moment; on
+// 3.11 it may wait for the shared GIL. The library does so for its own
+// long-locked threads.
 func ReleaseThread() { C.spk_release_thread() }
 
 func init() { pin.SetHooks(ReleaseThread, func() { C.spk_sweep_thread() }) }

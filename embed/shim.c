@@ -39,6 +39,7 @@ static struct {
 	void (*PyThreadState_Delete)(PyThreadState *);
 	int (*PyThreadState_SetAsyncExc)(unsigned long, PyObject *);
 	PyThreadState *(*PyThreadState_Swap)(PyThreadState *);
+	PyThreadState *(*PyGILState_GetThisThreadState)(void);
 	PyInterpreterState *(*PyThreadState_GetInterpreter)(PyThreadState *);
 	PyInterpreterState *(*PyInterpreterState_Main)(void);
 	int64_t (*PyInterpreterState_GetID)(PyInterpreterState *);
@@ -76,6 +77,10 @@ static struct {
 } api;
 
 static void *lib;
+static int py_minor; // of the loaded library: 11, 12, ...
+
+static void note_binding(void);
+static __thread struct spk_tsent *tls_ents; // this thread's cached thread states
 
 int spk_load(const char *path, char **err) {
 	const char *missing = NULL;
@@ -95,6 +100,10 @@ int spk_load(const char *path, char **err) {
 	} while (0)
 #define OPT(name) (*(void **)&api.name = dlsym(lib, #name))
 	REQ(Py_GetVersion);
+	{
+		const char *dot = strchr(api.Py_GetVersion(), '.');
+		py_minor = dot ? atoi(dot + 1) : 0;
+	}
 	REQ(Py_IsInitialized);
 	REQ(Py_InitializeEx);
 	REQ(Py_DecodeLocale);
@@ -115,6 +124,7 @@ int spk_load(const char *path, char **err) {
 	REQ(PyThreadState_Delete);
 	REQ(PyThreadState_SetAsyncExc);
 	REQ(PyThreadState_Swap);
+	REQ(PyGILState_GetThisThreadState);
 	REQ(PyThreadState_GetInterpreter);
 	REQ(PyInterpreterState_Main);
 	REQ(PyInterpreterState_GetID);
@@ -284,6 +294,7 @@ void spk_delete_tstate(PyThreadState *ts) {
 	api.PyEval_RestoreThread(ts);
 	api.PyThreadState_Clear(ts);
 	api.PyThreadState_DeleteCurrent();
+	if (tls_ents != NULL) note_binding();
 }
 
 int64_t spk_interp_id(PyThreadState *ts) {
@@ -490,6 +501,14 @@ static void reset(spk_result *r) { memset(r, 0, sizeof *r); }
 
 // ---- operations ----
 
+// leave releases the GIL after an operation with a thread state that is not
+// a cached one (a home thread's, an attached Thread's): activating it moved
+// this thread's GILState binding off any cached one (see note_binding).
+static void leave(void) {
+	api.PyEval_SaveThread();
+	if (tls_ents != NULL) note_binding();
+}
+
 void spk_exec(PyThreadState *ts, const char *code, int eval, char *buf, Py_ssize_t cap, spk_result *r) {
 	PyObject *mainmod, *globals, *res;
 	reset(r);
@@ -510,7 +529,7 @@ void spk_exec(PyThreadState *ts, const char *code, int eval, char *buf, Py_ssize
 	}
 	api.Py_DecRef(res);
 out:
-	api.PyEval_SaveThread();
+	leave();
 }
 
 PyObject *spk_lookup(PyThreadState *ts, const char *module, const char *attr, spk_result *r) {
@@ -529,7 +548,7 @@ PyObject *spk_lookup(PyThreadState *ts, const char *module, const char *attr, sp
 		}
 		api.Py_DecRef(mod);
 	}
-	api.PyEval_SaveThread();
+	leave();
 	return obj;
 }
 
@@ -584,7 +603,7 @@ void spk_call(PyThreadState *ts, PyObject *fn, const char *args, Py_ssize_t alen
 	reset(r);
 	api.PyEval_RestoreThread(ts);
 	do_call(fn, args, alen, kwargs, klen, buf, cap, r);
-	api.PyEval_SaveThread();
+	leave();
 }
 
 void spk_decref(PyThreadState *ts, PyObject **objs, int n) {
@@ -592,7 +611,7 @@ void spk_decref(PyThreadState *ts, PyObject **objs, int n) {
 	for (int i = 0; i < n; i++) {
 		api.Py_DecRef(objs[i]);
 	}
-	api.PyEval_SaveThread();
+	leave();
 }
 
 void spk_result_free(spk_result *r) {
@@ -604,14 +623,33 @@ void spk_result_free(spk_result *r) {
 }
 
 // ---- cached per-thread thread states ----
+//
+// A thread that calls an interpreter with spk_fcall keeps a thread state of
+// it (an entry) for its next calls. CPython binds each OS thread's
+// "GILState" slot to one thread state: the one it activated last (3.12+), or
+// the first one it created (3.11). The bound one may only be deleted by its
+// own thread, as deleting it from another would leave the slot dangling.
+// Any other entry of a thread that is not inside a call with it may be
+// deleted by any thread holding its interpreter's GIL: each entry's state
+// says which it is, and who owns it at the moment.
+
+enum {
+	ENT_IDLE_UNBOUND, // not in use, not bound: any thread may reap it
+	ENT_IDLE_BOUND,   // not in use, bound: only its thread deletes it
+	ENT_INUSE,        // its thread calls with it or deletes it
+	ENT_REAPING,      // another thread deletes its thread state
+	ENT_REAPED,       // thread state deleted; its thread frees the entry
+};
 
 typedef struct spk_tsent {
-	spk_interp *owner;
+	spk_interp *owner; // not to be dereferenced once the entry is reaped
 	PyThreadState *ts;
 	pid_t tid;
 	unsigned long ident;              // PyThread_get_thread_ident() == pthread_self()
 	uint64_t seq;                     // the running call, 0 when idle; written under the GIL
 	int interrupted;                  // an async exception was set for the running call
+	atomic_int state;                 // ENT_*
+	struct spk_tsent *next_reaped;    // a reaper's batch
 	struct spk_tsent *next_in_interp; // owner's list, guarded by owner->mu
 	struct spk_tsent *next_in_thread; // the thread's own list
 } spk_tsent;
@@ -626,8 +664,11 @@ struct spk_interp {
 	atomic_int calls; // spk_fcall calls inside (running or waiting for the GIL)
 };
 
-static __thread spk_tsent *tls_ents;
-static atomic_int doomed; // thread states of closing interpreters not yet deleted
+static atomic_int doomed;  // thread states of closing interpreters not yet deleted
+static atomic_int zombies; // reaped entries their threads have not freed yet
+static pthread_key_t exit_key;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+static __thread PyThreadState *tls_anchor; // see spk_release_thread
 
 spk_interp *spk_interp_new(PyThreadState *home) {
 	spk_interp *in = calloc(1, sizeof *in);
@@ -641,6 +682,23 @@ spk_interp *spk_interp_new(PyThreadState *home) {
 void spk_interp_free(spk_interp *in) {
 	pthread_mutex_destroy(&in->mu);
 	free(in);
+}
+
+// note_binding marks this thread's idle entries that CPython's GILState slot
+// no longer names as reapable. (An entry only becomes bound while in use:
+// when its thread state is created or activated.)
+static void note_binding(void) {
+	PyThreadState *b = api.PyGILState_GetThisThreadState();
+	for (spk_tsent *e = tls_ents; e; e = e->next_in_thread) {
+		int s = ENT_IDLE_BOUND;
+		if (e->ts != b) atomic_compare_exchange_strong(&e->state, &s, ENT_IDLE_UNBOUND);
+	}
+}
+
+// put_down ends this thread's use of e.
+static void put_down(spk_tsent *e) {
+	int bound = e->ts == api.PyGILState_GetThisThreadState();
+	atomic_store(&e->state, bound ? ENT_IDLE_BOUND : ENT_IDLE_UNBOUND);
 }
 
 static void unlink_from_owner(spk_tsent *e) {
@@ -658,45 +716,142 @@ static void unlink_from_owner(spk_tsent *e) {
 	pthread_mutex_unlock(&in->mu);
 }
 
-static void sweep(int all) {
+// drop_from_thread unlinks a reaped entry from this thread's list and
+// frees it.
+static void drop_from_thread(spk_tsent **p) {
+	spk_tsent *e = *p;
+	*p = e->next_in_thread;
+	free(e);
+	atomic_fetch_sub(&zombies, 1);
+}
+
+// delete_own deletes e, which this thread holds in use, on this thread.
+static void delete_own(spk_tsent *e) {
+	api.PyEval_RestoreThread(e->ts);
+	api.PyThreadState_Clear(e->ts);
+	api.PyThreadState_DeleteCurrent();
+	unlink_from_owner(e);
+	free(e);
+}
+
+// sweep deletes this thread's entries of closing interpreters (with bound
+// set: also its bound entry, of whatever interpreter) and frees entries
+// other threads reaped.
+static void sweep(int bound) {
+	PyThreadState *b = bound ? api.PyGILState_GetThisThreadState() : NULL;
 	for (spk_tsent **p = &tls_ents; *p;) {
 		spk_tsent *e = *p;
-		// Deleting takes the owner's GIL: a closing interpreter runs no
-		// calls, but a live one may be stuck in C holding it, so release
-		// skips a live interpreter with calls inside (its thread state
-		// goes when that thread is asked to sweep, once it closes).
-		int closing = atomic_load(&e->owner->closing);
-		if (!closing && (!all || atomic_load(&e->owner->calls) > 0)) {
+		int s = atomic_load(&e->state);
+		if (s == ENT_REAPED) {
+			drop_from_thread(p);
+			continue;
+		}
+		if (s != ENT_IDLE_BOUND && s != ENT_IDLE_UNBOUND) { // being reaped
+			p = &e->next_in_thread;
+			continue;
+		}
+		// Take it first: a taken entry cannot be reaped, so its owner
+		// stays alive while this thread looks at it.
+		if (!atomic_compare_exchange_strong(&e->state, &s, ENT_INUSE)) {
+			continue; // taken by a reaper just now: look again
+		}
+		if (!atomic_load(&e->owner->closing) && !(b != NULL && e->ts == b)) {
+			put_down(e);
 			p = &e->next_in_thread;
 			continue;
 		}
 		*p = e->next_in_thread;
-		api.PyEval_RestoreThread(e->ts);
-		api.PyThreadState_Clear(e->ts);
-		api.PyThreadState_DeleteCurrent();
-		unlink_from_owner(e);
-		free(e);
+		delete_own(e);
 	}
+	if (tls_ents != NULL) note_binding();
 }
 
 void spk_sweep_thread(void) { sweep(0); }
 
-void spk_release_thread(void) { sweep(1); }
+// spk_release_thread leaves this thread with no entry only it can delete.
+// On 3.12+ it keeps the entries of live interpreters (deleting one would
+// wait for that interpreter's GIL, which a busy one may hold for long) and
+// moves the binding off them by activating, for a moment, a thread state of
+// the main interpreter it keeps for that. On 3.11, where activating does
+// not move the binding, it deletes the bound entry (all interpreters share
+// the one GIL there: the wait is what any call costs).
+void spk_release_thread(void) {
+	sweep(py_minor < 12);
+	if (py_minor < 12) return;
+	PyThreadState *b = api.PyGILState_GetThisThreadState();
+	int bound = 0;
+	for (spk_tsent *e = tls_ents; e; e = e->next_in_thread) {
+		if (e->ts == b && atomic_load(&e->state) == ENT_IDLE_BOUND) bound = 1;
+	}
+	if (!bound) return;
+	if (tls_anchor == NULL) tls_anchor = api.PyThreadState_New(api.PyInterpreterState_Main());
+	if (tls_anchor == NULL) return;
+	api.PyEval_RestoreThread(tls_anchor);
+	api.PyEval_SaveThread();
+	note_binding();
+}
 
-static spk_tsent *thread_entry(spk_interp *in) {
-	spk_tsent *prev = NULL;
-	for (spk_tsent *e = tls_ents; e; prev = e, e = e->next_in_thread) {
-		if (e->owner == in) {
-			if (prev != NULL) { // move to front: callers tend to repeat
-				prev->next_in_thread = e->next_in_thread;
-				e->next_in_thread = tls_ents;
-				tls_ents = e;
-			}
-			return e;
+// at_thread_exit deletes a thread's entries (and anchor) on that thread as
+// it exits: Go ends a thread whose goroutine exits while locked to it.
+static void at_thread_exit(void *unused) {
+	(void)unused;
+	while (tls_ents != NULL) {
+		spk_tsent *e = tls_ents;
+		int s = atomic_load(&e->state);
+		if (s == ENT_REAPED) {
+			drop_from_thread(&tls_ents);
+			continue;
 		}
+		if (s == ENT_REAPING) {
+			sched_yield(); // a reaper is deleting it: wait for it
+			continue;
+		}
+		if (!atomic_compare_exchange_strong(&e->state, &s, ENT_INUSE)) continue;
+		tls_ents = e->next_in_thread;
+		delete_own(e);
+	}
+	if (tls_anchor != NULL) {
+		api.PyEval_RestoreThread(tls_anchor);
+		api.PyThreadState_Clear(tls_anchor);
+		api.PyThreadState_DeleteCurrent();
+		tls_anchor = NULL;
+	}
+}
+
+static void make_exit_key(void) { pthread_key_create(&exit_key, at_thread_exit); }
+
+// take_entry returns this thread's entry for in, in use, creating it on
+// first use; NULL if in is closing (or out of memory).
+static spk_tsent *take_entry(spk_interp *in) {
+	spk_tsent *prev = NULL;
+	for (spk_tsent **p = &tls_ents; *p;) {
+		spk_tsent *e = *p;
+		int s = atomic_load(&e->state);
+		if (s == ENT_REAPED) {
+			drop_from_thread(p);
+			continue;
+		}
+		if (e->owner != in) {
+			prev = e;
+			p = &e->next_in_thread;
+			continue;
+		}
+		if ((s != ENT_IDLE_BOUND && s != ENT_IDLE_UNBOUND) ||
+		    !atomic_compare_exchange_strong(&e->state, &s, ENT_INUSE)) {
+			return NULL; // reaped: in is closing
+		}
+		if (prev != NULL) { // move to front: callers tend to repeat
+			prev->next_in_thread = e->next_in_thread;
+			e->next_in_thread = tls_ents;
+			tls_ents = e;
+		}
+		return e;
 	}
 	spk_tsent *e = calloc(1, sizeof *e);
 	if (e == NULL) return NULL;
+	pthread_once(&exit_once, make_exit_key);
+	pthread_setspecific(exit_key, (void *)1);
+	atomic_init(&e->state, ENT_INUSE);
 	pthread_mutex_lock(&in->mu);
 	if (atomic_load(&in->closing)) {
 		pthread_mutex_unlock(&in->mu);
@@ -724,10 +879,11 @@ static spk_tsent *thread_entry(spk_interp *in) {
 void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_ssize_t alen,
                const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r) {
 	spk_tsent *e;
-	if (atomic_load_explicit(&doomed, memory_order_relaxed) != 0) {
+	if (atomic_load_explicit(&doomed, memory_order_relaxed) != 0 ||
+	    atomic_load_explicit(&zombies, memory_order_relaxed) != 0) {
 		spk_sweep_thread();
 	}
-	if (atomic_load_explicit(&in->closing, memory_order_relaxed) || (e = thread_entry(in)) == NULL) {
+	if (atomic_load_explicit(&in->closing, memory_order_relaxed) || (e = take_entry(in)) == NULL) {
 		reset(r);
 		r->status = atomic_load(&in->closing) ? SPK_ECLOSED : SPK_EINTERNAL;
 		r->emsg = strdup(r->status == SPK_ECLOSED ? "interpreter closed" : "cannot create a thread state");
@@ -748,6 +904,8 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 	}
 	api.PyEval_SaveThread();
 	atomic_fetch_sub_explicit(&in->calls, 1, memory_order_relaxed);
+	put_down(e);
+	note_binding(); // activating e moved the binding off another entry
 	// An interpreter may have started closing during the call: give up
 	// this thread's states of it now rather than when it next calls.
 	if (atomic_load_explicit(&doomed, memory_order_relaxed) != 0) {
@@ -769,7 +927,7 @@ int spk_interrupt(spk_interp *in, uint64_t seq, PyObject *exc) {
 		}
 	}
 	pthread_mutex_unlock(&in->mu);
-	api.PyEval_SaveThread();
+	leave();
 	return done;
 }
 
@@ -793,29 +951,68 @@ int spk_interp_pending(spk_interp *in, pid_t *tids, int max) {
 	return n;
 }
 
-int spk_delete_for_dead_thread(spk_interp *in, pid_t tid) {
-	int deleted = 0;
-	PyThreadState *tmp = api.PyThreadState_New(in->interp);
-	if (tmp == NULL) return 0;
-	api.PyEval_RestoreThread(tmp);
-	for (;;) {
-		spk_tsent *found = NULL;
-		pthread_mutex_lock(&in->mu);
-		for (spk_tsent *e = in->ents; e; e = e->next_in_interp) {
-			if (e->tid == tid) {
-				found = e;
-				break;
-			}
+typedef struct {
+	spk_interp *in;
+	const pid_t *dead;
+	int ndead;
+	int reaped;
+} reap_job;
+
+static int is_dead(const reap_job *j, pid_t tid) {
+	for (int i = 0; i < j->ndead; i++) {
+		if (j->dead[i] == tid) return 1;
+	}
+	return 0;
+}
+
+// reap_main runs on a thread of its own, so that no thread's GILState slot
+// is touched but its own (which ends with it).
+static void *reap_main(void *arg) {
+	reap_job *j = arg;
+	spk_interp *in = j->in;
+	spk_tsent *batch = NULL;
+	pthread_mutex_lock(&in->mu);
+	for (spk_tsent *e = in->ents; e; e = e->next_in_interp) {
+		int s = atomic_load(&e->state);
+		int ok = s == ENT_IDLE_UNBOUND || (s == ENT_IDLE_BOUND && is_dead(j, e->tid));
+		if (ok && atomic_compare_exchange_strong(&e->state, &s, ENT_REAPING)) {
+			e->next_reaped = batch;
+			batch = e;
 		}
-		pthread_mutex_unlock(&in->mu);
-		if (found == NULL) break;
-		api.PyThreadState_Clear(found->ts);
-		api.PyThreadState_Delete(found->ts);
-		unlink_from_owner(found);
-		free(found); // the dead thread's list pointed here; that list is gone
-		deleted++;
+	}
+	pthread_mutex_unlock(&in->mu);
+	if (batch == NULL) return NULL;
+	PyThreadState *tmp = api.PyThreadState_New(in->interp);
+	if (tmp == NULL) {
+		for (spk_tsent *e = batch; e; e = e->next_reaped) {
+			atomic_store(&e->state, ENT_IDLE_UNBOUND);
+		}
+		return NULL;
+	}
+	api.PyEval_RestoreThread(tmp);
+	for (spk_tsent *e = batch, *next; e; e = next) {
+		next = e->next_reaped;
+		api.PyThreadState_Clear(e->ts);
+		api.PyThreadState_Delete(e->ts);
+		e->ts = NULL;
+		unlink_from_owner(e);
+		if (is_dead(j, e->tid)) {
+			free(e); // its thread, and the thread's list, are gone
+		} else {
+			atomic_fetch_add(&zombies, 1);
+			atomic_store(&e->state, ENT_REAPED); // its thread frees it
+		}
+		j->reaped++;
 	}
 	api.PyThreadState_Clear(tmp);
 	api.PyThreadState_DeleteCurrent();
-	return deleted;
+	return NULL;
+}
+
+int spk_reap(spk_interp *in, const pid_t *dead, int ndead) {
+	reap_job j = {in, dead, ndead, 0};
+	pthread_t t;
+	if (pthread_create(&t, NULL, reap_main, &j) != 0) return -1;
+	pthread_join(t, NULL);
+	return j.reaped;
 }

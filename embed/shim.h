@@ -83,9 +83,10 @@ void spk_decref(PyThreadState *ts, PyObject **objs, int n);
 //
 // An spk_interp tracks the thread states that calling threads created for
 // one interpreter. Each calling OS thread keeps its own in thread-local
-// storage, creates them on first use and deletes them itself: CPython binds a
-// thread state to the OS thread that activated it last, so deleting it from
-// another live thread would leave a dangling pointer behind.
+// storage and creates them on first use. CPython binds each OS thread to one
+// thread state (the one PyGILState_Ensure uses): that one only its own
+// thread may delete, as deleting it from another live thread would leave a
+// dangling pointer behind; the others any thread may delete (spk_reap).
 typedef struct spk_interp spk_interp;
 
 spk_interp *spk_interp_new(PyThreadState *home);
@@ -104,18 +105,19 @@ void spk_interp_close(spk_interp *in);
 // spk_interp_pending returns how many thread states of in remain, and up to
 // max of their owning threads' ids.
 int spk_interp_pending(spk_interp *in, pid_t *tids, int max);
+// spk_reap deletes, from a new thread of its own, the thread states of in
+// that their threads neither use nor are bound to, and those of the threads
+// listed in dead, which have exited. It waits for in's GIL. Returns how many
+// it deleted, or -1 if it could not start a thread.
+int spk_reap(spk_interp *in, const pid_t *dead, int ndead);
 // spk_sweep_thread deletes the calling thread's thread states of closing
 // interpreters.
 void spk_sweep_thread(void);
-// spk_release_thread deletes the calling thread's cached thread states, for
-// a thread about to be locked to one goroutine for good (a home thread, an
-// attached Thread): probes could not reach it any more. States of live
-// interpreters with a call inside (which may hold their GIL) are kept.
+// spk_release_thread leaves the calling thread with no thread state only it
+// could delete, for a thread about to be locked to one goroutine for good
+// (a home thread, an attached Thread): no probe could reach it any more.
+// A thread that exits deletes its thread states itself.
 void spk_release_thread(void);
-// spk_delete_for_dead_thread deletes the remaining thread states of in
-// whose thread tid has exited (safe: its thread-local state is gone). It
-// must run on a thread that is discarded afterwards.
-int spk_delete_for_dead_thread(spk_interp *in, pid_t tid);
 
 enum { SPK_ECLOSED = 4 };
 
