@@ -820,6 +820,32 @@ static void at_thread_exit(void *unused) {
 
 static void make_exit_key(void) { pthread_key_create(&exit_key, at_thread_exit); }
 
+// drop_others deletes this thread's idle entries (3.11), so that the entry
+// it creates next binds its GILState slot. On 3.11 the slot names the first
+// thread state a thread creates while it is empty, and PyGILState_Ensure
+// (which pybind11 modules call, in their init and when they call back into
+// Python) uses the slot's thread state: naming another interpreter's, it
+// waits for the GIL its own thread holds (3.11 interpreters share one), for
+// ever. A thread switching interpreters thus pays a delete and a create
+// (about a microsecond) instead.
+static void drop_others(void) {
+	for (spk_tsent **p = &tls_ents; *p;) {
+		spk_tsent *e = *p;
+		int s = atomic_load(&e->state);
+		if (s == ENT_REAPED) {
+			drop_from_thread(p);
+			continue;
+		}
+		if ((s != ENT_IDLE_BOUND && s != ENT_IDLE_UNBOUND) ||
+		    !atomic_compare_exchange_strong(&e->state, &s, ENT_INUSE)) {
+			p = &e->next_in_thread; // being reaped (or in use by a nested call)
+			continue;
+		}
+		*p = e->next_in_thread;
+		delete_own(e);
+	}
+}
+
 // take_entry returns this thread's entry for in, in use, creating it on
 // first use; NULL if in is closing (or out of memory).
 static spk_tsent *take_entry(spk_interp *in) {
@@ -847,6 +873,7 @@ static spk_tsent *take_entry(spk_interp *in) {
 		}
 		return e;
 	}
+	if (py_minor < 12) drop_others();
 	spk_tsent *e = calloc(1, sizeof *e);
 	if (e == NULL) return NULL;
 	pthread_once(&exit_once, make_exit_key);
@@ -893,6 +920,9 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 	reset(r);
 	atomic_fetch_add_explicit(&in->calls, 1, memory_order_relaxed);
 	api.PyEval_RestoreThread(e->ts);
+	// Activating e moved the binding off another entry: that one can be
+	// reaped during this call already, however long it runs.
+	if (tls_ents->next_in_thread != NULL) note_binding();
 	e->seq = seq;
 	do_call(fn, args, alen, kwargs, klen, buf, cap, r);
 	e->seq = 0;
@@ -905,7 +935,6 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 	api.PyEval_SaveThread();
 	atomic_fetch_sub_explicit(&in->calls, 1, memory_order_relaxed);
 	put_down(e);
-	note_binding(); // activating e moved the binding off another entry
 	// An interpreter may have started closing during the call: give up
 	// this thread's states of it now rather than when it next calls.
 	if (atomic_load_explicit(&doomed, memory_order_relaxed) != 0) {
