@@ -3,11 +3,16 @@ package gil_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/gil"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
@@ -78,5 +83,76 @@ func TestGILStateEnsureInInit(t *testing.T) {
 	_, err = gil.Start(ctx, gil.Config{Module: "gilstate_adapter", Paths: []string{dir}, Runtime: r})
 	if !errors.Is(err, worker.ErrNotSubinterpreterSafe) || !errors.Is(err, worker.ErrSetup) {
 		t.Fatalf("second worker: got %v, want ErrSetup and ErrNotSubinterpreterSafe", err)
+	}
+}
+
+// envGILStateChild makes the test binary, re-executed, run the body of
+// TestGILStateEnsureAcrossWorkers: a deadlock there holds the GIL of every
+// 3.11 interpreter for good, which only ending the process undoes.
+const envGILStateChild = "SNAKEPIT_TEST_GILSTATE_CHILD"
+
+// TestGILStateEnsureAcrossWorkers: handlers of two workers calling
+// PyGILState_Ensure (as pybind11 functions calling back into Python do),
+// from one goroutine locked to its OS thread, both return. On 3.11 a
+// thread's PyGILState slot names one thread state, that of the first
+// interpreter the thread ran: running another interpreter's handler on
+// that thread made PyGILState_Ensure wait for the GIL the thread held. It
+// runs in a child process, ended if it hangs.
+func TestGILStateEnsureAcrossWorkers(t *testing.T) {
+	if os.Getenv(envGILStateChild) != "" {
+		gilStateChild(t)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // hang guard
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestGILStateEnsureAcrossWorkers$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), envGILStateChild+"=1")
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("child: got no end within the hang guard (a handler calling PyGILState_Ensure deadlocked); output:\n%s", out)
+	}
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestGILStateEnsureAcrossWorkers") {
+		t.Fatalf("child: got %v, want success; output:\n%s", err, out)
+	}
+}
+
+func gilStateChild(t *testing.T) {
+	r := runtimeFor(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "gilstate_adapter.py"), []byte(gilStateAdapter), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var ws []*gil.Worker
+	for range 2 {
+		w, err := gil.Start(context.Background(), gil.Config{Module: "gilstate_adapter", Paths: []string{dir}, Runtime: r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close(context.Background())
+		ws = append(ws, w)
+	}
+	args, err := pymarshal.Marshal(map[string]any{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		// One OS thread calls both workers; a context that cannot end
+		// runs each call on it.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		defer embed.ReleaseThread()
+		for range 2 {
+			for i, w := range ws {
+				if _, err := w.Call(context.Background(), &worker.Request{Command: "ensure", Args: args, CorrelationID: "c"}); err != nil {
+					done <- fmt.Errorf("worker %d: %w", i, err)
+					return
+				}
+			}
+		}
+		done <- nil
+	}()
+	if err := <-done; err != nil {
+		t.Fatalf("got %v, want nil", err)
 	}
 }
