@@ -13,6 +13,9 @@
 // BenchmarkNoopHome for that alternative). A call whose context can end runs
 // on a helper goroutine (a Go-level switch, not an OS thread wake-up) so the
 // caller can return at its deadline while the handler is being stopped.
+// On CPython 3.11 every call runs on one OS thread per worker instead, so
+// that extensions calling PyGILState_Ensure (pybind11 modules) find the
+// worker's thread state rather than deadlocking.
 //
 // # Deadlines
 //
@@ -30,7 +33,11 @@
 // Extension modules that do not support sub-interpreters (numpy, most
 // Cython and pybind11 modules) fail to import on Python ≥ 3.12; the worker
 // then fails to start with an error matching [worker.ErrNotSubinterpreterSafe]
-// that names the process profile as the fix. On 3.11 workers share one GIL.
+// that names the process profile as the fix. On 3.11 workers share one GIL,
+// and accept such modules; numpy before 2 loads in one interpreter only
+// (the others fail with the same error). A module whose import deadlocks
+// makes Start end at its ctx's deadline with an error matching
+// [worker.ErrSetup] and naming the process profile.
 package gil
 
 import (
@@ -39,6 +46,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -93,6 +101,9 @@ type Worker struct {
 	log   *slog.Logger
 	grace time.Duration
 	fns   dispatcherFuncs
+	// pinned: every call runs on the executor, which keeps one OS thread
+	// (CPython 3.11; see executor).
+	pinned bool
 
 	// slot is held while Python runs one of this worker's calls (or a
 	// stream is open): calls take turns on it.
@@ -175,9 +186,11 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		log:   cfg.Logger,
 		grace: cfg.InterruptGrace,
 		slot:  callslot.New(),
-		done:  make(chan struct{}),
-		jobs:  make(chan job),
-		resc:  make(chan callResult, 1),
+
+		pinned: rt.Version().Minor < 12,
+		done:   make(chan struct{}),
+		jobs:   make(chan job),
+		resc:   make(chan callResult, 1),
 
 		execDone: make(chan struct{}),
 	}
@@ -230,8 +243,26 @@ type job struct {
 // it is a Go-level switch (no OS thread wake-up): the call still runs on
 // whichever OS thread runs the executor, with that thread's cached thread
 // state.
+//
+// On CPython 3.11 it runs every call, on an OS thread of its own. There a
+// thread's PyGILState slot names the thread state of the first interpreter
+// the thread ran, and PyGILState_Ensure in another interpreter's code on
+// that thread (pybind11 functions calling back into Python do it) waits
+// for the GIL the thread holds itself, for ever. A thread that runs only
+// this worker's calls has its slot naming this worker's state. 3.11
+// interpreters share one GIL, so this costs no parallelism; it costs an OS
+// thread wake-up per call.
 func (w *Worker) executor() {
 	defer close(w.execDone)
+	if w.pinned {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		// Drop the states this thread kept for other interpreters (so
+		// its slot is free for this one's), and this one's at the end,
+		// which Close would otherwise wait for.
+		embed.ReleaseThread()
+		defer embed.ReleaseThread()
+	}
 	for j := range w.jobs {
 		out, err := w.in.CallOnThread(j.id, j.fn, j.args, nil, nil)
 		w.resc <- callResult{out, err}
@@ -370,7 +401,7 @@ type callResult struct {
 func (w *Worker) run(ctx context.Context, fn *embed.Func, args []byte, command, cid string, onAbandon func()) (r python.Reply, abandoned bool, err error) {
 	id := embed.NewCallID()
 	var res callResult
-	if ctx.Done() == nil {
+	if ctx.Done() == nil && !w.pinned {
 		// Nothing can end this call early: run it right here.
 		res.out, res.err = w.in.CallOnThread(id, fn, args, nil, nil)
 	} else {
@@ -380,7 +411,7 @@ func (w *Worker) run(ctx context.Context, fn *embed.Func, args []byte, command, 
 			return python.Reply{}, false, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
 		}
 		w.jobs <- job{id, fn, args}
-		select {
+		select { // ctx.Done() is nil for a pinned call that cannot end early
 		case res = <-w.resc:
 		case <-ctx.Done():
 			w.bg.Add(1)

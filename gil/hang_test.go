@@ -47,8 +47,8 @@ func pyQuote(s string) string { return "r'" + s + "'" }
 
 // TestStartHonoursDeadline: an adapter whose import or setup() blocks makes
 // Start return at ctx's deadline with an error matching worker.ErrSetup and
-// context.DeadlineExceeded; the interpreter is reclaimed once the blocked
-// code returns.
+// context.DeadlineExceeded that names the process profile; the interpreter
+// is reclaimed once the blocked code returns.
 func TestStartHonoursDeadline(t *testing.T) {
 	r := runtimeFor(t)
 	for _, stage := range []string{"import", "setup"} {
@@ -79,6 +79,11 @@ func TestStartHonoursDeadline(t *testing.T) {
 			}
 			if !errors.Is(res.err, worker.ErrSetup) || !errors.Is(res.err, context.DeadlineExceeded) {
 				t.Fatalf("got %v, want ErrSetup and DeadlineExceeded", res.err)
+			}
+			// A module deadlocking in a sub-interpreter ends here too:
+			// the error points to the profile where it runs.
+			if !strings.Contains(res.err.Error(), "process profile") {
+				t.Fatalf("got %q, want it to name the process profile", res.err)
 			}
 			// Reclaimed in the background once the blocked code returns.
 			waitInterpreters(t, r, base)

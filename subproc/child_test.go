@@ -51,6 +51,17 @@ def descriptors():
 
 
 @snakepit.command
+def process_pool(method):
+    """concurrent.futures.ProcessPoolExecutor with a start method (the
+    default one when method is empty)."""
+    import concurrent.futures
+    import multiprocessing
+    ctx = multiprocessing.get_context(method or None)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        return ex.submit(pow, 2, 3).result()
+
+
+@snakepit.command
 def pool_map(n):
     """multiprocessing.Pool with fork: leaving the with block terminates
     the pool's processes with SIGTERM."""
@@ -278,6 +289,19 @@ func TestForkedPoolKeepsWorker(t *testing.T) {
 	}
 	if err := w.Err(); err != nil {
 		t.Fatalf("worker after the pool closed: got %v, want alive", err)
+	}
+}
+
+// TestProcessPoolExecutor: unlike a thread-profile worker, a process
+// worker runs a ProcessPoolExecutor with every start method.
+func TestProcessPoolExecutor(t *testing.T) {
+	w := startChild(t)
+	for _, method := range []string{"", "fork", "spawn", "forkserver"} {
+		var got int
+		call(t, w, "process_pool", map[string]any{"method": method}, &got)
+		if got != 8 {
+			t.Errorf("start method %q: got %d, want 8", method, got)
+		}
 	}
 }
 

@@ -6,12 +6,19 @@ host as a whole rather than on Python: ending the process (os._exit),
 forking it (os.fork, which 3.11 sub-interpreters and the main
 interpreter do not refuse),
 replacing the host's signal handlers (faulthandler) or changing the
-signal mask or timers of its threads (signal.pthread_sigmask, ...).
+signal mask or timers of its threads (signal.pthread_sigmask, ...), or
+starting multiprocessing children (whose start methods fork the host, or
+run helper processes the host does not own).
 install() replaces them, in the calling interpreter only, with functions
 raising RuntimeError that name the process profile, whose workers are
 separate processes and may do all of this. On 3.11 it also refuses daemon
 threads, which 3.12+ refuse in isolated sub-interpreters: a daemon thread
 still running when the interpreter ends aborts the host.
+
+On 3.11 it also binds the calling thread's PyGILState slot to the thread
+state running the sub-interpreter (see _bind_gilstate): without that, an
+extension calling PyGILState_Ensure there (pybind11 modules do in their
+init: scipy.spatial, hence sklearn) waits for the GIL its own thread holds.
 
 This module is loaded by the Go side (embed), not imported by adapters.
 """
@@ -64,8 +71,40 @@ def install(sub_interpreter=False, legacy_threads=False):
     ):
         if hasattr(signal, name):
             setattr(signal, name, _refused("signal." + name, why))
+    _refuse_multiprocessing()
     if sub_interpreter:
         _refuse_daemon_threads(legacy_threads)
+    if sub_interpreter and legacy_threads:
+        _bind_gilstate()
+
+
+def _bind_gilstate():
+    """Make PyGILState_Ensure on this thread (the interpreter's home thread)
+    find the thread state this interpreter runs with.
+
+    CPython 3.11 binds a thread's PyGILState slot to the first thread state
+    created on it while the slot is empty. The home thread creates a
+    temporary main-interpreter state to create the sub-interpreter, so the
+    sub-interpreter's state is not bound, and the slot is empty once the
+    temporary state is gone. PyGILState_Ensure with an empty slot creates a
+    main-interpreter state and waits for the GIL, which 3.11 interpreters
+    share and this very thread holds: a deadlock, hit by every pybind11
+    module (its init calls PyGILState_Ensure). _PyThreadState_SetCurrent
+    (exported by 3.11, the function PyThreadState_New binds with) binds an
+    empty slot; a slot bound to another state is left alone. 3.12+ bind
+    the state a thread runs with themselves.
+    """
+    import ctypes
+
+    api = ctypes.pythonapi
+    this = api.PyGILState_GetThisThreadState
+    this.restype, this.argtypes = ctypes.c_void_p, []
+    cur = api.PyThreadState_Get
+    cur.restype, cur.argtypes = ctypes.c_void_p, []
+    if this() is None:
+        bind = api._PyThreadState_SetCurrent
+        bind.restype, bind.argtypes = None, [ctypes.c_void_p]
+        bind(cur())
 
 
 def _refuse_daemon_threads(legacy_threads):
@@ -104,3 +143,146 @@ def _refuse_daemon_threads(legacy_threads):
     # the host, on 3.12+ it is left hanging for good.
     _thread.start_new_thread = _thread.start_new = _refused(
         "_thread.start_new_thread", "its threads are daemon threads")
+
+
+MP_WHY = "it would start child processes from the host process"
+
+
+def _refuse_multiprocessing():
+    """Refuse multiprocessing's child processes, before any resource they
+    need exists. Its start methods cannot work here: fork copies the Go
+    host, and spawn and forkserver start helper processes (the resource
+    tracker, the fork server) through the host's signal mask and leave
+    named semaphores and shared memory to them. The modules are patched
+    when first imported (see _PatchOnImport), so that interpreters not
+    using multiprocessing do not pay for its import.
+    concurrent.futures.ThreadPoolExecutor still works (multiprocessing's
+    ThreadPool needs daemon threads and a semaphore, refused either way)."""
+    import sys
+
+    patches = {
+        "multiprocessing.process": _patch_process,
+        "multiprocessing.pool": _patch_pool,
+        "concurrent.futures.process": _patch_futures,
+        "multiprocessing.resource_tracker": _patch_helper("ResourceTracker", "_resource_tracker"),
+        "multiprocessing.forkserver": _patch_helper("ForkServer", "_forkserver"),
+        "multiprocessing.synchronize": _patch_synchronize,
+        "multiprocessing.shared_memory": _patch_shared_memory,
+    }
+    for name in list(patches):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            patches.pop(name)(mod)
+    sys.meta_path.insert(0, _PatchOnImport(patches))
+
+
+class _PatchOnImport:
+    """A meta path finder that lets the other finders find the modules it
+    names and patches each one once its code has run."""
+
+    def __init__(self, patches):
+        self._patches = patches
+
+    def find_spec(self, name, path=None, target=None):
+        patch = self._patches.get(name)
+        if patch is None:
+            return None
+        import sys
+
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _PatchingLoader(spec.loader, patch)
+        return spec
+
+
+class _PatchingLoader:
+    """Delegates to loader, then patches the module it executed."""
+
+    def __init__(self, loader, patch):
+        self._loader = loader
+        self._patch = patch
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        self._patch(module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+def _patch_process(mod):
+    mod.BaseProcess.start = _refused("multiprocessing.Process.start", MP_WHY)
+
+
+def _patch_pool(mod):
+    init = mod.Pool.__init__
+    refused = _refused("multiprocessing.Pool", MP_WHY)
+
+    def guarded_init(self, *args, **kwargs):
+        if not isinstance(self, mod.ThreadPool):
+            refused()
+        init(self, *args, **kwargs)
+
+    guarded_init.__name__ = guarded_init.__qualname__ = "__init__"
+    guarded_init.__doc__ = init.__doc__
+    mod.Pool.__init__ = guarded_init
+
+
+def _patch_futures(mod):
+    mod.ProcessPoolExecutor.__init__ = _refused(
+        "concurrent.futures.ProcessPoolExecutor", MP_WHY)
+
+
+def _patch_helper(cls, instance):
+    def patch(mod):
+        f = _refused("multiprocessing.%s.ensure_running" % mod.__name__.rpartition(".")[2], MP_WHY)
+        getattr(mod, cls).ensure_running = f
+        if hasattr(mod, "ensure_running"):  # bound to the instance at import
+            mod.ensure_running = f
+    return patch
+
+
+def _patch_synchronize(mod):
+    """Named semaphores (every start method but fork) are left to the
+    resource tracker to unlink: refuse them before they exist."""
+    init = mod.SemLock.__init__
+    refused = _refused("multiprocessing.synchronize.SemLock",
+                       "a named semaphore needs the resource tracker, a child process")
+
+    def guarded_init(self, *args, ctx=None, **kwargs):
+        import multiprocessing
+
+        if (ctx or multiprocessing.get_context()).get_start_method() != "fork":
+            refused()
+        init(self, *args, ctx=ctx, **kwargs)
+
+    guarded_init.__name__ = guarded_init.__qualname__ = "__init__"
+    mod.SemLock.__init__ = guarded_init
+
+
+def _patch_shared_memory(mod):
+    """A tracked segment (always on 3.11, by default on 3.13+) is left to
+    the resource tracker to unlink: refuse it before it exists."""
+    init = mod.SharedMemory.__init__
+    refused = _refused("multiprocessing.shared_memory.SharedMemory",
+                       "a tracked segment needs the resource tracker, a child process")
+
+    def guarded_init(self, *args, **kwargs):
+        if kwargs.get("track", True):
+            refused()
+        init(self, *args, **kwargs)
+
+    guarded_init.__name__ = guarded_init.__qualname__ = "__init__"
+    guarded_init.__doc__ = init.__doc__
+    mod.SharedMemory.__init__ = guarded_init
