@@ -40,6 +40,7 @@ static struct {
 	int (*PyThreadState_SetAsyncExc)(unsigned long, PyObject *);
 	PyThreadState *(*PyThreadState_Swap)(PyThreadState *);
 	PyThreadState *(*PyGILState_GetThisThreadState)(void);
+	void (*_PyThreadState_SetCurrent)(PyThreadState *); // 3.11: binds an empty GILState slot
 	PyInterpreterState *(*PyThreadState_GetInterpreter)(PyThreadState *);
 	PyInterpreterState *(*PyInterpreterState_Main)(void);
 	int64_t (*PyInterpreterState_GetID)(PyInterpreterState *);
@@ -125,6 +126,7 @@ int spk_load(const char *path, char **err) {
 	REQ(PyThreadState_SetAsyncExc);
 	REQ(PyThreadState_Swap);
 	REQ(PyGILState_GetThisThreadState);
+	OPT(_PyThreadState_SetCurrent);
 	REQ(PyThreadState_GetInterpreter);
 	REQ(PyInterpreterState_Main);
 	REQ(PyInterpreterState_GetID);
@@ -267,6 +269,16 @@ PyThreadState *spk_new_interp(int minor, int own_gil, char **err) {
 	}
 	api.PyThreadState_Clear(mts);
 	api.PyThreadState_DeleteCurrent();
+	// 3.11 binds a thread's GILState slot to the first thread state created
+	// while it is empty: mts took it, and deleting it left it empty. Bind it
+	// to sub, or PyGILState_Ensure on the home thread (pybind11 modules call
+	// it in their init: scipy, hence sklearn) would create a main-interpreter
+	// state and wait for the GIL this thread holds. 3.12+ bind sub when it
+	// is activated.
+	if (sub != NULL && minor <= 11 && api._PyThreadState_SetCurrent != NULL &&
+	    api.PyGILState_GetThisThreadState() == NULL) {
+		api._PyThreadState_SetCurrent(sub);
+	}
 	return sub;
 }
 

@@ -13,9 +13,6 @@
 // BenchmarkNoopHome for that alternative). A call whose context can end runs
 // on a helper goroutine (a Go-level switch, not an OS thread wake-up) so the
 // caller can return at its deadline while the handler is being stopped.
-// On CPython 3.11 every call runs on one OS thread per worker instead, so
-// that extensions calling PyGILState_Ensure (pybind11 modules) find the
-// worker's thread state rather than deadlocking.
 //
 // # Deadlines
 //
@@ -46,7 +43,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -101,9 +97,6 @@ type Worker struct {
 	log   *slog.Logger
 	grace time.Duration
 	fns   dispatcherFuncs
-	// pinned: every call runs on the executor, which keeps one OS thread
-	// (CPython 3.11; see executor).
-	pinned bool
 
 	// slot is held while Python runs one of this worker's calls (or a
 	// stream is open): calls take turns on it.
@@ -186,11 +179,9 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		log:   cfg.Logger,
 		grace: cfg.InterruptGrace,
 		slot:  callslot.New(),
-
-		pinned: rt.Version().Minor < 12,
-		done:   make(chan struct{}),
-		jobs:   make(chan job),
-		resc:   make(chan callResult, 1),
+		done:  make(chan struct{}),
+		jobs:  make(chan job),
+		resc:  make(chan callResult, 1),
 
 		execDone: make(chan struct{}),
 	}
@@ -243,26 +234,8 @@ type job struct {
 // it is a Go-level switch (no OS thread wake-up): the call still runs on
 // whichever OS thread runs the executor, with that thread's cached thread
 // state.
-//
-// On CPython 3.11 it runs every call, on an OS thread of its own. There a
-// thread's PyGILState slot names the thread state of the first interpreter
-// the thread ran, and PyGILState_Ensure in another interpreter's code on
-// that thread (pybind11 functions calling back into Python do it) waits
-// for the GIL the thread holds itself, for ever. A thread that runs only
-// this worker's calls has its slot naming this worker's state. 3.11
-// interpreters share one GIL, so this costs no parallelism; it costs an OS
-// thread wake-up per call.
 func (w *Worker) executor() {
 	defer close(w.execDone)
-	if w.pinned {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		// Drop the states this thread kept for other interpreters (so
-		// its slot is free for this one's), and this one's at the end,
-		// which Close would otherwise wait for.
-		embed.ReleaseThread()
-		defer embed.ReleaseThread()
-	}
 	for j := range w.jobs {
 		out, err := w.in.CallOnThread(j.id, j.fn, j.args, nil, nil)
 		w.resc <- callResult{out, err}
@@ -401,7 +374,7 @@ type callResult struct {
 func (w *Worker) run(ctx context.Context, fn *embed.Func, args []byte, command, cid string, onAbandon func()) (r python.Reply, abandoned bool, err error) {
 	id := embed.NewCallID()
 	var res callResult
-	if ctx.Done() == nil && !w.pinned {
+	if ctx.Done() == nil {
 		// Nothing can end this call early: run it right here.
 		res.out, res.err = w.in.CallOnThread(id, fn, args, nil, nil)
 	} else {
@@ -411,7 +384,7 @@ func (w *Worker) run(ctx context.Context, fn *embed.Func, args []byte, command, 
 			return python.Reply{}, false, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
 		}
 		w.jobs <- job{id, fn, args}
-		select { // ctx.Done() is nil for a pinned call that cannot end early
+		select {
 		case res = <-w.resc:
 		case <-ctx.Done():
 			w.bg.Add(1)

@@ -15,11 +15,6 @@ separate processes and may do all of this. On 3.11 it also refuses daemon
 threads, which 3.12+ refuse in isolated sub-interpreters: a daemon thread
 still running when the interpreter ends aborts the host.
 
-On 3.11 it also binds the calling thread's PyGILState slot to the thread
-state running the sub-interpreter (see _bind_gilstate): without that, an
-extension calling PyGILState_Ensure there (pybind11 modules do in their
-init: scipy.spatial, hence sklearn) waits for the GIL its own thread holds.
-
 This module is loaded by the Go side (embed), not imported by adapters.
 """
 
@@ -74,37 +69,6 @@ def install(sub_interpreter=False, legacy_threads=False):
     _refuse_multiprocessing()
     if sub_interpreter:
         _refuse_daemon_threads(legacy_threads)
-    if sub_interpreter and legacy_threads:
-        _bind_gilstate()
-
-
-def _bind_gilstate():
-    """Make PyGILState_Ensure on this thread (the interpreter's home thread)
-    find the thread state this interpreter runs with.
-
-    CPython 3.11 binds a thread's PyGILState slot to the first thread state
-    created on it while the slot is empty. The home thread creates a
-    temporary main-interpreter state to create the sub-interpreter, so the
-    sub-interpreter's state is not bound, and the slot is empty once the
-    temporary state is gone. PyGILState_Ensure with an empty slot creates a
-    main-interpreter state and waits for the GIL, which 3.11 interpreters
-    share and this very thread holds: a deadlock, hit by every pybind11
-    module (its init calls PyGILState_Ensure). _PyThreadState_SetCurrent
-    (exported by 3.11, the function PyThreadState_New binds with) binds an
-    empty slot; a slot bound to another state is left alone. 3.12+ bind
-    the state a thread runs with themselves.
-    """
-    import ctypes
-
-    api = ctypes.pythonapi
-    this = api.PyGILState_GetThisThreadState
-    this.restype, this.argtypes = ctypes.c_void_p, []
-    cur = api.PyThreadState_Get
-    cur.restype, cur.argtypes = ctypes.c_void_p, []
-    if this() is None:
-        bind = api._PyThreadState_SetCurrent
-        bind.restype, bind.argtypes = None, [ctypes.c_void_p]
-        bind(cur())
 
 
 def _refuse_daemon_threads(legacy_threads):
