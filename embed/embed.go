@@ -276,6 +276,10 @@ func initialise(py locate.Python, paths []string) (*Runtime, error) {
 			errc <- fmt.Errorf("embed: initialise Python %s: %s", v, takeCString(cerr))
 			return
 		}
+		if C.spk_anchor_init(&cerr) != 0 {
+			errc <- fmt.Errorf("embed: initialise Python %s: create the anchor interpreter: %s", v, takeCString(cerr))
+			return
+		}
 		errc <- nil
 		select {}
 	}()

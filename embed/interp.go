@@ -446,10 +446,15 @@ func (in *Interpreter) reclaimThreadStates(ctx context.Context) error {
 		}
 		sleeping := false
 		var dead []C.pid_t
+		// Only where /proc shows this process's threads (it may be another
+		// pid namespace's, or hide them) does a missing thread mean a dead one.
+		procOK := threadState(unix.Gettid()) != 0
 		for _, tid := range tids[:min(n, len(tids))] {
 			switch threadState(int(tid)) {
 			case 0: // gone
-				dead = append(dead, tid)
+				if procOK {
+					dead = append(dead, tid)
+				}
 			case 'R':
 			default:
 				sleeping = true
@@ -674,9 +679,9 @@ func (in *Interpreter) ThreadStates() int {
 // there: an interpreter that closes waits for the thread state each thread
 // is bound to (the one it used last) to be deleted by that thread, and
 // nothing else can run on a locked thread to do it. The others Close deletes
-// itself. On 3.12+ it may take the main interpreter's GIL for a moment; on
-// 3.11 it may wait for the shared GIL. The library does so for its own
-// long-locked threads.
+// itself. On 3.12+ it takes, for a moment, the GIL of an interpreter kept
+// for that, which runs no code; on 3.11 it may wait for the shared GIL. The
+// library does so for its own long-locked threads.
 func ReleaseThread() { C.spk_release_thread() }
 
 func init() { pin.SetHooks(ReleaseThread, func() { C.spk_sweep_thread() }) }

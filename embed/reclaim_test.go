@@ -2,16 +2,19 @@ package embed_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/snakepit-go/snakepit/embed"
+	"golang.org/x/sys/unix"
 )
 
 // TestCloseKeepsThreadsBounded: closing interpreters that many goroutines
@@ -233,7 +236,7 @@ func TestReleaseSkipsBusyInterpreter(t *testing.T) {
 	ctx := context.Background()
 	a, b := newInterp(t, embed.InterpreterConfig{}), newInterp(t, embed.InterpreterConfig{})
 	// hold() sleeps in C with the GIL held (a PyDLL call keeps it).
-	mustExec(t, a, "import ctypes, os\ndef f():\n    return 1\ndef hold(fd):\n    os.write(fd, b'x')\n    ctypes.PyDLL(None).usleep(1500000)\n    return 2\n")
+	mustExec(t, a, "import ctypes, os\nlib = ctypes.PyDLL(None)\ndef f():\n    return 1\ndef hold(fd):\n    os.write(fd, b'x')\n    lib.usleep(1500000)\n    return 2\n")
 	f, err := a.Func(ctx, "__main__", "f")
 	if err != nil {
 		t.Fatal(err)
@@ -418,7 +421,7 @@ func TestExitedThreadDeletesItsStates(t *testing.T) {
 // then sleeps 300 ms in C holding the GIL (a PyDLL call keeps it).
 func holdFuncs(t *testing.T, in *embed.Interpreter) (f, hold *embed.Func, pr, pw *os.File) {
 	t.Helper()
-	mustExec(t, in, "import ctypes, os\ndef f():\n    return 1\ndef hold(fd):\n    os.write(fd, b'x')\n    ctypes.PyDLL(None).usleep(300000)\n    return 2\n")
+	mustExec(t, in, "import ctypes, os\nlib = ctypes.PyDLL(None)\ndef f():\n    return 1\ndef hold(fd):\n    os.write(fd, b'x')\n    lib.usleep(300000)\n    return 2\n")
 	ctx := context.Background()
 	var err error
 	if f, err = in.Func(ctx, "__main__", "f"); err != nil {
@@ -449,4 +452,163 @@ func testInterpNoCleanup(t *testing.T) *embed.Interpreter {
 		_ = in.Close(ctx) // a no-op when the test closed it
 	})
 	return in
+}
+
+// holdGIL runs code in in on its home thread that, holding in's GIL (a
+// PyDLL call keeps it), blocks in read(2) until release is called. It
+// returns once the GIL is held.
+func holdGIL(t *testing.T, in *embed.Interpreter) (release func()) {
+	t.Helper()
+	sig, err := newPipe(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate, err := newPipe(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- in.Exec(context.Background(), fmt.Sprintf(
+			"import os, ctypes\nlib = ctypes.PyDLL(None)\nbuf = ctypes.create_string_buffer(1)\nos.write(%d, b'x')\nlib.read(%d, buf, 1)\n",
+			sig[1].Fd(), gate[0].Fd()))
+	}()
+	if _, err := sig[0].Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			gate[1].Write([]byte{1})
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
+func newPipe(t *testing.T) ([2]*os.File, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return [2]*os.File{}, err
+	}
+	t.Cleanup(func() { r.Close(); w.Close() })
+	return [2]*os.File{r, w}, nil
+}
+
+// TestExitingThreadDoesNotWaitForReaper: a thread that exits while a reaper
+// holds one of its thread states (waiting for that interpreter's GIL, held
+// in C) leaves it to the reaper and exits.
+func TestExitingThreadDoesNotWaitForReaper(t *testing.T) {
+	if !testRuntime(t).OwnGIL() {
+		t.Skip("3.11: a thread keeps one interpreter's thread state at a time, so none is left to reap")
+	}
+	ctx := context.Background()
+	a := testInterpNoCleanup(t)
+	b := newInterp(t, embed.InterpreterConfig{})
+	mustExec(t, a, "def f():\n    return 1\n")
+	mustExec(t, b, "def g():\n    return 2\n")
+	fa, err := a.Func(ctx, "__main__", "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := b.Func(ctx, "__main__", "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tidc, exit := make(chan int, 1), make(chan struct{})
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		if _, err := a.CallOnThread(embed.NewCallID(), fa, nil, nil, nil); err != nil {
+			t.Error(err)
+		}
+		// Calling b last leaves a's state reapable by another thread.
+		if _, err := b.CallOnThread(embed.NewCallID(), fb, nil, nil, nil); err != nil {
+			t.Error(err)
+		}
+		tidc <- unix.Gettid()
+		<-exit
+	}()
+	tid := <-tidc
+	release := holdGIL(t, a)
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if err := a.Close(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close while a's GIL is held: got %v, want DeadlineExceeded", err) // the reaper waits
+	}
+	close(exit)                                  // Go ends the thread
+	deadline := time.Now().Add(10 * time.Second) // hang guard
+	for threadExists(tid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("thread %d has not exited while the reaper waits for the GIL", tid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	release()
+	long, cancel2 := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel2()
+	if err := a.Close(long); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.ThreadStates(); n != 0 {
+		t.Fatalf("thread states after Close: %d", n)
+	}
+}
+
+func threadExists(tid int) bool {
+	_, err := os.Stat("/proc/self/task/" + strconv.Itoa(tid))
+	return err == nil
+}
+
+// TestReleaseDoesNotWaitForOtherGILs: releasing a thread (Attach does) does
+// not wait for the GIL of another interpreter, even the main interpreter's,
+// which shared-GIL sub-interpreters hold while they run.
+func TestReleaseDoesNotWaitForOtherGILs(t *testing.T) {
+	if !testRuntime(t).OwnGIL() {
+		t.Skip("3.11: every interpreter shares one GIL")
+	}
+	ctx := context.Background()
+	a, b := newInterp(t, embed.InterpreterConfig{}), newInterp(t, embed.InterpreterConfig{})
+	s := newInterp(t, embed.InterpreterConfig{SharedGIL: true})
+	mustExec(t, a, "def f():\n    return 1\n")
+	fa, err := a.Func(ctx, "__main__", "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	called, attach, attached := make(chan error, 1), make(chan struct{}), make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		_, err := a.CallOnThread(embed.NewCallID(), fa, nil, nil, nil) // a's state is bound
+		called <- err
+		if err != nil {
+			return
+		}
+		<-attach
+		th, err := b.Attach()
+		if err == nil {
+			th.Close()
+		}
+		attached <- err
+	}()
+	if err := <-called; err != nil {
+		t.Fatal(err)
+	}
+	// a's first (its ctypes import, an extension's first load in an
+	// interpreter, takes the main interpreter's GIL for a moment on 3.13+).
+	holdA := holdGIL(t, a)
+	release := holdGIL(t, s) // the main interpreter's GIL
+	close(attach)
+	select {
+	case err := <-attached:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second): // hang guard
+		t.Fatal("Attach waited for another interpreter's GIL")
+	}
+	holdA()
+	release()
 }

@@ -651,7 +651,19 @@ enum {
 	ENT_INUSE,        // its thread calls with it or deletes it
 	ENT_REAPING,      // another thread deletes its thread state
 	ENT_REAPED,       // thread state deleted; its thread frees the entry
+	ENT_ORPHANED,     // being reaped, and its thread has exited: the reaper frees it
 };
+
+// spk_thread counts, for one OS thread, the entries other threads reaped
+// and it has not freed yet. Entries and the thread each hold a reference.
+typedef struct spk_thread {
+	atomic_int reaped;
+	atomic_int refs;
+} spk_thread;
+
+static void th_unref(spk_thread *th) {
+	if (atomic_fetch_sub(&th->refs, 1) == 1) free(th);
+}
 
 typedef struct spk_tsent {
 	spk_interp *owner; // not to be dereferenced once the entry is reaped
@@ -661,6 +673,7 @@ typedef struct spk_tsent {
 	uint64_t seq;                     // the running call, 0 when idle; written under the GIL
 	int interrupted;                  // an async exception was set for the running call
 	atomic_int state;                 // ENT_*
+	spk_thread *th;                   // its thread's counters
 	struct spk_tsent *next_reaped;    // a reaper's batch
 	struct spk_tsent *next_in_interp; // owner's list, guarded by owner->mu
 	struct spk_tsent *next_in_thread; // the thread's own list
@@ -673,14 +686,15 @@ struct spk_interp {
 	spk_tsent *ents;
 	int n;
 	atomic_int closing;
-	atomic_int calls; // spk_fcall calls inside (running or waiting for the GIL)
 };
 
 static atomic_int doomed;  // thread states of closing interpreters not yet deleted
-static atomic_int zombies; // reaped entries their threads have not freed yet
+static __thread spk_thread *tls_th; // this thread's counters, once it has an entry
 static pthread_key_t exit_key;
+static int exit_key_ok;
 static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 static __thread PyThreadState *tls_anchor; // see spk_release_thread
+static PyInterpreterState *anchor_interp;  // see spk_anchor_init
 
 spk_interp *spk_interp_new(PyThreadState *home) {
 	spk_interp *in = calloc(1, sizeof *in);
@@ -732,9 +746,11 @@ static void unlink_from_owner(spk_tsent *e) {
 // frees it.
 static void drop_from_thread(spk_tsent **p) {
 	spk_tsent *e = *p;
+	spk_thread *th = e->th;
 	*p = e->next_in_thread;
 	free(e);
-	atomic_fetch_sub(&zombies, 1);
+	atomic_fetch_sub(&th->reaped, 1);
+	th_unref(th);
 }
 
 // delete_own deletes e, which this thread holds in use, on this thread.
@@ -743,6 +759,7 @@ static void delete_own(spk_tsent *e) {
 	api.PyThreadState_Clear(e->ts);
 	api.PyThreadState_DeleteCurrent();
 	unlink_from_owner(e);
+	th_unref(e->th); // not the last reference: the thread holds one
 	free(e);
 }
 
@@ -783,8 +800,9 @@ void spk_sweep_thread(void) { sweep(0); }
 // spk_release_thread leaves this thread with no entry only it can delete.
 // On 3.12+ it keeps the entries of live interpreters (deleting one would
 // wait for that interpreter's GIL, which a busy one may hold for long) and
-// moves the binding off them by activating, for a moment, a thread state of
-// the main interpreter it keeps for that. On 3.11, where activating does
+// moves the binding off them by activating, for a moment, a thread state it
+// keeps for that, of an interpreter that runs no code (spk_anchor_init): its
+// GIL is only ever taken for that moment. On 3.11, where activating does
 // not move the binding, it deletes the bound entry (all interpreters share
 // the one GIL there: the wait is what any call costs).
 void spk_release_thread(void) {
@@ -796,11 +814,24 @@ void spk_release_thread(void) {
 		if (e->ts == b && atomic_load(&e->state) == ENT_IDLE_BOUND) bound = 1;
 	}
 	if (!bound) return;
-	if (tls_anchor == NULL) tls_anchor = api.PyThreadState_New(api.PyInterpreterState_Main());
+	if (tls_anchor == NULL) {
+		tls_anchor = api.PyThreadState_New(anchor_interp ? anchor_interp : api.PyInterpreterState_Main());
+	}
 	if (tls_anchor == NULL) return;
 	api.PyEval_RestoreThread(tls_anchor);
 	api.PyEval_SaveThread();
 	note_binding();
+}
+
+int spk_anchor_init(char **err) {
+	if (py_minor < 12) return 0;
+	PyThreadState *sub = spk_new_interp(py_minor, 1, err);
+	if (sub == NULL) return -1;
+	anchor_interp = api.PyThreadState_GetInterpreter(sub);
+	api.PyEval_RestoreThread(sub);
+	api.PyThreadState_Clear(sub);
+	api.PyThreadState_DeleteCurrent();
+	return 0;
 }
 
 // at_thread_exit deletes a thread's entries (and anchor) on that thread as
@@ -815,12 +846,20 @@ static void at_thread_exit(void *unused) {
 			continue;
 		}
 		if (s == ENT_REAPING) {
-			sched_yield(); // a reaper is deleting it: wait for it
+			// A reaper deletes its thread state (it may wait long for the
+			// GIL): leave the entry to it.
+			if (atomic_compare_exchange_strong(&e->state, &s, ENT_ORPHANED)) {
+				tls_ents = e->next_in_thread;
+			}
 			continue;
 		}
 		if (!atomic_compare_exchange_strong(&e->state, &s, ENT_INUSE)) continue;
 		tls_ents = e->next_in_thread;
 		delete_own(e);
+	}
+	if (tls_th != NULL) {
+		th_unref(tls_th);
+		tls_th = NULL;
 	}
 	if (tls_anchor != NULL) {
 		api.PyEval_RestoreThread(tls_anchor);
@@ -830,7 +869,7 @@ static void at_thread_exit(void *unused) {
 	}
 }
 
-static void make_exit_key(void) { pthread_key_create(&exit_key, at_thread_exit); }
+static void make_exit_key(void) { exit_key_ok = pthread_key_create(&exit_key, at_thread_exit) == 0; }
 
 // drop_others deletes this thread's idle entries (3.11), so that the entry
 // it creates next binds its GILState slot. On 3.11 the slot names the first
@@ -886,11 +925,17 @@ static spk_tsent *take_entry(spk_interp *in) {
 		return e;
 	}
 	if (py_minor < 12) drop_others();
+	if (tls_th == NULL) {
+		tls_th = calloc(1, sizeof *tls_th);
+		if (tls_th == NULL) return NULL;
+		atomic_init(&tls_th->refs, 1); // the thread's own
+		pthread_once(&exit_once, make_exit_key);
+		if (exit_key_ok) pthread_setspecific(exit_key, (void *)1);
+	}
 	spk_tsent *e = calloc(1, sizeof *e);
 	if (e == NULL) return NULL;
-	pthread_once(&exit_once, make_exit_key);
-	pthread_setspecific(exit_key, (void *)1);
 	atomic_init(&e->state, ENT_INUSE);
+	e->th = tls_th;
 	pthread_mutex_lock(&in->mu);
 	if (atomic_load(&in->closing)) {
 		pthread_mutex_unlock(&in->mu);
@@ -910,6 +955,7 @@ static spk_tsent *take_entry(spk_interp *in) {
 	in->ents = e;
 	in->n++;
 	pthread_mutex_unlock(&in->mu);
+	atomic_fetch_add(&tls_th->refs, 1);
 	e->next_in_thread = tls_ents;
 	tls_ents = e;
 	return e;
@@ -919,7 +965,7 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
                const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r) {
 	spk_tsent *e;
 	if (atomic_load_explicit(&doomed, memory_order_relaxed) != 0 ||
-	    atomic_load_explicit(&zombies, memory_order_relaxed) != 0) {
+	    (tls_th != NULL && atomic_load_explicit(&tls_th->reaped, memory_order_relaxed) != 0)) {
 		spk_sweep_thread();
 	}
 	if (atomic_load_explicit(&in->closing, memory_order_relaxed) || (e = take_entry(in)) == NULL) {
@@ -930,7 +976,6 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 	}
 	// seq is written under the GIL, as spk_interrupt reads it.
 	reset(r);
-	atomic_fetch_add_explicit(&in->calls, 1, memory_order_relaxed);
 	api.PyEval_RestoreThread(e->ts);
 	// Activating e moved the binding off another entry: that one can be
 	// reaped during this call already, however long it runs.
@@ -945,7 +990,6 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 		e->interrupted = 0;
 	}
 	api.PyEval_SaveThread();
-	atomic_fetch_sub_explicit(&in->calls, 1, memory_order_relaxed);
 	put_down(e);
 	// An interpreter may have started closing during the call: give up
 	// this thread's states of it now rather than when it next calls.
@@ -1031,22 +1075,33 @@ static void *reap_main(void *arg) {
 		return NULL;
 	}
 	api.PyEval_RestoreThread(tmp);
-	for (spk_tsent *e = batch, *next; e; e = next) {
-		next = e->next_reaped;
+	for (spk_tsent *e = batch; e; e = e->next_reaped) {
 		api.PyThreadState_Clear(e->ts);
 		api.PyThreadState_Delete(e->ts);
-		e->ts = NULL;
-		unlink_from_owner(e);
-		if (is_dead(j, e->tid)) {
-			free(e); // its thread, and the thread's list, are gone
-		} else {
-			atomic_fetch_add(&zombies, 1);
-			atomic_store(&e->state, ENT_REAPED); // its thread frees it
-		}
 		j->reaped++;
 	}
 	api.PyThreadState_Clear(tmp);
 	api.PyThreadState_DeleteCurrent();
+	// Only now, with no thread state of in left on this thread, may Close
+	// see nothing pending and end in.
+	for (spk_tsent *e = batch, *next; e; e = next) {
+		next = e->next_reaped;
+		unlink_from_owner(e);
+		spk_thread *th = e->th;
+		if (is_dead(j, e->tid)) {
+			free(e); // its thread, and the thread's list, are gone
+			th_unref(th);
+			continue;
+		}
+		atomic_fetch_add(&th->reaped, 1); // before its thread may free e
+		int s = ENT_REAPING;
+		if (!atomic_compare_exchange_strong(&e->state, &s, ENT_REAPED)) {
+			// ENT_ORPHANED: its thread exited meanwhile.
+			atomic_fetch_sub(&th->reaped, 1);
+			free(e);
+			th_unref(th);
+		}
+	}
 	return NULL;
 }
 

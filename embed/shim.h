@@ -118,6 +118,10 @@ void spk_sweep_thread(void);
 // (a home thread, an attached Thread): no probe could reach it any more.
 // A thread that exits deletes its thread states itself.
 void spk_release_thread(void);
+// spk_anchor_init creates, on 3.12+, the interpreter whose thread states
+// spk_release_thread activates to move a thread's binding: one with its own
+// GIL that runs no code. Called once, after spk_init.
+int spk_anchor_init(char **err);
 
 enum { SPK_ECLOSED = 4 };
 
