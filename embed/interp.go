@@ -71,12 +71,13 @@ type Interpreter struct {
 	reqs chan func()   // work for the home thread
 	done chan struct{} // closed when the home thread has ended the interpreter
 
-	mu      sync.Mutex    // guards the fields below
-	closed  bool          // Close has begun: no new work, no new Threads
-	threads int           // attached Threads
-	funcs   []*C.PyObject // references held by Funcs, released at Close
-	ciRefs  int           // Close calls using ci (see acquireCI)
-	ciEnded bool          // the interpreter has ended: ci is freed once ciRefs is 0
+	mu      sync.Mutex        // guards the fields below
+	closed  bool              // Close has begun: no new work, no new Threads
+	threads int               // attached Threads
+	funcs   []*C.PyObject     // references held by Funcs, released at Close
+	ciRefs  int               // Close calls using ci (see acquireCI)
+	ciEnded bool              // the interpreter has ended: ci is freed once ciRefs is 0
+	pinned  []*runtime.Pinner // memory of call payloads a view outlived, until the end
 }
 
 // acquireCI reports whether in.ci is still usable and, if so, keeps it from
@@ -210,6 +211,12 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 	// runs its atexit hooks, which must not hold up other interpreters.
 	C.spk_end_interp(C.int(in.rt.version.Minor), in.home)
 	in.endCI()
+	in.mu.Lock()
+	for _, p := range in.pinned {
+		p.Unpin() // no Python object is left to read it
+	}
+	in.pinned = nil
+	in.mu.Unlock()
 	C.free(unsafe.Pointer(in.hbuf))
 	C.free(unsafe.Pointer(in.hres))
 }
@@ -743,6 +750,27 @@ func freeCallBufMem(m callBufMem) {
 // goroutines may call at once; on Python ≥ 3.12 each interpreter still runs
 // one at a time (its GIL), different interpreters in parallel.
 func (in *Interpreter) CallOnThread(id uint64, f *Func, args, kwargs, dst []byte) ([]byte, error) {
+	return in.callOnThread(id, f, args, kwargs, nil, dst)
+}
+
+// CallOnThreadBuffers is [Interpreter.CallOnThread] with out-of-band
+// payloads: args must be a marshalled tuple whose last item is a
+// placeholder, which f receives as a tuple of read-only memoryviews of bufs
+// (on 3.11, bytes copies of them). The views are valid during the call
+// only: views the function keeps (or exports, e.g. through
+// numpy.frombuffer) stay readable, and the memory of bufs then stays pinned
+// until the interpreter ends; new views of them cannot be made after the
+// call. bufs must not be written to until the call returns (nor, where a
+// view outlived the call, afterwards if the function's later reads of them
+// matter).
+func (in *Interpreter) CallOnThreadBuffers(id uint64, f *Func, args []byte, bufs [][]byte, dst []byte) ([]byte, error) {
+	if len(args) == 0 {
+		return nil, errors.New("embed: CallOnThreadBuffers needs a marshalled tuple of arguments")
+	}
+	return in.callOnThread(id, f, args, nil, bufs, dst)
+}
+
+func (in *Interpreter) callOnThread(id uint64, f *Func, args, kwargs []byte, bufs [][]byte, dst []byte) ([]byte, error) {
 	f.check(in)
 	in.inflight.Add(1)
 	defer in.inflight.Add(-1)
@@ -766,11 +794,52 @@ func (in *Interpreter) CallOnThread(id uint64, f *Func, args, kwargs, dst []byte
 			kp = (*C.char)(unsafe.Pointer(&kwargs[0]))
 		}
 	}
+	var (
+		cbufs    *C.spk_buf
+		retained *C.uchar
+		pins     []runtime.Pinner
+	)
+	if len(bufs) > 0 {
+		n := len(bufs)
+		cbufs = (*C.spk_buf)(C.calloc(C.size_t(n), C.sizeof_spk_buf))
+		retained = (*C.uchar)(C.calloc(C.size_t(n), 1))
+		defer C.free(unsafe.Pointer(cbufs))
+		defer C.free(unsafe.Pointer(retained))
+		pins = make([]runtime.Pinner, n)
+		cs := unsafe.Slice(cbufs, n)
+		for i, b := range bufs {
+			if len(b) == 0 {
+				continue
+			}
+			pins[i].Pin(&b[0])
+			cs[i].ptr = (*C.char)(unsafe.Pointer(&b[0]))
+			cs[i].len = C.Py_ssize_t(len(b))
+		}
+	}
 	runtime.LockOSThread()
-	C.spk_fcall(in.ci, C.uint64_t(id), f.obj, ap, C.Py_ssize_t(len(args)), kp, C.Py_ssize_t(len(kwargs)), cb.buf, outBufSize, cb.res)
+	C.spk_fcall(in.ci, C.uint64_t(id), f.obj, ap, C.Py_ssize_t(len(args)), kp, C.Py_ssize_t(len(kwargs)),
+		cbufs, C.int(len(bufs)), retained, cb.buf, outBufSize, cb.res)
 	runtime.UnlockOSThread()
+	if len(bufs) > 0 {
+		kept := unsafe.Slice(retained, len(bufs))
+		for i := range pins {
+			if kept[i] != 0 {
+				in.keepPinned(&pins[i])
+			} else {
+				pins[i].Unpin()
+			}
+		}
+	}
 	s := scope{in: in, buf: cb.buf, res: cb.res}
 	return s.take(dst)
+}
+
+// keepPinned keeps the memory p pins until the interpreter has ended: a
+// view of it outlived its call.
+func (in *Interpreter) keepPinned(p *runtime.Pinner) {
+	in.mu.Lock()
+	in.pinned = append(in.pinned, p)
+	in.mu.Unlock()
 }
 
 // Interrupt raises the exception exc (an exception class, looked up as a

@@ -14,6 +14,24 @@
 #define Py_file_input 257
 #define Py_eval_input 258
 
+// Py_buffer, whose layout is part of the stable ABI (3.11+).
+typedef struct {
+	void *buf;
+	PyObject *obj;
+	Py_ssize_t len;
+	Py_ssize_t itemsize;
+	int readonly;
+	int ndim;
+	char *format;
+	Py_ssize_t *shape;
+	Py_ssize_t *strides;
+	Py_ssize_t *suboffsets;
+	void *internal;
+} spk_Py_buffer;
+
+#define SPK_PyBUF_READ 0x100
+#define SPK_PyBUF_SIMPLE 0
+
 static struct {
 	// Runtime and initialisation.
 	const char *(*Py_GetVersion)(void);
@@ -75,6 +93,18 @@ static struct {
 	void (*PyErr_NormalizeException)(PyObject **, PyObject **, PyObject **);
 	void (*PyErr_Clear)(void);
 	int (*PyErr_ExceptionMatches)(PyObject *);
+
+	// Buffers.
+	PyObject *PyMemoryView_Type;
+	PyObject **PyExc_BufferError;
+	PyObject *(*PyMemoryView_FromMemory)(char *, Py_ssize_t, int);
+	PyObject *(*PyBytes_FromStringAndSize)(const char *, Py_ssize_t);
+	int (*PyObject_GetBuffer)(PyObject *, spk_Py_buffer *, int);
+	void (*PyBuffer_Release)(spk_Py_buffer *);
+	Py_ssize_t (*PyTuple_Size)(PyObject *);
+	PyObject *(*PyTuple_GetItem)(PyObject *, Py_ssize_t);
+	int (*PyTuple_SetItem)(PyObject *, Py_ssize_t, PyObject *);
+	void (*Py_IncRef)(PyObject *);
 } api;
 
 static void *lib;
@@ -163,6 +193,16 @@ int spk_load(const char *path, char **err) {
 	REQ(PyErr_NormalizeException);
 	REQ(PyErr_Clear);
 	REQ(PyErr_ExceptionMatches);
+	REQ(PyMemoryView_Type);
+	REQ(PyExc_BufferError);
+	REQ(PyMemoryView_FromMemory);
+	REQ(PyBytes_FromStringAndSize);
+	REQ(PyObject_GetBuffer);
+	REQ(PyBuffer_Release);
+	REQ(PyTuple_Size);
+	REQ(PyTuple_GetItem);
+	REQ(PyTuple_SetItem);
+	REQ(Py_IncRef);
 #undef REQ
 #undef OPT
 	return 0;
@@ -473,6 +513,37 @@ static void copy_out(const char *p, Py_ssize_t n, char *buf, Py_ssize_t cap, spk
 	}
 }
 
+// put_raw_bytes writes marshal's encoding of the bytes of view v (a
+// C-contiguous memoryview) to buf, or to malloc'd memory if it is larger.
+static void put_raw_bytes(PyObject *v, char *buf, Py_ssize_t cap, spk_result *r) {
+	spk_Py_buffer view;
+	if (api.PyObject_GetBuffer(v, &view, SPK_PyBUF_SIMPLE) < 0) {
+		fetch_error(r);
+		return;
+	}
+	Py_ssize_t n = view.len + 5;
+	char *out = buf;
+	if (view.len > 0x7fffffff) {
+		r->status = SPK_EUNSERIALIZABLE;
+		r->emsg = strdup("a bytes result of 2 GiB or more");
+	} else if (n > cap && (out = malloc(n)) == NULL) {
+		r->status = SPK_EINTERNAL;
+		r->emsg = strdup("out of memory copying the result");
+	} else {
+		uint32_t len = (uint32_t)view.len;
+		out[0] = 's';
+		memcpy(out + 1, &len, 4); // little-endian hosts only (as marshal's own)
+		memcpy(out + 5, view.buf, view.len);
+		r->out_len = n;
+		if (out != buf) {
+			r->out = out;
+			r->out_heap = 1;
+		}
+		r->out_raw = 1;
+	}
+	api.PyBuffer_Release(&view);
+}
+
 // put_result marshals res into buf, or into malloc'd memory if it is larger.
 static void put_result(PyObject *res, char *buf, Py_ssize_t cap, spk_result *r) {
 	PyObject *b;
@@ -490,6 +561,12 @@ static void put_result(PyObject *res, char *buf, Py_ssize_t cap, spk_result *r) 
 	if (type == api.PyBytes_Type && api.PyBytes_AsStringAndSize(res, &p, &n) == 0) {
 		r->out_raw = 1;
 		copy_out(p, n, buf, cap, r);
+		return;
+	}
+	// A memoryview reply is a large bytes-like result (the dispatcher's
+	// raw_results): marshalled here as bytes, with one copy.
+	if (type == api.PyMemoryView_Type) {
+		put_raw_bytes(res, buf, cap, r);
 		return;
 	}
 	b = api.PyMarshal_WriteObjectToString(res, 4);
@@ -565,8 +642,63 @@ PyObject *spk_lookup(PyThreadState *ts, const char *module, const char *attr, sp
 }
 
 // do_call runs fn(*args, **kwargs) with the GIL held and puts the result.
+// host_payloads returns t with its last item replaced by a tuple of the
+// call's out-of-band payloads: read-only memoryviews of the host's memory
+// (3.12+), or bytes copies (3.11, where Python code cannot export a buffer
+// and so cannot stop a view from outliving the call).
+static PyObject *host_payloads(PyObject *t, const spk_buf *bufs, int nbufs, PyObject **views) {
+	Py_ssize_t n = api.PyTuple_Size(t);
+	PyObject *bt = NULL, *nt = NULL;
+	if (n < 1 || (bt = api.PyTuple_New(nbufs)) == NULL) goto fail;
+	for (int i = 0; i < nbufs; i++) {
+		char *p = bufs[i].ptr ? bufs[i].ptr : (char *)"";
+		PyObject *v = py_minor >= 12 ? api.PyMemoryView_FromMemory(p, bufs[i].len, SPK_PyBUF_READ)
+		                              : api.PyBytes_FromStringAndSize(p, bufs[i].len);
+		if (v == NULL) goto fail;
+		if (py_minor >= 12) {
+			api.Py_IncRef(v);
+			views[i] = v;
+		}
+		api.PyTuple_SetItem(bt, i, v);
+	}
+	if ((nt = api.PyTuple_New(n)) == NULL) goto fail;
+	for (Py_ssize_t i = 0; i < n - 1; i++) {
+		PyObject *x = api.PyTuple_GetItem(t, i);
+		api.Py_IncRef(x);
+		api.PyTuple_SetItem(nt, i, x);
+	}
+	api.PyTuple_SetItem(nt, n - 1, bt);
+	return nt;
+fail:
+	if (bt) api.Py_DecRef(bt);
+	return NULL;
+}
+
+// release_payloads ends the memoryviews of host memory a call made. One
+// that is still exported (a view the handler kept past its call) is marked
+// retained: its memory must stay valid until the interpreter ends.
+static void release_payloads(PyObject **views, int nbufs, unsigned char *retained) {
+	for (int i = 0; i < nbufs; i++) {
+		if (views[i] == NULL) continue;
+		PyObject *m = api.PyObject_GetAttrString(views[i], "release");
+		PyObject *ok = m ? api.PyObject_CallFunctionObjArgs(m, NULL) : NULL;
+		if (ok == NULL) {
+			retained[i] = 1;
+			api.PyErr_Clear();
+		} else {
+			api.Py_DecRef(ok);
+		}
+		if (m) api.Py_DecRef(m);
+		api.Py_DecRef(views[i]);
+		views[i] = NULL;
+	}
+}
+
 static void do_call(PyObject *fn, const char *args, Py_ssize_t alen, const char *kwargs, Py_ssize_t klen,
+                    const spk_buf *bufs, int nbufs, unsigned char *retained,
                     char *buf, Py_ssize_t cap, spk_result *r) {
+	PyObject *views_small[8] = {0};
+	PyObject **views = views_small;
 	PyObject *a = NULL, *t = NULL, *kw = NULL, *res;
 	if (alen > 0) {
 		a = api.PyMarshal_ReadObjectFromString(args, alen);
@@ -581,6 +713,21 @@ static void do_call(PyObject *fn, const char *args, Py_ssize_t alen, const char 
 	if (t == NULL) {
 		fetch_error(r);
 		goto out;
+	}
+	if (nbufs > 0) {
+		if (nbufs > 8 && (views = calloc(nbufs, sizeof *views)) == NULL) {
+			views = views_small;
+			r->status = SPK_EINTERNAL;
+			r->emsg = strdup("out of memory");
+			goto out;
+		}
+		PyObject *nt = host_payloads(t, bufs, nbufs, views);
+		if (nt == NULL) {
+			fetch_error(r);
+			goto out;
+		}
+		api.Py_DecRef(t);
+		t = nt;
 	}
 	if (klen > 0) {
 		kw = api.PyMarshal_ReadObjectFromString(kwargs, klen);
@@ -608,13 +755,17 @@ out:
 	if (a) api.Py_DecRef(a);
 	if (t) api.Py_DecRef(t);
 	if (kw) api.Py_DecRef(kw);
+	if (nbufs > 0) {
+		release_payloads(views, nbufs, retained); // after the reply, which may view them
+		if (views != views_small) free(views);
+	}
 }
 
 void spk_call(PyThreadState *ts, PyObject *fn, const char *args, Py_ssize_t alen,
               const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r) {
 	reset(r);
 	api.PyEval_RestoreThread(ts);
-	do_call(fn, args, alen, kwargs, klen, buf, cap, r);
+	do_call(fn, args, alen, kwargs, klen, NULL, 0, NULL, buf, cap, r);
 	leave();
 }
 
@@ -962,7 +1113,8 @@ static spk_tsent *take_entry(spk_interp *in) {
 }
 
 void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_ssize_t alen,
-               const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r) {
+               const char *kwargs, Py_ssize_t klen, const spk_buf *bufs, int nbufs, unsigned char *retained,
+               char *buf, Py_ssize_t cap, spk_result *r) {
 	spk_tsent *e;
 	if (atomic_load_explicit(&doomed, memory_order_relaxed) != 0 ||
 	    (tls_th != NULL && atomic_load_explicit(&tls_th->reaped, memory_order_relaxed) != 0)) {
@@ -981,7 +1133,7 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 	// reaped during this call already, however long it runs.
 	if (tls_ents->next_in_thread != NULL) note_binding();
 	e->seq = seq;
-	do_call(fn, args, alen, kwargs, klen, buf, cap, r);
+	do_call(fn, args, alen, kwargs, klen, bufs, nbufs, retained, buf, cap, r);
 	e->seq = 0;
 	if (e->interrupted) {
 		// The interrupt came too late to be raised: drop it, or it would hit

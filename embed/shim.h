@@ -89,12 +89,23 @@ void spk_decref(PyThreadState *ts, PyObject **objs, int n);
 // dangling pointer behind; the others any thread may delete (spk_reap).
 typedef struct spk_interp spk_interp;
 
+// spk_buf is a span of host memory handed to Python without a copy.
+typedef struct {
+	char *ptr;
+	Py_ssize_t len;
+} spk_buf;
+
 spk_interp *spk_interp_new(PyThreadState *home);
 void spk_interp_free(spk_interp *in);
 // spk_fcall calls fn on the calling thread with its cached thread state for
 // in (created on first use), tagging the call with seq for spk_interrupt.
+// bufs (nbufs of them) are the call's out-of-band payloads: the last item of
+// the args tuple is replaced by a tuple of read-only memoryviews of them
+// (bytes copies on 3.11). retained[i] is set where a view outlived the call:
+// that memory must stay valid until the interpreter ends.
 void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_ssize_t alen,
-               const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r);
+               const char *kwargs, Py_ssize_t klen, const spk_buf *bufs, int nbufs, unsigned char *retained,
+               char *buf, Py_ssize_t cap, spk_result *r);
 // spk_interrupt (on the home thread) raises exc in the thread running call
 // seq, if it still runs. Returns 1 if it did. Blocks while C code holds the
 // interpreter's GIL.

@@ -24,6 +24,14 @@ def noop(req):
     return req
 
 @snakepit.command
+def size(data):
+    return len(data)
+
+@snakepit.command
+def echo(data):
+    return data
+
+@snakepit.command
 def burn(n):
     s = 0
     for i in range(n):
@@ -174,3 +182,68 @@ func BenchmarkCPUScaling(b *testing.B) {
 }
 
 var _ = embed.NewCallID
+
+// BenchmarkPayload16MiB: 16 MiB of bytes to a handler that returns its
+// length (size) or the bytes (echo), inline in the arguments (marshalled
+// into them and unmarshalled into a bytes object) and out of band (a
+// read-only memoryview of the caller's memory), beside the copy floor: a Go
+// allocate-and-copy of 16 MiB.
+func BenchmarkPayload16MiB(b *testing.B) {
+	const n = 16 << 20
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(i)
+	}
+	w := benchWorker(b, false)
+	ctx := context.Background()
+	inline := func(command string) *worker.Request {
+		args, err := pymarshal.Marshal(map[string]any{"data": data})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return &worker.Request{Command: command, Args: args}
+	}
+	oob := func(command string) *worker.Request {
+		args, err := pymarshal.Marshal(map[string]any{"data": pymarshal.Tuple{"\x00snakepit", "buf", 0}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return &worker.Request{Command: command, Args: args, Buffers: [][]byte{data}}
+	}
+	for _, c := range []struct {
+		name string
+		req  *worker.Request
+		want int
+	}{
+		{"size/inline", inline("size"), 0},
+		{"size/out-of-band", oob("size"), 0},
+		{"echo/inline", inline("echo"), n},
+		{"echo/out-of-band", oob("echo"), n},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(n)
+			for range b.N {
+				resp, err := w.Call(ctx, c.req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if c.want > 0 {
+					var out []byte
+					if err := pymarshal.Unmarshal(resp.Result, &out); err != nil || len(out) != c.want {
+						b.Fatalf("echo: %d bytes, %v", len(out), err)
+					}
+				}
+			}
+		})
+	}
+	b.Run("copy-floor", func(b *testing.B) {
+		b.SetBytes(n)
+		for range b.N {
+			out := make([]byte, n)
+			copy(out, data)
+			if out[n-1] != data[n-1] {
+				b.Fatal("copy")
+			}
+		}
+	})
+}

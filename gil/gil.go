@@ -228,6 +228,15 @@ type job struct {
 	id   uint64
 	fn   *embed.Func
 	args []byte
+	bufs [][]byte
+}
+
+// callOnThread calls fn on this thread, with out-of-band payloads if any.
+func (w *Worker) callOnThread(id uint64, fn *embed.Func, args []byte, bufs [][]byte) ([]byte, error) {
+	if len(bufs) > 0 {
+		return w.in.CallOnThreadBuffers(id, fn, args, bufs, nil)
+	}
+	return w.in.CallOnThread(id, fn, args, nil, nil)
 }
 
 // executor runs the calls whose callers may leave early. Handing a call to
@@ -237,7 +246,7 @@ type job struct {
 func (w *Worker) executor() {
 	defer close(w.execDone)
 	for j := range w.jobs {
-		out, err := w.in.CallOnThread(j.id, j.fn, j.args, nil, nil)
+		out, err := w.callOnThread(j.id, j.fn, j.args, j.bufs)
 		w.resc <- callResult{out, err}
 	}
 }
@@ -246,6 +255,7 @@ func (w *Worker) boot(ctx context.Context, module string) error {
 	code := fmt.Sprintf(`import snakepit, snakepit._dispatch, snakepit._sleep
 snakepit._sleep.install()
 _spk = snakepit._dispatch.Dispatcher(%s, worker_id=%s, capture_stdio=True, log_level=%d)
+_spk.raw_results = True
 _spk_call, _spk_stream_open, _spk_stream_next, _spk_stream_close = _spk.call, _spk.stream_open, _spk.stream_next, _spk.stream_close
 _spk_end_session, _spk_teardown, _spk_drain_logs, _spk_cancel, _spk_setup = _spk.end_session, _spk.teardown, _spk.drain_logs, snakepit._sleep.on_cancel(_spk.cancel), _spk.setup
 _spk_cancelled = snakepit.Cancelled
@@ -345,14 +355,14 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 	ctx, cancel := req.WithDeadline(ctx)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
-	args, err := python.EncodeCall(nil, req, deadline)
+	args, err := python.EncodeCallOutOfBand(nil, req, deadline)
 	if err != nil {
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
 	if err := w.acquire(ctx); err != nil {
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
-	r, abandoned, err := w.run(ctx, w.fns.call, args, req.Command, req.CorrelationID, w.release)
+	r, abandoned, err := w.runBufs(ctx, w.fns.call, args, req.Buffers, req.Command, req.CorrelationID, w.release)
 	if !abandoned {
 		w.release()
 	}
@@ -372,18 +382,25 @@ type callResult struct {
 // the background, which runs onAbandon once Python is done with it (unless
 // the worker died waiting).
 func (w *Worker) run(ctx context.Context, fn *embed.Func, args []byte, command, cid string, onAbandon func()) (r python.Reply, abandoned bool, err error) {
+	return w.runBufs(ctx, fn, args, nil, command, cid, onAbandon)
+}
+
+// runBufs is run with out-of-band payloads (see
+// embed.Interpreter.CallOnThreadBuffers), which stay pinned until Python is
+// done with the call, even when the caller has gone.
+func (w *Worker) runBufs(ctx context.Context, fn *embed.Func, args []byte, bufs [][]byte, command, cid string, onAbandon func()) (r python.Reply, abandoned bool, err error) {
 	id := embed.NewCallID()
 	var res callResult
 	if ctx.Done() == nil {
 		// Nothing can end this call early: run it right here.
-		res.out, res.err = w.in.CallOnThread(id, fn, args, nil, nil)
+		res.out, res.err = w.callOnThread(id, fn, args, bufs)
 	} else {
 		if ctx.Err() != nil {
 			// Ended already (say, while the call waited for the worker):
 			// the handler does not run.
 			return python.Reply{}, false, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
 		}
-		w.jobs <- job{id, fn, args}
+		w.jobs <- job{id, fn, args, bufs}
 		select {
 		case res = <-w.resc:
 		case <-ctx.Done():

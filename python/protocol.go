@@ -68,9 +68,21 @@ func checkArgs(args []byte) error {
 
 // EncodeCall appends to dst the dispatcher's call arguments for req: the
 // marshalled tuple (command, kwargs, correlation_id, session_id, deadline,
-// attachments), the positional arguments of Dispatcher.call and
-// Dispatcher.stream_open. req.Args is copied in without decoding.
+// attachments[, buffers]), the positional arguments of Dispatcher.call and
+// Dispatcher.stream_open; buffers (req.Buffers, as a list of bytes) only
+// when there are any. req.Args is copied in without decoding.
 func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
+	return encodeCall(dst, req, deadline, true)
+}
+
+// EncodeCallOutOfBand is EncodeCall for a caller that hands req.Buffers
+// over beside the tuple: where they would be, the tuple holds None, for
+// the caller to replace (see embed.Interpreter.CallOnThreadBuffers).
+func EncodeCallOutOfBand(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
+	return encodeCall(dst, req, deadline, false)
+}
+
+func encodeCall(dst []byte, req *worker.Request, deadline time.Time, inline bool) ([]byte, error) {
 	if err := checkArgs(req.Args); err != nil {
 		return nil, err
 	}
@@ -78,10 +90,19 @@ func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, er
 	for _, a := range req.Attachments {
 		size += 5 + len(a)
 	}
+	if inline {
+		for _, a := range req.Buffers {
+			size += 5 + len(a)
+		}
+	}
 	if dst == nil {
 		dst = make([]byte, 0, size)
 	}
-	b := pymarshal.AppendTupleHeader(dst, 6)
+	fields := 6
+	if len(req.Buffers) > 0 {
+		fields = 7
+	}
+	b := pymarshal.AppendTupleHeader(dst, fields)
 	b, err := pymarshal.AppendString(b, req.Command)
 	if err != nil {
 		return nil, &worker.NotSerializableError{What: "argument", Detail: "command: " + err.Error(), Err: err}
@@ -111,6 +132,16 @@ func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, er
 		for _, a := range req.Attachments {
 			b = pymarshal.AppendBytes(b, a)
 		}
+	}
+	switch {
+	case len(req.Buffers) == 0:
+	case inline:
+		b = pymarshal.AppendListHeader(b, len(req.Buffers))
+		for _, a := range req.Buffers {
+			b = pymarshal.AppendBytes(b, a)
+		}
+	default:
+		b = pymarshal.AppendNone(b)
 	}
 	return b, nil
 }

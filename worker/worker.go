@@ -79,6 +79,13 @@ type Request struct {
 	// Attachments are raw byte blobs passed to the handler unconverted, as
 	// ctx.attachments (a list of bytes).
 	Attachments [][]byte
+	// Buffers are the call's out-of-band payloads: Args refers to them
+	// with markers (see pymarshal.AppendMarshalOOB), and the handler gets a
+	// read-only memoryview of each where its marker was. The thread profile
+	// (3.12+) hands the memory over without copying it: do not modify it
+	// until the call has returned (see embed.Interpreter.CallOnThreadBuffers
+	// for views a handler keeps); the process profile sends it after Args.
+	Buffers [][]byte
 	// CorrelationID follows the call into Python (ctx.correlation_id) and
 	// into log records and errors.
 	CorrelationID string

@@ -46,6 +46,11 @@ _modules = sys.modules
 # Result types that need no check for coroutines or generators.
 _PLAIN = frozenset((dict, list, tuple, str, bytes, int, float, bool, type(None)))
 
+# Results of these types at least RAW_MIN bytes long go back as raw bytes
+# where the host takes them so (see Dispatcher.raw_results).
+_BYTESLIKE = (bytes, bytearray, memoryview)
+RAW_MIN = 64 << 10
+
 
 class _Collector(logging.Handler):
     """Keeps log records until the worker hands them to Go."""
@@ -222,11 +227,25 @@ class Dispatcher:
 
     # ---- calls ----
 
-    def call(self, command, kwargs, correlation_id, session_id, deadline, attachments):
-        """Run a command. Returns an envelope (see the module doc)."""
+    # The thread profile takes a large bytes-like result as a memoryview
+    # reply, which it copies once into the host's memory (marshal would
+    # copy it first).
+    raw_results = False
+
+    def call(self, command, kwargs, correlation_id, session_id, deadline, attachments, buffers=None):
+        """Run a command. Returns an envelope (see the module doc).
+
+        buffers: the call's out-of-band payloads, which markers in kwargs
+        refer to (see _wire.resolve)."""
         collector = self._collector
         collector.current = (command, correlation_id)
+        views = None
         try:
+            if buffers:
+                try:
+                    kwargs, views = _wire.resolve(kwargs, buffers)
+                except _wire.BadMarker as e:
+                    return _error(K_BAD_ARGS, message=str(e), logs=collector.drain())
             if deadline is not None and time.time() >= deadline:
                 raise Cancelled("the deadline passed before the handler started")
             handler = self._handlers.get(command)
@@ -247,6 +266,10 @@ class Dispatcher:
                     _close_quietly(result, self)
                     return _error(K_STREAMING, message="command %r streams: call it with Stream" % command,
                                   logs=collector.drain())
+            if self.raw_results and isinstance(result, _BYTESLIKE) and not (collector.pending or collector.dropped):
+                raw = _wire.raw_bytes(result)
+                if raw is not None and raw.nbytes >= RAW_MIN:
+                    return raw
             if "numpy" in _modules or "array" in _modules:
                 payload = _wire.dumps(result)  # see _wire.scan_needed
             else:
@@ -265,17 +288,26 @@ class Dispatcher:
         finally:
             self._call = None
             collector.current = None
+            if views:
+                _wire.release(views)
         if collector.pending or collector.dropped:
             return (OK, payload, collector.drain())
         return payload
 
-    def stream_open(self, command, kwargs, correlation_id, session_id, deadline, attachments):
-        """Start a streaming command; chunks come from stream_next."""
+    def stream_open(self, command, kwargs, correlation_id, session_id, deadline, attachments, buffers=None):
+        """Start a streaming command; chunks come from stream_next.
+
+        buffers: as for call, but bytes the stream keeps (not views)."""
         if self._stream is not None:
             return _error(K_PROTOCOL, message="a stream is already open on this worker")
         self._collector.current = (command, correlation_id)
         try:
             try:
+                if buffers:
+                    try:
+                        kwargs, _ = _wire.resolve(kwargs, buffers)
+                    except _wire.BadMarker as e:
+                        return _error(K_BAD_ARGS, message=str(e), logs=self._collector.drain())
                 if deadline is not None and time.time() >= deadline:
                     raise Cancelled("the deadline passed before the handler started")
                 result = self._invoke(command, kwargs, correlation_id, session_id, deadline, attachments)

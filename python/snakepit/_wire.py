@@ -171,3 +171,104 @@ def describe(obj):
             continue
         return where + _qual(t)
     return None
+
+
+# ---- out-of-band payloads ----
+#
+# A call's large payloads may travel beside its arguments: a marker in the
+# arguments, the tuple ("\x00snakepit", "buf", i), stands for the i-th one.
+# The thread profile hands them over as read-only memoryviews of the host's
+# memory, valid during the call only; the process profile as bytes.
+
+MARKER = "\x00snakepit"
+
+
+class BadMarker(Exception):
+    """A marker in the arguments that does not fit the call's payloads."""
+
+
+class _HostBuffer:
+    """Exports a memoryview of host memory while its call runs (3.12+:
+    Python-level buffer protocol). After the call it refuses new exports,
+    so no view made later can reach memory the host may have reused."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw):
+        self._raw = raw
+
+    def __buffer__(self, flags):
+        raw = self._raw
+        if raw is None:
+            raise BufferError("this payload was only valid during its call")
+        return raw
+
+    def __release_buffer__(self, view):
+        pass
+
+
+def _view(b, hosts):
+    """The handler's view of payload b."""
+    if type(b) is memoryview and sys.version_info >= (3, 12):
+        h = _HostBuffer(b)
+        hosts.append(h)
+        return memoryview(h)
+    return memoryview(b)
+
+
+def resolve(kwargs, buffers):
+    """Return kwargs with the markers replaced by views of buffers, and
+    what release needs after the call. Raises BadMarker."""
+    hosts = []
+    views = [None] * len(buffers)
+
+    def sub(v, depth):
+        t = type(v)
+        if t is tuple and len(v) >= 2 and v[0] == MARKER:
+            return marker(v)
+        if depth > MAX_DEPTH:
+            raise BadMarker("arguments nested more than %d levels deep" % MAX_DEPTH)
+        if t is dict:
+            return {k: sub(x, depth + 1) for k, x in v.items()}
+        if t is list or t is tuple:
+            return t(sub(x, depth + 1) for x in v)
+        return v
+
+    def marker(v):
+        if v[1] == "buf" and len(v) == 3 and type(v[2]) is int:
+            i = v[2]
+            if not 0 <= i < len(buffers):
+                raise BadMarker("payload %d of %d" % (i, len(buffers)))
+            if views[i] is None:
+                views[i] = _view(buffers[i], hosts)
+            return views[i]
+        raise BadMarker("unknown marker %r" % (v[1:2],))
+
+    return sub(kwargs, 0), (views, hosts)
+
+
+def release(state):
+    """End the views resolve made: views kept past the call (or exported,
+    e.g. by numpy.frombuffer) stay readable, but no new ones can be made."""
+    views, hosts = state
+    for v in views:
+        if v is not None:
+            try:
+                v.release()
+            except BufferError:
+                pass  # exported: stays until its exports go
+    for h in hosts:
+        h._raw = None
+
+
+def raw_bytes(v):
+    """v as a C-contiguous byte memoryview, or None."""
+    m = memoryview(v)
+    if not m.c_contiguous:
+        return None
+    if m.format != "B" or m.ndim != 1:
+        try:
+            m = m.cast("B")
+        except TypeError:
+            return None
+    return m

@@ -4,6 +4,7 @@
 package workertest
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
 	"errors"
@@ -102,6 +103,7 @@ func Run(t *testing.T, factory Factory) {
 	t.Run("Streaming", s.testStreaming)
 	t.Run("Logging", s.testLogging)
 	t.Run("DeadlineInterrupt", s.testDeadlineInterrupt)
+	t.Run("Buffers", s.testBuffers)
 
 	t.Run("Teardown", func(t *testing.T) {
 		// A stream left open does not keep Close waiting.
@@ -672,4 +674,53 @@ func (r *recorder) messages() []string {
 		out = append(out, rec.msg)
 	}
 	return out
+}
+
+// testBuffers: out-of-band payloads reach the handler as read-only
+// memoryviews where their markers were; a large bytes-like result comes
+// back whole; a view kept past the call is released, a slice of it stays
+// readable (its memory stays valid); a marker that names no payload is a
+// bad-arguments error.
+func (s *suite) testBuffers(t *testing.T) {
+	big := make([]byte, 1<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	marker := func(i int) pymarshal.Tuple { return pymarshal.Tuple{"\x00snakepit", "buf", i} }
+	r := req("payload_info", map[string]any{"data": marker(0), "other": marker(0)})
+	r.Buffers = [][]byte{big}
+	got := s.mustCall(t, r).(map[string]any)
+	want := map[string]any{"type": "memoryview", "len": int64(len(big)), "readonly": true,
+		"head": big[:4], "sum": int64(sumBytes(big[:64])), "same": true}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("payload_info: got %v, want %v", got, want)
+	}
+
+	r = req("payload_echo", map[string]any{"data": marker(0)})
+	r.Buffers = [][]byte{big}
+	if v := s.mustCall(t, r); !bytes.Equal(v.([]byte), big) {
+		t.Fatalf("payload_echo: got %d bytes, want the %d sent", len(v.([]byte)), len(big))
+	}
+
+	r = req("payload_keep", map[string]any{"data": marker(0)})
+	r.Buffers = [][]byte{bytes.Clone(big[:16])}
+	s.mustCall(t, r)
+	got = s.mustCall(t, req("payload_kept", nil)).(map[string]any)
+	if !bytes.Equal(got["slice"].([]byte), big[1:5]) || got["view"] != "released" {
+		t.Fatalf("payload_kept: got %v, want slice %v and a released view", got, big[1:5])
+	}
+
+	r = req("payload_info", map[string]any{"data": marker(1)})
+	r.Buffers = [][]byte{big}
+	if _, err := s.call(t, r); !errors.Is(err, worker.ErrBadArguments) {
+		t.Fatalf("marker past the payloads: got %v, want ErrBadArguments", err)
+	}
+}
+
+func sumBytes(b []byte) int {
+	n := 0
+	for _, c := range b {
+		n += int(c)
+	}
+	return n
 }

@@ -157,3 +157,40 @@ def block_in_c(seconds):
     else:
         held.acquire(timeout=seconds)
     return "woke"
+
+
+_kept = {}
+
+
+@snakepit.command
+def payload_info(data, other=None):
+    """Describe an out-of-band payload without copying it."""
+    info = {"type": type(data).__name__, "len": len(data), "readonly": data.readonly,
+            "head": bytes(data[:4]), "sum": sum(data[:64])}
+    if other is not None:
+        info["same"] = other is data
+    return info
+
+
+@snakepit.command
+def payload_echo(data):
+    return data
+
+
+@snakepit.command
+def payload_keep(data):
+    """Keep a slice of the payload and the view itself past the call."""
+    _kept["slice"] = data[1:5]
+    _kept["view"] = data
+    return True
+
+
+@snakepit.command
+def payload_kept():
+    """What was kept: the slice stays readable, the view is released."""
+    try:
+        len(_kept["view"])
+        view = "readable"
+    except ValueError:
+        view = "released"
+    return {"slice": bytes(_kept["slice"]), "view": view}
