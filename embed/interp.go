@@ -9,12 +9,14 @@ import "C"
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -819,6 +821,10 @@ func (in *Interpreter) callOnThread(id uint64, f *Func, args, kwargs []byte, buf
 	runtime.LockOSThread()
 	C.spk_fcall(in.ci, C.uint64_t(id), f.obj, ap, C.Py_ssize_t(len(args)), kp, C.Py_ssize_t(len(kwargs)),
 		cbufs, C.int(len(bufs)), retained, cb.buf, outBufSize, cb.res)
+	var held []byte
+	if cb.res.held != nil {
+		held = takeHeld(cb.res, dst) // on this thread, which holds the result
+	}
 	runtime.UnlockOSThread()
 	if len(bufs) > 0 {
 		kept := unsafe.Slice(retained, len(bufs))
@@ -830,8 +836,27 @@ func (in *Interpreter) callOnThread(id uint64, f *Func, args, kwargs []byte, buf
 			}
 		}
 	}
+	if held != nil {
+		return held, nil
+	}
 	s := scope{in: in, buf: cb.buf, res: cb.res}
 	return s.take(dst)
+}
+
+// takeHeld appends to dst the reply for a large bytes-like result that r
+// holds in Python's memory: a bytes object (the reply) whose content is the
+// marshalled result, copied once from Python's memory; then it releases
+// the buffer.
+func takeHeld(r *C.spk_result, dst []byte) []byte {
+	n := int(r.out_len)
+	out := slices.Grow(dst, n+10)
+	out = append(out, 's', 0, 0, 0, 0, 's', 0, 0, 0, 0)
+	h := out[len(out)-10:]
+	binary.LittleEndian.PutUint32(h[1:], uint32(n+5))
+	binary.LittleEndian.PutUint32(h[6:], uint32(n))
+	out = append(out, unsafe.Slice((*byte)(unsafe.Pointer(r.out)), n)...)
+	C.spk_release_held(r)
+	return out
 }
 
 // keepPinned keeps the memory p pins until the interpreter has ended: a

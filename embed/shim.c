@@ -513,13 +513,36 @@ static void copy_out(const char *p, Py_ssize_t n, char *buf, Py_ssize_t cap, spk
 	}
 }
 
+// spk_held is what spk_fcall keeps for spk_release_held: the result's
+// buffer, and the call's payload views (released after it, as the result
+// may be one of them).
+typedef struct {
+	spk_Py_buffer view;
+	PyObject **views;
+	int nviews;
+	unsigned char *retained;
+} spk_held;
+
 // put_raw_bytes writes marshal's encoding of the bytes of view v (a
 // C-contiguous memoryview) to buf, or to malloc'd memory if it is larger.
-static void put_raw_bytes(PyObject *v, char *buf, Py_ssize_t cap, spk_result *r) {
+static void put_raw_bytes(PyObject *v, char *buf, Py_ssize_t cap, int hold, spk_result *r) {
 	spk_Py_buffer view;
 	if (api.PyObject_GetBuffer(v, &view, SPK_PyBUF_SIMPLE) < 0) {
 		fetch_error(r);
 		return;
+	}
+	if (hold && view.len + 5 > cap && view.len <= 0x7fffffff) {
+		// Too large for buf: rather than copy it to the C heap, keep the
+		// buffer for the caller to copy straight into its own memory.
+		spk_held *h = calloc(1, sizeof *h);
+		if (h != NULL) {
+			h->view = view;
+			r->held = h;
+			r->out = view.buf;
+			r->out_len = view.len;
+			r->out_raw = 2;
+			return;
+		}
 	}
 	Py_ssize_t n = view.len + 5;
 	char *out = buf;
@@ -544,8 +567,9 @@ static void put_raw_bytes(PyObject *v, char *buf, Py_ssize_t cap, spk_result *r)
 	api.PyBuffer_Release(&view);
 }
 
-// put_result marshals res into buf, or into malloc'd memory if it is larger.
-static void put_result(PyObject *res, char *buf, Py_ssize_t cap, spk_result *r) {
+// put_result marshals res into buf, or into malloc'd memory if it is larger
+// (hold: see put_raw_bytes).
+static void put_result(PyObject *res, char *buf, Py_ssize_t cap, int hold, spk_result *r) {
 	PyObject *b;
 	char *p = NULL;
 	Py_ssize_t n = 0;
@@ -566,7 +590,7 @@ static void put_result(PyObject *res, char *buf, Py_ssize_t cap, spk_result *r) 
 	// A memoryview reply is a large bytes-like result (the dispatcher's
 	// raw_results): marshalled here as bytes, with one copy.
 	if (type == api.PyMemoryView_Type) {
-		put_raw_bytes(res, buf, cap, r);
+		put_raw_bytes(res, buf, cap, hold, r);
 		return;
 	}
 	b = api.PyMarshal_WriteObjectToString(res, 4);
@@ -614,7 +638,7 @@ void spk_exec(PyThreadState *ts, const char *code, int eval, char *buf, Py_ssize
 		goto out;
 	}
 	if (eval) {
-		put_result(res, buf, cap, r);
+		put_result(res, buf, cap, 0, r);
 	}
 	api.Py_DecRef(res);
 out:
@@ -695,7 +719,7 @@ static void release_payloads(PyObject **views, int nbufs, unsigned char *retaine
 }
 
 static void do_call(PyObject *fn, const char *args, Py_ssize_t alen, const char *kwargs, Py_ssize_t klen,
-                    const spk_buf *bufs, int nbufs, unsigned char *retained,
+                    const spk_buf *bufs, int nbufs, unsigned char *retained, int hold,
                     char *buf, Py_ssize_t cap, spk_result *r) {
 	PyObject *views_small[8] = {0};
 	PyObject **views = views_small;
@@ -749,14 +773,22 @@ static void do_call(PyObject *fn, const char *args, Py_ssize_t alen, const char 
 		fetch_error(r);
 		goto out;
 	}
-	put_result(res, buf, cap, r);
+	put_result(res, buf, cap, hold, r);
 	api.Py_DecRef(res);
 out:
 	if (a) api.Py_DecRef(a);
 	if (t) api.Py_DecRef(t);
 	if (kw) api.Py_DecRef(kw);
 	if (nbufs > 0) {
-		release_payloads(views, nbufs, retained); // after the reply, which may view them
+		spk_held *h = r->held;
+		if (h != NULL && (h->views = malloc(nbufs * sizeof *views)) != NULL) {
+			// The held result may be one of them: release them after it.
+			memcpy(h->views, views, nbufs * sizeof *views);
+			h->nviews = nbufs;
+			h->retained = retained;
+		} else {
+			release_payloads(views, nbufs, retained); // after the reply, which may view them
+		}
 		if (views != views_small) free(views);
 	}
 }
@@ -765,7 +797,7 @@ void spk_call(PyThreadState *ts, PyObject *fn, const char *args, Py_ssize_t alen
               const char *kwargs, Py_ssize_t klen, char *buf, Py_ssize_t cap, spk_result *r) {
 	reset(r);
 	api.PyEval_RestoreThread(ts);
-	do_call(fn, args, alen, kwargs, klen, NULL, 0, NULL, buf, cap, r);
+	do_call(fn, args, alen, kwargs, klen, NULL, 0, NULL, 0, buf, cap, r);
 	leave();
 }
 
@@ -1133,7 +1165,7 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 	// reaped during this call already, however long it runs.
 	if (tls_ents->next_in_thread != NULL) note_binding();
 	e->seq = seq;
-	do_call(fn, args, alen, kwargs, klen, bufs, nbufs, retained, buf, cap, r);
+	do_call(fn, args, alen, kwargs, klen, bufs, nbufs, retained, 1, buf, cap, r);
 	e->seq = 0;
 	if (e->interrupted) {
 		// The interrupt came too late to be raised: drop it, or it would hit
@@ -1142,9 +1174,35 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 		e->interrupted = 0;
 	}
 	api.PyEval_SaveThread();
+	if (r->held != NULL) {
+		r->held_entry = e; // stays in use until spk_release_held
+		return;
+	}
 	put_down(e);
 	// An interpreter may have started closing during the call: give up
 	// this thread's states of it now rather than when it next calls.
+	if (atomic_load_explicit(&doomed, memory_order_relaxed) != 0) {
+		spk_sweep_thread();
+	}
+}
+
+void spk_release_held(spk_result *r) {
+	spk_held *h = r->held;
+	spk_tsent *e = r->held_entry;
+	if (h == NULL) return;
+	api.PyEval_RestoreThread(e->ts);
+	api.PyBuffer_Release(&h->view);
+	if (h->views != NULL) {
+		release_payloads(h->views, h->nviews, h->retained);
+		free(h->views);
+	}
+	api.PyEval_SaveThread();
+	free(h);
+	r->held = NULL;
+	r->held_entry = NULL;
+	r->out = NULL;
+	r->out_len = 0;
+	put_down(e);
 	if (atomic_load_explicit(&doomed, memory_order_relaxed) != 0) {
 		spk_sweep_thread();
 	}

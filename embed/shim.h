@@ -51,6 +51,8 @@ typedef struct {
 	Py_ssize_t out_len;
 	int out_heap;       // out was malloc'd (did not fit the caller's buffer)
 	int out_raw;        // out is the content of a bytes result, not marshalled
+	void *held;         // spk_fcall: out points into a Python buffer kept for the caller (spk_release_held)
+	void *held_entry;
 	char *etype;
 	char *emsg;
 	char *etb;
@@ -106,6 +108,11 @@ void spk_interp_free(spk_interp *in);
 void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_ssize_t alen,
                const char *kwargs, Py_ssize_t klen, const spk_buf *bufs, int nbufs, unsigned char *retained,
                char *buf, Py_ssize_t cap, spk_result *r);
+// spk_release_held releases the Python buffer spk_fcall left in r->held
+// (a large bytes-like result, which r->out points into, out_len bytes with
+// no marshal header, for the caller to copy without the GIL). It must run
+// on the thread that called spk_fcall, before that thread calls again.
+void spk_release_held(spk_result *r);
 // spk_interrupt (on the home thread) raises exc in the thread running call
 // seq, if it still runs. Returns 1 if it did. Blocks while C code holds the
 // interpreter's GIL.
