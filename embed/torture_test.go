@@ -34,6 +34,10 @@ import (
 //	-torture.seed     SNAKEPIT_TORTURE_SEED   seed (0: from the clock)
 //	-torture.steps    SNAKEPIT_TORTURE_STEPS  steps over all workers
 //	-torture.workers  SNAKEPIT_TORTURE_WORKERS goroutines taking steps
+//	-torture.pinned   SNAKEPIT_TORTURE_PINNED=1
+//	                  call from goroutines pinned after ReleaseThread (off:
+//	                  a busy interpreter's state they keep can hold up its
+//	                  Close until its ctx ends)
 //	-torture.dead-threads SNAKEPIT_TORTURE_DEAD_THREADS=1
 //	                  let pinned goroutines end with their OS thread
 //	                  (off: concurrent Closes then delete a dead thread's
@@ -50,8 +54,14 @@ var (
 	// tortureJoinableDaemon adds daemon threads started with
 	// _thread.start_joinable_thread (3.13+) to the daemon threads a step
 	// expects refused. Off by default: they are not refused yet.
+	// torturePinned adds steps that call from goroutines locked to their
+	// OS thread after ReleaseThread. Off by default: a thread state that
+	// such a thread, or a home thread (locked the same way), keeps of a
+	// busy interpreter can keep that interpreter's Close waiting until
+	// its ctx ends.
+	torturePinned = flag.Bool("torture.pinned", envInt("SNAKEPIT_TORTURE_PINNED", 0) != 0, "TestTorture: call from goroutines pinned after ReleaseThread")
 	// tortureDeadThreads lets pinned goroutines end with their OS thread
-	// (still locked), leaving thread states that Close deletes for the
+	// (still locked; with -torture.pinned), leaving thread states that Close deletes for the
 	// dead thread. Off by default: two Closes of one interpreter may then
 	// delete the same thread state at once (a hang or a double free).
 	tortureDeadThreads    = flag.Bool("torture.dead-threads", envInt("SNAKEPIT_TORTURE_DEAD_THREADS", 0) != 0, "TestTorture: let pinned goroutines end with their OS thread")
@@ -87,6 +97,11 @@ const (
 	// runTimeout bounds the whole run; past it the test fails with the
 	// seed and every goroutine's stack.
 	runTimeout = 10 * time.Minute
+	// finalRounds and finalCloseTimeout bound the closing of what is left
+	// at the end: rounds of one Close of each remaining interpreter at
+	// once, each with that ctx.
+	finalRounds       = 2
+	finalCloseTimeout = 20 * time.Second
 	// maxOpen is the most interpreters open at once.
 	maxOpen = 6
 	// burstSize is the number of concurrent calls in a burst.
@@ -291,7 +306,7 @@ func (w *tWorld) newInterp(r *rand.Rand) {
 // checks each Close returns within its ctx plus closeSlack, and what a nil
 // return promises.
 func (w *tWorld) closeOp(r *rand.Rand, ti *tInterp, n int) {
-	timeouts := []time.Duration{0, time.Millisecond, 20 * time.Millisecond, 200 * time.Millisecond, 2 * time.Second, 30 * time.Second}
+	timeouts := []time.Duration{0, time.Millisecond, 20 * time.Millisecond, 200 * time.Millisecond, 2 * time.Second}
 	ti.closing.Store(true)
 	var wg sync.WaitGroup
 	for range n {
@@ -387,7 +402,11 @@ func (w *tWorld) step(r *rand.Rand) {
 		_, err := ti.in.CallOnThread(embed.NewCallID(), ti.nap, marshalArgs(0.001*float64(r.Intn(20))), nil, nil)
 		w.callErr(ti, wasGone, "CallOnThread(nap)", err)
 	case op < 42: // a goroutine pinned to its thread
-		w.pinned(r.Int63())
+		if *torturePinned {
+			w.pinned(r.Int63())
+		} else {
+			w.newInterp(r)
+		}
 	case op < 50: // an attached Thread
 		w.attach(r.Int63())
 	case op < 55: // an interrupted call
@@ -683,26 +702,36 @@ func TestTorture(t *testing.T) {
 	wg.Wait()
 	w.bg.Wait()
 
-	// Everything closed: each remaining interpreter, concurrently with
-	// calls on it, from two goroutines.
+	// Everything closed: the remaining interpreters all at once, each
+	// from one goroutine. A Close may return at its ctx's end while
+	// another interpreter's home thread holds a thread state of its
+	// interpreter (see -torture.pinned): as documented, a later Close
+	// finishes the job, so a second round is allowed, and counted.
 	w.mu.Lock()
 	ins := append([]*tInterp(nil), w.ins...)
 	w.mu.Unlock()
-	for _, ti := range ins {
-		if ti.gone.Load() {
-			continue
-		}
-		ti.closing.Store(true)
+	var again []*tInterp
+	for round := range finalRounds {
 		var cw sync.WaitGroup
-		for range 2 {
-			cw.Go(func() {
-				w.closeOnce(ti, 2*closeSlack)
-				if !ti.gone.Load() {
-					w.fail("final Close of %s: did not end it", ti)
-				}
-			})
+		for _, ti := range ins {
+			if ti.gone.Load() {
+				continue
+			}
+			if round > 0 {
+				again = append(again, ti)
+			}
+			ti.closing.Store(true)
+			cw.Go(func() { w.closeOnce(ti, finalCloseTimeout) })
 		}
 		cw.Wait()
+	}
+	for _, ti := range ins {
+		if !ti.gone.Load() {
+			t.Errorf("final Close of %s: did not end it in %d rounds", ti, finalRounds)
+		}
+	}
+	if len(again) > 0 {
+		t.Logf("final Close: %d interpreter(s) ended only in a later round: %v", len(again), again)
 	}
 	t.Logf("%d steps in %v: %d interpreters, %d Close calls (%d at their ctx's end)", steps, time.Since(start).Round(time.Millisecond), len(ins), w.closes.Load(), w.timeout.Load())
 
