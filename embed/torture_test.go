@@ -34,6 +34,10 @@ import (
 //	-torture.seed     SNAKEPIT_TORTURE_SEED   seed (0: from the clock)
 //	-torture.steps    SNAKEPIT_TORTURE_STEPS  steps over all workers
 //	-torture.workers  SNAKEPIT_TORTURE_WORKERS goroutines taking steps
+//	-torture.concurrent-close SNAKEPIT_TORTURE_CONCURRENT_CLOSE=1
+//	                  close one interpreter from several goroutines at once
+//	                  (off: a Close deleting an exited thread's states may
+//	                  run into the interpreter another Close has ended)
 //	-torture.pinned   SNAKEPIT_TORTURE_PINNED=1
 //	                  call from goroutines pinned after ReleaseThread (off:
 //	                  a busy interpreter's state they keep can hold up its
@@ -54,6 +58,11 @@ var (
 	// tortureJoinableDaemon adds daemon threads started with
 	// _thread.start_joinable_thread (3.13+) to the daemon threads a step
 	// expects refused. Off by default: they are not refused yet.
+	// tortureConcurrentClose closes one interpreter from several
+	// goroutines at once. Off by default: while one Close still deletes
+	// the thread states of threads that have exited, another may end the
+	// interpreter (a fatal error on 3.11, a hang or a double free on 3.14).
+	tortureConcurrentClose = flag.Bool("torture.concurrent-close", envInt("SNAKEPIT_TORTURE_CONCURRENT_CLOSE", 0) != 0, "TestTorture: close one interpreter from several goroutines at once")
 	// torturePinned adds steps that call from goroutines locked to their
 	// OS thread after ReleaseThread. Off by default: a thread state that
 	// such a thread, or a home thread (locked the same way), keeps of a
@@ -81,7 +90,7 @@ func defaultTortureSteps() int {
 	if os.Getenv("SNAKEPIT_TORTURE") == "long" {
 		return 6000
 	}
-	return 240
+	return 400
 }
 
 const (
@@ -150,6 +159,7 @@ type tInterp struct {
 	n                                     int // index in the run, for messages
 	in                                    *embed.Interpreter
 	echo, nap, spin, linger, daemon, stop *embed.Func
+	closeMu                               sync.Mutex  // one Close at a time, without -torture.concurrent-close
 	closing                               atomic.Bool // a Close has begun
 	gone                                  atomic.Bool // a Close returned nil
 }
@@ -307,6 +317,9 @@ func (w *tWorld) newInterp(r *rand.Rand) {
 // return promises.
 func (w *tWorld) closeOp(r *rand.Rand, ti *tInterp, n int) {
 	timeouts := []time.Duration{0, time.Millisecond, 20 * time.Millisecond, 200 * time.Millisecond, 2 * time.Second}
+	if !*tortureConcurrentClose {
+		n = 1
+	}
 	ti.closing.Store(true)
 	var wg sync.WaitGroup
 	for range n {
@@ -317,6 +330,10 @@ func (w *tWorld) closeOp(r *rand.Rand, ti *tInterp, n int) {
 }
 
 func (w *tWorld) closeOnce(ti *tInterp, d time.Duration) {
+	if !*tortureConcurrentClose {
+		ti.closeMu.Lock()
+		defer ti.closeMu.Unlock()
+	}
 	w.closes.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
