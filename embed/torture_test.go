@@ -26,7 +26,8 @@ import (
 // pinned goroutines, attached Threads, interrupts, bursts with collections
 // between them, creating interpreters, closing them once or several times
 // at once, while calls run and while handler threads run) and check the
-// package's promises after each step and at the end.
+// package's promises after each step and at the end. The scenarios that
+// fail today are behind the flags below, off by default.
 //
 // Flags (the 3.11 child of TestVersionMatrix does not get them: it reads
 // the environment, which it inherits):
@@ -55,9 +56,6 @@ var (
 	tortureSeed    = flag.Int64("torture.seed", envInt("SNAKEPIT_TORTURE_SEED", int64(0)), "seed of TestTorture (0: from the clock)")
 	tortureSteps   = flag.Int("torture.steps", envInt("SNAKEPIT_TORTURE_STEPS", defaultTortureSteps()), "steps of TestTorture, over all workers")
 	tortureWorkers = flag.Int("torture.workers", envInt("SNAKEPIT_TORTURE_WORKERS", 8), "goroutines taking TestTorture's steps")
-	// tortureJoinableDaemon adds daemon threads started with
-	// _thread.start_joinable_thread (3.13+) to the daemon threads a step
-	// expects refused. Off by default: they are not refused yet.
 	// tortureConcurrentClose closes one interpreter from several
 	// goroutines at once. Off by default: while one Close still deletes
 	// the thread states of threads that have exited, another may end the
@@ -70,10 +68,14 @@ var (
 	// its ctx ends.
 	torturePinned = flag.Bool("torture.pinned", envInt("SNAKEPIT_TORTURE_PINNED", 0) != 0, "TestTorture: call from goroutines pinned after ReleaseThread")
 	// tortureDeadThreads lets pinned goroutines end with their OS thread
-	// (still locked; with -torture.pinned), leaving thread states that Close deletes for the
-	// dead thread. Off by default: two Closes of one interpreter may then
-	// delete the same thread state at once (a hang or a double free).
-	tortureDeadThreads    = flag.Bool("torture.dead-threads", envInt("SNAKEPIT_TORTURE_DEAD_THREADS", 0) != 0, "TestTorture: let pinned goroutines end with their OS thread")
+	// (still locked; with -torture.pinned), leaving thread states that
+	// Close deletes for the dead thread. Off by default: two Closes of one
+	// interpreter may then delete the same thread state at once (a hang or
+	// a double free).
+	tortureDeadThreads = flag.Bool("torture.dead-threads", envInt("SNAKEPIT_TORTURE_DEAD_THREADS", 0) != 0, "TestTorture: let pinned goroutines end with their OS thread")
+	// tortureJoinableDaemon adds daemon threads started with
+	// _thread.start_joinable_thread (3.13+) to the daemon threads a step
+	// expects refused. Off by default: they are not refused yet.
 	tortureJoinableDaemon = flag.Bool("torture.joinable-daemon", envInt("SNAKEPIT_TORTURE_JOINABLE_DAEMON", 0) != 0, "TestTorture: expect _thread.start_joinable_thread(daemon=True) refused")
 )
 
