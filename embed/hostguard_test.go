@@ -84,6 +84,12 @@ func hostGuardChild(t *testing.T) {
 		if !errors.As(err, &pe) || pe.Type != "RuntimeError" || !strings.Contains(pe.Message, "process profile") {
 			t.Errorf("%+v: raw thread: got %v, want a RuntimeError naming the process profile", cfg, err)
 		}
+		// 3.13+: threading's own primitive, whose daemon flag only
+		// threading checks.
+		err = in.Exec(ctx, "import _thread, time\nif hasattr(_thread, 'start_joinable_thread'):\n    _thread.start_joinable_thread(lambda: time.sleep(30), daemon=True)\nelse:\n    raise RuntimeError('no start_joinable_thread before 3.13: process profile')")
+		if !errors.As(err, &pe) || pe.Type != "RuntimeError" || !strings.Contains(pe.Message, "process profile") {
+			t.Errorf("%+v: joinable daemon thread: got %v, want a RuntimeError naming the process profile", cfg, err)
+		}
 		// threading's non-daemon threads still work, also started from
 		// a thread threading did not start (the default daemon is False).
 		if err := in.Exec(ctx, "import threading; th = threading.Thread(target=len, args=((),)); th.start(); th.join(); assert not th.daemon"); err != nil {

@@ -401,7 +401,7 @@ func TestExitedThreadDeletesItsStates(t *testing.T) {
 	}
 	done := make(chan error)
 	go func() {
-		runtime.LockOSThread() // never unlocked: Go ends the thread
+		lockNonMainThread() // never unlocked: Go ends the thread with the goroutine
 		_, err := a.CallOnThread(embed.NewCallID(), f, nil, nil, nil)
 		done <- err
 	}()
@@ -520,7 +520,7 @@ func TestExitingThreadDoesNotWaitForReaper(t *testing.T) {
 	}
 	tidc, exit := make(chan int, 1), make(chan struct{})
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		lockNonMainThread() // never unlocked: Go ends the thread with the goroutine
 		if _, err := a.CallOnThread(embed.NewCallID(), fa, nil, nil, nil); err != nil {
 			t.Error(err)
 		}
@@ -611,4 +611,61 @@ func TestReleaseDoesNotWaitForOtherGILs(t *testing.T) {
 	}
 	holdA()
 	release()
+}
+
+// TestConcurrentCloseAfterThreadExit: two Closes of one interpreter at
+// once, after a thread that called it exited while its thread-local data
+// still held an object with a slow finalizer: both return, and nothing is
+// deleted twice.
+func TestConcurrentCloseAfterThreadExit(t *testing.T) {
+	for round := range 3 {
+		in := testInterpNoCleanup(t)
+		mustExec(t, in, "import threading, time\nloc = threading.local()\nclass Slow:\n    def __del__(self):\n        time.sleep(0.1)\ndef keep():\n    loc.x = Slow()\n")
+		f, err := in.Func(context.Background(), "__main__", "keep")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tidc := make(chan int, 1)
+		go func() {
+			lockNonMainThread() // never unlocked: Go ends the thread with the goroutine
+			if _, err := in.CallOnThread(embed.NewCallID(), f, nil, nil, nil); err != nil {
+				t.Error(err)
+			}
+			tidc <- unix.Gettid()
+		}()
+		tid := <-tidc
+		deadline := time.Now().Add(20 * time.Second) // hang guard
+		for threadExists(tid) {
+			if time.Now().After(deadline) {
+				t.Fatalf("thread %d did not exit", tid)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // hang guard
+		errs := make(chan error, 2)
+		for range 2 {
+			go func() { errs <- in.Close(ctx) }()
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Errorf("round %d: Close: %v", round, err)
+			}
+		}
+		cancel()
+	}
+}
+
+// lockNonMainThread locks the goroutine to an OS thread other than the
+// process's main thread: Go never ends the main thread (a goroutine that
+// exits locked to it wedges it instead), and tests of thread exit need one
+// that ends.
+func lockNonMainThread() {
+	for {
+		runtime.LockOSThread()
+		if unix.Gettid() != os.Getpid() {
+			return
+		}
+		runtime.UnlockOSThread()
+		time.Sleep(time.Millisecond) // let another thread take this goroutine
+	}
 }

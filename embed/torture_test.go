@@ -19,6 +19,7 @@ import (
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
+	"golang.org/x/sys/unix"
 )
 
 // The concurrency torture test: goroutines do at random everything the
@@ -26,8 +27,8 @@ import (
 // pinned goroutines, attached Threads, interrupts, bursts with collections
 // between them, creating interpreters, closing them once or several times
 // at once, while calls run and while handler threads run) and check the
-// package's promises after each step and at the end. The scenarios that
-// fail today are behind the flags below, off by default.
+// package's promises after each step and at the end. Some scenarios have
+// flags below to turn them off when chasing another.
 //
 // Flags (the 3.11 child of TestVersionMatrix does not get them: it reads
 // the environment, which it inherits):
@@ -57,26 +58,19 @@ var (
 	tortureSteps   = flag.Int("torture.steps", envInt("SNAKEPIT_TORTURE_STEPS", defaultTortureSteps()), "steps of TestTorture, over all workers")
 	tortureWorkers = flag.Int("torture.workers", envInt("SNAKEPIT_TORTURE_WORKERS", 8), "goroutines taking TestTorture's steps")
 	// tortureConcurrentClose closes one interpreter from several
-	// goroutines at once. Off by default: while one Close still deletes
-	// the thread states of threads that have exited, another may end the
-	// interpreter (a fatal error on 3.11, a hang or a double free on 3.14).
-	tortureConcurrentClose = flag.Bool("torture.concurrent-close", envInt("SNAKEPIT_TORTURE_CONCURRENT_CLOSE", 0) != 0, "TestTorture: close one interpreter from several goroutines at once")
+	// goroutines at once (on by default; 0 turns it off).
+	tortureConcurrentClose = flag.Bool("torture.concurrent-close", envInt("SNAKEPIT_TORTURE_CONCURRENT_CLOSE", 1) != 0, "TestTorture: close one interpreter from several goroutines at once")
 	// torturePinned adds steps that call from goroutines locked to their
-	// OS thread after ReleaseThread. Off by default: a thread state that
-	// such a thread, or a home thread (locked the same way), keeps of a
-	// busy interpreter can keep that interpreter's Close waiting until
-	// its ctx ends.
-	torturePinned = flag.Bool("torture.pinned", envInt("SNAKEPIT_TORTURE_PINNED", 0) != 0, "TestTorture: call from goroutines pinned after ReleaseThread")
+	// OS thread after ReleaseThread (on by default).
+	torturePinned = flag.Bool("torture.pinned", envInt("SNAKEPIT_TORTURE_PINNED", 1) != 0, "TestTorture: call from goroutines pinned after ReleaseThread")
 	// tortureDeadThreads lets pinned goroutines end with their OS thread
-	// (still locked; with -torture.pinned), leaving thread states that
-	// Close deletes for the dead thread. Off by default: two Closes of one
-	// interpreter may then delete the same thread state at once (a hang or
-	// a double free).
-	tortureDeadThreads = flag.Bool("torture.dead-threads", envInt("SNAKEPIT_TORTURE_DEAD_THREADS", 0) != 0, "TestTorture: let pinned goroutines end with their OS thread")
+	// (still locked; with -torture.pinned): the thread deletes its thread
+	// states as it exits (on by default).
+	tortureDeadThreads = flag.Bool("torture.dead-threads", envInt("SNAKEPIT_TORTURE_DEAD_THREADS", 1) != 0, "TestTorture: let pinned goroutines end with their OS thread")
 	// tortureJoinableDaemon adds daemon threads started with
 	// _thread.start_joinable_thread (3.13+) to the daemon threads a step
-	// expects refused. Off by default: they are not refused yet.
-	tortureJoinableDaemon = flag.Bool("torture.joinable-daemon", envInt("SNAKEPIT_TORTURE_JOINABLE_DAEMON", 0) != 0, "TestTorture: expect _thread.start_joinable_thread(daemon=True) refused")
+	// expects refused (on by default).
+	tortureJoinableDaemon = flag.Bool("torture.joinable-daemon", envInt("SNAKEPIT_TORTURE_JOINABLE_DAEMON", 1) != 0, "TestTorture: expect _thread.start_joinable_thread(daemon=True) refused")
 )
 
 func envInt[T int | int64](name string, def T) T {
@@ -490,6 +484,11 @@ func (w *tWorld) pinned(seed int64) {
 			w.checkEcho(ti, wasGone, "pinned CallOnThread", out, err, x)
 		}
 		if *tortureDeadThreads && r.Intn(2) == 0 {
+			if unix.Gettid() == os.Getpid() {
+				// Go never ends the main thread (it wedges it): like any
+				// thread kept locked, it must release its thread states.
+				embed.ReleaseThread()
+			}
 			return // still locked: Go ends the thread
 		}
 		embed.ReleaseThread()

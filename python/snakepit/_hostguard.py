@@ -107,6 +107,19 @@ def _refuse_daemon_threads(legacy_threads):
     # the host, on 3.12+ it is left hanging for good.
     _thread.start_new_thread = _thread.start_new = _refused(
         "_thread.start_new_thread", "its threads are daemon threads")
+    # 3.13+: threading starts its threads through start_joinable_thread,
+    # whose daemon argument (default True) only threading itself checks.
+    start_joinable = getattr(_thread, "start_joinable_thread", None)
+    if start_joinable is not None:
+        def start_joinable_thread(function, handle=None, daemon=True):
+            if daemon:
+                raise RuntimeError("_thread.start_joinable_thread with daemon=True is not available in a "
+                                   "thread-profile worker (daemon threads are not joined when the worker ends); "
+                                   "pass daemon=False, or use the process profile")
+            return start_joinable(function, handle=handle, daemon=daemon)
+
+        start_joinable_thread.__doc__ = start_joinable.__doc__
+        _thread.start_joinable_thread = start_joinable_thread
 
 
 MP_WHY = "it would start child processes from the host process"
