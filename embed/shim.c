@@ -1061,7 +1061,7 @@ static void make_exit_key(void) { exit_key_ok = pthread_key_create(&exit_key, at
 // Python) uses the slot's thread state: naming another interpreter's, it
 // waits for the GIL its own thread holds (3.11 interpreters share one), for
 // ever. A thread switching interpreters thus pays a delete and a create
-// (about a microsecond) instead.
+// instead.
 static void drop_others(void) {
 	for (spk_tsent **p = &tls_ents; *p;) {
 		spk_tsent *e = *p;
