@@ -69,7 +69,10 @@ func checkArgs(args []byte) error {
 // EncodeCall appends to dst the dispatcher's call arguments for req: the
 // marshalled tuple (command, kwargs, correlation_id, session_id, deadline,
 // attachments), the positional arguments of Dispatcher.call and
-// Dispatcher.stream_open. req.Args is copied in without decoding.
+// Dispatcher.stream_open. req.Args is copied in without decoding; when it
+// may contain markers ([pymarshal.HasMarkers]) it is wrapped as
+// (pymarshal.MarkerTag, "call", kwargs), which the dispatcher resolves
+// (snakepit._wire.unwrap).
 func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
 	if err := checkArgs(req.Args); err != nil {
 		return nil, err
@@ -87,6 +90,14 @@ func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, er
 		return nil, &worker.NotSerializableError{What: "argument", Detail: "command: " + err.Error(), Err: err}
 	}
 	if len(req.Args) > 0 {
+		if pymarshal.HasMarkers(req.Args) {
+			// Arguments that may hold markers (arrays) travel as
+			// (MarkerTag, "call", kwargs): the dispatcher resolves
+			// markers only in calls that have them.
+			b = pymarshal.AppendTupleHeader(b, 3)
+			b, _ = pymarshal.AppendString(b, pymarshal.MarkerTag)
+			b, _ = pymarshal.AppendString(b, "call")
+		}
 		b = append(b, req.Args...)
 	} else {
 		b = append(b, '{', '0') // an empty dict

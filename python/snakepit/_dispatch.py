@@ -229,6 +229,8 @@ class Dispatcher:
         try:
             if deadline is not None and time.time() >= deadline:
                 raise Cancelled("the deadline passed before the handler started")
+            if kwargs.__class__ is tuple:  # arguments with markers (arrays): see _wire.unwrap
+                kwargs = self._unwrap(kwargs)
             handler = self._handlers.get(command)
             if handler is not None and not handler[1]:
                 # The common case, inlined: no context wanted.
@@ -278,6 +280,8 @@ class Dispatcher:
             try:
                 if deadline is not None and time.time() >= deadline:
                     raise Cancelled("the deadline passed before the handler started")
+                if kwargs.__class__ is tuple:  # arguments with markers (arrays): see _wire.unwrap
+                    kwargs = self._unwrap(kwargs)
                 result = self._invoke(command, kwargs, correlation_id, session_id, deadline, attachments)
                 if inspect.iscoroutine(result):
                     result = self._run(result)
@@ -370,6 +374,12 @@ class Dispatcher:
             if e.__traceback__ is not None and e.__traceback__.tb_next is None:
                 raise _Refuse(_error(K_BAD_ARGS, message=str(e), logs=self._collector.drain())) from None
             raise
+
+    def _unwrap(self, kwargs):
+        try:
+            return _wire.unwrap(kwargs)
+        except _wire.BadMarker as e:
+            raise _Refuse(_error(K_BAD_ARGS, message=str(e), logs=self._collector.drain())) from None
 
     def _ok(self, payload):
         logs = self._collector.drain()
