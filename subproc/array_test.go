@@ -24,6 +24,10 @@ def double_lists(m):
 @snakepit.command
 def double(m):
     return m * 2
+
+@snakepit.command
+def echo_bytes(b):
+    return b
 `
 
 // matrixWorker starts a process-profile worker on Debian's CPython 3.11,
@@ -111,7 +115,8 @@ func TestNumpyMatrix(t *testing.T) {
 
 // BenchmarkNumpyMatrix: a 10k × 8 float64 matrix round trip through numpy
 // (doubled) in the process profile on Debian's CPython 3.11: as nested
-// lists, and as an Array read back as a view or as [][]float64.
+// lists, and as an Array read back as a view or as [][]float64; and, for
+// reference, a bytes echo of the same size.
 func BenchmarkNumpyMatrix(b *testing.B) {
 	w := matrixWorker(b)
 	a, err := pymarshal.NewArray(flatMatrix(10000, 8), 10000, 8)
@@ -132,6 +137,14 @@ func BenchmarkNumpyMatrix(b *testing.B) {
 			if _, err := pymarshal.ArrayData[float64](out); err != nil {
 				b.Fatal(err)
 			}
+		}
+	})
+	b.Run("bytes-echo", func(b *testing.B) {
+		// The transport alone: the same number of bytes each way.
+		raw := a.Data
+		for b.Loop() {
+			var out []byte
+			callInto(b, w, "echo_bytes", map[string]any{"b": raw}, &out)
 		}
 	})
 	b.Run("array-to-rows", func(b *testing.B) {

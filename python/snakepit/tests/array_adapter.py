@@ -12,3 +12,8 @@ def echo(x):
 def describe(x):
     return {"type": type(x).__name__, "shape": list(x.shape), "readonly": bool(getattr(x, "readonly", False))
             or not getattr(getattr(x, "flags", None), "writeable", True)}
+
+
+@snakepit.command
+def lengths(x):
+    yield len(x)

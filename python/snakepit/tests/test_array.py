@@ -171,6 +171,15 @@ class DispatchArrayTest(unittest.TestCase):
         self.assertEqual((code, err[0]), (_dispatch.ERROR, _dispatch.K_BAD_ARGS))
         self.assertIn("needs 32 bytes", err[2])
 
+    def test_stream(self):
+        m = (MARK, "array", "<f8", (2, 2), f8(1, 2, 3, 4))
+        self.assertEqual(self.d.stream_open("lengths", call_marker({"x": m}), "c", None, None, None), marshal.dumps(None, 4))
+        self.assertEqual(marshal.loads(self.d.stream_next()), 2)
+        self.assertEqual(self.d.stream_next()[0], _dispatch.END)
+        bad = (MARK, "array", "<f8", (2, 2), b"")
+        code, err, _ = self.d.stream_open("lengths", call_marker({"x": bad}), "c", None, None, None)
+        self.assertEqual((code, err[0]), (_dispatch.ERROR, _dispatch.K_BAD_ARGS))
+
     def test_unwrapped_tuples_are_left_alone(self):
         self.assertEqual(self.call("echo", {"x": (MARK, "array")}), (MARK, "array"))
 
