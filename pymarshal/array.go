@@ -383,6 +383,25 @@ func (a *assigner) fillArray(dst reflect.Value, arr Array, dt dtypeInfo, dim, of
 		}
 	}
 	et := dst.Type().Elem()
+	if dim == len(arr.Shape)-2 && dst.Kind() == reflect.Slice && et.Kind() == reflect.Slice && n > 0 &&
+		et.Elem().Kind() == dt.kind && et.Elem().Size() == uintptr(dt.size) && hostLittleEndian {
+		// Rows of the dtype's own type ([][]float64 for "<f8"): one
+		// backing array for all of them, each row capped to its length.
+		cols := arr.Shape[dim+1]
+		if err := a.charge(int64(n) * int64(cols) * int64(dt.size)); err != nil {
+			return err
+		}
+		backing := reflect.MakeSlice(reflect.SliceOf(et.Elem()), n*cols, n*cols)
+		base := backing.UnsafePointer()
+		if cols > 0 {
+			copy(unsafe.Slice((*byte)(base), n*cols*dt.size), arr.Data[off*dt.size:(off+n*cols)*dt.size])
+		}
+		rows := unsafe.Slice((*sliceHeader)(dst.UnsafePointer()), n)
+		for i := range rows {
+			rows[i] = sliceHeader{data: unsafe.Add(base, i*cols*dt.size), len: cols, cap: cols}
+		}
+		return nil
+	}
 	if dim == len(arr.Shape)-1 && et.Kind() == dt.kind && et.Size() == uintptr(dt.size) && n > 0 && hostLittleEndian {
 		// The element type is the dtype's own: one copy of the bytes.
 		p := dst.Index(0).Addr().UnsafePointer()
@@ -395,6 +414,13 @@ func (a *assigner) fillArray(dst reflect.Value, arr Array, dt dtypeInfo, dim, of
 		}
 	}
 	return nil
+}
+
+// sliceHeader is the layout of a Go slice, for filling rows without a
+// reflect.Value per row.
+type sliceHeader struct {
+	data     unsafe.Pointer
+	len, cap int
 }
 
 // setArrayElem stores one little-endian element b of type dt in dst.

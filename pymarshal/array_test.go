@@ -123,6 +123,13 @@ func TestUnmarshalArrayInto(t *testing.T) {
 	if !reflect.DeepEqual(m, [][]float64{{1, 2, 3}, {4, 5, 6}}) {
 		t.Fatalf("[][]float64: got %v", m)
 	}
+	if cap(m[0]) != 3 {
+		t.Fatalf("row capacity: got %d, want 3 (an append must not overwrite the next row)", cap(m[0]))
+	}
+	m[0] = append(m[0], 99)
+	if m[1][0] != 4 {
+		t.Fatalf("appending to row 0 changed row 1: got %v", m[1])
+	}
 	var m32 [][]float32
 	noErr(t, Unmarshal(data, &m32))
 	if !reflect.DeepEqual(m32, [][]float32{{1, 2, 3}, {4, 5, 6}}) {
