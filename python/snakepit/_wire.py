@@ -235,7 +235,10 @@ def unwrap(wrapped):
 def resolve(kwargs, buffers):
     """kwargs with every marker in them replaced by its value. Raises
     BadMarker for a marker that is not valid."""
-    return {k: _resolve(v, buffers, 0) for k, v in kwargs.items()}
+    try:
+        return {k: _resolve(v, buffers, 0) for k, v in kwargs.items()}
+    except RecursionError:
+        raise BadMarker("arguments nested too deeply to look for markers") from None
 
 
 def _resolve(v, buffers, depth):

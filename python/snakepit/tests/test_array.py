@@ -107,6 +107,11 @@ class ArrayArgumentTest(unittest.TestCase):
             with self.assertRaises(_wire.BadMarker, msg=repr(w)):
                 _wire.unwrap(w)
         self.assertEqual(_wire.unwrap((MARK, "call", None)), {})
+        deep = [1]
+        for _ in range(sys.getrecursionlimit() + 10):
+            deep = [deep]
+        with self.assertRaises(_wire.BadMarker):
+            _wire.resolve({"x": deep}, ())
 
 
 class ArrayResultTest(unittest.TestCase):
