@@ -114,3 +114,33 @@ func TestArrays(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkArrayEcho: a 10k × 8 float64 Array echoed by a handler, in both
+// profiles (a memoryview in Python on the hermetic 3.14).
+func BenchmarkArrayEcho(b *testing.B) {
+	dir := b.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "array_adapter.py"), []byte(arrayAdapter), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	a, err := pymarshal.NewArray(make([]float64, 10000*8), 10000, 8)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, profile := range []pool.Profile{pool.Thread, pool.Process} {
+		b.Run(profile.String(), func(b *testing.B) {
+			ctx := context.Background()
+			p, err := pool.New(ctx, pool.Config{Profile: profile, Module: "array_adapter", Paths: []string{dir}, Size: 1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close(ctx)
+			b.SetBytes(int64(len(a.Data)))
+			for b.Loop() {
+				var out pymarshal.Array
+				if err := p.Call(ctx, "echo", map[string]any{"x": a}, &out); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
