@@ -92,6 +92,18 @@ func TestArrays(t *testing.T) {
 			if !reflect.DeepEqual(rows, [][]float32{{2, 4}, {6, 8}, {10, 12}}) {
 				t.Fatalf("doubled: got %v", rows)
 			}
+			// A large one (a memoryview result of 800 KB on 3.14) comes
+			// back as an array too, not as its raw bytes.
+			large, err := pymarshal.NewArray(make([]float64, 100000), 1000, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Call(ctx, "echo", map[string]any{"x": large}, &back); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(back, large) {
+				t.Fatalf("large echo: got %s %v, want <f8 [1000 100]", back.DType, back.Shape)
+			}
 			// A nested array, inside a list in a dict.
 			var nested struct{ X []pymarshal.Array }
 			if err := p.Call(ctx, "echo", map[string]any{"x": map[string]any{"X": []any{m, m}}}, &nested); err != nil {
