@@ -28,6 +28,10 @@ def echo(x):
     return x
 
 @snakepit.command
+def forged():
+    return ("\x00snakepit", "array", "<f8", (2, 3), b"short")
+
+@snakepit.command
 def doubled(x):
     # Works on a memoryview and on a numpy array.
     import array
@@ -122,6 +126,10 @@ func TestArrays(t *testing.T) {
 			}
 			if err := p.Call(ctx, "echo", map[string]any{"x": m}, &back); err != nil {
 				t.Fatalf("after a refused call: %v", err)
+			}
+			// A forged array in a result is malformed data, not a panic.
+			if err := p.Call(ctx, "forged", nil, &back); !errors.Is(err, pymarshal.ErrMalformed) {
+				t.Fatalf("forged result: got %v, want ErrMalformed", err)
 			}
 		})
 	}
