@@ -426,6 +426,14 @@ func (d *decoder) value() (any, error) {
 			}
 		}
 		d.depth--
+		if code != typeList && n > 0 && list[0] == MarkerTag {
+			v, err := d.marker(off, list)
+			if err != nil {
+				return nil, err
+			}
+			d.fill(idx, v)
+			return v, nil
+		}
 		d.fill(idx, list)
 		return list, nil
 
@@ -598,6 +606,8 @@ func pyTypeName(v any) string {
 		return "list"
 	case map[string]any:
 		return "dict"
+	case Array:
+		return "array"
 	}
 	return "unknown"
 }

@@ -168,6 +168,8 @@ func (e *encoder) value(v any) error {
 		return e.anySlice(x, false)
 	case map[string]any:
 		return e.anyMap(x)
+	case Array:
+		return e.array(x)
 	default:
 		return e.reflect(reflect.ValueOf(v))
 	}
@@ -281,6 +283,9 @@ func (e *encoder) reflect(rv reflect.Value) error {
 		}
 		return e.reflectMap(rv)
 	case reflect.Struct:
+		if rv.Type() == arrayType {
+			return e.array(rv.Interface().(Array))
+		}
 		return e.reflectStruct(rv)
 	default:
 		return e.unsupported(rv.Type().String())

@@ -19,6 +19,8 @@
 //	bytes           []byte
 //	list, tuple     []any (Go has no tuple; see [Tuple] for encoding one)
 //	dict (str keys) map[string]any
+//	array marker    [Array] (a numpy array, array.array or numeric
+//	                memoryview returned by a handler; see [Array])
 //
 // Anything else in the input (sets, complex numbers, code objects, slices,
 // non-string dict keys) is reported as [ErrUnsupported]; malformed or
@@ -36,12 +38,17 @@
 // [Marshal] accepts nil, bool, every integer kind (unsigned values above
 // math.MaxInt64 are an error), float32/64, string, []byte, slices and arrays,
 // maps with string keys (or keys implementing encoding.TextMarshaler),
-// pointers and interfaces (nil is None), [Tuple], [RawValue], and structs.
+// pointers and interfaces (nil is None), [Tuple], [RawValue], [Array]
+// (n-dimensional numeric data, a numpy array in Python), and structs.
 // Structs become dicts following encoding/json's conventions: the field name
 // or its `json:"name"` tag, `json:"-"` skips a field, `omitempty` omits zero
 // values, and embedded structs are flattened. [Unmarshal] fills the same
 // shapes back, matching dict keys to struct fields exactly first and then
-// case-insensitively, checking integer ranges for sized integer types.
+// case-insensitively, checking integer ranges for sized integer types. An
+// [Array] is stored into *Array, or into nested slices or Go arrays of
+// numbers with one level per dimension ([]float64 for a vector,
+// [][]float32 for a matrix); a shape that does not nest that way is
+// [ErrTypeMismatch].
 package pymarshal
 
 import (

@@ -165,6 +165,8 @@ func (a *assigner) assign(dst reflect.Value, src any) error {
 		return a.assignSeq(dst, s, mismatch)
 	case map[string]any:
 		return a.assignMap(dst, s, mismatch)
+	case Array:
+		return a.assignArray(dst, s, mismatch)
 	default:
 		return mismatch()
 	}

@@ -70,7 +70,10 @@ func checkArgs(args []byte) error {
 // marshalled tuple (command, kwargs, correlation_id, session_id, deadline,
 // attachments[, buffers]), the positional arguments of Dispatcher.call and
 // Dispatcher.stream_open; buffers (req.Buffers, as a list of bytes) only
-// when there are any. req.Args is copied in without decoding.
+// when there are any. req.Args is copied in without decoding; when it may
+// contain markers ([pymarshal.HasMarkers]) it is wrapped as
+// (pymarshal.MarkerTag, "call", kwargs), which the dispatcher resolves
+// (snakepit._wire.resolve).
 func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
 	return encodeCall(dst, req, deadline, true)
 }
@@ -108,6 +111,14 @@ func encodeCall(dst []byte, req *worker.Request, deadline time.Time, inline bool
 		return nil, &worker.NotSerializableError{What: "argument", Detail: "command: " + err.Error(), Err: err}
 	}
 	if len(req.Args) > 0 {
+		if pymarshal.HasMarkers(req.Args) {
+			// Arguments that may hold markers (arrays) travel as
+			// (MarkerTag, "call", kwargs): the dispatcher resolves
+			// markers only in calls that have them.
+			b = pymarshal.AppendTupleHeader(b, 3)
+			b, _ = pymarshal.AppendString(b, pymarshal.MarkerTag)
+			b, _ = pymarshal.AppendString(b, "call")
+		}
 		b = append(b, req.Args...)
 	} else {
 		b = append(b, '{', '0') // an empty dict

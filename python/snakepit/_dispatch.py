@@ -241,9 +241,9 @@ class Dispatcher:
         collector.current = (command, correlation_id)
         views = None
         try:
-            if buffers:
+            if buffers or kwargs.__class__ is tuple:  # markers: see _wire.resolve
                 try:
-                    kwargs, views = _wire.resolve(kwargs, buffers)
+                    kwargs, views = _wire.resolve(kwargs, buffers or ())
                 except _wire.BadMarker as e:
                     return _error(K_BAD_ARGS, message=str(e), logs=collector.drain())
             if deadline is not None and time.time() >= deadline:
@@ -303,9 +303,9 @@ class Dispatcher:
         self._collector.current = (command, correlation_id)
         try:
             try:
-                if buffers:
+                if buffers or kwargs.__class__ is tuple:  # markers: see _wire.resolve
                     try:
-                        kwargs, _ = _wire.resolve(kwargs, buffers)
+                        kwargs, _ = _wire.resolve(kwargs, buffers or ())
                     except _wire.BadMarker as e:
                         return _error(K_BAD_ARGS, message=str(e), logs=self._collector.drain())
                 if deadline is not None and time.time() >= deadline:

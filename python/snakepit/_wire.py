@@ -90,7 +90,9 @@ def _convert(v, t, depth):
         return float(v)
     if isinstance(v, str):
         return str(v)
-    if isinstance(v, (bytearray, memoryview)):
+    if isinstance(v, memoryview):
+        return _from_memoryview(v, depth)
+    if isinstance(v, bytearray):
         return bytes(v)
     if isinstance(v, dict):
         return {k: to_wire(x, depth + 1) for k, x in v.items()}
@@ -118,7 +120,13 @@ def _convert(v, t, depth):
     dataclasses = mods.get("dataclasses")
     if dataclasses is not None and dataclasses.is_dataclass(v) and not isinstance(v, type):
         return to_wire(dataclasses.asdict(v), depth + 1)
-    tolist = getattr(v, "tolist", None)  # numpy arrays and scalars
+    np = mods.get("numpy")
+    if np is not None and isinstance(v, np.ndarray):
+        return _from_ndarray(v, np, depth)
+    array = mods.get("array")
+    if array is not None and isinstance(v, array.array):
+        return _from_memoryview(memoryview(v), depth)
+    tolist = getattr(v, "tolist", None)  # numpy scalars
     if callable(tolist):
         return to_wire(tolist(), depth + 1)
     return v  # left for describe() to name
@@ -173,12 +181,24 @@ def describe(obj):
     return None
 
 
-# ---- out-of-band payloads ----
+# ---- markers: out-of-band payloads and arrays ----
 #
-# A call's large payloads may travel beside its arguments: a marker in the
-# arguments, the tuple ("\x00snakepit", "buf", i), stands for the i-th one.
-# The thread profile hands them over as read-only memoryviews of the host's
-# memory, valid during the call only; the process profile as bytes.
+# Values marshal has no type for cross as marker tuples whose first item
+# is MARKER, a str no real value starts with:
+#
+#   (MARKER, "buf", i)  the call's i-th out-of-band payload: a call's large
+#       payloads may travel beside its arguments.
+#   (MARKER, "array", dtype, shape, data)  n-dimensional numeric data: dtype
+#       numpy's little-endian spelling (the keys of _DTYPES), shape a tuple
+#       of ints, data the elements in C order as bytes, or an int indexing
+#       the call's out-of-band payloads.
+#
+# The Go side wraps keyword arguments that may contain markers as
+# (MARKER, "call", kwargs), so the dispatcher only looks for markers in
+# calls that have payloads or such arguments.
+#
+# The thread profile hands payloads over as read-only memoryviews of the
+# host's memory, valid during the call only; the process profile as bytes.
 
 MARKER = "\x00snakepit"
 
@@ -217,10 +237,19 @@ def _view(b, hosts):
 
 
 def resolve(kwargs, buffers):
-    """Return kwargs with the markers replaced by views of buffers, and
-    what release needs after the call. Raises BadMarker."""
+    """Return kwargs (a dict, or one wrapped as (MARKER, "call", kwargs))
+    with the markers replaced by their values (views of buffers, arrays),
+    and what release needs after the call. Raises BadMarker."""
     hosts = []
     views = [None] * len(buffers)
+    if type(kwargs) is tuple:
+        if len(kwargs) != 3 or kwargs[0] != MARKER or kwargs[1] != "call":
+            raise BadMarker("keyword arguments are a tuple that is not a call marker")
+        kwargs = kwargs[2]
+        if kwargs is None:
+            kwargs = {}
+        elif type(kwargs) is not dict:
+            raise BadMarker("keyword arguments are %s, not a dict" % _qual(type(kwargs)))
 
     def sub(v, depth):
         t = type(v)
@@ -234,17 +263,24 @@ def resolve(kwargs, buffers):
             return t(sub(x, depth + 1) for x in v)
         return v
 
+    def view(i):
+        if not 0 <= i < len(buffers):
+            raise BadMarker("payload %d of %d" % (i, len(buffers)))
+        if views[i] is None:
+            views[i] = _view(buffers[i], hosts)
+        return views[i]
+
     def marker(v):
         if v[1] == "buf" and len(v) == 3 and type(v[2]) is int:
-            i = v[2]
-            if not 0 <= i < len(buffers):
-                raise BadMarker("payload %d of %d" % (i, len(buffers)))
-            if views[i] is None:
-                views[i] = _view(buffers[i], hosts)
-            return views[i]
+            return view(v[2])
+        if v[1] == "array":
+            return _array(v, view)
         raise BadMarker("unknown marker %r" % (v[1:2],))
 
-    return sub(kwargs, 0), (views, hosts)
+    try:
+        return sub(kwargs, 0), (views, hosts)
+    except RecursionError:
+        raise BadMarker("arguments nested too deeply to look for markers") from None
 
 
 def release(state):
@@ -262,13 +298,125 @@ def release(state):
 
 
 def raw_bytes(v):
-    """v as a C-contiguous byte memoryview, or None."""
+    """v as a C-contiguous byte memoryview, or None (also for a view of
+    numbers or with a shape, which goes back as an array: see
+    _from_memoryview)."""
     m = memoryview(v)
-    if not m.c_contiguous:
+    if not m.c_contiguous or m.format not in ("B", "c") or m.ndim != 1:
         return None
-    if m.format != "B" or m.ndim != 1:
-        try:
-            m = m.cast("B")
-        except TypeError:
-            return None
+    if m.format != "B":
+        m = m.cast("B")
     return m
+
+
+# dtype -> (memoryview format, item size)
+_DTYPES = {
+    "<f8": ("d", 8), "<f4": ("f", 4),
+    "|i1": ("b", 1), "<i2": ("h", 2), "<i4": ("i", 4), "<i8": ("q", 8),
+    "|u1": ("B", 1), "<u2": ("H", 2), "<u4": ("I", 4), "<u8": ("Q", 8),
+    "|b1": ("?", 1),
+}
+# memoryview / array.array format (native, little-endian hosts) -> dtype by
+# item size
+_FORMATS = {
+    "d": "<f8", "f": "<f4", "?": "|b1",
+    "b": "|i%d", "h": "<i%d", "i": "<i%d", "l": "<i%d", "q": "<i%d", "n": "<i%d",
+    "B": "|u%d", "H": "<u%d", "I": "<u%d", "L": "<u%d", "Q": "<u%d", "N": "<u%d",
+}
+_MAX_DIMS = 64
+_LITTLE = sys.byteorder == "little"
+
+
+_numpy = None  # the module, False when it cannot be imported here
+
+
+def _array(m, view):
+    """An array marker as a read-only numpy.ndarray, or as a read-only
+    memoryview cast to its format and shape where numpy cannot be
+    imported (one with a zero dimension is a one-dimensional empty view:
+    memoryview cannot have zeros in its shape). view(i) returns the i-th
+    out-of-band payload, for data given as an index."""
+    global _numpy
+    if len(m) != 5:
+        raise BadMarker("array marker of %d fields, want 5" % len(m))
+    _, _, dtype, shape, data = m
+    spec = _DTYPES.get(dtype) if type(dtype) is str else None
+    if spec is None:
+        raise BadMarker("array of unsupported dtype %r" % (dtype,))
+    fmt, size = spec
+    if type(shape) is not tuple or len(shape) > _MAX_DIMS or any(type(d) is not int or d < 0 for d in shape):
+        raise BadMarker("array shape %r is not a tuple of at most %d non-negative ints" % (shape, _MAX_DIMS))
+    if type(data) is int:
+        data = view(data)
+    elif type(data) is not bytes:
+        raise BadMarker("array data is %s, want bytes" % _qual(type(data)))
+    n = 1
+    for d in shape:
+        n *= d
+    view = memoryview(data)
+    if view.nbytes != n * size:
+        raise BadMarker("array %s of shape %r needs %d bytes of data, has %d" % (dtype, shape, n * size, view.nbytes))
+    if not _LITTLE:
+        raise BadMarker("arrays are little-endian and this host is not")
+    if _numpy is None:
+        try:
+            import numpy
+            _numpy = numpy
+        except Exception:  # absent, or refusing this sub-interpreter
+            _numpy = False
+    if _numpy:
+        a = _numpy.frombuffer(view, dtype=dtype).reshape(shape)
+        a.flags.writeable = False
+        return a
+    # Results are scanned for buffers (see scan_needed) once the array
+    # module is loaded: a handler may return the view it was given.
+    if "array" not in _modules:
+        import array  # noqa: F401
+    view = view.toreadonly()
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    if n == 0:
+        return view.cast(fmt)
+    return view.cast(fmt, shape)
+
+
+def _array_marker(dtype, shape, data):
+    return (MARKER, "array", dtype, tuple(shape), data)
+
+
+def _from_ndarray(a, np, depth):
+    """A numpy array result as an array marker, its data inline."""
+    if a.ndim == 0:
+        return to_wire(a.item(), depth + 1)
+    dt = a.dtype
+    if dt.byteorder == ">" or (dt.byteorder == "=" and not _LITTLE):
+        dt = dt.newbyteorder("<")
+        a = a.astype(dt)
+    name = dt.str
+    if name not in _DTYPES:
+        raise NotSerializable("numpy array of dtype %s (arrays carry %s)" % (a.dtype, ", ".join(_DTYPES)))
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return _array_marker(name, a.shape, memoryview(a))
+
+
+def _from_memoryview(v, depth):
+    """A memoryview (or array.array) result: bytes when it holds bytes,
+    an array marker when it holds numbers."""
+    fmt = v.format
+    if fmt in ("B", "c") and v.ndim <= 1:
+        return bytes(v)
+    if v.ndim == 0:
+        return to_wire(v.tolist(), depth + 1)
+    if len(fmt) == 2 and fmt[0] in "@=<":
+        fmt = fmt[1:]
+    dtype = _FORMATS.get(fmt) if _LITTLE else None
+    if dtype is None:
+        raise NotSerializable("memoryview of format %r (arrays carry the numeric formats %s)"
+                              % (v.format, "".join(_FORMATS)))
+    if "%" in dtype:
+        dtype = dtype % v.itemsize
+        if dtype not in _DTYPES:
+            raise NotSerializable("memoryview of format %r and item size %d" % (v.format, v.itemsize))
+    data = v if v.c_contiguous else v.tobytes()
+    return _array_marker(dtype, v.shape, data)
