@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -386,13 +387,38 @@ func (e *env) cpu(ctx context.Context) ([]Result, error) {
 	return out, nil
 }
 
-// payload: echo bytes and JSON-like structures of growing size.
+// payload: what crosses, and how fast, as a user sends it. For each
+// profile: a 4-key dict through the typed Call (struct result) beside
+// CallRaw with the same bytes pre-encoded; then []byte and float64 Array
+// echoes of growing size through Call (decoded into a []byte / Array), and
+// JSON-like records through CallRaw; beside each size, the copy floor: a Go
+// allocate-and-copy of the same size, in the same run.
 func (e *env) payload(ctx context.Context) ([]Result, error) {
-	sizes := []int{1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20}
+	sizes := []int{1 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20}
 	if e.o.quick {
-		sizes = []int{1 << 10, 64 << 10, 1 << 20}
+		sizes = []int{1 << 10, 1 << 20, 16 << 20}
 	}
 	var out []Result
+	for _, size := range sizes {
+		src := make([]byte, size)
+		e.progress(fmt.Sprintf("payload: copy floor %d B", size))
+		r, err := e.repeat(func() (Result, error) {
+			return e.measure(1, func() error {
+				dst := make([]byte, size)
+				copy(dst, src)
+				if size > 0 && dst[size-1] != src[size-1] {
+					return errors.New("copy")
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			return nil, err
+		}
+		r.Scenario, r.Profile, r.Workers, r.Param = "payload", "go-copy", 0, "copy "+sizeName(size)
+		r.MBPerS = r.OpsPerS * float64(size) / 1e6
+		out = append(out, r)
+	}
 	for _, profile := range []string{"thread", "process"} {
 		if !e.has(profile) {
 			continue
@@ -401,32 +427,94 @@ func (e *env) payload(ctx context.Context) ([]Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, size := range sizes {
-			for _, kind := range []string{"bytes", "json"} {
-				e.progress(fmt.Sprintf("payload: %s, %s %d B", profile, kind, size))
-				var data any = make([]byte, size)
-				if kind == "json" {
-					// A list of small records, about size bytes when marshalled.
-					recs := make([]any, max(1, size/48))
-					for i := range recs {
-						recs[i] = map[string]any{"id": i, "name": "item", "score": 1.5}
-					}
-					data = recs
-				}
-				args := mustMarshal(map[string]any{"data": data})
-				r, err := e.repeat(func() (Result, error) {
-					return e.measure(1, func() error { _, err := p.CallRaw(ctx, "echo", args); return err })
-				})
-				if err != nil {
-					p.Close(ctx)
-					return nil, err
-				}
-				r.Scenario, r.Profile, r.Workers, r.Param = "payload", profile, 1, fmt.Sprintf("%s %s", kind, sizeName(size))
-				r.MBPerS = r.OpsPerS * float64(2*len(args)) / 1e6 // there and back
-				out = append(out, r)
+		rs, err := e.payloadOn(ctx, p, profile, sizes)
+		p.Close(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rs...)
+	}
+	return out, nil
+}
+
+func (e *env) payloadOn(ctx context.Context, p *pool.Pool, profile string, sizes []int) ([]Result, error) {
+	var out []Result
+	add := func(param string, bytes int, call func() error) error {
+		e.progress(fmt.Sprintf("payload: %s, %s", profile, param))
+		r, err := e.repeat(func() (Result, error) { return e.measure(1, call) })
+		if err != nil {
+			return fmt.Errorf("payload %s %s: %w", profile, param, err)
+		}
+		r.Scenario, r.Profile, r.Workers, r.Param = "payload", profile, 1, param
+		if bytes > 0 {
+			r.MBPerS = r.OpsPerS * float64(2*bytes) / 1e6 // there and back
+		}
+		out = append(out, r)
+		return nil
+	}
+	// The typed path beside the raw one, with the same payload.
+	type record struct {
+		ID    int     `json:"id"`
+		Name  string  `json:"name"`
+		Score float64 `json:"score"`
+		OK    bool    `json:"ok"`
+	}
+	dict := map[string]any{"id": 7, "name": "snake", "score": 1.5, "ok": true}
+	raw := mustMarshal(map[string]any{"data": dict})
+	if err := add("4-key dict, Call", 0, func() error {
+		var res record
+		return p.Call(ctx, "echo", map[string]any{"data": dict}, &res)
+	}); err != nil {
+		return nil, err
+	}
+	if err := add("4-key dict, CallRaw", 0, func() error { _, err := p.CallRaw(ctx, "echo", raw); return err }); err != nil {
+		return nil, err
+	}
+	for _, size := range sizes {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(i)
+		}
+		if err := add("bytes "+sizeName(size), size, func() error {
+			var back []byte
+			if err := p.Call(ctx, "echo", map[string]any{"data": data}, &back); err != nil {
+				return err
+			}
+			if len(back) != size {
+				return fmt.Errorf("echo: %d bytes back, want %d", len(back), size)
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		floats := make([]float64, size/8)
+		arr, err := pymarshal.NewArray(floats, len(floats)/8, 8)
+		if err != nil {
+			return nil, err
+		}
+		if err := add(fmt.Sprintf("array %dx8 f8 %s", len(floats)/8, sizeName(size)), size, func() error {
+			var back pymarshal.Array
+			if err := p.Call(ctx, "echo", map[string]any{"data": arr}, &back); err != nil {
+				return err
+			}
+			if len(back.Data) != size {
+				return fmt.Errorf("echo: %d array bytes back, want %d", len(back.Data), size)
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		if size <= 16<<20 {
+			// A list of small records, about size bytes when marshalled.
+			recs := make([]any, max(1, size/48))
+			for i := range recs {
+				recs[i] = map[string]any{"id": i, "name": "item", "score": 1.5}
+			}
+			args := mustMarshal(map[string]any{"data": recs})
+			if err := add("json "+sizeName(size), len(args), func() error { _, err := p.CallRaw(ctx, "echo", args); return err }); err != nil {
+				return nil, err
 			}
 		}
-		p.Close(ctx)
 	}
 	return out, nil
 }
