@@ -22,3 +22,36 @@ func BenchmarkDecodeDict(b *testing.B) {
 		}
 	}
 }
+
+// benchResult is benchReq as a Go struct.
+type benchResult struct {
+	ID    int      `json:"id"`
+	Name  string   `json:"name"`
+	Score float64  `json:"score"`
+	Tags  []string `json:"tags"`
+}
+
+// BenchmarkEncodeArgs encodes a call's keyword arguments (a map holding a
+// record) into a reused buffer, as the pool does.
+func BenchmarkEncodeArgs(b *testing.B) {
+	b.ReportAllocs()
+	var buf []byte
+	for b.Loop() {
+		var err error
+		if buf, err = AppendMarshal(buf[:0], map[string]any{"d": benchReq}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkUnmarshalStruct decodes a record into a struct.
+func BenchmarkUnmarshalStruct(b *testing.B) {
+	data, _ := Marshal(benchReq)
+	b.ReportAllocs()
+	var res benchResult
+	for b.Loop() {
+		if err := Unmarshal(data, &res); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
