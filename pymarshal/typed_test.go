@@ -249,3 +249,30 @@ func mustMarshal(t *testing.T, v any) []byte {
 	}
 	return b
 }
+
+// TestCallAllocs: a call's Go-side work — its keyword arguments (a map
+// holding a 4-key record) encoded into a reused buffer, and a reply of
+// that record decoded into a struct — allocates at most 3 times: the one
+// copy of the reply that its strings share, the struct's slice, and no
+// more. Reply bytes are CPython's, back-references included.
+func TestCallAllocs(t *testing.T) {
+	args := map[string]any{"d": map[string]any{"id": 42, "name": "snake", "score": 1.5, "tags": []any{"a", "b"}}}
+	reply, _ := hex.DecodeString(pyRecord)
+	buf := make([]byte, 0, 256)
+	var res typedRec
+	allocs := testing.AllocsPerRun(1000, func() {
+		var err error
+		if buf, err = AppendMarshal(buf[:0], args); err != nil {
+			t.Fatal(err)
+		}
+		if err := Unmarshal(reply, &res); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 3 {
+		t.Fatalf("got %v allocations per call, want at most 3", allocs)
+	}
+	if res.ID != 42 || res.Name != "snake" || res.Score != 1.5 || len(res.Tags) != 2 || res.Tags[1] != "b" {
+		t.Fatalf("got %+v, want the record", res)
+	}
+}
