@@ -7,6 +7,8 @@ import (
 	"io"
 	"iter"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -61,15 +63,26 @@ func (p *Pool) CallRaw(ctx context.Context, command string, args []byte, opts ..
 }
 
 func (p *Pool) call(ctx context.Context, command string, args, out any, session string, mode Affinity, opts []CallOption) error {
-	raw, err := encodeArgs(args)
+	buf := getArgBuffer()
+	raw, err := encodeArgs((*buf)[:0], args)
 	if err != nil {
+		putArgBuffer(buf)
 		p.stats.failed.Add(1)
 		return err
 	}
+	if cap(raw) > cap(*buf) {
+		*buf = raw[:0] // keep the grown buffer
+	}
+	argSizeHint.Store(int64(len(raw)))
 	res, err := p.callRaw(ctx, command, raw, session, mode, opts)
 	if err != nil {
+		// A call abandoned on its context goes on in the background, and
+		// a worker may still read the arguments: the buffer is not reused.
 		return err
 	}
+	// The worker is done with the arguments (it keeps no Request.Args past
+	// a call that returned without error).
+	defer putArgBuffer(buf)
 	if out == nil {
 		return nil
 	}
@@ -79,11 +92,41 @@ func (p *Pool) call(ctx context.Context, command string, args, out any, session 
 	return nil
 }
 
-func encodeArgs(args any) ([]byte, error) {
+// Buffers calls encode their arguments into, reused from call to call. A
+// new one is sized after the latest call's arguments rather than grown
+// from nothing; one grown past maxPooledArgs is left to the collector.
+var (
+	argBuffers  sync.Pool // *[]byte
+	argSizeHint atomic.Int64
+)
+
+const (
+	minArgBuffer  = 256
+	maxPooledArgs = 1 << 20
+)
+
+func getArgBuffer() *[]byte {
+	if b, ok := argBuffers.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, max(int(argSizeHint.Load()), minArgBuffer))
+	return &b
+}
+
+func putArgBuffer(b *[]byte) {
+	if cap(*b) > maxPooledArgs {
+		return
+	}
+	argBuffers.Put(b)
+}
+
+// encodeArgs appends the marshalled keyword arguments to dst; nil args are
+// none (nil).
+func encodeArgs(dst []byte, args any) ([]byte, error) {
 	if args == nil {
 		return nil, nil
 	}
-	raw, err := pymarshal.Marshal(args)
+	raw, err := pymarshal.AppendMarshal(dst, args)
 	if err != nil {
 		return nil, &worker.NotSerializableError{What: "argument", Detail: err.Error(), Err: err}
 	}
@@ -167,7 +210,7 @@ func (p *Pool) Stream(ctx context.Context, command string, args any, opts ...Cal
 
 func (p *Pool) stream(ctx context.Context, command string, args any, session string, mode Affinity, opts []CallOption) iter.Seq2[Chunk, error] {
 	return func(yield func(Chunk, error) bool) {
-		raw, err := encodeArgs(args)
+		raw, err := encodeArgs(nil, args)
 		if err != nil {
 			yield(Chunk{}, err)
 			return
