@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -395,23 +396,30 @@ func (e *encoder) anyMap(m map[string]any) error {
 		return err
 	}
 	e.buf = append(e.buf, typeDict)
-	var small [16]string
-	keys := small[:0]
-	for k := range m {
-		keys = append(keys, k)
+	// Entries collected with their values, sorted by key: no second
+	// lookup per key. Small maps need no allocation.
+	var small [16]anyEntry
+	entries := small[:0]
+	for k, v := range m {
+		entries = append(entries, anyEntry{k, v})
 	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		if err := e.str(k); err != nil {
-			return prependPath(err, keyElem(k))
+	slices.SortFunc(entries, func(a, b anyEntry) int { return strings.Compare(a.k, b.k) })
+	for _, en := range entries {
+		if err := e.str(en.k); err != nil {
+			return prependPath(err, keyElem(en.k))
 		}
-		if err := e.value(m[k]); err != nil {
-			return prependPath(err, keyElem(k))
+		if err := e.value(en.v); err != nil {
+			return prependPath(err, keyElem(en.k))
 		}
 	}
 	e.buf = append(e.buf, typeNull)
 	e.depth--
 	return nil
+}
+
+type anyEntry struct {
+	k string
+	v any
 }
 
 var (

@@ -544,7 +544,13 @@ type planField struct {
 
 // lookup returns the index of the field for dict key k, or -1.
 func (p *structPlan) lookup(k string) int {
-	if i, ok := p.byName[k]; ok {
+	if len(p.fields) <= 8 {
+		for i := range p.fields {
+			if p.fields[i].name == k {
+				return i
+			}
+		}
+	} else if i, ok := p.byName[k]; ok {
 		return i
 	}
 	for i := range p.fields {
