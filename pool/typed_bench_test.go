@@ -4,7 +4,9 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -76,4 +78,58 @@ func BenchmarkTypedCall(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkTypedCallRatio runs a typed Call and a CallRaw of the same
+// payload in every iteration, in alternating order, and reports the median
+// time of each (call-p50-ns, raw-p50-ns) and their ratio (call/raw): load
+// on the machine falls on both alike, and the medians leave out the
+// iterations a collection or a preemption hit.
+func BenchmarkTypedCallRatio(b *testing.B) {
+	p := typedPool(b, pool.Thread)
+	ctx := context.Background()
+	payload := typedPayload()
+	raw, err := pymarshal.Marshal(map[string]any{"d": payload})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var res typedResult
+	typed := func() {
+		if err := p.Call(ctx, "echo", map[string]any{"d": payload}, &res); err != nil {
+			b.Fatal(err)
+		}
+	}
+	untyped := func() {
+		if _, err := p.CallRaw(ctx, "echo", raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+	const maxSamples = 1 << 20
+	tCall, tRaw := make([]time.Duration, 0, maxSamples), make([]time.Duration, 0, maxSamples)
+	i := 0
+	for b.Loop() {
+		t0 := time.Now()
+		var c, r time.Duration
+		if i%2 == 0 {
+			typed()
+			t1 := time.Now()
+			untyped()
+			c, r = t1.Sub(t0), time.Since(t1)
+		} else {
+			untyped()
+			t1 := time.Now()
+			typed()
+			r, c = t1.Sub(t0), time.Since(t1)
+		}
+		if len(tCall) < maxSamples {
+			tCall, tRaw = append(tCall, c), append(tRaw, r)
+		}
+		i++
+	}
+	slices.Sort(tCall)
+	slices.Sort(tRaw)
+	c, r := tCall[len(tCall)/2], tRaw[len(tRaw)/2]
+	b.ReportMetric(float64(c.Nanoseconds()), "call-p50-ns")
+	b.ReportMetric(float64(r.Nanoseconds()), "raw-p50-ns")
+	b.ReportMetric(float64(c)/float64(r), "call/raw")
 }
