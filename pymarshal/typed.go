@@ -2,11 +2,13 @@ package pymarshal
 
 import (
 	"encoding"
+	"encoding/binary"
 	"math"
 	"reflect"
 	"strings"
 	"sync"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // Typed decoding is [Unmarshal]'s fast path: it reads the marshal bytes
@@ -27,6 +29,38 @@ import (
 type typedDecoder struct {
 	d decoder
 	a assigner // for values decoded by the general path
+
+	// intern holds short strings decoded before, by a hash of their
+	// bytes: the keys and values that recur from call to call are then
+	// not allocated again. It lives as long as the pooled decoder.
+	intern [internSlots]string
+}
+
+// Strings of up to internMax bytes are interned in internSlots slots.
+const (
+	internMax   = 32
+	internSlots = 256
+)
+
+// strAt returns data[from:to] as a string: interned when short, else
+// sliced from the shared copy of the input (or copied alone).
+func (u *typedDecoder) strAt(from, to int) string {
+	if to-from > internMax {
+		return u.d.str(from, to)
+	}
+	b := u.d.data[from:to]
+	var h uint32
+	if n := len(b); n > 0 {
+		// Length and three bytes: a miss costs an allocation only.
+		h = (uint32(n)*31+uint32(b[0]))*31 + uint32(b[n/2])*7 + uint32(b[n-1])*131
+	}
+	slot := &u.intern[h%internSlots]
+	if *slot == string(b) {
+		return *slot
+	}
+	s := string(b)
+	*slot = s
+	return s
 }
 
 // decFunc fills v, which is settable, from the value at the decoder's
@@ -301,45 +335,71 @@ func decString(u *typedDecoder, v reflect.Value, off int, code byte, flag bool) 
 // str reads a str value of type code at off, reporting false (and reading
 // nothing) when code is not a str's.
 func (u *typedDecoder) str(off int, code byte, flag bool) (string, bool, error) {
+	start, end, ok, err := u.strSpan(off, code, flag)
+	if !ok || err != nil {
+		return "", ok, err
+	}
+	return u.strAt(start, end), true, nil
+}
+
+// strSpan reads a str value of type code at off like str, returning where
+// its bytes are in the input.
+func (u *typedDecoder) strSpan(off int, code byte, flag bool) (start, end int, ok bool, err error) {
 	d := &u.d
-	var n, start int
+	var n int
 	switch code {
 	case typeShortASCII, typeShortASCIIIntern:
 		if len(d.data)-off < 2 {
-			return "", false, errNeedGeneral
+			return 0, 0, false, errNeedGeneral
 		}
 		n, start = int(d.data[off+1]), off+2
 	case typeUnicode, typeInterned, typeASCII, typeASCIIInterned:
 		if len(d.data)-off < 5 {
-			return "", false, errNeedGeneral
+			return 0, 0, false, errNeedGeneral
 		}
 		m, _ := u.int32At(off)
 		n, start = int(m), off+5
 		if m < 0 {
-			return "", false, errNeedGeneral
+			return 0, 0, false, errNeedGeneral
 		}
 	default:
-		return "", false, nil
+		return 0, 0, false, nil
 	}
 	if len(d.data)-start < n {
-		return "", false, errNeedGeneral
+		return 0, 0, false, errNeedGeneral
 	}
 	b := d.data[start : start+n]
 	if code == typeUnicode || code == typeInterned {
 		if !utf8.Valid(b) {
-			return "", false, errNeedGeneral
+			return 0, 0, false, errNeedGeneral
 		}
 	} else if !isASCII(b) {
-		return "", false, errNeedGeneral
+		return 0, 0, false, errNeedGeneral
 	}
 	if err := d.charge(off, d.strCost(n)); err != nil {
-		return "", false, err
+		return 0, 0, false, err
 	}
 	if err := u.scalarRef(off, flag); err != nil {
-		return "", false, err
+		return 0, 0, false, err
 	}
 	d.pos = start + n
-	return d.str(start, start+n), true, nil
+	return start, start + n, true, nil
+}
+
+// keyBytes reads a dict key that is a str written in place, returning its
+// bytes; ok is false (nothing read) for a key of another form, such as a
+// back-reference.
+func (u *typedDecoder) keyBytes() (b []byte, ok bool, err error) {
+	off := u.d.pos
+	if off >= len(u.d.data) {
+		return nil, false, errNeedGeneral
+	}
+	c := u.d.data[off]
+	start, end, ok, err := u.strSpan(off, c&^flagRef, c&flagRef != 0)
+	if !ok || err != nil {
+		return nil, false, err
+	}
+	return u.d.data[start:end], true, nil
 }
 
 // key reads a dict key, which must be a str.
@@ -540,6 +600,106 @@ type planField struct {
 	name  string
 	index []int
 	dec   decFunc
+	// A field of the struct itself (not promoted) of one of the common
+	// scalar kinds is written in place, at offset, when the value is of
+	// the expected type; dec takes it otherwise.
+	direct directKind
+	offset uintptr
+}
+
+type directKind uint8
+
+const (
+	directNone directKind = iota
+	directString
+	directInt // int and int64
+	directFloat64
+	directBool
+)
+
+func directFor(sf reflect.StructField) directKind {
+	if reflect.PointerTo(sf.Type).Implements(textUnmarshalerType) {
+		return directNone
+	}
+	switch sf.Type.Kind() {
+	case reflect.String:
+		return directString
+	case reflect.Int, reflect.Int64:
+		if sf.Type.Size() == 8 {
+			return directInt
+		}
+	case reflect.Float64:
+		return directFloat64
+	case reflect.Bool:
+		return directBool
+	}
+	return directNone
+}
+
+// setDirect writes the value at the decoder's position to the field of kind
+// k at p when it is of the type the field expects, reporting whether it did.
+func (u *typedDecoder) setDirect(k directKind, p unsafe.Pointer) (bool, error) {
+	off := u.d.pos
+	if off >= len(u.d.data) {
+		return false, errNeedGeneral
+	}
+	c := u.d.data[off]
+	code, flag := c&^flagRef, c&flagRef != 0
+	size := 5 // of the value read: code byte and payload
+	switch k {
+	case directString:
+		s, ok, err := u.str(off, code, flag)
+		if ok {
+			*(*string)(p) = s
+		}
+		return ok, err
+	case directInt:
+		if code != typeInt {
+			return false, nil
+		}
+		n, ok := u.int32At(off)
+		if !ok {
+			return false, errNeedGeneral
+		}
+		*(*int64)(p) = n
+	case directFloat64:
+		switch code {
+		case typeBinaryFloat:
+			if len(u.d.data)-off < 9 {
+				return false, errNeedGeneral
+			}
+			*(*float64)(p) = math.Float64frombits(binary.LittleEndian.Uint64(u.d.data[off+1:]))
+			size = 9
+		case typeInt:
+			n, ok := u.int32At(off)
+			if !ok {
+				return false, errNeedGeneral
+			}
+			*(*float64)(p) = float64(n)
+		default:
+			return false, nil
+		}
+	case directBool:
+		if code != typeTrue && code != typeFalse {
+			return false, nil
+		}
+		*(*bool)(p) = code == typeTrue
+		size = 1
+	default:
+		return false, nil
+	}
+	u.d.pos += size
+	return true, u.scalarRef(off, flag)
+}
+
+// lookupBytes is lookup for a key still in the input.
+func (p *structPlan) lookupBytes(k []byte) int {
+	for i := range p.fields {
+		if p.fields[i].name == string(k) {
+			return i
+		}
+	}
+	return p.lookup(string(k)) // a case-insensitive match, or none
 }
 
 // lookup returns the index of the field for dict key k, or -1.
@@ -568,7 +728,11 @@ func structDecoder(t reflect.Type) kindFunc {
 		fs := cachedFields(t)
 		p := &structPlan{fields: make([]planField, len(fs)), byName: make(map[string]int, len(fs))}
 		for i, f := range fs {
-			p.fields[i] = planField{name: f.name, index: f.index, dec: decoderFor(t.FieldByIndex(f.index).Type)}
+			sf := t.FieldByIndex(f.index)
+			p.fields[i] = planField{name: f.name, index: f.index, dec: decoderFor(sf.Type)}
+			if len(f.index) == 1 {
+				p.fields[i].direct, p.fields[i].offset = directFor(sf), sf.Offset
+			}
 			p.byName[f.name] = i
 		}
 		plan = p
@@ -582,6 +746,10 @@ func structDecoder(t reflect.Type) kindFunc {
 			return general(u, v)
 		}
 		var seen [2]uint64 // fields set so far: a key seen twice goes the general way
+		var base unsafe.Pointer
+		if v.CanAddr() {
+			base = v.Addr().UnsafePointer()
+		}
 		slot, err := u.containerRef(off, flag)
 		if err != nil {
 			return err
@@ -598,17 +766,33 @@ func structDecoder(t reflect.Type) kindFunc {
 				u.d.pos++
 				break
 			}
-			k, err := u.key()
-			if err != nil {
+			var i int
+			if kb, ok, err := u.keyBytes(); err != nil {
 				return err
+			} else if ok {
+				i = plan.lookupBytes(kb)
+			} else {
+				k, err := u.key()
+				if err != nil {
+					return err
+				}
+				i = plan.lookup(k)
 			}
-			i := plan.lookup(k)
 			var fv reflect.Value
 			if i >= 0 {
 				if seen[i/64]&(1<<(i%64)) != 0 {
 					return errNeedGeneral
 				}
 				seen[i/64] |= 1 << (i % 64)
+				if f := &plan.fields[i]; f.direct != directNone && base != nil {
+					ok, err := u.setDirect(f.direct, unsafe.Add(base, f.offset))
+					if err != nil {
+						return err
+					}
+					if ok {
+						continue
+					}
+				}
 				fv = fieldFor(v, plan.fields[i].index)
 			}
 			if !fv.IsValid() || !fv.CanSet() {
