@@ -34,6 +34,10 @@ type typedDecoder struct {
 	// bytes: the keys and values that recur from call to call are then
 	// not allocated again. It lives as long as the pooled decoder.
 	intern [internSlots]string
+
+	// The destination type of the previous decoding and its plan.
+	lastType reflect.Type
+	lastDec  decFunc
 }
 
 // Strings of up to internMax bytes are interned in internSlots slots.
@@ -79,7 +83,10 @@ func unmarshalTyped(data []byte, dst reflect.Value) error {
 	budget := DecodeBudget(len(data))
 	u.d = decoder{data: data, shared: len(data) <= sharedStringMax, budget: budget, limit: budget, refs: u.d.refs[:0]}
 	u.a = assigner{budget: budget, limit: budget}
-	err := decoderFor(dst.Type())(u, dst)
+	if t := dst.Type(); t != u.lastType {
+		u.lastType, u.lastDec = t, decoderFor(t)
+	}
+	err := u.lastDec(u, dst)
 	if err == nil && u.d.pos != len(data) {
 		err = errNeedGeneral
 	}
@@ -466,6 +473,7 @@ func sliceDecoder(t reflect.Type) kindFunc {
 	et := t.Elem()
 	elemSize := int64(et.Size())
 	byteSlice := et.Kind() == reflect.Uint8
+	direct := directFor(et)
 	var elem decFunc // made on first use: t may be recursive
 	var once sync.Once
 	return func(u *typedDecoder, v reflect.Value, off int, code byte, flag bool) error {
@@ -515,7 +523,20 @@ func sliceDecoder(t reflect.Type) kindFunc {
 			v.Grow(n)
 			v.SetLen(n)
 		}
+		var base unsafe.Pointer
+		if direct != directNone && n > 0 {
+			base = v.UnsafePointer()
+		}
 		for i := range n {
+			if base != nil {
+				ok, err := u.setDirect(direct, unsafe.Add(base, uintptr(i)*uintptr(elemSize)))
+				if err != nil {
+					return err
+				}
+				if ok {
+					continue
+				}
+			}
 			if err := elem(u, v.Index(i)); err != nil {
 				return err
 			}
@@ -617,15 +638,16 @@ const (
 	directBool
 )
 
-func directFor(sf reflect.StructField) directKind {
-	if reflect.PointerTo(sf.Type).Implements(textUnmarshalerType) {
+// directFor returns how values of type t are written in place, if they are.
+func directFor(t reflect.Type) directKind {
+	if reflect.PointerTo(t).Implements(textUnmarshalerType) {
 		return directNone
 	}
-	switch sf.Type.Kind() {
+	switch t.Kind() {
 	case reflect.String:
 		return directString
 	case reflect.Int, reflect.Int64:
-		if sf.Type.Size() == 8 {
+		if t.Size() == 8 {
 			return directInt
 		}
 	case reflect.Float64:
@@ -731,7 +753,7 @@ func structDecoder(t reflect.Type) kindFunc {
 			sf := t.FieldByIndex(f.index)
 			p.fields[i] = planField{name: f.name, index: f.index, dec: decoderFor(sf.Type)}
 			if len(f.index) == 1 {
-				p.fields[i].direct, p.fields[i].offset = directFor(sf), sf.Offset
+				p.fields[i].direct, p.fields[i].offset = directFor(sf.Type), sf.Offset
 			}
 			p.byName[f.name] = i
 		}
