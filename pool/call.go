@@ -73,7 +73,9 @@ func (p *Pool) call(ctx context.Context, command string, args, out any, session 
 	if cap(raw) > cap(*buf) {
 		*buf = raw[:0] // keep the grown buffer
 	}
-	argSizeHint.Store(int64(len(raw)))
+	if n := int64(len(raw)); n != argSizeHint.Load() {
+		argSizeHint.Store(n)
+	}
 	res, err := p.callRaw(ctx, command, raw, session, mode, opts)
 	if err != nil {
 		// A call abandoned on its context goes on in the background, and

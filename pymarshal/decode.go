@@ -157,12 +157,16 @@ const (
 // charge takes n bytes from the budget, or fails without taking them.
 func (d *decoder) charge(off int, n int64) error {
 	if n > d.budget {
-		d.budget = -1
-		return d.errAt(off, ErrTooLarge, "the decoded value needs more than "+
-			strconv.FormatInt(d.limit, 10)+" bytes for "+strconv.Itoa(len(d.data))+" bytes of input")
+		return d.overBudget(off)
 	}
 	d.budget -= n
 	return nil
+}
+
+func (d *decoder) overBudget(off int) error {
+	d.budget = -1
+	return d.errAt(off, ErrTooLarge, "the decoded value needs more than "+
+		strconv.FormatInt(d.limit, 10)+" bytes for "+strconv.Itoa(len(d.data))+" bytes of input")
 }
 
 // strCost is the cost of a decoded str of n bytes: its boxed header, and

@@ -396,9 +396,22 @@ func (e *encoder) anyMap(m map[string]any) error {
 		return err
 	}
 	e.buf = append(e.buf, typeDict)
+	if len(m) == 1 {
+		for k, v := range m {
+			if err := e.str(k); err != nil {
+				return prependPath(err, keyElem(k))
+			}
+			if err := e.value(v); err != nil {
+				return prependPath(err, keyElem(k))
+			}
+		}
+		e.buf = append(e.buf, typeNull)
+		e.depth--
+		return nil
+	}
 	// Entries collected with their values, sorted by key: no second
 	// lookup per key. Small maps need no allocation.
-	var small [16]anyEntry
+	var small [8]anyEntry
 	entries := small[:0]
 	for k, v := range m {
 		entries = append(entries, anyEntry{k, v})

@@ -217,6 +217,10 @@ func (u *typedDecoder) scalarRef(off int, flag bool) error {
 	if !flag {
 		return nil
 	}
+	return u.addScalarRef(off)
+}
+
+func (u *typedDecoder) addScalarRef(off int) error {
 	if err := u.d.charge(off, costRef); err != nil {
 		return err
 	}
@@ -516,9 +520,24 @@ func sliceDecoder(t reflect.Type) kindFunc {
 		u.d.pos = start
 		// A new array, filled in place (Grow on a nil slice allocates the
 		// array alone, where MakeSlice would box a slice header as well).
-		if n == 0 {
+		switch {
+		case n == 0:
 			v.Set(reflect.MakeSlice(t, 0, 0)) // empty, not nil, as the general path
-		} else {
+		case direct != directNone && v.CanAddr():
+			// The common element types: a new array set in place
+			// (same layout, whatever the names of the types).
+			p := v.Addr().UnsafePointer()
+			switch direct {
+			case directString:
+				*(*[]string)(p) = make([]string, n)
+			case directInt:
+				*(*[]int64)(p) = make([]int64, n)
+			case directFloat64:
+				*(*[]float64)(p) = make([]float64, n)
+			case directBool:
+				*(*[]bool)(p) = make([]bool, n)
+			}
+		default:
 			v.SetZero()
 			v.Grow(n)
 			v.SetLen(n)
