@@ -416,7 +416,15 @@ func (e *encoder) anyMap(m map[string]any) error {
 	for k, v := range m {
 		entries = append(entries, anyEntry{k, v})
 	}
-	slices.SortFunc(entries, func(a, b anyEntry) int { return strings.Compare(a.k, b.k) })
+	if len(entries) <= len(small) {
+		for i := 1; i < len(entries); i++ { // insertion sort: few entries
+			for j := i; j > 0 && entries[j].k < entries[j-1].k; j-- {
+				entries[j], entries[j-1] = entries[j-1], entries[j]
+			}
+		}
+	} else {
+		slices.SortFunc(entries, func(a, b anyEntry) int { return strings.Compare(a.k, b.k) })
+	}
 	for _, en := range entries {
 		if err := e.str(en.k); err != nil {
 			return prependPath(err, keyElem(en.k))
