@@ -566,9 +566,13 @@ func (d *decoder) key() (string, error) {
 func (d *decoder) enter(off int) error {
 	d.depth++
 	if d.depth > MaxDepth {
-		return d.errAt(off, ErrTooDeep, "more than "+strconv.Itoa(MaxDepth)+" levels")
+		return d.tooDeep(off)
 	}
 	return nil
+}
+
+func (d *decoder) tooDeep(off int) error {
+	return d.errAt(off, ErrTooDeep, "more than "+strconv.Itoa(MaxDepth)+" levels")
 }
 
 // long decodes TYPE_LONG: a signed digit count, then |count| 15-bit digits,

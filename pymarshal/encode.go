@@ -102,9 +102,13 @@ func (e *encoder) u32(n int) {
 func (e *encoder) enter() error {
 	e.depth++
 	if e.depth > MaxDepth {
-		return &Error{Op: "marshal", Offset: -1, Err: ErrTooDeep, Detail: "more than " + strconv.Itoa(MaxDepth) + " levels"}
+		return tooDeep()
 	}
 	return nil
+}
+
+func tooDeep() error {
+	return &Error{Op: "marshal", Offset: -1, Err: ErrTooDeep, Detail: "more than " + strconv.Itoa(MaxDepth) + " levels"}
 }
 
 func (e *encoder) int(v int64) {
