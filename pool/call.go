@@ -7,6 +7,8 @@ import (
 	"io"
 	"iter"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -33,6 +35,7 @@ type CallOption func(*callOptions)
 type callOptions struct {
 	idempotent  bool
 	attachments [][]byte
+	buffers     [][]byte // out-of-band payloads of Call's arguments
 }
 
 // Idempotent marks a call as safe to run twice: if its worker dies during
@@ -50,6 +53,13 @@ func WithAttachments(blobs ...[]byte) CallOption {
 // as keyword arguments; nil for none) and decodes the result into out (a
 // pointer; nil discards it). See package pymarshal for how Go and Python
 // values correspond.
+//
+// A []byte (or pymarshal.Array) of 64 KiB or more in args reaches the
+// handler as a read-only memoryview (an ndarray for an Array, with numpy):
+// in the thread profile (3.12+) a view of your memory, not a copy. Do not
+// modify it until Call returns; if Call returned at its context's end, the
+// handler may still read it until it stops. A large bytes result decoded
+// into a []byte shares the result's buffer rather than being copied again.
 func (p *Pool) Call(ctx context.Context, command string, args any, out any, opts ...CallOption) error {
 	return p.call(ctx, command, args, out, "", Hint, opts)
 }
@@ -61,36 +71,87 @@ func (p *Pool) CallRaw(ctx context.Context, command string, args []byte, opts ..
 }
 
 func (p *Pool) call(ctx context.Context, command string, args, out any, session string, mode Affinity, opts []CallOption) error {
-	raw, err := encodeArgs(args)
+	buf := getArgBuffer()
+	raw, oob, err := encodeArgs((*buf)[:0], args)
 	if err != nil {
+		putArgBuffer(buf)
 		p.stats.failed.Add(1)
 		return err
 	}
+	if cap(raw) > cap(*buf) {
+		*buf = raw[:0] // keep the grown buffer
+	}
+	if n := int64(len(raw)); n != argSizeHint.Load() {
+		argSizeHint.Store(n)
+	}
+	if len(oob) > 0 {
+		opts = append(opts[:len(opts):len(opts)], func(o *callOptions) { o.buffers = oob })
+	}
 	res, err := p.callRaw(ctx, command, raw, session, mode, opts)
 	if err != nil {
+		// A call abandoned on its context goes on in the background, and
+		// a worker may still read the arguments: the buffer is not reused.
 		return err
 	}
+	// The worker is done with the arguments (it keeps no Request.Args past
+	// a call that returned without error).
+	defer putArgBuffer(buf)
 	if out == nil {
 		return nil
 	}
-	if err := pymarshal.Unmarshal(res, out); err != nil {
+	// res is this call's own: large bytes in out may share it.
+	if err := pymarshal.UnmarshalNoCopy(res, out); err != nil {
 		return &worker.NotSerializableError{What: "result", Detail: err.Error(), Err: err}
 	}
 	return nil
 }
 
-func encodeArgs(args any) ([]byte, error) {
-	if args == nil {
-		return nil, nil
+// Buffers calls encode their arguments into, reused from call to call. A
+// new one is sized after the latest call's arguments rather than grown
+// from nothing; one grown past maxPooledArgs is left to the collector.
+var (
+	argBuffers  sync.Pool // *[]byte
+	argSizeHint atomic.Int64
+)
+
+const (
+	minArgBuffer  = 256
+	maxPooledArgs = 1 << 20
+)
+
+func getArgBuffer() *[]byte {
+	if b, ok := argBuffers.Get().(*[]byte); ok {
+		return b
 	}
-	raw, err := pymarshal.Marshal(args)
+	b := make([]byte, 0, max(int(argSizeHint.Load()), minArgBuffer))
+	return &b
+}
+
+func putArgBuffer(b *[]byte) {
+	if cap(*b) > maxPooledArgs {
+		return
+	}
+	argBuffers.Put(b)
+}
+
+// encodeArgs appends the marshalled keyword arguments to dst; nil args are
+// none (nil).
+// oobMin is the size from which a []byte or Array argument travels out of
+// band (worker.Request.Buffers): without a copy in the thread profile.
+const oobMin = 64 << 10
+
+func encodeArgs(dst []byte, args any) ([]byte, [][]byte, error) {
+	if args == nil {
+		return nil, nil, nil
+	}
+	raw, oob, err := pymarshal.AppendMarshalOOB(dst, args, oobMin, nil)
 	if err != nil {
-		return nil, &worker.NotSerializableError{What: "argument", Detail: err.Error(), Err: err}
+		return nil, nil, &worker.NotSerializableError{What: "argument", Detail: err.Error(), Err: err}
 	}
 	if len(raw) == 0 || raw[0]&^0x80 != '{' {
-		return nil, &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("args must be a map with string keys or a struct (keyword arguments), got %T", args)}
+		return nil, nil, &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("args must be a map with string keys or a struct (keyword arguments), got %T", args)}
 	}
-	return raw, nil
+	return raw, oob, nil
 }
 
 func (p *Pool) newRequest(ctx context.Context, command string, args []byte, session string, o callOptions) *worker.Request {
@@ -98,7 +159,7 @@ func (p *Pool) newRequest(ctx context.Context, command string, args []byte, sess
 	if cid == "" {
 		cid = p.cidPrefix + "-" + strconv.FormatUint(p.cidSeq.Add(1), 10)
 	}
-	return &worker.Request{Command: command, Args: args, CorrelationID: cid, SessionID: session, Attachments: o.attachments}
+	return &worker.Request{Command: command, Args: args, CorrelationID: cid, SessionID: session, Attachments: o.attachments, Buffers: o.buffers}
 }
 
 func (p *Pool) callRaw(ctx context.Context, command string, args []byte, session string, mode Affinity, opts []CallOption) ([]byte, error) {
@@ -167,7 +228,7 @@ func (p *Pool) Stream(ctx context.Context, command string, args any, opts ...Cal
 
 func (p *Pool) stream(ctx context.Context, command string, args any, session string, mode Affinity, opts []CallOption) iter.Seq2[Chunk, error] {
 	return func(yield func(Chunk, error) bool) {
-		raw, err := encodeArgs(args)
+		raw, oob, err := encodeArgs(nil, args)
 		if err != nil {
 			yield(Chunk{}, err)
 			return
@@ -176,6 +237,7 @@ func (p *Pool) stream(ctx context.Context, command string, args any, session str
 		for _, opt := range opts {
 			opt(&o)
 		}
+		o.buffers = oob // a stream keeps them: they travel inline
 		req := p.newRequest(ctx, command, raw, session, o)
 		m, e, err := p.acquireFor(ctx, session, mode)
 		if err != nil {

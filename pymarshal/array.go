@@ -263,7 +263,7 @@ func (e *encoder) array(a Array) error {
 	for _, d := range a.Shape {
 		e.int(int64(d))
 	}
-	return e.bytes(a.Data)
+	return e.oobOrInline(a.Data) // out of band when large (AppendMarshalOOB)
 }
 
 // marker converts a decoded tuple that starts with MarkerTag. Kinds other

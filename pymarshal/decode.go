@@ -2,6 +2,7 @@ package pymarshal
 
 import (
 	"encoding/binary"
+	"errors"
 	"math"
 	"strconv"
 	"unicode/utf8"
@@ -91,10 +92,7 @@ func DecodeBudget(n int) int64 {
 // values the decoding may allocate (the same estimate Decode uses). It
 // fails with an error wrapping [ErrTooLarge] when the value would need more.
 func DecodeLimit(data []byte, limit int64) (any, error) {
-	d := decoder{data: data, budget: limit, limit: limit}
-	if len(data) <= sharedStringMax {
-		d.text = string(data)
-	}
+	d := decoder{data: data, budget: limit, limit: limit, shared: len(data) <= sharedStringMax}
 	v, err := d.value()
 	if err != nil {
 		return nil, err
@@ -108,7 +106,25 @@ func DecodeLimit(data []byte, limit int64) (any, error) {
 type refSlot struct {
 	v        any
 	building bool // a container whose elements are still being decoded
+	// lazy is set by typed decoding (see [Unmarshal]), which stores values
+	// straight into Go fields and so has no interface value to keep: the
+	// slot then records where the value starts instead.
+	lazy lazyKind
+	off  uint32 // typed decoding takes inputs below 4 GiB only
 }
+
+// lazyKind says what a lazy reference slot stands for.
+type lazyKind uint8
+
+const (
+	notLazy       lazyKind = iota
+	lazyScalar             // a number or string at off: decoded again when referenced
+	lazyContainer          // a container at off: a reference to it needs the general path
+)
+
+// errNeedGeneral stops typed decoding where only the general path (decode
+// to interface values, then assign) can go on; it never leaves the package.
+var errNeedGeneral = errors.New("pymarshal: typed decoding cannot continue")
 
 // sharedStringMax: inputs up to this size are copied once into a string
 // that every decoded str slices, instead of one allocation per str. Larger
@@ -117,7 +133,8 @@ const sharedStringMax = 64 << 10
 
 type decoder struct {
 	data   []byte
-	text   string // data as a string, when len(data) <= sharedStringMax
+	shared bool   // len(data) <= sharedStringMax: strs slice text
+	text   string // data as a string, made by the first str when shared
 	pos    int
 	depth  int
 	refs   []refSlot
@@ -140,18 +157,22 @@ const (
 // charge takes n bytes from the budget, or fails without taking them.
 func (d *decoder) charge(off int, n int64) error {
 	if n > d.budget {
-		d.budget = -1
-		return d.errAt(off, ErrTooLarge, "the decoded value needs more than "+
-			strconv.FormatInt(d.limit, 10)+" bytes for "+strconv.Itoa(len(d.data))+" bytes of input")
+		return d.overBudget(off)
 	}
 	d.budget -= n
 	return nil
 }
 
+func (d *decoder) overBudget(off int) error {
+	d.budget = -1
+	return d.errAt(off, ErrTooLarge, "the decoded value needs more than "+
+		strconv.FormatInt(d.limit, 10)+" bytes for "+strconv.Itoa(len(d.data))+" bytes of input")
+}
+
 // strCost is the cost of a decoded str of n bytes: its boxed header, and
 // its bytes unless it slices the shared copy of the input.
 func (d *decoder) strCost(n int) int64 {
-	if d.text != "" {
+	if d.shared {
 		return costSlot
 	}
 	return costSlot + int64(n)
@@ -159,7 +180,10 @@ func (d *decoder) strCost(n int) int64 {
 
 // str returns data[from:to] as a string.
 func (d *decoder) str(from, to int) string {
-	if d.text != "" {
+	if d.shared {
+		if d.text == "" {
+			d.text = string(d.data)
+		}
 		return d.text[from:to]
 	}
 	return string(d.data[from:to])
@@ -396,6 +420,9 @@ func (d *decoder) value() (any, error) {
 		if slot.building {
 			return nil, d.errAt(off, ErrUnsupported, "recursive value")
 		}
+		if slot.lazy != notLazy {
+			return d.resolveLazy(int(n))
+		}
 		return slot.v, nil
 
 	case typeTuple, typeSmallTuple, typeList:
@@ -484,6 +511,26 @@ func (d *decoder) value() (any, error) {
 	return nil, d.errAt(off, ErrMalformed, "unknown type code "+strconv.QuoteRune(rune(code)))
 }
 
+// resolveLazy returns the value of lazy reference slot n, decoding a
+// scalar again from where it starts.
+func (d *decoder) resolveLazy(n int) (any, error) {
+	slot := d.refs[n]
+	if slot.lazy != lazyScalar {
+		return nil, errNeedGeneral
+	}
+	// A scalar holds no references of its own: a copy of the decoder reads
+	// it without touching the reference table.
+	t := decoder{data: d.data, shared: d.shared, text: d.text, pos: int(slot.off), budget: d.budget, limit: d.limit}
+	t.refs = []refSlot{} // never read: a scalar's own flag lands here
+	v, err := t.value()
+	d.text, d.budget = t.text, t.budget
+	if err != nil {
+		return nil, err
+	}
+	d.refs[n] = refSlot{v: v}
+	return v, nil
+}
+
 // key decodes a dict key, which must be a str. Short ASCII keys, by far the
 // most common, are read without boxing them in an interface first.
 func (d *decoder) key() (string, error) {
@@ -527,9 +574,13 @@ func (d *decoder) key() (string, error) {
 func (d *decoder) enter(off int) error {
 	d.depth++
 	if d.depth > MaxDepth {
-		return d.errAt(off, ErrTooDeep, "more than "+strconv.Itoa(MaxDepth)+" levels")
+		return d.tooDeep(off)
 	}
 	return nil
+}
+
+func (d *decoder) tooDeep(off int) error {
+	return d.errAt(off, ErrTooDeep, "more than "+strconv.Itoa(MaxDepth)+" levels")
 }
 
 // long decodes TYPE_LONG: a signed digit count, then |count| 15-bit digits,

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -27,9 +28,67 @@ func AppendMarshal(buf []byte, v any) ([]byte, error) {
 	return e.buf, nil
 }
 
+// AppendMarshalOOB is [AppendMarshal] with out-of-band bytes: each []byte
+// in v of at least minOOB bytes (every one when minOOB <= 0) is not copied
+// into dst but appended to oob — the slice itself, which keeps aliasing the
+// caller's memory — and encoded as the marker tuple
+//
+//	("\x00snakepit", "buf", i)
+//
+// where i is its index in the returned oob. The receiver resolves markers
+// against the buffers it got alongside the bytes (see [OOBMarker]), so the
+// caller must keep those slices unchanged until the receiver is done with
+// them. Byte arrays ([N]byte) and [RawValue] are always copied inline.
+func AppendMarshalOOB(dst []byte, v any, minOOB int, oob [][]byte) ([]byte, [][]byte, error) {
+	e := encoder{buf: dst, oobOn: true, minOOB: minOOB, oob: oob}
+	if err := e.value(v); err != nil {
+		return nil, nil, err
+	}
+	return e.buf, e.oob, nil
+}
+
+// OOBMarker is the first item of the tuples that stand for out-of-band data
+// in a value (see [AppendMarshalOOB]): a str no real value starts with.
+const OOBMarker = "\x00snakepit"
+
 type encoder struct {
 	buf   []byte
 	depth int
+
+	// Out-of-band bytes (AppendMarshalOOB): when oobOn, []byte data of at
+	// least minOOB bytes goes to oob instead of buf.
+	oobOn  bool
+	minOOB int
+	oob    [][]byte
+}
+
+// oobIndex puts data out of band when the encoder does so for data of that
+// size, returning its index in e.oob; ok is false when data is to be
+// written inline. Array data uses it as well as bytes.
+func (e *encoder) oobIndex(data []byte) (i int, ok bool) {
+	if !e.oobOn || len(data) < e.minOOB {
+		return 0, false
+	}
+	e.oob = append(e.oob, data)
+	return len(e.oob) - 1, true
+}
+
+// oobOrInline writes data either as the index of an out-of-band buffer (an
+// int) or inline (a bytes value): the data item of an array marker.
+func (e *encoder) oobOrInline(data []byte) error {
+	if i, ok := e.oobIndex(data); ok {
+		e.int(int64(i))
+		return nil
+	}
+	return e.bytes(data)
+}
+
+// marker starts a marker tuple of n items, the marker str and kind first.
+func (e *encoder) marker(kind string, n int) {
+	e.buf = append(e.buf, typeSmallTuple, byte(n), typeShortASCII, byte(len(OOBMarker)))
+	e.buf = append(e.buf, OOBMarker...)
+	e.buf = append(e.buf, typeShortASCII, byte(len(kind)))
+	e.buf = append(e.buf, kind...)
 }
 
 func (e *encoder) unsupported(detail string) error {
@@ -43,9 +102,13 @@ func (e *encoder) u32(n int) {
 func (e *encoder) enter() error {
 	e.depth++
 	if e.depth > MaxDepth {
-		return &Error{Op: "marshal", Offset: -1, Err: ErrTooDeep, Detail: "more than " + strconv.Itoa(MaxDepth) + " levels"}
+		return tooDeep()
 	}
 	return nil
+}
+
+func tooDeep() error {
+	return &Error{Op: "marshal", Offset: -1, Err: ErrTooDeep, Detail: "more than " + strconv.Itoa(MaxDepth) + " levels"}
 }
 
 func (e *encoder) int(v int64) {
@@ -123,6 +186,17 @@ func (e *encoder) bytes(b []byte) error {
 	return nil
 }
 
+// bytesValue writes a []byte value of the caller's: inline, or out of
+// band as a "buf" marker.
+func (e *encoder) bytesValue(b []byte) error {
+	if i, ok := e.oobIndex(b); ok {
+		e.marker("buf", 3)
+		e.int(int64(i))
+		return nil
+	}
+	return e.bytes(b)
+}
+
 func (e *encoder) seqHeader(tuple bool, n int) error {
 	if n > math.MaxInt32 {
 		return e.unsupported("sequence longer than 2^31-1")
@@ -151,12 +225,38 @@ func (e *encoder) value(v any) error {
 		e.int(x)
 	case int32:
 		e.int(int64(x))
+	case int16:
+		e.int(int64(x))
+	case int8:
+		e.int(int64(x))
+	case uint8:
+		e.int(int64(x))
+	case uint16:
+		e.int(int64(x))
+	case uint32:
+		e.int(int64(x))
+	case uint64:
+		return e.uint(x)
+	case uint:
+		return e.uint(uint64(x))
 	case float64:
 		e.float(x)
+	case float32:
+		e.float(float64(x))
 	case string:
 		return e.str(x)
 	case []byte:
-		return e.bytes(x)
+		return e.bytesValue(x)
+	case []string:
+		return e.strings(x)
+	case []float64:
+		return e.floats(x)
+	case []int:
+		return e.ints(x)
+	case []int64:
+		return e.ints64(x)
+	case map[string]string:
+		return e.stringMap(x)
 	case RawValue:
 		if len(x) == 0 {
 			return e.unsupported("empty RawValue")
@@ -173,6 +273,103 @@ func (e *encoder) value(v any) error {
 	default:
 		return e.reflect(reflect.ValueOf(v))
 	}
+	return nil
+}
+
+func (e *encoder) uint(u uint64) error {
+	if u > math.MaxInt64 {
+		return &Error{Op: "marshal", Offset: -1, Err: ErrIntRange, Detail: strconv.FormatUint(u, 10)}
+	}
+	e.int(int64(u))
+	return nil
+}
+
+// Common slice and map types, encoded without reflection. A nil slice or
+// map is None, as through reflection.
+
+func (e *encoder) strings(s []string) error {
+	if s == nil {
+		e.buf = append(e.buf, typeNone)
+		return nil
+	}
+	if err := e.seqHeader(false, len(s)); err != nil {
+		return err
+	}
+	for i, x := range s {
+		if err := e.str(x); err != nil {
+			return prependPath(err, indexElem(i))
+		}
+	}
+	return nil
+}
+
+func (e *encoder) floats(s []float64) error {
+	if s == nil {
+		e.buf = append(e.buf, typeNone)
+		return nil
+	}
+	if err := e.seqHeader(false, len(s)); err != nil {
+		return err
+	}
+	for _, x := range s {
+		e.float(x)
+	}
+	return nil
+}
+
+func (e *encoder) ints(s []int) error {
+	if s == nil {
+		e.buf = append(e.buf, typeNone)
+		return nil
+	}
+	if err := e.seqHeader(false, len(s)); err != nil {
+		return err
+	}
+	for _, x := range s {
+		e.int(int64(x))
+	}
+	return nil
+}
+
+func (e *encoder) ints64(s []int64) error {
+	if s == nil {
+		e.buf = append(e.buf, typeNone)
+		return nil
+	}
+	if err := e.seqHeader(false, len(s)); err != nil {
+		return err
+	}
+	for _, x := range s {
+		e.int(x)
+	}
+	return nil
+}
+
+func (e *encoder) stringMap(m map[string]string) error {
+	if m == nil {
+		e.buf = append(e.buf, typeNone)
+		return nil
+	}
+	if err := e.enter(); err != nil {
+		return err
+	}
+	e.buf = append(e.buf, typeDict)
+	var small [16]string
+	keys := small[:0]
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if err := e.str(k); err != nil {
+			return prependPath(err, keyElem(k))
+		}
+		if err := e.str(m[k]); err != nil {
+			return prependPath(err, keyElem(k))
+		}
+	}
+	e.buf = append(e.buf, typeNull)
+	e.depth--
 	return nil
 }
 
@@ -205,23 +402,51 @@ func (e *encoder) anyMap(m map[string]any) error {
 		return err
 	}
 	e.buf = append(e.buf, typeDict)
-	var small [16]string
-	keys := small[:0]
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		if err := e.str(k); err != nil {
-			return prependPath(err, keyElem(k))
+	if len(m) == 1 {
+		for k, v := range m {
+			if err := e.str(k); err != nil {
+				return prependPath(err, keyElem(k))
+			}
+			if err := e.value(v); err != nil {
+				return prependPath(err, keyElem(k))
+			}
 		}
-		if err := e.value(m[k]); err != nil {
-			return prependPath(err, keyElem(k))
+		e.buf = append(e.buf, typeNull)
+		e.depth--
+		return nil
+	}
+	// Entries collected with their values, sorted by key: no second
+	// lookup per key. Small maps need no allocation.
+	var small [8]anyEntry
+	entries := small[:0]
+	for k, v := range m {
+		entries = append(entries, anyEntry{k, v})
+	}
+	if len(entries) <= len(small) {
+		for i := 1; i < len(entries); i++ { // insertion sort: few entries
+			for j := i; j > 0 && entries[j].k < entries[j-1].k; j-- {
+				entries[j], entries[j-1] = entries[j-1], entries[j]
+			}
+		}
+	} else {
+		slices.SortFunc(entries, func(a, b anyEntry) int { return strings.Compare(a.k, b.k) })
+	}
+	for _, en := range entries {
+		if err := e.str(en.k); err != nil {
+			return prependPath(err, keyElem(en.k))
+		}
+		if err := e.value(en.v); err != nil {
+			return prependPath(err, keyElem(en.k))
 		}
 	}
 	e.buf = append(e.buf, typeNull)
 	e.depth--
 	return nil
+}
+
+type anyEntry struct {
+	k string
+	v any
 }
 
 var (
@@ -240,11 +465,7 @@ func (e *encoder) reflect(rv reflect.Value) error {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
 		e.int(rv.Int())
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
-		u := rv.Uint()
-		if u > math.MaxInt64 {
-			return &Error{Op: "marshal", Offset: -1, Err: ErrIntRange, Detail: strconv.FormatUint(u, 10)}
-		}
-		e.int(int64(u))
+		return e.uint(rv.Uint())
 	case reflect.Float32, reflect.Float64:
 		e.float(rv.Float())
 	case reflect.String:
@@ -257,7 +478,12 @@ func (e *encoder) reflect(rv reflect.Value) error {
 		if err := e.enter(); err != nil {
 			return err
 		}
-		err := e.value(rv.Elem().Interface())
+		var err error
+		if el := rv.Elem(); rv.Kind() == reflect.Pointer && el.Kind() == reflect.Struct {
+			err = e.reflectStruct(el) // Interface would copy the struct
+		} else {
+			err = e.value(el.Interface())
+		}
 		e.depth--
 		return err
 	case reflect.Slice:
@@ -266,7 +492,7 @@ func (e *encoder) reflect(rv reflect.Value) error {
 			return nil
 		}
 		if rv.Type().Elem().Kind() == reflect.Uint8 {
-			return e.bytes(rv.Bytes())
+			return e.bytesValue(rv.Bytes())
 		}
 		return e.reflectSeq(rv, rv.Type() == reflect.TypeFor[Tuple]())
 	case reflect.Array:
@@ -363,7 +589,9 @@ func (e *encoder) reflectStruct(rv reflect.Value) error {
 		if !ok || (f.omitEmpty && fv.IsZero()) {
 			continue
 		}
-		if err := e.str(f.name); err != nil {
+		if f.key != nil {
+			e.buf = append(e.buf, f.key...)
+		} else if err := e.str(f.name); err != nil {
 			return prependPath(err, "."+f.name)
 		}
 		if err := e.reflect(fv); err != nil {

@@ -9,17 +9,26 @@ import (
 // field is one dict key of a struct, following encoding/json's rules.
 type field struct {
 	name      string
+	key       []byte // name encoded as a str; nil when it cannot be (bad UTF-8)
 	index     []int
 	omitEmpty bool
 }
 
+// fieldCache holds the fields of each struct type seen, resolved once: the
+// encoder's and the typed decoder's plans for the type.
 var fieldCache sync.Map // reflect.Type -> []field
 
 func cachedFields(t reflect.Type) []field {
 	if f, ok := fieldCache.Load(t); ok {
 		return f.([]field)
 	}
-	f, _ := fieldCache.LoadOrStore(t, typeFields(t))
+	fs := typeFields(t)
+	for i := range fs {
+		if k, err := AppendString(nil, fs[i].name); err == nil {
+			fs[i].key = k
+		}
+	}
+	f, _ := fieldCache.LoadOrStore(t, fs)
 	return f.([]field)
 }
 

@@ -49,6 +49,28 @@
 // numbers with one level per dimension ([]float64 for a vector,
 // [][]float32 for a matrix); a shape that does not nest that way is
 // [ErrTypeMismatch].
+//
+// # Speed
+//
+// The common shapes — map[string]any, []any, scalars, []byte, string,
+// []string, []float64, []int — are encoded without reflection, and
+// structs by a plan made once per type (fields resolved, keys encoded).
+// [AppendMarshal] appends to a caller's buffer, so a reused buffer makes
+// encoding allocation-free. [Unmarshal] into typed values decodes straight
+// into them by per-type plans, without the interface values of [Decode]:
+// scalar fields and slices of scalars are written in place, and short
+// strings are interned, so a record of scalars and a slice decodes with one
+// allocation (the slice). Values it does not take that way (a
+// back-reference to a container, a conversion such as a str into an
+// encoding.TextUnmarshaler) go through the general path, with the same
+// results and errors.
+//
+// # Out-of-band bytes
+//
+// [AppendMarshalOOB] leaves large []byte values out of the encoding: each
+// becomes the tuple ("\x00snakepit", "buf", i) (see [OOBMarker]) and the
+// slice itself, not a copy, is appended to the out-of-band buffers, at
+// index i, for a receiver that takes them alongside the bytes.
 package pymarshal
 
 import (

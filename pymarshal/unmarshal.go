@@ -19,20 +19,50 @@ func Unmarshal(data []byte, v any) error {
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return &Error{Op: "unmarshal", Offset: -1, Err: ErrTypeMismatch, Detail: "destination must be a non-nil pointer, got " + reflectTypeName(rv)}
 	}
+	if p, ok := v.(*any); ok {
+		src, err := Decode(data)
+		if err != nil {
+			return err
+		}
+		*p = src
+		return nil
+	}
+	if unmarshalTyped(data, rv.Elem(), false) == nil {
+		return nil
+	}
+	// Typed decoding stopped (bad input, a conversion it does not take, a
+	// reference to a shared container): the general path decides, and its
+	// error is the one reported.
+	return unmarshalGeneral(data, rv.Elem())
+}
+
+// UnmarshalNoCopy is [Unmarshal] for input the caller hands over: []byte
+// values of 4 KiB or more in v share data's memory instead of being copied
+// (data must not be modified afterwards). The pool decodes results with it,
+// as each result's buffer belongs to its call.
+func UnmarshalNoCopy(data []byte, v any) error {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() == reflect.Pointer && !rv.IsNil() {
+		if _, isAny := v.(*any); !isAny && unmarshalTyped(data, rv.Elem(), true) == nil {
+			return nil
+		}
+	}
+	return Unmarshal(data, v)
+}
+
+// unmarshalGeneral is Unmarshal by the general path: decode into interface
+// values, then assign them to dst.
+func unmarshalGeneral(data []byte, dst reflect.Value) error {
 	src, err := Decode(data)
 	if err != nil {
 		return err
-	}
-	if p, ok := v.(*any); ok {
-		*p = src
-		return nil
 	}
 	// Storing into typed values copies what back-references share (a list
 	// referenced a thousand times becomes a thousand slices): the copies
 	// are bounded by the input's size too.
 	a := assigner{budget: DecodeBudget(len(data))}
 	a.limit = a.budget
-	return a.assign(rv.Elem(), src)
+	return a.assign(dst, src)
 }
 
 // assigner stores decoded values into typed Go values, charging what it

@@ -75,6 +75,8 @@ type Request struct {
 	Command string
 	// Args are the keyword arguments: a marshalled dict with str keys, as
 	// produced by pymarshal.Marshal of a map or struct. Empty means none.
+	// A worker keeps no reference to Args once Call has returned without
+	// error: the caller may then reuse the buffer (the pool does).
 	Args []byte
 	// Attachments are raw byte blobs passed to the handler unconverted, as
 	// ctx.attachments (a list of bytes).

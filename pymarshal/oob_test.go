@@ -1,0 +1,79 @@
+package pymarshal
+
+import (
+	"errors"
+	"testing"
+	"unsafe"
+
+	"github.com/snakepit-go/snakepit/internal/valuetest"
+)
+
+// TestAppendMarshalOOB: []byte values of at least minOOB bytes become
+// ("\x00snakepit", "buf", i) markers, their slices (not copies) appended to
+// oob in order; smaller ones, byte arrays and RawValues stay inline.
+func TestAppendMarshalOOB(t *testing.T) {
+	big1, big2, small := make([]byte, 100), make([]byte, 64), []byte("tiny")
+	big1[0], big2[0] = 1, 2
+	type rec struct {
+		Blob  []byte   `json:"blob"`
+		Fixed [64]byte `json:"fixed"`
+	}
+	prior := [][]byte{[]byte("already there")}
+	v := map[string]any{
+		"a":   big1,
+		"b":   []any{small, big2},
+		"c":   rec{Blob: big1},
+		"raw": RawValue(mustMarshal(t, []byte("r"))),
+	}
+	data, oob, err := AppendMarshalOOB([]byte("prefix"), v, 64, prior)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(data[:6]) != "prefix" {
+		t.Fatalf("got %q at the start, want the dst prefix kept", data[:6])
+	}
+	got, err := Decode(data[6:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := func(i int64) []any { return []any{OOBMarker, "buf", i} }
+	want := map[string]any{
+		"a":   marker(1),
+		"b":   []any{small, marker(2)},
+		"c":   map[string]any{"blob": marker(3), "fixed": make([]byte, 64)},
+		"raw": []byte("r"),
+	}
+	if !valuetest.Equal(got, want) {
+		t.Fatalf("got %#v, want %#v", got, want)
+	}
+	if len(oob) != 4 {
+		t.Fatalf("got %d out-of-band buffers, want 4 (1 given, 3 added)", len(oob))
+	}
+	for i, w := range [][]byte{prior[0], big1, big2, big1} {
+		if unsafe.SliceData(oob[i]) != unsafe.SliceData(w) || len(oob[i]) != len(w) {
+			t.Fatalf("oob[%d] does not alias the value's slice", i)
+		}
+	}
+	// Everything else encodes as AppendMarshal does.
+	plain, _, err := AppendMarshalOOB(nil, map[string]any{"x": small, "n": 1}, 64, nil)
+	if err != nil || string(plain) != string(mustMarshal(t, map[string]any{"x": small, "n": 1})) {
+		t.Fatalf("got %q, %v; want Marshal's bytes", plain, err)
+	}
+}
+
+// TestAppendMarshalOOBThreshold: minOOB <= 0 takes every []byte, empty
+// ones included; errors come back as from Marshal.
+func TestAppendMarshalOOBThreshold(t *testing.T) {
+	data, oob, err := AppendMarshalOOB(nil, []any{[]byte{}, []byte("x")}, 0, nil)
+	if err != nil || len(oob) != 2 {
+		t.Fatalf("got %d buffers, %v; want 2", len(oob), err)
+	}
+	got, _ := Decode(data)
+	want := []any{[]any{OOBMarker, "buf", int64(0)}, []any{OOBMarker, "buf", int64(1)}}
+	if !valuetest.Equal(got, want) {
+		t.Fatalf("got %#v, want %#v", got, want)
+	}
+	if _, _, err := AppendMarshalOOB(nil, map[string]any{"c": make(chan int)}, 0, nil); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("channel: got %v, want ErrUnsupported", err)
+	}
+}
