@@ -946,11 +946,16 @@ static void delete_own(spk_tsent *e) {
 	free(e);
 }
 
-// sweep deletes this thread's entries of closing interpreters (with bound
-// set: also its bound entry, of whatever interpreter) and frees entries
+enum {
+	SWEEP_CLOSING, // entries of closing interpreters
+	SWEEP_BOUND,   // those and the bound entry, of whatever interpreter
+	SWEEP_ALL,     // every entry not in use
+};
+
+// sweep deletes this thread's entries that which names and frees entries
 // other threads reaped.
-static void sweep(int bound) {
-	PyThreadState *b = bound ? api.PyGILState_GetThisThreadState() : NULL;
+static void sweep(int which) {
+	PyThreadState *b = which == SWEEP_BOUND ? api.PyGILState_GetThisThreadState() : NULL;
 	for (spk_tsent **p = &tls_ents; *p;) {
 		spk_tsent *e = *p;
 		int s = atomic_load(&e->state);
@@ -967,7 +972,7 @@ static void sweep(int bound) {
 		if (!atomic_compare_exchange_strong(&e->state, &s, ENT_INUSE)) {
 			continue; // taken by a reaper just now: look again
 		}
-		if (!atomic_load(&e->owner->closing) && !(b != NULL && e->ts == b)) {
+		if (which != SWEEP_ALL && !atomic_load(&e->owner->closing) && !(b != NULL && e->ts == b)) {
 			put_down(e);
 			p = &e->next_in_thread;
 			continue;
@@ -978,7 +983,7 @@ static void sweep(int bound) {
 	if (tls_ents != NULL) note_binding();
 }
 
-void spk_sweep_thread(void) { sweep(0); }
+void spk_sweep_thread(void) { sweep(SWEEP_CLOSING); }
 
 // spk_release_thread leaves this thread with no entry only it can delete.
 // On 3.12+ it keeps the entries of live interpreters (deleting one would
@@ -989,7 +994,7 @@ void spk_sweep_thread(void) { sweep(0); }
 // not move the binding, it deletes the bound entry (all interpreters share
 // the one GIL there: the wait is what any call costs).
 void spk_release_thread(void) {
-	sweep(py_minor < 12);
+	sweep(py_minor < 12 ? SWEEP_BOUND : SWEEP_CLOSING);
 	if (py_minor < 12) return;
 	PyThreadState *b = api.PyGILState_GetThisThreadState();
 	int bound = 0;
@@ -1062,23 +1067,7 @@ static void make_exit_key(void) { exit_key_ok = pthread_key_create(&exit_key, at
 // waits for the GIL its own thread holds (3.11 interpreters share one), for
 // ever. A thread switching interpreters thus pays a delete and a create
 // instead.
-static void drop_others(void) {
-	for (spk_tsent **p = &tls_ents; *p;) {
-		spk_tsent *e = *p;
-		int s = atomic_load(&e->state);
-		if (s == ENT_REAPED) {
-			drop_from_thread(p);
-			continue;
-		}
-		if ((s != ENT_IDLE_BOUND && s != ENT_IDLE_UNBOUND) ||
-		    !atomic_compare_exchange_strong(&e->state, &s, ENT_INUSE)) {
-			p = &e->next_in_thread; // being reaped (or in use by a nested call)
-			continue;
-		}
-		*p = e->next_in_thread;
-		delete_own(e);
-	}
-}
+static void drop_others(void) { sweep(SWEEP_ALL); }
 
 // take_entry returns this thread's entry for in, in use, creating it on
 // first use; NULL if in is closing (or out of memory).
