@@ -131,12 +131,34 @@ func (w *Worker) readReply(id uint64) (frame, error) {
 		}
 		return f, w.connError(err)
 	}
-	if f.typ != frameReply || f.id != id {
+	if f.typ&^frameShared != frameReply || f.id != id {
 		err := &ProtocolError{PID: w.pid, Err: fmt.Errorf("%w: got type %d id %d, want REPLY %d", ErrBadFrame, f.typ, f.id, id), Stderr: w.stderr.String()}
 		w.die(err)
 		return f, err
 	}
+	if f.typ&frameShared != 0 {
+		payload, err := w.sharedPayload(f.payload)
+		if err != nil {
+			err := &ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()}
+			w.die(err)
+			return f, err
+		}
+		f.typ, f.payload = frameReply, payload
+	}
 	return f, nil
+}
+
+// sharedPayload copies out of the shared region the payload a frame refers
+// to.
+func (w *Worker) sharedPayload(p []byte) ([]byte, error) {
+	if w.shm == nil {
+		return nil, fmt.Errorf("%w: no shared region", ErrBadRegion)
+	}
+	ref, err := parseRegionRef(p)
+	if err != nil {
+		return nil, err
+	}
+	return w.shm.get(ref, w.cfg.MaxFrame)
 }
 
 // connError turns a failed read or write into the worker's death: a child
@@ -375,7 +397,8 @@ func (w *Worker) drainOutputs(ctx context.Context) {
 }
 
 // MemoryBytes returns the resident memory of the worker process and its
-// descendants (those still in its process tree), from /proc.
+// descendants (those still in its process tree), from /proc, plus the
+// shared region's size.
 func (w *Worker) MemoryBytes() (int64, error) {
 	select {
 	case <-w.exited:
@@ -395,6 +418,15 @@ func (w *Worker) MemoryBytes() (int64, error) {
 		return 0, fmt.Errorf("subproc: memory of %d: %w", w.pid, err)
 	}
 	total := int64(statm.ResidentBytes())
+	if w.shm != nil {
+		// The shared region counts once, at its full size: the pages of it
+		// the child touched are in its resident size already.
+		size := int64(w.shm.size())
+		if st, err := self.NewStatus(); err == nil {
+			total -= min(int64(st.RssShmem), size)
+		}
+		total += size
+	}
 	seen := map[int]bool{w.pid: true}
 	stack := children(fs, w.pid)
 	for len(stack) > 0 {

@@ -1,0 +1,191 @@
+package subproc
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Large payloads travel through a shared memory region instead of the
+// socket. The host creates one memfd per worker (close-on-exec, sealable)
+// and seals it against shrinking before anything maps it; the child
+// inherits it as fd 5. Either side grows it (ftruncate, never beyond
+// Config.MaxSharedMemory) when the payload it is about to write does not
+// fit, and bumps the region's generation: the frame that follows carries
+// the new generation, and the reader maps the region anew. As the region
+// can only grow, a mapping of a size the file once had never faults.
+//
+// Requests and replies alternate on a worker (one request is outstanding
+// at a time), so each payload is written at offset 0 and read before the
+// other side writes again. The host copies a reply out of the region before
+// the call returns; nothing it hands out points into it.
+
+// frameShared, or-ed into a frame's type, says its payload lies in the
+// shared region: the frame then carries a region reference (generation,
+// offset, length; three little-endian uint64) instead of the payload.
+const frameShared = 0x80
+
+// regionRefSize is the size of a region reference in a frame.
+const regionRefSize = 24
+
+// shmFD is the child's descriptor of the shared region.
+const shmFD = 5
+
+// DefaultSharedThreshold is the payload size from which a frame's payload
+// travels through the shared region when Config.SharedThreshold is zero.
+const DefaultSharedThreshold = 256 << 10
+
+// ErrBadRegion: a frame referred to bytes outside the shared region, to a
+// generation of the region that never existed, or to a region grown beyond
+// its cap. The worker is killed.
+var ErrBadRegion = errors.New("subproc: bad shared memory reference")
+
+// regionRef locates a payload in the shared region.
+type regionRef struct {
+	gen, off, n uint64
+}
+
+func (r regionRef) append(dst []byte) []byte {
+	dst = binary.LittleEndian.AppendUint64(dst, r.gen)
+	dst = binary.LittleEndian.AppendUint64(dst, r.off)
+	return binary.LittleEndian.AppendUint64(dst, r.n)
+}
+
+// parseRegionRef decodes a region reference from a frame's payload.
+func parseRegionRef(p []byte) (regionRef, error) {
+	if len(p) != regionRefSize {
+		return regionRef{}, fmt.Errorf("%w: reference of %d bytes, want %d", ErrBadRegion, len(p), regionRefSize)
+	}
+	return regionRef{
+		gen: binary.LittleEndian.Uint64(p[0:8]),
+		off: binary.LittleEndian.Uint64(p[8:16]),
+		n:   binary.LittleEndian.Uint64(p[16:24]),
+	}, nil
+}
+
+// region is the host's side of a worker's shared memory.
+type region struct {
+	mu     sync.Mutex // guards all below; held while the mapping is read or written
+	file   *os.File   // the memfd; nil once closed
+	mem    []byte     // the current mapping; nil while the region is empty
+	gen    uint64     // generation of mem: bumped on every growth
+	max    int        // cap on the region's size
+	closed bool
+}
+
+// newRegion creates an empty region capped at max bytes, sealed against
+// shrinking.
+func newRegion(max int) (*region, error) {
+	fd, err := unix.MemfdCreate("snakepit-shm", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("seal shared memory: %w", err)
+	}
+	return &region{file: os.NewFile(uintptr(fd), "snakepit-shm"), max: max}, nil
+}
+
+// size returns the size of the current mapping.
+func (r *region) size() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.mem)
+}
+
+// remap maps the region's first n bytes in place of the current mapping.
+func (r *region) remap(n int) error {
+	mem, err := unix.Mmap(int(r.file.Fd()), 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map shared memory: %w", err)
+	}
+	if r.mem != nil {
+		_ = unix.Munmap(r.mem)
+	}
+	r.mem = mem
+	r.gen++
+	return nil
+}
+
+// put writes p at offset 0, growing the region if needed, and returns its
+// reference. ok is false when p does not fit under the cap (or the region
+// is closed): the payload then goes through the socket.
+func (r *region) put(p []byte) (ref regionRef, ok bool, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed || len(p) > r.max {
+		return ref, false, nil
+	}
+	if len(p) > len(r.mem) {
+		n := min(max(len(p), 2*len(r.mem)), r.max)
+		n = min((n+pageSize-1)/pageSize*pageSize, r.max)
+		if err := unix.Ftruncate(int(r.file.Fd()), int64(n)); err != nil {
+			return ref, false, fmt.Errorf("grow shared memory to %d bytes: %w", n, err)
+		}
+		if err := r.remap(n); err != nil {
+			return ref, false, err
+		}
+	}
+	copy(r.mem, p)
+	return regionRef{gen: r.gen, off: 0, n: uint64(len(p))}, true, nil
+}
+
+// get copies out the payload ref names, after checking it against the
+// mapping (and limit, the frame cap). A reference to the next generation
+// means the child grew the region: it is mapped anew at its current size,
+// which must not exceed the cap.
+func (r *region) get(ref regionRef, limit int) ([]byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, fmt.Errorf("%w: region closed", ErrBadRegion)
+	}
+	switch ref.gen {
+	case r.gen:
+	case r.gen + 1:
+		var st unix.Stat_t
+		if err := unix.Fstat(int(r.file.Fd()), &st); err != nil {
+			return nil, fmt.Errorf("shared memory: %w", err)
+		}
+		if st.Size <= int64(len(r.mem)) || st.Size > int64(r.max) {
+			return nil, fmt.Errorf("%w: generation %d of %d bytes (was %d, cap %d)", ErrBadRegion, ref.gen, st.Size, len(r.mem), r.max)
+		}
+		if err := r.remap(int(st.Size)); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("%w: generation %d, want %d or %d", ErrBadRegion, ref.gen, r.gen, r.gen+1)
+	}
+	if ref.n > uint64(limit) {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, ref.n, limit)
+	}
+	size := uint64(len(r.mem))
+	if ref.off > size || ref.n > size-ref.off {
+		return nil, fmt.Errorf("%w: %d bytes at offset %d, region of %d bytes", ErrBadRegion, ref.n, ref.off, size)
+	}
+	out := make([]byte, ref.n)
+	copy(out, r.mem[ref.off:ref.off+ref.n])
+	return out, nil
+}
+
+// close unmaps the region and closes the memfd. Idempotent.
+func (r *region) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	r.closed = true
+	if r.mem != nil {
+		_ = unix.Munmap(r.mem)
+		r.mem = nil
+	}
+	r.file.Close()
+}
+
+var pageSize = os.Getpagesize()
