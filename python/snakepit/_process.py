@@ -409,11 +409,23 @@ class _Conn:
         return typ, rid, bytes(payload)
 
     def send(self, typ, rid, payload):
-        if self.shm is not None and len(payload) >= self.shm.threshold:
-            ref = self.shm.put(payload)
+        """Send a frame; payload is bytes, or a tuple of parts to send one
+        after the other (so a large part is never copied to be joined)."""
+        parts = payload if isinstance(payload, tuple) else (payload,)
+        size = sum(len(p) for p in parts)
+        if self.shm is not None and size >= self.shm.threshold:
+            ref = self.shm.put(parts)
             if ref is not None:
-                typ, payload = typ | SHARED, ref
-        self.sock.sendall(_HEADER.pack(len(payload), typ, rid) + payload)
+                typ, parts, size = typ | SHARED, (ref,), len(ref)
+        if len(parts) == 1:
+            self.sock.sendall(_HEADER.pack(size, typ, rid) + parts[0])
+            return
+        if size < 1 << 16:  # one system call
+            self.sock.sendall(b"".join((_HEADER.pack(size, typ, rid),) + parts))
+            return
+        self.sock.sendall(_HEADER.pack(size, typ, rid))
+        for p in parts:
+            self.sock.sendall(p)
 
 
 # Or-ed into a frame's type: the payload lies in the shared region, and the
@@ -459,10 +471,10 @@ class _Shm:
         with memoryview(self.mm) as whole:
             return whole[off:off + n]
 
-    def put(self, data):
-        """Write data at offset 0 and return its reference, or None when it
-        does not fit under the cap."""
-        n = len(data)
+    def put(self, parts):
+        """Write the concatenation of parts at offset 0 and return its
+        reference, or None when it does not fit under the cap."""
+        n = sum(len(p) for p in parts)
         if n > self.max_size:
             return None
         size = len(self.mm) if self.mm is not None else 0
@@ -476,7 +488,10 @@ class _Shm:
                 return None
             self._map(new)
             self.gen += 1
-        self.mm[0:n] = data
+        off = 0
+        for p in parts:
+            self.mm[off:off + len(p)] = p
+            off += len(p)
         return _REF.pack(self.gen, 0, n)
 
 
@@ -508,7 +523,15 @@ def _watch_lifeline():
         _kill_group()  # the host is gone
 
 
+_BYTES_HEADER = struct.Struct("<cI")
+
+
 def _encode_reply(reply, max_frame):
+    """The REPLY payload for a dispatcher reply: bytes, or a tuple of parts.
+    The common reply, a bytes object (the marshalled result), is marshal's
+    header for it followed by the object itself, not a marshalled copy."""
+    if reply.__class__ is bytes and len(reply) + _BYTES_HEADER.size <= max_frame:
+        return (_BYTES_HEADER.pack(b"s", len(reply)), reply)
     data = marshal.dumps(reply, 4)
     if len(data) > max_frame:
         err = _dispatch._error(
