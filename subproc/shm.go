@@ -161,12 +161,12 @@ func (r *region) get(ref regionRef, limit int) ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("%w: generation %d, want %d or %d", ErrBadRegion, ref.gen, r.gen, r.gen+1)
 	}
-	if ref.n > uint64(limit) {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, ref.n, limit)
-	}
 	size := uint64(len(r.mem))
 	if ref.off > size || ref.n > size-ref.off {
 		return nil, fmt.Errorf("%w: %d bytes at offset %d, region of %d bytes", ErrBadRegion, ref.n, ref.off, size)
+	}
+	if ref.n > uint64(limit) {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, ref.n, limit)
 	}
 	out := make([]byte, ref.n)
 	copy(out, r.mem[ref.off:ref.off+ref.n])

@@ -3,6 +3,8 @@ package subproc_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -121,5 +123,102 @@ func TestSharedRoundTrips(t *testing.T) {
 	}
 	if got := openFDs(t); got != fds {
 		t.Fatalf("open descriptors after Close: got %d, want %d", got, fds)
+	}
+}
+
+// TestSharedRegionHostileReplies: a child's reference into the shared
+// region is checked against the host's mapping, the region's generation
+// and its cap; a bad one is a typed error that kills the worker, never a
+// read outside the mapping, and the region is unmapped and its descriptor
+// closed when the worker is closed.
+func TestSharedRegionHostileReplies(t *testing.T) {
+	page := uint64(os.Getpagesize())
+	// A first worker opens what the process keeps (the registry, the
+	// network poller): the baseline is taken after it.
+	w0, err := subproc.Start(context.Background(), scriptConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w0.Close(context.Background())
+	fds, maps := openFDs(t), sharedMappings(t)
+	value := []byte("through the region")
+	cases := []struct {
+		name string
+		cfg  func(*subproc.Config)
+		step step
+		want error
+	}{
+		{"offset at the end", nil, step{ShmGrow: int(page), ShmGen: 1, ShmOff: page, ShmLen: 1}, subproc.ErrBadRegion},
+		{"offset far outside", nil, step{ShmGrow: int(page), ShmGen: 1, ShmOff: 1 << 40}, subproc.ErrBadRegion},
+		{"length overflows", nil, step{ShmGrow: int(page), ShmGen: 1, ShmOff: 8, ShmLen: math.MaxUint64 - 4}, subproc.ErrBadRegion},
+		{"length past the end", nil, step{ShmGrow: int(page), ShmGen: 1, ShmOff: 8, ShmLen: page}, subproc.ErrBadRegion},
+		{"empty region", nil, step{ShmGen: 0}, subproc.ErrBadRegion},
+		{"generation from the future", nil, step{ShmGrow: int(page), ShmGen: 7}, subproc.ErrBadRegion},
+		{"generation bumped without growth", nil, step{ShmGen: 1}, subproc.ErrBadRegion},
+		{"grown beyond the cap", func(c *subproc.Config) { c.MaxSharedMemory = 1 << 20 }, step{ShmGrow: 2 << 20, ShmGen: 1}, subproc.ErrBadRegion},
+		{"length above the frame cap", func(c *subproc.Config) { c.MaxFrame, c.MaxSharedMemory = 64<<10, 1<<20 },
+			step{ShmGrow: 1 << 20, ShmGen: 1, ShmLen: 512 << 10}, subproc.ErrFrameTooLarge},
+		{"short reference", nil, step{ShmRaw: make([]byte, 23)}, subproc.ErrBadFrame},
+		{"long reference", nil, step{ShmRaw: make([]byte, 25)}, subproc.ErrBadFrame},
+		{"no region", func(c *subproc.Config) { c.SharedThreshold = -1 }, step{ShmGen: 0, ShmLen: 1}, subproc.ErrBadRegion},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := scriptConfig(t)
+			if tc.cfg != nil {
+				tc.cfg(&cfg)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+			defer cancel()
+			w, err := subproc.Start(ctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close(context.Background())
+			s := tc.step
+			s.Op, s.Value = "shm", value
+			_, err = scriptCall(ctx, w, s)
+			if !errors.Is(err, tc.want) || !errors.Is(err, worker.ErrWorkerDead) {
+				t.Fatalf("got %v, want %v and %v", err, tc.want, worker.ErrWorkerDead)
+			}
+			if err := w.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if got := sharedMappings(t); got != maps {
+		t.Errorf("mappings of a region after Close: got %d, want %d", got, maps)
+	}
+	if got := openFDs(t); got != fds {
+		t.Errorf("open descriptors after Close: got %d, want %d", got, fds)
+	}
+}
+
+// TestSharedRegionShrinkRefused: the region is sealed against shrinking,
+// so a child that truncates it cannot make the host fault (SIGBUS) on a
+// page it mapped; replies within the region, in a grown one and in a later
+// generation are read intact.
+func TestSharedRegionShrinkRefused(t *testing.T) {
+	page := os.Getpagesize()
+	w := startScript(t)
+	defer w.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	value := []byte("through the region")
+	want := appendMarshalBytes(nil, value)
+	for i, s := range []step{
+		{ShmGrow: 2 * page, ShmGen: 1},
+		{ShmShrink: -1, ShmGen: 1, ShmOff: uint64(page)},
+		{ShmGrow: 4 * page, ShmGen: 2, ShmOff: uint64(3 * page)},
+		{ShmShrink: page, ShmGen: 2, ShmOff: uint64(4*page - len(want) - 5)}, // the last bytes
+	} {
+		s.Op, s.Value = "shm", value
+		got, err := scriptCall(ctx, w, s)
+		if err != nil {
+			t.Fatalf("reply %d: %v", i, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("reply %d: got %q, want %q", i, got, want)
+		}
 	}
 }
