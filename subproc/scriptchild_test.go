@@ -76,7 +76,17 @@ type step struct {
 	ShmOff    uint64 `json:"shm_off,omitempty"`
 	ShmLen    uint64 `json:"shm_len,omitempty"`
 	ShmRaw    []byte `json:"shm_raw,omitempty"`
+	// ShmAuto: follow the protocol instead (grow the region when the reply
+	// does not fit at ShmOff, bumping the child's generation), then break
+	// it as ShmBad says: "off" (an offset at the region's end), "len" (a
+	// length that overflows), "gen" (a generation two ahead).
+	ShmAuto bool   `json:"shm_auto,omitempty"`
+	ShmBad  string `json:"shm_bad,omitempty"`
 }
+
+// shmGen is the scripted child's generation of the shared region, for
+// replies with ShmAuto.
+var shmGen uint64
 
 // fShared marks a frame whose payload lies in the shared region.
 const fShared = 0x80
@@ -91,6 +101,14 @@ func shmReply(s step, reply []byte) []byte {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		os.Exit(5)
+	}
+	if s.ShmAuto {
+		if need := s.ShmOff + uint64(len(reply)); need > uint64(st.Size) {
+			page := uint64(os.Getpagesize())
+			s.ShmGrow = int((need + page - 1) / page * page)
+			shmGen++
+		}
+		s.ShmGen, s.ShmLen = shmGen, 0
 	}
 	if int64(s.ShmGrow) > st.Size {
 		if err := unix.Ftruncate(fd, int64(s.ShmGrow)); err != nil {
@@ -108,6 +126,14 @@ func shmReply(s step, reply []byte) []byte {
 	}
 	if s.ShmRaw != nil {
 		return s.ShmRaw
+	}
+	switch s.ShmBad {
+	case "off":
+		s.ShmOff, s.ShmLen = uint64(st.Size), 1
+	case "len":
+		s.ShmOff, s.ShmLen = 8, ^uint64(0)-6 // their sum wraps to 1
+	case "gen":
+		s.ShmGen += 2
 	}
 	n := s.ShmLen
 	if n == 0 {
@@ -279,9 +305,6 @@ func scriptChild() {
 		case "garbage":
 			write(encodeFrame(fReply, id+7, reply))
 			continue
-		case "shm":
-			write(encodeFrame(fReply|fShared, id, shmReply(s, reply)))
-			continue
 		case "grandchild-setsid":
 			gc := exec.Command(os.Args[0], "-test.run=^TestFakeChild$")
 			gc.Env = append(os.Environ(), envFakeChild+"=silent")
@@ -295,6 +318,10 @@ func scriptChild() {
 		}
 		if s.DelayMS > 0 && wait(time.Duration(s.DelayMS)*time.Millisecond, s.Interruptible) {
 			write(encodeFrame(fReply, id, cancelled))
+			continue
+		}
+		if s.Op == "shm" {
+			write(encodeFrame(fReply|fShared, id, shmReply(s, reply)))
 			continue
 		}
 		if s.StallMS > 0 {
