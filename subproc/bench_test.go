@@ -28,7 +28,7 @@ def echo(data):
     return data
 `
 
-func benchPython(b *testing.B) string {
+func benchPython(b testing.TB) string {
 	b.Helper()
 	if exe := os.Getenv("SNAKEPIT_PYTHON"); exe != "" {
 		return exe

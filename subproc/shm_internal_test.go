@@ -1,0 +1,66 @@
+package subproc
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/python"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// TestSharedThreshold: a request payload one byte under SharedThreshold
+// goes through the socket (the region stays empty), one of exactly the
+// threshold through the region.
+func TestSharedThreshold(t *testing.T) {
+	const threshold = 32 << 10
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "bench_adapter.py"), []byte(benchAdapter), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg, _, err := OpenRegistry(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	w, err := Start(context.Background(), Config{Module: "bench_adapter", Paths: []string{dir}, Python: benchPython(t),
+		Registry: reg, SharedThreshold: threshold})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(context.Background())
+	request := func(n int) *worker.Request {
+		args, err := pymarshal.Marshal(map[string]any{"data": make([]byte, n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &worker.Request{Command: "echo", Args: args}
+	}
+	base, err := python.EncodeCall(nil, request(0), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		payload int
+		shared  bool
+	}{{threshold - 1, false}, {threshold, true}} {
+		req := request(tc.payload - len(base))
+		if p, _ := python.EncodeCall(nil, req, time.Time{}); len(p) != tc.payload {
+			t.Fatalf("request payload: got %d bytes, want %d", len(p), tc.payload)
+		}
+		resp, err := w.Call(context.Background(), req)
+		if err != nil {
+			t.Fatalf("payload of %d bytes: %v", tc.payload, err)
+		}
+		var got []byte
+		if err := pymarshal.Unmarshal(resp.Result, &got); err != nil || len(got) != tc.payload-len(base) {
+			t.Fatalf("payload of %d bytes: got %d bytes back, %v; want %d", tc.payload, len(got), err, tc.payload-len(base))
+		}
+		if shared := w.shm.size() > 0; shared != tc.shared {
+			t.Fatalf("payload of %d bytes (threshold %d): got through the region %v, want %v", tc.payload, threshold, shared, tc.shared)
+		}
+	}
+}
