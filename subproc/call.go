@@ -34,6 +34,9 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 	ctx, cancel := req.WithDeadline(ctx)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
+	if w.shmPeer && len(req.Args) >= w.cfg.SharedThreshold {
+		return w.callShared(ctx, req, deadline)
+	}
 	args, err := python.EncodeCall(nil, req, deadline)
 	if err != nil {
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
@@ -42,6 +45,48 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
 	r, abandoned, err := w.request(ctx, frameCall, args, req.Command, req.CorrelationID, w.releaseSlot)
+	if !abandoned {
+		w.releaseSlot()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &worker.Response{Result: r.Payload}, nil
+}
+
+// callShared is Call for large arguments: once the slot is held (the
+// region is then free), the request is encoded straight into the shared
+// region, not into a buffer copied there.
+func (w *Worker) callShared(ctx context.Context, req *worker.Request, deadline time.Time) (*worker.Response, error) {
+	wrap := func(err error) error {
+		return &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	if err := w.acquire(ctx); err != nil {
+		return nil, wrap(err)
+	}
+	need := 64 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID)
+	for _, a := range req.Attachments {
+		need += 5 + len(a)
+	}
+	typ := byte(frameCall)
+	payload, ref, ok, err := w.shm.encode(need, func(dst []byte) ([]byte, error) {
+		return python.EncodeCall(dst, req, deadline)
+	})
+	switch {
+	case err != nil && payload == nil:
+		w.releaseSlot()
+		return nil, wrap(err)
+	case len(payload) > w.cfg.MaxFrame:
+		w.releaseSlot()
+		return nil, wrap(&worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("request of %d bytes exceeds the frame limit of %d bytes", len(payload), w.cfg.MaxFrame)})
+	case ok:
+		typ |= frameShared
+		payload = ref.append(make([]byte, 0, regionRefSize))
+	case err != nil:
+		// The host could not grow the region: the socket still works.
+		w.log.Warn("shared memory unavailable, payload sent through the socket", "worker", w.id, "error", err)
+	}
+	r, abandoned, err := w.request(ctx, typ, payload, req.Command, req.CorrelationID, w.releaseSlot)
 	if !abandoned {
 		w.releaseSlot()
 	}

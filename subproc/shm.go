@@ -112,27 +112,65 @@ func (r *region) remap(n int) error {
 	return nil
 }
 
+// grow makes the region hold at least need bytes (need <= r.max); r.mu
+// held.
+func (r *region) grow(need int) error {
+	if need <= len(r.mem) {
+		return nil
+	}
+	n := min(max(need, 2*len(r.mem)), r.max)
+	n = min((n+pageSize-1)/pageSize*pageSize, r.max)
+	if err := unix.Ftruncate(int(r.file.Fd()), int64(n)); err != nil {
+		return fmt.Errorf("grow shared memory to %d bytes: %w", n, err)
+	}
+	return r.remap(n)
+}
+
 // put writes p at offset 0, growing the region if needed, and returns its
 // reference. ok is false when p does not fit under the cap (or the region
 // is closed): the payload then goes through the socket.
 func (r *region) put(p []byte) (ref regionRef, ok bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.putLocked(p)
+}
+
+func (r *region) putLocked(p []byte) (ref regionRef, ok bool, err error) {
 	if r.closed || len(p) > r.max {
 		return ref, false, nil
 	}
-	if len(p) > len(r.mem) {
-		n := min(max(len(p), 2*len(r.mem)), r.max)
-		n = min((n+pageSize-1)/pageSize*pageSize, r.max)
-		if err := unix.Ftruncate(int(r.file.Fd()), int64(n)); err != nil {
-			return ref, false, fmt.Errorf("grow shared memory to %d bytes: %w", n, err)
-		}
-		if err := r.remap(n); err != nil {
-			return ref, false, err
-		}
+	if err := r.grow(len(p)); err != nil {
+		return ref, false, err
 	}
 	copy(r.mem, p)
 	return regionRef{gen: r.gen, off: 0, n: uint64(len(p))}, true, nil
+}
+
+// encode lets enc append a payload (of about need bytes) straight into the
+// region, grown first to hold need bytes where the cap allows. It returns
+// the payload's reference when it lies in the region (encoded in place,
+// or copied there when enc outgrew it), else the payload itself, which
+// then goes through the socket.
+func (r *region) encode(need int, enc func(dst []byte) ([]byte, error)) (p []byte, ref regionRef, ok bool, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.closed && need <= r.max {
+		if err := r.grow(need); err != nil {
+			return nil, ref, false, err
+		}
+	}
+	var dst []byte
+	if !r.closed {
+		dst = r.mem[:0]
+	}
+	if p, err = enc(dst); err != nil {
+		return nil, ref, false, err
+	}
+	if len(p) > 0 && len(r.mem) > 0 && &p[0] == &r.mem[0] {
+		return p, regionRef{gen: r.gen, off: 0, n: uint64(len(p))}, true, nil
+	}
+	ref, ok, err = r.putLocked(p)
+	return p, ref, ok, err
 }
 
 // get copies out the payload ref names, after checking it against the

@@ -715,7 +715,7 @@ func (w *Worker) write(ctx context.Context, typ byte, id uint64, payload []byte)
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	if w.shmPeer && len(payload) >= w.cfg.SharedThreshold {
+	if w.shmPeer && typ&frameShared == 0 && len(payload) >= w.cfg.SharedThreshold {
 		ref, ok, err := w.shm.put(payload)
 		if err != nil {
 			// The host could not grow the region: the socket still works.
