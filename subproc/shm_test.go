@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +30,11 @@ def echo(data):
 @snakepit.command
 def size(data):
     return len(data)
+
+@snakepit.command
+def chunks(data, n):
+    for i in range(n):
+        yield bytes([i]) + data
 `
 
 func startShm(t *testing.T, cfg subproc.Config) *subproc.Worker {
@@ -220,5 +228,72 @@ func TestSharedRegionShrinkRefused(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("reply %d: got %q, want %q", i, got, want)
 		}
+	}
+}
+
+// TestSharedConcurrentCallsAndStreams: callers sharing one worker, each
+// with its own large payload, and a stream of large chunks, all through the
+// region: every caller gets its own bytes back.
+func TestSharedConcurrentCallsAndStreams(t *testing.T) {
+	w := startShm(t, subproc.Config{SharedThreshold: 16 << 10})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 4 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 7))
+			for range 5 {
+				data := make([]byte, 16<<10+rng.IntN(2<<20))
+				for i := range data {
+					data[i] = byte(rng.Uint32())
+				}
+				args, err := pymarshal.Marshal(map[string]any{"data": data})
+				if err != nil {
+					errs <- err
+					return
+				}
+				resp, err := w.Call(ctx, &worker.Request{Command: "echo", Args: args})
+				if err != nil {
+					errs <- err
+					return
+				}
+				var got []byte
+				if err := pymarshal.Unmarshal(resp.Result, &got); err != nil || !bytes.Equal(got, data) {
+					errs <- fmt.Errorf("caller %d: got %d bytes back (%v), want its own %d", g, len(got), err, len(data))
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		data := bytes.Repeat([]byte("chunk"), 100<<10)
+		args, _ := pymarshal.Marshal(map[string]any{"data": data, "n": 3})
+		st, err := w.Stream(ctx, &worker.Request{Command: "chunks", Args: args})
+		if err != nil {
+			errs <- err
+			return
+		}
+		defer st.Close()
+		for i := range 3 {
+			raw, err := st.Next(ctx)
+			if err != nil {
+				errs <- fmt.Errorf("chunk %d: %v", i, err)
+				return
+			}
+			var got []byte
+			if err := pymarshal.Unmarshal(raw, &got); err != nil || len(got) != len(data)+1 || got[0] != byte(i) || !bytes.Equal(got[1:], data) {
+				errs <- fmt.Errorf("chunk %d: got %d bytes (%v), want %d starting with %d", i, len(got), err, len(data)+1, i)
+				return
+			}
+		}
+		if _, err := st.Next(ctx); !errors.Is(err, io.EOF) {
+			errs <- fmt.Errorf("after the last chunk: got %v, want io.EOF", err)
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
