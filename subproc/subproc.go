@@ -22,6 +22,17 @@
 //   - Frames are length-prefixed, typed, carry a request id and are capped
 //     in size ([Config.MaxFrame]); a peer that sends garbage, an oversized
 //     or a truncated frame is killed, never trusted.
+//   - Payloads of at least [Config.SharedThreshold] bytes (256 KiB by
+//     default), requests and replies alike, travel through a memory region
+//     both sides map instead of through the socket: a memfd per worker,
+//     inherited as fd 5 and sealed against shrinking before anything maps
+//     it, grown on demand up to [Config.MaxSharedMemory] and counted in
+//     [Worker.MemoryBytes]. The frame then carries the payload's
+//     generation, offset and length, which the host checks against its
+//     own mapping ([ErrBadRegion] otherwise: the worker is killed). The
+//     child cannot shrink the region under the host's mapping, and the
+//     host copies a reply out before the call returns: nothing handed to a
+//     caller points into the region, which is unmapped on Close.
 //   - A call whose context ends (deadline or cancel) returns at once, even
 //     from a request write blocked on a child that stopped reading; the
 //     child gets SIGUSR1, which raises snakepit.Cancelled in the handler,
