@@ -26,6 +26,10 @@ def noop(req):
 @snakepit.command
 def echo(data):
     return data
+
+@snakepit.command
+def big(n):
+    return b"x" * n
 `
 
 func benchPython(b testing.TB) string {

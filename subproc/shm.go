@@ -174,30 +174,40 @@ func (r *region) encode(need int, enc func(dst []byte) ([]byte, error)) (p []byt
 }
 
 // get copies out the payload ref names, after checking it against the
-// mapping (and limit, the frame cap). A reference to the next generation
-// means the child grew the region: it is mapped anew at its current size,
-// which must not exceed the cap.
+// mapping (and limit, the frame cap). A reference to the next generation,
+// or beyond the mapping, means the child grew the region: it is mapped anew
+// at its current size, which must not exceed the cap. A reference to a
+// later generation is refused.
 func (r *region) get(ref regionRef, limit int) ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		return nil, fmt.Errorf("%w: region closed", ErrBadRegion)
 	}
-	switch ref.gen {
-	case r.gen:
-	case r.gen + 1:
+	// A reference to an older generation is no error: the child has not
+	// seen a growth of the host's whose request never went out. Its bytes
+	// are checked against the mapping like any other.
+	grown := ref.gen == r.gen+1
+	if ref.gen > r.gen+1 {
+		return nil, fmt.Errorf("%w: generation %d, want at most %d", ErrBadRegion, ref.gen, r.gen+1)
+	}
+	if grown || ref.off > uint64(len(r.mem)) || ref.n > uint64(len(r.mem))-ref.off {
+		// The child grew the region (perhaps past a growth of the host's
+		// it had not seen yet): map it anew at its current size.
 		var st unix.Stat_t
 		if err := unix.Fstat(int(r.file.Fd()), &st); err != nil {
 			return nil, fmt.Errorf("shared memory: %w", err)
 		}
-		if st.Size <= int64(len(r.mem)) || st.Size > int64(r.max) {
+		if st.Size > int64(r.max) || (grown && st.Size <= int64(len(r.mem))) {
 			return nil, fmt.Errorf("%w: generation %d of %d bytes (was %d, cap %d)", ErrBadRegion, ref.gen, st.Size, len(r.mem), r.max)
 		}
-		if err := r.remap(int(st.Size)); err != nil {
-			return nil, err
+		if st.Size > int64(len(r.mem)) {
+			gen := r.gen
+			if err := r.remap(int(st.Size)); err != nil {
+				return nil, err
+			}
+			r.gen = max(gen, ref.gen)
 		}
-	default:
-		return nil, fmt.Errorf("%w: generation %d, want %d or %d", ErrBadRegion, ref.gen, r.gen, r.gen+1)
 	}
 	size := uint64(len(r.mem))
 	if ref.off > size || ref.n > size-ref.off {

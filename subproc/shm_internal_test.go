@@ -64,3 +64,52 @@ func TestSharedThreshold(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedRegionHostGrowthUnseen: the host grew the region for requests
+// that never went out (their callers left first), so the child's idea of
+// the region lags; its replies through the region, grown by it or not,
+// are still read.
+func TestSharedRegionHostGrowthUnseen(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "bench_adapter.py"), []byte(benchAdapter), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg, _, err := OpenRegistry(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	w, err := Start(context.Background(), Config{Module: "bench_adapter", Paths: []string{dir}, Python: benchPython(t),
+		Registry: reg, SharedThreshold: 16 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(context.Background())
+	big := func(n int) {
+		t.Helper()
+		args, err := pymarshal.Marshal(map[string]any{"n": n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := w.Call(context.Background(), &worker.Request{Command: "big", Args: args})
+		if err != nil {
+			t.Fatalf("a reply of %d bytes: %v", n, err)
+		}
+		var got []byte
+		if err := pymarshal.Unmarshal(resp.Result, &got); err != nil || len(got) != n {
+			t.Fatalf("a reply of %d bytes: got %d bytes, %v", n, len(got), err)
+		}
+	}
+	unsent := func(n int) {
+		t.Helper()
+		if _, ok, err := w.shm.put(make([]byte, n)); !ok || err != nil {
+			t.Fatalf("put %d bytes: %v, %v", n, ok, err)
+		}
+	}
+	unsent(300 << 10) // the host's generation 1, unseen by the child
+	big(1 << 20)      // the child grows the region: its generation 1 is larger
+	unsent(3 << 20)   // the host's generation 2
+	unsent(6 << 20)   // the host's generation 3
+	big(100 << 10)    // fits the child's mapping: a reference to its generation 1
+	big(8 << 20)      // the child grows past the host's generation 3 with its 2
+}

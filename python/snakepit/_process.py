@@ -42,6 +42,7 @@ import argparse
 import errno
 import faulthandler
 import marshal
+import mmap
 import os
 import signal
 import socket
@@ -450,7 +451,6 @@ class _Shm:
         self.mm = None
 
     def _map(self, size):
-        import mmap
         if self.mm is not None:
             self.mm.close()
             self.mm = None
@@ -479,13 +479,17 @@ class _Shm:
             return None
         size = len(self.mm) if self.mm is not None else 0
         if n > size:
-            new = min(max(n, 2 * size), self.max_size)
-            page = 4096
-            new = min((new + page - 1) // page * page, self.max_size)
-            try:
-                os.ftruncate(self.fd, new)
-            except OSError:
-                return None
+            # The host may have grown the region without a request to tell
+            # of it: map what is there when it is enough (it cannot shrink).
+            new = os.fstat(self.fd).st_size
+            if new < n:
+                new = min(max(n, 2 * size), self.max_size)
+                page = mmap.PAGESIZE
+                new = min((new + page - 1) // page * page, self.max_size)
+                try:
+                    os.ftruncate(self.fd, new)
+                except OSError:
+                    return None
             self._map(new)
             self.gen += 1
         off = 0
