@@ -460,10 +460,11 @@ class _Shm:
     def view(self, ref):
         """A memoryview of the payload ref names (release it when done)."""
         gen, off, n = _REF.unpack(ref)
-        if gen != self.gen:
+        size = len(self.mm) if self.mm is not None else 0
+        if gen != self.gen or off > size or n > size - off:
             self._map(os.fstat(self.fd).st_size)
             self.gen = gen
-        size = len(self.mm) if self.mm is not None else 0
+            size = len(self.mm) if self.mm is not None else 0
         if off > size or n > size - off:
             raise ValueError("shared payload of %d bytes at %d outside the region of %d" % (n, off, size))
         if n == 0:
