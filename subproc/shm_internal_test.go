@@ -113,3 +113,38 @@ func TestSharedRegionHostGrowthUnseen(t *testing.T) {
 	big(100 << 10)    // fits the child's mapping: a reference to its generation 1
 	big(8 << 20)      // the child grows past the host's generation 3 with its 2
 }
+
+// TestSharedRegionInMemoryBytes: the region counts in the worker's memory
+// (which MaxMemory checks) at its full size, also before the child has
+// touched it.
+func TestSharedRegionInMemoryBytes(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "bench_adapter.py"), []byte(benchAdapter), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg, _, err := OpenRegistry(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	w, err := Start(context.Background(), Config{Module: "bench_adapter", Paths: []string{dir}, Python: benchPython(t), Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(context.Background())
+	before, err := w.MemoryBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 32 << 20
+	if _, ok, err := w.shm.put(make([]byte, n)); !ok || err != nil {
+		t.Fatalf("put: %v, %v", ok, err)
+	}
+	after, err := w.MemoryBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before < n-(1<<20) {
+		t.Fatalf("MemoryBytes: got %d more after a region of %d bytes was filled, want about %d more", after-before, n, n)
+	}
+}
