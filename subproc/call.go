@@ -34,6 +34,9 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 	ctx, cancel := req.WithDeadline(ctx)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
+	if w.shmPeer && len(req.Args) >= w.cfg.SharedThreshold {
+		return w.callShared(ctx, req, deadline)
+	}
 	args, err := python.EncodeCall(nil, req, deadline)
 	if err != nil {
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
@@ -42,6 +45,48 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
 	r, abandoned, err := w.request(ctx, frameCall, args, req.Command, req.CorrelationID, w.releaseSlot)
+	if !abandoned {
+		w.releaseSlot()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &worker.Response{Result: r.Payload}, nil
+}
+
+// callShared is Call for large arguments: once the slot is held (the
+// region is then free), the request is encoded straight into the shared
+// region, not into a buffer copied there.
+func (w *Worker) callShared(ctx context.Context, req *worker.Request, deadline time.Time) (*worker.Response, error) {
+	wrap := func(err error) error {
+		return &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	if err := w.acquire(ctx); err != nil {
+		return nil, wrap(err)
+	}
+	need := 64 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID)
+	for _, a := range req.Attachments {
+		need += 5 + len(a)
+	}
+	typ := byte(frameCall)
+	payload, ref, ok, err := w.shm.encode(need, func(dst []byte) ([]byte, error) {
+		return python.EncodeCall(dst, req, deadline)
+	})
+	switch {
+	case err != nil && payload == nil:
+		w.releaseSlot()
+		return nil, wrap(err)
+	case len(payload) > w.cfg.MaxFrame:
+		w.releaseSlot()
+		return nil, wrap(&worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("request of %d bytes exceeds the frame limit of %d bytes", len(payload), w.cfg.MaxFrame)})
+	case ok:
+		typ |= frameShared
+		payload = ref.append(make([]byte, 0, regionRefSize))
+	case err != nil:
+		// The host could not grow the region: the socket still works.
+		w.log.Warn("shared memory unavailable, payload sent through the socket", "worker", w.id, "error", err)
+	}
+	r, abandoned, err := w.request(ctx, typ, payload, req.Command, req.CorrelationID, w.releaseSlot)
 	if !abandoned {
 		w.releaseSlot()
 	}
@@ -131,12 +176,34 @@ func (w *Worker) readReply(id uint64) (frame, error) {
 		}
 		return f, w.connError(err)
 	}
-	if f.typ != frameReply || f.id != id {
+	if f.typ&^frameShared != frameReply || f.id != id {
 		err := &ProtocolError{PID: w.pid, Err: fmt.Errorf("%w: got type %d id %d, want REPLY %d", ErrBadFrame, f.typ, f.id, id), Stderr: w.stderr.String()}
 		w.die(err)
 		return f, err
 	}
+	if f.typ&frameShared != 0 {
+		payload, err := w.sharedPayload(f.payload)
+		if err != nil {
+			err := &ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()}
+			w.die(err)
+			return f, err
+		}
+		f.typ, f.payload = frameReply, payload
+	}
 	return f, nil
+}
+
+// sharedPayload copies out of the shared region the payload a frame refers
+// to.
+func (w *Worker) sharedPayload(p []byte) ([]byte, error) {
+	if w.shm == nil {
+		return nil, fmt.Errorf("%w: no shared region", ErrBadRegion)
+	}
+	ref, err := parseRegionRef(p)
+	if err != nil {
+		return nil, err
+	}
+	return w.shm.get(ref, w.cfg.MaxFrame)
 }
 
 // connError turns a failed read or write into the worker's death: a child
@@ -375,7 +442,8 @@ func (w *Worker) drainOutputs(ctx context.Context) {
 }
 
 // MemoryBytes returns the resident memory of the worker process and its
-// descendants (those still in its process tree), from /proc.
+// descendants (those still in its process tree), from /proc, plus the
+// shared region's size.
 func (w *Worker) MemoryBytes() (int64, error) {
 	select {
 	case <-w.exited:
@@ -395,6 +463,15 @@ func (w *Worker) MemoryBytes() (int64, error) {
 		return 0, fmt.Errorf("subproc: memory of %d: %w", w.pid, err)
 	}
 	total := int64(statm.ResidentBytes())
+	if w.shm != nil {
+		// The shared region counts once, at its full size: the pages of it
+		// the child touched are in its resident size already.
+		size := int64(w.shm.size())
+		if st, err := self.NewStatus(); err == nil {
+			total -= min(int64(st.RssShmem), size)
+		}
+		total += size
+	}
 	seen := map[int]bool{w.pid: true}
 	stack := children(fs, w.pid)
 	for len(stack) > 0 {

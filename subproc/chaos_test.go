@@ -260,6 +260,39 @@ func chaosStep(t *testing.T, rng *rand.Rand, w *subproc.Worker, kind string) (go
 		}
 		waitDead(t, w)
 		return true
+	case "shm":
+		// A reply through the shared region, at a random offset, growing
+		// the region now and then; sometimes after the caller's deadline,
+		// read by the background reader within the grace.
+		v := decoyValue(rng, rng.IntN(20000))
+		s := step{Op: "shm", Value: v, ShmAuto: true, ShmOff: uint64(rng.IntN(3 * os.Getpagesize()))}
+		d := hangGuard
+		if rng.IntN(3) == 0 {
+			s.DelayMS, d = 50+rng.IntN(100), 40*time.Millisecond
+		}
+		ctx, cancel := context.WithTimeout(bg, d)
+		got, err := scriptCall(ctx, w, s)
+		cancel()
+		switch {
+		case err == nil:
+			if want := appendMarshalBytes(nil, v); !bytes.Equal(got, want) {
+				t.Fatalf("shm: got a result of %d bytes, want its own %d bytes", len(got), len(want))
+			}
+		case !errors.Is(err, context.DeadlineExceeded):
+			t.Fatalf("shm: got %v, want DeadlineExceeded or the result", err)
+		}
+		probe(t, rng, w)
+		assertAlive(t, w)
+	case "shm-bad":
+		bad := []string{"off", "len", "gen"}[rng.IntN(3)]
+		ctx, cancel := context.WithTimeout(bg, hangGuard)
+		_, err := scriptCall(ctx, w, step{Op: "shm", Value: decoyValue(rng, rng.IntN(5000)), ShmAuto: true, ShmBad: bad})
+		cancel()
+		if !errors.Is(err, subproc.ErrBadRegion) || !errors.Is(err, worker.ErrWorkerDead) {
+			t.Fatalf("shm-bad %s: got %v, want ErrBadRegion and ErrWorkerDead", bad, err)
+		}
+		waitDead(t, w)
+		return true
 	case "noread":
 		blockedWrite(t, w)
 		return true
@@ -449,7 +482,7 @@ var chaosKinds = []struct {
 }{
 	{"ok", 4}, {"late", 4}, {"late-full", 2}, {"cancel", 2}, {"hang", 1}, {"exit", 2},
 	{"garbage", 1}, {"noread", 1}, {"stream", 3}, {"stream-late-next", 1},
-	{"close-open-stream", 1}, {"close-during-call", 1},
+	{"close-open-stream", 1}, {"close-during-call", 1}, {"shm", 4}, {"shm-bad", 1},
 }
 
 func pickKind(rng *rand.Rand) string {

@@ -230,7 +230,7 @@ func call(t *testing.T, w *subproc.Worker, command string, args map[string]any, 
 
 // TestChildDescriptors: a descriptor the host opened without close-on-exec
 // does not reach the worker, and a program the worker runs holds neither
-// the host's socket (fd 3) nor the lifeline (fd 4).
+// the host's socket (fd 3), the lifeline (fd 4) nor the shared region (fd 5).
 func TestChildDescriptors(t *testing.T) {
 	var p [2]int
 	if err := unix.Pipe(p[:]); err != nil { // no O_CLOEXEC: inherited by exec
@@ -261,10 +261,15 @@ func TestChildDescriptors(t *testing.T) {
 	if !strings.HasPrefix(sock, "socket:") || !strings.HasPrefix(life, "pipe:") {
 		t.Fatalf("worker fds 3 and 4: got %q and %q, want the host socket and the lifeline", sock, life)
 	}
+	shm := got.Worker["5"]
+	if !strings.HasPrefix(shm, "/memfd:snakepit-shm") {
+		t.Fatalf("worker fd 5: got %q, want the shared region", shm)
+	}
+	shm = strings.Fields(shm)[0] // the shell's list is split at spaces: "/memfd:name (deleted)"
 	for _, target := range got.Shell {
-		if target == sock || target == life || target == leaked {
-			t.Errorf("a shell started by the worker holds %s (worker fd 3 %s, fd 4 %s, host pipe %s), want none of them",
-				target, sock, life, leaked)
+		if target == sock || target == life || target == leaked || target == shm {
+			t.Errorf("a shell started by the worker holds %s (worker fd 3 %s, fd 4 %s, fd 5 %s, host pipe %s), want none of them",
+				target, sock, life, shm, leaked)
 		}
 	}
 }

@@ -112,8 +112,11 @@ func (fr *frameReader) next() (frame, error) {
 	if fr.np == 0 && fr.f.typ == 0 {
 		n := binary.LittleEndian.Uint32(fr.h[0:4])
 		f := frame{typ: fr.h[4], id: binary.LittleEndian.Uint64(fr.h[5:13])}
-		if f.typ == 0 || f.typ > frameReply {
+		if base := f.typ &^ frameShared; base == 0 || base > frameReply {
 			return frame{}, fr.fail(fmt.Errorf("%w: type %d", ErrBadFrame, f.typ))
+		}
+		if f.typ&frameShared != 0 && n != regionRefSize {
+			return frame{}, fr.fail(fmt.Errorf("%w: region reference of %d bytes", ErrBadFrame, n))
 		}
 		if uint64(n) > uint64(fr.max) {
 			return frame{}, fr.fail(fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, fr.max))

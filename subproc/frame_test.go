@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestFrameRoundTrip(t *testing.T) {
@@ -56,6 +58,8 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add(appendFrame(appendFrame(nil, frameReply, 3, []byte{1, 2, 3}), framePong, 4, nil))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 5})
 	f.Add([]byte{})
+	f.Add(appendFrame(nil, frameReply|frameShared, 5, regionRef{1, 0, 10}.append(nil)))
+	f.Add(appendFrame(nil, frameReply|frameShared, 5, []byte{1, 2, 3}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
 		var consumed []byte
@@ -72,6 +76,9 @@ func FuzzReadFrame(f *testing.F) {
 			}
 			if len(fr.payload) > 1<<16 {
 				t.Fatalf("payload beyond the cap: %d", len(fr.payload))
+			}
+			if fr.typ&frameShared != 0 && len(fr.payload) != regionRefSize {
+				t.Fatalf("shared frame with a payload of %d bytes, want %d", len(fr.payload), regionRefSize)
 			}
 			consumed = appendFrame(consumed, fr.typ, fr.id, fr.payload)
 			if !bytes.HasPrefix(data, consumed) {
@@ -144,4 +151,54 @@ func TestFrameReaderResumes(t *testing.T) {
 func isTimeout(err error) bool {
 	_, ok := err.(timeoutError)
 	return ok
+}
+
+// FuzzRegionRef: any reference a child sends is either refused with a
+// typed error or names bytes inside the mapping, which come back as a copy
+// of exactly the length it gave; the region never faults.
+func FuzzRegionRef(f *testing.F) {
+	f.Add(regionRef{1, 0, 10}.append(nil), uint16(0))
+	f.Add(regionRef{1, 4090, 10}.append(nil), uint16(0))
+	f.Add(regionRef{2, 0, 10}.append(nil), uint16(3))
+	f.Add(regionRef{1, 8, ^uint64(0) - 6}.append(nil), uint16(0))
+	f.Add([]byte{1, 2, 3}, uint16(0))
+	r, err := newRegion(1 << 20)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer r.close()
+	fill := bytes.Repeat([]byte("0123456789abcdef"), 256)
+	if _, ok, err := r.put(fill); !ok || err != nil {
+		f.Fatalf("put: %v, %v", ok, err)
+	}
+	f.Fuzz(func(t *testing.T, p []byte, grow uint16) {
+		// grow: the child grew the region by that many pages first.
+		if grow > 0 {
+			var st unix.Stat_t
+			if err := unix.Fstat(int(r.file.Fd()), &st); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Ftruncate(int(r.file.Fd()), st.Size+int64(grow)*int64(pageSize)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ref, err := parseRegionRef(p)
+		if err != nil {
+			if !errors.Is(err, ErrBadRegion) {
+				t.Fatalf("got %v, want ErrBadRegion", err)
+			}
+			return
+		}
+		gen := r.gen
+		out, err := r.get(ref, 1<<19)
+		if err != nil {
+			if !errors.Is(err, ErrBadRegion) && !errors.Is(err, ErrFrameTooLarge) {
+				t.Fatalf("got %v, want ErrBadRegion or ErrFrameTooLarge", err)
+			}
+			return
+		}
+		if uint64(len(out)) != ref.n || ref.off+ref.n > uint64(r.size()) || ref.gen < gen {
+			t.Fatalf("reference %+v: got %d bytes from a region of %d (generation %d)", ref, len(out), r.size(), gen)
+		}
+	})
 }

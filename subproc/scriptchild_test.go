@@ -64,6 +64,84 @@ type step struct {
 	ExitAtChunk        int    `json:"exit_at_chunk,omitempty"` // exit instead of sending this chunk (N+1: the end)
 	ExitOnClose        bool   `json:"exit_on_close,omitempty"` // exit instead of closing
 	PidFile            string `json:"pid_file,omitempty"`
+	// Op "shm": reply through the shared region (fd 5). The child first
+	// tries to shrink the region to ShmShrink bytes (when not negative;
+	// the seal must refuse it), grows it to ShmGrow bytes (when larger),
+	// writes the reply at ShmOff (when it fits) and sends the reference
+	// (ShmGen, ShmOff, ShmLen, or the reply's length when ShmLen is zero).
+	// ShmRaw, when set, is sent as the reference instead.
+	ShmShrink int    `json:"shm_shrink,omitempty"`
+	ShmGrow   int    `json:"shm_grow,omitempty"`
+	ShmGen    uint64 `json:"shm_gen,omitempty"`
+	ShmOff    uint64 `json:"shm_off,omitempty"`
+	ShmLen    uint64 `json:"shm_len,omitempty"`
+	ShmRaw    []byte `json:"shm_raw,omitempty"`
+	// ShmAuto: follow the protocol instead (grow the region when the reply
+	// does not fit at ShmOff, bumping the child's generation), then break
+	// it as ShmBad says: "off" (an offset at the region's end), "len" (a
+	// length that overflows), "gen" (a generation two ahead).
+	ShmAuto bool   `json:"shm_auto,omitempty"`
+	ShmBad  string `json:"shm_bad,omitempty"`
+}
+
+// shmGen is the scripted child's generation of the shared region, for
+// replies with ShmAuto.
+var shmGen uint64
+
+// fShared marks a frame whose payload lies in the shared region.
+const fShared = 0x80
+
+// shmReply writes reply into the shared region as s says and returns the
+// reference to send.
+func shmReply(s step, reply []byte) []byte {
+	const fd = 5
+	if s.ShmShrink > 0 || s.ShmShrink < 0 {
+		_ = unix.Ftruncate(fd, int64(max(s.ShmShrink, 0)))
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		os.Exit(5)
+	}
+	if s.ShmAuto {
+		if need := s.ShmOff + uint64(len(reply)); need > uint64(st.Size) {
+			page := uint64(os.Getpagesize())
+			s.ShmGrow = int((need + page - 1) / page * page)
+			shmGen++
+		}
+		s.ShmGen, s.ShmLen = shmGen, 0
+	}
+	if int64(s.ShmGrow) > st.Size {
+		if err := unix.Ftruncate(fd, int64(s.ShmGrow)); err != nil {
+			os.Exit(5)
+		}
+		st.Size = int64(s.ShmGrow)
+	}
+	if st.Size > 0 && s.ShmOff <= uint64(st.Size) && uint64(len(reply)) <= uint64(st.Size)-s.ShmOff {
+		mem, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			os.Exit(5)
+		}
+		copy(mem[s.ShmOff:], reply)
+		unix.Munmap(mem)
+	}
+	if s.ShmRaw != nil {
+		return s.ShmRaw
+	}
+	switch s.ShmBad {
+	case "off":
+		s.ShmOff, s.ShmLen = uint64(st.Size), 1
+	case "len":
+		s.ShmOff, s.ShmLen = 8, ^uint64(0)-6 // their sum wraps to 1
+	case "gen":
+		s.ShmGen += 2
+	}
+	n := s.ShmLen
+	if n == 0 {
+		n = uint64(len(reply))
+	}
+	ref := binary.LittleEndian.AppendUint64(nil, s.ShmGen)
+	ref = binary.LittleEndian.AppendUint64(ref, s.ShmOff)
+	return binary.LittleEndian.AppendUint64(ref, n)
 }
 
 // command returns the request command carrying s.
@@ -240,6 +318,10 @@ func scriptChild() {
 		}
 		if s.DelayMS > 0 && wait(time.Duration(s.DelayMS)*time.Millisecond, s.Interruptible) {
 			write(encodeFrame(fReply, id, cancelled))
+			continue
+		}
+		if s.Op == "shm" {
+			write(encodeFrame(fReply|fShared, id, shmReply(s, reply)))
 			continue
 		}
 		if s.StallMS > 0 {

@@ -22,6 +22,17 @@
 //   - Frames are length-prefixed, typed, carry a request id and are capped
 //     in size ([Config.MaxFrame]); a peer that sends garbage, an oversized
 //     or a truncated frame is killed, never trusted.
+//   - Payloads of at least [Config.SharedThreshold] bytes (256 KiB by
+//     default), requests and replies alike, travel through a memory region
+//     both sides map instead of through the socket: a memfd per worker,
+//     inherited as fd 5 and sealed against shrinking before anything maps
+//     it, grown on demand up to [Config.MaxSharedMemory] and counted in
+//     [Worker.MemoryBytes]. The frame then carries the payload's
+//     generation, offset and length, which the host checks against its
+//     own mapping ([ErrBadRegion] otherwise: the worker is killed). The
+//     child cannot shrink the region under the host's mapping, and the
+//     host copies a reply out before the call returns: nothing handed to a
+//     caller points into the region, which is unmapped on Close.
 //   - A call whose context ends (deadline or cancel) returns at once, even
 //     from a request write blocked on a child that stopped reading; the
 //     child gets SIGUSR1, which raises snakepit.Cancelled in the handler,
@@ -134,6 +145,17 @@ type Config struct {
 	Spin time.Duration
 	// Registry records the worker for orphan cleanup. Nil: DefaultRegistry().
 	Registry *Registry
+	// SharedThreshold is the payload size (request or reply) from which a
+	// frame's payload travels through a memory region the host and the
+	// child both map, instead of through the socket: written once by the
+	// sender, read (and copied out) once by the receiver. Zero:
+	// DefaultSharedThreshold (256 KiB); negative: never (no region is
+	// created).
+	SharedThreshold int
+	// MaxSharedMemory caps the shared region; it grows on demand up to
+	// this size and is counted in [Worker.MemoryBytes]. A payload larger
+	// than the cap goes through the socket. Zero: MaxFrame.
+	MaxSharedMemory int
 }
 
 // ExitError reports a worker process that ended. It matches
@@ -188,6 +210,8 @@ type Worker struct {
 	conn     *net.UnixConn
 	lifeline *os.File // write end; closing it tells the child the host is gone
 	rd       *frameReader
+	shm      *region // the shared region; nil when Config.SharedThreshold is negative
+	shmPeer  bool    // the child announced it reads and writes the shared region
 	reg      *Registry
 	stderr   *tail
 	outputs  sync.WaitGroup // stdout/stderr forwarders
@@ -233,8 +257,8 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	if cfg.Module == "" {
 		return nil, errors.New("subproc: Config.Module is required")
 	}
-	if cfg.InterruptGrace < 0 || cfg.StopGrace < 0 || cfg.StartTimeout < 0 || cfg.MaxFrame < 0 {
-		return nil, errors.New("subproc: Config durations and MaxFrame must not be negative")
+	if cfg.InterruptGrace < 0 || cfg.StopGrace < 0 || cfg.StartTimeout < 0 || cfg.MaxFrame < 0 || cfg.MaxSharedMemory < 0 {
+		return nil, errors.New("subproc: Config durations, MaxFrame and MaxSharedMemory must not be negative")
 	}
 	if ctx.Err() != nil {
 		// Ended already: start nothing.
@@ -251,6 +275,12 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	}
 	if cfg.MaxFrame == 0 {
 		cfg.MaxFrame = DefaultMaxFrame
+	}
+	if cfg.SharedThreshold == 0 {
+		cfg.SharedThreshold = DefaultSharedThreshold
+	}
+	if cfg.MaxSharedMemory == 0 {
+		cfg.MaxSharedMemory = cfg.MaxFrame
 	}
 	if cfg.Spin == 0 {
 		cfg.Spin = DefaultSpin
@@ -337,6 +367,10 @@ func command(cfg Config, log *slog.Logger) ([]string, error) {
 	argv := append(append([]string(nil), prefix...), "-P", "-m", "snakepit._process", cfg.Module,
 		"--worker-id", cfg.ID, "--log-level", strconv.Itoa(python.PythonLevel(log)),
 		"--max-frame", strconv.Itoa(cfg.MaxFrame), "--spin-us", strconv.Itoa(int(cfg.Spin/time.Microsecond)))
+	if cfg.SharedThreshold > 0 {
+		argv = append(argv, "--shm-fd", strconv.Itoa(shmFD),
+			"--shm-threshold", strconv.Itoa(cfg.SharedThreshold), "--shm-max", strconv.Itoa(cfg.MaxSharedMemory))
+	}
 	return argv, nil
 }
 
@@ -394,9 +428,23 @@ func (w *Worker) spawn(argv []string, pkg string) error {
 		outW.Close()
 		return err
 	}
+	if w.cfg.SharedThreshold > 0 {
+		if w.shm, err = newRegion(w.cfg.MaxSharedMemory); err != nil {
+			hostSock.Close()
+			lifeW.Close()
+			outR.Close()
+			outW.Close()
+			errR.Close()
+			errW.Close()
+			return err
+		}
+	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = childEnv(w.cfg, pkg, w.reg.Token())
 	cmd.ExtraFiles = []*os.File{childSock, lifeR} // fds 3 and 4
+	if w.shm != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, w.shm.file) // fd 5
+	}
 	cmd.Stdout, cmd.Stderr = outW, errW
 	// The parent-death signal is SIGTERM, not SIGKILL: the child's handler
 	// kills its whole group, grandchildren included, which SIGKILL to the
@@ -410,6 +458,9 @@ func (w *Worker) spawn(argv []string, pkg string) error {
 		lifeW.Close()
 		outR.Close()
 		errR.Close()
+		if w.shm != nil {
+			w.shm.close()
+		}
 		return fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	w.cmd = cmd
@@ -533,6 +584,9 @@ func (w *Worker) release() {
 	if w.lifeline != nil {
 		w.lifeline.Close()
 	}
+	if w.shm != nil {
+		w.shm.close()
+	}
 }
 
 func (w *Worker) handshake(ctx context.Context) error {
@@ -585,6 +639,9 @@ func (w *Worker) handshake(ctx context.Context) error {
 	}
 	if pv, _ := hello["protocol"].(int64); pv != ProtocolVersion {
 		return w.protocolError(fmt.Errorf("protocol version %v, want %d", hello["protocol"], ProtocolVersion))
+	}
+	if shm, _ := hello["shm"].(bool); shm && w.shm != nil {
+		w.shmPeer = true
 	}
 	if logs, ok := hello["logs"]; ok && logs != nil {
 		if b, err := pymarshal.Marshal(logs); err == nil {
@@ -668,6 +725,16 @@ func (w *Worker) write(ctx context.Context, typ byte, id uint64, payload []byte)
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, err
+	}
+	if w.shmPeer && typ&frameShared == 0 && len(payload) >= w.cfg.SharedThreshold {
+		ref, ok, err := w.shm.put(payload)
+		if err != nil {
+			// The host could not grow the region: the socket still works.
+			w.log.Warn("shared memory unavailable, payload sent through the socket", "worker", w.id, "error", err)
+		} else if ok {
+			typ |= frameShared
+			payload = ref.append(make([]byte, 0, regionRefSize))
+		}
 	}
 	buf := appendFrame(make([]byte, 0, headerSize+len(payload)), typ, id, payload)
 	if ctx.Done() == nil {

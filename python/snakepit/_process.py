@@ -4,6 +4,11 @@ The host starts this with file descriptor 3 bound to its end of a
 socketpair and file descriptor 4 the read end of a pipe whose write end
 only the host holds (the lifeline). Frames on fd 3 are
 ``<u32 payload length><u8 type><u64 request id><payload>``, little-endian.
+With ``--shm-fd`` (5) the host also passes a memfd, sealed against
+shrinking: a payload of at least ``--shm-threshold`` bytes is written into
+it at offset 0 (grown as needed, up to ``--shm-max``) and its frame's type
+has bit 0x80 set, carrying ``<u64 generation><u64 offset><u64 length>``
+instead of the payload (see _Shm).
 The child sends HELLO once the adapter is imported and setup() has run (or
 FAIL with the error), then answers requests one at a time with the same
 dispatcher the thread profile uses. When the lifeline reaches end of file
@@ -37,6 +42,7 @@ import argparse
 import errno
 import faulthandler
 import marshal
+import mmap
 import os
 import signal
 import socket
@@ -62,6 +68,9 @@ LIFELINE_ENABLED = True
 
 PR_SET_CHILD_SUBREAPER = 36
 
+# The shared region's descriptor (-1: none), set by main().
+_shm_fd = -1
+
 # The pid of the worker process, set by main(). Processes forked from the
 # worker see another pid and leave the worker's duties alone.
 _worker_pid = None
@@ -79,14 +88,16 @@ def _close_inherited_fds():
     except (OSError, ValueError):
         fds = range(LIFELINE_FD + 1, min(os.sysconf("SC_OPEN_MAX"), 1 << 16))
     for fd in fds:
-        if fd <= LIFELINE_FD:
+        if fd <= LIFELINE_FD or fd == _shm_fd:
             continue
         try:
             if os.get_inheritable(fd):
                 os.close(fd)
         except OSError:
             pass  # not open (the directory listing's own descriptor)
-    for fd in (SOCK_FD, LIFELINE_FD):
+    for fd in (SOCK_FD, LIFELINE_FD, _shm_fd):
+        if fd < 0:
+            continue
         try:
             os.set_inheritable(fd, False)
         except OSError:
@@ -332,7 +343,9 @@ def _after_fork_in_child():
     except OSError:
         null = -1
     if null >= 0:
-        for fd in (SOCK_FD, LIFELINE_FD):
+        for fd in (SOCK_FD, LIFELINE_FD, _shm_fd):
+            if fd < 0:
+                continue
             try:
                 os.dup2(null, fd, inheritable=False)
             except OSError:
@@ -342,11 +355,12 @@ def _after_fork_in_child():
 
 
 class _Conn:
-    def __init__(self, fd, max_frame, spin_s=0.0):
+    def __init__(self, fd, max_frame, spin_s=0.0, shm=None):
         self.sock = socket.socket(fileno=fd)
         self.max_frame = max_frame
         self.header = bytearray(_HEADER.size)
         self.spin_s = spin_s
+        self.shm = shm
 
     def _spin(self):
         """Poll for the next request for a moment before sleeping in recv:
@@ -374,7 +388,9 @@ class _Conn:
         return got
 
     def read(self):
-        """(type, id, payload), or None at end of stream."""
+        """(type, id, payload), or None at end of stream. A payload in the
+        shared region is a memoryview of it: release it before the next
+        send."""
         self._spin()
         n = self._read_exact(memoryview(self.header))
         if n == 0:
@@ -387,10 +403,101 @@ class _Conn:
         payload = bytearray(size)
         if self._read_exact(memoryview(payload)) < size:
             raise EOFError("truncated frame")
+        if typ & SHARED:
+            if self.shm is None or size != _REF.size:
+                raise ValueError("unexpected shared frame")
+            return typ & ~SHARED, rid, self.shm.view(payload)
         return typ, rid, bytes(payload)
 
     def send(self, typ, rid, payload):
-        self.sock.sendall(_HEADER.pack(len(payload), typ, rid) + payload)
+        """Send a frame; payload is bytes, or a tuple of parts to send one
+        after the other (so a large part is never copied to be joined)."""
+        parts = payload if isinstance(payload, tuple) else (payload,)
+        size = sum(len(p) for p in parts)
+        if self.shm is not None and size >= self.shm.threshold:
+            ref = self.shm.put(parts)
+            if ref is not None:
+                typ, parts, size = typ | SHARED, (ref,), len(ref)
+        if len(parts) == 1:
+            self.sock.sendall(_HEADER.pack(size, typ, rid) + parts[0])
+            return
+        if size < 1 << 16:  # one system call
+            self.sock.sendall(b"".join((_HEADER.pack(size, typ, rid),) + parts))
+            return
+        self.sock.sendall(_HEADER.pack(size, typ, rid))
+        for p in parts:
+            self.sock.sendall(p)
+
+
+# Or-ed into a frame's type: the payload lies in the shared region, and the
+# frame carries <u64 generation><u64 offset><u64 length> instead.
+SHARED = 0x80
+_REF = struct.Struct("<QQQ")
+
+
+class _Shm:
+    """The child's side of the shared region (a memfd the host created,
+    sealed against shrinking, inherited as fd SHM_FD). Requests and replies
+    alternate, so each payload lies at offset 0. The side that writes a
+    payload that does not fit grows the region (up to max_size) and bumps
+    the generation; the reader maps it anew when a frame names a newer
+    generation."""
+
+    def __init__(self, fd, threshold, max_size):
+        self.fd = fd
+        self.threshold = threshold
+        self.max_size = max_size
+        self.gen = 0
+        self.mm = None
+
+    def _map(self, size):
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+        if size > 0:
+            self.mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def view(self, ref):
+        """A memoryview of the payload ref names (release it when done)."""
+        gen, off, n = _REF.unpack(ref)
+        size = len(self.mm) if self.mm is not None else 0
+        if gen != self.gen or off > size or n > size - off:
+            self._map(os.fstat(self.fd).st_size)
+            self.gen = gen
+            size = len(self.mm) if self.mm is not None else 0
+        if off > size or n > size - off:
+            raise ValueError("shared payload of %d bytes at %d outside the region of %d" % (n, off, size))
+        if n == 0:
+            return memoryview(b"")
+        with memoryview(self.mm) as whole:
+            return whole[off:off + n]
+
+    def put(self, parts):
+        """Write the concatenation of parts at offset 0 and return its
+        reference, or None when it does not fit under the cap."""
+        n = sum(len(p) for p in parts)
+        if n > self.max_size:
+            return None
+        size = len(self.mm) if self.mm is not None else 0
+        if n > size:
+            # The host may have grown the region without a request to tell
+            # of it: map what is there when it is enough (it cannot shrink).
+            new = os.fstat(self.fd).st_size
+            if new < n:
+                new = min(max(n, 2 * size), self.max_size)
+                page = mmap.PAGESIZE
+                new = min((new + page - 1) // page * page, self.max_size)
+                try:
+                    os.ftruncate(self.fd, new)
+                except OSError:
+                    return None
+            self._map(new)
+            self.gen += 1
+        off = 0
+        for p in parts:
+            self.mm[off:off + len(p)] = p
+            off += len(p)
+        return _REF.pack(self.gen, 0, n)
 
 
 def _kill_group(signum=None, frame=None):
@@ -421,7 +528,15 @@ def _watch_lifeline():
         _kill_group()  # the host is gone
 
 
+_BYTES_HEADER = struct.Struct("<cI")
+
+
 def _encode_reply(reply, max_frame):
+    """The REPLY payload for a dispatcher reply: bytes, or a tuple of parts.
+    The common reply, a bytes object (the marshalled result), is marshal's
+    header for it followed by the object itself, not a marshalled copy."""
+    if reply.__class__ is bytes and len(reply) + _BYTES_HEADER.size <= max_frame:
+        return (_BYTES_HEADER.pack(b"s", len(reply)), reply)
     data = marshal.dumps(reply, 4)
     if len(data) > max_frame:
         err = _dispatch._error(
@@ -438,10 +553,14 @@ def main(argv=None):
     p.add_argument("--log-level", type=int, default=20)
     p.add_argument("--max-frame", type=int, default=64 << 20)
     p.add_argument("--spin-us", type=int, default=0)
+    p.add_argument("--shm-fd", type=int, default=-1)
+    p.add_argument("--shm-threshold", type=int, default=0)
+    p.add_argument("--shm-max", type=int, default=0)
     args = p.parse_args(argv)
 
-    global _worker_pid
+    global _worker_pid, _shm_fd
     _worker_pid = os.getpid()
+    _shm_fd = args.shm_fd
     _close_inherited_fds()
     if _become_subreaper():
         signal.signal(signal.SIGCHLD, _on_sigchld)
@@ -454,7 +573,10 @@ def main(argv=None):
     faulthandler.enable()  # a crash prints the Python stack on stderr
     signal.signal(signal.SIGTERM, _kill_group)
     threading.Thread(target=_watch_lifeline, name="snakepit-lifeline", daemon=True).start()
-    conn = _Conn(SOCK_FD, args.max_frame, args.spin_us / 1e6)
+    shm = None
+    if _shm_fd >= 0 and args.shm_threshold > 0:
+        shm = _Shm(_shm_fd, args.shm_threshold, args.shm_max)
+    conn = _Conn(SOCK_FD, args.max_frame, args.spin_us / 1e6, shm)
     worker_id = args.worker_id or "proc-%d" % os.getpid()
     try:
         # print() in handlers becomes log records tagged with the call, as in
@@ -493,15 +615,16 @@ def main(argv=None):
         "python": "%d.%d.%d" % sys.version_info[:3],
         "commands": d.info()["commands"],
         "logs": d.drain_logs(),
+        "shm": shm is not None,
     }
     conn.send(HELLO, 0, marshal.dumps(hello, 4))
 
     handlers = {
-        CALL: lambda payload: d.call(*marshal.loads(payload)),
-        STREAM_OPEN: lambda payload: d.stream_open(*marshal.loads(payload)),
+        CALL: lambda payload: d.call(*_loads(payload)),
+        STREAM_OPEN: lambda payload: d.stream_open(*_loads(payload)),
         STREAM_NEXT: lambda payload: d.stream_next(),
         STREAM_CLOSE: lambda payload: d.stream_close(),
-        END_SESSION: lambda payload: d.end_session(*marshal.loads(payload)),
+        END_SESSION: lambda payload: d.end_session(*_loads(payload)),
     }
     while True:
         frame = conn.read()
@@ -512,6 +635,8 @@ def main(argv=None):
                 _kill_group()
             return 0
         typ, rid, payload = frame
+        if typ not in (CALL, STREAM_OPEN, END_SESSION) and isinstance(payload, memoryview):
+            payload.release()  # not read: free the region for the reply
         if _child_exited:
             _reap_adopted()
         if typ == PING:
@@ -533,6 +658,17 @@ def main(argv=None):
         finally:
             in_call[0] = False
         conn.send(REPLY, rid, _encode_reply(reply, args.max_frame))
+
+
+def _loads(payload):
+    """The request arguments: marshal reads a region payload in place (the
+    values it builds are copies), and the view is released at once so the
+    region can be written and grown again."""
+    try:
+        return marshal.loads(payload)
+    finally:
+        if isinstance(payload, memoryview):
+            payload.release()
 
 
 def run(argv=None):
