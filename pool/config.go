@@ -106,6 +106,14 @@ type Config struct {
 	InterruptGrace time.Duration
 	StopGrace      time.Duration
 
+	// SharedThreshold and MaxSharedMemory are passed to process-profile
+	// workers (see subproc.Config): payloads of at least SharedThreshold
+	// bytes (zero: 256 KiB; negative: none) travel through a memory region
+	// the worker shares, grown on demand up to MaxSharedMemory (zero:
+	// subproc's MaxFrame) and counted in MaxMemory.
+	SharedThreshold int
+	MaxSharedMemory int
+
 	// Logger receives pool events and the workers' Python logs. Nil
 	// discards them.
 	Logger *slog.Logger
@@ -143,6 +151,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.StartConcurrency < 0 {
 		errs = append(errs, errors.New("StartConcurrency must not be negative"))
+	}
+	if c.MaxSharedMemory < 0 {
+		errs = append(errs, errors.New("MaxSharedMemory must not be negative"))
 	}
 	if c.MaxCalls < 0 || c.MaxMemory < 0 || c.CrashLoopThreshold < 0 {
 		errs = append(errs, errors.New("MaxCalls, MaxMemory and CrashLoopThreshold must not be negative"))

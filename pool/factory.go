@@ -27,6 +27,7 @@ func profileFactory(c Config) (func(ctx context.Context, id string) (worker.Work
 			return subproc.Start(ctx, subproc.Config{
 				Module: c.Module, Paths: c.Paths, Python: c.Python, Env: c.Env, ID: id, Logger: c.Logger,
 				InterruptGrace: c.InterruptGrace, StopGrace: c.StopGrace, Spin: spin,
+				SharedThreshold: c.SharedThreshold, MaxSharedMemory: c.MaxSharedMemory,
 			})
 		}, nil
 	default:
