@@ -30,8 +30,9 @@ const ProtocolVersion = 1
 // request id (uint64), all little-endian.
 const headerSize = 13
 
-// DefaultMaxFrame bounds a frame's payload when Config.MaxFrame is zero.
-const DefaultMaxFrame = 64 << 20
+// DefaultMaxFrame bounds a frame's payload when Config.MaxFrame is zero:
+// room for a 64 MiB argument or result with its envelope.
+const DefaultMaxFrame = 128 << 20
 
 // Errors of the frame layer. A peer that causes one of them is not trusted
 // again: the worker is killed.

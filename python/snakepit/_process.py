@@ -551,7 +551,7 @@ def main(argv=None):
     p.add_argument("module")
     p.add_argument("--worker-id", default="")
     p.add_argument("--log-level", type=int, default=20)
-    p.add_argument("--max-frame", type=int, default=64 << 20)
+    p.add_argument("--max-frame", type=int, default=128 << 20)
     p.add_argument("--spin-us", type=int, default=0)
     p.add_argument("--shm-fd", type=int, default=-1)
     p.add_argument("--shm-threshold", type=int, default=0)
