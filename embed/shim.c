@@ -955,6 +955,7 @@ enum {
 // sweep deletes this thread's entries that which names and frees entries
 // other threads reaped.
 static void sweep(int which) {
+	if (tls_ents == NULL) return;
 	PyThreadState *b = which == SWEEP_BOUND ? api.PyGILState_GetThisThreadState() : NULL;
 	for (spk_tsent **p = &tls_ents; *p;) {
 		spk_tsent *e = *p;
@@ -994,6 +995,7 @@ void spk_sweep_thread(void) { sweep(SWEEP_CLOSING); }
 // not move the binding, it deletes the bound entry (all interpreters share
 // the one GIL there: the wait is what any call costs).
 void spk_release_thread(void) {
+	if (tls_ents == NULL) return; // nothing cached (also: libpython may not be loaded)
 	sweep(py_minor < 12 ? SWEEP_BOUND : SWEEP_CLOSING);
 	if (py_minor < 12) return;
 	PyThreadState *b = api.PyGILState_GetThisThreadState();

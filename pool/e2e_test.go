@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -223,3 +225,35 @@ func TestThreadWorkerStuckInC(t *testing.T) {
 }
 
 var _ = subproc.ErrBadFrame
+
+// TestProcessPoolWithoutLibpython: a program that links the thread profile
+// but only runs process pools (libpython never loaded) starts and uses
+// them: the process profile's spawner thread releases its thread states
+// through a hook of the thread profile, which must do nothing then. Run in
+// a re-executed child, as this process may have loaded libpython already.
+func TestProcessPoolWithoutLibpython(t *testing.T) {
+	const env = "SNAKEPIT_TEST_PROCESS_ONLY"
+	if os.Getenv(env) != "" {
+		ctx := context.Background()
+		p, err := pool.New(ctx, pool.Config{Profile: pool.Process, Module: "e2e_adapter", Paths: []string{e2eDir(t)}, Size: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close(ctx)
+		var out struct {
+			Greeting string `json:"greeting"`
+		}
+		if err := p.Call(ctx, "greet", map[string]any{"name": "gopher"}, &out); err != nil || out.Greeting != "hello gopher" {
+			t.Fatalf("got %+v, %v", out, err)
+		}
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // hang guard
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestProcessPoolWithoutLibpython$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), env+"=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestProcessPoolWithoutLibpython") {
+		t.Fatalf("child: got %v, want success; output:\n%s", err, out)
+	}
+}

@@ -537,6 +537,14 @@ def _encode_reply(reply, max_frame):
     header for it followed by the object itself, not a marshalled copy."""
     if reply.__class__ is bytes and len(reply) + _BYTES_HEADER.size <= max_frame:
         return (_BYTES_HEADER.pack(b"s", len(reply)), reply)
+    if reply.__class__ is memoryview and reply.nbytes + 2 * _BYTES_HEADER.size <= max_frame:
+        # A large bytes-like result (Dispatcher.raw_results): the reply is
+        # the bytes object holding its marshalled form, written here as
+        # two headers and the result's own memory, not copies of it.
+        n = reply.nbytes
+        return (_BYTES_HEADER.pack(b"s", n + _BYTES_HEADER.size), _BYTES_HEADER.pack(b"s", n), reply)
+    if reply.__class__ is memoryview:
+        reply = marshal.dumps(bytes(reply), 4)  # too large: refused below
     data = marshal.dumps(reply, 4)
     if len(data) > max_frame:
         err = _dispatch._error(
@@ -585,6 +593,7 @@ def main(argv=None):
         # last (a traceback, faulthandler's report) is never lost.
         d = _dispatch.Dispatcher(args.module, worker_id=worker_id, capture_stdio=("stdout",),
                                  log_level=args.log_level)
+        d.raw_results = True  # see _encode_reply
     except BaseException as e:
         conn.send(FAIL, 0, marshal.dumps(_dispatch._error(_dispatch.K_PYTHON, e), 4))
         return 1
