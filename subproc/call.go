@@ -34,7 +34,7 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 	ctx, cancel := req.WithDeadline(ctx)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
-	if w.shmPeer && len(req.Args) >= w.cfg.SharedThreshold {
+	if w.shmPeer && requestSize(req) >= w.cfg.SharedThreshold {
 		return w.callShared(ctx, req, deadline)
 	}
 	args, err := python.EncodeCall(nil, req, deadline)
@@ -54,6 +54,19 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 	return &worker.Response{Result: r.Payload}, nil
 }
 
+// requestSize is what req's arguments, attachments and out-of-band
+// buffers take in its encoding, about.
+func requestSize(req *worker.Request) int {
+	n := len(req.Args)
+	for _, a := range req.Attachments {
+		n += 5 + len(a)
+	}
+	for _, b := range req.Buffers {
+		n += 5 + len(b)
+	}
+	return n
+}
+
 // callShared is Call for large arguments: once the slot is held (the
 // region is then free), the request is encoded straight into the shared
 // region, not into a buffer copied there.
@@ -64,10 +77,7 @@ func (w *Worker) callShared(ctx context.Context, req *worker.Request, deadline t
 	if err := w.acquire(ctx); err != nil {
 		return nil, wrap(err)
 	}
-	need := 64 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID)
-	for _, a := range req.Attachments {
-		need += 5 + len(a)
-	}
+	need := 64 + len(req.Command) + len(req.CorrelationID) + len(req.SessionID) + requestSize(req)
 	typ := byte(frameCall)
 	payload, ref, ok, err := w.shm.encode(need, func(dst []byte) ([]byte, error) {
 		return python.EncodeCall(dst, req, deadline)
