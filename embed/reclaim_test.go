@@ -502,9 +502,6 @@ func newPipe(t *testing.T) ([2]*os.File, error) {
 // holds one of its thread states (waiting for that interpreter's GIL, held
 // in C) leaves it to the reaper and exits.
 func TestExitingThreadDoesNotWaitForReaper(t *testing.T) {
-	if !testRuntime(t).OwnGIL() {
-		t.Skip("3.11: a thread keeps one interpreter's thread state at a time, so none is left to reap")
-	}
 	ctx := context.Background()
 	a := testInterpNoCleanup(t)
 	b := newInterp(t, embed.InterpreterConfig{})
@@ -532,6 +529,20 @@ func TestExitingThreadDoesNotWaitForReaper(t *testing.T) {
 		<-exit
 	}()
 	tid := <-tidc
+	if !testRuntime(t).OwnGIL() {
+		// 3.11: a thread keeps one interpreter's thread state at a time
+		// (calling b deleted a's), so there is nothing left to reap.
+		if n := a.ThreadStates(); n != 0 {
+			t.Fatalf("3.11: a's thread states after the thread called b: %d, want 0", n)
+		}
+		close(exit)
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		if err := a.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
 	release := holdGIL(t, a)
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
@@ -566,9 +577,6 @@ func threadExists(tid int) bool {
 // not wait for the GIL of another interpreter, even the main interpreter's,
 // which shared-GIL sub-interpreters hold while they run.
 func TestReleaseDoesNotWaitForOtherGILs(t *testing.T) {
-	if !testRuntime(t).OwnGIL() {
-		t.Skip("3.11: every interpreter shares one GIL")
-	}
 	ctx := context.Background()
 	a, b := newInterp(t, embed.InterpreterConfig{}), newInterp(t, embed.InterpreterConfig{})
 	s := newInterp(t, embed.InterpreterConfig{SharedGIL: true})
@@ -595,6 +603,19 @@ func TestReleaseDoesNotWaitForOtherGILs(t *testing.T) {
 	}()
 	if err := <-called; err != nil {
 		t.Fatal(err)
+	}
+	if !testRuntime(t).OwnGIL() {
+		// 3.11: every interpreter shares one GIL, so releasing waits for
+		// it; it deletes the bound state (a's) instead of moving the
+		// binding.
+		close(attach)
+		if err := <-attached; err != nil {
+			t.Fatal(err)
+		}
+		if n := a.ThreadStates(); n != 0 {
+			t.Fatalf("3.11: a's thread states after Attach: %d, want 0", n)
+		}
+		return
 	}
 	// a's first (its ctypes import, an extension's first load in an
 	// interpreter, takes the main interpreter's GIL for a moment on 3.13+).

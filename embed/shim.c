@@ -948,7 +948,6 @@ static void delete_own(spk_tsent *e) {
 
 enum {
 	SWEEP_CLOSING, // entries of closing interpreters
-	SWEEP_BOUND,   // those and the bound entry, of whatever interpreter
 	SWEEP_ALL,     // every entry not in use
 };
 
@@ -956,7 +955,6 @@ enum {
 // other threads reaped.
 static void sweep(int which) {
 	if (tls_ents == NULL) return;
-	PyThreadState *b = which == SWEEP_BOUND ? api.PyGILState_GetThisThreadState() : NULL;
 	for (spk_tsent **p = &tls_ents; *p;) {
 		spk_tsent *e = *p;
 		int s = atomic_load(&e->state);
@@ -973,7 +971,7 @@ static void sweep(int which) {
 		if (!atomic_compare_exchange_strong(&e->state, &s, ENT_INUSE)) {
 			continue; // taken by a reaper just now: look again
 		}
-		if (which != SWEEP_ALL && !atomic_load(&e->owner->closing) && !(b != NULL && e->ts == b)) {
+		if (which != SWEEP_ALL && !atomic_load(&e->owner->closing)) {
 			put_down(e);
 			p = &e->next_in_thread;
 			continue;
@@ -992,11 +990,11 @@ void spk_sweep_thread(void) { sweep(SWEEP_CLOSING); }
 // moves the binding off them by activating, for a moment, a thread state it
 // keeps for that, of an interpreter that runs no code (spk_anchor_init): its
 // GIL is only ever taken for that moment. On 3.11, where activating does
-// not move the binding, it deletes the bound entry (all interpreters share
-// the one GIL there: the wait is what any call costs).
+// not move the binding, it deletes every entry (all interpreters share the
+// one GIL there: the wait is what any call costs).
 void spk_release_thread(void) {
 	if (tls_ents == NULL) return; // nothing cached (also: libpython may not be loaded)
-	sweep(py_minor < 12 ? SWEEP_BOUND : SWEEP_CLOSING);
+	sweep(py_minor < 12 ? SWEEP_ALL : SWEEP_CLOSING);
 	if (py_minor < 12) return;
 	PyThreadState *b = api.PyGILState_GetThisThreadState();
 	int bound = 0;
