@@ -14,7 +14,15 @@ import (
 // package documentation describes. None sets pointers, slices, maps and
 // interfaces to nil and leaves other values unchanged. On error, v may have
 // been partially filled.
-func Unmarshal(data []byte, v any) error {
+func Unmarshal(data []byte, v any) error { return unmarshal(data, v, false) }
+
+// UnmarshalNoCopy is [Unmarshal] for input the caller hands over: []byte
+// values of 4 KiB or more in v share data's memory instead of being copied
+// (data must not be modified afterwards). The pool decodes results with it,
+// as each result's buffer belongs to its call.
+func UnmarshalNoCopy(data []byte, v any) error { return unmarshal(data, v, true) }
+
+func unmarshal(data []byte, v any, alias bool) error {
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return &Error{Op: "unmarshal", Offset: -1, Err: ErrTypeMismatch, Detail: "destination must be a non-nil pointer, got " + reflectTypeName(rv)}
@@ -27,27 +35,13 @@ func Unmarshal(data []byte, v any) error {
 		*p = src
 		return nil
 	}
-	if unmarshalTyped(data, rv.Elem(), false) == nil {
+	if unmarshalTyped(data, rv.Elem(), alias) == nil {
 		return nil
 	}
 	// Typed decoding stopped (bad input, a conversion it does not take, a
 	// reference to a shared container): the general path decides, and its
 	// error is the one reported.
 	return unmarshalGeneral(data, rv.Elem())
-}
-
-// UnmarshalNoCopy is [Unmarshal] for input the caller hands over: []byte
-// values of 4 KiB or more in v share data's memory instead of being copied
-// (data must not be modified afterwards). The pool decodes results with it,
-// as each result's buffer belongs to its call.
-func UnmarshalNoCopy(data []byte, v any) error {
-	rv := reflect.ValueOf(v)
-	if rv.Kind() == reflect.Pointer && !rv.IsNil() {
-		if _, isAny := v.(*any); !isAny && unmarshalTyped(data, rv.Elem(), true) == nil {
-			return nil
-		}
-	}
-	return Unmarshal(data, v)
 }
 
 // unmarshalGeneral is Unmarshal by the general path: decode into interface
