@@ -11,7 +11,8 @@ import (
 )
 
 // MarkerTag is the first element of the tuples that stand for values
-// marshal has no type for (see [Array]). No real value starts with a NUL.
+// marshal has no type for ([Array]) and for out-of-band data
+// ([AppendMarshalOOB]). No real value starts with a NUL.
 const MarkerTag = "\x00snakepit"
 
 // markerNeedle is how MarkerTag appears in every marshal stream that holds
@@ -252,11 +253,7 @@ func (e *encoder) array(a Array) error {
 	if _, _, err := a.check("marshal", ErrMalformed); err != nil {
 		return err
 	}
-	e.buf = append(e.buf, typeSmallTuple, 5)
-	e.buf = append(e.buf, typeShortASCII, byte(len(MarkerTag)))
-	e.buf = append(e.buf, MarkerTag...)
-	e.buf = append(e.buf, typeShortASCII, 5)
-	e.buf = append(e.buf, "array"...)
+	e.marker("array", 5)
 	e.buf = append(e.buf, typeShortASCII, byte(len(a.DType)))
 	e.buf = append(e.buf, a.DType...)
 	_ = e.seqHeader(true, len(a.Shape)) // at most MaxArrayDims

@@ -36,7 +36,7 @@ func AppendMarshal(buf []byte, v any) ([]byte, error) {
 //	("\x00snakepit", "buf", i)
 //
 // where i is its index in the returned oob. The receiver resolves markers
-// against the buffers it got alongside the bytes (see [OOBMarker]), so the
+// against the buffers it got alongside the bytes (see [MarkerTag]), so the
 // caller must keep those slices unchanged until the receiver is done with
 // them. Byte arrays ([N]byte) and [RawValue] are always copied inline.
 func AppendMarshalOOB(dst []byte, v any, minOOB int, oob [][]byte) ([]byte, [][]byte, error) {
@@ -46,10 +46,6 @@ func AppendMarshalOOB(dst []byte, v any, minOOB int, oob [][]byte) ([]byte, [][]
 	}
 	return e.buf, e.oob, nil
 }
-
-// OOBMarker is the first item of the tuples that stand for out-of-band data
-// in a value (see [AppendMarshalOOB]): a str no real value starts with.
-const OOBMarker = "\x00snakepit"
 
 type encoder struct {
 	buf   []byte
@@ -85,8 +81,8 @@ func (e *encoder) oobOrInline(data []byte) error {
 
 // marker starts a marker tuple of n items, the marker str and kind first.
 func (e *encoder) marker(kind string, n int) {
-	e.buf = append(e.buf, typeSmallTuple, byte(n), typeShortASCII, byte(len(OOBMarker)))
-	e.buf = append(e.buf, OOBMarker...)
+	e.buf = append(e.buf, typeSmallTuple, byte(n), typeShortASCII, byte(len(MarkerTag)))
+	e.buf = append(e.buf, MarkerTag...)
 	e.buf = append(e.buf, typeShortASCII, byte(len(kind)))
 	e.buf = append(e.buf, kind...)
 }

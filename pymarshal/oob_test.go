@@ -36,7 +36,7 @@ func TestAppendMarshalOOB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	marker := func(i int64) []any { return []any{OOBMarker, "buf", i} }
+	marker := func(i int64) []any { return []any{MarkerTag, "buf", i} }
 	want := map[string]any{
 		"a":   marker(1),
 		"b":   []any{small, marker(2)},
@@ -69,7 +69,7 @@ func TestAppendMarshalOOBThreshold(t *testing.T) {
 		t.Fatalf("got %d buffers, %v; want 2", len(oob), err)
 	}
 	got, _ := Decode(data)
-	want := []any{[]any{OOBMarker, "buf", int64(0)}, []any{OOBMarker, "buf", int64(1)}}
+	want := []any{[]any{MarkerTag, "buf", int64(0)}, []any{MarkerTag, "buf", int64(1)}}
 	if !valuetest.Equal(got, want) {
 		t.Fatalf("got %#v, want %#v", got, want)
 	}

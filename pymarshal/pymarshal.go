@@ -68,7 +68,7 @@
 // # Out-of-band bytes
 //
 // [AppendMarshalOOB] leaves large []byte values out of the encoding: each
-// becomes the tuple ("\x00snakepit", "buf", i) (see [OOBMarker]) and the
+// becomes the tuple ("\x00snakepit", "buf", i) (see [MarkerTag]) and the
 // slice itself, not a copy, is appended to the out-of-band buffers, at
 // index i, for a receiver that takes them alongside the bytes.
 package pymarshal
