@@ -75,17 +75,85 @@ func checkArgs(args []byte) error {
 // (pymarshal.MarkerTag, "call", kwargs), which the dispatcher resolves
 // (snakepit._wire.resolve).
 func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
-	return encodeCall(dst, req, deadline, true)
+	return encodeCall(dst, req, deadline, bufsInline)
 }
+
+// bufsMode says how encodeCall writes req.Buffers: inline (a list of bytes),
+// as None (bufsNone), or as the region spans it holds (a flat tuple of
+// offsets and lengths).
+type bufsMode []int
+
+var (
+	bufsInline = bufsMode(nil)
+	bufsNone   = bufsMode([]int{})
+)
+
+func bufsRegion(spans []int) bufsMode { return bufsMode(spans) }
 
 // EncodeCallOutOfBand is EncodeCall for a caller that hands req.Buffers
 // over beside the tuple: where they would be, the tuple holds None, for
 // the caller to replace (see embed.Interpreter.CallOnThreadBuffers).
 func EncodeCallOutOfBand(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
-	return encodeCall(dst, req, deadline, false)
+	return encodeCall(dst, req, deadline, bufsNone)
 }
 
-func encodeCall(dst []byte, req *worker.Request, deadline time.Time, inline bool) ([]byte, error) {
+// RegionAlign is the alignment of each buffer EncodeCallInRegion lays out
+// (a cache line: what numpy and SIMD code want of array data).
+const RegionAlign = 64
+
+// ErrRegionTooSmall: the memory handed to EncodeCallInRegion cannot hold
+// the call.
+var ErrRegionTooSmall = errors.New("python: call does not fit the shared region")
+
+// RegionCallSize returns the most bytes EncodeCallInRegion writes for req.
+func RegionCallSize(req *worker.Request) int {
+	n := 64 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID) + 32 // markers' wrapper
+	for _, a := range req.Attachments {
+		n += 5 + len(a)
+	}
+	for _, b := range req.Buffers {
+		n += alignUp(len(b)) + 2*regionIntMax
+	}
+	return n + 5
+}
+
+// regionIntMax is the most bytes an offset or length takes in marshal.
+const regionIntMax = 16
+
+func alignUp(n int) int { return (n + RegionAlign - 1) &^ (RegionAlign - 1) }
+
+// EncodeCallInRegion writes the call for req into mem, memory a child
+// process maps too (its shared region, which starts at mem[0]): req.Buffers
+// first, each at a multiple of RegionAlign from offset 0, then EncodeCall's
+// tuple, whose buffers element is a tuple of (offset, length) pairs,
+// flattened, instead of a list of bytes: the child hands the handler views
+// of the region rather than copies. It returns where the tuple lies,
+// mem[start:end]. mem must hold RegionCallSize(req) bytes, or the call
+// fails with ErrRegionTooSmall.
+func EncodeCallInRegion(mem []byte, req *worker.Request, deadline time.Time) (start, end int, err error) {
+	if len(mem) < RegionCallSize(req) {
+		return 0, 0, ErrRegionTooSmall
+	}
+	spans := make([]int, 0, 2*len(req.Buffers))
+	off := 0
+	for _, b := range req.Buffers {
+		copy(mem[off:], b)
+		spans = append(spans, off, len(b))
+		off = alignUp(off + len(b))
+	}
+	start = off
+	b, err := encodeCall(mem[start:start], req, deadline, bufsRegion(spans))
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(b) > 0 && &b[0] != &mem[start] {
+		return 0, 0, ErrRegionTooSmall // outgrew mem: RegionCallSize is wrong
+	}
+	return start, start + len(b), nil
+}
+
+func encodeCall(dst []byte, req *worker.Request, deadline time.Time, mode bufsMode) ([]byte, error) {
+	inline := mode == nil
 	if err := checkArgs(req.Args); err != nil {
 		return nil, err
 	}
@@ -151,8 +219,13 @@ func encodeCall(dst []byte, req *worker.Request, deadline time.Time, inline bool
 		for _, a := range req.Buffers {
 			b = pymarshal.AppendBytes(b, a)
 		}
-	default:
+	case len(mode) == 0:
 		b = pymarshal.AppendNone(b)
+	default:
+		b = pymarshal.AppendTupleHeader(b, len(mode))
+		for _, n := range mode {
+			b, _ = pymarshal.AppendMarshal(b, n)
+		}
 	}
 	return b, nil
 }

@@ -69,7 +69,9 @@ func requestSize(req *worker.Request) int {
 
 // callShared is Call for large arguments: once the slot is held (the
 // region is then free), the request is encoded straight into the shared
-// region, not into a buffer copied there.
+// region (its buffers laid out for the handler to view in place), not into
+// a buffer copied there. A request the region cannot hold goes through the
+// socket.
 func (w *Worker) callShared(ctx context.Context, req *worker.Request, deadline time.Time) (*worker.Response, error) {
 	wrap := func(err error) error {
 		return &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
@@ -77,24 +79,29 @@ func (w *Worker) callShared(ctx context.Context, req *worker.Request, deadline t
 	if err := w.acquire(ctx); err != nil {
 		return nil, wrap(err)
 	}
-	need := 64 + len(req.Command) + len(req.CorrelationID) + len(req.SessionID) + requestSize(req)
 	typ := byte(frameCall)
-	payload, ref, ok, err := w.shm.encode(need, func(dst []byte) ([]byte, error) {
-		return python.EncodeCall(dst, req, deadline)
+	var payload []byte
+	ref, ok, err := w.shm.encodeIn(python.RegionCallSize(req), func(mem []byte) (int, int, error) {
+		return python.EncodeCallInRegion(mem, req, deadline)
 	})
+	if err != nil && !errors.As(err, new(*worker.NotSerializableError)) {
+		// The host could not grow the region: the socket still works.
+		w.log.Warn("shared memory unavailable, payload sent through the socket", "worker", w.id, "error", err)
+		err = nil
+	}
 	switch {
-	case err != nil && payload == nil:
-		w.releaseSlot()
-		return nil, wrap(err)
-	case len(payload) > w.cfg.MaxFrame:
-		w.releaseSlot()
-		return nil, wrap(&worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("request of %d bytes exceeds the frame limit of %d bytes", len(payload), w.cfg.MaxFrame)})
+	case err != nil:
+	case ok && ref.off+ref.n > uint64(w.cfg.MaxFrame):
+		err = &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("request of %d bytes exceeds the frame limit of %d bytes", ref.off+ref.n, w.cfg.MaxFrame)}
 	case ok:
 		typ |= frameShared
 		payload = ref.append(make([]byte, 0, regionRefSize))
-	case err != nil:
-		// The host could not grow the region: the socket still works.
-		w.log.Warn("shared memory unavailable, payload sent through the socket", "worker", w.id, "error", err)
+	default:
+		payload, err = python.EncodeCall(nil, req, deadline)
+	}
+	if err != nil {
+		w.releaseSlot()
+		return nil, wrap(err)
 	}
 	r, abandoned, err := w.request(ctx, typ, payload, req.Command, req.CorrelationID, w.releaseSlot)
 	if !abandoned {

@@ -20,9 +20,14 @@ import (
 // can only grow, a mapping of a size the file once had never faults.
 //
 // Requests and replies alternate on a worker (one request is outstanding
-// at a time), so each payload is written at offset 0 and read before the
-// other side writes again. The host copies a reply out of the region before
-// the call returns; nothing it hands out points into it.
+// at a time), so the host writes each request from offset 0 and reads the
+// reply before it writes again. A call's out-of-band buffers are laid out
+// from offset 0, its call tuple after them (python.EncodeCallInRegion): the
+// handler gets read-only views of the buffers, not copies. The child writes
+// its reply after the request, so that a result that is (a view of) an
+// argument is copied once, and from offset 0 when the request is not in
+// the region. The host copies a reply out of the region before the call
+// returns; nothing it hands out points into it.
 
 // frameShared, or-ed into a frame's type, says its payload lies in the
 // shared region: the frame then carries a region reference (generation,
@@ -146,31 +151,24 @@ func (r *region) putLocked(p []byte) (ref regionRef, ok bool, err error) {
 	return regionRef{gen: r.gen, off: 0, n: uint64(len(p))}, true, nil
 }
 
-// encode lets enc append a payload (of about need bytes) straight into the
-// region, grown first to hold need bytes where the cap allows. It returns
-// the payload's reference when it lies in the region (encoded in place,
-// or copied there when enc outgrew it), else the payload itself, which
-// then goes through the socket.
-func (r *region) encode(need int, enc func(dst []byte) ([]byte, error)) (p []byte, ref regionRef, ok bool, err error) {
+// encodeIn lets enc write a payload into the region, grown first to hold
+// need bytes; enc returns where in mem the payload lies. ok is false when
+// need exceeds the cap (or the region is closed, or cannot grow): nothing
+// was written and the payload goes through the socket.
+func (r *region) encodeIn(need int, enc func(mem []byte) (start, end int, err error)) (ref regionRef, ok bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.closed && need <= r.max {
-		if err := r.grow(need); err != nil {
-			return nil, ref, false, err
-		}
+	if r.closed || need > r.max {
+		return ref, false, nil
 	}
-	var dst []byte
-	if !r.closed {
-		dst = r.mem[:0]
+	if err := r.grow(need); err != nil {
+		return ref, false, err
 	}
-	if p, err = enc(dst); err != nil {
-		return nil, ref, false, err
+	start, end, err := enc(r.mem)
+	if err != nil {
+		return ref, false, err
 	}
-	if len(p) > 0 && len(r.mem) > 0 && &p[0] == &r.mem[0] {
-		return p, regionRef{gen: r.gen, off: 0, n: uint64(len(p))}, true, nil
-	}
-	ref, ok, err = r.putLocked(p)
-	return p, ref, ok, err
+	return regionRef{gen: r.gen, off: uint64(start), n: uint64(end - start)}, true, nil
 }
 
 // get copies out the payload ref names, after checking it against the

@@ -35,6 +35,25 @@ def size(data):
 def chunks(data, n):
     for i in range(n):
         yield bytes([i]) + data
+
+from snakepit import _wire
+
+# The payloads the dispatcher makes the handler's views of.
+_payloads = []
+_view = _wire._view
+def _spy(b, hosts):
+    _payloads.append(b)
+    return _view(b, hosts)
+_wire._view = _spy
+
+@snakepit.command
+def given(data):
+    # What the handler holds (its type, whether it is read-only, its first
+    # bytes) and the object whose memory the payload behind it is.
+    v = memoryview(data)
+    p = _payloads.pop()
+    _payloads.clear()
+    return [type(data).__name__, v.readonly, type(p.obj).__name__, bytes(v[:4])]
 `
 
 func startShm(t *testing.T, cfg subproc.Config) *subproc.Worker {
@@ -295,5 +314,86 @@ func TestSharedConcurrentCallsAndStreams(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestSharedBuffersAreViews: a large out-of-band argument reaches the
+// handler as a read-only view of the shared region (no copy), and a view
+// returned as the result comes back intact: after the request in the
+// region, or, when it does not fit there under the cap, from offset 0
+// (copied first: the view and the reply would overlap). Payloads of
+// growing and shrinking sizes make the region grow between calls.
+func TestSharedBuffersAreViews(t *testing.T) {
+	const threshold = 64 << 10
+	w := startShm(t, subproc.Config{SharedThreshold: threshold, MaxFrame: 40 << 20, MaxSharedMemory: 24 << 20})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	call := func(command string, data []byte) ([]byte, error) {
+		args, oob, err := pymarshal.AppendMarshalOOB(nil, map[string]any{"data": data}, threshold, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := w.Call(ctx, &worker.Request{Command: command, Args: args, Buffers: oob})
+		if err != nil {
+			return nil, err
+		}
+		return resp.Result, nil
+	}
+	data := bytes.Repeat([]byte("view"), (1<<20)/4)
+	raw, err := call("given", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []any
+	if err := pymarshal.Unmarshal(raw, &got); err != nil {
+		t.Fatal(err)
+	}
+	if want := []any{"memoryview", true, "mmap", []byte("view")}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("the handler holds %v, want %v (a read-only view of the region)", got, want)
+	}
+
+	rng := rand.New(rand.NewPCG(3, 4))
+	// 300 KiB, 5 MiB and 11 MiB fit after the request (twice the size
+	// under the 24 MiB cap); 16 MiB does not: its reply is written from
+	// offset 0, over the request it echoes.
+	for _, n := range []int{300 << 10, 5 << 20, 300 << 10, 16 << 20, threshold, 11 << 20, 16 << 20, 1 << 20} {
+		data := make([]byte, n)
+		for i := range data {
+			data[i] = byte(rng.Uint32())
+		}
+		raw, err := call("echo", data)
+		if err != nil {
+			t.Fatalf("echo of %d bytes: %v", n, err)
+		}
+		var back []byte
+		if err := pymarshal.Unmarshal(raw, &back); err != nil {
+			t.Fatalf("echo of %d bytes: %v", n, err)
+		}
+		if !bytes.Equal(back, data) {
+			t.Fatalf("echo of %d bytes: got %d bytes back, not the same", n, len(back))
+		}
+	}
+
+	// A stream keeps its arguments past the request: copies, which later
+	// replies in the region do not overwrite.
+	big := bytes.Repeat([]byte("stream"), (2<<20)/6)
+	args, oob, err := pymarshal.AppendMarshalOOB(nil, map[string]any{"data": big, "n": 3}, threshold, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := w.Stream(ctx, &worker.Request{Command: "chunks", Args: args, Buffers: oob})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for i := range 3 {
+		raw, err := st.Next(ctx)
+		if err != nil {
+			t.Fatalf("chunk %d: %v", i, err)
+		}
+		var got []byte
+		if err := pymarshal.Unmarshal(raw, &got); err != nil || len(got) != len(big)+1 || got[0] != byte(i) || !bytes.Equal(got[1:], big) {
+			t.Fatalf("chunk %d: got %d bytes (%v), want %d starting with %d", i, len(got), err, len(big)+1, i)
+		}
 	}
 }

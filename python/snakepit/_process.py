@@ -407,6 +407,8 @@ class _Conn:
             if self.shm is None or size != _REF.size:
                 raise ValueError("unexpected shared frame")
             return typ & ~SHARED, rid, self.shm.view(payload)
+        if self.shm is not None:
+            self.shm.reserved = 0
         return typ, rid, bytes(payload)
 
     def send(self, typ, rid, payload):
@@ -438,10 +440,15 @@ _REF = struct.Struct("<QQQ")
 class _Shm:
     """The child's side of the shared region (a memfd the host created,
     sealed against shrinking, inherited as fd SHM_FD). Requests and replies
-    alternate, so each payload lies at offset 0. The side that writes a
-    payload that does not fit grows the region (up to max_size) and bumps
-    the generation; the reader maps it anew when a frame names a newer
-    generation."""
+    alternate. The host writes a request from offset 0: a call's buffers
+    first (each at a multiple of 64), its marshalled arguments after them.
+    The reply is written after the request (a result that is a view of an
+    argument is then copied once), or from offset 0 when the request was
+    not in the region or the reply does not fit after it. The side that
+    writes a payload that does not fit grows the region (up to max_size)
+    and bumps the generation; the reader maps it anew when a frame names a
+    newer generation. Views of a mapping that is replaced keep it mapped
+    until they go."""
 
     def __init__(self, fd, threshold, max_size):
         self.fd = fd
@@ -449,16 +456,21 @@ class _Shm:
         self.max_size = max_size
         self.gen = 0
         self.mm = None
+        self.reserved = 0  # the current request's extent: the reply goes after it
 
     def _map(self, size):
         if self.mm is not None:
-            self.mm.close()
+            try:
+                self.mm.close()
+            except BufferError:
+                pass  # views of it are alive: it is unmapped when they go
             self.mm = None
         if size > 0:
             self.mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
     def view(self, ref):
-        """A memoryview of the payload ref names (release it when done)."""
+        """A memoryview of the request payload ref names (release it when
+        done). The region up to its end is the request's until the reply."""
         gen, off, n = _REF.unpack(ref)
         size = len(self.mm) if self.mm is not None else 0
         if gen != self.gen or off > size or n > size - off:
@@ -467,24 +479,50 @@ class _Shm:
             size = len(self.mm) if self.mm is not None else 0
         if off > size or n > size - off:
             raise ValueError("shared payload of %d bytes at %d outside the region of %d" % (n, off, size))
+        self.reserved = (off + n + 63) & ~63
         if n == 0:
             return memoryview(b"")
         with memoryview(self.mm) as whole:
             return whole[off:off + n]
 
+    def buffers(self, spans):
+        """Read-only views of the request's buffers, spans a flat tuple of
+        (offset, length) pairs. Raises ValueError for spans that are not
+        such pairs or lie outside the request."""
+        if len(spans) % 2 or not all(type(x) is int for x in spans):
+            raise ValueError("buffer spans %r are not (offset, length) pairs" % (spans[:8],))
+        limit = min(self.reserved, len(self.mm) if self.mm is not None else 0)
+        out = []
+        with memoryview(self.mm if self.mm is not None else b"") as whole:
+            for i in range(0, len(spans), 2):
+                off, n = spans[i], spans[i + 1]
+                if off < 0 or n < 0 or off > limit or n > limit - off:
+                    for v in out:
+                        v.release()
+                    raise ValueError("buffer of %d bytes at %d outside the request's %d bytes of the region" % (n, off, limit))
+                out.append(whole[off:off + n].toreadonly())
+        return out
+
     def put(self, parts):
-        """Write the concatenation of parts at offset 0 and return its
-        reference, or None when it does not fit under the cap."""
+        """Write the concatenation of parts after the current request (or
+        at offset 0) and return its reference, or None when it does not fit
+        under the cap."""
         n = sum(len(p) for p in parts)
+        off = self.reserved
+        self.reserved = 0
+        if off + n > self.max_size:
+            # Not after the request: from offset 0, which a part may view.
+            parts = tuple(bytes(p) if isinstance(p, memoryview) else p for p in parts)
+            off = 0
         if n > self.max_size:
             return None
         size = len(self.mm) if self.mm is not None else 0
-        if n > size:
+        if off + n > size:
             # The host may have grown the region without a request to tell
             # of it: map what is there when it is enough (it cannot shrink).
             new = os.fstat(self.fd).st_size
-            if new < n:
-                new = min(max(n, 2 * size), self.max_size)
+            if new < off + n:
+                new = min(max(off + n, 2 * size), self.max_size)
                 page = mmap.PAGESIZE
                 new = min((new + page - 1) // page * page, self.max_size)
                 try:
@@ -493,11 +531,11 @@ class _Shm:
                     return None
             self._map(new)
             self.gen += 1
-        off = 0
+        start = off
         for p in parts:
             self.mm[off:off + len(p)] = p
             off += len(p)
-        return _REF.pack(self.gen, 0, n)
+        return _REF.pack(self.gen, start, n)
 
 
 def _kill_group(signum=None, frame=None):
@@ -628,12 +666,26 @@ def main(argv=None):
     }
     conn.send(HELLO, 0, marshal.dumps(hello, 4))
 
+    def call(payload):
+        try:
+            args = _loads(payload, shm)
+        except _BadRegion as e:
+            return _dispatch._error(_dispatch.K_PROTOCOL, message=str(e))
+        return d.call(*args)
+
+    def stream_open(payload):
+        try:
+            args = _loads(payload, shm, keep=True)
+        except _BadRegion as e:
+            return _dispatch._error(_dispatch.K_PROTOCOL, message=str(e))
+        return d.stream_open(*args)
+
     handlers = {
-        CALL: lambda payload: d.call(*_loads(payload)),
-        STREAM_OPEN: lambda payload: d.stream_open(*_loads(payload)),
+        CALL: call,
+        STREAM_OPEN: stream_open,
         STREAM_NEXT: lambda payload: d.stream_next(),
         STREAM_CLOSE: lambda payload: d.stream_close(),
-        END_SESSION: lambda payload: d.end_session(*_loads(payload)),
+        END_SESSION: lambda payload: d.end_session(*_loads(payload, shm)),
     }
     while True:
         frame = conn.read()
@@ -667,17 +719,38 @@ def main(argv=None):
         finally:
             in_call[0] = False
         conn.send(REPLY, rid, _encode_reply(reply, args.max_frame))
+        reply = None  # perhaps a view of the region: not kept to the next call
 
 
-def _loads(payload):
+class _BadRegion(ValueError):
+    """A request's buffers lie outside the shared region."""
+
+
+def _loads(payload, shm, keep=False):
     """The request arguments: marshal reads a region payload in place (the
-    values it builds are copies), and the view is released at once so the
-    region can be written and grown again."""
+    values it builds are copies), and the view is released at once. A call
+    laid out in the region names its buffers by (offset, length): they are
+    read-only views of the region (bytes when keep is set: a stream keeps
+    them past the request)."""
     try:
-        return marshal.loads(payload)
+        args = marshal.loads(payload)
     finally:
         if isinstance(payload, memoryview):
             payload.release()
+    if len(args) == 7 and type(args[6]) is tuple:
+        if shm is None:
+            raise _BadRegion("buffers in a shared region that does not exist")
+        try:
+            views = shm.buffers(args[6])
+        except ValueError as e:
+            raise _BadRegion(str(e)) from None
+        if keep:
+            kept = [bytes(v) for v in views]
+            for v in views:
+                v.release()
+            views = kept
+        args = args[:6] + (views,)
+    return args
 
 
 def run(argv=None):

@@ -1,0 +1,109 @@
+import marshal
+import mmap
+import os
+import tempfile
+import unittest
+
+from snakepit import _process
+
+
+class RegionTest(unittest.TestCase):
+    """The child's side of the shared region, against requests a host could
+    write: buffers are views inside the request, anything else is refused."""
+
+    def setUp(self):
+        f = tempfile.TemporaryFile()  # a file as the host's memfd
+        self.addCleanup(f.close)
+        self.fd = f.fileno()
+        self.shm = _process._Shm(self.fd, 1, 1 << 20)
+
+    def request(self, buffers, tail=b""):
+        """Lay out a call as the host does: buffers from offset 0 at
+        multiples of 64, the marshalled tuple after them. Returns its
+        reference and the spans."""
+        spans, off, blob = [], 0, bytearray()
+        for b in buffers:
+            blob += b + bytes((-len(b)) % 64)
+            spans += [off, len(b)]
+            off += len(b) + (-len(b)) % 64
+        return self.write(blob, ("noop", {}, "cid", None, None, None, tuple(spans)), tail)
+
+    def write(self, blob, call, tail=b""):
+        data = marshal.dumps(call, 4) + tail
+        os.ftruncate(self.fd, 1 << 16)
+        with mmap.mmap(self.fd, 1 << 16) as m:
+            m[:len(blob)] = bytes(blob)
+            m[len(blob):len(blob) + len(data)] = data
+        return _process._REF.pack(1, len(blob), len(data))
+
+    def test_buffers_are_read_only_views(self):
+        ref = self.request([b"first", b"x" * 100])
+        args = _process._loads(self.shm.view(ref), self.shm)
+        views = args[6]
+        self.assertEqual([bytes(v) for v in views], [b"first", b"x" * 100])
+        for v in views:
+            self.assertTrue(v.readonly)
+            self.assertIs(type(v.obj), mmap.mmap)
+            v.release()
+
+    def test_stream_keeps_copies(self):
+        ref = self.request([b"kept"])
+        args = _process._loads(self.shm.view(ref), self.shm, keep=True)
+        self.assertEqual(args[6], [b"kept"])
+
+    def test_hostile_spans_refused(self):
+        for spans in [
+            (0, 1 << 17),        # past the mapping
+            (1 << 40, 1),        # offset far outside
+            (-1, 4),             # negative offset
+            (0, -4),             # negative length
+            (60000, 100),        # inside the mapping, past the request
+            (0,),                # not pairs
+            (0, "4"),            # not ints
+            (0, 4.0),
+        ]:
+            with self.subTest(spans=spans):
+                ref = self.write(b"\0" * 64, ("noop", {}, "cid", None, None, None, spans))
+                with self.assertRaises(_process._BadRegion):
+                    _process._loads(self.shm.view(ref), self.shm)
+
+    def test_no_region(self):
+        data = marshal.dumps(("noop", {}, "cid", None, None, None, (0, 4)), 4)
+        with self.assertRaises(_process._BadRegion):
+            _process._loads(data, None)
+
+    def test_reply_after_request(self):
+        ref = self.request([b"y" * 1000])
+        args = _process._loads(self.shm.view(ref), self.shm)
+        view = args[6][0]
+        end = _process._REF.unpack(ref)[1] + _process._REF.unpack(ref)[2]
+        out = self.shm.put((b"head", view))
+        gen, off, n = _process._REF.unpack(out)
+        self.assertGreaterEqual(off, end)
+        self.assertEqual(off % 64, 0)
+        self.assertEqual(self.shm.mm[off:off + n], b"head" + b"y" * 1000)
+        self.assertEqual(bytes(view), b"y" * 1000)  # the request is intact
+        view.release()
+
+    def test_reply_at_zero_when_it_does_not_fit_after(self):
+        shm = _process._Shm(self.fd, 1, 1 << 16)
+        ref = self.request([b"z" * 40000])
+        args = _process._loads(shm.view(ref), shm)
+        view = args[6][0]
+        out = shm.put((b"head", view))  # 40 KB after 40 KB: past the 64 KiB cap
+        gen, off, n = _process._REF.unpack(out)
+        self.assertEqual(off, 0)
+        self.assertEqual(shm.mm[:n], b"head" + b"z" * 40000)
+        view.release()
+
+    def test_view_kept_across_growth(self):
+        ref = self.request([b"k" * 100])
+        args = _process._loads(self.shm.view(ref), self.shm)
+        kept = args[6][0]
+        self.shm.put((b"r" * (200 << 10),))  # grows: a new mapping
+        self.assertEqual(len(kept), 100)  # still mapped, still readable
+        kept.release()
+
+
+if __name__ == "__main__":
+    unittest.main()
