@@ -32,7 +32,10 @@
 //     own mapping ([ErrBadRegion] otherwise: the worker is killed). The
 //     child cannot shrink the region under the host's mapping, and the
 //     host copies a reply out before the call returns: nothing handed to a
-//     caller points into the region, which is unmapped on Close.
+//     caller points into the region, which is unmapped on Close. A call's
+//     [worker.Request.Buffers] are laid out in the region and reach the
+//     handler as read-only views of it, not copies; the reply is written
+//     after the request.
 //   - A call whose context ends (deadline or cancel) returns at once, even
 //     from a request write blocked on a child that stopped reading; the
 //     child gets SIGUSR1, which raises snakepit.Cancelled in the handler,
