@@ -15,19 +15,16 @@ import (
 	"github.com/snakepit-go/snakepit/worker"
 )
 
-type correlationKey struct{}
-
 // WithCorrelationID returns a context whose calls carry id as their
 // correlation id (ctx.correlation_id in Python, in log records and errors).
+// It is worker.WithCorrelationID.
 func WithCorrelationID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, correlationKey{}, id)
+	return worker.WithCorrelationID(ctx, id)
 }
 
-// CorrelationID returns the correlation id ctx carries, or "".
-func CorrelationID(ctx context.Context) string {
-	id, _ := ctx.Value(correlationKey{}).(string)
-	return id
-}
+// CorrelationID returns the correlation id ctx carries, or "" (a host
+// function's context carries its Python call's).
+func CorrelationID(ctx context.Context) string { return worker.CorrelationID(ctx) }
 
 // CallOption modifies one call.
 type CallOption func(*callOptions)

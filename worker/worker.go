@@ -209,3 +209,29 @@ func (e *CallError) Error() string {
 }
 
 func (e *CallError) Unwrap() error { return e.Err }
+
+type correlationKey struct{}
+
+// WithCorrelationID returns a context whose calls carry id as their
+// correlation id (ctx.correlation_id in Python, in log records and errors).
+// A host function's context carries the id of the Python call that made it.
+func WithCorrelationID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, correlationKey{}, id)
+}
+
+// CorrelationID returns the correlation id ctx carries, or "".
+func CorrelationID(ctx context.Context) string {
+	id, _ := ctx.Value(correlationKey{}).(string)
+	return id
+}
+
+// Host is what a worker calls when a handler calls Go (ctx.host.call in
+// Python): package host's *Set implements it.
+type Host interface {
+	// Names lists the functions handlers may call.
+	Names() []string
+	// Invoke runs the function name with marshalled keyword arguments and
+	// returns the reply for Python (see host.Reply). ctx is the Python
+	// call's, with its correlation id.
+	Invoke(ctx context.Context, name string, args []byte) []byte
+}

@@ -40,9 +40,9 @@ The same adapter runs unchanged in the thread profile (a sub-interpreter in
 the Go process) and the process profile (a child process).
 """
 
-from ._adapter import Cancelled, CommandInfo, Context, command, commands_of
+from ._adapter import Cancelled, CommandInfo, Context, HostError, command, commands_of
 
-__all__ = ["Cancelled", "CommandInfo", "Context", "command", "commands_of"]
+__all__ = ["Cancelled", "CommandInfo", "Context", "HostError", "command", "commands_of"]
 
 #: Version of the wire protocol between Go and this package.
 PROTOCOL = 1

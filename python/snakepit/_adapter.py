@@ -4,13 +4,30 @@ import inspect
 import logging
 import time
 
-__all__ = ["Cancelled", "CommandInfo", "Context", "command", "commands_of"]
+__all__ = ["Cancelled", "CommandInfo", "Context", "HostError", "command", "commands_of"]
 
 
 class Cancelled(BaseException):
     """Raised inside a handler whose call was cancelled or ran past its
     deadline. It derives from BaseException, like asyncio.CancelledError,
     so ``except Exception`` blocks do not swallow it."""
+
+
+class HostError(Exception):
+    """A Go host function called through ``ctx.host`` failed.
+
+    ``str(e)`` is the Go error's text; ``kind`` is "error", "deadline"
+    (then it is also a TimeoutError), "cancelled" (also a Cancelled),
+    "arguments" (also a TypeError: the arguments did not decode into the
+    function's argument type), "unknown" (no such function), "panic", or
+    "ended" (ctx.host used after its call ended). An error the Go side
+    marked with a Python type (host.WithPythonType) is also an instance of
+    that type; ``python_type`` names it."""
+
+    def __init__(self, message, kind="error", python_type=""):
+        super().__init__(message)
+        self.kind = kind
+        self.python_type = python_type
 
 
 class CommandInfo:
@@ -74,11 +91,13 @@ class Context:
 
     Attributes: ``command``, ``correlation_id``, ``session_id`` (None without
     a session), ``deadline`` (seconds since the epoch, or None),
-    ``attachments`` (a list of bytes), ``worker_id``.
+    ``attachments`` (a list of bytes), ``worker_id``, ``host`` (the Go
+    functions the handler may call).
     """
 
     __slots__ = ("command", "correlation_id", "session_id", "deadline",
-                 "attachments", "worker_id", "_dispatcher", "_cancelled", "_log")
+                 "attachments", "worker_id", "_dispatcher", "_cancelled", "_log",
+                 "_ended", "_host", "_token")
 
     def __init__(self, dispatcher, command, correlation_id, session_id, deadline, attachments):
         self._dispatcher = dispatcher
@@ -90,6 +109,19 @@ class Context:
         self.worker_id = dispatcher.worker_id
         self._cancelled = False
         self._log = None
+        self._ended = False  # set when the call (or stream) ends
+        self._host = None
+        self._token = dispatcher.host_token
+
+    @property
+    def host(self):
+        """The Go functions registered for this worker (host.Set):
+        ``ctx.host.call("name", **kwargs)``, ``ctx.host.name(**kwargs)``,
+        ``await ctx.host.acall("name", **kwargs)``, ``ctx.host.names()``.
+        Usable from threads the handler starts, until the call ends."""
+        if self._host is None:
+            self._host = Host(self)
+        return self._host
 
     @property
     def session(self):
@@ -121,3 +153,41 @@ class Context:
     def __repr__(self):
         return "Context(command=%r, correlation_id=%r, session_id=%r)" % (
             self.command, self.correlation_id, self.session_id)
+
+
+class Host:
+    """ctx.host: calls into the Go functions registered with the worker."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    def names(self):
+        """The names of the functions Go registered, sorted."""
+        return list(self._ctx._dispatcher.host_names)
+
+    def call(self, name, /, **kwargs):
+        """Call the Go function name with kwargs and return its result.
+        Raises HostError when it fails (see HostError)."""
+        return self._ctx._dispatcher.host_call(self._ctx, name, kwargs)
+
+    async def acall(self, name, /, **kwargs):
+        """call() for async handlers: the Go function runs while the event
+        loop goes on (the call waits in a thread of the default executor)."""
+        import asyncio
+        import functools
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(self.call, name, **kwargs))
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name not in self._ctx._dispatcher.host_names:
+            raise AttributeError("no host function %r (registered: %s)" % (
+                name, ", ".join(self._ctx._dispatcher.host_names) or "none"))
+        return lambda **kwargs: self.call(name, **kwargs)
+
+    def __dir__(self):
+        return ["acall", "call", "names"] + list(self._ctx._dispatcher.host_names)
+
+    def __repr__(self):
+        return "<snakepit host functions: %s>" % (", ".join(self._ctx._dispatcher.host_names) or "none")

@@ -25,7 +25,7 @@ import traceback
 from marshal import dumps as _marshal_dumps
 
 from . import _wire
-from ._adapter import Cancelled, Context, commands_of
+from ._adapter import Cancelled, Context, HostError, commands_of
 
 OK, ERROR, END = 0, 1, 2
 
@@ -159,6 +159,13 @@ class Dispatcher:
             sys.stdout = _LineWriter("stdout", logging.INFO)
         if capture_stdio and "stderr" in capture_stdio:
             sys.stderr = _LineWriter("stderr", logging.WARNING)
+        # Host functions (ctx.host): their names, and the transport the
+        # profile installs: transport(token, name, kwargs_bytes) -> the
+        # reply bytes of host.Reply. host_token is the running call's, as
+        # the profile names it (the process profile: its request id).
+        self.host_names = ()
+        self.host_transport = None
+        self.host_token = None
         self.module = importlib.import_module(module_name)
         self.commands = commands_of(self.module)
         self._handlers = {name: (info.fn, info.wants_ctx) for name, info in self.commands.items()}
@@ -218,6 +225,31 @@ class Dispatcher:
     def end_session(self, session_id):
         """Drop a session's state. Replies whether there was any."""
         return self._ok(_wire.dumps(self.sessions.pop(session_id, None) is not None))
+
+    def host_call(self, ctx, name, kwargs):
+        """ctx.host.call: run the Go function name for ctx's call."""
+        if ctx._ended:
+            raise HostError("snakepit: ctx.host of call %r used after the call ended" % (ctx.correlation_id,), "ended")
+        if name not in self.host_names:
+            raise HostError("no host function %r (registered: %s)" % (name, ", ".join(self.host_names) or "none"),
+                            "unknown")
+        transport = self.host_transport
+        if transport is None:
+            raise HostError("this worker has no host transport", "unknown")
+        try:
+            payload = _marshal_dumps(kwargs, 4)
+        except ValueError:
+            try:
+                payload = _wire.dumps(kwargs)
+            except _wire.NotSerializable as e:
+                raise TypeError("host function %r: %s" % (name, e)) from None
+        reply = transport(ctx._token, name, payload)
+        if reply[:1] == b"\x00":
+            return _wire_loads(reply, 1)
+        kind, message, python_type = _wire_loads(reply, 1)
+        e = _host_error(kind, python_type)(message)  # one argument: OSError reads more as errno, strerror
+        e.kind, e.python_type = kind, python_type
+        raise e
 
     def cancel(self):
         """Mark the running call cancelled (ctx.cancelled() turns true)."""
@@ -286,6 +318,9 @@ class Dispatcher:
         except BaseException as e:
             return _error(K_PYTHON, e, logs=collector.drain())
         finally:
+            ctx = self._call
+            if ctx is not None:
+                ctx._ended = True
             self._call = None
             collector.current = None
             if views:
@@ -301,6 +336,8 @@ class Dispatcher:
         if self._stream is not None:
             return _error(K_PROTOCOL, message="a stream is already open on this worker")
         self._collector.current = (command, correlation_id)
+        ctx = None
+        opened = False
         try:
             try:
                 if buffers or kwargs.__class__ is tuple:  # markers: see _wire.resolve
@@ -326,8 +363,11 @@ class Dispatcher:
                               % (command, type(result).__name__), logs=self._collector.drain())
             is_async = hasattr(result, "__anext__")
             self._stream = (result, is_async, command, correlation_id, ctx)
+            opened = True
             return self._ok(_wire.dumps(None))
         finally:
+            if ctx is not None and not opened:
+                ctx._ended = True
             self._collector.current = None
 
     def stream_next(self):
@@ -345,7 +385,7 @@ class Dispatcher:
                     item = next(it)
                 payload = _wire.dumps(item)
             except (StopIteration, StopAsyncIteration):
-                self._stream = None
+                self._end_stream()
                 return (END, None, self._collector.drain())
             except _wire.NotSerializable as e:
                 self._abandon_stream()
@@ -354,7 +394,7 @@ class Dispatcher:
                 self._abandon_stream()
                 return _error(K_CANCELLED, e, logs=self._collector.drain())
             except BaseException as e:
-                self._stream = None
+                self._end_stream()
                 return _error(K_PYTHON, e, logs=self._collector.drain())
             return self._ok(payload)
         finally:
@@ -366,7 +406,7 @@ class Dispatcher:
         if self._stream is None:
             return self._ok(_wire.dumps(None))
         it, _, command, correlation_id, _ = self._stream
-        self._stream = None
+        self._end_stream()
         self._collector.current = (command, correlation_id)
         try:
             _close_quietly(it, self)
@@ -376,8 +416,15 @@ class Dispatcher:
 
     def _abandon_stream(self):
         it = self._stream[0]
-        self._stream = None
+        self._end_stream()
         _close_quietly(it, self)
+
+    def _end_stream(self):
+        """Forget the open stream; its ctx.host stops working."""
+        ctx = self._stream[4]
+        self._stream = None
+        if ctx is not None:
+            ctx._ended = True
 
     def _invoke(self, command, kwargs, correlation_id, session_id, deadline, attachments):
         handler = self._handlers.get(command)
@@ -450,3 +497,59 @@ def _close_quietly(it, dispatcher):
             it.close()
     except BaseException:
         logging.getLogger("snakepit").exception("closing a stream raised")
+
+
+def _wire_loads(b, offset):
+    """A host reply's value: marshal's, from offset."""
+    import marshal
+    with memoryview(b) as m:
+        return marshal.loads(m[offset:])
+
+
+_host_errors = {}
+
+
+def _host_error(kind, python_type):
+    """The HostError class for a reply's kind and marked Python type: also
+    a TimeoutError for "deadline", a Cancelled for "cancelled", a TypeError
+    for "arguments", and an instance of python_type when it names an
+    exception class this interpreter can import."""
+    key = (kind, python_type)
+    cls = _host_errors.get(key)
+    if cls is not None:
+        return cls
+    extra = {"deadline": TimeoutError, "cancelled": Cancelled, "arguments": TypeError}.get(kind)
+    bases = [HostError]
+    if extra is not None:
+        bases.append(extra)
+    if python_type:
+        t = _python_type(python_type)
+        if t is not None and not issubclass(HostError, t) and t not in bases:
+            bases.append(t)
+    if len(bases) == 1:
+        cls = HostError
+    else:
+        try:
+            cls = type("HostError", tuple(bases), {"__module__": "snakepit"})
+        except TypeError:  # the types' layouts do not combine
+            cls = type("HostError", tuple(bases[:2]), {"__module__": "snakepit"}) if extra else HostError
+    if len(_host_errors) < 256:
+        _host_errors[key] = cls
+    return cls
+
+
+def _python_type(name):
+    """The exception class name names (a builtin, or "module.Name"), or
+    None."""
+    import builtins
+    if "." in name:
+        module, _, attr = name.rpartition(".")
+        try:
+            t = getattr(importlib.import_module(module), attr, None)
+        except Exception:
+            return None
+    else:
+        t = getattr(builtins, name, None)
+    if isinstance(t, type) and issubclass(t, BaseException):
+        return t
+    return None

@@ -104,3 +104,34 @@ def exits():
 
 def not_a_command():
     return "hidden"
+
+
+KEPT = []
+
+
+@snakepit.command
+def use_host(ctx, name, kwargs, keep=False):
+    """Call a host function; keep=True keeps ctx.host for later."""
+    if keep:
+        KEPT.append(ctx.host)
+    try:
+        return ["ok", ctx.host.call(name, **kwargs)]
+    except snakepit.HostError as e:
+        return ["error", type(e).__mro__[1].__name__, e.kind, str(e),
+                isinstance(e, TimeoutError), isinstance(e, KeyError)]
+
+
+@snakepit.command
+def host_sugar(ctx):
+    return [ctx.host.names(), ctx.host.echo(x=1), "echo" in dir(ctx.host)]
+
+
+@snakepit.command
+async def host_async(ctx):
+    return await ctx.host.acall("echo", x=2)
+
+
+@snakepit.command
+def host_stream(ctx, n):
+    for i in range(n):
+        yield ctx.host.call("echo", i=i)

@@ -1,0 +1,256 @@
+// Package host lets Python handlers call Go. Functions registered with a
+// pool (pool.Config.Host) or a bare worker (gil.Config.Host,
+// subproc.Config.Host) are callable from a handler as
+//
+//	ctx.host.call("lookup", user_id=7)       # or ctx.host.lookup(user_id=7)
+//	await ctx.host.acall("lookup", user_id=7) # in an async handler
+//	ctx.host.names()                          # the registered names
+//
+// and only those. Arguments arrive as keyword arguments, decoded into the
+// function's argument type by pymarshal (a struct by its json tags, a map,
+// as for pool.Call); the result is encoded back the same way.
+//
+// The ctx a function receives is the Python call's: it carries its
+// deadline, its cancellation (a handler interrupted for its deadline also
+// cancels the Go work it waits for) and its correlation id
+// ([worker.CorrelationID]). An error becomes snakepit.HostError in Python,
+// with the Go error's text; one matching [context.DeadlineExceeded] is also
+// a TimeoutError there, one matching [context.Canceled] a
+// snakepit.Cancelled, and one marked with [WithPythonType] an instance of
+// that type. A panic is recovered and becomes a HostError.
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"slices"
+
+	"github.com/snakepit-go/snakepit/pymarshal"
+)
+
+// Func is a Go function handlers may call; make one with [New] or [Raw].
+type Func struct {
+	name string
+	call func(ctx context.Context, args []byte) ([]byte, error)
+}
+
+// Name returns the name handlers call f by.
+func (f Func) Name() string { return f.name }
+
+// New makes a host function from fn. The keyword arguments of a call are
+// decoded into an A (pymarshal.Unmarshal of the kwargs dict: a struct, a
+// map with string keys, or any), and the R fn returns is encoded for
+// Python (pymarshal.Marshal).
+func New[A, R any](name string, fn func(ctx context.Context, args A) (R, error)) Func {
+	return Func{name: name, call: func(ctx context.Context, raw []byte) ([]byte, error) {
+		var a A
+		if len(raw) > 0 {
+			if err := pymarshal.Unmarshal(raw, &a); err != nil {
+				return nil, &argumentsError{err: err}
+			}
+		}
+		r, err := fn(ctx, a)
+		if err != nil {
+			return nil, err
+		}
+		out, err := pymarshal.Marshal(r)
+		if err != nil {
+			return nil, &resultError{err: err}
+		}
+		return out, nil
+	}}
+}
+
+// Raw makes a host function that takes the marshalled keyword arguments (a
+// dict; empty for none) and returns its marshalled result.
+func Raw(name string, fn func(ctx context.Context, args []byte) ([]byte, error)) Func {
+	return Func{name: name, call: fn}
+}
+
+// Set is an immutable set of host functions; workers call into it. Its
+// methods are safe for concurrent use.
+type Set struct {
+	funcs map[string]Func
+	names []string
+}
+
+// NewSet makes a set of funcs. Names must be Python identifiers that do
+// not start with an underscore (so ctx.host.<name> can reach them) and be
+// unique.
+func NewSet(funcs ...Func) (*Set, error) {
+	s := &Set{funcs: make(map[string]Func, len(funcs))}
+	for _, f := range funcs {
+		if !validName(f.name) {
+			return nil, fmt.Errorf("host: function name %q is not a Python identifier without a leading underscore", f.name)
+		}
+		if f.call == nil {
+			return nil, fmt.Errorf("host: function %q is nil", f.name)
+		}
+		if _, dup := s.funcs[f.name]; dup {
+			return nil, fmt.Errorf("host: two functions named %q", f.name)
+		}
+		s.funcs[f.name] = f
+		s.names = append(s.names, f.name)
+	}
+	slices.Sort(s.names)
+	return s, nil
+}
+
+// reserved are the names ctx.host's own methods take.
+var reserved = map[string]bool{"call": true, "acall": true, "names": true}
+
+func validName(n string) bool {
+	if n == "" || n[0] == '_' || reserved[n] {
+		return false
+	}
+	for i, c := range n {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c == '_':
+		case c >= '0' && c <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Names returns the registered names, sorted. A nil set has none.
+func (s *Set) Names() []string {
+	if s == nil {
+		return nil
+	}
+	return slices.Clone(s.names)
+}
+
+// Len returns how many functions s holds.
+func (s *Set) Len() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.names)
+}
+
+// ErrUnknownFunction: no host function has that name.
+var ErrUnknownFunction = errors.New("host: unknown function")
+
+// PanicError is a panic recovered from a host function.
+type PanicError struct {
+	Name  string
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("host: function %q panicked: %v", e.Name, e.Value)
+}
+
+// Call runs the function name with marshalled keyword arguments and
+// returns its marshalled result. A panic becomes a *PanicError; an unknown
+// name an error matching ErrUnknownFunction.
+func (s *Set) Call(ctx context.Context, name string, args []byte) (out []byte, err error) {
+	var f Func
+	ok := false
+	if s != nil {
+		f, ok = s.funcs[name]
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w %q (registered: %v)", ErrUnknownFunction, name, s.Names())
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			out, err = nil, &PanicError{Name: name, Value: v, Stack: debug.Stack()}
+		}
+	}()
+	return f.call(ctx, args)
+}
+
+// Invoke is Call with its outcome encoded as the reply a worker passes to
+// Python (see [Reply]): it never fails.
+func (s *Set) Invoke(ctx context.Context, name string, args []byte) []byte {
+	out, err := s.Call(ctx, name, args)
+	return Reply(out, err)
+}
+
+// TypedError is an error marked to be raised in Python as an instance of
+// a Python exception type as well as snakepit.HostError.
+type TypedError struct {
+	Err  error
+	Type string // a builtin exception's name ("KeyError") or "module.Name"
+}
+
+func (e *TypedError) Error() string { return e.Err.Error() }
+func (e *TypedError) Unwrap() error { return e.Err }
+
+// WithPythonType marks err to be raised in Python as an instance of the
+// exception type pyType as well as snakepit.HostError: a builtin
+// exception's name ("KeyError", "PermissionError") or "module.Name" of a
+// class the handler's interpreter can import. A type that cannot be found
+// (or is not an exception class) leaves a plain HostError.
+func WithPythonType(err error, pyType string) error {
+	if err == nil {
+		return nil
+	}
+	return &TypedError{Err: err, Type: pyType}
+}
+
+type argumentsError struct{ err error }
+
+func (e *argumentsError) Error() string { return "host: arguments: " + e.err.Error() }
+func (e *argumentsError) Unwrap() error { return e.err }
+
+type resultError struct{ err error }
+
+func (e *resultError) Error() string { return "host: result: " + e.err.Error() }
+func (e *resultError) Unwrap() error { return e.err }
+
+// The kinds of error replies, as snakepit._dispatch reads them.
+const (
+	kindError     = "error"
+	kindDeadline  = "deadline"
+	kindCancelled = "cancelled"
+	kindUnknown   = "unknown"
+	kindArguments = "arguments"
+	kindPanic     = "panic"
+)
+
+// Reply encodes the outcome of a host call for Python: 0x00 followed by
+// the marshalled result, or 0x01 followed by the marshalled list [kind,
+// message, python_type], kind one of "error", "deadline", "cancelled",
+// "unknown", "arguments", "panic" and python_type "" or a type's name.
+func Reply(result []byte, err error) []byte {
+	if err == nil {
+		if len(result) == 0 {
+			return []byte{0, 'N'}
+		}
+		out := make([]byte, 1+len(result))
+		copy(out[1:], result)
+		return out
+	}
+	kind := kindError
+	var pe *PanicError
+	var ae *argumentsError
+	switch {
+	case errors.As(err, &pe):
+		kind = kindPanic
+	case errors.Is(err, ErrUnknownFunction):
+		kind = kindUnknown
+	case errors.As(err, &ae):
+		kind = kindArguments
+	case errors.Is(err, context.DeadlineExceeded):
+		kind = kindDeadline
+	case errors.Is(err, context.Canceled):
+		kind = kindCancelled
+	}
+	pyType := ""
+	var te *TypedError
+	if errors.As(err, &te) {
+		pyType = te.Type
+	}
+	out, merr := pymarshal.AppendMarshal([]byte{1}, []any{kind, err.Error(), pyType})
+	if merr != nil { // the message is not valid text: send it escaped
+		out, _ = pymarshal.AppendMarshal([]byte{1}, []any{kind, fmt.Sprintf("%q", err.Error()), pyType})
+	}
+	return out
+}

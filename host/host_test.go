@@ -1,0 +1,117 @@
+package host_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/snakepit-go/snakepit/host"
+	"github.com/snakepit-go/snakepit/pymarshal"
+)
+
+type lookupArgs struct {
+	UserID int    `json:"user_id"`
+	Field  string `json:"field"`
+}
+
+type user struct {
+	Name  string   `json:"name"`
+	Roles []string `json:"roles"`
+}
+
+func replyOf(t *testing.T, b []byte) (ok bool, value any) {
+	t.Helper()
+	if len(b) == 0 || b[0] > 1 {
+		t.Fatalf("reply %q: want a status byte 0 or 1", b)
+	}
+	v, err := pymarshal.Decode(b[1:])
+	if err != nil {
+		t.Fatalf("reply %q: %v", b, err)
+	}
+	return b[0] == 0, v
+}
+
+func TestSet(t *testing.T) {
+	var seen lookupArgs
+	set, err := host.NewSet(
+		host.New("lookup", func(ctx context.Context, a lookupArgs) (user, error) {
+			seen = a
+			if a.UserID == 0 {
+				return user{}, host.WithPythonType(errors.New("no such user"), "KeyError")
+			}
+			return user{Name: "ada", Roles: []string{"admin"}}, nil
+		}),
+		host.New("wait", func(ctx context.Context, _ struct{}) (any, error) {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}),
+		host.New("boom", func(ctx context.Context, _ map[string]any) (int, error) { panic("kaboom") }),
+		host.Raw("raw", func(ctx context.Context, args []byte) ([]byte, error) { return args, nil }),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(set.Names(), ","); got != "boom,lookup,raw,wait" {
+		t.Fatalf("Names: got %s", got)
+	}
+	args, _ := pymarshal.Marshal(map[string]any{"user_id": 7, "field": "name"})
+	ok, v := replyOf(t, set.Invoke(context.Background(), "lookup", args))
+	if !ok || fmt.Sprint(v) != "map[name:ada roles:[admin]]" || seen != (lookupArgs{7, "name"}) {
+		t.Fatalf("lookup: got %v %v (args %+v)", ok, v, seen)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	dl, cancel2 := context.WithTimeout(context.Background(), 0)
+	defer cancel2()
+	bad, _ := pymarshal.Marshal(map[string]any{"user_id": "seven"})
+	zero, _ := pymarshal.Marshal(map[string]any{"user_id": 0})
+	for _, tc := range []struct {
+		ctx        context.Context
+		name       string
+		args       []byte
+		kind, text string
+		pyType     string
+	}{
+		{context.Background(), "lookup", zero, "error", "no such user", "KeyError"},
+		{context.Background(), "lookup", bad, "arguments", "host: arguments", ""},
+		{context.Background(), "nope", nil, "unknown", `unknown function "nope"`, ""},
+		{context.Background(), "boom", nil, "panic", `"boom" panicked: kaboom`, ""},
+		{ctx, "wait", nil, "cancelled", "context canceled", ""},
+		{dl, "wait", nil, "deadline", "context deadline exceeded", ""},
+	} {
+		ok, v := replyOf(t, set.Invoke(tc.ctx, tc.name, tc.args))
+		l, _ := v.([]any)
+		if ok || len(l) != 3 || l[0] != tc.kind || !strings.Contains(l[1].(string), tc.text) || l[2] != tc.pyType {
+			t.Errorf("%s: got ok=%v %v, want an error reply [%s, ...%s..., %q]", tc.name, ok, v, tc.kind, tc.text, tc.pyType)
+		}
+	}
+	if _, err := set.Call(context.Background(), "boom", nil); !errors.As(err, new(*host.PanicError)) {
+		t.Fatalf("Call of a panicking function: got %v, want a *PanicError", err)
+	}
+	if _, err := set.Call(context.Background(), "nope", nil); !errors.Is(err, host.ErrUnknownFunction) {
+		t.Fatalf("Call of an unknown name: got %v, want ErrUnknownFunction", err)
+	}
+	var none *host.Set
+	if _, err := none.Call(context.Background(), "x", nil); !errors.Is(err, host.ErrUnknownFunction) || none.Len() != 0 {
+		t.Fatalf("nil set: got %v", err)
+	}
+}
+
+func TestNewSetRefuses(t *testing.T) {
+	f := func(ctx context.Context, a any) (any, error) { return nil, nil }
+	for _, names := range [][]string{{""}, {"_private"}, {"call"}, {"names"}, {"has space"}, {"9lives"}, {"dup", "dup"}, {"héllo"}} {
+		var funcs []host.Func
+		for _, n := range names {
+			funcs = append(funcs, host.New(n, f))
+		}
+		if _, err := host.NewSet(funcs...); err == nil {
+			t.Errorf("NewSet(%q): got no error", names)
+		}
+	}
+	if _, err := host.NewSet(host.Raw("ok_name2", nil)); err == nil {
+		t.Error("NewSet of a nil function: got no error")
+	}
+}

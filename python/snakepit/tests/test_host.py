@@ -1,0 +1,72 @@
+import marshal
+import unittest
+
+import snakepit
+from snakepit._dispatch import END, OK, Dispatcher
+from snakepit.tests import fixture_adapter
+
+
+def value(reply):
+    if isinstance(reply, bytes):
+        return marshal.loads(reply)
+    code, payload, _ = reply
+    assert code == OK, reply
+    return marshal.loads(payload)
+
+
+class HostTest(unittest.TestCase):
+    """ctx.host against a transport that plays the Go side."""
+
+    def setUp(self):
+        self.d = Dispatcher("snakepit.tests.fixture_adapter", worker_id="w1")
+        self.d.host_names = ("echo", "fail")
+        self.d.host_token = 42
+        self.seen = []
+
+        def transport(token, name, payload):
+            kwargs = marshal.loads(payload)
+            self.seen.append((token, name, kwargs))
+            if name == "echo":
+                return b"\x00" + marshal.dumps(kwargs)
+            return b"\x01" + marshal.dumps([kwargs["kind"], "go says no", kwargs.get("type", "")])
+
+        self.d.host_transport = transport
+
+    def call(self, command, **kwargs):
+        return value(self.d.call(command, kwargs, "cid", None, None, None))
+
+    def test_call(self):
+        self.assertEqual(self.call("use_host", name="echo", kwargs={"a": [1, 2]}), ["ok", {"a": [1, 2]}])
+        self.assertEqual(self.seen, [(42, "echo", {"a": [1, 2]})])
+
+    def test_errors(self):
+        got = self.call("use_host", name="fail", kwargs={"kind": "deadline"})
+        self.assertEqual(got, ["error", "HostError", "deadline", "go says no", True, False])
+        got = self.call("use_host", name="fail", kwargs={"kind": "error", "type": "KeyError"})
+        self.assertEqual(got, ["error", "HostError", "error", "'go says no'", False, True])
+        got = self.call("use_host", name="fail", kwargs={"kind": "error", "type": "nosuchmodule.Error"})
+        self.assertEqual(got, ["error", "Exception", "error", "go says no", False, False])
+        got = self.call("use_host", name="missing", kwargs={})
+        self.assertEqual(got[:3], ["error", "Exception", "unknown"])
+        self.assertEqual(len(self.seen), 3)  # an unknown name makes no round trip
+
+    def test_sugar_and_async(self):
+        self.assertEqual(self.call("host_sugar"), [["echo", "fail"], {"x": 1}, True])
+        self.assertEqual(self.call("host_async"), {"x": 2})
+
+    def test_after_the_call(self):
+        fixture_adapter.KEPT.clear()
+        self.call("use_host", name="echo", kwargs={}, keep=True)
+        with self.assertRaises(snakepit.HostError) as e:
+            fixture_adapter.KEPT[0].call("echo")
+        self.assertEqual(e.exception.kind, "ended")
+
+    def test_stream(self):
+        value(self.d.stream_open("host_stream", {"n": 2}, "cid", None, None, None))
+        self.assertEqual(value(self.d.stream_next()), {"i": 0})
+        self.assertEqual(value(self.d.stream_next()), {"i": 1})
+        self.assertEqual(self.d.stream_next()[0], END)
+
+
+if __name__ == "__main__":
+    unittest.main()
