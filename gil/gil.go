@@ -87,6 +87,9 @@ type Config struct {
 	// SharedGIL runs the interpreter under the main interpreter's GIL even
 	// on Python ≥ 3.12 (for comparison; no parallelism). Zero value: own GIL.
 	SharedGIL bool
+	// Host holds the Go functions handlers may call (ctx.host in Python;
+	// see package host), e.g. a *host.Set. Nil: none.
+	Host worker.Host
 }
 
 // Worker is a thread-profile worker. It implements [worker.Worker] and

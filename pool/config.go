@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/snakepit-go/snakepit/host"
 	"github.com/snakepit-go/snakepit/worker"
 )
 
@@ -53,6 +54,15 @@ type Config struct {
 	Python    string
 	// Env is extra environment for process-profile workers ("KEY=value").
 	Env []string
+	// Host are the Go functions handlers may call (ctx.host in Python):
+	//
+	//	Host: []host.Func{host.New("lookup", func(ctx context.Context, a LookupArgs) (User, error) { ... })}
+	//
+	// Each function's ctx is the calling Python call's (deadline,
+	// cancellation, correlation id). See package host. Names must be
+	// unique Python identifiers. A NewWorker factory gets its own (see
+	// gil.Config.Host, subproc.Config.Host).
+	Host []host.Func
 
 	// Size is the number of workers. Zero: runtime.GOMAXPROCS(0).
 	Size int

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/snakepit-go/snakepit/gil"
+	"github.com/snakepit-go/snakepit/host"
 	"github.com/snakepit-go/snakepit/subproc"
 	"github.com/snakepit-go/snakepit/worker"
 )
@@ -13,6 +14,14 @@ import (
 // profileFactory returns the function that starts one worker of the
 // configured profile.
 func profileFactory(c Config) (func(ctx context.Context, id string) (worker.Worker, error), error) {
+	var hostSet worker.Host
+	if len(c.Host) > 0 {
+		s, err := host.NewSet(c.Host...)
+		if err != nil {
+			return nil, err
+		}
+		hostSet = s
+	}
 	switch c.Profile {
 	case Process:
 		// A worker process polls briefly for its next request after each
@@ -28,6 +37,7 @@ func profileFactory(c Config) (func(ctx context.Context, id string) (worker.Work
 				Module: c.Module, Paths: c.Paths, Python: c.Python, Env: c.Env, ID: id, Logger: c.Logger,
 				InterruptGrace: c.InterruptGrace, StopGrace: c.StopGrace, Spin: spin,
 				SharedThreshold: c.SharedThreshold, MaxSharedMemory: c.MaxSharedMemory,
+				Host: hostSet,
 			})
 		}, nil
 	default:
@@ -38,7 +48,7 @@ func profileFactory(c Config) (func(ctx context.Context, id string) (worker.Work
 		return func(ctx context.Context, id string) (worker.Worker, error) {
 			return gil.Start(ctx, gil.Config{
 				Module: c.Module, Paths: c.Paths, Runtime: rt, ID: id, Logger: c.Logger,
-				InterruptGrace: c.InterruptGrace,
+				InterruptGrace: c.InterruptGrace, Host: hostSet,
 			})
 		}, nil
 	}

@@ -107,6 +107,9 @@ const (
 type Config struct {
 	// Module is the adapter module to import (required).
 	Module string
+	// Host holds the Go functions handlers may call (ctx.host in Python;
+	// see package host), e.g. a *host.Set. Nil: none.
+	Host worker.Host
 	// Paths are put on the child's PYTHONPATH (after the snakepit package),
 	// e.g. the directory holding the adapter.
 	Paths []string

@@ -47,6 +47,8 @@ type Options struct {
 	// process profile passes them to the child; the thread profile finds
 	// them in the process environment, which the suite sets).
 	Env map[string]string
+	// Host holds the Go functions handlers may call (ctx.host).
+	Host worker.Host
 }
 
 // Factory starts a worker of the implementation under test.
