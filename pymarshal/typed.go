@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -541,7 +542,8 @@ func sliceDecoder(t reflect.Type) kindFunc {
 		case direct != directNone && v.CanAddr():
 			// The common element types: a new array set in place
 			// (same layout, whatever the names of the types).
-			p := v.Addr().UnsafePointer()
+			// UnsafeAddr, not Addr: Addr looks the pointer type up.
+			p := unsafe.Pointer(v.UnsafeAddr())
 			switch direct {
 			case directString:
 				*(*[]string)(p) = make([]string, n)
@@ -649,7 +651,17 @@ func mapDecoder(t reflect.Type) kindFunc {
 type structPlan struct {
 	fields []planField
 	byName map[string]int // exact names; then fields are matched ignoring case
+
+	// order[j] is 1 + the field that the key at position j of the latest
+	// dict decoded with this plan matched (0: none yet). Dicts of one
+	// type usually come with their keys in one order, call after call,
+	// so the field is found with one comparison. Only a guess, checked
+	// every time: plans are shared by concurrent decodings.
+	order [orderMax]atomic.Int32
 }
+
+// orderMax is how many key positions a plan remembers.
+const orderMax = 16
 
 type planField struct {
 	name  string
@@ -748,6 +760,22 @@ func (u *typedDecoder) setDirect(k directKind, p unsafe.Pointer) (bool, error) {
 	return true, u.scalarRef(off, flag)
 }
 
+// lookupAt is lookupBytes for the key at position j of the dict: the field
+// that key matched the last time is tried first.
+func (p *structPlan) lookupAt(j int, k []byte) int {
+	if j >= orderMax {
+		return p.lookupBytes(k)
+	}
+	if g := int(p.order[j].Load()) - 1; g >= 0 && p.fields[g].name == string(k) {
+		return g
+	}
+	i := p.lookupBytes(k)
+	if i >= 0 {
+		p.order[j].Store(int32(i + 1))
+	}
+	return i
+}
+
 // lookupBytes is lookup for a key still in the input.
 func (p *structPlan) lookupBytes(k []byte) int {
 	for i := range p.fields {
@@ -804,7 +832,7 @@ func structDecoder(t reflect.Type) kindFunc {
 		var seen [2]uint64 // fields set so far: a key seen twice goes the general way
 		var base unsafe.Pointer
 		if v.CanAddr() {
-			base = v.Addr().UnsafePointer()
+			base = unsafe.Pointer(v.UnsafeAddr())
 		}
 		slot, err := u.containerRef(off, flag)
 		if err != nil {
@@ -814,7 +842,7 @@ func structDecoder(t reflect.Type) kindFunc {
 			return err
 		}
 		u.d.pos = off + 1
-		for {
+		for j := 0; ; j++ {
 			if u.d.pos >= len(u.d.data) {
 				return errNeedGeneral
 			}
@@ -826,7 +854,7 @@ func structDecoder(t reflect.Type) kindFunc {
 			if kb, ok, err := u.keyBytes(); err != nil {
 				return err
 			} else if ok {
-				i = plan.lookupBytes(kb)
+				i = plan.lookupAt(j, kb)
 			} else {
 				k, err := u.key()
 				if err != nil {

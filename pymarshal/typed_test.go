@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"unsafe"
 )
@@ -310,5 +312,89 @@ func TestUnmarshalNoCopy(t *testing.T) {
 	}
 	if inData(copied.Big) {
 		t.Fatal("Unmarshal shared the input's memory")
+	}
+}
+
+// dictInOrder marshals a dict whose keys come in the order given (Marshal
+// sorts them), each with vals[key] as its value.
+func dictInOrder(t *testing.T, keys []string, vals map[string]any) []byte {
+	t.Helper()
+	b := []byte{typeDict}
+	for _, k := range keys {
+		var err error
+		if b, err = AppendString(b, k); err != nil {
+			t.Fatal(err)
+		}
+		b = append(b, mustMarshal(t, vals[k])...)
+	}
+	return append(b, typeNull)
+}
+
+// TestUnmarshalStructKeyOrder: a struct type's fields are found whatever
+// order its keys come in, from one dict to the next and from goroutines
+// decoding at the same time: the position a key had last time is only a
+// first guess. Keys differing in case only, unknown keys and dicts with
+// more keys than positions are remembered take the same way.
+func TestUnmarshalStructKeyOrder(t *testing.T) {
+	vals := map[string]any{
+		"id": 1, "name": "x", "score": 2.5, "tags": []any{"a", "b"}, "I8": 7, "U16": 9, "F32": 1.5,
+		"Flag": true, "Any": "any", "M": map[string]any{"a": 1}, "Recs": []any{map[string]any{"id": 3}},
+		"P": map[string]any{"name": "p"}, "Raw": []byte("raw"), "L": []any{nil, 1.5},
+		"Inner": map[string]any{"X": 1, "Y": 2}, "E": 9, "EP": 10, "unknown": 11,
+		"NAME": "folded", "Id": 5,
+	}
+	all := []string{"id", "name", "score", "tags", "I8", "U16", "F32", "Flag", "Any", "M", "Recs", "P", "Raw", "L", "Inner", "E", "EP", "unknown"}
+	orders := [][]string{
+		{"id", "name", "score", "tags"},
+		{"tags", "score", "name", "id"},
+		{"name", "id"},
+		{"unknown", "tags", "id"},
+		{"NAME", "score", "Id"},
+		{"score", "NAME", "tags", "unknown", "Id"},
+		all,
+		append(slices.Clone(all[4:]), all[:4]...),
+	}
+	var inputs [][]byte
+	for _, keys := range orders {
+		inputs = append(inputs, dictInOrder(t, keys, vals))
+	}
+	check := func(t *testing.T, data []byte) error {
+		var typed, gen typedAll
+		if err := unmarshalTyped(data, reflect.ValueOf(&typed).Elem(), false); err != nil {
+			return fmt.Errorf("typed decoding of %x failed: %v", data, err)
+		}
+		if err := unmarshalGeneral(data, reflect.ValueOf(&gen).Elem()); err != nil {
+			return fmt.Errorf("general path on %x failed: %v", data, err)
+		}
+		a, b := mustMarshal(t, &typed), mustMarshal(t, &gen)
+		if !bytes.Equal(a, b) {
+			return fmt.Errorf("from %x: got %+v, want %+v (the general path's)", data, typed, gen)
+		}
+		return nil
+	}
+	for range 3 {
+		for _, data := range inputs {
+			if err := check(t, data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Concurrent decodings, each in its own order, share one plan.
+	errs := make(chan error, len(inputs))
+	var wg sync.WaitGroup
+	for _, data := range inputs {
+		wg.Go(func() {
+			for range 200 {
+				if err := check(t, data); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }
