@@ -40,11 +40,23 @@ func AppendMarshal(buf []byte, v any) ([]byte, error) {
 // caller must keep those slices unchanged until the receiver is done with
 // them. Byte arrays ([N]byte) and [RawValue] are always copied inline.
 func AppendMarshalOOB(dst []byte, v any, minOOB int, oob [][]byte) ([]byte, [][]byte, error) {
+	b, oob, _, err := AppendMarshalOOBChecked(dst, v, minOOB, oob)
+	return b, oob, err
+}
+
+// AppendMarshalOOBChecked is [AppendMarshalOOB] that also reports whether
+// every byte it appended was written by the encoder itself: checked is
+// false when v holds a [RawValue], whose bytes are copied in unchecked.
+// When checked, what was appended is exactly one marshal value, well
+// formed, and a map with string keys or a struct became a dict with str
+// keys: a caller that splices it into a larger message (as the pool does
+// with keyword arguments) need not walk it again.
+func AppendMarshalOOBChecked(dst []byte, v any, minOOB int, oob [][]byte) (b []byte, oobOut [][]byte, checked bool, err error) {
 	e := encoder{buf: dst, oobOn: true, minOOB: minOOB, oob: oob}
 	if err := e.value(v); err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
-	return e.buf, e.oob, nil
+	return e.buf, e.oob, !e.verbatim, nil
 }
 
 type encoder struct {
@@ -56,6 +68,9 @@ type encoder struct {
 	oobOn  bool
 	minOOB int
 	oob    [][]byte
+
+	// verbatim: a RawValue was copied in, unchecked.
+	verbatim bool
 }
 
 // oobIndex puts data out of band when the encoder does so for data of that
@@ -257,6 +272,7 @@ func (e *encoder) value(v any) error {
 		if len(x) == 0 {
 			return e.unsupported("empty RawValue")
 		}
+		e.verbatim = true
 		e.buf = append(e.buf, x...)
 	case Tuple:
 		return e.anySlice(x, true)
