@@ -664,7 +664,10 @@ type structPlan struct {
 const orderMax = 16
 
 type planField struct {
-	name  string
+	name string
+	// short is the name as a short ASCII str's length byte and text
+	// (what follows the type code), nil when the name is not one.
+	short []byte
 	index []int
 	dec   decFunc
 	// A field of the struct itself (not promoted) of one of the common
@@ -760,6 +763,36 @@ func (u *typedDecoder) setDirect(k directKind, p unsafe.Pointer) (bool, error) {
 	return true, u.scalarRef(off, flag)
 }
 
+// guess reads the key at the decoder's position, the j-th of its dict,
+// when it is the name of the field the j-th key matched last time written
+// as a short ASCII str (as CPython writes short keys), returning that
+// field; otherwise it returns -1 and reads nothing. The comparison of
+// the length byte and text covers what strSpan checks of such a key.
+func (p *structPlan) guess(u *typedDecoder, j int) int {
+	if j >= orderMax {
+		return -1
+	}
+	g := int(p.order[j].Load()) - 1
+	if g < 0 {
+		return -1
+	}
+	k := p.fields[g].short
+	d := &u.d
+	off := d.pos
+	if k == nil || len(d.data)-off-1 < len(k) {
+		return -1
+	}
+	c := d.data[off]
+	if code := c &^ flagRef; code != typeShortASCII && code != typeShortASCIIIntern || string(d.data[off+1:off+1+len(k)]) != string(k) {
+		return -1
+	}
+	if d.charge(off, d.strCost(len(k)-1)) != nil || u.scalarRef(off, c&flagRef != 0) != nil {
+		return -1 // keyBytes reports it
+	}
+	d.pos = off + 1 + len(k)
+	return g
+}
+
 // lookupAt is lookupBytes for the key at position j of the dict: the field
 // that key matched the last time is tried first.
 func (p *structPlan) lookupAt(j int, k []byte) int {
@@ -814,6 +847,9 @@ func structDecoder(t reflect.Type) kindFunc {
 		for i, f := range fs {
 			sf := t.FieldByIndex(f.index)
 			p.fields[i] = planField{name: f.name, index: f.index, dec: decoderFor(sf.Type)}
+			if len(f.key) > 0 && f.key[0] == typeShortASCII {
+				p.fields[i].short = f.key[1:]
+			}
 			if len(f.index) == 1 {
 				p.fields[i].direct, p.fields[i].offset = directFor(sf.Type), sf.Offset
 			}
@@ -851,7 +887,9 @@ func structDecoder(t reflect.Type) kindFunc {
 				break
 			}
 			var i int
-			if kb, ok, err := u.keyBytes(); err != nil {
+			if g := plan.guess(u, j); g >= 0 {
+				i = g
+			} else if kb, ok, err := u.keyBytes(); err != nil {
 				return err
 			} else if ok {
 				i = plan.lookupAt(j, kb)
