@@ -719,6 +719,28 @@ func (u *typedDecoder) setDirect(k directKind, p unsafe.Pointer) (bool, error) {
 	size := 5 // of the value read: code byte and payload
 	switch k {
 	case directString:
+		if code == typeShortASCII || code == typeShortASCIIIntern {
+			// The common case of str, with its checks, charge and slot.
+			if len(u.d.data)-off >= 2 {
+				start := off + 2
+				end := start + int(u.d.data[off+1])
+				if end <= len(u.d.data) && isASCII(u.d.data[start:end]) {
+					cost := u.d.strCost(end - start)
+					if flag {
+						cost += costRef
+					}
+					if cost <= u.d.budget {
+						u.d.budget -= cost
+						if flag {
+							u.d.addRef(refSlot{lazy: lazyScalar, off: uint32(off)})
+						}
+						u.d.pos = end
+						*(*string)(p) = u.strAt(start, end)
+						return true, nil
+					}
+				}
+			}
+		}
 		s, ok, err := u.str(off, code, flag)
 		if ok {
 			*(*string)(p) = s
