@@ -436,7 +436,7 @@ func (e *encoder) anyMap(m map[string]any) error {
 	}
 	if len(entries) <= len(small) {
 		for i := 1; i < len(entries); i++ { // insertion sort: few entries
-			for j := i; j > 0 && entries[j].k < entries[j-1].k; j-- {
+			for j := i; j > 0 && keyLess(entries[j].k, entries[j-1].k); j-- {
 				entries[j], entries[j-1] = entries[j-1], entries[j]
 			}
 		}
@@ -454,6 +454,15 @@ func (e *encoder) anyMap(m map[string]any) error {
 	e.buf = append(e.buf, typeNull)
 	e.depth--
 	return nil
+}
+
+// keyLess is a < b, deciding on the first bytes where they differ, as
+// keys mostly do, without a call.
+func keyLess(a, b string) bool {
+	if len(a) > 0 && len(b) > 0 && a[0] != b[0] {
+		return a[0] < b[0]
+	}
+	return a < b
 }
 
 type anyEntry struct {
