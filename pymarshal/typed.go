@@ -675,6 +675,12 @@ type planField struct {
 	// the expected type; dec takes it otherwise.
 	direct directKind
 	offset uintptr
+	// A field of the struct itself that is a slice of one of those kinds
+	// (elemSize bytes each) is filled in place from a list whose items
+	// are all of the expected type; dec takes other values.
+	list     directKind
+	elemSize uintptr
+	elemDec  decFunc // for items of another type
 }
 
 type directKind uint8
@@ -815,6 +821,68 @@ func (p *structPlan) guess(u *typedDecoder, j int) int {
 	return g
 }
 
+// listDirect stores a new slice in field f of struct v, whose slice header
+// is at p, when the value at the decoder's position is a non-empty list,
+// as sliceDecoder would, reporting whether it did; for anything else it
+// reads nothing. Items not of the element's type go to f.elemDec.
+func (u *typedDecoder) listDirect(v reflect.Value, f *planField, p unsafe.Pointer) (bool, error) {
+	k, size := f.list, f.elemSize
+	off := u.d.pos
+	if off >= len(u.d.data) {
+		return false, nil
+	}
+	c := u.d.data[off]
+	if c&^flagRef != typeList {
+		return false, nil
+	}
+	n, start, ok := u.seqLen(off, typeList)
+	if !ok || n == 0 {
+		return false, nil
+	}
+	slot, err := u.containerRef(off, c&flagRef != 0)
+	if err != nil {
+		return false, err
+	}
+	if err := u.d.enter(off); err != nil {
+		return false, err
+	}
+	if err := u.d.charge(off, 24+int64(n)*int64(size)); err != nil {
+		return false, err
+	}
+	u.d.pos = start
+	var base unsafe.Pointer
+	switch k {
+	case directString:
+		s := make([]string, n)
+		*(*[]string)(p), base = s, unsafe.Pointer(unsafe.SliceData(s))
+	case directInt:
+		s := make([]int64, n)
+		*(*[]int64)(p), base = s, unsafe.Pointer(unsafe.SliceData(s))
+	case directFloat64:
+		s := make([]float64, n)
+		*(*[]float64)(p), base = s, unsafe.Pointer(unsafe.SliceData(s))
+	case directBool:
+		s := make([]bool, n)
+		*(*[]bool)(p), base = s, unsafe.Pointer(unsafe.SliceData(s))
+	default:
+		return false, errNeedGeneral // not planned
+	}
+	for i := range n {
+		ok, err := u.setDirect(k, unsafe.Add(base, uintptr(i)*size))
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			if err := f.elemDec(u, fieldFor(v, f.index).Index(i)); err != nil {
+				return false, err
+			}
+		}
+	}
+	u.d.depth--
+	u.done(slot)
+	return true, nil
+}
+
 // lookupAt is lookupBytes for the key at position j of the dict: the field
 // that key matched the last time is tried first.
 func (p *structPlan) lookupAt(j int, k []byte) int {
@@ -874,6 +942,12 @@ func structDecoder(t reflect.Type) kindFunc {
 			}
 			if len(f.index) == 1 {
 				p.fields[i].direct, p.fields[i].offset = directFor(sf.Type), sf.Offset
+				if t := sf.Type; t.Kind() == reflect.Slice && !reflect.PointerTo(t).Implements(textUnmarshalerType) {
+					p.fields[i].list, p.fields[i].elemSize = directFor(t.Elem()), t.Elem().Size()
+					if p.fields[i].list != directNone {
+						p.fields[i].elemDec = decoderFor(t.Elem())
+					}
+				}
 			}
 			p.byName[f.name] = i
 		}
@@ -930,6 +1004,15 @@ func structDecoder(t reflect.Type) kindFunc {
 				seen[i/64] |= 1 << (i % 64)
 				if f := &plan.fields[i]; f.direct != directNone && base != nil {
 					ok, err := u.setDirect(f.direct, unsafe.Add(base, f.offset))
+					if err != nil {
+						return err
+					}
+					if ok {
+						continue
+					}
+				}
+				if f := &plan.fields[i]; f.list != directNone && base != nil {
+					ok, err := u.listDirect(v, f, unsafe.Add(base, f.offset))
 					if err != nil {
 						return err
 					}

@@ -74,9 +74,31 @@ type typedAll struct {
 	Skip int `json:"-"`
 }
 
+// typedTextList is a slice type that decodes itself from a str.
+type typedTextList []string
+
+func (l *typedTextList) UnmarshalText(b []byte) error {
+	*l = strings.Split(string(b), ",")
+	return nil
+}
+
+// typedLists has a slice field of each element kind filled in place.
+type typedLists struct {
+	S    []string  `json:"s"`
+	I    []int     `json:"i"`
+	I64  []int64   `json:"i64"`
+	F    []float64 `json:"f"`
+	B    []bool    `json:"b"`
+	T    typedTextList
+	I32s []int32 `json:"i32s"`
+	Tags []int64 `json:"tags"` // a list CPython shares by reference in pySharedList
+	More []int64 `json:"more"`
+}
+
 // typedDestinations are the destination types the differential checks use.
 var typedDestinations = []func() any{
 	func() any { return new(typedAll) },
+	func() any { return new(typedLists) },
 	func() any { return new(typedRec) },
 	func() any { return new([]typedRec) },
 	func() any { return new(map[string]typedRec) },
@@ -141,6 +163,8 @@ func typedSeeds(tb testing.TB) [][]byte {
 		[]any{[]any{1, 2}, []any{}},
 		map[string]any{"a": map[string]any{"id": 1}, "b": nil},
 		Tuple{"x", 1}, "s", 2.5, 200, &n,
+		typedListsOK[0], typedListsOK[1],
+		map[string]any{"s": []any{"a", 1}, "i64": []any{7, true}, "b": []any{true, 0}, "T": []any{"z"}},
 	} {
 		b, err := Marshal(v)
 		if err != nil {
@@ -396,5 +420,40 @@ func TestUnmarshalStructKeyOrder(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+}
+
+// typedListsOK decode into typedLists on both paths.
+var typedListsOK = []map[string]any{
+	{
+		"s": []any{"a", "é"}, "i": []any{1, int64(1) << 40, -2}, "i64": []any{int64(-1) << 50, 7},
+		"f": []any{1.5, 2, int64(1) << 40}, "b": []any{true, false}, "T": "x,y", "i32s": []any{1, 2},
+	},
+	{"s": []any{"a", "b"}, "i": []any{1}, "i64": []any{}, "f": nil, "b": Tuple{true}, "T": "z", "tags": []any{5}},
+}
+
+// TestUnmarshalListsInPlace: slice fields filled in place take the items
+// of their element type directly and the others (big ints, ints for
+// floats) by conversion, as the general path does.
+func TestUnmarshalListsInPlace(t *testing.T) {
+	for _, v := range typedListsOK {
+		data := mustMarshal(t, v)
+		var typed, gen typedLists
+		if err := unmarshalTyped(data, reflect.ValueOf(&typed).Elem(), false); err != nil {
+			t.Fatalf("typed decoding of %v: %v", v, err)
+		}
+		if err := unmarshalGeneral(data, reflect.ValueOf(&gen).Elem()); err != nil {
+			t.Fatalf("general path on %v: %v", v, err)
+		}
+		if !reflect.DeepEqual(typed, gen) {
+			t.Fatalf("got %+v, want %+v (the general path's)", typed, gen)
+		}
+	}
+	var got typedLists
+	if err := Unmarshal(mustMarshal(t, typedListsOK[0]), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.I[1] != 1<<40 || got.F[2] != 1<<40 || got.S[1] != "é" || len(got.B) != 2 || len(got.T) != 2 {
+		t.Fatalf("got %+v, want the lists of typedListsOK[0]", got)
 	}
 }
