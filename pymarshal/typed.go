@@ -893,7 +893,7 @@ func (p *structPlan) lookupAt(j int, k []byte) int {
 		return g
 	}
 	i := p.lookupBytes(k)
-	if i >= 0 {
+	if i >= 0 && p.order[j].Load() != int32(i+1) { // a key matched ignoring case: no store each time
 		p.order[j].Store(int32(i + 1))
 	}
 	return i
