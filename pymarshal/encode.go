@@ -69,7 +69,9 @@ type encoder struct {
 	minOOB int
 	oob    [][]byte
 
-	// verbatim: a RawValue was copied in, unchecked.
+	// verbatim: a RawValue was copied in, unchecked. Every path that
+	// copies a caller's bytes in as encoded data must set it:
+	// AppendMarshalOOBChecked reports the output checked only without.
 	verbatim bool
 }
 
