@@ -69,7 +69,7 @@ func (p *Pool) CallRaw(ctx context.Context, command string, args []byte, opts ..
 
 func (p *Pool) call(ctx context.Context, command string, args, out any, session string, mode Affinity, opts []CallOption) error {
 	buf := getArgBuffer()
-	raw, oob, err := encodeArgs((*buf)[:0], args)
+	raw, oob, checked, err := encodeArgs((*buf)[:0], args)
 	if err != nil {
 		putArgBuffer(buf)
 		p.stats.failed.Add(1)
@@ -84,7 +84,7 @@ func (p *Pool) call(ctx context.Context, command string, args, out any, session 
 	if len(oob) > 0 {
 		opts = append(opts[:len(opts):len(opts)], func(o *callOptions) { o.buffers = oob })
 	}
-	res, err := p.callRaw(ctx, command, raw, session, mode, opts)
+	res, err := p.callArgs(ctx, command, raw, checked, session, mode, opts)
 	if err != nil {
 		// A call abandoned on its context goes on in the background, and
 		// a worker may still read the arguments: the buffer is not reused.
@@ -131,35 +131,43 @@ func putArgBuffer(b *[]byte) {
 	argBuffers.Put(b)
 }
 
-// encodeArgs appends the marshalled keyword arguments to dst; nil args are
-// none (nil).
 // oobMin is the size from which a []byte or Array argument travels out of
 // band (worker.Request.Buffers): without a copy in the thread profile.
 const oobMin = 64 << 10
 
-func encodeArgs(dst []byte, args any) ([]byte, [][]byte, error) {
+// encodeArgs appends the marshalled keyword arguments to dst; nil args are
+// none (nil). checked reports that the bytes are known to be one dict with
+// str keys (worker.Request.ArgsChecked): args held no RawValue.
+func encodeArgs(dst []byte, args any) (raw []byte, oob [][]byte, checked bool, err error) {
 	if args == nil {
-		return nil, nil, nil
+		return nil, nil, true, nil
 	}
-	raw, oob, err := pymarshal.AppendMarshalOOB(dst, args, oobMin, nil)
+	raw, oob, checked, err = pymarshal.AppendMarshalOOBChecked(dst, args, oobMin, nil)
 	if err != nil {
-		return nil, nil, &worker.NotSerializableError{What: "argument", Detail: err.Error(), Err: err}
+		return nil, nil, false, &worker.NotSerializableError{What: "argument", Detail: err.Error(), Err: err}
 	}
 	if len(raw) == 0 || raw[0]&^0x80 != '{' {
-		return nil, nil, &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("args must be a map with string keys or a struct (keyword arguments), got %T", args)}
+		return nil, nil, false, &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("args must be a map with string keys or a struct (keyword arguments), got %T", args)}
 	}
-	return raw, oob, nil
+	return raw, oob, checked, nil
 }
 
-func (p *Pool) newRequest(ctx context.Context, command string, args []byte, session string, o callOptions) *worker.Request {
+func (p *Pool) newRequest(ctx context.Context, command string, args []byte, checked bool, session string, o callOptions) *worker.Request {
 	cid := CorrelationID(ctx)
 	if cid == "" {
 		cid = p.cidPrefix + "-" + strconv.FormatUint(p.cidSeq.Add(1), 10)
 	}
-	return &worker.Request{Command: command, Args: args, CorrelationID: cid, SessionID: session, Attachments: o.attachments, Buffers: o.buffers}
+	return &worker.Request{Command: command, Args: args, ArgsChecked: checked, CorrelationID: cid, SessionID: session, Attachments: o.attachments, Buffers: o.buffers}
 }
 
+// callRaw calls with arguments from the caller, which the worker checks.
 func (p *Pool) callRaw(ctx context.Context, command string, args []byte, session string, mode Affinity, opts []CallOption) ([]byte, error) {
+	return p.callArgs(ctx, command, args, false, session, mode, opts)
+}
+
+// callArgs calls with marshalled arguments; checked is
+// worker.Request.ArgsChecked.
+func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checked bool, session string, mode Affinity, opts []CallOption) ([]byte, error) {
 	var o callOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -169,7 +177,7 @@ func (p *Pool) callRaw(ctx context.Context, command string, args []byte, session
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.CallTimeout)
 		defer cancel()
 	}
-	req := p.newRequest(ctx, command, args, session, o)
+	req := p.newRequest(ctx, command, args, checked, session, o)
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
 		m, e, err := p.acquireFor(ctx, session, mode)
@@ -225,7 +233,7 @@ func (p *Pool) Stream(ctx context.Context, command string, args any, opts ...Cal
 
 func (p *Pool) stream(ctx context.Context, command string, args any, session string, mode Affinity, opts []CallOption) iter.Seq2[Chunk, error] {
 	return func(yield func(Chunk, error) bool) {
-		raw, oob, err := encodeArgs(nil, args)
+		raw, oob, checked, err := encodeArgs(nil, args)
 		if err != nil {
 			yield(Chunk{}, err)
 			return
@@ -235,7 +243,7 @@ func (p *Pool) stream(ctx context.Context, command string, args any, session str
 			opt(&o)
 		}
 		o.buffers = oob // a stream keeps them: they travel inline
-		req := p.newRequest(ctx, command, raw, session, o)
+		req := p.newRequest(ctx, command, raw, checked, session, o)
 		m, e, err := p.acquireFor(ctx, session, mode)
 		if err != nil {
 			p.stats.failed.Add(1)

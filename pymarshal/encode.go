@@ -40,11 +40,23 @@ func AppendMarshal(buf []byte, v any) ([]byte, error) {
 // caller must keep those slices unchanged until the receiver is done with
 // them. Byte arrays ([N]byte) and [RawValue] are always copied inline.
 func AppendMarshalOOB(dst []byte, v any, minOOB int, oob [][]byte) ([]byte, [][]byte, error) {
+	b, oob, _, err := AppendMarshalOOBChecked(dst, v, minOOB, oob)
+	return b, oob, err
+}
+
+// AppendMarshalOOBChecked is [AppendMarshalOOB] that also reports whether
+// every byte it appended was written by the encoder itself: checked is
+// false when v holds a [RawValue], whose bytes are copied in unchecked.
+// When checked, what was appended is exactly one marshal value, well
+// formed, and a map with string keys or a struct became a dict with str
+// keys: a caller that splices it into a larger message (as the pool does
+// with keyword arguments) need not walk it again.
+func AppendMarshalOOBChecked(dst []byte, v any, minOOB int, oob [][]byte) (b []byte, oobOut [][]byte, checked bool, err error) {
 	e := encoder{buf: dst, oobOn: true, minOOB: minOOB, oob: oob}
 	if err := e.value(v); err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
-	return e.buf, e.oob, nil
+	return e.buf, e.oob, !e.verbatim, nil
 }
 
 type encoder struct {
@@ -56,6 +68,11 @@ type encoder struct {
 	oobOn  bool
 	minOOB int
 	oob    [][]byte
+
+	// verbatim: a RawValue was copied in, unchecked. Every path that
+	// copies a caller's bytes in as encoded data must set it:
+	// AppendMarshalOOBChecked reports the output checked only without.
+	verbatim bool
 }
 
 // oobIndex puts data out of band when the encoder does so for data of that
@@ -257,6 +274,7 @@ func (e *encoder) value(v any) error {
 		if len(x) == 0 {
 			return e.unsupported("empty RawValue")
 		}
+		e.verbatim = true
 		e.buf = append(e.buf, x...)
 	case Tuple:
 		return e.anySlice(x, true)
@@ -420,7 +438,7 @@ func (e *encoder) anyMap(m map[string]any) error {
 	}
 	if len(entries) <= len(small) {
 		for i := 1; i < len(entries); i++ { // insertion sort: few entries
-			for j := i; j > 0 && entries[j].k < entries[j-1].k; j-- {
+			for j := i; j > 0 && keyLess(entries[j].k, entries[j-1].k); j-- {
 				entries[j], entries[j-1] = entries[j-1], entries[j]
 			}
 		}
@@ -438,6 +456,15 @@ func (e *encoder) anyMap(m map[string]any) error {
 	e.buf = append(e.buf, typeNull)
 	e.depth--
 	return nil
+}
+
+// keyLess is a < b, deciding on the first bytes where they differ, as
+// keys mostly do, without a call.
+func keyLess(a, b string) bool {
+	if len(a) > 0 && len(b) > 0 && a[0] != b[0] {
+		return a[0] < b[0]
+	}
+	return a < b
 }
 
 type anyEntry struct {

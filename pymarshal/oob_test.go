@@ -77,3 +77,33 @@ func TestAppendMarshalOOBThreshold(t *testing.T) {
 		t.Fatalf("channel: got %v, want ErrUnsupported", err)
 	}
 }
+
+// TestAppendMarshalOOBChecked: the encoding is reported checked unless a
+// RawValue was copied in, wherever it is; a checked map encodes to one
+// dict CheckDict accepts.
+func TestAppendMarshalOOBChecked(t *testing.T) {
+	type withAny struct{ A any }
+	cases := []struct {
+		v    any
+		want bool
+	}{
+		{map[string]any{"a": 1, "b": []any{"x", 2.5, nil}, "c": map[string]any{"d": []byte("y")}}, true},
+		{withAny{A: []string{"s"}}, true},
+		{map[string]any{"big": make([]byte, 100)}, true}, // out of band
+		{map[string]any{"a": RawValue("N")}, false},
+		{map[string]any{"a": []any{Tuple{RawValue("i\x01\x00\x00\x00")}}}, false},
+		{withAny{A: RawValue("T")}, false},
+	}
+	for _, tc := range cases {
+		b, _, checked, err := AppendMarshalOOBChecked(nil, tc.v, 64, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if checked != tc.want {
+			t.Errorf("%#v: got checked %v, want %v", tc.v, checked, tc.want)
+		}
+		if err := CheckDict(b); err != nil {
+			t.Errorf("%#v: CheckDict: got %v, want nil", tc.v, err)
+		}
+	}
+}

@@ -269,3 +269,22 @@ func TestTupleEncoding(t *testing.T) {
 		t.Fatalf("got %x, want %x", data, want)
 	}
 }
+
+// TestMapKeysSorted: map keys are written in Go's string order (bytewise),
+// whatever their first bytes.
+func TestMapKeysSorted(t *testing.T) {
+	keys := []string{"", "a", "ab", "b", "B", "é", "\x00", "\xff", "aa", "a\x00", "zz", "z"}
+	for _, a := range keys {
+		for _, b := range keys {
+			if got, want := keyLess(a, b), a < b; got != want {
+				t.Fatalf("keyLess(%q, %q): got %v, want %v", a, b, got, want)
+			}
+		}
+	}
+	m := map[string]any{"b": 1, "a": 2, "c": 3, "ab": 4, "B": 5}
+	got := mustMarshal(t, m)
+	want := "{z\x01Bi\x05\x00\x00\x00z\x01ai\x02\x00\x00\x00z\x02abi\x04\x00\x00\x00z\x01bi\x01\x00\x00\x00z\x01ci\x03\x00\x00\x000"
+	if string(got) != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}

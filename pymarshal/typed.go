@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -541,7 +542,8 @@ func sliceDecoder(t reflect.Type) kindFunc {
 		case direct != directNone && v.CanAddr():
 			// The common element types: a new array set in place
 			// (same layout, whatever the names of the types).
-			p := v.Addr().UnsafePointer()
+			// UnsafeAddr, not Addr: Addr looks the pointer type up.
+			p := unsafe.Pointer(v.UnsafeAddr())
 			switch direct {
 			case directString:
 				*(*[]string)(p) = make([]string, n)
@@ -649,10 +651,23 @@ func mapDecoder(t reflect.Type) kindFunc {
 type structPlan struct {
 	fields []planField
 	byName map[string]int // exact names; then fields are matched ignoring case
+
+	// order[j] is 1 + the field that the key at position j of the latest
+	// dict decoded with this plan matched (0: none yet). Dicts of one
+	// type usually come with their keys in one order, call after call,
+	// so the field is found with one comparison. Only a guess, checked
+	// every time: plans are shared by concurrent decodings.
+	order [orderMax]atomic.Int32
 }
 
+// orderMax is how many key positions a plan remembers.
+const orderMax = 16
+
 type planField struct {
-	name  string
+	name string
+	// short is the name as a short ASCII str's length byte and text
+	// (what follows the type code), nil when the name is not one.
+	short []byte
 	index []int
 	dec   decFunc
 	// A field of the struct itself (not promoted) of one of the common
@@ -660,6 +675,12 @@ type planField struct {
 	// the expected type; dec takes it otherwise.
 	direct directKind
 	offset uintptr
+	// A field of the struct itself that is a slice of one of those kinds
+	// (elemSize bytes each) is filled in place from a list whose items
+	// are all of the expected type; dec takes other values.
+	list     directKind
+	elemSize uintptr
+	elemDec  decFunc // for items of another type
 }
 
 type directKind uint8
@@ -704,6 +725,28 @@ func (u *typedDecoder) setDirect(k directKind, p unsafe.Pointer) (bool, error) {
 	size := 5 // of the value read: code byte and payload
 	switch k {
 	case directString:
+		if code == typeShortASCII || code == typeShortASCIIIntern {
+			// The common case of str, with its checks, charge and slot.
+			if len(u.d.data)-off >= 2 {
+				start := off + 2
+				end := start + int(u.d.data[off+1])
+				if end <= len(u.d.data) && isASCII(u.d.data[start:end]) {
+					cost := u.d.strCost(end - start)
+					if flag {
+						cost += costRef
+					}
+					if cost <= u.d.budget {
+						u.d.budget -= cost
+						if flag {
+							u.d.addRef(refSlot{lazy: lazyScalar, off: uint32(off)})
+						}
+						u.d.pos = end
+						*(*string)(p) = u.strAt(start, end)
+						return true, nil
+					}
+				}
+			}
+		}
 		s, ok, err := u.str(off, code, flag)
 		if ok {
 			*(*string)(p) = s
@@ -748,6 +791,114 @@ func (u *typedDecoder) setDirect(k directKind, p unsafe.Pointer) (bool, error) {
 	return true, u.scalarRef(off, flag)
 }
 
+// guess reads the key at the decoder's position, the j-th of its dict,
+// when it is the name of the field the j-th key matched last time written
+// as a short ASCII str (as CPython writes short keys), returning that
+// field; otherwise it returns -1 and reads nothing. The comparison of
+// the length byte and text covers what strSpan checks of such a key.
+func (p *structPlan) guess(u *typedDecoder, j int) int {
+	if j >= orderMax {
+		return -1
+	}
+	g := int(p.order[j].Load()) - 1
+	if g < 0 {
+		return -1
+	}
+	k := p.fields[g].short
+	d := &u.d
+	off := d.pos
+	if k == nil || len(d.data)-off-1 < len(k) {
+		return -1
+	}
+	c := d.data[off]
+	if code := c &^ flagRef; code != typeShortASCII && code != typeShortASCIIIntern || string(d.data[off+1:off+1+len(k)]) != string(k) {
+		return -1
+	}
+	if d.charge(off, d.strCost(len(k)-1)) != nil || u.scalarRef(off, c&flagRef != 0) != nil {
+		return -1 // keyBytes reports it
+	}
+	d.pos = off + 1 + len(k)
+	return g
+}
+
+// listDirect stores a new slice in field f of struct v, whose slice header
+// is at p, when the value at the decoder's position is a non-empty list,
+// as sliceDecoder would, reporting whether it did; for anything else it
+// reads nothing. Items not of the element's type go to f.elemDec.
+func (u *typedDecoder) listDirect(v reflect.Value, f *planField, p unsafe.Pointer) (bool, error) {
+	k, size := f.list, f.elemSize
+	off := u.d.pos
+	if off >= len(u.d.data) {
+		return false, nil
+	}
+	c := u.d.data[off]
+	if c&^flagRef != typeList {
+		return false, nil
+	}
+	n, start, ok := u.seqLen(off, typeList)
+	if !ok || n == 0 {
+		return false, nil
+	}
+	slot, err := u.containerRef(off, c&flagRef != 0)
+	if err != nil {
+		return false, err
+	}
+	if err := u.d.enter(off); err != nil {
+		return false, err
+	}
+	if err := u.d.charge(off, 24+int64(n)*int64(size)); err != nil {
+		return false, err
+	}
+	u.d.pos = start
+	var base unsafe.Pointer
+	switch k {
+	case directString:
+		s := make([]string, n)
+		*(*[]string)(p), base = s, unsafe.Pointer(unsafe.SliceData(s))
+	case directInt:
+		s := make([]int64, n)
+		*(*[]int64)(p), base = s, unsafe.Pointer(unsafe.SliceData(s))
+	case directFloat64:
+		s := make([]float64, n)
+		*(*[]float64)(p), base = s, unsafe.Pointer(unsafe.SliceData(s))
+	case directBool:
+		s := make([]bool, n)
+		*(*[]bool)(p), base = s, unsafe.Pointer(unsafe.SliceData(s))
+	default:
+		return false, errNeedGeneral // not planned
+	}
+	for i := range n {
+		ok, err := u.setDirect(k, unsafe.Add(base, uintptr(i)*size))
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			if err := f.elemDec(u, fieldFor(v, f.index).Index(i)); err != nil {
+				return false, err
+			}
+		}
+	}
+	u.d.depth--
+	u.done(slot)
+	return true, nil
+}
+
+// lookupAt is lookupBytes for the key at position j of the dict: the field
+// that key matched the last time is tried first.
+func (p *structPlan) lookupAt(j int, k []byte) int {
+	if j >= orderMax {
+		return p.lookupBytes(k)
+	}
+	if g := int(p.order[j].Load()) - 1; g >= 0 && p.fields[g].name == string(k) {
+		return g
+	}
+	i := p.lookupBytes(k)
+	if i >= 0 && p.order[j].Load() != int32(i+1) { // a key matched ignoring case: no store each time
+		p.order[j].Store(int32(i + 1))
+	}
+	return i
+}
+
 // lookupBytes is lookup for a key still in the input.
 func (p *structPlan) lookupBytes(k []byte) int {
 	for i := range p.fields {
@@ -786,8 +937,17 @@ func structDecoder(t reflect.Type) kindFunc {
 		for i, f := range fs {
 			sf := t.FieldByIndex(f.index)
 			p.fields[i] = planField{name: f.name, index: f.index, dec: decoderFor(sf.Type)}
+			if len(f.key) > 0 && f.key[0] == typeShortASCII {
+				p.fields[i].short = f.key[1:]
+			}
 			if len(f.index) == 1 {
 				p.fields[i].direct, p.fields[i].offset = directFor(sf.Type), sf.Offset
+				if t := sf.Type; t.Kind() == reflect.Slice && !reflect.PointerTo(t).Implements(textUnmarshalerType) {
+					p.fields[i].list, p.fields[i].elemSize = directFor(t.Elem()), t.Elem().Size()
+					if p.fields[i].list != directNone {
+						p.fields[i].elemDec = decoderFor(t.Elem())
+					}
+				}
 			}
 			p.byName[f.name] = i
 		}
@@ -804,7 +964,7 @@ func structDecoder(t reflect.Type) kindFunc {
 		var seen [2]uint64 // fields set so far: a key seen twice goes the general way
 		var base unsafe.Pointer
 		if v.CanAddr() {
-			base = v.Addr().UnsafePointer()
+			base = unsafe.Pointer(v.UnsafeAddr())
 		}
 		slot, err := u.containerRef(off, flag)
 		if err != nil {
@@ -814,7 +974,7 @@ func structDecoder(t reflect.Type) kindFunc {
 			return err
 		}
 		u.d.pos = off + 1
-		for {
+		for j := 0; ; j++ {
 			if u.d.pos >= len(u.d.data) {
 				return errNeedGeneral
 			}
@@ -823,10 +983,12 @@ func structDecoder(t reflect.Type) kindFunc {
 				break
 			}
 			var i int
-			if kb, ok, err := u.keyBytes(); err != nil {
+			if g := plan.guess(u, j); g >= 0 {
+				i = g
+			} else if kb, ok, err := u.keyBytes(); err != nil {
 				return err
 			} else if ok {
-				i = plan.lookupBytes(kb)
+				i = plan.lookupAt(j, kb)
 			} else {
 				k, err := u.key()
 				if err != nil {
@@ -842,6 +1004,15 @@ func structDecoder(t reflect.Type) kindFunc {
 				seen[i/64] |= 1 << (i % 64)
 				if f := &plan.fields[i]; f.direct != directNone && base != nil {
 					ok, err := u.setDirect(f.direct, unsafe.Add(base, f.offset))
+					if err != nil {
+						return err
+					}
+					if ok {
+						continue
+					}
+				}
+				if f := &plan.fields[i]; f.list != directNone && base != nil {
+					ok, err := u.listDirect(v, f, unsafe.Add(base, f.offset))
 					if err != nil {
 						return err
 					}

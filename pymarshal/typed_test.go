@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"unsafe"
 )
@@ -72,9 +74,31 @@ type typedAll struct {
 	Skip int `json:"-"`
 }
 
+// typedTextList is a slice type that decodes itself from a str.
+type typedTextList []string
+
+func (l *typedTextList) UnmarshalText(b []byte) error {
+	*l = strings.Split(string(b), ",")
+	return nil
+}
+
+// typedLists has a slice field of each element kind filled in place.
+type typedLists struct {
+	S    []string  `json:"s"`
+	I    []int     `json:"i"`
+	I64  []int64   `json:"i64"`
+	F    []float64 `json:"f"`
+	B    []bool    `json:"b"`
+	T    typedTextList
+	I32s []int32 `json:"i32s"`
+	Tags []int64 `json:"tags"` // a list CPython shares by reference in pySharedList
+	More []int64 `json:"more"`
+}
+
 // typedDestinations are the destination types the differential checks use.
 var typedDestinations = []func() any{
 	func() any { return new(typedAll) },
+	func() any { return new(typedLists) },
 	func() any { return new(typedRec) },
 	func() any { return new([]typedRec) },
 	func() any { return new(map[string]typedRec) },
@@ -139,6 +163,8 @@ func typedSeeds(tb testing.TB) [][]byte {
 		[]any{[]any{1, 2}, []any{}},
 		map[string]any{"a": map[string]any{"id": 1}, "b": nil},
 		Tuple{"x", 1}, "s", 2.5, 200, &n,
+		typedListsOK[0], typedListsOK[1],
+		map[string]any{"s": []any{"a", 1}, "i64": []any{7, true}, "b": []any{true, 0}, "T": []any{"z"}},
 	} {
 		b, err := Marshal(v)
 		if err != nil {
@@ -310,5 +336,124 @@ func TestUnmarshalNoCopy(t *testing.T) {
 	}
 	if inData(copied.Big) {
 		t.Fatal("Unmarshal shared the input's memory")
+	}
+}
+
+// dictInOrder marshals a dict whose keys come in the order given (Marshal
+// sorts them), each with vals[key] as its value.
+func dictInOrder(t *testing.T, keys []string, vals map[string]any) []byte {
+	t.Helper()
+	b := []byte{typeDict}
+	for _, k := range keys {
+		var err error
+		if b, err = AppendString(b, k); err != nil {
+			t.Fatal(err)
+		}
+		b = append(b, mustMarshal(t, vals[k])...)
+	}
+	return append(b, typeNull)
+}
+
+// TestUnmarshalStructKeyOrder: a struct type's fields are found whatever
+// order its keys come in, from one dict to the next and from goroutines
+// decoding at the same time: the position a key had last time is only a
+// first guess. Keys differing in case only, unknown keys and dicts with
+// more keys than positions are remembered take the same way.
+func TestUnmarshalStructKeyOrder(t *testing.T) {
+	vals := map[string]any{
+		"id": 1, "name": "x", "score": 2.5, "tags": []any{"a", "b"}, "I8": 7, "U16": 9, "F32": 1.5,
+		"Flag": true, "Any": "any", "M": map[string]any{"a": 1}, "Recs": []any{map[string]any{"id": 3}},
+		"P": map[string]any{"name": "p"}, "Raw": []byte("raw"), "L": []any{nil, 1.5},
+		"Inner": map[string]any{"X": 1, "Y": 2}, "E": 9, "EP": 10, "unknown": 11,
+		"NAME": "folded", "Id": 5,
+	}
+	all := []string{"id", "name", "score", "tags", "I8", "U16", "F32", "Flag", "Any", "M", "Recs", "P", "Raw", "L", "Inner", "E", "EP", "unknown"}
+	orders := [][]string{
+		{"id", "name", "score", "tags"},
+		{"tags", "score", "name", "id"},
+		{"name", "id"},
+		{"unknown", "tags", "id"},
+		{"NAME", "score", "Id"},
+		{"score", "NAME", "tags", "unknown", "Id"},
+		all,
+		append(slices.Clone(all[4:]), all[:4]...),
+	}
+	var inputs [][]byte
+	for _, keys := range orders {
+		inputs = append(inputs, dictInOrder(t, keys, vals))
+	}
+	check := func(t *testing.T, data []byte) error {
+		var typed, gen typedAll
+		if err := unmarshalTyped(data, reflect.ValueOf(&typed).Elem(), false); err != nil {
+			return fmt.Errorf("typed decoding of %x failed: %v", data, err)
+		}
+		if err := unmarshalGeneral(data, reflect.ValueOf(&gen).Elem()); err != nil {
+			return fmt.Errorf("general path on %x failed: %v", data, err)
+		}
+		a, b := mustMarshal(t, &typed), mustMarshal(t, &gen)
+		if !bytes.Equal(a, b) {
+			return fmt.Errorf("from %x: got %+v, want %+v (the general path's)", data, typed, gen)
+		}
+		return nil
+	}
+	for range 3 {
+		for _, data := range inputs {
+			if err := check(t, data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Concurrent decodings, each in its own order, share one plan.
+	errs := make(chan error, len(inputs))
+	var wg sync.WaitGroup
+	for _, data := range inputs {
+		wg.Go(func() {
+			for range 200 {
+				if err := check(t, data); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// typedListsOK decode into typedLists on both paths.
+var typedListsOK = []map[string]any{
+	{
+		"s": []any{"a", "é"}, "i": []any{1, int64(1) << 40, -2}, "i64": []any{int64(-1) << 50, 7},
+		"f": []any{1.5, 2, int64(1) << 40}, "b": []any{true, false}, "T": "x,y", "i32s": []any{1, 2},
+	},
+	{"s": []any{"a", "b"}, "i": []any{1}, "i64": []any{}, "f": nil, "b": Tuple{true}, "T": "z", "tags": []any{5}},
+}
+
+// TestUnmarshalListsInPlace: slice fields filled in place take the items
+// of their element type directly and the others (big ints, ints for
+// floats) by conversion, as the general path does.
+func TestUnmarshalListsInPlace(t *testing.T) {
+	for _, v := range typedListsOK {
+		data := mustMarshal(t, v)
+		var typed, gen typedLists
+		if err := unmarshalTyped(data, reflect.ValueOf(&typed).Elem(), false); err != nil {
+			t.Fatalf("typed decoding of %v: %v", v, err)
+		}
+		if err := unmarshalGeneral(data, reflect.ValueOf(&gen).Elem()); err != nil {
+			t.Fatalf("general path on %v: %v", v, err)
+		}
+		if !reflect.DeepEqual(typed, gen) {
+			t.Fatalf("got %+v, want %+v (the general path's)", typed, gen)
+		}
+	}
+	var got typedLists
+	if err := Unmarshal(mustMarshal(t, typedListsOK[0]), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.I[1] != 1<<40 || got.F[2] != 1<<40 || got.S[1] != "é" || len(got.B) != 2 || len(got.T) != 2 {
+		t.Fatalf("got %+v, want the lists of typedListsOK[0]", got)
 	}
 }

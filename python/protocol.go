@@ -70,7 +70,8 @@ func checkArgs(args []byte) error {
 // marshalled tuple (command, kwargs, correlation_id, session_id, deadline,
 // attachments[, buffers]), the positional arguments of Dispatcher.call and
 // Dispatcher.stream_open; buffers (req.Buffers, as a list of bytes) only
-// when there are any. req.Args is copied in without decoding; when it may
+// when there are any. req.Args is copied in without decoding, after a check
+// that it is one dict (skipped when req.ArgsChecked vouches for it); when it may
 // contain markers ([pymarshal.HasMarkers]) it is wrapped as
 // (pymarshal.MarkerTag, "call", kwargs), which the dispatcher resolves
 // (snakepit._wire.resolve).
@@ -154,8 +155,10 @@ func EncodeCallInRegion(mem []byte, req *worker.Request, deadline time.Time) (st
 
 func encodeCall(dst []byte, req *worker.Request, deadline time.Time, mode bufsMode) ([]byte, error) {
 	inline := mode == nil
-	if err := checkArgs(req.Args); err != nil {
-		return nil, err
+	if !req.ArgsChecked {
+		if err := checkArgs(req.Args); err != nil {
+			return nil, err
+		}
 	}
 	size := 32 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID)
 	for _, a := range req.Attachments {

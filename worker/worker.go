@@ -78,6 +78,13 @@ type Request struct {
 	// A worker keeps no reference to Args once Call has returned without
 	// error: the caller may then reuse the buffer (the pool does).
 	Args []byte
+	// ArgsChecked says Args is known to be exactly one marshalled dict
+	// with str keys: bytes pymarshal's encoder wrote for a map or struct
+	// and reported as checked (see pymarshal.AppendMarshalOOBChecked).
+	// Workers then do not walk Args again before sending it. Leave it
+	// false for bytes from anywhere else: Args that are not one dict are
+	// then refused, where with it set they would garble the call.
+	ArgsChecked bool
 	// Attachments are raw byte blobs passed to the handler unconverted, as
 	// ctx.attachments (a list of bytes).
 	Attachments [][]byte

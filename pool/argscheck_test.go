@@ -1,0 +1,88 @@
+package pool_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/snakepit-go/snakepit/pool"
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// checkedArgs is a worker that records, per call, whether the request
+// vouched for its arguments (worker.Request.ArgsChecked).
+type checkedArgs struct {
+	instant
+	mu      sync.Mutex
+	checked []bool // guarded by mu
+}
+
+func (w *checkedArgs) Call(ctx context.Context, req *worker.Request) (*worker.Response, error) {
+	w.mu.Lock()
+	w.checked = append(w.checked, req.ArgsChecked)
+	w.mu.Unlock()
+	return w.resp, nil
+}
+
+// TestArgsChecked: Call vouches for the arguments it encoded itself, so
+// the worker does not walk them again, unless they hold a RawValue (bytes
+// the encoder copies unchecked); CallRaw's arguments, the caller's bytes,
+// are never vouched for.
+func TestArgsChecked(t *testing.T) {
+	ctx := context.Background()
+	w := &checkedArgs{instant: instant{id: "w", done: make(chan struct{}), resp: &worker.Response{Result: []byte("N")}}}
+	p, err := pool.New(ctx, pool.Config{Size: 1, NewWorker: func(context.Context, string) (worker.Worker, error) { return w, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(ctx)
+	raw, _ := pymarshal.Marshal(map[string]any{"a": 1})
+	s := p.Session("s", pool.Hint)
+	calls := []struct {
+		name string
+		call func() error
+		want bool
+	}{
+		{"Call map", func() error { return p.Call(ctx, "c", map[string]any{"a": []any{1, "x"}}, nil) }, true},
+		{"Call struct", func() error { return p.Call(ctx, "c", struct{ A int }{1}, nil) }, true},
+		{"Call nil", func() error { return p.Call(ctx, "c", nil, nil) }, true},
+		{"Call RawValue", func() error { return p.Call(ctx, "c", map[string]any{"a": pymarshal.RawValue("N")}, nil) }, false},
+		{"Call nested RawValue", func() error {
+			return p.Call(ctx, "c", map[string]any{"a": []any{map[string]any{"b": pymarshal.RawValue("N")}}}, nil)
+		}, false},
+		{"CallRaw", func() error { _, err := p.CallRaw(ctx, "c", raw); return err }, false},
+		{"Session.Call", func() error { return s.Call(ctx, "c", map[string]any{"a": 1}, nil) }, true},
+		{"Session.CallRaw", func() error { _, err := s.CallRaw(ctx, "c", raw); return err }, false},
+	}
+	for i, c := range calls {
+		if err := c.call(); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		w.mu.Lock()
+		got := w.checked[i]
+		w.mu.Unlock()
+		if got != c.want {
+			t.Errorf("%s: got ArgsChecked %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// TestCallRawValueArgsChecked: a RawValue in Call's arguments that is not
+// one value (here it closes the dict early and adds a value after it) is
+// refused by the worker, as in CallRaw, rather than shifting the call's
+// other fields.
+func TestCallRawValueArgsChecked(t *testing.T) {
+	p := typedPool(t, pool.Thread)
+	ctx := context.Background()
+	var out any
+	err := p.Call(ctx, "echo", map[string]any{"d": pymarshal.RawValue("N0N")}, &out)
+	var nse *worker.NotSerializableError
+	if !errors.As(err, &nse) || !errors.Is(err, pymarshal.ErrMalformed) {
+		t.Fatalf("got %v (%T), want a *worker.NotSerializableError wrapping pymarshal.ErrMalformed", err, err)
+	}
+	if err := p.Call(ctx, "echo", map[string]any{"d": pymarshal.RawValue("N")}, &out); err != nil || out != nil {
+		t.Fatalf("got %v, %v; want nil, nil (a well-formed RawValue)", out, err)
+	}
+}
