@@ -502,7 +502,7 @@ func (e *encoder) reflect(rv reflect.Value) error {
 			return err
 		}
 		var err error
-		if el := rv.Elem(); rv.Kind() == reflect.Pointer && el.Kind() == reflect.Struct {
+		if el := rv.Elem(); rv.Kind() == reflect.Pointer && el.Kind() == reflect.Struct && el.Type() != arrayType {
 			err = e.reflectStruct(el) // Interface would copy the struct
 		} else {
 			err = e.value(el.Interface())
@@ -510,6 +510,9 @@ func (e *encoder) reflect(rv reflect.Value) error {
 		e.depth--
 		return err
 	case reflect.Slice:
+		if rv.Type() == rawValueType {
+			return e.value(RawValue(rv.Bytes())) // verbatim, wherever it sits
+		}
 		if rv.IsNil() && rv.Type() != bytesType {
 			e.buf = append(e.buf, typeNone)
 			return nil
@@ -541,6 +544,8 @@ func (e *encoder) reflect(rv reflect.Value) error {
 	}
 	return nil
 }
+
+var rawValueType = reflect.TypeFor[RawValue]()
 
 func (e *encoder) reflectSeq(rv reflect.Value, tuple bool) error {
 	if err := e.enter(); err != nil {
