@@ -187,7 +187,7 @@ func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checke
 		}
 		waited := time.Now()
 		p.stats.wait.observe(waited.Sub(start))
-		resp, err := m.w.Call(ctx, req)
+		resp, err := m.w.Call(p.hostCallContext(ctx, m), req)
 		p.stats.call.observe(time.Since(waited))
 		p.releaseFor(m, e, session, err)
 		if err == nil {
@@ -250,7 +250,7 @@ func (p *Pool) stream(ctx context.Context, command string, args any, session str
 			yield(Chunk{}, &worker.CallError{Command: command, CorrelationID: req.CorrelationID, Err: err})
 			return
 		}
-		st, err := m.w.Stream(ctx, req)
+		st, err := m.w.Stream(p.hostCallContext(ctx, m), req)
 		if err != nil {
 			p.releaseFor(m, e, session, err)
 			p.stats.failed.Add(1)
@@ -280,4 +280,52 @@ func (p *Pool) stream(ctx context.Context, command string, args any, session str
 			}
 		}
 	}
+}
+
+// hostCaller is a link of the chain of calls a host function runs in: the
+// pool call whose handler called the host function (which may call a pool
+// in turn), and the call that called that one.
+type hostCaller struct {
+	p      *Pool
+	m      *member
+	parent *hostCaller
+}
+
+type hostCallerKey struct{}
+
+// hostCallContext returns the context for m's call: with the call added
+// to the chain of host callers when the pool's handlers can call Go
+// (their host functions get it, and a call they make back into this pool
+// is checked against it).
+func (p *Pool) hostCallContext(ctx context.Context, m *member) context.Context {
+	if len(p.cfg.Host) == 0 {
+		return ctx
+	}
+	parent, _ := ctx.Value(hostCallerKey{}).(*hostCaller)
+	return context.WithValue(ctx, hostCallerKey{}, &hostCaller{p: p, m: m, parent: parent})
+}
+
+// reentrantLocked reports whether a call with ctx could never get a worker
+// of p: a strict session call whose worker waits, up ctx's chain of host
+// callers, on this call; or a call for which every worker waits so.
+// p.mu held.
+func (p *Pool) reentrantLocked(ctx context.Context, sess *sessionEntry, strict bool) bool {
+	if len(p.cfg.Host) == 0 {
+		return false // no handler of p calls Go: p is in no chain
+	}
+	c, _ := ctx.Value(hostCallerKey{}).(*hostCaller)
+	if c == nil {
+		return false
+	}
+	waiting := 0
+	for ; c != nil; c = c.parent {
+		if c.p != p || c.m.gone {
+			continue
+		}
+		if strict && sess != nil && sess.m == c.m {
+			return true
+		}
+		waiting++
+	}
+	return waiting >= p.cfg.Size
 }

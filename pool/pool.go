@@ -46,6 +46,11 @@ var (
 	ErrSessionLost = errors.New("pool: session state lost (its worker died or was recycled)")
 	// ErrSessionBusy: a strict-fail-fast session's worker is busy.
 	ErrSessionBusy = errors.New("pool: session's worker is busy")
+	// ErrReentrant: a host function called this pool back, but the call
+	// could never get a worker: it needs the session's worker, which is
+	// the one waiting on that host function, or every worker of the pool
+	// is waiting on host functions up the chain of the call.
+	ErrReentrant = errors.New("pool: host function calls back into the worker waiting on it")
 )
 
 // Pool is a pool of workers. It is safe for concurrent use.
@@ -485,6 +490,10 @@ func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast
 	if p.closed {
 		p.mu.Unlock()
 		return nil, ErrClosed
+	}
+	if p.reentrantLocked(ctx, sess, strict) {
+		p.mu.Unlock()
+		return nil, ErrReentrant
 	}
 	var ws *sessionEntry // the waiter's session, for strict calls
 	if strict {
