@@ -247,3 +247,29 @@ func BenchmarkPayload16MiB(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkHostCall: a handler calls a no-op Go host function in a loop,
+// a small dict each way (ctx.host.call("noop", a=1, b="x")); ns/op is one
+// host call's round trip, Python -> Go -> Python, on the handler's thread.
+// Compare with embed's BenchmarkCallNoop.
+func BenchmarkHostCall(b *testing.B) { benchHostLoop(b, "loop") }
+
+// BenchmarkHostCallPythonOnly is the same loop with a Python stand-in for
+// the transport: the part of BenchmarkHostCall spent in the Python side
+// of ctx.host (argument checks, marshal both ways).
+func BenchmarkHostCallPythonOnly(b *testing.B) { benchHostLoop(b, "loop_stub") }
+
+func benchHostLoop(b *testing.B, command string) {
+	f := startHost(b, true)
+	ctx := context.Background()
+	warm := mustMarshal(b, map[string]any{"n": 100})
+	if _, err := f.w.Call(ctx, &worker.Request{Command: command, Args: warm}); err != nil {
+		b.Fatal(err)
+	}
+	args := mustMarshal(b, map[string]any{"n": b.N})
+	b.ReportAllocs()
+	b.ResetTimer()
+	if _, err := f.w.Call(ctx, &worker.Request{Command: command, Args: args}); err != nil {
+		b.Fatal(err)
+	}
+}
