@@ -12,7 +12,9 @@ import "C"
 import (
 	"context"
 	"fmt"
-	"runtime/cgo"
+	"maps"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -77,7 +79,7 @@ func (in *Interpreter) installHost(ctx context.Context) error {
 	herr := in.onHome(ctx, func(s *scope) {
 		mod := C.CString("_snakepit_embed")
 		defer C.free(unsafe.Pointer(mod))
-		C.spk_install_host(s.ts, mod, C.uintptr_t(in.handle), s.res)
+		C.spk_install_host(s.ts, mod, C.uintptr_t(in.hostID), s.res)
 		_, err = s.take(nil)
 	})
 	if herr != nil {
@@ -98,9 +100,9 @@ func spkHostCall(handle C.uintptr_t, token C.uint64_t, name *C.char, nlen C.Py_s
 			rc = putHostError(rep, fmt.Sprintf("embed: host handler panicked: %v", v))
 		}
 	}()
-	in, ok := cgo.Handle(handle).Value().(*Interpreter)
-	if !ok {
-		return putHostError(rep, "embed: host_call: not an interpreter's handle")
+	in := (*hostTargets.m.Load())[uintptr(handle)]
+	if in == nil {
+		return putHostError(rep, "embed: host_call: its interpreter has ended")
 	}
 	h := in.host.Load()
 	if h == nil {
@@ -110,8 +112,83 @@ func spkHostCall(handle C.uintptr_t, token C.uint64_t, name *C.char, nlen C.Py_s
 	if plen > 0 {
 		p = unsafe.Slice((*byte)(unsafe.Pointer(payload)), int(plen))
 	}
-	putHostReply(rep, (*h)(uint64(token), C.GoStringN(name, C.int(nlen)), p))
+	nb := unsafe.Slice((*byte)(unsafe.Pointer(name)), int(nlen))
+	putHostReply(rep, (*h)(uint64(token), in.hostName(nb), p))
 	return 0
+}
+
+// hostName returns b as a string, without allocating for a name seen
+// before (a handler calls few names, many times).
+func (in *Interpreter) hostName(b []byte) string {
+	m := in.hostNames.Load()
+	if m != nil {
+		if s, ok := (*m)[string(b)]; ok { // no allocation: a lookup
+			return s
+		}
+	}
+	s := string(b)
+	if m == nil || len(*m) < maxHostNames {
+		in.mu.Lock()
+		cur := in.hostNames.Load()
+		if cur == nil || len(*cur) < maxHostNames {
+			next := make(map[string]string, 1+lenOf(cur))
+			if cur != nil {
+				maps.Copy(next, *cur)
+			}
+			next[s] = s
+			in.hostNames.Store(&next)
+		}
+		in.mu.Unlock()
+	}
+	return s
+}
+
+// maxHostNames bounds the names an interpreter keeps (see hostName).
+const maxHostNames = 256
+
+func lenOf(m *map[string]string) int {
+	if m == nil {
+		return 0
+	}
+	return len(*m)
+}
+
+// hostTargets maps the ids host_call builtins carry to their live
+// interpreters. It is read on every host call, without a lock: the map is
+// replaced, not changed, when an interpreter starts or ends (rarely).
+var hostTargets struct {
+	mu   sync.Mutex // serialises writers
+	last uintptr
+	m    atomic.Pointer[map[uintptr]*Interpreter]
+}
+
+func init() {
+	hostTargets.m.Store(&map[uintptr]*Interpreter{})
+}
+
+// registerHostTarget gives in an id for its host_call builtin.
+func registerHostTarget(in *Interpreter) uintptr {
+	hostTargets.mu.Lock()
+	defer hostTargets.mu.Unlock()
+	hostTargets.last++
+	id := hostTargets.last
+	cur := *hostTargets.m.Load()
+	next := make(map[uintptr]*Interpreter, len(cur)+1)
+	maps.Copy(next, cur)
+	next[id] = in
+	hostTargets.m.Store(&next)
+	return id
+}
+
+// unregisterHostTarget forgets id, once its interpreter has ended.
+func unregisterHostTarget(id uintptr) {
+	hostTargets.mu.Lock()
+	defer hostTargets.mu.Unlock()
+	cur := *hostTargets.m.Load()
+	next := make(map[uintptr]*Interpreter, len(cur))
+	maps.Copy(next, cur)
+	delete(next, id)
+	hostTargets.m.Store(&next)
 }
 
 // putHostReply copies out into rep's buffer, or into malloc'd memory when

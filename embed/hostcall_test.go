@@ -3,6 +3,7 @@ package embed_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -46,6 +47,17 @@ func TestHostCallBuiltin(t *testing.T) {
 		t.Fatalf("got %s, want 100000", fmtV(v))
 	}
 	want := []hostArgs{{7, "fn", []byte("abc")}, {1<<64 - 1, "fn", []byte("xy")}, {1, "big", nil}}
+	// Many names (more than the interpreter keeps), each twice: each call
+	// gets its own name.
+	if v := mustEval(t, in, "all(hc(0, 'n%d' % (i % 300), b'') == b'reply:' for i in range(600))"); v != true {
+		t.Fatalf("got %s, want True", fmtV(v))
+	}
+	for i, a := range got[3:] {
+		if w := fmt.Sprintf("n%d", i%300); a.name != w {
+			t.Fatalf("call %d: got name %q, want %q", i+3, a.name, w)
+		}
+	}
+	got = got[:3]
 	if len(got) != len(want) {
 		t.Fatalf("got %d calls, want %d", len(got), len(want))
 	}

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"runtime/cgo"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -66,8 +65,9 @@ type Interpreter struct {
 	hres   *C.spk_result    // home thread's result slot
 	ci     *C.spk_interp    // thread states callers' threads hold (CallOnThread); nil, under mu, once ended
 
-	handle cgo.Handle                  // names in to the host_call builtin (deleted once the interpreter ended)
-	host   atomic.Pointer[HostHandler] // what host_call runs (SetHostHandler)
+	hostID    uintptr                           // names in to its host_call builtin (see hostTargets)
+	host      atomic.Pointer[HostHandler]       // what host_call runs (SetHostHandler)
+	hostNames atomic.Pointer[map[string]string] // names host_call was called with (see hostName)
 
 	inflight atomic.Int64 // CallOnThread calls running
 	closing  atomic.Bool  // closed, readable without mu
@@ -148,7 +148,7 @@ func startInterpreter(rt *Runtime, isMain bool, cfg InterpreterConfig) (*Interpr
 		reqs:   make(chan func()),
 		done:   make(chan struct{}),
 	}
-	in.handle = cgo.NewHandle(in)
+	in.hostID = registerHostTarget(in)
 	ready := make(chan error)
 	go in.homeLoop(ready)
 	if err := <-ready; err != nil {
@@ -179,7 +179,7 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 	C.spk_release_thread()
 	defer close(in.done)
 	// Last: no Python code of the interpreter can call host_call now.
-	defer in.handle.Delete()
+	defer unregisterHostTarget(in.hostID)
 	if in.isMain {
 		in.home = C.spk_new_main_tstate()
 		if in.home == nil {

@@ -27,6 +27,14 @@ type lookupArgs struct {
 	Tags   []string `json:"tags"`
 }
 
+// noopArgs is the small dict BenchmarkHostCall sends each way.
+type noopArgs struct {
+	A int    `json:"a"`
+	B string `json:"b"`
+}
+
+var rawNoopReply, _ = pymarshal.Marshal(map[string]any{"a": 1, "b": "x"})
+
 type echoArgs struct {
 	N   int    `json:"n"`
 	CID string `json:"cid"`
@@ -104,8 +112,11 @@ func hostFuncs(f *hostFixture) []host.Func {
 			}
 			return a.I * 10, nil
 		}),
-		host.New("noop", func(ctx context.Context, a map[string]any) (map[string]any, error) {
+		host.New("noop", func(ctx context.Context, a noopArgs) (noopArgs, error) {
 			return a, nil
+		}),
+		host.Raw("raw_noop", func(ctx context.Context, a []byte) ([]byte, error) {
+			return rawNoopReply, nil
 		}),
 		host.New("tid", func(ctx context.Context, a map[string]any) (int, error) {
 			return unix.Gettid(), nil
@@ -186,7 +197,7 @@ func TestHostValues(t *testing.T) {
 	want := map[string]any{"id": int64(7), "name": "user-7", "tags": []any{"a", "b"}}
 	rq.Equal(t, want, got, "got %v, want %v", got, want)
 	got = mustHcall(t, f.w, "names", nil)
-	rq.Equal(t, []any{"boom", "echo", "fail", "gate", "lookup", "noop", "tid", "wait"}, got)
+	rq.Equal(t, []any{"boom", "echo", "fail", "gate", "lookup", "noop", "raw_noop", "tid", "wait"}, got)
 }
 
 // TestHostErrors: Go errors become HostError with the Go text, typed by

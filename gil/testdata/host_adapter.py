@@ -144,16 +144,16 @@ def stream(ctx, n):
 
 
 @snakepit.command
-def loop(ctx, n):
+def loop(ctx, n, name="noop"):
     """n no-op host calls, a small dict each way."""
     call = ctx.host.call
     for _ in range(n):
-        call("noop", a=1, b="x")
+        call(name, a=1, b="x")
     return n
 
 
 @snakepit.command
-def loop_stub(ctx, n):
+def loop_stub(ctx, n, name="noop"):
     """loop with a Python stand-in for the transport: the Python side's
     share of a host call."""
     d = ctx._dispatcher
@@ -161,7 +161,7 @@ def loop_stub(ctx, n):
     reply = b"\x00" + marshal.dumps({"a": 1, "b": "x"}, 4)
     d.host_transport = lambda token, name, payload: reply
     try:
-        return loop(ctx, n)
+        return loop(ctx, n, name)
     finally:
         d.host_transport = saved
 
