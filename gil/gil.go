@@ -138,7 +138,7 @@ type Worker struct {
 	closeErr  error
 
 	host worker.Host              // Config.Host; nil: none
-	cur  atomic.Pointer[hostCall] // the call whose handler may call host functions now
+	cur  atomic.Pointer[hostCall] // the latest Call or Stream (ended once it has ended): whose host calls run
 }
 
 type dispatcherFuncs struct {

@@ -34,21 +34,28 @@ type hostCall struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	ended  bool
+	cause  error // why the call ended early (its context's cause), if it did
 }
 
 // context returns the context host functions of c get: the call's, with
-// its correlation id, done when c ends. It reports false once c ended.
-func (c *hostCall) context() (context.Context, bool) {
+// its correlation id, done when c ends. Once c ended it returns the error
+// to reply with instead.
+func (c *hostCall) context(name string) (context.Context, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ended {
-		return nil, false
+		if c.cause != nil {
+			// Ended at its deadline (or cancelled): a handler still running
+			// gets TimeoutError (snakepit.Cancelled) from its host calls.
+			return nil, fmt.Errorf("gil: host function %q: %s: %w", name, errCallEnded, c.cause)
+		}
+		return nil, fmt.Errorf("gil: host function %q: %s", name, errCallEnded)
 	}
 	if c.ctx == nil { // made on the first host call: most calls make none
 		ctx, cancel := context.WithCancel(c.parent)
 		c.ctx, c.cancel = worker.WithCorrelationID(ctx, c.cid), cancel
 	}
-	return c.ctx, true
+	return c.ctx, nil
 }
 
 // end ends c: the context its host functions got is done, and later host
@@ -56,6 +63,9 @@ func (c *hostCall) context() (context.Context, bool) {
 func (c *hostCall) end() {
 	c.mu.Lock()
 	c.ended = true
+	if c.parent.Err() != nil {
+		c.cause = context.Cause(c.parent)
+	}
 	cancel := c.cancel
 	c.mu.Unlock()
 	if cancel != nil {
@@ -72,13 +82,13 @@ func (w *Worker) newHostCall(ctx context.Context, cid string) *hostCall {
 	return &hostCall{parent: ctx, cid: cid}
 }
 
-// endHostCall ends hc (nil: nothing) and stops it being the current one.
+// endHostCall ends hc (nil: nothing). It stays the current one, ended,
+// until the next call replaces it, so that a late host call for it is told
+// why it ended.
 func (w *Worker) endHostCall(hc *hostCall) {
-	if hc == nil {
-		return
+	if hc != nil {
+		hc.end()
 	}
-	w.cur.CompareAndSwap(hc, nil)
-	hc.end()
 }
 
 // hostNames returns h's names, sorted; none for a nil h.
@@ -123,9 +133,9 @@ func (w *Worker) serveHost(token uint64, name string, payload []byte) []byte {
 	if c == nil || c.token != token {
 		return host.Reply(nil, fmt.Errorf("gil: host function %q: %s", name, errCallEnded))
 	}
-	ctx, ok := c.context()
-	if !ok {
-		return host.Reply(nil, fmt.Errorf("gil: host function %q: %s", name, errCallEnded))
+	ctx, err := c.context(name)
+	if err != nil {
+		return host.Reply(nil, err)
 	}
 	// payload is Python's memory, valid during this call only; a Raw
 	// function may keep its arguments.

@@ -321,6 +321,20 @@ func TestHostRunsOnCallingThread(t *testing.T) {
 	rq.True(t, got[0] != got[2], "got one thread for both: %v", got)
 }
 
+// TestHostAsync: an async handler's ctx.host.acall (which waits in an
+// executor thread) reaches Go, twice at once.
+func TestHostAsync(t *testing.T) {
+	f := startHost(t, true)
+	for i := range 3 {
+		got := mustHcall(t, f.w, "async_echo", map[string]any{"n": i})
+		want := []any{
+			map[string]any{"n": int64(i), "cid": "cid-async_echo", "go_cid": "cid-async_echo"},
+			map[string]any{"n": int64(i + 1), "cid": "cid-async_echo", "go_cid": "cid-async_echo"},
+		}
+		rq.Equal(t, want, got)
+	}
+}
+
 // TestHostConcurrent: four Python threads of one handler are in Go at the
 // same time (each host function waits until all four have arrived).
 func TestHostConcurrent(t *testing.T) {

@@ -178,3 +178,13 @@ def tids(ctx):
     t.start()
     t.join()
     return out
+
+
+@snakepit.command
+async def async_echo(ctx, n):
+    """Two host calls at once from an async handler (ctx.host.acall)."""
+    import asyncio
+    a, b = await asyncio.gather(
+        ctx.host.acall("echo", n=n, cid=ctx.correlation_id),
+        ctx.host.acall("echo", n=n + 1, cid=ctx.correlation_id))
+    return [a, b]
