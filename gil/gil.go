@@ -205,6 +205,7 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		done:  make(chan struct{}),
 		jobs:  make(chan job),
 		resc:  make(chan callResult, 1),
+		host:  cfg.Host,
 
 		execDone: make(chan struct{}),
 	}
@@ -216,9 +217,6 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	}
 	if w.grace == 0 {
 		w.grace = DefaultInterruptGrace
-	}
-	if cfg.Host != nil {
-		w.host = cfg.Host
 	}
 	go w.executor()
 	// The import and setup() run on the interpreter's home thread and
