@@ -196,6 +196,10 @@ func TestHostValues(t *testing.T) {
 	got := mustHcall(t, f.w, "lookup", map[string]any{"user_id": 7})
 	want := map[string]any{"id": int64(7), "name": "user-7", "tags": []any{"a", "b"}}
 	rq.Equal(t, want, got, "got %v, want %v", got, want)
+	for _, n := range []int{0, 4000, 5000, 1 << 20} { // around the builtin's 4 KiB reply buffer, and large
+		got := mustHcall(t, f.w, "big", map[string]any{"n": n})
+		rq.Equal(t, []any{int64(n), int64(n), true}, got, "%d bytes each way", n)
+	}
 	got = mustHcall(t, f.w, "names", nil)
 	rq.Equal(t, []any{"boom", "echo", "fail", "gate", "lookup", "noop", "raw_noop", "tid", "wait"}, got)
 }

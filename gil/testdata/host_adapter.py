@@ -188,3 +188,10 @@ async def async_echo(ctx, n):
         ctx.host.acall("echo", n=n, cid=ctx.correlation_id),
         ctx.host.acall("echo", n=n + 1, cid=ctx.correlation_id))
     return [a, b]
+
+
+@snakepit.command
+def big(ctx, n):
+    """A host call with n bytes of text each way."""
+    r = ctx.host.echo(n=n, cid="x" * n)
+    return [r["n"], len(r["cid"]), r["cid"] == "x" * n]
