@@ -31,7 +31,9 @@ import (
 // interpreter's other threads run meanwhile (and may call the handler
 // concurrently). payload is Python's memory, valid only until the handler
 // returns: copy what it keeps. The handler must not call into the same
-// interpreter from the same goroutine (its thread is inside a call).
+// interpreter from its own goroutine: its thread is inside a call of it
+// already (CallOnThread fails there; work for the home thread, when the
+// host call came from the home thread, would wait for ever).
 type HostHandler func(token uint64, name string, payload []byte) []byte
 
 // SetHostHandler sets the handler the interpreter's host_call builtin
