@@ -233,6 +233,13 @@ func TestHostErrors(t *testing.T) {
 			}
 		})
 	}
+	// Not caught by the handler, the HostError comes back to Go as the
+	// call's Python error, with the Go error's text.
+	_, err := hcall(t, f.w, "fail_raise", map[string]any{"how": "key"})
+	var pe *worker.PythonError
+	rq.True(t, errors.As(err, &pe), "got %v, want a *worker.PythonError", err)
+	rq.Equal(t, "snakepit.HostError", pe.Type, "got %v", pe)
+	rq.Contains(t, pe.Message, "no such user", "got %v", pe)
 	// The worker is fine after a panic.
 	rq.Equal(t, map[string]any{"id": int64(1), "name": "user-1", "tags": []any{"a", "b"}},
 		mustHcall(t, f.w, "lookup", map[string]any{"user_id": 1}))

@@ -195,3 +195,9 @@ def big(ctx, n):
     """A host call with n bytes of text each way."""
     r = ctx.host.echo(n=n, cid="x" * n)
     return [r["n"], len(r["cid"]), r["cid"] == "x" * n]
+
+
+@snakepit.command
+def fail_raise(ctx, how=""):
+    """Lets the host function's error propagate to Go."""
+    return ctx.host.fail(how=how)
