@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/snakepit-go/snakepit/embed"
+	"github.com/snakepit-go/snakepit/pymarshal"
 )
 
 // The benchmarks run on the hermetic 3.14; with
@@ -182,6 +183,33 @@ func BenchmarkParallelCPU(b *testing.B) {
 func mustExecB(b *testing.B, in *embed.Interpreter, code string) {
 	b.Helper()
 	if err := in.Exec(context.Background(), code); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkHostCallBuiltin: Python calls the host_call builtin in a loop,
+// with a handler that returns a prepared reply: Python -> C -> release
+// the GIL -> cgo callback into Go on the same thread -> back. ns/op is
+// one round trip (the loop's own cost included).
+func BenchmarkHostCallBuiltin(b *testing.B) {
+	in := newInterp(b, embed.InterpreterConfig{})
+	reply := []byte("\x00N")
+	in.SetHostHandler(func(uint64, string, []byte) []byte { return reply })
+	mustExecB(b, in, `import _snakepit_embed
+def loop(n):
+    hc = _snakepit_embed.host_call
+    p = b"payload"
+    for _ in range(n):
+        hc(1, "noop", p)
+`)
+	f, err := in.Func(context.Background(), "__main__", "loop")
+	if err != nil {
+		b.Fatal(err)
+	}
+	args, _ := pymarshal.Marshal(pymarshal.Tuple{b.N})
+	b.ReportAllocs()
+	b.ResetTimer()
+	if _, err := in.CallOnThread(embed.NewCallID(), f, args, nil, nil); err != nil {
 		b.Fatal(err)
 	}
 }

@@ -27,6 +27,16 @@
 // OS thread, every C call and the fetch of its error happen together in one
 // cgo call, and an interpreter cannot end while a Thread is attached.
 //
+// # Calling Go from Python
+//
+// Every interpreter has a builtin _snakepit_embed.host_call(token, name,
+// payload) that runs the Go function set with
+// [Interpreter.SetHostHandler] (see [HostHandler]) through a cgo callback
+// on the calling thread, with the GIL released while Go runs: no other OS
+// thread is woken, and Python threads the caller started may call too.
+// [Interpreter.TagCalls] lets Python code tell the calls that Go made into
+// it apart (the thread profile's host functions use both).
+//
 // # Values
 //
 // Arguments and results cross as Python's marshal format, version 4 (see

@@ -65,6 +65,10 @@ type Interpreter struct {
 	hres   *C.spk_result    // home thread's result slot
 	ci     *C.spk_interp    // thread states callers' threads hold (CallOnThread); nil, under mu, once ended
 
+	hostID    uintptr                           // names in to its host_call builtin (see hostTargets)
+	host      atomic.Pointer[HostHandler]       // what host_call runs (SetHostHandler)
+	hostNames atomic.Pointer[map[string]string] // names host_call was called with (see hostName)
+
 	inflight atomic.Int64 // CallOnThread calls running
 	closing  atomic.Bool  // closed, readable without mu
 	reaping  atomic.Bool  // a reap (see reap) runs
@@ -144,6 +148,7 @@ func startInterpreter(rt *Runtime, isMain bool, cfg InterpreterConfig) (*Interpr
 		reqs:   make(chan func()),
 		done:   make(chan struct{}),
 	}
+	in.hostID = registerHostTarget(in)
 	ready := make(chan error)
 	go in.homeLoop(ready)
 	if err := <-ready; err != nil {
@@ -154,6 +159,12 @@ func startInterpreter(rt *Runtime, isMain bool, cfg InterpreterConfig) (*Interpr
 			_ = in.Close(context.Background())
 		}
 		return nil, fmt.Errorf("embed: bootstrap interpreter: %w", err)
+	}
+	if err := in.installHost(context.Background()); err != nil {
+		if !isMain {
+			_ = in.Close(context.Background())
+		}
+		return nil, fmt.Errorf("embed: bootstrap interpreter: install host_call: %w", err)
 	}
 	return in, nil
 }
@@ -167,6 +178,8 @@ func (in *Interpreter) homeLoop(ready chan<- error) {
 	// states must go now, as no probe can reach a locked thread.
 	C.spk_release_thread()
 	defer close(in.done)
+	// Last: no Python code of the interpreter can call host_call now.
+	defer unregisterHostTarget(in.hostID)
 	if in.isMain {
 		in.home = C.spk_new_main_tstate()
 		if in.home == nil {

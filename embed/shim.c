@@ -1,6 +1,7 @@
 // See shim.h. Nothing here reads CPython object memory: every access goes
 // through an exported function or an exported object's address.
 #include "shim.h"
+#include "_cgo_export.h" // spkHostCall
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -105,6 +106,18 @@ static struct {
 	PyObject *(*PyTuple_GetItem)(PyObject *, Py_ssize_t);
 	int (*PyTuple_SetItem)(PyObject *, Py_ssize_t, PyObject *);
 	void (*Py_IncRef)(PyObject *);
+
+	// Host calls (Python calls Go).
+	PyObject *(*PyCFunction_NewEx)(void *, PyObject *, PyObject *);
+	PyObject *(*PyLong_FromUnsignedLongLong)(unsigned long long);
+	unsigned long long (*PyLong_AsUnsignedLongLong)(PyObject *);
+	int (*PyObject_SetAttr)(PyObject *, PyObject *, PyObject *);
+	int (*PyObject_SetAttrString)(PyObject *, const char *, PyObject *);
+	PyObject *(*PyUnicode_InternFromString)(const char *);
+	void (*PyErr_SetString)(PyObject *, const char *);
+	PyObject *(*PyErr_Occurred)(void);
+	PyObject **PyExc_TypeError;
+	PyObject **PyExc_RuntimeError;
 } api;
 
 static void *lib;
@@ -203,6 +216,16 @@ int spk_load(const char *path, char **err) {
 	REQ(PyTuple_GetItem);
 	REQ(PyTuple_SetItem);
 	REQ(Py_IncRef);
+	REQ(PyCFunction_NewEx);
+	REQ(PyLong_FromUnsignedLongLong);
+	REQ(PyLong_AsUnsignedLongLong);
+	REQ(PyObject_SetAttr);
+	REQ(PyObject_SetAttrString);
+	REQ(PyUnicode_InternFromString);
+	REQ(PyErr_SetString);
+	REQ(PyErr_Occurred);
+	REQ(PyExc_TypeError);
+	REQ(PyExc_RuntimeError);
 #undef REQ
 #undef OPT
 	return 0;
@@ -869,6 +892,10 @@ struct spk_interp {
 	spk_tsent *ents;
 	int n;
 	atomic_int closing;
+	// spk_interp_tag_calls: an object whose attribute tag_name spk_fcall
+	// sets to the call's seq. References owned by the caller.
+	PyObject *tag_obj;
+	PyObject *tag_name;
 };
 
 static atomic_int doomed;  // thread states of closing interpreters not yet deleted
@@ -1133,6 +1160,24 @@ static spk_tsent *take_entry(spk_interp *in) {
 	return e;
 }
 
+void spk_interp_tag_calls(spk_interp *in, PyObject *obj, PyObject *name) {
+	in->tag_obj = obj;
+	in->tag_name = name;
+}
+
+// tag_call sets in's tag attribute to seq (with the GIL). Returns 0, with
+// the error in r, if it failed.
+static int tag_call(spk_interp *in, uint64_t seq, spk_result *r) {
+	PyObject *v = api.PyLong_FromUnsignedLongLong(seq);
+	if (v == NULL || api.PyObject_SetAttr(in->tag_obj, in->tag_name, v) < 0) {
+		if (v != NULL) api.Py_DecRef(v);
+		fetch_error(r);
+		return 0;
+	}
+	api.Py_DecRef(v);
+	return 1;
+}
+
 void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_ssize_t alen,
                const char *kwargs, Py_ssize_t klen, const spk_buf *bufs, int nbufs, unsigned char *retained,
                char *buf, Py_ssize_t cap, spk_result *r) {
@@ -1154,7 +1199,9 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 	// reaped during this call already, however long it runs.
 	if (tls_ents->next_in_thread != NULL) note_binding();
 	e->seq = seq;
-	do_call(fn, args, alen, kwargs, klen, bufs, nbufs, retained, 1, buf, cap, r);
+	if (in->tag_obj == NULL || tag_call(in, seq, r)) {
+		do_call(fn, args, alen, kwargs, klen, bufs, nbufs, retained, 1, buf, cap, r);
+	}
 	e->seq = 0;
 	if (e->interrupted) {
 		// The interrupt came too late to be raised: drop it, or it would hit
@@ -1310,4 +1357,110 @@ int spk_reap(spk_interp *in, const pid_t *dead, int ndead) {
 	if (pthread_create(&t, NULL, reap_main, &j) != 0) return -1;
 	pthread_join(t, NULL);
 	return j.reaped;
+}
+
+// ---- host calls: Python calls Go ----
+
+// PyMethodDef, whose layout is part of the stable ABI.
+typedef struct {
+	const char *ml_name;
+	void *ml_meth;
+	int ml_flags;
+	const char *ml_doc;
+} spk_PyMethodDef;
+
+#define SPK_METH_FASTCALL 0x0080
+
+// host_call_impl is the builtin host_call(token, name, payload): it hands
+// the call to Go (spkHostCall) with the GIL released, on this thread, and
+// returns Go's reply as bytes. self is the int naming the interpreter's
+// Go side (a cgo.Handle).
+static PyObject *host_call_impl(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+	char small[4096];
+	spk_hostreply rep = {small, sizeof small, NULL, 0, 0};
+	spk_Py_buffer view;
+	const char *name;
+	Py_ssize_t nlen = 0;
+	unsigned long long handle, token;
+	PyThreadState *ts;
+	PyObject *out;
+	int rc;
+	if (nargs != 3) {
+		api.PyErr_SetString(*api.PyExc_TypeError, "host_call() takes 3 arguments: token (int), name (str), payload (bytes)");
+		return NULL;
+	}
+	handle = api.PyLong_AsUnsignedLongLong(self);
+	if (handle == (unsigned long long)-1 && api.PyErr_Occurred() != NULL) return NULL;
+	token = api.PyLong_AsUnsignedLongLong(args[0]);
+	if (token == (unsigned long long)-1 && api.PyErr_Occurred() != NULL) {
+		api.PyErr_Clear();
+		api.PyErr_SetString(*api.PyExc_TypeError, "host_call(): token must be a non-negative int (the call's)");
+		return NULL;
+	}
+	name = api.PyUnicode_AsUTF8AndSize(args[1], &nlen);
+	if (name == NULL) {
+		api.PyErr_Clear();
+		api.PyErr_SetString(*api.PyExc_TypeError, "host_call(): name must be a str");
+		return NULL;
+	}
+	// A bytes-like payload (bytes, bytearray, memoryview): the export
+	// keeps it alive and unresized while Go reads it.
+	if (api.PyObject_GetBuffer(args[2], &view, SPK_PyBUF_SIMPLE) < 0) {
+		api.PyErr_Clear();
+		api.PyErr_SetString(*api.PyExc_TypeError, "host_call(): payload must be bytes");
+		return NULL;
+	}
+	// Go runs on this thread, with the GIL released so that the
+	// interpreter's other threads run meanwhile (and call Go too).
+	ts = api.PyEval_SaveThread();
+	rc = spkHostCall((uintptr_t)handle, (uint64_t)token, (char *)name, nlen, (char *)view.buf, view.len, &rep);
+	api.PyEval_RestoreThread(ts);
+	api.PyBuffer_Release(&view);
+	if (rc != 0) {
+		// rep.out holds a NUL-terminated message.
+		api.PyErr_SetString(*api.PyExc_RuntimeError, rep.out != NULL ? rep.out : "host call failed");
+		out = NULL;
+	} else {
+		out = api.PyBytes_FromStringAndSize(rep.out != NULL ? rep.out : "", rep.len);
+	}
+	if (rep.heap) free(rep.out);
+	return out;
+}
+
+static spk_PyMethodDef host_call_def = {
+	"host_call", (void *)host_call_impl, SPK_METH_FASTCALL,
+	"host_call(token, name, payload) -> bytes: call the Go host function name with a marshalled payload\n"
+	"for the call token names; returns Go's reply.",
+};
+
+int spk_install_host(PyThreadState *ts, const char *module, uintptr_t handle, spk_result *r) {
+	PyObject *mod = NULL, *h = NULL, *fn = NULL;
+	int ok = 0;
+	reset(r);
+	api.PyEval_RestoreThread(ts);
+	mod = api.PyImport_ImportModule(module);
+	if (mod == NULL) goto out;
+	h = api.PyLong_FromUnsignedLongLong(handle);
+	if (h == NULL) goto out;
+	fn = api.PyCFunction_NewEx(&host_call_def, h, NULL);
+	if (fn == NULL) goto out;
+	if (api.PyObject_SetAttrString(mod, "host_call", fn) < 0) goto out;
+	ok = 1;
+out:
+	if (!ok) fetch_error(r);
+	if (fn) api.Py_DecRef(fn);
+	if (h) api.Py_DecRef(h);
+	if (mod) api.Py_DecRef(mod);
+	leave();
+	return ok ? 0 : -1;
+}
+
+PyObject *spk_intern(PyThreadState *ts, const char *s, spk_result *r) {
+	PyObject *o;
+	reset(r);
+	api.PyEval_RestoreThread(ts);
+	o = api.PyUnicode_InternFromString(s);
+	if (o == NULL) fetch_error(r);
+	leave();
+	return o;
 }

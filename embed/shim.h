@@ -141,6 +141,34 @@ void spk_release_thread(void);
 // GIL that runs no code. Called once, after spk_init.
 int spk_anchor_init(char **err);
 
+// spk_interp_tag_calls makes spk_fcall set attribute name of obj to the
+// call's seq (an int) before each call, with the GIL: Python code can then
+// tell which call it runs in. Call it before any call; obj and name stay
+// owned by the caller, who keeps them alive while in is used.
+void spk_interp_tag_calls(spk_interp *in, PyObject *obj, PyObject *name);
+
+// ---- host calls: Python calls Go ----
+//
+// spk_install_host sets module.host_call (module already imported) to a
+// builtin host_call(token, name, payload) -> bytes that calls the Go
+// function spkHostCall on the calling thread, with the GIL released.
+// handle names the interpreter's Go side.
+int spk_install_host(PyThreadState *ts, const char *module, uintptr_t handle, spk_result *r);
+
+// spk_hostreply is where Go puts a host call's reply: in buf when it fits
+// (cap bytes), else in malloc'd memory (heap set); out and len say where.
+// On failure out is a NUL-terminated message.
+typedef struct {
+	char *buf;
+	Py_ssize_t cap;
+	char *out;
+	Py_ssize_t len;
+	int heap;
+} spk_hostreply;
+
+// spk_intern returns a new reference to the interned str s.
+PyObject *spk_intern(PyThreadState *ts, const char *s, spk_result *r);
+
 enum { SPK_ECLOSED = 4 };
 
 // SPK_EBADARGS: the arguments are not of the shape a call takes; emsg says why.

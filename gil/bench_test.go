@@ -247,3 +247,34 @@ func BenchmarkPayload16MiB(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkHostCall: a handler calls a no-op Go host function in a loop,
+// a small dict each way (ctx.host.call("noop", a=1, b="x")); ns/op is one
+// host call's round trip, Python -> Go -> Python, on the handler's thread.
+// Compare with embed's BenchmarkCallNoop.
+func BenchmarkHostCall(b *testing.B) { benchHostLoop(b, "loop", "noop") }
+
+// BenchmarkHostCallRaw is BenchmarkHostCall with a host.Raw function that
+// returns a prepared reply: the transport's share, without decoding the
+// arguments into a struct and encoding the result.
+func BenchmarkHostCallRaw(b *testing.B) { benchHostLoop(b, "loop", "raw_noop") }
+
+// BenchmarkHostCallPythonOnly is the same loop with a Python stand-in for
+// the transport: the part of BenchmarkHostCall spent in the Python side
+// of ctx.host (argument checks, marshal both ways).
+func BenchmarkHostCallPythonOnly(b *testing.B) { benchHostLoop(b, "loop_stub", "noop") }
+
+func benchHostLoop(b *testing.B, command, name string) {
+	f := startHost(b, true)
+	ctx := context.Background()
+	warm := mustMarshal(b, map[string]any{"n": 100, "name": name})
+	if _, err := f.w.Call(ctx, &worker.Request{Command: command, Args: warm}); err != nil {
+		b.Fatal(err)
+	}
+	args := mustMarshal(b, map[string]any{"n": b.N, "name": name})
+	b.ReportAllocs()
+	b.ResetTimer()
+	if _, err := f.w.Call(ctx, &worker.Request{Command: command, Args: args}); err != nil {
+		b.Fatal(err)
+	}
+}

@@ -25,6 +25,21 @@
 // and threads cannot be reclaimed while the C code runs, so the pool should
 // replace it.
 //
+// # Host functions
+//
+// A handler calls the Go functions of [Config.Host] through ctx.host (see
+// package host). The Go function runs on the calling Python thread's own
+// OS thread, with the interpreter's GIL released for its duration: no
+// other OS thread is woken, the interpreter's other threads run meanwhile,
+// and several threads of one handler may be in Go at once. Its ctx is the
+// Call's (or the Stream's, from open to close), with the request's
+// correlation id ([worker.CorrelationID]); it is done when the Go-side call
+// ends, including at a deadline that interrupts a handler waiting in Go.
+// Threads the handler started may call while the call runs; a host call
+// made for a call that has ended is refused (HostError in Python). A host
+// function must not call the same worker: the worker runs one call at a
+// time, and the call waiting in Go holds it.
+//
 // # Limits
 //
 // Extension modules that do not support sub-interpreters (numpy, most
@@ -88,7 +103,9 @@ type Config struct {
 	// on Python ≥ 3.12 (for comparison; no parallelism). Zero value: own GIL.
 	SharedGIL bool
 	// Host holds the Go functions handlers may call (ctx.host in Python;
-	// see package host), e.g. a *host.Set. Nil: none.
+	// see package host and "Host functions" above), e.g. a *host.Set.
+	// Nil: none (ctx.host.names() is empty, and every call is a HostError
+	// of kind "unknown").
 	Host worker.Host
 }
 
@@ -119,6 +136,9 @@ type Worker struct {
 	bg        sync.WaitGroup // background goroutines (interrupters, stuck-call watchers)
 	closeOnce sync.Once
 	closeErr  error
+
+	host worker.Host              // Config.Host; nil: none
+	cur  atomic.Pointer[hostCall] // the latest Call or Stream (ended once it has ended): whose host calls run
 }
 
 type dispatcherFuncs struct {
@@ -185,6 +205,7 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		done:  make(chan struct{}),
 		jobs:  make(chan job),
 		resc:  make(chan callResult, 1),
+		host:  cfg.Host,
 
 		execDone: make(chan struct{}),
 	}
@@ -202,7 +223,7 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	// cannot be interrupted: ctx bounds the wait for them. If ctx ends
 	// first, Start returns and the interpreter is ended once they return.
 	bootc := make(chan error, 1)
-	go func() { bootc <- w.boot(ctx, cfg.Module) }()
+	go func() { bootc <- w.boot(ctx, cfg.Module, hostNames(cfg.Host)) }()
 	abort := func() {
 		close(w.jobs)
 		<-w.execDone
@@ -254,16 +275,22 @@ func (w *Worker) executor() {
 	}
 }
 
-func (w *Worker) boot(ctx context.Context, module string) error {
-	code := fmt.Sprintf(`import snakepit, snakepit._dispatch, snakepit._sleep
+func (w *Worker) boot(ctx context.Context, module string, hostNames []string) error {
+	names, _ := json.Marshal(hostNames) // a JSON list of strings is a Python list literal
+	code := fmt.Sprintf(`import snakepit, snakepit._dispatch, snakepit._sleep, _snakepit_embed
 snakepit._sleep.install()
 _spk = snakepit._dispatch.Dispatcher(%s, worker_id=%s, capture_stdio=True, log_level=%d)
 _spk.raw_results = True
+_spk.host_names = tuple(%s)
+_spk.host_transport = _snakepit_embed.host_call
 _spk_call, _spk_stream_open, _spk_stream_next, _spk_stream_close = _spk.call, _spk.stream_open, _spk.stream_next, _spk.stream_close
 _spk_end_session, _spk_teardown, _spk_drain_logs, _spk_cancel, _spk_setup = _spk.end_session, _spk.teardown, _spk.drain_logs, snakepit._sleep.on_cancel(_spk.cancel), _spk.setup
 _spk_cancelled = snakepit.Cancelled
-`, pyString(module), pyString(w.id), python.PythonLevel(w.log))
+`, pyString(module), pyString(w.id), python.PythonLevel(w.log), names)
 	if err := w.in.Exec(ctx, code); err != nil {
+		return &worker.SetupError{WorkerID: w.id, Stage: "import", Err: err}
+	}
+	if err := w.installHost(ctx); err != nil {
 		return &worker.SetupError{WorkerID: w.id, Stage: "import", Err: err}
 	}
 	for name, fp := range map[string]**embed.Func{
@@ -365,7 +392,11 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 	if err := w.acquire(ctx); err != nil {
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
-	r, abandoned, err := w.runBufs(ctx, w.fns.call, args, req.Buffers, req.Command, req.CorrelationID, w.release)
+	hc := w.newHostCall(ctx, req.CorrelationID)
+	r, abandoned, err := w.runBufs(ctx, w.fns.call, args, req.Buffers, req.Command, req.CorrelationID, hc, w.release)
+	// The Go-side call has ended (even if the handler still runs, being
+	// stopped): its host calls end, and later ones are refused.
+	w.endHostCall(hc)
 	if !abandoned {
 		w.release()
 	}
@@ -385,14 +416,20 @@ type callResult struct {
 // the background, which runs onAbandon once Python is done with it (unless
 // the worker died waiting).
 func (w *Worker) run(ctx context.Context, fn *embed.Func, args []byte, command, cid string, onAbandon func()) (r python.Reply, abandoned bool, err error) {
-	return w.runBufs(ctx, fn, args, nil, command, cid, onAbandon)
+	return w.runBufs(ctx, fn, args, nil, command, cid, nil, onAbandon)
 }
 
 // runBufs is run with out-of-band payloads (see
 // embed.Interpreter.CallOnThreadBuffers), which stay pinned until Python is
-// done with the call, even when the caller has gone.
-func (w *Worker) runBufs(ctx context.Context, fn *embed.Func, args []byte, bufs [][]byte, command, cid string, onAbandon func()) (r python.Reply, abandoned bool, err error) {
+// done with the call, even when the caller has gone. hc, when not nil, is
+// the call handlers' host calls are made for: it becomes the current one,
+// identified by the call's id (the caller ends it).
+func (w *Worker) runBufs(ctx context.Context, fn *embed.Func, args []byte, bufs [][]byte, command, cid string, hc *hostCall, onAbandon func()) (r python.Reply, abandoned bool, err error) {
 	id := embed.NewCallID()
+	if hc != nil {
+		hc.token = id // before Store: readers Load it
+		w.cur.Store(hc)
+	}
 	var res callResult
 	if ctx.Done() == nil {
 		// Nothing can end this call early: run it right here.

@@ -33,8 +33,12 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 		_, _ = closeGen(context.Background())
 		w.release()
 	}
-	_, abandoned, err := w.run(sctx, w.fns.streamOpen, args, cmd, cid, closeAbandoned)
+	// The stream's host calls (during open and each next, and from threads
+	// its handler started) run with the stream's context until it ends.
+	hc := w.newHostCall(sctx, cid)
+	_, abandoned, err := w.runBufs(sctx, w.fns.streamOpen, args, nil, cmd, cid, hc, closeAbandoned)
 	if err != nil {
+		w.endHostCall(hc)
 		if !abandoned {
 			w.release()
 		}
@@ -48,7 +52,10 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 		},
 		CloseGen: closeGen,
 		Release:  w.release,
-		Forget:   func() { w.openStream.CompareAndSwap(s, nil) },
+		Forget: func() {
+			w.endHostCall(hc)
+			w.openStream.CompareAndSwap(s, nil)
+		},
 	})
 	w.openStream.Store(s)
 	return s, nil

@@ -1,0 +1,143 @@
+package gil
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/snakepit-go/snakepit/host"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// Host functions (Config.Host) are called from Python through the
+// interpreter's host_call builtin (see embed.HostHandler): the Go function
+// runs on the calling Python thread's own OS thread with the
+// interpreter's GIL released, so a host call wakes no other thread, and
+// several of a handler's threads may call at once.
+//
+// Each Call and each Stream (open to close) is a hostCall, identified by
+// the id of the call that started it: before every call the interpreter
+// sets the dispatcher's host_token to the call's id (embed TagCalls), and
+// each handler context keeps the token current when it was made. A host
+// call whose token is not the current call's, or that arrives after its
+// call ended on the Go side, is refused.
+
+// hostCall is the call in flight whose handler may call host functions.
+type hostCall struct {
+	token  uint64          // the id of the call that made the handler's context; set before it is current
+	parent context.Context // the Call's or Stream's context
+	cid    string
+
+	mu     sync.Mutex // guards the fields below
+	ctx    context.Context
+	cancel context.CancelFunc
+	ended  bool
+	cause  error // why the call ended early (its context's cause), if it did
+}
+
+// context returns the context host functions of c get: the call's, with
+// its correlation id, done when c ends. Once c ended it returns the error
+// to reply with instead.
+func (c *hostCall) context(name string) (context.Context, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		if c.cause != nil {
+			// Ended at its deadline (or cancelled): a handler still running
+			// gets TimeoutError (snakepit.Cancelled) from its host calls.
+			return nil, fmt.Errorf("gil: host function %q: %s: %w", name, errCallEnded, c.cause)
+		}
+		return nil, fmt.Errorf("gil: host function %q: %s", name, errCallEnded)
+	}
+	if c.ctx == nil { // made on the first host call: most calls make none
+		ctx, cancel := context.WithCancel(c.parent)
+		c.ctx, c.cancel = worker.WithCorrelationID(ctx, c.cid), cancel
+	}
+	return c.ctx, nil
+}
+
+// end ends c: the context its host functions got is done, and later host
+// calls for it are refused.
+func (c *hostCall) end() {
+	c.mu.Lock()
+	c.ended = true
+	if c.parent.Err() != nil {
+		c.cause = context.Cause(c.parent)
+	}
+	cancel := c.cancel
+	c.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// newHostCall returns the hostCall for a call with ctx and correlation id
+// cid, or nil when the worker has no host functions.
+func (w *Worker) newHostCall(ctx context.Context, cid string) *hostCall {
+	if w.host == nil {
+		return nil
+	}
+	return &hostCall{parent: ctx, cid: cid}
+}
+
+// endHostCall ends hc (nil: nothing). It stays the current one, ended,
+// until the next call replaces it, so that a late host call for it is told
+// why it ended.
+func (w *Worker) endHostCall(hc *hostCall) {
+	if hc != nil {
+		hc.end()
+	}
+}
+
+// hostNames returns h's names, sorted; none for a nil h.
+func hostNames(h worker.Host) []string {
+	if h == nil {
+		return []string{}
+	}
+	names := slices.Clone(h.Names())
+	slices.Sort(names)
+	if names == nil {
+		names = []string{}
+	}
+	return names
+}
+
+// installHost makes the interpreter serve host_call with this worker's
+// functions and tag each call with its id (only with functions: the tag
+// costs a little on every call).
+func (w *Worker) installHost(ctx context.Context) error {
+	w.in.SetHostHandler(w.serveHost)
+	if w.host == nil {
+		return nil
+	}
+	disp, err := w.in.Func(ctx, "__main__", "_spk")
+	if err != nil {
+		return err
+	}
+	return w.in.TagCalls(ctx, disp, "host_token")
+}
+
+// errCallEnded is the message of a host call refused because its call has
+// ended.
+const errCallEnded = "the call it was made for has ended"
+
+// serveHost serves a host call from Python (an embed.HostHandler). It
+// never fails: errors are encoded in the reply, as host.Reply does.
+func (w *Worker) serveHost(token uint64, name string, payload []byte) []byte {
+	if w.host == nil {
+		return host.Reply(nil, fmt.Errorf("%w %q: worker %s has no host functions", host.ErrUnknownFunction, name, w.id))
+	}
+	c := w.cur.Load()
+	if c == nil || c.token != token {
+		return host.Reply(nil, fmt.Errorf("gil: host function %q: %s", name, errCallEnded))
+	}
+	ctx, err := c.context(name)
+	if err != nil {
+		return host.Reply(nil, err)
+	}
+	// payload is Python's memory, valid during this call only; a Raw
+	// function may keep its arguments.
+	return w.host.Invoke(ctx, name, bytes.Clone(payload))
+}
