@@ -1,7 +1,6 @@
 package gil
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -137,7 +136,7 @@ func (w *Worker) serveHost(token uint64, name string, payload []byte) []byte {
 	if err != nil {
 		return host.Reply(nil, err)
 	}
-	// payload is Python's memory, valid during this call only; a Raw
-	// function may keep its arguments.
-	return w.host.Invoke(ctx, name, bytes.Clone(payload))
+	// payload is Python's memory, valid during this call only, which is
+	// all Invoke needs.
+	return w.host.Invoke(ctx, name, payload)
 }

@@ -18,11 +18,15 @@ func decodeHostReply(t *testing.T, reply []byte) (kind, msg string, v any) {
 	if len(reply) == 0 {
 		t.Fatal("got an empty reply")
 	}
-	v, err := pymarshal.Decode(reply[1:])
+	failed := reply[0] == host.ReplyError
+	if failed {
+		reply = reply[1:]
+	}
+	v, err := pymarshal.Decode(reply)
 	if err != nil {
 		t.Fatalf("decode reply %q: %v", reply, err)
 	}
-	if reply[0] == 0 {
+	if !failed {
 		return "", "", v
 	}
 	l, ok := v.([]any)

@@ -21,6 +21,7 @@
 package host
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +35,7 @@ import (
 type Func struct {
 	name string
 	call func(ctx context.Context, args []byte) ([]byte, error)
+	raw  bool // call may keep args: it gets its own copy
 }
 
 // Name returns the name handlers call f by.
@@ -55,7 +57,7 @@ func New[A, R any](name string, fn func(ctx context.Context, args A) (R, error))
 		if err != nil {
 			return nil, err
 		}
-		out, err := pymarshal.Marshal(r)
+		out, err := pymarshal.AppendMarshal(make([]byte, 0, 64), r)
 		if err != nil {
 			return nil, &resultError{err: err}
 		}
@@ -66,7 +68,7 @@ func New[A, R any](name string, fn func(ctx context.Context, args A) (R, error))
 // Raw makes a host function that takes the marshalled keyword arguments (a
 // dict; empty for none) and returns its marshalled result.
 func Raw(name string, fn func(ctx context.Context, args []byte) ([]byte, error)) Func {
-	return Func{name: name, call: fn}
+	return Func{name: name, call: fn, raw: true}
 }
 
 // Set is an immutable set of host functions; workers call into it. Its
@@ -148,7 +150,8 @@ func (e *PanicError) Error() string {
 
 // Call runs the function name with marshalled keyword arguments and
 // returns its marshalled result. A panic becomes a *PanicError; an unknown
-// name an error matching ErrUnknownFunction.
+// name an error matching ErrUnknownFunction. args need only stay valid
+// until Call returns (a Raw function gets a copy).
 func (s *Set) Call(ctx context.Context, name string, args []byte) (out []byte, err error) {
 	var f Func
 	ok := false
@@ -163,6 +166,9 @@ func (s *Set) Call(ctx context.Context, name string, args []byte) (out []byte, e
 			out, err = nil, &PanicError{Name: name, Value: v, Stack: debug.Stack()}
 		}
 	}()
+	if f.raw {
+		args = bytes.Clone(args)
+	}
 	return f.call(ctx, args)
 }
 
@@ -205,7 +211,11 @@ type resultError struct{ err error }
 func (e *resultError) Error() string { return "host: result: " + e.err.Error() }
 func (e *resultError) Unwrap() error { return e.err }
 
-// The kinds of error replies, as snakepit._dispatch reads them.
+// ReplyError is the first byte of an error reply (see Reply): no marshal
+// type code.
+const ReplyError = 0x01
+
+// The kinds of error replies, as snakepit reads them.
 const (
 	kindError     = "error"
 	kindDeadline  = "deadline"
@@ -215,18 +225,21 @@ const (
 	kindPanic     = "panic"
 )
 
-// Reply encodes the outcome of a host call for Python: 0x00 followed by
-// the marshalled result, or 0x01 followed by the marshalled list [kind,
-// message, python_type], kind one of "error", "deadline", "cancelled",
-// "unknown", "arguments", "panic" and python_type "" or a type's name.
+// Reply encodes the outcome of a host call for Python: the marshalled
+// result itself (empty: None), or ReplyError followed by the marshalled
+// list [kind, message, python_type], kind one of "error", "deadline",
+// "cancelled", "unknown", "arguments", "panic" and python_type "" or a
+// type's name. No marshalled value starts with ReplyError: a result that
+// does is refused as not marshal data.
 func Reply(result []byte, err error) []byte {
 	if err == nil {
-		if len(result) == 0 {
-			return []byte{0, 'N'}
+		switch {
+		case len(result) == 0:
+			return []byte{'N'}
+		case result[0] != ReplyError:
+			return result
 		}
-		out := make([]byte, 1+len(result))
-		copy(out[1:], result)
-		return out
+		err = &resultError{err: errors.New("not marshal data")}
 	}
 	kind := kindError
 	var pe *PanicError
@@ -248,9 +261,9 @@ func Reply(result []byte, err error) []byte {
 	if errors.As(err, &te) {
 		pyType = te.Type
 	}
-	out, merr := pymarshal.AppendMarshal([]byte{1}, []any{kind, err.Error(), pyType})
+	out, merr := pymarshal.AppendMarshal([]byte{ReplyError}, []any{kind, err.Error(), pyType})
 	if merr != nil { // the message is not valid text: send it escaped
-		out, _ = pymarshal.AppendMarshal([]byte{1}, []any{kind, fmt.Sprintf("%q", err.Error()), pyType})
+		out, _ = pymarshal.AppendMarshal([]byte{ReplyError}, []any{kind, fmt.Sprintf("%q", err.Error()), pyType})
 	}
 	return out
 }

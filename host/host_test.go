@@ -23,14 +23,18 @@ type user struct {
 
 func replyOf(t *testing.T, b []byte) (ok bool, value any) {
 	t.Helper()
-	if len(b) == 0 || b[0] > 1 {
-		t.Fatalf("reply %q: want a status byte 0 or 1", b)
+	if len(b) == 0 {
+		t.Fatal("empty reply")
 	}
-	v, err := pymarshal.Decode(b[1:])
+	ok = b[0] != host.ReplyError
+	if !ok {
+		b = b[1:]
+	}
+	v, err := pymarshal.Decode(b)
 	if err != nil {
 		t.Fatalf("reply %q: %v", b, err)
 	}
-	return b[0] == 0, v
+	return ok, v
 }
 
 func TestSet(t *testing.T) {
@@ -49,11 +53,12 @@ func TestSet(t *testing.T) {
 		}),
 		host.New("boom", func(ctx context.Context, _ map[string]any) (int, error) { panic("kaboom") }),
 		host.Raw("raw", func(ctx context.Context, args []byte) ([]byte, error) { return args, nil }),
+		host.Raw("none", func(ctx context.Context, args []byte) ([]byte, error) { return nil, nil }),
 	)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(set.Names(), ","); got != "boom,lookup,raw,wait" {
+	if got := strings.Join(set.Names(), ","); got != "boom,lookup,none,raw,wait" {
 		t.Fatalf("Names: got %s", got)
 	}
 	args, _ := pymarshal.Marshal(map[string]any{"user_id": 7, "field": "name"})
@@ -79,6 +84,7 @@ func TestSet(t *testing.T) {
 		{context.Background(), "lookup", bad, "arguments", "host: arguments", ""},
 		{context.Background(), "nope", nil, "unknown", `unknown function "nope"`, ""},
 		{context.Background(), "boom", nil, "panic", `"boom" panicked: kaboom`, ""},
+		{context.Background(), "raw", []byte{host.ReplyError, 'N'}, "error", "not marshal data", ""},
 		{ctx, "wait", nil, "cancelled", "context canceled", ""},
 		{dl, "wait", nil, "deadline", "context deadline exceeded", ""},
 	} {
@@ -87,6 +93,9 @@ func TestSet(t *testing.T) {
 		if ok || len(l) != 3 || l[0] != tc.kind || !strings.Contains(l[1].(string), tc.text) || l[2] != tc.pyType {
 			t.Errorf("%s: got ok=%v %v, want an error reply [%s, ...%s..., %q]", tc.name, ok, v, tc.kind, tc.text, tc.pyType)
 		}
+	}
+	if ok, v := replyOf(t, set.Invoke(context.Background(), "none", nil)); !ok || v != nil {
+		t.Fatalf("an empty result: got ok=%v %v, want None", ok, v)
 	}
 	if _, err := set.Call(context.Background(), "boom", nil); !errors.As(err, new(*host.PanicError)) {
 		t.Fatalf("Call of a panicking function: got %v, want a *PanicError", err)

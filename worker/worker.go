@@ -239,6 +239,7 @@ type Host interface {
 	Names() []string
 	// Invoke runs the function name with marshalled keyword arguments and
 	// returns the reply for Python (see host.Reply). ctx is the Python
-	// call's, with its correlation id.
+	// call's, with its correlation id. args need only stay valid until
+	// Invoke returns.
 	Invoke(ctx context.Context, name string, args []byte) []byte
 }

@@ -111,7 +111,15 @@ def kept_transport(name):
     """Calls the transport with the kept (ended) call's token, bypassing
     the Python-side check: the Go side must refuse it."""
     reply = _kept["transport"](_kept["token"], name, marshal.dumps({"n": 1}))
-    return [reply[0], marshal.loads(reply[1:])]
+    return _split(reply)
+
+
+def _split(reply):
+    """[0, value] for a result reply, [1, [kind, message, type]] for an
+    error reply (host.Reply)."""
+    if reply[0] == 1:
+        return [1, marshal.loads(reply[1:])]
+    return [0, marshal.loads(reply)]
 
 
 @snakepit.command
@@ -128,7 +136,7 @@ def transport(ctx, token="own", name="echo", payload=None, nargs=3):
             reply = tr(tok, name)
     except Exception as e:
         return _describe(e)
-    return [reply[0], marshal.loads(reply[1:])]
+    return _split(reply)
 
 
 @snakepit.command
@@ -158,7 +166,7 @@ def loop_stub(ctx, n, name="noop"):
     share of a host call."""
     d = ctx._dispatcher
     saved = d.host_transport
-    reply = b"\x00" + marshal.dumps({"a": 1, "b": "x"}, 4)
+    reply = marshal.dumps({"a": 1, "b": "x"}, 4)
     d.host_transport = lambda token, name, payload: reply
     try:
         return loop(ctx, n, name)

@@ -3,6 +3,7 @@
 import inspect
 import logging
 import time
+from marshal import dumps as _dumps, loads as _loads
 
 __all__ = ["Cancelled", "CommandInfo", "Context", "HostError", "command", "commands_of"]
 
@@ -158,19 +159,33 @@ class Context:
 class Host:
     """ctx.host: calls into the Go functions registered with the worker."""
 
-    __slots__ = ("_ctx",)
+    __slots__ = ("_ctx", "_names", "_transport", "_token")
 
     def __init__(self, ctx):
+        d = ctx._dispatcher
         self._ctx = ctx
+        self._names = d.host_names
+        self._transport = d.host_transport
+        self._token = ctx._token
 
     def names(self):
         """The names of the functions Go registered, sorted."""
-        return list(self._ctx._dispatcher.host_names)
+        return list(self._names)
 
     def call(self, name, /, **kwargs):
         """Call the Go function name with kwargs and return its result.
         Raises HostError when it fails (see HostError)."""
-        return self._ctx._dispatcher.host_call(self._ctx, name, kwargs)
+        ctx = self._ctx
+        if ctx._ended or name not in self._names or self._transport is None:
+            return ctx._dispatcher.host_call(ctx, name, kwargs)  # raises
+        try:
+            payload = _dumps(kwargs, 2)  # version 2: no reference table to build
+        except ValueError:
+            return ctx._dispatcher.host_call(ctx, name, kwargs)  # values marshal does not take
+        reply = self._transport(self._token, name, payload)
+        if reply[0] != 1:  # host.ReplyError
+            return _loads(reply)
+        ctx._dispatcher.host_raise(reply)
 
     async def acall(self, name, /, **kwargs):
         """call() for async handlers: the Go function runs while the event
@@ -181,13 +196,13 @@ class Host:
         return await loop.run_in_executor(None, functools.partial(self.call, name, **kwargs))
 
     def __getattr__(self, name):
-        if name.startswith("_") or name not in self._ctx._dispatcher.host_names:
+        if name.startswith("_") or name not in self._names:
             raise AttributeError("no host function %r (registered: %s)" % (
-                name, ", ".join(self._ctx._dispatcher.host_names) or "none"))
+                name, ", ".join(self._names) or "none"))
         return lambda **kwargs: self.call(name, **kwargs)
 
     def __dir__(self):
-        return ["acall", "call", "names"] + list(self._ctx._dispatcher.host_names)
+        return ["acall", "call", "names"] + list(self._names)
 
     def __repr__(self):
-        return "<snakepit host functions: %s>" % (", ".join(self._ctx._dispatcher.host_names) or "none")
+        return "<snakepit host functions: %s>" % (", ".join(self._names) or "none")

@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 
-from marshal import dumps as _marshal_dumps
+from marshal import dumps as _marshal_dumps, loads as _marshal_loads
 
 from . import _wire
 from ._adapter import Cancelled, Context, HostError, commands_of
@@ -227,7 +227,8 @@ class Dispatcher:
         return self._ok(_wire.dumps(self.sessions.pop(session_id, None) is not None))
 
     def host_call(self, ctx, name, kwargs):
-        """ctx.host.call: run the Go function name for ctx's call."""
+        """ctx.host.call: run the Go function name for ctx's call (Host.call
+        takes the common case itself)."""
         if ctx._ended:
             raise HostError("snakepit: ctx.host of call %r used after the call ended" % (ctx.correlation_id,), "ended")
         if name not in self.host_names:
@@ -237,16 +238,21 @@ class Dispatcher:
         if transport is None:
             raise HostError("this worker has no host transport", "unknown")
         try:
-            payload = _marshal_dumps(kwargs, 4)
+            payload = _marshal_dumps(kwargs, 2)
         except ValueError:
             try:
                 payload = _wire.dumps(kwargs)
             except _wire.NotSerializable as e:
                 raise TypeError("host function %r: %s" % (name, e)) from None
         reply = transport(ctx._token, name, payload)
-        if reply[:1] == b"\x00":
-            return _wire_loads(reply, 1)
-        kind, message, python_type = _wire_loads(reply, 1)
+        if reply[0] != 1:  # host.ReplyError
+            return _marshal_loads(reply)
+        self.host_raise(reply)
+
+    @staticmethod
+    def host_raise(reply):
+        """Raise the HostError an error reply (host.Reply) describes."""
+        kind, message, python_type = _marshal_loads(memoryview(reply)[1:])
         e = _host_error(kind, python_type)(message)  # one argument: OSError reads more as errno, strerror
         e.kind, e.python_type = kind, python_type
         raise e
@@ -497,13 +503,6 @@ def _close_quietly(it, dispatcher):
             it.close()
     except BaseException:
         logging.getLogger("snakepit").exception("closing a stream raised")
-
-
-def _wire_loads(b, offset):
-    """A host reply's value: marshal's, from offset."""
-    import marshal
-    with memoryview(b) as m:
-        return marshal.loads(m[offset:])
 
 
 _host_errors = {}

@@ -27,7 +27,7 @@ class HostTest(unittest.TestCase):
             kwargs = marshal.loads(payload)
             self.seen.append((token, name, kwargs))
             if name == "echo":
-                return b"\x00" + marshal.dumps(kwargs)
+                return marshal.dumps(kwargs)
             return b"\x01" + marshal.dumps([kwargs["kind"], "go says no", kwargs.get("type", "")])
 
         self.d.host_transport = transport
