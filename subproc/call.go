@@ -187,21 +187,26 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 	return r, false, nil
 }
 
-// readReply reads the reply to request id, serving the host calls that
-// come before it. Anything else is a protocol violation that kills the
-// worker.
+// readReply reads the reply to request id. Host calls that come first are
+// served: from the first one on, a hostReader goroutine reads in this
+// goroutine's place (the caller may not run a host function itself: it
+// must return at its deadline) and hands over the reply. Anything else is
+// a protocol violation that kills the worker.
 func (w *Worker) readReply(id uint64) (frame, error) {
 	// A fresh buffer per frame (w.rd has none): the payload becomes the
 	// caller's result (or a host function's arguments).
 	f, err := w.rd.next()
-	for err == nil && f.typ&^frameShared == frameHostCall {
-		if herr := w.serveHostCall(f); herr != nil {
-			perr := &ProtocolError{PID: w.pid, Err: herr, Stderr: w.stderr.String()}
-			w.die(perr)
-			return f, perr
-		}
-		f, err = w.rd.next()
+	if err == nil && f.typ&^frameShared == frameHostCall {
+		hr := &hostReading{w: w, id: id, res: make(chan replyResult, 1)}
+		w.goHostReader(hr, &f)
+		r := <-hr.res
+		return r.f, r.err
 	}
+	return w.checkReply(id, f, err)
+}
+
+// checkReply checks what reading request id's reply returned.
+func (w *Worker) checkReply(id uint64, f frame, err error) (frame, error) {
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/snakepit-go/snakepit/host"
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -76,12 +77,13 @@ type hostScope struct {
 	cancel context.CancelFunc
 }
 
-// hostCalls tracks the scopes in flight and the host functions running.
+// hostCalls tracks the scopes in flight and the goroutines reading a
+// request's frames (and running host functions).
 type hostCalls struct {
 	mu      sync.Mutex // guards scopes, closed and the additions to running
 	scopes  map[uint64]*hostScope
-	closed  bool           // Close waits for running: no host call starts any more
-	running sync.WaitGroup // goroutines running a host function
+	closed  bool           // Close waits for running: no reader starts any more
+	running sync.WaitGroup // hostReader goroutines
 }
 
 // newScope returns the scope of a call with context ctx, or nil when the
@@ -126,55 +128,204 @@ func (w *Worker) endScope(sc *hostScope) {
 	}
 }
 
-// serveHostCall starts the host call f asks for, in a goroutine of its
-// own: the reader goes on reading (the reply, other host calls) while it
-// runs. An error means f is malformed: the child broke the protocol.
-func (w *Worker) serveHostCall(f frame) error {
-	if f.typ&frameShared != 0 {
-		return fmt.Errorf("%w: HOST_CALL in the shared region", ErrBadFrame)
+// hostInlineBudget is how long the reader of a request's frames may run a
+// host function itself (and so leave the connection unread) before
+// another goroutine takes over reading: a host call that returns within it
+// costs no goroutine hand-off, and a slow one delays neither other host
+// calls nor the reply (nor the caller's return at its deadline) by much
+// more.
+const hostInlineBudget = 500 * time.Microsecond
+
+// replyResult is what the reader of a request's frames hands the request.
+type replyResult struct {
+	f   frame
+	err error
+}
+
+// hostCall is a parsed HOST_CALL.
+type hostCall struct {
+	ctx    context.Context // the call's; nil when it is not in flight
+	id     uint64          // the HOST_CALL's request id
+	callID uint64
+	name   string
+	args   []byte
+}
+
+// hostReading is the reading of one request's frames once a host call
+// came: one hostReader goroutine at a time reads them and runs the host
+// functions that come, until the reply, which it hands over on res. A
+// watchdog timer, armed while a reader runs a host function (once per
+// budget, not per call: arming a timer can wake an idle thread), starts
+// the next reader when one has run a host function for hostInlineBudget.
+type hostReading struct {
+	w   *Worker
+	id  uint64
+	res chan replyResult
+
+	mu      sync.Mutex // guards the fields below
+	gen     uint64     // counts the host functions run inline
+	inline  bool       // the reader runs host function gen
+	since   time.Time  // when it began
+	taken   uint64     // the gen whose reader was relieved of reading
+	timer   *time.Timer
+	armed   bool // the timer will fire
+	stopped bool // the reply was handed over: no reader starts
+}
+
+// enter marks the start of an inline host function; it returns its gen.
+func (hr *hostReading) enter() uint64 {
+	hr.mu.Lock()
+	defer hr.mu.Unlock()
+	hr.gen++
+	hr.inline, hr.since = true, time.Now()
+	if !hr.armed {
+		hr.armed = true
+		if hr.timer == nil {
+			hr.timer = time.AfterFunc(hostInlineBudget, hr.watch)
+		} else {
+			hr.timer.Reset(hostInlineBudget)
+		}
 	}
-	if f.id&hostCallIDBit == 0 {
-		return fmt.Errorf("%w: HOST_CALL id %d without the host call bit", ErrBadFrame, f.id)
+	return hr.gen
+}
+
+// leave marks the end of inline host function gen; it reports whether
+// its reader still reads (no other reader took over).
+func (hr *hostReading) leave(gen uint64) bool {
+	hr.mu.Lock()
+	defer hr.mu.Unlock()
+	if hr.gen == gen {
+		hr.inline = false
 	}
-	callID, name, args, err := decodeHostCall(f.payload)
-	if err != nil {
-		return err
+	return hr.taken != gen
+}
+
+// watch is the timer's: it starts another reader when the current one
+// has been running a host function for hostInlineBudget.
+func (hr *hostReading) watch() {
+	hr.mu.Lock()
+	if !hr.inline || hr.stopped {
+		hr.armed = false
+		hr.mu.Unlock()
+		return
 	}
+	if left := hostInlineBudget - time.Since(hr.since); left > 0 {
+		hr.timer.Reset(left)
+		hr.mu.Unlock()
+		return
+	}
+	hr.taken, hr.inline, hr.armed = hr.gen, false, false
+	hr.mu.Unlock()
+	hr.w.goHostReader(hr, nil)
+}
+
+// deliver hands over the reading's outcome; the timer is stopped.
+func (hr *hostReading) deliver(r replyResult) {
+	hr.mu.Lock()
+	hr.stopped = true
+	if hr.timer != nil {
+		hr.timer.Stop()
+	}
+	hr.mu.Unlock()
+	hr.res <- r
+}
+
+// goHostReader starts a goroutine that reads hr's frames (see
+// hostReader). first, if not nil, is a HOST_CALL already read, to serve
+// first. Once the worker is closed it starts nothing and hands over its
+// error.
+func (w *Worker) goHostReader(hr *hostReading, first *frame) {
 	w.hosts.mu.Lock()
 	if w.hosts.closed {
 		w.hosts.mu.Unlock()
-		return nil // the worker is closed: nobody reads a reply
+		hr.deliver(replyResult{err: w.unavailable()})
+		return
 	}
-	var ctx context.Context
+	w.hosts.running.Add(1)
+	w.hosts.mu.Unlock()
+	go w.hostReader(hr, first)
+}
+
+// hostReader reads request hr.id's frames: it serves the HOST_CALL frames
+// that come, each on this goroutine (see serveInline), until the reply or
+// an error (a read timeout too), which it hands over. It stops reading,
+// handing nothing over, when another reader took over.
+func (w *Worker) hostReader(hr *hostReading, first *frame) {
+	defer w.hosts.running.Done()
+	if first != nil && !w.serveInline(hr, *first) {
+		return
+	}
+	for {
+		f, err := w.rd.next()
+		if err == nil && f.typ&^frameShared == frameHostCall {
+			if !w.serveInline(hr, f) {
+				return
+			}
+			continue
+		}
+		f, err = w.checkReply(hr.id, f, err)
+		hr.deliver(replyResult{f: f, err: err})
+		return
+	}
+}
+
+// serveInline runs the host call f on the goroutine reading hr's frames.
+// It reports whether that goroutine still reads: false when the function
+// took so long that another reader took over. A malformed f kills the
+// worker (the error is handed over, false).
+func (w *Worker) serveInline(hr *hostReading, f frame) bool {
+	hc, err := w.parseHostCall(f)
+	if err != nil {
+		perr := &ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()}
+		w.die(perr)
+		hr.deliver(replyResult{err: perr})
+		return false
+	}
+	gen := hr.enter()
+	w.runHostCall(hc)
+	return hr.leave(gen)
+}
+
+// parseHostCall checks and decodes a HOST_CALL frame and finds the call it
+// names. An error means the child broke the protocol.
+func (w *Worker) parseHostCall(f frame) (hostCall, error) {
+	if f.typ&frameShared != 0 {
+		return hostCall{}, fmt.Errorf("%w: HOST_CALL in the shared region", ErrBadFrame)
+	}
+	if f.id&hostCallIDBit == 0 {
+		return hostCall{}, fmt.Errorf("%w: HOST_CALL id %d without the host call bit", ErrBadFrame, f.id)
+	}
+	callID, name, args, err := decodeHostCall(f.payload)
+	if err != nil {
+		return hostCall{}, err
+	}
+	hc := hostCall{id: f.id, callID: callID, name: name, args: args}
+	w.hosts.mu.Lock()
 	if sc := w.hosts.scopes[callID]; sc != nil {
 		if sc.ctx == nil {
 			sc.ctx, sc.cancel = context.WithCancel(worker.WithCorrelationID(sc.parent, sc.cid))
 		}
-		ctx = sc.ctx
+		hc.ctx = sc.ctx
 	}
-	w.hosts.running.Add(1)
 	w.hosts.mu.Unlock()
-	go w.runHostCall(ctx, f.id, callID, name, args)
-	return nil
+	return hc, nil
 }
 
-// runHostCall runs one host function and sends its reply. ctx is nil when
-// the call named is not in flight.
-func (w *Worker) runHostCall(ctx context.Context, id, callID uint64, name string, args []byte) {
-	defer w.hosts.running.Done()
+// runHostCall runs one host function and sends its reply.
+func (w *Worker) runHostCall(hc hostCall) {
 	var reply []byte
 	switch {
 	case w.cfg.Host == nil:
-		reply = host.Reply(nil, fmt.Errorf("%w %q: this worker has no host functions", host.ErrUnknownFunction, name))
-	case ctx == nil:
-		reply = host.Reply(nil, fmt.Errorf("subproc: host function %q called for request %d, which is not in flight (the call ended)", name, callID))
+		reply = host.Reply(nil, fmt.Errorf("%w %q: this worker has no host functions", host.ErrUnknownFunction, hc.name))
+	case hc.ctx == nil:
+		reply = host.Reply(nil, fmt.Errorf("subproc: host function %q called for request %d, which is not in flight (the call ended)", hc.name, hc.callID))
 	default:
-		reply = w.cfg.Host.Invoke(ctx, name, args)
+		reply = w.cfg.Host.Invoke(hc.ctx, hc.name, hc.args)
 	}
 	if len(reply) > w.cfg.MaxFrame {
-		reply = host.Reply(nil, fmt.Errorf("subproc: result of host function %q: %d bytes exceed the frame limit of %d bytes", name, len(reply), w.cfg.MaxFrame))
+		reply = host.Reply(nil, fmt.Errorf("subproc: result of host function %q: %d bytes exceed the frame limit of %d bytes", hc.name, len(reply), w.cfg.MaxFrame))
 	}
-	n, err := w.write(w.stopCtx, frameHostReply, id, reply)
+	n, err := w.write(w.stopCtx, frameHostReply, hc.id, reply)
 	if err != nil && n > 0 && n < headerSize+len(reply) {
 		// A partly written frame cannot be taken back.
 		w.die(&worker.DeadError{WorkerID: w.id, Reason: "host reply write interrupted", Err: err})

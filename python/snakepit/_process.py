@@ -540,9 +540,9 @@ class _Link:
         hid = HOST_CALL_ID_BIT | next(self.ids)
         main = threading.get_ident() == self.main
         cond = self.cond
-        with cond:
-            self.replies[hid] = None
         try:
+            with cond:
+                self.replies[hid] = None  # before the send: any reader may take the reply
             if main:
                 self.main_busy = True
             try:
@@ -564,24 +564,34 @@ class _Link:
         cond = self.cond
         me = threading.get_ident()
         while True:
-            with cond:
-                while True:
-                    reply = self.replies.get(hid)
-                    if reply is not None:
-                        return reply
-                    if self.broken is not None:
-                        raise HostError("snakepit: the connection to the host is closed", "error")
-                    if self.reader is None:
-                        break
-                    self.waiting += 1
-                    try:
-                        cond.wait()
-                    finally:
-                        self.waiting -= 1
-                self.reader = me
-            self._read_one(False)
+            try:
+                with cond:
+                    while True:
+                        reply = self.replies.get(hid)
+                        if reply is not None:
+                            return reply
+                        if self.broken is not None:
+                            raise HostError("snakepit: the connection to the host is closed", "error")
+                        if self.reader is None:
+                            break
+                        self.waiting += 1
+                        try:
+                            cond.wait()
+                        finally:
+                            self.waiting -= 1
+                    self.reader = me
+                self._read_one(False)
+            finally:
+                if self.reader == me:  # Cancelled before the read began
+                    self._give_up_reading()
             if main:
                 self._raise_pending()
+
+    def _give_up_reading(self):
+        with self.cond:
+            self.reader = None
+            if self.waiting:
+                self.cond.notify_all()
 
     def _raise_pending(self):
         if self.cancel_pending:
@@ -622,10 +632,7 @@ class _Link:
             if guard:
                 self.main_busy = False
             if self.reader == me:  # an exception before the frame began
-                with cond:
-                    self.reader = None
-                    if self.waiting:
-                        cond.notify_all()
+                self._give_up_reading()
         return frame
 
 
