@@ -197,7 +197,8 @@ func (w *Worker) readReply(id uint64) (frame, error) {
 	// caller's result (or a host function's arguments).
 	f, err := w.rd.next()
 	if err == nil && f.typ&^frameShared == frameHostCall {
-		hr := &hostReading{w: w, id: id, res: make(chan replyResult, 1)}
+		hr := &hostReading{id: id, res: make(chan replyResult, 1)}
+		hr.start = func() { w.goHostReader(hr, nil) }
 		w.goHostReader(hr, &f)
 		r := <-hr.res
 		return r.f, r.err

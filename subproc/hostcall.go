@@ -158,15 +158,15 @@ type hostCall struct {
 // budget, not per call: arming a timer can wake an idle thread), starts
 // the next reader when one has run a host function for hostInlineBudget.
 type hostReading struct {
-	w   *Worker
-	id  uint64
-	res chan replyResult
+	id    uint64
+	res   chan replyResult
+	start func() // starts the next reader (goHostReader)
 
 	mu      sync.Mutex // guards the fields below
 	gen     uint64     // counts the host functions run inline
 	inline  bool       // the reader runs host function gen
 	since   time.Time  // when it began
-	taken   uint64     // the gen whose reader was relieved of reading
+	taken   uint64     // the last gen whose reader was relieved of reading
 	timer   *time.Timer
 	armed   bool // the timer will fire
 	stopped bool // the reply was handed over: no reader starts
@@ -197,7 +197,10 @@ func (hr *hostReading) leave(gen uint64) bool {
 	if hr.gen == gen {
 		hr.inline = false
 	}
-	return hr.taken != gen
+	// A reader runs gens in order, and a later gen runs only after a
+	// takeover relieved it: it was relieved if any gen from its own on
+	// was taken.
+	return hr.taken < gen
 }
 
 // watch is the timer's: it starts another reader when the current one
@@ -216,7 +219,7 @@ func (hr *hostReading) watch() {
 	}
 	hr.taken, hr.inline, hr.armed = hr.gen, false, false
 	hr.mu.Unlock()
-	hr.w.goHostReader(hr, nil)
+	hr.start()
 }
 
 // deliver hands over the reading's outcome; the timer is stopped.

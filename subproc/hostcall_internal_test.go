@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
 )
@@ -81,4 +82,39 @@ func FuzzDecodeHostCall(f *testing.F) {
 			t.Fatalf("round trip: got (%d, %q, %q, %v), want (%d, %q, %q)", id2, name2, args2, err, id, name, args)
 		}
 	})
+}
+
+// TestHostReadingTakeovers: readers relieved one after the other (each
+// ran a host function past the budget) all stop reading when their
+// functions return; only the last reader goes on.
+func TestHostReadingTakeovers(t *testing.T) {
+	starts := 0
+	hr := &hostReading{res: make(chan replyResult, 1), start: func() { starts++ }}
+	hr.armed = true // no timer: watch is called by hand
+	longAgo := time.Now().Add(-time.Hour)
+	var gens []uint64
+	for range 3 {
+		g := hr.enter()
+		gens = append(gens, g)
+		hr.since = longAgo
+		hr.watch() // past the budget: the next reader starts
+		hr.armed = true
+	}
+	last := hr.enter()
+	if starts != 3 {
+		t.Fatalf("readers started: got %d, want 3", starts)
+	}
+	for _, g := range gens {
+		if hr.leave(g) {
+			t.Fatalf("reader of gen %d (relieved) still reads after leave, want it stopped", g)
+		}
+	}
+	if !hr.leave(last) {
+		t.Fatal("the last reader stopped reading, want it to go on")
+	}
+	// Not inline: the watch starts nobody.
+	hr.watch()
+	if starts != 3 {
+		t.Fatalf("readers started after the last leave: got %d, want 3", starts)
+	}
 }
