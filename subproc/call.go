@@ -419,6 +419,9 @@ const outputDrain = 250 * time.Millisecond
 // It waits for a running call until ctx ends. Close returns within ctx plus
 // a short bound: the kill is immediate and the reap follows it.
 //
+// Host functions still running (see [Config.Host]) have their contexts
+// done; Close waits for them to return until ctx ends.
+//
 // Grandchildren in the process group die with the worker (the group is
 // killed when the child exits, before it is reaped). A descendant that left
 // the group (setsid, setpgid) is not killed by the host: the Python child

@@ -36,6 +36,19 @@
 //     [worker.Request.Buffers] are laid out in the region and reach the
 //     handler as read-only views of it, not copies; the reply is written
 //     after the request.
+//   - A handler calls Go ([Config.Host], ctx.host in Python) with a
+//     HOST_CALL frame naming the call it belongs to; the host answers with
+//     a HOST_REPLY while the call is in flight. The Go function runs with
+//     the call's context (the stream's, for a stream; with the correlation
+//     id), which is done once the call ends — replied, or abandoned at its
+//     deadline — so a handler interrupted at its deadline also cancels the
+//     Go work it waits for. Several host calls of one call (threads, async
+//     tasks) run at once. In the child, whichever thread waits for a frame
+//     reads the socket, one at a time, and hands on what is not its own;
+//     SIGUSR1 never leaves a frame half read or half sent. ctx.host used
+//     once its call has ended raises snakepit.HostError (kind "ended")
+//     without reaching the host. Host call frames always use the socket,
+//     never the shared region, up to [Config.MaxFrame].
 //   - A call whose context ends (deadline or cancel) returns at once, even
 //     from a request write blocked on a child that stopped reading; the
 //     child gets SIGUSR1, which raises snakepit.Cancelled in the handler,
@@ -108,7 +121,13 @@ type Config struct {
 	// Module is the adapter module to import (required).
 	Module string
 	// Host holds the Go functions handlers may call (ctx.host in Python;
-	// see package host), e.g. a *host.Set. Nil: none.
+	// see package host), e.g. a *host.Set. Nil: none. A function runs with
+	// the context of the call (or stream) whose handler called it, done
+	// once the call ends; it should return when that context is done
+	// (Close waits for running functions until its own context ends). A
+	// host call made between two items of a stream (by a thread its
+	// generator started) is served when the next item, or the stream's
+	// close, is asked for.
 	Host worker.Host
 	// Paths are put on the child's PYTHONPATH (after the snakepit package),
 	// e.g. the directory holding the adapter.
