@@ -46,6 +46,12 @@ def lookup(ctx, user):
 
 
 @snakepit.command
+async def gather(ctx, n):
+    import asyncio
+    return await asyncio.gather(*(ctx.host.acall("echo", i=i) for i in range(n)))
+
+
+@snakepit.command
 def call(ctx, name, kwargs):
     try:
         return {"result": ctx.host.call(name, **kwargs)}
@@ -367,6 +373,17 @@ func TestHostValues(t *testing.T) {
 	hostCall(t, fx.w, "names", nil, &names)
 	if want := []string{"barrier", "block", "boom", "echo", "expired", "fail", "kill", "lookup", "missing", "noop", "slow"}; !reflect.DeepEqual(names, want) {
 		t.Fatalf("names: got %v, want %v", names, want)
+	}
+}
+
+// TestHostAsync: an async handler's tasks call Go at once with
+// ctx.host.acall.
+func TestHostAsync(t *testing.T) {
+	fx := startHostWorker(t)
+	var got []map[string]int64
+	hostCall(t, fx.w, "gather", map[string]any{"n": 3}, &got)
+	if want := []map[string]int64{{"i": 0}, {"i": 1}, {"i": 2}}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
 	}
 }
 
