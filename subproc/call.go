@@ -199,7 +199,8 @@ func (w *Worker) readReply(id uint64) (frame, error) {
 	if err == nil && f.typ&^frameShared == frameHostCall {
 		hr := &hostReading{id: id, res: make(chan replyResult, 1)}
 		hr.start = func() { w.goHostReader(hr, nil) }
-		w.goHostReader(hr, &f)
+		first := f // a copy: f itself stays off the heap on the common path
+		w.goHostReader(hr, &first)
 		r := <-hr.res
 		return r.f, r.err
 	}
