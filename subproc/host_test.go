@@ -52,6 +52,12 @@ async def gather(ctx, n):
 
 
 @snakepit.command
+def big_echo(ctx, data):
+    r = ctx.host.echo(blob=data)
+    return [r["blob"] == data, len(r["blob"])]
+
+
+@snakepit.command
 def call(ctx, name, kwargs):
     try:
         return {"result": ctx.host.call(name, **kwargs)}
@@ -383,6 +389,22 @@ func TestHostAsync(t *testing.T) {
 	var got []map[string]int64
 	hostCall(t, fx.w, "gather", map[string]any{"n": 3}, &got)
 	if want := []map[string]int64{{"i": 0}, {"i": 1}, {"i": 2}}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+// TestHostLargePayload: host call arguments and results above the shared
+// region's threshold go through the socket, while the call's own request
+// and reply use the region.
+func TestHostLargePayload(t *testing.T) {
+	fx := startHostWorker(t)
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	var got []any
+	hostCall(t, fx.w, "big_echo", map[string]any{"data": data}, &got)
+	if want := []any{true, int64(len(data))}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
