@@ -164,9 +164,7 @@ def late_result():
 @snakepit.command
 def racing_thread(ctx):
     """A thread whose host call is in flight when the handler returns."""
-    started = threading.Event()
     def run():
-        started.set()
         try:
             _late["race"] = ctx.host.slow(x=1)
         except HostError as e:
@@ -174,7 +172,7 @@ def racing_thread(ctx):
     t = threading.Thread(target=run)
     t.start()
     _late["race_thread"] = t
-    started.wait()
+    ctx.host.slow_started()  # returns once Go runs slow
     return None
 
 
@@ -230,8 +228,10 @@ type hostFixture struct {
 
 	blockCtx chan context.Context // block: the ctx it saw done
 	release  chan struct{}        // slow: closed to let it return
-	slowIn   chan struct{}        // slow: it started
-	cids     chan string          // echo: correlation ids seen
+	slowIn   chan context.Context // slow: it started, with this ctx
+	slowRuns chan struct{}        // closed when slow first runs
+	slowOnce sync.Once
+	cids     chan string // echo: correlation ids seen
 	barrier  sync.WaitGroup
 	killed   chan context.Context
 }
@@ -241,7 +241,8 @@ func startHostWorker(t *testing.T, extra ...host.Func) *hostFixture {
 	fx := &hostFixture{
 		blockCtx: make(chan context.Context, 1),
 		release:  make(chan struct{}),
-		slowIn:   make(chan struct{}, 1),
+		slowIn:   make(chan context.Context, 1),
+		slowRuns: make(chan struct{}),
 		cids:     make(chan string, 64),
 		killed:   make(chan context.Context, 1),
 	}
@@ -274,9 +275,18 @@ func startHostWorker(t *testing.T, extra ...host.Func) *hostFixture {
 			return nil, ctx.Err()
 		}),
 		host.New("slow", func(ctx context.Context, a map[string]any) (any, error) {
-			fx.slowIn <- struct{}{}
+			fx.slowIn <- ctx
+			fx.slowOnce.Do(func() { close(fx.slowRuns) })
 			<-fx.release // ignores ctx on purpose
 			return "slow done", nil
+		}),
+		host.New("slow_started", func(ctx context.Context, a struct{}) (any, error) {
+			select {
+			case <-fx.slowRuns:
+				return nil, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}),
 		host.New("barrier", func(ctx context.Context, a struct{ I int64 }) (any, error) {
 			// Returns only once all four calls are in flight together.
@@ -377,7 +387,7 @@ func TestHostValues(t *testing.T) {
 	}
 	var names []string
 	hostCall(t, fx.w, "names", nil, &names)
-	if want := []string{"barrier", "block", "boom", "echo", "expired", "fail", "kill", "lookup", "missing", "noop", "slow"}; !reflect.DeepEqual(names, want) {
+	if want := []string{"barrier", "block", "boom", "echo", "expired", "fail", "kill", "lookup", "missing", "noop", "slow", "slow_started"}; !reflect.DeepEqual(names, want) {
 		t.Fatalf("names: got %v, want %v", names, want)
 	}
 }
@@ -489,7 +499,8 @@ func TestHostErrors(t *testing.T) {
 // the function's context is done with it.
 func TestHostDeadlineInterruptsWait(t *testing.T) {
 	fx := startHostWorker(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// Long enough for the handler to reach the host call on a busy machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, err := fx.w.Call(ctx, &worker.Request{Command: "wait_in_go", CorrelationID: "deadline"})
 	if !errors.Is(err, context.DeadlineExceeded) {
@@ -515,30 +526,35 @@ func TestHostDeadlineInterruptsWait(t *testing.T) {
 }
 
 // TestHostCallAbandonedWhileRunning: a host function that ignores its
-// context is still running when its call is abandoned at the deadline.
-// The handler (waiting for it) is cancelled, the late HOST_REPLY is
-// dropped, and the worker serves the next calls correctly.
+// context is still running when its call is abandoned (its context
+// cancelled). The handler (waiting for it) is cancelled, the late
+// HOST_REPLY is dropped, and the worker serves the next calls correctly.
 func TestHostCallAbandonedWhileRunning(t *testing.T) {
 	fx := startHostWorker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-		defer cancel()
 		_, err := fx.w.Call(ctx, &worker.Request{Command: "call", Args: mustMarshal(t, map[string]any{"name": "slow", "kwargs": map[string]any{}})})
 		done <- err
 	}()
+	var hctx context.Context
 	select {
-	case <-fx.slowIn:
+	case hctx = <-fx.slowIn:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the host function did not start")
 	}
+	cancel()
 	select {
 	case err := <-done:
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("got %v, want context.DeadlineExceeded", err)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want context.Canceled", err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("Call did not return at its deadline")
+		t.Fatal("Call did not return when its context was cancelled")
+	}
+	if hctx.Err() == nil {
+		t.Fatal("the host function's context is not done after its call was abandoned")
 	}
 	// The next call waits for the interrupted handler (Cancelled while
 	// it waits for the reply), then runs.
@@ -584,7 +600,12 @@ func TestHostCallAfterCallEnded(t *testing.T) {
 
 	hostCall(t, fx.w, "racing_thread", nil, nil)
 	select {
-	case <-fx.slowIn:
+	case ctx := <-fx.slowIn:
+		// The handler returned (it waited for the host call to start), so
+		// the call is over: the function's context is done.
+		if ctx.Err() == nil {
+			t.Fatal("the context of a host call still running when its call returned is not done")
+		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the racing host call did not start")
 	}
