@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -243,5 +242,3 @@ func children(pid int) []string {
 	}
 	return out
 }
-
-var _ = syscall.Getpid

@@ -183,7 +183,7 @@ func scriptChild() {
 	unix.CloseOnExec(4)
 	sock := os.NewFile(3, "sock")
 	usr1 := make(chan os.Signal, 64)
-	signal.Notify(usr1, syscall.SIGUSR1)
+	signal.Notify(usr1, unix.SIGUSR1)
 	drain := func() {
 		for {
 			select {
