@@ -58,6 +58,25 @@ def big_echo(ctx, data):
 
 
 @snakepit.command
+def forked(ctx):
+    import os
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ctx.host.echo(x=1)
+            msg = "returned"
+        except HostError as e:
+            msg = str(e)
+        os.write(w, msg.encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r, "rb") as f:
+        return f.read().decode()
+
+
+@snakepit.command
 def call(ctx, name, kwargs):
     try:
         return {"result": ctx.host.call(name, **kwargs)}
@@ -417,6 +436,19 @@ func TestHostLargePayload(t *testing.T) {
 	if want := []any{true, int64(len(data))}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
+}
+
+// TestHostForked: ctx.host in a process forked from the worker raises
+// HostError at once; the worker's own host calls go on.
+func TestHostForked(t *testing.T) {
+	fx := startHostWorker(t)
+	var msg string
+	hostCall(t, fx.w, "forked", nil, &msg)
+	if want := "snakepit: ctx.host is not available in a process forked from the worker"; msg != want {
+		t.Fatalf("got %q, want %q", msg, want)
+	}
+	var got map[string]any
+	hostCall(t, fx.w, "lookup", map[string]any{"user": 4}, &got)
 }
 
 // TestHostErrors: Go errors reach Python as HostError with their text and

@@ -532,6 +532,10 @@ class _Link:
             raise TypeError("host function name must be str, not %s" % type(name).__name__)
         if type(token) is not int:
             raise HostError("snakepit: ctx.host used outside a call", "ended")
+        if _worker_pid is not None and os.getpid() != _worker_pid:
+            # A forked process has /dev/null for the socket, and may have
+            # been forked while another thread held the locks.
+            raise HostError("snakepit: ctx.host is not available in a process forked from the worker")
         data = marshal.dumps((token, name, payload), 4)
         if len(data) > self.max_frame:
             raise _dispatch._host_error("arguments", "")(
