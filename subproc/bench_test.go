@@ -6,10 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/snakepit-go/snakepit/host"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/python/dist"
@@ -30,6 +32,13 @@ def echo(data):
 @snakepit.command
 def big(n):
     return b"x" * n
+
+@snakepit.command
+def host_loop(ctx, n):
+    call = ctx.host.call
+    for _ in range(n):
+        call("noop", id=7, name="snake")
+    return n
 `
 
 func benchPython(b testing.TB) string {
@@ -132,7 +141,7 @@ while True:
 // transport and two OS thread wake-ups, which no process-profile call can
 // go below.
 func BenchmarkEchoFloor(b *testing.B) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -169,6 +178,38 @@ func BenchmarkEchoFloor(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkHostCall: a handler makes b.N host calls (Python -> Go ->
+// Python) of a no-op Go function, a small dict each way, in one Call: the
+// cost of one host call, next to BenchmarkEchoFloor's round trip.
+func BenchmarkHostCall(b *testing.B) {
+	set, err := host.NewSet(host.New("noop", func(ctx context.Context, a map[string]any) (map[string]any, error) {
+		return a, nil
+	}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := benchWorkerConfig(b, Config{Host: set})
+	ctx := context.Background()
+	call := func(n int) {
+		args, err := pymarshal.Marshal(map[string]any{"n": n})
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp, err := w.Call(ctx, &worker.Request{Command: "host_loop", Args: args, CorrelationID: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var got int
+		if err := pymarshal.Unmarshal(resp.Result, &got); err != nil || got != n {
+			b.Fatalf("got %d (%v), want %d", got, err, n)
+		}
+	}
+	call(10) // warm up
+	b.ReportAllocs()
+	b.ResetTimer()
+	call(b.N)
 }
 
 // BenchmarkStartup starts a worker (process, imports, setup, HELLO,

@@ -44,7 +44,9 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 	if err := w.acquire(ctx); err != nil {
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
-	r, abandoned, err := w.request(ctx, frameCall, args, req.Command, req.CorrelationID, w.releaseSlot)
+	sc := w.newScope(ctx, req.CorrelationID)
+	r, abandoned, err := w.request(ctx, frameCall, args, req.Command, req.CorrelationID, w.releaseSlot, sc)
+	w.endScope(sc)
 	if !abandoned {
 		w.releaseSlot()
 	}
@@ -103,7 +105,9 @@ func (w *Worker) callShared(ctx context.Context, req *worker.Request, deadline t
 		w.releaseSlot()
 		return nil, wrap(err)
 	}
-	r, abandoned, err := w.request(ctx, typ, payload, req.Command, req.CorrelationID, w.releaseSlot)
+	sc := w.newScope(ctx, req.CorrelationID)
+	r, abandoned, err := w.request(ctx, typ, payload, req.Command, req.CorrelationID, w.releaseSlot, sc)
+	w.endScope(sc)
 	if !abandoned {
 		w.releaseSlot()
 	}
@@ -117,11 +121,14 @@ func (w *Worker) callShared(ctx context.Context, req *worker.Request, deadline t
 // the slot. If ctx ends first it returns at once with abandoned set: the
 // child is interrupted (SIGUSR1) and its reply awaited in the background for
 // the grace period, after which onAbandon runs — or the group is killed.
-func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command, cid string, onAbandon func()) (r python.Reply, abandoned bool, err error) {
+// Host calls that arrive meanwhile are served (see serveHostCall); sc, if
+// not nil, is begun under the request's id (the caller ends it).
+func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command, cid string, onAbandon func(), sc *hostScope) (r python.Reply, abandoned bool, err error) {
 	wrap := func(err error) error {
 		return &worker.CallError{Command: command, CorrelationID: cid, Err: err}
 	}
 	id := w.nextID.Add(1)
+	w.beginScope(sc, id)
 	if n, err := w.write(ctx, typ, id, payload); err != nil {
 		if ctx.Err() != nil && n == 0 {
 			// The context ended before anything was sent: the worker is
@@ -180,12 +187,28 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 	return r, false, nil
 }
 
-// readReply reads the reply to request id. Anything else is a protocol
-// violation that kills the worker.
+// readReply reads the reply to request id. Host calls that come first are
+// served: from the first one on, a hostReader goroutine reads in this
+// goroutine's place (the caller may not run a host function itself: it
+// must return at its deadline) and hands over the reply. Anything else is
+// a protocol violation that kills the worker.
 func (w *Worker) readReply(id uint64) (frame, error) {
 	// A fresh buffer per frame (w.rd has none): the payload becomes the
-	// caller's result.
+	// caller's result (or a host function's arguments).
 	f, err := w.rd.next()
+	if err == nil && f.typ&^frameShared == frameHostCall {
+		hr := &hostReading{id: id, res: make(chan replyResult, 1)}
+		hr.start = func() { w.goHostReader(hr, nil) }
+		first := f // a copy: f itself stays off the heap on the common path
+		w.goHostReader(hr, &first)
+		r := <-hr.res
+		return r.f, r.err
+	}
+	return w.checkReply(id, f, err)
+}
+
+// checkReply checks what reading request id's reply returned.
+func (w *Worker) checkReply(id uint64, f frame, err error) (frame, error) {
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
@@ -302,7 +325,7 @@ func (w *Worker) EndSession(ctx context.Context, sessionID string) error {
 	if err := w.acquire(ctx); err != nil {
 		return err
 	}
-	_, abandoned, err := w.request(ctx, frameEndSession, args, "end_session", "", w.releaseSlot)
+	_, abandoned, err := w.request(ctx, frameEndSession, args, "end_session", "", w.releaseSlot, nil)
 	if !abandoned {
 		w.releaseSlot()
 	}
@@ -334,7 +357,7 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 	closeGen := func(ctx context.Context) (bool, error) {
 		ctx, cancel := context.WithTimeout(ctx, w.cfg.InterruptGrace)
 		defer cancel()
-		_, abandoned, err := w.request(ctx, frameStreamClose, nil, cmd, cid, w.releaseSlot)
+		_, abandoned, err := w.request(ctx, frameStreamClose, nil, cmd, cid, w.releaseSlot, nil)
 		return abandoned, err
 	}
 	// After an interrupted open or next has ended in the child: close the
@@ -350,8 +373,12 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 		}
 		w.releaseSlot()
 	}
-	_, abandoned, err := w.request(sctx, frameStreamOpen, args, cmd, cid, closeAbandoned)
+	// The stream's host calls (during the open and each Next: they name
+	// the open's request id) run with the stream's context, until it ends.
+	sc := w.newScope(sctx, cid)
+	_, abandoned, err := w.request(sctx, frameStreamOpen, args, cmd, cid, closeAbandoned, sc)
 	if err != nil {
+		w.endScope(sc)
 		if !abandoned {
 			w.releaseSlot()
 		}
@@ -361,11 +388,14 @@ func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream
 	var s *wstream.Stream
 	s = wstream.New(sctx, cancel, wstream.Ops{
 		Next: func(ctx context.Context) (python.Reply, bool, error) {
-			return w.request(ctx, frameStreamNext, nil, cmd, cid, closeAbandoned)
+			return w.request(ctx, frameStreamNext, nil, cmd, cid, closeAbandoned, nil)
 		},
 		CloseGen: closeGen,
 		Release:  w.releaseSlot,
-		Forget:   func() { w.openStream.CompareAndSwap(s, nil) },
+		Forget: func() {
+			w.endScope(sc)
+			w.openStream.CompareAndSwap(s, nil)
+		},
 	})
 	w.openStream.Store(s)
 	if w.closing.Load() {
@@ -389,6 +419,9 @@ const outputDrain = 250 * time.Millisecond
 // ends. An open stream is closed first (bounded by ctx and InterruptGrace).
 // It waits for a running call until ctx ends. Close returns within ctx plus
 // a short bound: the kill is immediate and the reap follows it.
+//
+// Host functions still running (see [Config.Host]) have their contexts
+// done; Close waits for them to return until ctx ends.
 //
 // Grandchildren in the process group die with the worker (the group is
 // killed when the child exits, before it is reaped). A descendant that left
@@ -417,12 +450,12 @@ func (w *Worker) close(ctx context.Context) error {
 	}
 	if slotHeld && w.Err() == nil {
 		sctx, cancel := context.WithTimeout(ctx, w.cfg.StopGrace)
-		if r, _, err := w.request(sctx, frameShutdown, nil, "teardown", "", func() {}); err == nil && r.Err != nil {
+		if r, _, err := w.request(sctx, frameShutdown, nil, "teardown", "", func() {}, nil); err == nil && r.Err != nil {
 			w.log.Warn("teardown raised", "worker", w.id, "error", r.Err)
 		}
 		cancel()
 	}
-	w.stopOnce.Do(func() { close(w.done) })
+	w.stop()
 	if !w.waitExitCtx(ctx, w.cfg.StopGrace) {
 		w.signalGroup(unix.SIGTERM)
 		if !w.waitExitCtx(ctx, w.cfg.StopGrace) {
@@ -434,6 +467,7 @@ func (w *Worker) close(ctx context.Context) error {
 	w.release()
 	w.reg.remove(w.pid)
 	w.bg.Wait()
+	w.closeHostCalls(ctx)
 	w.drainOutputs(ctx)
 	return nil
 }

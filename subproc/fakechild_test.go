@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -60,7 +59,7 @@ func TestFakeChild(t *testing.T) {
 		h[4] = 1
 		sock.Write(h[:])
 	case "truncated":
-		b := hello(1)
+		b := hello(subproc.ProtocolVersion)
 		var h [13]byte
 		binary.LittleEndian.PutUint32(h[0:4], uint32(len(b)))
 		h[4] = 1
@@ -72,11 +71,11 @@ func TestFakeChild(t *testing.T) {
 		send(1, 0, hello(99))
 	case "slow-hello":
 		time.Sleep(300 * time.Millisecond)
-		send(1, 0, hello(1))
+		send(1, 0, hello(subproc.ProtocolVersion))
 	case "no-pong":
-		send(1, 0, hello(1))
+		send(1, 0, hello(subproc.ProtocolVersion))
 	case "garbage-reply":
-		send(1, 0, hello(1))
+		send(1, 0, hello(subproc.ProtocolVersion))
 		if typ, id, ok := readFrame(); ok && typ == 3 {
 			send(4, id, nil) // PONG
 		}
@@ -243,5 +242,3 @@ func children(pid int) []string {
 	}
 	return out
 }
-
-var _ = syscall.Getpid

@@ -21,10 +21,12 @@ const (
 	frameEndSession  = 9  // host → child: marshalled (session_id,)
 	frameShutdown    = 10 // host → child: run teardown() and exit
 	frameReply       = 11 // child → host: a dispatcher reply envelope
+	frameHostCall    = 12 // child → host: a host function call (see decodeHostCall)
+	frameHostReply   = 13 // host → child: the reply bytes of worker.Host.Invoke
 )
 
 // ProtocolVersion is the version the child announces in its HELLO.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // headerSize is the frame header: payload length (uint32), type (uint8),
 // request id (uint64), all little-endian.
@@ -113,7 +115,7 @@ func (fr *frameReader) next() (frame, error) {
 	if fr.np == 0 && fr.f.typ == 0 {
 		n := binary.LittleEndian.Uint32(fr.h[0:4])
 		f := frame{typ: fr.h[4], id: binary.LittleEndian.Uint64(fr.h[5:13])}
-		if base := f.typ &^ frameShared; base == 0 || base > frameReply {
+		if base := f.typ &^ frameShared; base == 0 || base > frameHostReply {
 			return frame{}, fr.fail(fmt.Errorf("%w: type %d", ErrBadFrame, f.typ))
 		}
 		if f.typ&frameShared != 0 && n != regionRefSize {

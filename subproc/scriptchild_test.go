@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/subproc"
 )
 
 // A scripted fake child: the test binary re-executed (mode "script") that
@@ -182,7 +183,7 @@ func scriptChild() {
 	unix.CloseOnExec(4)
 	sock := os.NewFile(3, "sock")
 	usr1 := make(chan os.Signal, 64)
-	signal.Notify(usr1, syscall.SIGUSR1)
+	signal.Notify(usr1, unix.SIGUSR1)
 	drain := func() {
 		for {
 			select {
@@ -221,7 +222,7 @@ func scriptChild() {
 		pymarshal.Tuple{"cancelled", "Cancelled", "cancelled by the host", "", nil}, []any{}})
 	okNone := appendMarshalBytes(nil, []byte{'N'}) // a result of None
 	end, _ := pymarshal.Marshal(pymarshal.Tuple{int64(2), nil, []any{}})
-	hello, _ := pymarshal.Marshal(map[string]any{"protocol": 1, "pid": os.Getpid(), "commands": map[string]any{}})
+	hello, _ := pymarshal.Marshal(map[string]any{"protocol": subproc.ProtocolVersion, "pid": os.Getpid(), "commands": map[string]any{}})
 	write(encodeFrame(fHello, 0, hello))
 
 	var stream *step

@@ -36,6 +36,19 @@
 //     [worker.Request.Buffers] are laid out in the region and reach the
 //     handler as read-only views of it, not copies; the reply is written
 //     after the request.
+//   - A handler calls Go ([Config.Host], ctx.host in Python) with a
+//     HOST_CALL frame naming the call it belongs to; the host answers with
+//     a HOST_REPLY while the call is in flight. The Go function runs with
+//     the call's context (the stream's, for a stream; with the correlation
+//     id), which is done once the call ends — replied, or abandoned at its
+//     deadline — so a handler interrupted at its deadline also cancels the
+//     Go work it waits for. Several host calls of one call (threads, async
+//     tasks) run at once. In the child, whichever thread waits for a frame
+//     reads the socket, one at a time, and hands on what is not its own;
+//     SIGUSR1 never leaves a frame half read or half sent. ctx.host used
+//     once its call has ended raises snakepit.HostError (kind "ended")
+//     without reaching the host. Host call frames always use the socket,
+//     never the shared region, up to [Config.MaxFrame].
 //   - A call whose context ends (deadline or cancel) returns at once, even
 //     from a request write blocked on a child that stopped reading; the
 //     child gets SIGUSR1, which raises snakepit.Cancelled in the handler,
@@ -108,7 +121,13 @@ type Config struct {
 	// Module is the adapter module to import (required).
 	Module string
 	// Host holds the Go functions handlers may call (ctx.host in Python;
-	// see package host), e.g. a *host.Set. Nil: none.
+	// see package host), e.g. a *host.Set. Nil: none. A function runs with
+	// the context of the call (or stream) whose handler called it, done
+	// once the call ends; it should return when that context is done
+	// (Close waits for running functions until its own context ends). A
+	// host call made between two items of a stream (by a thread its
+	// generator started) is served when the next item, or the stream's
+	// close, is asked for.
 	Host worker.Host
 	// Paths are put on the child's PYTHONPATH (after the snakepit package),
 	// e.g. the directory holding the adapter.
@@ -235,18 +254,25 @@ type Worker struct {
 	slot       callslot.Slot                  // held while a request is outstanding (or a stream open)
 	openStream atomic.Pointer[wstream.Stream] // the open stream, closed by Close
 	nextID     atomic.Uint64
+	// wlock is held (a token in it) while a frame is written: requests and
+	// the replies of host calls share the connection. A channel, so that a
+	// request can stop waiting for it when its context ends.
+	wlock chan struct{}
+	hosts hostCalls // host calls (ctx.host in Python) in flight
 
 	exited    chan struct{} // closed when the process was reaped
 	exitState *os.ProcessState
 
-	closing   atomic.Bool   // Close has started: the process exiting is expected
-	done      chan struct{} // closed when the worker stopped
-	stopOnce  sync.Once
-	mu        sync.Mutex // guards err
-	err       error
-	closeOnce sync.Once
-	closeErr  error
-	bg        sync.WaitGroup // abandon goroutines
+	closing    atomic.Bool   // Close has started: the process exiting is expected
+	done       chan struct{} // closed when the worker stopped
+	stopCtx    context.Context
+	stopCancel context.CancelFunc // called when done is closed
+	stopOnce   sync.Once
+	mu         sync.Mutex // guards err
+	err        error
+	closeOnce  sync.Once
+	closeErr   error
+	bg         sync.WaitGroup // abandon goroutines
 }
 
 var (
@@ -323,14 +349,17 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		slot:    make(chan struct{}, 1),
 		exited:  make(chan struct{}),
 		done:    make(chan struct{}),
+		wlock:   make(chan struct{}, 1),
 		pidfd:   -1,
 	}
+	w.stopCtx, w.stopCancel = context.WithCancel(context.Background())
 	if err := w.spawn(argv, pkg); err != nil {
 		return nil, setupErr("start", err)
 	}
 	if err := w.handshake(ctx); err != nil {
 		w.kill()
 		<-w.exited
+		w.stop()
 		w.release()
 		w.drainOutputs(context.Background())
 		w.reg.remove(w.pid)
@@ -536,7 +565,7 @@ func (w *Worker) reap() {
 	}
 	// Record why before announcing the exit: waiters read Err after exited.
 	if w.closing.Load() {
-		w.stopOnce.Do(func() { close(w.done) })
+		w.stop()
 	} else {
 		w.die(&ExitError{PID: w.pid, State: w.exitState, Stderr: w.stderr.String()})
 	}
@@ -656,9 +685,19 @@ func (w *Worker) handshake(ctx context.Context) error {
 			}
 		}
 	}
-	// Health check: the child answers requests before it is ready.
+	// Health check: the child answers requests before it is ready. The
+	// PING carries the names of the host functions (a marshalled list of
+	// str; empty for none).
+	var names []byte
+	if w.cfg.Host != nil {
+		if list := w.cfg.Host.Names(); len(list) > 0 {
+			if names, err = pymarshal.Marshal(list); err != nil {
+				return fmt.Errorf("host function names: %w", err)
+			}
+		}
+	}
 	id := w.nextID.Add(1)
-	if _, err := w.write(ctx, framePing, id, nil); err != nil {
+	if _, err := w.write(ctx, framePing, id, names); err != nil {
 		return w.startFailure("sending PING", ctx, err)
 	}
 	f, err = w.rd.next()
@@ -723,8 +762,9 @@ func (w *Worker) waitExitCtx(ctx context.Context, d time.Duration) bool {
 var longAgo = time.Unix(1, 0)
 
 // write sends one frame, bounded by ctx: a context that ends (deadline or
-// cancel) interrupts a write blocked on a child that does not read. It
-// returns how many bytes of the frame went out.
+// cancel) interrupts a write blocked on a child that does not read, or
+// the wait for another frame's write to finish. It returns how many bytes
+// of the frame went out.
 func (w *Worker) write(ctx context.Context, typ byte, id uint64, payload []byte) (int, error) {
 	if len(payload) > w.cfg.MaxFrame {
 		return 0, &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("request of %d bytes exceeds the frame limit of %d bytes", len(payload), w.cfg.MaxFrame)}
@@ -732,7 +772,15 @@ func (w *Worker) write(ctx context.Context, typ byte, id uint64, payload []byte)
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	if w.shmPeer && typ&frameShared == 0 && len(payload) >= w.cfg.SharedThreshold {
+	select {
+	case w.wlock <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	defer func() { <-w.wlock }()
+	// A host call's reply never goes through the region: the request of
+	// the call in flight may be there, viewed by its handler.
+	if w.shmPeer && typ&frameShared == 0 && typ != frameHostReply && len(payload) >= w.cfg.SharedThreshold {
 		ref, ok, err := w.shm.put(payload)
 		if err != nil {
 			// The host could not grow the region: the socket still works.
@@ -782,10 +830,19 @@ func (w *Worker) die(err error) {
 		w.err = err
 	}
 	w.mu.Unlock()
-	w.stopOnce.Do(func() { close(w.done) })
+	w.stop()
 	if first {
 		w.kill()
 	}
+}
+
+// stop marks the worker stopped: Done is closed, and so is the context
+// that bounds the writes of host call replies.
+func (w *Worker) stop() {
+	w.stopOnce.Do(func() {
+		close(w.done)
+		w.stopCancel()
+	})
 }
 
 func (w *Worker) unavailable() error {

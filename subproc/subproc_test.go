@@ -60,7 +60,7 @@ func factory(t testing.TB) workertest.Factory {
 		}
 		return subproc.Start(ctx, subproc.Config{
 			Module: o.Module, Paths: o.Paths, Python: pythonExe(t), Env: env,
-			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Registry: testRegistry(t),
+			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Registry: testRegistry(t), Host: o.Host,
 		})
 	}
 }

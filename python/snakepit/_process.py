@@ -39,11 +39,14 @@ plumbing:
 """
 
 import argparse
+import collections
 import errno
 import faulthandler
+import itertools
 import marshal
 import mmap
 import os
+import select
 import signal
 import socket
 import struct
@@ -52,12 +55,16 @@ import threading
 import time
 
 from . import _dispatch
-from ._adapter import Cancelled
+from ._adapter import Cancelled, HostError
 
-PROTOCOL = 1
+PROTOCOL = 2
 
 (HELLO, FAIL, PING, PONG, CALL, STREAM_OPEN, STREAM_NEXT, STREAM_CLOSE,
- END_SESSION, SHUTDOWN, REPLY) = range(1, 12)
+ END_SESSION, SHUTDOWN, REPLY, HOST_CALL, HOST_REPLY) = range(1, 14)
+
+# Set in the request id of every HOST_CALL: host calls are numbered in a
+# range of their own, apart from the host's request ids.
+HOST_CALL_ID_BIT = 1 << 63
 
 _HEADER = struct.Struct("<IBQ")
 SOCK_FD = 3
@@ -392,6 +399,10 @@ class _Conn:
         shared region is a memoryview of it: release it before the next
         send."""
         self._spin()
+        return self.read_now()
+
+    def read_now(self):
+        """read() without the spin."""
         n = self._read_exact(memoryview(self.header))
         if n == 0:
             return None
@@ -404,19 +415,22 @@ class _Conn:
         if self._read_exact(memoryview(payload)) < size:
             raise EOFError("truncated frame")
         if typ & SHARED:
-            if self.shm is None or size != _REF.size:
+            if self.shm is None or size != _REF.size or typ & ~SHARED == HOST_REPLY:
                 raise ValueError("unexpected shared frame")
             return typ & ~SHARED, rid, self.shm.view(payload)
-        if self.shm is not None:
+        if self.shm is not None and typ != HOST_REPLY:
+            # A request through the socket: the region is free for the
+            # reply. (A host call's reply leaves the request in place.)
             self.shm.reserved = 0
         return typ, rid, bytes(payload)
 
-    def send(self, typ, rid, payload):
+    def send(self, typ, rid, payload, shared=True):
         """Send a frame; payload is bytes, or a tuple of parts to send one
-        after the other (so a large part is never copied to be joined)."""
+        after the other (so a large part is never copied to be joined).
+        shared=False keeps a large payload out of the shared region."""
         parts = payload if isinstance(payload, tuple) else (payload,)
         size = sum(len(p) for p in parts)
-        if self.shm is not None and size >= self.shm.threshold:
+        if shared and self.shm is not None and size >= self.shm.threshold:
             ref = self.shm.put(parts)
             if ref is not None:
                 typ, parts, size = typ | SHARED, (ref,), len(ref)
@@ -429,6 +443,201 @@ class _Conn:
         self.sock.sendall(_HEADER.pack(size, typ, rid))
         for p in parts:
             self.sock.sendall(p)
+
+
+class _Link:
+    """The connection as the main loop and the threads waiting in host
+    calls share it.
+
+    Sends are serialized by send_lock. Frames are read by one thread at a
+    time: whichever needs one (the main loop its next request, a thread in
+    a host call its reply) takes the reader's role when it is free and
+    files what it reads: a HOST_REPLY for the thread waiting for it
+    (dropped when none waits: its call ended), a request for the main
+    loop. The others wait on cond.
+
+    A host call goes out only while its call is live (its token in
+    `live`): the main loop takes the token out, under send_lock, before
+    it sends the call's REPLY. So the host reads every HOST_CALL before
+    the reply of its call, and answers it; one made later raises HostError
+    "ended" without reaching the host.
+
+    SIGUSR1 raises Cancelled in the main thread, which may be in a host
+    call: it never leaves a frame half read or half sent. It waits for a
+    frame to begin with poll (Cancelled there consumes nothing); while it
+    reads the rest of the frame, files it, or sends, main_busy is set and
+    the signal handler leaves the Cancelled in cancel_pending, raised once
+    the frame is whole.
+    """
+
+    def __init__(self, conn, max_frame):
+        self.conn = conn
+        self.max_frame = max_frame
+        self.send_lock = threading.Lock()
+        self.cond = threading.Condition(threading.Lock())
+        self.reader = None  # the ident of the thread reading a frame, or None
+        self.waiting = 0  # threads waiting on cond
+        self.replies = {}  # host call id -> its reply; None until it comes
+        self.requests = collections.deque()  # requests read by other threads, for the main loop
+        self.broken = None  # True at end of stream, or the exception reading raised
+        self.live = set()  # tokens of the calls whose host calls may go out
+        self.ids = itertools.count(1)
+        self.main = threading.get_ident()
+        self.main_busy = False
+        self.cancel_pending = False
+        self.poll = select.poll()
+        self.poll.register(conn.sock.fileno(), select.POLLIN)
+
+    def send(self, typ, rid, payload):
+        with self.send_lock:
+            self.conn.send(typ, rid, payload)
+
+    def finish(self, ended, typ, rid, payload):
+        """Send a request's reply, the calls with tokens in ended no longer
+        live (see the class doc)."""
+        with self.send_lock:
+            for token in ended:
+                self.live.discard(token)
+            self.conn.send(typ, rid, payload)
+
+    def next_request(self):
+        """The main loop's next frame (the host call replies read on the
+        way are handed on), or None at end of stream."""
+        cond = self.cond
+        while True:
+            with cond:
+                while not self.requests and self.reader is not None:
+                    self.waiting += 1
+                    try:
+                        cond.wait()
+                    finally:
+                        self.waiting -= 1
+                if self.requests:
+                    return self.requests.popleft()
+                if self.broken is True:
+                    return None
+                if self.broken is not None:
+                    raise self.broken
+                self.reader = self.main
+            frame = self._read_one(True)
+            if frame is not None:
+                return frame
+
+    def host_call(self, token, name, payload):
+        """Dispatcher.host_transport: run the host function name for the
+        call token with payload (marshalled kwargs); the reply bytes."""
+        if type(payload) is not bytes:
+            raise TypeError("host call arguments must be bytes, not %s" % type(payload).__name__)
+        if type(name) is not str:
+            raise TypeError("host function name must be str, not %s" % type(name).__name__)
+        if type(token) is not int:
+            raise HostError("snakepit: ctx.host used outside a call", "ended")
+        if _worker_pid is not None and os.getpid() != _worker_pid:
+            # A forked process has /dev/null for the socket, and may have
+            # been forked while another thread held the locks.
+            raise HostError("snakepit: ctx.host is not available in a process forked from the worker")
+        data = marshal.dumps((token, name, payload), 4)
+        if len(data) > self.max_frame:
+            raise _dispatch._host_error("arguments", "")(
+                "host function %r: arguments of %d bytes exceed the frame limit of %d bytes"
+                % (name, len(data), self.max_frame))
+        hid = HOST_CALL_ID_BIT | next(self.ids)
+        main = threading.get_ident() == self.main
+        cond = self.cond
+        try:
+            with cond:
+                self.replies[hid] = None  # before the send: any reader may take the reply
+            if main:
+                self.main_busy = True
+            try:
+                with self.send_lock:
+                    if token not in self.live:
+                        raise HostError("snakepit: ctx.host used after its call ended", "ended")
+                    self.conn.send(HOST_CALL, hid, data, shared=False)
+            finally:
+                if main:
+                    self.main_busy = False
+            if main:
+                self._raise_pending()
+            return self._await(hid, main)
+        finally:
+            with cond:
+                self.replies.pop(hid, None)
+
+    def _await(self, hid, main):
+        cond = self.cond
+        me = threading.get_ident()
+        while True:
+            try:
+                with cond:
+                    while True:
+                        reply = self.replies.get(hid)
+                        if reply is not None:
+                            return reply
+                        if self.broken is not None:
+                            raise HostError("snakepit: the connection to the host is closed", "error")
+                        if self.reader is None:
+                            break
+                        self.waiting += 1
+                        try:
+                            cond.wait()
+                        finally:
+                            self.waiting -= 1
+                    self.reader = me
+                self._read_one(False)
+            finally:
+                if self.reader == me:  # Cancelled before the read began
+                    self._give_up_reading()
+            if main:
+                self._raise_pending()
+
+    def _give_up_reading(self):
+        with self.cond:
+            self.reader = None
+            if self.waiting:
+                self.cond.notify_all()
+
+    def _raise_pending(self):
+        if self.cancel_pending:
+            self.cancel_pending = False
+            raise Cancelled("cancelled by the host")
+
+    def _read_one(self, for_main_loop):
+        """Read one frame as the reader and file it, giving up the role.
+        Returns the frame if for_main_loop and it is a request."""
+        me = threading.get_ident()
+        guard = me == self.main and not for_main_loop  # Cancelled may come
+        cond = self.cond
+        frame = None
+        try:
+            self.conn._spin()
+            if guard:
+                self.poll.poll()  # a frame begins: nothing of it read yet
+                self.main_busy = True
+            try:
+                frame = self.conn.read_now()
+                broken = True if frame is None else None
+            except Exception as e:
+                frame, broken = None, e
+            with cond:
+                self.reader = None
+                if broken is not None:
+                    self.broken = broken
+                elif frame[0] == HOST_REPLY:
+                    if frame[1] in self.replies:
+                        self.replies[frame[1]] = frame[2]
+                    frame = None
+                elif not for_main_loop:
+                    self.requests.append(frame)
+                    frame = None
+                if self.waiting:
+                    cond.notify_all()
+        finally:
+            if guard:
+                self.main_busy = False
+            if self.reader == me:  # an exception before the frame began
+                self._give_up_reading()
+        return frame
 
 
 # Or-ed into a frame's type: the payload lies in the shared region, and the
@@ -645,6 +854,9 @@ def main(argv=None):
     # gets Cancelled once.
     in_call = [False, False]
 
+    link = _Link(conn, args.max_frame)
+    d.host_transport = link.host_call
+
     def on_cancel(signum, frame):
         if os.getpid() != _worker_pid:
             signal.signal(signum, signal.SIG_DFL)
@@ -653,6 +865,9 @@ def main(argv=None):
         if in_call[0] and not in_call[1]:
             in_call[1] = True
             d.cancel()
+            if link.main_busy:  # inside a frame: raised once it is whole
+                link.cancel_pending = True
+                return
             raise Cancelled("cancelled by the host")
 
     signal.signal(signal.SIGUSR1, on_cancel)
@@ -664,7 +879,7 @@ def main(argv=None):
         "logs": d.drain_logs(),
         "shm": shm is not None,
     }
-    conn.send(HELLO, 0, marshal.dumps(hello, 4))
+    link.send(HELLO, 0, marshal.dumps(hello, 4))
 
     def call(payload):
         try:
@@ -687,8 +902,11 @@ def main(argv=None):
         STREAM_CLOSE: lambda payload: d.stream_close(),
         END_SESSION: lambda payload: d.end_session(*_loads(payload, shm)),
     }
+    # The token of the open stream (its STREAM_OPEN's request id): its
+    # host calls may go out until it ends.
+    stream_token = None
     while True:
-        frame = conn.read()
+        frame = link.next_request()
         if frame is None:
             # The host closed the connection without SHUTDOWN: it is gone.
             # Do what the lifeline would (it may not have run yet).
@@ -701,24 +919,43 @@ def main(argv=None):
         if _child_exited:
             _reap_adopted()
         if typ == PING:
-            conn.send(PONG, rid, b"")
+            if payload:  # the names of the host functions
+                names = marshal.loads(payload)
+                if type(names) is not list or not all(type(n) is str for n in names):
+                    sys.stderr.write("snakepit: malformed host function names from the host\n")
+                    return 2
+                d.host_names = tuple(names)
+            link.send(PONG, rid, b"")
             continue
         if typ == SHUTDOWN:
-            conn.send(REPLY, rid, _encode_reply(d.teardown(), args.max_frame))
+            reply = _encode_reply(d.teardown(), args.max_frame)
+            link.finish(() if stream_token is None else (stream_token,), REPLY, rid, reply)
             return 0
         handler = handlers.get(typ)
         if handler is None:
             sys.stderr.write("snakepit: unexpected frame type %d from the host\n" % typ)
             return 2
+        if typ == CALL or typ == STREAM_OPEN:
+            d.host_token = rid
+            link.live.add(rid)
+        stream = d._stream
         try:
             in_call[1] = False
+            link.cancel_pending = False
             in_call[0] = True
             reply = handler(payload)
         except Cancelled as e:
             reply = _dispatch._error(_dispatch.K_CANCELLED, e)
         finally:
             in_call[0] = False
-        conn.send(REPLY, rid, _encode_reply(reply, args.max_frame))
+        ended = (rid,) if typ == CALL else ()
+        if d._stream is not stream:  # a stream opened, or the open one ended
+            if stream_token is not None:
+                ended += (stream_token,)
+            stream_token = rid if d._stream is not None else None
+        if typ == STREAM_OPEN and stream_token != rid:
+            ended += (rid,)
+        link.finish(ended, REPLY, rid, _encode_reply(reply, args.max_frame))
         reply = None  # perhaps a view of the region: not kept to the next call
 
 

@@ -1,0 +1,207 @@
+"""The process profile's shared connection (_process._Link) against a
+socket that plays the host."""
+
+import marshal
+import signal
+import socket
+import struct
+import threading
+import time
+import unittest
+
+from snakepit import Cancelled, HostError, _process
+
+_H = struct.Struct("<IBQ")
+
+
+def _frame(typ, rid, payload):
+    return _H.pack(len(payload), typ, rid) + payload
+
+
+def _recv_exact(sock, n):
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise EOFError("host side: end of stream")
+        out += chunk
+    return out
+
+
+def _read_frame(sock):
+    size, typ, rid = _H.unpack(_recv_exact(sock, _H.size))
+    return typ, rid, _recv_exact(sock, size)
+
+
+def _until(cond, what):
+    """Wait (bounded) until cond() holds: the state another thread reaches
+    inside a blocking call, which it cannot signal itself."""
+    deadline = time.monotonic() + 10
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting until " + what)
+        time.sleep(0.001)
+
+
+class _LinkCase(unittest.TestCase):
+
+    def setUp(self):
+        ours, self.host = socket.socketpair()
+        self.host.settimeout(10)
+        self.conn = _process._Conn(ours.detach(), 1 << 20)
+        self.link = _process._Link(self.conn, 1 << 20)
+        self.link.live.add(7)
+
+    def tearDown(self):
+        self.host.close()
+        self.conn.sock.close()
+
+    def read_host_call(self):
+        typ, rid, payload = _read_frame(self.host)
+        self.assertEqual(typ, _process.HOST_CALL)
+        self.assertTrue(rid & _process.HOST_CALL_ID_BIT, "host call id %#x without the host call bit" % rid)
+        token, name, kwargs = marshal.loads(payload)
+        return rid, token, name, kwargs
+
+
+class LinkTest(_LinkCase):
+
+    def test_replies_out_of_order(self):
+        results = {}
+
+        def call(i):
+            results[i] = self.link.host_call(7, "f%d" % i, marshal.dumps({"i": i}))
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        calls = [self.read_host_call() for _ in threads]
+        self.assertEqual(len({rid for rid, *_ in calls}), 3, "host call ids are not unique")
+        for rid, token, name, kwargs in reversed(calls):
+            self.assertEqual(token, 7)
+            self.assertEqual(marshal.loads(kwargs), {"i": int(name[1:])})
+            self.host.sendall(_frame(_process.HOST_REPLY, rid, b"\x00" + marshal.dumps(name)))
+        for t in threads:
+            t.join(10)
+        self.assertEqual({i: (r[:1], marshal.loads(r[1:])) for i, r in results.items()},
+                         {i: (b"\x00", "f%d" % i) for i in range(3)})
+
+    def test_request_read_by_a_waiting_thread_reaches_the_main_loop(self):
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("r", self.link.host_call(7, "f", b"")))
+        t.start()
+        rid, *_ = self.read_host_call()
+        # The thread waiting for its reply reads the request first.
+        self.host.sendall(_frame(_process.CALL, 9, b"request") + _frame(_process.HOST_REPLY, rid, b"\x00N"))
+        t.join(10)
+        self.assertEqual(out, {"r": b"\x00N"})
+        self.assertEqual(self.link.next_request(), (_process.CALL, 9, b"request"))
+
+    def test_late_reply_dropped(self):
+        self.host.sendall(_frame(_process.HOST_REPLY, _process.HOST_CALL_ID_BIT | 99, b"\x00N") +
+                          _frame(_process.CALL, 3, b"next"))
+        self.assertEqual(self.link.next_request(), (_process.CALL, 3, b"next"))
+
+    def test_ended_call_refused_without_sending(self):
+        with self.assertRaises(HostError) as cm:
+            self.link.host_call(8, "f", b"")
+        self.assertEqual(cm.exception.kind, "ended")
+        self.host.setblocking(False)
+        with self.assertRaises(BlockingIOError):
+            self.host.recv(1)
+        self.assertEqual(self.link.replies, {})
+
+    def test_bad_input(self):
+        for token, name, payload in ((7, "f", "str"), (7, 3, b""), (7, "f", bytearray(b""))):
+            with self.assertRaises(TypeError):
+                self.link.host_call(token, name, payload)
+        with self.assertRaises(HostError) as cm:
+            self.link.host_call(None, "f", b"")
+        self.assertEqual(cm.exception.kind, "ended")
+
+    def test_arguments_over_the_frame_limit(self):
+        self.link.max_frame = 100
+        with self.assertRaises(TypeError) as cm:
+            self.link.host_call(7, "f", b"x" * 200)
+        self.assertIsInstance(cm.exception, HostError)
+
+    def test_connection_closed_while_waiting(self):
+        out = {}
+
+        def call():
+            try:
+                self.link.host_call(7, "f", b"")
+            except HostError as e:
+                out["error"] = e
+
+        t = threading.Thread(target=call)
+        t.start()
+        self.read_host_call()
+        self.host.close()
+        t.join(10)
+        self.assertIn("error", out)
+        self.assertIsNone(self.link.next_request())  # the main loop sees the end too
+
+
+class CancelTest(_LinkCase):
+    """SIGUSR1 as the worker handles it: Cancelled in the main thread,
+    deferred while it is inside a frame."""
+
+    def setUp(self):
+        super().setUp()
+        self.cancels = 0
+
+        def on_cancel(signum, frame):
+            self.cancels += 1
+            if self.link.main_busy:
+                self.link.cancel_pending = True
+                return
+            raise Cancelled("cancelled by the host")
+
+        self.old = signal.signal(signal.SIGUSR1, on_cancel)
+
+    def tearDown(self):
+        signal.signal(signal.SIGUSR1, self.old)
+        super().tearDown()
+
+    def test_cancel_inside_a_frame_waits_for_its_end(self):
+        main = threading.get_ident()
+
+        def host():
+            rid, *_ = self.read_host_call()
+            reply = _frame(_process.HOST_REPLY, rid, b"\x00" + marshal.dumps("x" * 1000))
+            self.host.sendall(reply[:20])  # the frame begins
+            _until(lambda: self.link.main_busy, "the main thread reads the frame")
+            signal.pthread_kill(main, signal.SIGUSR1)
+            _until(lambda: self.cancels, "the signal was handled")
+            self.host.sendall(reply[20:] + _frame(_process.CALL, 5, b"after"))
+
+        t = threading.Thread(target=host)
+        t.start()
+        with self.assertRaises(Cancelled):
+            self.link.host_call(7, "f", b"")
+        t.join(10)
+        self.assertFalse(self.link.cancel_pending)
+        self.assertEqual(self.link.next_request(), (_process.CALL, 5, b"after"))
+
+    def test_cancel_before_the_reply(self):
+        main = threading.get_ident()
+
+        def host():
+            rid, *_ = self.read_host_call()
+            signal.pthread_kill(main, signal.SIGUSR1)
+            _until(lambda: self.cancels, "the signal was handled")
+            _until(lambda: not self.link.replies, "the call gave up")
+            self.host.sendall(_frame(_process.HOST_REPLY, rid, b"\x00N") + _frame(_process.CALL, 6, b"after"))
+
+        t = threading.Thread(target=host)
+        t.start()
+        with self.assertRaises(Cancelled):
+            self.link.host_call(7, "f", b"")
+        t.join(10)
+        self.assertIsNone(self.link.reader)
+        self.assertEqual(self.link.next_request(), (_process.CALL, 6, b"after"))
+
+
+if __name__ == "__main__":
+    unittest.main()
