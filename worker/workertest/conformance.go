@@ -71,16 +71,23 @@ func Run(t *testing.T, factory Factory) {
 	t.Setenv("SNAKEPIT_CONFORMANCE_TEARDOWN", marker)
 	logs := &recorder{}
 	ctx := context.Background()
-	start := func(t *testing.T, module string, grace time.Duration) worker.Worker {
+	probe := newHostProbe()
+	hostSet := probe.set()
+	startHost := func(t *testing.T, module string, grace time.Duration, h worker.Host) worker.Worker {
 		t.Helper()
 		w, err := factory(ctx, Options{
 			Module: module, Paths: []string{dir}, Logger: slog.New(logs), InterruptGrace: grace,
-			Env: map[string]string{"SNAKEPIT_CONFORMANCE_TEARDOWN": marker},
+			Env:  map[string]string{"SNAKEPIT_CONFORMANCE_TEARDOWN": marker},
+			Host: h,
 		})
 		if err != nil {
 			t.Fatalf("start worker for %s: %v", module, err)
 		}
 		return w
+	}
+	start := func(t *testing.T, module string, grace time.Duration) worker.Worker {
+		t.Helper()
+		return startHost(t, module, grace, hostSet)
 	}
 	// A generous grace: an interrupted handler must stop well within it even
 	// on a loaded machine, or DeadlineInterrupt would see the worker die.
@@ -106,6 +113,11 @@ func Run(t *testing.T, factory Factory) {
 	t.Run("Logging", s.testLogging)
 	t.Run("DeadlineInterrupt", s.testDeadlineInterrupt)
 	t.Run("Buffers", s.testBuffers)
+	t.Run("Host", func(t *testing.T) {
+		s.testHost(t, probe, func(t *testing.T, h worker.Host) worker.Worker {
+			return startHost(t, "snakepit_conformance", 3*time.Second, h)
+		})
+	})
 
 	t.Run("Teardown", func(t *testing.T) {
 		// A stream left open does not keep Close waiting.

@@ -194,3 +194,107 @@ def payload_kept():
     except ValueError:
         view = "released"
     return {"slice": bytes(_kept["slice"]), "view": view}
+
+
+# ---- host functions (ctx.host): the suite registers add, whoami, fail,
+# block, boom and barrier ----
+
+_kept = {}
+
+
+@snakepit.command
+def host_add(ctx, a, b):
+    return ctx.host.add(a=a, b=b)
+
+
+@snakepit.command
+def host_info(ctx):
+    return {"names": ctx.host.names(), "who": ctx.host.call("whoami"), "has_add": "add" in dir(ctx.host)}
+
+
+@snakepit.command
+def host_error(ctx, name, **kwargs):
+    try:
+        ctx.host.call(name, **kwargs)
+    except snakepit.HostError as e:
+        return {"kind": e.kind, "text": str(e), "key_error": isinstance(e, KeyError),
+                "timeout": isinstance(e, TimeoutError), "type_error": isinstance(e, TypeError)}
+    return None
+
+
+@snakepit.command
+def host_block(ctx):
+    """Wait in a Go function until the call's context ends."""
+    ctx.host.block()
+    return "not interrupted"
+
+
+@snakepit.command
+def host_threads(ctx, n):
+    """n Python threads each make a host call at once (the Go side waits
+    for all n before any returns)."""
+    import threading
+    out = [None] * n
+
+    def run(i):
+        try:
+            out[i] = ctx.host.barrier(n=n, i=i)
+        except BaseException as e:  # reported, not lost
+            out[i] = repr(e)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+
+@snakepit.command
+def host_keep_thread(ctx):
+    """Start a thread that calls ctx.host after this call has ended."""
+    import threading
+    go = threading.Event()
+
+    def late():
+        go.wait(30)
+        try:
+            ctx.host.add(a=1, b=2)
+            _kept["late"] = "succeeded"
+        except snakepit.HostError as e:
+            _kept["late"] = e.kind
+        except BaseException as e:
+            _kept["late"] = repr(e)
+
+    t = threading.Thread(target=late)
+    t.start()
+    _kept["thread"], _kept["go"] = t, go
+    return "started"
+
+
+@snakepit.command
+def host_late_result():
+    _kept["go"].set()
+    _kept["thread"].join(30)
+    return _kept.get("late")
+
+
+@snakepit.command
+def host_stream(ctx, n):
+    for i in range(n):
+        yield ctx.host.add(a=i, b=100)
+
+
+@snakepit.command
+async def host_async(ctx):
+    a, b = await asyncio.gather(ctx.host.acall("add", a=1, b=2), ctx.host.acall("add", a=3, b=4))
+    return [a, b]
+
+
+@snakepit.command
+def host_none(ctx):
+    try:
+        ctx.host.call("add", a=1, b=2)
+    except snakepit.HostError as e:
+        return [ctx.host.names(), e.kind]
+    return "called"
