@@ -161,7 +161,7 @@ type Config struct {
 	// StartTimeout bounds start-up when the context has no deadline. Zero:
 	// 60 s.
 	StartTimeout time.Duration
-	// MaxFrame caps a frame's payload in both directions. Zero: 64 MiB.
+	// MaxFrame caps a frame's payload in both directions. Zero: DefaultMaxFrame (128 MiB).
 	MaxFrame int
 	// Spin is how long the child polls for the next request after a reply
 	// before it sleeps: back-to-back calls then skip the wake-up of a

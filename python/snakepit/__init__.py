@@ -45,4 +45,4 @@ from ._adapter import Cancelled, CommandInfo, Context, HostError, command, comma
 __all__ = ["Cancelled", "CommandInfo", "Context", "HostError", "command", "commands_of"]
 
 #: Version of the wire protocol between Go and this package.
-PROTOCOL = 1
+PROTOCOL = 2
