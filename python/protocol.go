@@ -113,7 +113,7 @@ func RegionCallSize(req *worker.Request) int {
 		n += 5 + len(a)
 	}
 	for _, b := range req.Buffers {
-		n += alignUp(len(b)) + 2*regionIntMax
+		n += RegionAlign + alignUp(len(b)) + 2*regionIntMax
 	}
 	return n + 5
 }
@@ -125,12 +125,14 @@ func alignUp(n int) int { return (n + RegionAlign - 1) &^ (RegionAlign - 1) }
 
 // EncodeCallInRegion writes the call for req into mem, memory a child
 // process maps too (its shared region, which starts at mem[0]): req.Buffers
-// first, each at a multiple of RegionAlign from offset 0, then EncodeCall's
-// tuple, whose buffers element is a tuple of (offset, length) pairs,
-// flattened, instead of a list of bytes: the child hands the handler views
-// of the region rather than copies. It returns where the tuple lies,
-// mem[start:end]. mem must hold RegionCallSize(req) bytes, or the call
-// fails with ErrRegionTooSmall.
+// first, each at a multiple of RegionAlign with at least RegionAlign bytes
+// free before it (where the child writes a reply's headers when it
+// returns the buffer itself), then EncodeCall's tuple, whose buffers
+// element is a tuple of (offset, length) pairs, flattened, instead of a
+// list of bytes: the child hands the handler views of the region rather
+// than copies. It returns where the tuple lies, mem[start:end]. mem must
+// hold RegionCallSize(req) bytes, or the call fails with
+// ErrRegionTooSmall.
 func EncodeCallInRegion(mem []byte, req *worker.Request, deadline time.Time) (start, end int, err error) {
 	if len(mem) < RegionCallSize(req) {
 		return 0, 0, ErrRegionTooSmall
@@ -138,6 +140,7 @@ func EncodeCallInRegion(mem []byte, req *worker.Request, deadline time.Time) (st
 	spans := make([]int, 0, 2*len(req.Buffers))
 	off := 0
 	for _, b := range req.Buffers {
+		off += RegionAlign // free for the headers of a reply in place
 		copy(mem[off:], b)
 		spans = append(spans, off, len(b))
 		off = alignUp(off + len(b))

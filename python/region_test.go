@@ -12,7 +12,8 @@ import (
 )
 
 // TestEncodeCallInRegion: the buffers lie from offset 0, each at a
-// multiple of RegionAlign, the call tuple after them names them by
+// multiple of RegionAlign with that much room before it, the call tuple
+// after them names them by
 // (offset, length), and memory smaller than RegionCallSize is refused
 // before anything is written.
 func TestEncodeCallInRegion(t *testing.T) {
@@ -57,7 +58,7 @@ func TestEncodeCallInRegion(t *testing.T) {
 		}
 		for i, b := range bufs {
 			off, n := spans[2*i].(int64), spans[2*i+1].(int64)
-			if off%python.RegionAlign != 0 || int(n) != len(b) || int(off)+len(b) > start {
+			if off%python.RegionAlign != 0 || off < python.RegionAlign || int(n) != len(b) || int(off)+len(b) > start {
 				t.Fatalf("buffer %d at %d (%d bytes), tuple at %d", i, off, n, start)
 			}
 			if got := mem[off : off+n]; !bytes.Equal(got, b) {

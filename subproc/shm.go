@@ -24,9 +24,9 @@ import (
 // reply before it writes again. A call's out-of-band buffers are laid out
 // from offset 0, its call tuple after them (python.EncodeCallInRegion): the
 // handler gets read-only views of the buffers, not copies. The child writes
-// its reply after the request, so that a result that is (a view of) an
-// argument is copied once, and from offset 0 when the request is not in
-// the region. The host copies a reply out of the region before the call
+// its reply after the request (from offset 0 when the request is not in
+// the region); a result that is one of the buffers itself is replied in
+// place, its headers written in the room left before each buffer. The host copies a reply out of the region before the call
 // returns; nothing it hands out points into it.
 
 // frameShared, or-ed into a frame's type, says its payload lies in the

@@ -54,7 +54,7 @@ import sys
 import threading
 import time
 
-from . import _dispatch
+from . import _dispatch, _wire
 from ._adapter import Cancelled, HostError
 
 PROTOCOL = 2
@@ -421,13 +421,16 @@ class _Conn:
         if self.shm is not None and typ != HOST_REPLY:
             # A request through the socket: the region is free for the
             # reply. (A host call's reply leaves the request in place.)
-            self.shm.reserved = 0
+            self.shm.reserved, self.shm.spans = 0, ()
         return typ, rid, bytes(payload)
 
     def send(self, typ, rid, payload, shared=True):
         """Send a frame; payload is bytes, or a tuple of parts to send one
         after the other (so a large part is never copied to be joined).
         shared=False keeps a large payload out of the shared region."""
+        if payload.__class__ is _InPlace:
+            self.sock.sendall(_HEADER.pack(len(payload.ref), typ | SHARED, rid) + payload.ref)
+            return
         parts = payload if isinstance(payload, tuple) else (payload,)
         size = sum(len(p) for p in parts)
         if shared and self.shm is not None and size >= self.shm.threshold:
@@ -666,6 +669,7 @@ class _Shm:
         self.gen = 0
         self.mm = None
         self.reserved = 0  # the current request's extent: the reply goes after it
+        self.spans = ()    # the current request's buffers: (offset, length) pairs
 
     def _map(self, size):
         if self.mm is not None:
@@ -689,6 +693,7 @@ class _Shm:
         if off > size or n > size - off:
             raise ValueError("shared payload of %d bytes at %d outside the region of %d" % (n, off, size))
         self.reserved = (off + n + 63) & ~63
+        self.spans = ()
         if n == 0:
             return memoryview(b"")
         with memoryview(self.mm) as whole:
@@ -710,7 +715,22 @@ class _Shm:
                         v.release()
                     raise ValueError("buffer of %d bytes at %d outside the request's %d bytes of the region" % (n, off, limit))
                 out.append(whole[off:off + n].toreadonly())
+        self.spans = spans
         return out
+
+    def echo(self, i):
+        """The reference of a reply that is the request's buffer i itself,
+        written in place: the reply's two headers go in the room the host
+        leaves before each buffer. None when there is no such buffer."""
+        if not 0 <= 2 * i < len(self.spans) or self.mm is None:
+            return None
+        off, n = self.spans[2 * i], self.spans[2 * i + 1]
+        h = 2 * _BYTES_HEADER.size
+        if off < h or off + n > len(self.mm):
+            return None
+        self.mm[off - h:off] = _BYTES_HEADER.pack(b"s", n + _BYTES_HEADER.size) + _BYTES_HEADER.pack(b"s", n)
+        self.reserved, self.spans = 0, ()
+        return _REF.pack(self.gen, off - h, n + h)
 
     def put(self, parts):
         """Write the concatenation of parts after the current request (or
@@ -778,10 +798,26 @@ def _watch_lifeline():
 _BYTES_HEADER = struct.Struct("<cI")
 
 
-def _encode_reply(reply, max_frame):
+class _InPlace:
+    """A REPLY payload already in the shared region: its reference."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref):
+        self.ref = ref
+
+
+def _encode_reply(reply, max_frame, shm=None):
     """The REPLY payload for a dispatcher reply: bytes, or a tuple of parts.
     The common reply, a bytes object (the marshalled result), is marshal's
-    header for it followed by the object itself, not a marshalled copy."""
+    header for it followed by the object itself, not a marshalled copy. A
+    result that is one of the call's buffers in the region is replied with
+    in place (_InPlace)."""
+    if reply.__class__ is _wire.EchoedBuffer:
+        ref = shm.echo(reply.index) if shm is not None else None
+        if ref is not None:
+            return _InPlace(ref)
+        reply = reply.raw
     if reply.__class__ is bytes and len(reply) + _BYTES_HEADER.size <= max_frame:
         return (_BYTES_HEADER.pack(b"s", len(reply)), reply)
     if reply.__class__ is memoryview and reply.nbytes + 2 * _BYTES_HEADER.size <= max_frame:
@@ -841,6 +877,7 @@ def main(argv=None):
         d = _dispatch.Dispatcher(args.module, worker_id=worker_id, capture_stdio=("stdout",),
                                  log_level=args.log_level)
         d.raw_results = True  # see _encode_reply
+        d.echo_buffers = shm is not None
     except BaseException as e:
         conn.send(FAIL, 0, marshal.dumps(_dispatch._error(_dispatch.K_PYTHON, e), 4))
         return 1
@@ -955,7 +992,7 @@ def main(argv=None):
             stream_token = rid if d._stream is not None else None
         if typ == STREAM_OPEN and stream_token != rid:
             ended += (rid,)
-        link.finish(ended, REPLY, rid, _encode_reply(reply, args.max_frame))
+        link.finish(ended, REPLY, rid, _encode_reply(reply, args.max_frame, shm))
         reply = None  # perhaps a view of the region: not kept to the next call
 
 

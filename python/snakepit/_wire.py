@@ -297,6 +297,27 @@ def release(state):
         h._raw = None
 
 
+class EchoedBuffer:
+    """A call's result that is one of its buffers, as the handler got it:
+    index names the buffer, raw is a byte view of it that outlives the
+    call (see Dispatcher.echo_buffers)."""
+
+    __slots__ = ("index", "raw")
+
+    def __init__(self, index, raw):
+        self.index = index
+        self.raw = raw
+
+
+def buffer_index(state, v):
+    """The index of the buffer resolve gave the handler as v itself, or
+    None."""
+    for i, b in enumerate(state[0]):
+        if b is v:
+            return i
+    return None
+
+
 def raw_bytes(v):
     """v as a C-contiguous byte memoryview, or None (also for a view of
     numbers or with a shape, which goes back as an array: see

@@ -135,3 +135,8 @@ async def host_async(ctx):
 def host_stream(ctx, n):
     for i in range(n):
         yield ctx.host.call("echo", i=i)
+
+
+@snakepit.command
+def echo_bytes(b, cut=False):
+    return b[:] if cut else b

@@ -23,9 +23,9 @@ class RegionTest(unittest.TestCase):
         reference and the spans."""
         spans, off, blob = [], 0, bytearray()
         for b in buffers:
-            blob += b + bytes((-len(b)) % 64)
-            spans += [off, len(b)]
-            off += len(b) + (-len(b)) % 64
+            blob += bytes(64) + b + bytes((-len(b)) % 64)
+            spans += [off + 64, len(b)]
+            off += 64 + len(b) + (-len(b)) % 64
         return self.write(blob, ("noop", {}, "cid", None, None, None, tuple(spans)), tail)
 
     def write(self, blob, call, tail=b""):
@@ -95,6 +95,36 @@ class RegionTest(unittest.TestCase):
         self.assertEqual(off, 0)
         self.assertEqual(shm.mm[:n], b"head" + b"z" * 40000)
         view.release()
+
+    def test_echo_in_place(self):
+        ref = self.request([b"a" * 100, b"b" * 300])
+        args = _process._loads(self.shm.view(ref), self.shm)
+        out = self.shm.echo(1)
+        gen, off, n = _process._REF.unpack(out)
+        self.assertEqual(off, 256 - 10)  # buffer 1 lies at 256 (64 + 128 + 64): its headers before it
+        got = marshal.loads(marshal.loads(self.shm.mm[off:off + n]))
+        self.assertEqual(got, b"b" * 300)
+        self.assertEqual(bytes(args[6][0]), b"a" * 100)  # the other buffer is intact
+        self.assertIsNone(self.shm.echo(1))  # once per request
+        self.assertIsNone(self.shm.echo(5))
+        for v in args[6]:
+            v.release()
+
+    def test_dispatcher_reports_echoed_buffers(self):
+        from snakepit._dispatch import Dispatcher
+        from snakepit._wire import EchoedBuffer, MARKER
+        d = Dispatcher("snakepit.tests.fixture_adapter", worker_id="w1")
+        d.raw_results = d.echo_buffers = True
+        big = memoryview(b"e" * (64 << 10)).toreadonly()
+        kw = (MARKER, "call", {"b": (MARKER, "buf", 0)})
+        r = d.call("echo_bytes", kw, "cid", None, None, None, [big])
+        self.assertIs(type(r), EchoedBuffer)
+        self.assertEqual((r.index, bytes(r.raw)), (0, b"e" * (64 << 10)))
+        r = d.call("echo_bytes", dict(kw[2], cut=True), "cid", None, None, None, [big])
+        self.assertIs(type(r), memoryview)  # a slice: not the buffer itself
+        d.echo_buffers = False
+        r = d.call("echo_bytes", kw, "cid", None, None, None, [big])
+        self.assertIs(type(r), memoryview)
 
     def test_view_kept_across_growth(self):
         ref = self.request([b"k" * 100])
