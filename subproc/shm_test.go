@@ -28,6 +28,11 @@ def echo(data):
     return data
 
 @snakepit.command
+def echo_view(data):
+    # A view of the argument, not the argument itself: written as a reply.
+    return data[:]
+
+@snakepit.command
 def size(data):
     return len(data)
 
@@ -318,10 +323,10 @@ func TestSharedConcurrentCallsAndStreams(t *testing.T) {
 }
 
 // TestSharedBuffersAreViews: a large out-of-band argument reaches the
-// handler as a read-only view of the shared region (no copy), and a view
-// returned as the result comes back intact: after the request in the
-// region, or, when it does not fit there under the cap, from offset 0
-// (copied first: the view and the reply would overlap). Payloads of
+// handler as a read-only view of the shared region (no copy), and comes
+// back intact when returned: itself, in place; a view of it, after the
+// request in the region, or, when it does not fit there under the cap,
+// from offset 0 (copied first: the view and the reply would overlap). Payloads of
 // growing and shrinking sizes make the region grow between calls.
 func TestSharedBuffersAreViews(t *testing.T) {
 	const threshold = 64 << 10
@@ -353,24 +358,27 @@ func TestSharedBuffersAreViews(t *testing.T) {
 	}
 
 	rng := rand.New(rand.NewPCG(3, 4))
-	// 300 KiB, 5 MiB and 11 MiB fit after the request (twice the size
-	// under the 24 MiB cap); 16 MiB does not: its reply is written from
-	// offset 0, over the request it echoes.
-	for _, n := range []int{300 << 10, 5 << 20, 300 << 10, 16 << 20, threshold, 11 << 20, 16 << 20, 1 << 20} {
-		data := make([]byte, n)
-		for i := range data {
-			data[i] = byte(rng.Uint32())
-		}
-		raw, err := call("echo", data)
-		if err != nil {
-			t.Fatalf("echo of %d bytes: %v", n, err)
-		}
-		var back []byte
-		if err := pymarshal.Unmarshal(raw, &back); err != nil {
-			t.Fatalf("echo of %d bytes: %v", n, err)
-		}
-		if !bytes.Equal(back, data) {
-			t.Fatalf("echo of %d bytes: got %d bytes back, not the same", n, len(back))
+	// echo returns the argument itself: replied in place. echo_view
+	// returns a view of it: 300 KiB, 5 MiB and 11 MiB fit after the
+	// request (twice the size under the 24 MiB cap); 16 MiB does not: its
+	// reply is written from offset 0, over the request it echoes.
+	for _, command := range []string{"echo", "echo_view"} {
+		for _, n := range []int{300 << 10, 5 << 20, 300 << 10, 16 << 20, threshold, 11 << 20, 16 << 20, 1 << 20} {
+			data := make([]byte, n)
+			for i := range data {
+				data[i] = byte(rng.Uint32())
+			}
+			raw, err := call(command, data)
+			if err != nil {
+				t.Fatalf("%s of %d bytes: %v", command, n, err)
+			}
+			var back []byte
+			if err := pymarshal.Unmarshal(raw, &back); err != nil {
+				t.Fatalf("%s of %d bytes: %v", command, n, err)
+			}
+			if !bytes.Equal(back, data) {
+				t.Fatalf("%s of %d bytes: got %d bytes back, not the same", command, n, len(back))
+			}
 		}
 	}
 
