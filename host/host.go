@@ -126,14 +126,6 @@ func (s *Set) Names() []string {
 	return slices.Clone(s.names)
 }
 
-// Len returns how many functions s holds.
-func (s *Set) Len() int {
-	if s == nil {
-		return 0
-	}
-	return len(s.names)
-}
-
 // ErrUnknownFunction: no host function has that name.
 var ErrUnknownFunction = errors.New("host: unknown function")
 

@@ -44,8 +44,15 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 	if err := w.acquire(ctx); err != nil {
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
+	return w.roundTrip(ctx, req, frameCall, args)
+}
+
+// roundTrip sends a call's request frame, the slot held, and reads its
+// reply (serving the handler's host calls meanwhile); it releases the
+// slot unless the call was abandoned (then the reply's arrival does).
+func (w *Worker) roundTrip(ctx context.Context, req *worker.Request, typ byte, payload []byte) (*worker.Response, error) {
 	sc := w.newScope(ctx, req.CorrelationID)
-	r, abandoned, err := w.request(ctx, frameCall, args, req.Command, req.CorrelationID, w.releaseSlot, sc)
+	r, abandoned, err := w.request(ctx, typ, payload, req.Command, req.CorrelationID, w.releaseSlot, sc)
 	w.endScope(sc)
 	if !abandoned {
 		w.releaseSlot()
@@ -105,16 +112,7 @@ func (w *Worker) callShared(ctx context.Context, req *worker.Request, deadline t
 		w.releaseSlot()
 		return nil, wrap(err)
 	}
-	sc := w.newScope(ctx, req.CorrelationID)
-	r, abandoned, err := w.request(ctx, typ, payload, req.Command, req.CorrelationID, w.releaseSlot, sc)
-	w.endScope(sc)
-	if !abandoned {
-		w.releaseSlot()
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &worker.Response{Result: r.Payload}, nil
+	return w.roundTrip(ctx, req, typ, payload)
 }
 
 // request sends one request frame and reads its reply; the caller holds

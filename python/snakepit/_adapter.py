@@ -177,11 +177,11 @@ class Host:
         Raises HostError when it fails (see HostError)."""
         ctx = self._ctx
         if ctx._ended or name not in self._names or self._transport is None:
-            return ctx._dispatcher.host_call(ctx, name, kwargs)  # raises
+            raise ctx._dispatcher.host_refusal(ctx, name)
         try:
             payload = _dumps(kwargs, 2)  # version 2: no reference table to build
         except ValueError:
-            return ctx._dispatcher.host_call(ctx, name, kwargs)  # values marshal does not take
+            payload = ctx._dispatcher.host_payload(name, kwargs)  # values marshal does not take
         reply = self._transport(self._token, name, payload)
         if reply[0] != 1:  # host.ReplyError
             return _loads(reply)

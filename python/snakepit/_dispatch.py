@@ -226,28 +226,24 @@ class Dispatcher:
         """Drop a session's state. Replies whether there was any."""
         return self._ok(_wire.dumps(self.sessions.pop(session_id, None) is not None))
 
-    def host_call(self, ctx, name, kwargs):
-        """ctx.host.call: run the Go function name for ctx's call (Host.call
-        takes the common case itself)."""
+    def host_refusal(self, ctx, name):
+        """The HostError for a ctx.host call that cannot be made: its call
+        ended, the name is not registered, or there is no transport."""
         if ctx._ended:
-            raise HostError("snakepit: ctx.host of call %r used after the call ended" % (ctx.correlation_id,), "ended")
-        if name not in self.host_names:
-            raise HostError("no host function %r (registered: %s)" % (name, ", ".join(self.host_names) or "none"),
-                            "unknown")
-        transport = self.host_transport
-        if transport is None:
-            raise HostError("this worker has no host transport", "unknown")
+            return HostError("snakepit: ctx.host of call %r used after the call ended" % (ctx.correlation_id,), "ended")
+        if self.host_transport is None:
+            return HostError("this worker has no host transport", "unknown")
+        return HostError("no host function %r (registered: %s)" % (name, ", ".join(self.host_names) or "none"),
+                         "unknown")
+
+    @staticmethod
+    def host_payload(name, kwargs):
+        """kwargs of a host call that marshal refuses, converted as results
+        are (TypeError when they cannot be)."""
         try:
-            payload = _marshal_dumps(kwargs, 2)
-        except ValueError:
-            try:
-                payload = _wire.dumps(kwargs)
-            except _wire.NotSerializable as e:
-                raise TypeError("host function %r: %s" % (name, e)) from None
-        reply = transport(ctx._token, name, payload)
-        if reply[0] != 1:  # host.ReplyError
-            return _marshal_loads(reply)
-        self.host_raise(reply)
+            return _wire.dumps(kwargs)
+        except _wire.NotSerializable as e:
+            raise TypeError("host function %r: %s" % (name, e)) from None
 
     @staticmethod
     def host_raise(reply):

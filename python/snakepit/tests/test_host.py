@@ -1,8 +1,9 @@
+import datetime
 import marshal
 import unittest
 
 import snakepit
-from snakepit._dispatch import END, OK, Dispatcher
+from snakepit._dispatch import END, ERROR, OK, Dispatcher
 from snakepit.tests import fixture_adapter
 
 
@@ -49,6 +50,12 @@ class HostTest(unittest.TestCase):
         got = self.call("use_host", name="missing", kwargs={})
         self.assertEqual(got[:3], ["error", "Exception", "unknown"])
         self.assertEqual(len(self.seen), 3)  # an unknown name makes no round trip
+
+    def test_values_marshal_refuses(self):
+        got = self.call("use_host", name="echo", kwargs={"when": datetime.date(2026, 12, 1)})
+        self.assertEqual(got, ["ok", {"when": "2026-12-01"}])  # converted as results are
+        code, err, _ = self.d.call("use_host", {"name": "echo", "kwargs": {"x": object()}}, "cid", None, None, None)
+        self.assertEqual((code, err[1]), (ERROR, "TypeError"))  # raised in the handler
 
     def test_sugar_and_async(self):
         self.assertEqual(self.call("host_sugar"), [["echo", "fail"], {"x": 1}, True])
