@@ -22,9 +22,15 @@ import (
 // interpreter calls the builtin
 //
 //	_snakepit_embed.host_call(token, name, payload) -> bytes
+//	_snakepit_embed.host_call(token, name, payload, raise_) -> value
 //
-// (token an int, name a str, payload bytes), and the handler set with
-// [Interpreter.SetHostHandler] gets them and returns the reply bytes.
+// (token an int, name a str, payload bytes; in the second form payload
+// may also be the kwargs dict, which the builtin marshals, and the reply
+// is decoded there: the value, or raise_(reply) for an error reply, one
+// whose first byte is 0x01), and the handler set with
+// [Interpreter.SetHostHandler] gets them and returns the reply bytes,
+// appended to buf: buf is empty, with room for a small reply in the
+// calling C frame's memory, so a reply that fits is not copied again.
 //
 // The handler runs on the calling Python thread's own OS thread, with that
 // interpreter's GIL released: no other OS thread is woken, and the
@@ -34,7 +40,7 @@ import (
 // interpreter from its own goroutine: its thread is inside a call of it
 // already (CallOnThread fails there; work for the home thread, when the
 // host call came from the home thread, would wait for ever).
-type HostHandler func(token uint64, name string, payload []byte) []byte
+type HostHandler func(token uint64, name string, payload, buf []byte) []byte
 
 // SetHostHandler sets the handler the interpreter's host_call builtin
 // calls; nil removes it (host_call then raises RuntimeError). Safe to call
@@ -115,7 +121,8 @@ func spkHostCall(handle C.uintptr_t, token C.uint64_t, name *C.char, nlen C.Py_s
 		p = unsafe.Slice((*byte)(unsafe.Pointer(payload)), int(plen))
 	}
 	nb := unsafe.Slice((*byte)(unsafe.Pointer(name)), int(nlen))
-	putHostReply(rep, (*h)(uint64(token), in.hostName(nb), p))
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(rep.buf)), int(rep.cap))[:0]
+	putHostReply(rep, (*h)(uint64(token), in.hostName(nb), p, buf))
 	return 0
 }
 
@@ -194,9 +201,13 @@ func unregisterHostTarget(id uintptr) {
 }
 
 // putHostReply copies out into rep's buffer, or into malloc'd memory when
-// it does not fit.
+// it does not fit; out already in rep's buffer stays where it is.
 func putHostReply(rep *C.spk_hostreply, out []byte) {
 	n := len(out)
+	if n > 0 && n <= int(rep.cap) && unsafe.Pointer(&out[0]) == unsafe.Pointer(rep.buf) {
+		rep.out, rep.len = rep.buf, C.Py_ssize_t(n)
+		return
+	}
 	dst := rep.buf
 	if C.Py_ssize_t(n) > rep.cap {
 		dst = (*C.char)(C.malloc(C.size_t(n)))

@@ -27,14 +27,17 @@ func TestHostCallBuiltin(t *testing.T) {
 	in := newInterp(t, embed.InterpreterConfig{})
 	var mu sync.Mutex
 	var got []hostArgs
-	in.SetHostHandler(func(token uint64, name string, payload []byte) []byte {
+	in.SetHostHandler(func(token uint64, name string, payload, buf []byte) []byte {
 		mu.Lock()
 		got = append(got, hostArgs{token, name, bytes.Clone(payload)})
 		mu.Unlock()
-		if name == "big" {
-			return bytes.Repeat([]byte{'x'}, 100000)
+		switch name {
+		case "big": // outgrows buf
+			return append(buf, bytes.Repeat([]byte{'x'}, 100000)...)
+		case "own": // a slice of its own
+			return append([]byte("own:"), payload...)
 		}
-		return append([]byte("reply:"), payload...)
+		return append(append(buf, "reply:"...), payload...)
 	})
 	mustExec(t, in, "import _snakepit_embed\nhc = _snakepit_embed.host_call\n")
 	if v := mustEval(t, in, "hc(7, 'fn', b'abc')"); !bytes.Equal(v.([]byte), []byte("reply:abc")) {
@@ -43,21 +46,24 @@ func TestHostCallBuiltin(t *testing.T) {
 	if v := mustEval(t, in, "hc(2**64 - 1, 'fn', bytearray(b'xy'))"); !bytes.Equal(v.([]byte), []byte("reply:xy")) {
 		t.Fatalf("got %s, want reply:xy", fmtV(v))
 	}
-	if v := mustEval(t, in, "len(hc(1, 'big', b''))"); v != int64(100000) {
-		t.Fatalf("got %s, want 100000", fmtV(v))
+	if v := mustEval(t, in, "hc(1, 'big', b'') == b'x' * 100000"); v != true {
+		t.Fatalf("got %s, want True", fmtV(v))
 	}
-	want := []hostArgs{{7, "fn", []byte("abc")}, {1<<64 - 1, "fn", []byte("xy")}, {1, "big", nil}}
+	if v := mustEval(t, in, "hc(3, 'own', b'z')"); !bytes.Equal(v.([]byte), []byte("own:z")) {
+		t.Fatalf("got %s, want own:z", fmtV(v))
+	}
+	want := []hostArgs{{7, "fn", []byte("abc")}, {1<<64 - 1, "fn", []byte("xy")}, {1, "big", nil}, {3, "own", []byte("z")}}
 	// Many names (more than the interpreter keeps), each twice: each call
 	// gets its own name.
 	if v := mustEval(t, in, "all(hc(0, 'n%d' % (i % 300), b'') == b'reply:' for i in range(600))"); v != true {
 		t.Fatalf("got %s, want True", fmtV(v))
 	}
-	for i, a := range got[3:] {
+	for i, a := range got[4:] {
 		if w := fmt.Sprintf("n%d", i%300); a.name != w {
-			t.Fatalf("call %d: got name %q, want %q", i+3, a.name, w)
+			t.Fatalf("call %d: got name %q, want %q", i+4, a.name, w)
 		}
 	}
-	got = got[:3]
+	got = got[:4]
 	if len(got) != len(want) {
 		t.Fatalf("got %d calls, want %d", len(got), len(want))
 	}
@@ -82,16 +88,18 @@ func TestHostCallBadUse(t *testing.T) {
 		}
 	}
 	check("hc(1, 'f', b'')", "RuntimeError", "no host handler")
-	in.SetHostHandler(func(uint64, string, []byte) []byte { panic("handler bug") })
+	in.SetHostHandler(func(uint64, string, []byte, []byte) []byte { panic("handler bug") })
 	check("hc(1, 'f', b'')", "RuntimeError", "handler bug")
-	in.SetHostHandler(func(uint64, string, []byte) []byte { return nil })
+	in.SetHostHandler(func(uint64, string, []byte, []byte) []byte { return nil })
 	if v := mustEval(t, in, "hc(1, 'f', b'')"); len(v.([]byte)) != 0 {
 		t.Fatalf("got %s, want b''", fmtV(v))
 	}
 	for _, c := range []struct{ expr, msg string }{
-		{"hc()", "takes 3 arguments"},
-		{"hc(1, 'f')", "takes 3 arguments"},
-		{"hc(1, 'f', b'', 4)", "takes 3 arguments"},
+		{"hc()", "takes 3 or 4 arguments"},
+		{"hc(1, 'f')", "takes 3 or 4 arguments"},
+		{"hc(1, 'f', b'', 4, 5)", "takes 3 or 4 arguments"},
+		{"hc(1, 'f', 'text', str)", "payload"},
+		{"hc(1, 'f', [1], str)", "payload"},
 		{"hc('1', 'f', b'')", "token"},
 		{"hc(-1, 'f', b'')", "token"},
 		{"hc(2**64, 'f', b'')", "token"},
@@ -108,6 +116,77 @@ func TestHostCallBadUse(t *testing.T) {
 	check("hc(1, 'f', b'')", "RuntimeError", "no host handler")
 }
 
+// TestHostCallDecoded: host_call's four-argument form marshals a kwargs
+// dict itself, exactly as marshal.dumps(d, 2) does (its own encoder for the
+// common values, marshal for the rest), returns NotImplemented for values
+// marshal refuses, decodes the reply, and hands an error reply to raise_.
+func TestHostCallDecoded(t *testing.T) {
+	in := newInterp(t, embed.InterpreterConfig{})
+	in.SetHostHandler(func(token uint64, name string, payload, buf []byte) []byte {
+		switch name {
+		case "bytes": // the payload as it arrived, as a bytes value
+			return pymarshal.AppendBytes(buf, payload)
+		case "echo": // the payload as the reply: the dict itself
+			return append(buf, payload...)
+		case "fail":
+			return append(buf, 0x01, 'N')
+		case "empty":
+			return buf
+		}
+		return append(buf, "garbage"...)
+	})
+	mustExec(t, in, `import marshal, _snakepit_embed
+hc = _snakepit_embed.host_call
+class Err(Exception):
+    pass
+def raise_(reply):
+    raise Err(reply)
+class S(str):
+    pass
+cases = [
+    {},
+    {"a": 1, "b": "x"},
+    {"n": None, "t": True, "f": False, "i": -2**31, "j": 2**31 - 1, "k": 2**31, "m": -2**31 - 1,
+     "g": 1.5, "nan": float("inf"), "neg": -0.0, "s": "h\u00e9llo \U0001f600", "e": "", "b": b"\x00\xff", "eb": b""},
+    {"big": 2**100, "l": [1, [2, "x"]], "d": {"k": {"z": 1}}, "tu": (1, 2), "c": 1j, "fs": frozenset([1])},
+    {"flag": 1 == 1, "surrogate": "\ud800"},
+    {"long": "x" * 600},
+    {"k%d" % i: i for i in range(200)},
+]
+def same_bytes():
+    return [hc(1, "bytes", d, raise_) == marshal.dumps(d, 2) for d in cases]
+def same_values():
+    return [hc(1, "echo", d, raise_) == d for d in cases[:3]]
+def refused():
+    return [hc(1, "bytes", d, raise_) is NotImplemented for d in ({"o": object()}, {"sub": S("x")})] == [True, True]
+def failed():
+    try:
+        hc(1, "fail", {}, raise_)
+    except Err as e:
+        return e.args[0]
+`)
+	v := mustEval(t, in, "same_bytes()")
+	for i, ok := range v.([]any) {
+		if ok != true {
+			t.Errorf("case %d: the payload Go got is not marshal.dumps(d, 2)", i)
+		}
+	}
+	if v := mustEval(t, in, "same_values()"); fmt.Sprint(v) != "[true true true]" {
+		t.Errorf("decoded replies: got %s, want all equal", fmtV(v))
+	}
+	if v := mustEval(t, in, "refused()"); v != true {
+		t.Errorf("a value marshal refuses: got %s, want NotImplemented", fmtV(v))
+	}
+	if v := mustEval(t, in, "failed()"); !bytes.Equal(v.([]byte), []byte{0x01, 'N'}) {
+		t.Errorf("error reply: got %s, want raise_(b'\\x01N')", fmtV(v))
+	}
+	for _, expr := range []string{"hc(1, 'empty', {}, raise_)", "hc(1, 'garbage', {}, raise_)"} {
+		if _, err := in.Eval(context.Background(), expr); err == nil {
+			t.Errorf("%s: got no error, want one", expr)
+		}
+	}
+}
+
 // TestHostCallThreads: Python threads call Go at the same time, each on its
 // own OS thread with the GIL released (every call waits until all are in).
 func TestHostCallThreads(t *testing.T) {
@@ -116,7 +195,7 @@ func TestHostCallThreads(t *testing.T) {
 	var mu sync.Mutex
 	arrived := 0
 	all := make(chan struct{})
-	in.SetHostHandler(func(token uint64, name string, payload []byte) []byte {
+	in.SetHostHandler(func(token uint64, name string, payload, _ []byte) []byte {
 		mu.Lock()
 		arrived++
 		if arrived == n {

@@ -118,6 +118,15 @@ static struct {
 	PyObject *(*PyErr_Occurred)(void);
 	PyObject **PyExc_TypeError;
 	PyObject **PyExc_RuntimeError;
+	PyObject *NotImplemented;
+	PyObject *True;
+	PyObject *False;
+	PyObject *PyLong_Type;
+	PyObject *PyFloat_Type;
+	PyObject *PyUnicode_Type;
+	int (*PyDict_Next)(PyObject *, Py_ssize_t *, PyObject **, PyObject **);
+	long (*PyLong_AsLongAndOverflow)(PyObject *, int *);
+	double (*PyFloat_AsDouble)(PyObject *);
 } api;
 
 static void *lib;
@@ -226,6 +235,23 @@ int spk_load(const char *path, char **err) {
 	REQ(PyErr_Occurred);
 	REQ(PyExc_TypeError);
 	REQ(PyExc_RuntimeError);
+	*(void **)&api.NotImplemented = dlsym(lib, "_Py_NotImplementedStruct");
+	if (api.NotImplemented == NULL) {
+		missing = "_Py_NotImplementedStruct";
+		goto fail;
+	}
+	*(void **)&api.True = dlsym(lib, "_Py_TrueStruct");
+	*(void **)&api.False = dlsym(lib, "_Py_FalseStruct");
+	if (api.True == NULL || api.False == NULL) {
+		missing = "_Py_TrueStruct";
+		goto fail;
+	}
+	REQ(PyLong_Type);
+	REQ(PyFloat_Type);
+	REQ(PyUnicode_Type);
+	REQ(PyDict_Next);
+	REQ(PyLong_AsLongAndOverflow);
+	REQ(PyFloat_AsDouble);
 #undef REQ
 #undef OPT
 	return 0;
@@ -1371,22 +1397,125 @@ typedef struct {
 
 #define SPK_METH_FASTCALL 0x0080
 
-// host_call_impl is the builtin host_call(token, name, payload): it hands
-// the call to Go (spkHostCall) with the GIL released, on this thread, and
-// returns Go's reply as bytes. self is the int naming the interpreter's
-// Go side (a cgo.Handle).
+// kw_out is a small marshal encoder writing into a fixed buffer.
+typedef struct {
+	char *p, *end;
+} kw_out;
+
+static int kw_put(kw_out *o, const void *b, size_t n) {
+	if ((size_t)(o->end - o->p) < n) return -1;
+	memcpy(o->p, b, n);
+	o->p += n;
+	return 0;
+}
+
+static int kw_code_len(kw_out *o, char code, Py_ssize_t n) {
+	unsigned char h[5];
+	if (n < 0 || n > 0x7fffffff) return -1;
+	h[0] = (unsigned char)code;
+	h[1] = (unsigned char)n;
+	h[2] = (unsigned char)(n >> 8);
+	h[3] = (unsigned char)(n >> 16);
+	h[4] = (unsigned char)(n >> 24);
+	return kw_put(o, h, 5);
+}
+
+// kw_value writes v as marshal version 2 does, for the values kwargs
+// mostly hold: None, bool, int within 32 bits, float, str, bytes (each of
+// exactly that type). Anything else: -1, with no Python error set, and
+// the caller falls back to marshal itself.
+static int kw_value(kw_out *o, PyObject *v) {
+	PyObject *t;
+	if (v == api.None) return kw_put(o, "N", 1);
+	if (v == api.True) return kw_put(o, "T", 1);
+	if (v == api.False) return kw_put(o, "F", 1);
+	t = api.PyObject_Type(v);
+	api.Py_DecRef(t); // a type outlives its instance
+	if (t == api.PyUnicode_Type) {
+		Py_ssize_t n;
+		const char *s = api.PyUnicode_AsUTF8AndSize(v, &n);
+		if (s == NULL) { // a lone surrogate: marshal's own rules apply
+			api.PyErr_Clear();
+			return -1;
+		}
+		if (kw_code_len(o, 'u', n) < 0) return -1;
+		return kw_put(o, s, (size_t)n);
+	}
+	if (t == api.PyLong_Type) {
+		int overflow = 0;
+		long x = api.PyLong_AsLongAndOverflow(v, &overflow);
+		unsigned char b[5];
+		if (overflow != 0 || x < -0x7fffffffL - 1 || x > 0x7fffffffL) return -1;
+		b[0] = 'i';
+		b[1] = (unsigned char)x;
+		b[2] = (unsigned char)(x >> 8);
+		b[3] = (unsigned char)(x >> 16);
+		b[4] = (unsigned char)(x >> 24);
+		return kw_put(o, b, 5);
+	}
+	if (t == api.PyFloat_Type) {
+		double d = api.PyFloat_AsDouble(v);
+		unsigned char b[9];
+		uint64_t bits;
+		memcpy(&bits, &d, 8);
+		b[0] = 'g';
+		for (int i = 0; i < 8; i++) b[1 + i] = (unsigned char)(bits >> (8 * i));
+		return kw_put(o, b, 9);
+	}
+	if (t == api.PyBytes_Type) {
+		char *s;
+		Py_ssize_t n;
+		if (api.PyBytes_AsStringAndSize(v, &s, &n) < 0) {
+			api.PyErr_Clear();
+			return -1;
+		}
+		if (kw_code_len(o, 's', n) < 0) return -1;
+		return kw_put(o, s, (size_t)n);
+	}
+	return -1;
+}
+
+// kw_encode writes the kwargs dict d (str keys, as a call's kwargs have)
+// into buf as marshal.dumps(d, 2) would, and returns its length; -1 when
+// it does not fit or holds a value kw_value does not take.
+static Py_ssize_t kw_encode(PyObject *d, char *buf, size_t cap) {
+	kw_out o = {buf, buf + cap};
+	Py_ssize_t pos = 0;
+	PyObject *k, *v;
+	if (kw_put(&o, "{", 1) < 0) return -1;
+	while (api.PyDict_Next(d, &pos, &k, &v)) {
+		PyObject *t = api.PyObject_Type(k);
+		api.Py_DecRef(t);
+		if (t != api.PyUnicode_Type || kw_value(&o, k) < 0 || kw_value(&o, v) < 0) return -1;
+	}
+	if (kw_put(&o, "0", 1) < 0) return -1;
+	return o.p - buf;
+}
+
+// host_call_impl is the builtin host_call(token, name, payload[, raise_]):
+// it hands the call to Go (spkHostCall) with the GIL released, on this
+// thread. self is the int naming the interpreter's Go side.
+//
+// With three arguments payload is bytes-like (the marshalled kwargs) and
+// the result is Go's reply as bytes. With four, payload may also be the
+// kwargs dict itself, which is marshalled here (NotImplemented is returned
+// when marshal refuses one of its values, for the caller to convert them),
+// and the reply is decoded here: the result's value, or, for an error
+// reply, what raise_(reply_bytes) returns (it raises).
 static PyObject *host_call_impl(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-	char small[4096];
+	char small[4096], kw[512];
 	spk_hostreply rep = {small, sizeof small, NULL, 0, 0};
-	spk_Py_buffer view;
+	spk_Py_buffer view = {0};
+	char *pbuf;
+	Py_ssize_t plen;
 	const char *name;
 	Py_ssize_t nlen = 0;
 	unsigned long long handle, token;
 	PyThreadState *ts;
-	PyObject *out;
+	PyObject *out, *packed = NULL, *payload;
 	int rc;
-	if (nargs != 3) {
-		api.PyErr_SetString(*api.PyExc_TypeError, "host_call() takes 3 arguments: token (int), name (str), payload (bytes)");
+	if (nargs != 3 && nargs != 4) {
+		api.PyErr_SetString(*api.PyExc_TypeError, "host_call() takes 3 or 4 arguments: token (int), name (str), payload (bytes or dict)[, raise_]");
 		return NULL;
 	}
 	handle = api.PyLong_AsUnsignedLongLong(self);
@@ -1403,25 +1532,63 @@ static PyObject *host_call_impl(PyObject *self, PyObject *const *args, Py_ssize_
 		api.PyErr_SetString(*api.PyExc_TypeError, "host_call(): name must be a str");
 		return NULL;
 	}
-	// A bytes-like payload (bytes, bytearray, memoryview): the export
-	// keeps it alive and unresized while Go reads it.
-	if (api.PyObject_GetBuffer(args[2], &view, SPK_PyBUF_SIMPLE) < 0) {
-		api.PyErr_Clear();
-		api.PyErr_SetString(*api.PyExc_TypeError, "host_call(): payload must be bytes");
-		return NULL;
+	payload = args[2];
+	pbuf = NULL;
+	plen = -1;
+	if (nargs == 4) {
+		PyObject *t = api.PyObject_Type(payload);
+		api.Py_DecRef(t);
+		if (t == api.PyDict_Type) {
+			plen = kw_encode(payload, kw, sizeof kw);
+			if (plen >= 0) {
+				pbuf = kw;
+			} else {
+				// Version 2: no reference table to build for a small dict.
+				packed = api.PyMarshal_WriteObjectToString(payload, 2);
+				if (packed == NULL) {
+					if (!api.PyErr_ExceptionMatches(*api.PyExc_ValueError)) return NULL;
+					api.PyErr_Clear();
+					api.Py_IncRef(api.NotImplemented);
+					return api.NotImplemented;
+				}
+				payload = packed;
+			}
+		}
+	}
+	if (pbuf == NULL) {
+		// A bytes-like payload (bytes, bytearray, memoryview): the export
+		// keeps it alive and unresized while Go reads it.
+		if (api.PyObject_GetBuffer(payload, &view, SPK_PyBUF_SIMPLE) < 0) {
+			if (packed) api.Py_DecRef(packed);
+			api.PyErr_Clear();
+			api.PyErr_SetString(*api.PyExc_TypeError, nargs == 4 ? "host_call(): payload must be bytes or a dict" : "host_call(): payload must be bytes");
+			return NULL;
+		}
+		pbuf = (char *)view.buf;
+		plen = view.len;
 	}
 	// Go runs on this thread, with the GIL released so that the
 	// interpreter's other threads run meanwhile (and call Go too).
 	ts = api.PyEval_SaveThread();
-	rc = spkHostCall((uintptr_t)handle, (uint64_t)token, (char *)name, nlen, (char *)view.buf, view.len, &rep);
+	rc = spkHostCall((uintptr_t)handle, (uint64_t)token, (char *)name, nlen, pbuf, plen, &rep);
 	api.PyEval_RestoreThread(ts);
-	api.PyBuffer_Release(&view);
+	if (pbuf != kw) api.PyBuffer_Release(&view);
+	if (packed) api.Py_DecRef(packed);
 	if (rc != 0) {
 		// rep.out holds a NUL-terminated message.
 		api.PyErr_SetString(*api.PyExc_RuntimeError, rep.out != NULL ? rep.out : "host call failed");
 		out = NULL;
-	} else {
+	} else if (nargs == 3) {
 		out = api.PyBytes_FromStringAndSize(rep.out != NULL ? rep.out : "", rep.len);
+	} else if (rep.len > 0 && rep.out[0] == 0x01) { // host.ReplyError
+		PyObject *b = api.PyBytes_FromStringAndSize(rep.out, rep.len);
+		out = b == NULL ? NULL : api.PyObject_CallFunctionObjArgs(args[3], b, NULL);
+		if (b) api.Py_DecRef(b);
+	} else if (rep.len == 0) {
+		api.PyErr_SetString(*api.PyExc_RuntimeError, "host_call(): empty reply");
+		out = NULL;
+	} else {
+		out = api.PyMarshal_ReadObjectFromString(rep.out, rep.len);
 	}
 	if (rep.heap) free(rep.out);
 	return out;
@@ -1429,8 +1596,9 @@ static PyObject *host_call_impl(PyObject *self, PyObject *const *args, Py_ssize_
 
 static spk_PyMethodDef host_call_def = {
 	"host_call", (void *)host_call_impl, SPK_METH_FASTCALL,
-	"host_call(token, name, payload) -> bytes: call the Go host function name with a marshalled payload\n"
-	"for the call token names; returns Go's reply.",
+	"host_call(token, name, payload[, raise_]): call the Go host function name for the call token names.\n"
+	"With three arguments payload is the marshalled kwargs and Go's reply comes back as bytes; with\n"
+	"raise_ payload may be the kwargs dict, and the reply comes back decoded (raise_(reply) for an error).",
 };
 
 int spk_install_host(PyThreadState *ts, const char *module, uintptr_t handle, spk_result *r) {

@@ -124,7 +124,7 @@ const errCallEnded = "the call it was made for has ended"
 
 // serveHost serves a host call from Python (an embed.HostHandler). It
 // never fails: errors are encoded in the reply, as host.Reply does.
-func (w *Worker) serveHost(token uint64, name string, payload []byte) []byte {
+func (w *Worker) serveHost(token uint64, name string, payload, buf []byte) []byte {
 	if w.host == nil {
 		return host.Reply(nil, fmt.Errorf("%w %q: worker %s has no host functions", host.ErrUnknownFunction, name, w.id))
 	}
@@ -138,5 +138,15 @@ func (w *Worker) serveHost(token uint64, name string, payload []byte) []byte {
 	}
 	// payload is Python's memory, valid during this call only, which is
 	// all Invoke needs.
+	if a, ok := w.host.(appendInvoker); ok {
+		return a.AppendInvoke(buf, ctx, name, payload)
+	}
 	return w.host.Invoke(ctx, name, payload)
+}
+
+// appendInvoker is a worker.Host that can append its reply to a buffer
+// (*host.Set does): the reply is then written straight into the memory
+// the host_call builtin returns it from.
+type appendInvoker interface {
+	AppendInvoke(dst []byte, ctx context.Context, name string, args []byte) []byte
 }

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"slices"
+	"sync"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
 )
@@ -34,7 +35,8 @@ import (
 // Func is a Go function handlers may call; make one with [New] or [Raw].
 type Func struct {
 	name string
-	call func(ctx context.Context, args []byte) ([]byte, error)
+	// call appends the marshalled result to dst.
+	call func(ctx context.Context, args, dst []byte) ([]byte, error)
 	raw  bool // call may keep args: it gets its own copy
 }
 
@@ -46,20 +48,36 @@ func (f Func) Name() string { return f.name }
 // map with string keys, or any), and the R fn returns is encoded for
 // Python (pymarshal.Marshal).
 func New[A, R any](name string, fn func(ctx context.Context, args A) (R, error)) Func {
-	return Func{name: name, call: func(ctx context.Context, raw []byte) ([]byte, error) {
-		var a A
+	if fn == nil {
+		return Func{name: name} // refused by NewSet
+	}
+	// The argument and the result are decoded and encoded in place in a
+	// box kept for the next call, so that neither escapes to a new
+	// allocation of its own.
+	type box struct {
+		a A
+		r R
+	}
+	boxes := sync.Pool{New: func() any { return new(box) }}
+	return Func{name: name, call: func(ctx context.Context, raw, dst []byte) ([]byte, error) {
+		b := boxes.Get().(*box)
+		defer func() {
+			*b = box{} // keep nothing of this call
+			boxes.Put(b)
+		}()
 		if len(raw) > 0 {
-			if err := pymarshal.Unmarshal(raw, &a); err != nil {
-				return nil, &argumentsError{err: err}
+			if err := pymarshal.Unmarshal(raw, &b.a); err != nil {
+				return dst, &argumentsError{err: err}
 			}
 		}
-		r, err := fn(ctx, a)
+		r, err := fn(ctx, b.a)
 		if err != nil {
-			return nil, err
+			return dst, err
 		}
-		out, err := pymarshal.AppendMarshal(make([]byte, 0, 64), r)
+		b.r = r
+		out, err := pymarshal.AppendMarshal(dst, &b.r)
 		if err != nil {
-			return nil, &resultError{err: err}
+			return dst, &resultError{err: err}
 		}
 		return out, nil
 	}}
@@ -68,7 +86,16 @@ func New[A, R any](name string, fn func(ctx context.Context, args A) (R, error))
 // Raw makes a host function that takes the marshalled keyword arguments (a
 // dict; empty for none) and returns its marshalled result.
 func Raw(name string, fn func(ctx context.Context, args []byte) ([]byte, error)) Func {
-	return Func{name: name, call: fn, raw: true}
+	if fn == nil {
+		return Func{name: name} // refused by NewSet
+	}
+	return Func{name: name, raw: true, call: func(ctx context.Context, args, dst []byte) ([]byte, error) {
+		out, err := fn(ctx, args)
+		if err != nil {
+			return dst, err
+		}
+		return append(dst, out...), nil
+	}}
 }
 
 // Set is an immutable set of host functions; workers call into it. Its
@@ -144,31 +171,44 @@ func (e *PanicError) Error() string {
 // returns its marshalled result. A panic becomes a *PanicError; an unknown
 // name an error matching ErrUnknownFunction. args need only stay valid
 // until Call returns (a Raw function gets a copy).
-func (s *Set) Call(ctx context.Context, name string, args []byte) (out []byte, err error) {
+func (s *Set) Call(ctx context.Context, name string, args []byte) ([]byte, error) {
+	return s.appendCall(nil, ctx, name, args)
+}
+
+// appendCall is Call appending the result to dst; on error it returns dst
+// as it was.
+func (s *Set) appendCall(dst []byte, ctx context.Context, name string, args []byte) (out []byte, err error) {
 	var f Func
 	ok := false
 	if s != nil {
 		f, ok = s.funcs[name]
 	}
 	if !ok {
-		return nil, fmt.Errorf("%w %q (registered: %v)", ErrUnknownFunction, name, s.Names())
+		return dst, fmt.Errorf("%w %q (registered: %v)", ErrUnknownFunction, name, s.Names())
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			out, err = nil, &PanicError{Name: name, Value: v, Stack: debug.Stack()}
+			out, err = dst, &PanicError{Name: name, Value: v, Stack: debug.Stack()}
 		}
 	}()
 	if f.raw {
 		args = bytes.Clone(args)
 	}
-	return f.call(ctx, args)
+	return f.call(ctx, args, dst)
 }
 
 // Invoke is Call with its outcome encoded as the reply a worker passes to
 // Python (see [Reply]): it never fails.
 func (s *Set) Invoke(ctx context.Context, name string, args []byte) []byte {
-	out, err := s.Call(ctx, name, args)
-	return Reply(out, err)
+	return s.AppendInvoke(nil, ctx, name, args)
+}
+
+// AppendInvoke is Invoke appending the reply to dst (whose contents stay
+// as they are), so that a caller with a buffer of its own saves a copy.
+func (s *Set) AppendInvoke(dst []byte, ctx context.Context, name string, args []byte) []byte {
+	start := len(dst)
+	out, err := s.appendCall(dst, ctx, name, args)
+	return appendReply(out, start, err)
 }
 
 // TypedError is an error marked to be raised in Python as an instance of
@@ -224,15 +264,22 @@ const (
 // type's name. No marshalled value starts with ReplyError: a result that
 // does is refused as not marshal data.
 func Reply(result []byte, err error) []byte {
+	return appendReply(result, 0, err)
+}
+
+// appendReply turns b[start:], a marshalled result, or err into the reply
+// Reply describes, in place.
+func appendReply(b []byte, start int, err error) []byte {
 	if err == nil {
 		switch {
-		case len(result) == 0:
-			return []byte{'N'}
-		case result[0] != ReplyError:
-			return result
+		case len(b) == start:
+			return append(b, 'N')
+		case b[start] != ReplyError:
+			return b
 		}
 		err = &resultError{err: errors.New("not marshal data")}
 	}
+	b = b[:start]
 	kind := kindError
 	var pe *PanicError
 	var ae *argumentsError
@@ -253,9 +300,9 @@ func Reply(result []byte, err error) []byte {
 	if errors.As(err, &te) {
 		pyType = te.Type
 	}
-	out, merr := pymarshal.AppendMarshal([]byte{ReplyError}, []any{kind, err.Error(), pyType})
+	out, merr := pymarshal.AppendMarshal(append(b, ReplyError), []any{kind, err.Error(), pyType})
 	if merr != nil { // the message is not valid text: send it escaped
-		out, _ = pymarshal.AppendMarshal([]byte{ReplyError}, []any{kind, fmt.Sprintf("%q", err.Error()), pyType})
+		out, _ = pymarshal.AppendMarshal(append(b, ReplyError), []any{kind, fmt.Sprintf("%q", err.Error()), pyType})
 	}
 	return out
 }

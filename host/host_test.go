@@ -1,6 +1,7 @@
 package host_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -122,5 +123,47 @@ func TestNewSetRefuses(t *testing.T) {
 	}
 	if _, err := host.NewSet(host.Raw("ok_name2", nil)); err == nil {
 		t.Error("NewSet of a nil function: got no error")
+	}
+}
+
+// TestAppendInvoke: the reply is appended after what dst holds, which
+// stays as it was, for results and errors alike; the typed function's
+// reused argument and result boxes keep nothing of an earlier call.
+func TestAppendInvoke(t *testing.T) {
+	type args struct {
+		A int    `json:"a"`
+		B string `json:"b"`
+		L []int  `json:"l"`
+	}
+	set, err := host.NewSet(
+		host.New("echo", func(ctx context.Context, a args) (args, error) { return a, nil }),
+		host.New("fail", func(ctx context.Context, a args) (args, error) { return a, errors.New("no") }),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := []byte("keep")
+	full, _ := pymarshal.Marshal(map[string]any{"a": 1, "b": "x", "l": []int{1, 2}})
+	empty, _ := pymarshal.Marshal(map[string]any{})
+	out := set.AppendInvoke(bytes.Clone(prefix), context.Background(), "echo", full)
+	var got args
+	if !bytes.HasPrefix(out, prefix) {
+		t.Fatalf("got %q, want it to start with %q", out, prefix)
+	}
+	if err := pymarshal.Unmarshal(out[len(prefix):], &got); err != nil || got.A != 1 || got.B != "x" || len(got.L) != 2 {
+		t.Fatalf("got %+v, %v, want {1 x [1 2]}", got, err)
+	}
+	// The next call with no arguments sees zero values, not the last call's.
+	out = set.AppendInvoke(nil, context.Background(), "echo", empty)
+	got = args{}
+	if err := pymarshal.Unmarshal(out, &got); err != nil || got.A != 0 || got.B != "" || got.L != nil {
+		t.Fatalf("got %+v, %v, want zero values", got, err)
+	}
+	out = set.AppendInvoke(bytes.Clone(prefix), context.Background(), "fail", full)
+	if !bytes.HasPrefix(out, prefix) || out[len(prefix)] != host.ReplyError {
+		t.Fatalf("got %q, want %q then an error reply", out, prefix)
+	}
+	if want := host.Reply(nil, errors.New("no")); !bytes.Equal(out[len(prefix):], want) {
+		t.Fatalf("got %q, want %q", out[len(prefix):], want)
 	}
 }

@@ -159,13 +159,15 @@ class Context:
 class Host:
     """ctx.host: calls into the Go functions registered with the worker."""
 
-    __slots__ = ("_ctx", "_names", "_transport", "_token")
+    __slots__ = ("_ctx", "_names", "_transport", "_fast", "_raise", "_token")
 
     def __init__(self, ctx):
         d = ctx._dispatcher
         self._ctx = ctx
         self._names = d.host_names
         self._transport = d.host_transport
+        self._fast = d.host_fast
+        self._raise = d.host_raise
         self._token = ctx._token
 
     def names(self):
@@ -178,6 +180,11 @@ class Host:
         ctx = self._ctx
         if ctx._ended or name not in self._names or self._transport is None:
             raise ctx._dispatcher.host_refusal(ctx, name)
+        fast = self._fast
+        if fast is not None:
+            result = fast(self._token, name, kwargs, self._raise)
+            if result is not NotImplemented:  # no result decodes to it
+                return result
         try:
             payload = _dumps(kwargs, 2)  # version 2: no reference table to build
         except ValueError:

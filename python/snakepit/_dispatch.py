@@ -165,6 +165,10 @@ class Dispatcher:
         # the profile names it (the process profile: its request id).
         self.host_names = ()
         self.host_transport = None
+        # host_fast(token, name, kwargs_dict, raise_) -> value: a transport
+        # that marshals and unmarshals itself (the thread profile's
+        # builtin); NotImplemented when kwargs need converting first.
+        self.host_fast = None
         self.host_token = None
         self.module = importlib.import_module(module_name)
         self.commands = commands_of(self.module)

@@ -102,6 +102,9 @@ func (s *suite) testHost(t *testing.T, p *hostProbe, start func(t *testing.T, h 
 		if got := callV(t, req("host_add", map[string]any{"a": 2, "b": 40})); got != int64(42) {
 			t.Fatalf("host_add: got %v, want 42", got)
 		}
+		if got := callV(t, req("host_add", map[string]any{"a": 2, "b": 40, "enum_a": true})); got != int64(42) {
+			t.Fatalf("host_add of an IntEnum: got %v, want 42", got)
+		}
 		ctx, cancel := context.WithTimeout(ctxBG, time.Minute)
 		defer cancel()
 		r := req("host_info", nil)
