@@ -72,6 +72,7 @@ type harness struct {
 	workers     []*chaosWorker
 	runs        map[string]int                  // correlation id -> handler runs
 	strictRuns  map[string]map[*chaosWorker]int // strict session -> workers running it
+	slots       int                             // calls a worker may run at once
 	failStarts  bool                            // start-ups fail (a crash loop)
 	startFail   float64                         // else they fail with this probability
 	closeCtx    context.Context                 // Close's context, once Close begins
@@ -197,8 +198,8 @@ func (w *chaosWorker) begin(req *worker.Request) error {
 		}
 		return worker.ErrClosed
 	}
-	if w.running > 0 {
-		w.h.violate("worker %s: call %s overlaps another call", w.id, req.CorrelationID)
+	if w.running >= w.h.slots {
+		w.h.violate("worker %s: call %s beyond its %d slots", w.id, req.CorrelationID, w.h.slots)
 	}
 	w.running++
 	if w.running == 1 {
@@ -495,14 +496,14 @@ func (h *harness) check(p *Pool, quiescent bool) {
 		switch {
 		case seen[m]:
 			bad("worker %s idle twice", m.id)
-		case !m.inIdle || m.busy || m.gone || m.retiring:
-			bad("worker %s in the idle list as inIdle=%v busy=%v gone=%v retiring=%v", m.id, m.inIdle, m.busy, m.gone, m.retiring)
+		case !m.inIdle || m.active >= p.slots || m.gone || m.retiring:
+			bad("worker %s in the idle list as inIdle=%v active=%d gone=%v retiring=%v", m.id, m.inIdle, m.active, m.gone, m.retiring)
 		case !p.members[m]:
 			bad("idle worker %s is not a member", m.id)
 		}
 		seen[m] = true
 	}
-	counted, busy := 0, 0
+	counted, active := 0, 0
 	for m := range p.members {
 		if m.gone {
 			bad("member %s is gone", m.id)
@@ -510,9 +511,13 @@ func (h *harness) check(p *Pool, quiescent bool) {
 		if m.inIdle && !seen[m] {
 			bad("worker %s marked idle but not in the list", m.id)
 		}
-		if m.busy {
-			busy++
+		if m.active < 0 || m.active > p.slots {
+			bad("worker %s has %d calls, %d slots", m.id, m.active, p.slots)
 		}
+		if !m.inIdle && !m.retiring && !p.closed && m.active < p.slots && !dead(m) {
+			bad("worker %s has a free slot (%d of %d taken) but is not in the idle list", m.id, m.active, p.slots)
+		}
+		active += m.active
 		if m.retiring && !m.replacing {
 			bad("worker %s retiring without a replacement", m.id)
 		}
@@ -520,8 +525,8 @@ func (h *harness) check(p *Pool, quiescent bool) {
 			counted++
 		}
 	}
-	if busy > p.inflight {
-		bad("%d busy members, %d calls hold a worker", busy, p.inflight)
+	if active > p.inflight {
+		bad("%d slots held in members, %d calls hold a worker", active, p.inflight)
 	}
 	if p.waiters.Len() > p.cfg.QueueSize {
 		bad("%d waiters, queue size %d", p.waiters.Len(), p.cfg.QueueSize)
@@ -562,6 +567,7 @@ func runChaos(t *testing.T, seed uint64, steps int) {
 	cfg := Config{
 		Name:                "chaos",
 		Size:                1 + rng.IntN(4),
+		WorkerConcurrency:   []int{0, 1, 2, 3}[rng.IntN(4)],
 		QueueSize:           []int{-1, 1, 4, 16}[rng.IntN(4)],
 		RejectEarly:         rng.IntN(4) == 0,
 		StartConcurrency:    1 + rng.IntN(3),
@@ -577,6 +583,7 @@ func runChaos(t *testing.T, seed uint64, steps int) {
 		CrashLoopWindow:     500 * time.Millisecond,
 		NewWorker:           h.factory(seed),
 	}
+	h.slots = max(cfg.WorkerConcurrency, 1)
 	report := func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
@@ -732,7 +739,7 @@ func (p *Pool) dump() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "closed=%v starting=%d inflight=%d waiters=%d idle=%d failStreak=%d\n", p.closed, p.starting, p.inflight, p.waiters.Len(), len(p.idle), p.failStreak)
 	for m := range p.members {
-		fmt.Fprintf(&b, "  %s busy=%v inIdle=%v replacing=%v retiring=%v calls=%d dead=%v\n", m.id, m.busy, m.inIdle, m.replacing, m.retiring, m.calls, dead(m))
+		fmt.Fprintf(&b, "  %s active=%d inIdle=%v replacing=%v retiring=%v calls=%d dead=%v\n", m.id, m.active, m.inIdle, m.replacing, m.retiring, m.calls, dead(m))
 	}
 	return b.String()
 }

@@ -66,6 +66,17 @@ type Config struct {
 
 	// Size is the number of workers. Zero: runtime.GOMAXPROCS(0).
 	Size int
+	// WorkerConcurrency is how many calls (and open streams) one worker
+	// runs at once: its slots. Zero or one: one at a time. Above one,
+	// async def handlers (and async generators) run concurrently on the
+	// worker's event loop, and plain def handlers run concurrently only
+	// when the adapter declares itself thread-safe
+	// (snakepit.configure(thread_safe=True), or @command(thread_safe=True));
+	// otherwise they still run one at a time. The pool counts capacity in
+	// slots: a worker is busy when all its slots are taken, and a call goes
+	// to the worker running the fewest calls. A NewWorker factory's workers
+	// must accept that many concurrent calls. At most MaxWorkerConcurrency.
+	WorkerConcurrency int
 	// QueueSize bounds the callers waiting for a worker; a call beyond it
 	// fails at once with ErrSaturated. Zero: 16 × Size. Negative: no queue
 	// (a call fails at once when every worker is busy).
@@ -159,6 +170,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Size < 0 {
 		errs = append(errs, errors.New("Size must not be negative"))
 	}
+	if c.WorkerConcurrency < 0 || c.WorkerConcurrency > MaxWorkerConcurrency {
+		errs = append(errs, fmt.Errorf("WorkerConcurrency must be in [0, %d]", MaxWorkerConcurrency))
+	}
 	if c.StartConcurrency < 0 {
 		errs = append(errs, errors.New("StartConcurrency must not be negative"))
 	}
@@ -171,6 +185,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.LifetimeJitter < 0 || c.LifetimeJitter >= 1 {
 		errs = append(errs, errors.New("LifetimeJitter must be in [0, 1)"))
 	}
+	if c.WorkerConcurrency > 1 && c.NewWorker == nil {
+		errs = append(errs, fmt.Errorf("WorkerConcurrency above 1 is not available in the %s profile yet (a NewWorker factory may provide it)", c.Profile))
+	}
 	if c.MaxMemory > 0 && c.Profile == Thread && c.NewWorker == nil {
 		errs = append(errs, errors.New("MaxMemory needs the process profile (a thread-profile worker's memory cannot be told apart)"))
 	}
@@ -182,6 +199,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Size == 0 {
 		c.Size = runtime.GOMAXPROCS(0)
+	}
+	if c.WorkerConcurrency == 0 {
+		c.WorkerConcurrency = 1
 	}
 	if c.QueueSize == 0 {
 		c.QueueSize = 16 * c.Size
@@ -222,6 +242,9 @@ func (c Config) withDefaults() (Config, error) {
 	c.Env = append([]string(nil), c.Env...)
 	return c, nil
 }
+
+// MaxWorkerConcurrency bounds Config.WorkerConcurrency.
+const MaxWorkerConcurrency = 1024
 
 // ConfigError lists every problem New found in a Config.
 type ConfigError struct {

@@ -56,6 +56,7 @@ var (
 // Pool is a pool of workers. It is safe for concurrent use.
 type Pool struct {
 	cfg       Config
+	slots     int // calls one worker runs at once (Config.WorkerConcurrency)
 	log       *slog.Logger
 	newWorker func(ctx context.Context, id string) (worker.Worker, error)
 
@@ -73,10 +74,10 @@ type Pool struct {
 	mu         sync.Mutex // guards the fields below
 	closed     bool
 	members    map[*member]bool // live workers, any state
-	idle       []*member
-	waiters    list.List // *waiter, FIFO
-	inflight   int       // calls holding a worker
-	starting   int       // workers being started
+	idle       []*member        // workers in service with a free slot (see member)
+	waiters    list.List        // *waiter, FIFO
+	inflight   int              // calls holding a worker
+	starting   int              // workers being started
 	sessions   map[string]*sessionEntry
 	deaths     []time.Time // recent deaths and start failures, for crash-loop detection
 	failStreak int         // consecutive failures, for backoff
@@ -97,11 +98,14 @@ type member struct {
 	started  time.Time
 	retireAt time.Time // zero: no lifetime limit
 
-	// The fields below are guarded by Pool.mu. A member is in exactly one
-	// of these states: idle (inIdle), busy, retiring-and-busy, or gone.
+	// The fields below are guarded by Pool.mu. A worker runs up to
+	// Config.WorkerConcurrency calls at once (its slots); active of them
+	// are held by callers. A member with a free slot that is in service
+	// (not retiring, not gone) is in Pool.idle (inIdle); one whose slots
+	// are all held is busy; a retiring one leaves once active is 0.
 	calls     int64
-	busy      bool // a caller holds it
-	inIdle    bool // it is in Pool.idle (then not busy, retiring or gone)
+	active    int  // slots held by callers
+	inIdle    bool // it is in Pool.idle (then active < slots, not retiring or gone)
 	replacing bool // a replacement is starting or started: it no longer counts towards Size
 	retiring  bool // its replacement is in service: it leaves when idle
 	gone      bool // removed from the pool
@@ -147,6 +151,7 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 	_, _ = crand.Read(tok[:])
 	p := &Pool{
 		cfg:       c,
+		slots:     c.WorkerConcurrency,
 		log:       c.Logger.With("pool", c.Name),
 		members:   map[*member]bool{},
 		sessions:  map[string]*sessionEntry{},
@@ -428,7 +433,8 @@ func (p *Pool) replaceLocked(old *member) {
 			if old != nil && !old.gone {
 				p.stats.recycled.Add(1)
 				old.retiring = true
-				if !old.busy {
+				p.unidleLocked(old) // no new calls: it leaves when its last one ends
+				if old.active == 0 {
 					p.removeLocked(old)
 					p.retireLocked(old)
 				}
@@ -447,12 +453,14 @@ func (p *Pool) retireLocked(m *member) {
 	p.closeInBackground(m, 30*time.Second)
 }
 
-// offerLocked gives m (idle, in service) to the first waiter that accepts
-// it, or idles it.
+// offerLocked gives m's free slots (m in service) to the first waiters
+// that accept it, and puts it in the idle list if one is left.
 func (p *Pool) offerLocked(m *member) {
-	for el := p.waiters.Front(); el != nil; el = el.Next() {
+	for el := p.waiters.Front(); el != nil && m.active < p.slots; {
+		next := el.Next()
 		w := el.Value.(*waiter)
 		if t := w.target(); t != nil && t != m {
+			el = next
 			continue
 		}
 		p.takeLocked(m)
@@ -460,10 +468,12 @@ func (p *Pool) offerLocked(m *member) {
 		if w.sess != nil && w.sess.m == nil {
 			p.bindLocked(w.sess, m)
 		}
-		return
+		el = next
 	}
-	m.inIdle = true
-	p.idle = append(p.idle, m)
+	if m.active < p.slots && !m.inIdle {
+		m.inIdle = true
+		p.idle = append(p.idle, m)
+	}
 }
 
 // bindLocked binds an unbound strict session to m, which the caller has
@@ -580,9 +590,10 @@ func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast
 	return nil, ErrClosed
 }
 
-// pickIdleLocked returns an idle worker (prefer, if idle), skipping and
-// removing workers that died while idle (their watcher replaces them).
-// Each round removes a worker or returns, so it ends.
+// pickIdleLocked returns a worker with a free slot (prefer, if it has
+// one; else the one running fewest calls, the latest idled among equals),
+// skipping and removing workers that died while idle (their watcher
+// replaces them). Each round removes a worker or returns, so it ends.
 func (p *Pool) pickIdleLocked(prefer *member) *member {
 	if prefer != nil && prefer.inIdle {
 		if !dead(prefer) {
@@ -592,6 +603,13 @@ func (p *Pool) pickIdleLocked(prefer *member) *member {
 	}
 	for len(p.idle) > 0 {
 		m := p.idle[len(p.idle)-1]
+		if p.slots > 1 {
+			for _, x := range p.idle {
+				if x.active < m.active {
+					m = x
+				}
+			}
+		}
 		if !dead(m) {
 			return m
 		}
@@ -611,10 +629,13 @@ func dead(m *member) bool {
 	}
 }
 
-// takeLocked marks m busy for a caller. m is idle or was just started.
+// takeLocked takes one of m's slots for a caller. m has a free slot: it
+// is idle or was just started.
 func (p *Pool) takeLocked(m *member) {
-	p.unidleLocked(m)
-	m.busy = true
+	m.active++
+	if m.active >= p.slots {
+		p.unidleLocked(m)
+	}
 	p.inflight++
 }
 
@@ -641,7 +662,7 @@ func (p *Pool) putBack(m *member) {
 // Everything happens under one hold of the lock: the worker is never seen
 // free by another caller before its fate (recycle, retire) is decided.
 func (p *Pool) releaseLocked(m *member) {
-	m.busy = false
+	m.active--
 	p.inflight--
 	if p.inflight == 0 && p.drained != nil {
 		close(p.drained)
@@ -654,12 +675,16 @@ func (p *Pool) releaseLocked(m *member) {
 	case m.gone:
 		return
 	case p.closed:
-		m.inIdle = true
-		p.idle = append(p.idle, m) // Close stops it
+		if !m.inIdle {
+			m.inIdle = true
+			p.idle = append(p.idle, m) // Close stops it
+		}
 		return
 	case m.retiring:
-		p.removeLocked(m)
-		p.retireLocked(m)
+		if m.active == 0 {
+			p.removeLocked(m)
+			p.retireLocked(m)
+		}
 		return
 	}
 	if !m.replacing && p.dueLocked(m) {

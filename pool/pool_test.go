@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,6 +26,7 @@ type fakes struct {
 	fail    atomic.Int64  // the next fail starts fail
 	flaky   atomic.Int64  // calls of "flaky" so far: the first kills its worker
 	state   sync.Map      // worker id + session -> value
+	slots   int           // each fake's Concurrency
 }
 
 func newFakes() *fakes { return &fakes{release: make(chan struct{})} }
@@ -35,7 +37,7 @@ func (f *fakes) factory(ctx context.Context, id string) (worker.Worker, error) {
 		return nil, &worker.SetupError{WorkerID: id, Stage: "start", Err: errors.New("scripted start failure")}
 	}
 	var w *workertest.Fake
-	w = &workertest.Fake{WorkerID: id, Handlers: map[string]workertest.Handler{
+	w = &workertest.Fake{WorkerID: id, Concurrency: f.slots, Handlers: map[string]workertest.Handler{
 		"echo": func(ctx context.Context, r *worker.Request) (any, error) {
 			var args map[string]any
 			if len(r.Args) > 0 {
@@ -122,6 +124,55 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// TestWorkerSlots: a worker with three slots takes three calls at once
+// (the fake runs at most three: a fourth handed to it would wait inside
+// it, not in the pool's queue), the pool queues the fourth, and a freed
+// slot takes it; calls spread to the worker running fewest.
+func TestWorkerSlots(t *testing.T) {
+	f := newFakes()
+	f.slots = 3
+	p := newPool(t, f, pool.Config{Size: 1, WorkerConcurrency: 3})
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 3 {
+		wg.Go(func() {
+			_, err := p.CallRaw(context.Background(), "block", nil)
+			errs <- err
+		})
+	}
+	eventually(t, "three calls on the one worker", func() bool {
+		s := p.Stats()
+		return s.InFlight == 3 && s.Busy == 1 && s.Idle == 0 && s.SlotsPerWorker == 3
+	})
+	wg.Go(func() {
+		_, err := p.CallRaw(context.Background(), "block", nil)
+		errs <- err
+	})
+	eventually(t, "the fourth call queued in the pool", func() bool { s := p.Stats(); return s.Waiting == 1 && s.InFlight == 3 })
+	close(f.release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := p.Stats(); s.InFlight != 0 || s.Idle != 1 || s.Waiting != 0 {
+		t.Fatalf("after the calls: got %+v, want nothing in flight and the worker idle", s)
+	}
+
+	// Two workers, two slots each: two blocked calls take one worker each.
+	f2 := newFakes()
+	f2.slots = 2
+	p2 := newPool(t, f2, pool.Config{Size: 2, WorkerConcurrency: 2})
+	for range 2 {
+		wg.Go(func() { _, _ = p2.CallRaw(context.Background(), "block", nil) })
+	}
+	eventually(t, "one call on each worker", func() bool { s := p2.Stats(); return s.InFlight == 2 && s.Busy == 2 })
+	close(f2.release)
+	wg.Wait()
+}
+
 func TestConfigValidation(t *testing.T) {
 	_, err := pool.New(context.Background(), pool.Config{Size: -1, QueueSize: 3, LifetimeJitter: 2, CallTimeout: -time.Second, Profile: 7})
 	var ce *pool.ConfigError
@@ -137,8 +188,16 @@ func TestConfigValidation(t *testing.T) {
 	if cfg.Name != "" || cfg.QueueSize != 0 {
 		t.Fatal("New modified the caller's Config")
 	}
-	if s := p.Stats(); s.Name != "default" || s.QueueSize != 16 || s.Workers != 1 {
+	if s := p.Stats(); s.Name != "default" || s.QueueSize != 16 || s.Workers != 1 || s.SlotsPerWorker != 1 {
 		t.Fatalf("defaults: %+v", s)
+	}
+	for _, c := range []pool.Config{
+		{Module: "m", NewWorker: newFakes().factory, WorkerConcurrency: -1},
+		{Module: "m", NewWorker: newFakes().factory, WorkerConcurrency: pool.MaxWorkerConcurrency + 1},
+	} {
+		if _, err := pool.New(context.Background(), c); !errors.As(err, &ce) || !strings.Contains(err.Error(), "WorkerConcurrency") {
+			t.Errorf("WorkerConcurrency %d: got %v, want a ConfigError naming it", c.WorkerConcurrency, err)
+		}
 	}
 }
 

@@ -11,9 +11,13 @@ type Stats struct {
 	Profile Profile
 	// Workers by state.
 	Workers  int // in service (idle or busy)
-	Idle     int
-	Busy     int
+	Idle     int // running no call
+	Busy     int // running at least one call (Workers - Idle)
 	Starting int // being started or replaced
+	// InFlight is the number of calls and open streams holding a worker's
+	// slot; SlotsPerWorker is Config.WorkerConcurrency.
+	InFlight       int
+	SlotsPerWorker int
 	// Waiting is the number of callers queued for a worker; QueueSize its bound.
 	Waiting   int
 	QueueSize int
@@ -98,14 +102,19 @@ func (p *Pool) Stats() Stats {
 		Name:      p.cfg.Name,
 		Profile:   p.cfg.Profile,
 		Workers:   len(p.members),
-		Idle:      len(p.idle),
 		Starting:  p.starting,
 		Waiting:   p.waiters.Len(),
 		QueueSize: p.cfg.QueueSize,
 		Sessions:  len(p.sessions),
 		Healthy:   !p.closed && !p.degradedLocked(),
 	}
+	for m := range p.members {
+		if m.active == 0 && !m.retiring {
+			s.Idle++
+		}
+	}
 	s.Busy = s.Workers - s.Idle
+	s.InFlight, s.SlotsPerWorker = p.inflight, p.slots
 	p.mu.Unlock()
 	s.Calls = p.stats.calls.Load()
 	s.Failed = p.stats.failed.Load()

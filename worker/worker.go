@@ -7,14 +7,23 @@ import (
 	"time"
 )
 
-// Worker runs commands of one Python adapter module, one call at a time.
-// Both profiles implement it: thread (package gil) and process (package
-// subproc). Pools and tests use it; users normally reach workers through a
-// pool.
+// Worker runs commands of one Python adapter module. Both profiles
+// implement it: thread (package gil) and process (package subproc). Pools
+// and tests use it; users normally reach workers through a pool.
 //
-// A Worker is safe for use by several goroutines but runs one call or one
-// open stream at a time: a call made while another runs waits for it,
-// bounded by its own context. Pools give a worker one call at a time.
+// A Worker is safe for use by several goroutines. It has a number of
+// slots, fixed when it starts (its concurrency; one unless configured
+// otherwise): it runs up to that many calls and open streams at once, each
+// open stream holding a slot until it is closed or exhausted, and a call
+// made while every slot is held waits for one, bounded by its own context.
+// Pools give a worker at most as many calls as it has slots. Calls that
+// share a worker stay apart: a deadline or cancellation interrupts only its
+// own call, correlation ids, log records and host calls stay with their
+// call, and a worker that dies fails every call in flight with
+// [ErrWorkerDead], each exactly once. Whether calls really overlap is up to
+// the handlers: async handlers run concurrently on the worker's event
+// loop, plain ones only when the adapter declares itself thread-safe, and
+// otherwise one at a time.
 type Worker interface {
 	// ID names the worker in logs and errors.
 	ID() string
@@ -129,6 +138,10 @@ var (
 	ErrWorkerDead = errors.New("worker: dead")
 	// ErrClosed: the worker has been closed.
 	ErrClosed = errors.New("worker: closed")
+	// ErrNotStarted: the call was withdrawn while it waited in the
+	// worker's queue, before its handler started; it never ran, so it may
+	// be sent elsewhere.
+	ErrNotStarted = errors.New("worker: the call was withdrawn before it started")
 	// ErrCommandNotFound: the adapter has no command by that name.
 	ErrCommandNotFound = errors.New("worker: command not found")
 	// ErrBadArguments: the arguments do not fit the handler's signature.

@@ -17,7 +17,7 @@ import (
 type Collector struct {
 	p *pool.Pool
 
-	workers, waiting, queueSize, sessions, healthy                             *prometheus.Desc
+	workers, waiting, queueSize, sessions, healthy, inFlight, slots            *prometheus.Desc
 	calls, failed, rejected, retries, started, deaths, recycled, startFailures *prometheus.Desc
 	wait, call                                                                 *prometheus.Desc
 }
@@ -35,6 +35,8 @@ func NewCollector(p *pool.Pool) *Collector {
 		waiting:       d("waiting_calls", "Calls waiting for a worker."),
 		queueSize:     d("queue_size", "The bound on waiting calls."),
 		sessions:      d("sessions", "Sessions the pool tracks."),
+		inFlight:      d("calls_in_flight", "Calls and open streams holding a worker's slot."),
+		slots:         d("worker_slots", "Calls one worker runs at once (WorkerConcurrency)."),
 		healthy:       d("healthy", "1 unless the pool is closed or in a crash loop."),
 		calls:         d("calls_total", "Calls and streams that succeeded."),
 		failed:        d("calls_failed_total", "Calls and streams that failed, for any reason."),
@@ -51,7 +53,7 @@ func NewCollector(p *pool.Pool) *Collector {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.workers, c.waiting, c.queueSize, c.sessions, c.healthy, c.calls, c.failed,
+	for _, d := range []*prometheus.Desc{c.workers, c.waiting, c.queueSize, c.sessions, c.healthy, c.inFlight, c.slots, c.calls, c.failed,
 		c.rejected, c.retries, c.started, c.deaths, c.recycled, c.startFailures, c.wait, c.call} {
 		ch <- d
 	}
@@ -72,6 +74,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.waiting, float64(s.Waiting))
 	gauge(c.queueSize, float64(s.QueueSize))
 	gauge(c.sessions, float64(s.Sessions))
+	gauge(c.inFlight, float64(s.InFlight))
+	gauge(c.slots, float64(s.SlotsPerWorker))
 	healthy := 0.0
 	if s.Healthy {
 		healthy = 1

@@ -19,12 +19,15 @@ type Handler func(ctx context.Context, req *worker.Request) (any, error)
 // such as pools, without Python. Commands not in Handlers fail with a
 // *worker.CommandNotFoundError; a handler returning a []any for Stream
 // yields its items as chunks. Fake is safe for concurrent use and, like a
-// real worker, runs one call at a time.
+// real worker, runs Concurrency calls at a time (one by default); further
+// calls wait for a slot.
 type Fake struct {
 	// WorkerID is returned by ID.
 	WorkerID string
 	// Handlers maps command names to their behaviour.
 	Handlers map[string]Handler
+	// Concurrency is how many calls run at once; zero: one.
+	Concurrency int
 
 	slot     chan struct{}
 	initOnce sync.Once
@@ -42,7 +45,7 @@ var _ worker.SessionEnder = (*Fake)(nil)
 
 func (f *Fake) init() {
 	f.initOnce.Do(func() {
-		f.slot = make(chan struct{}, 1)
+		f.slot = make(chan struct{}, max(f.Concurrency, 1))
 		f.done = make(chan struct{})
 		f.sessions = map[string]bool{}
 	})
