@@ -24,3 +24,11 @@ def burn(n):
 def chunks(n):
     for i in range(n):
         yield i
+
+
+@snakepit.command
+async def sleep(s):
+    """An I/O-bound handler: waits s seconds on the event loop."""
+    import asyncio
+    await asyncio.sleep(s)
+    return s

@@ -71,7 +71,7 @@ type options struct {
 	libpython string // shared library (thread profile)
 }
 
-var allScenarios = []string{"latency", "throughput", "cpu", "payload", "startup", "stream"}
+var allScenarios = []string{"latency", "throughput", "cpu", "payload", "startup", "stream", "io"}
 var allProfiles = []string{"thread", "process", "baselines"}
 
 func main() {
@@ -174,6 +174,8 @@ func run(o options) error {
 			rs, err = e.startup(ctx)
 		case "stream":
 			rs, err = e.stream(ctx)
+		case "io":
+			rs, err = e.io(ctx)
 		default:
 			return fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(allScenarios, ","))
 		}
@@ -202,7 +204,15 @@ func (e *env) has(profile string) bool { return slices.Contains(e.o.profiles, pr
 
 // newPool starts a pool of the profile on the benchmark adapter.
 func (e *env) newPool(ctx context.Context, profile string, workers int) (*pool.Pool, error) {
+	return e.newPoolWith(ctx, profile, workers, nil)
+}
+
+// newPoolWith is newPool with the config changed by edit (nil: as is).
+func (e *env) newPoolWith(ctx context.Context, profile string, workers int, edit func(*pool.Config)) (*pool.Pool, error) {
 	cfg := pool.Config{Name: profile, Module: "bench_adapter", Paths: []string{e.dir}, Size: workers, QueueSize: 4096}
+	if edit != nil {
+		edit(&cfg)
+	}
 	if profile == "process" {
 		cfg.Profile = pool.Process
 		cfg.Python = e.exe

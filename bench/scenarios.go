@@ -599,3 +599,59 @@ func (e *env) stream(ctx context.Context) ([]Result, error) {
 	}
 	return out, nil
 }
+
+// io: an I/O-bound handler (await asyncio.sleep(0.1)) called by 100
+// callers at once on one worker with 1, 10 and 100 slots: how long until
+// all have their answer (P50 holds that time; ops/s is calls per second).
+func (e *env) io(ctx context.Context) ([]Result, error) {
+	const sleep = 0.1
+	var out []Result
+	for _, profile := range []string{"thread", "process"} {
+		if !e.has(profile) {
+			continue
+		}
+		for _, slots := range []int{1, 10, 100} {
+			e.progress(fmt.Sprintf("io: %s, %d slots", profile, slots))
+			p, err := e.newPoolWith(ctx, profile, 1, func(c *pool.Config) { c.WorkerConcurrency = slots })
+			if err != nil {
+				var ce *pool.ConfigError
+				if errors.As(err, &ce) {
+					fmt.Fprintf(os.Stderr, "io: %s profile skipped: %v\n", profile, err)
+					break
+				}
+				return nil, err
+			}
+			callers := 100
+			if slots == 1 && e.o.quick {
+				callers = 10 // one at a time: a second for ten
+			}
+			args := mustMarshal(map[string]any{"s": sleep})
+			if _, err := p.CallRaw(ctx, "sleep", args); err != nil { // warm: the event loop exists
+				p.Close(ctx)
+				return nil, err
+			}
+			errs := make(chan error, callers)
+			t := time.Now()
+			for range callers {
+				go func() {
+					_, err := p.CallRaw(ctx, "sleep", args)
+					errs <- err
+				}()
+			}
+			var first error
+			for range callers {
+				if err := <-errs; err != nil && first == nil {
+					first = err
+				}
+			}
+			d := time.Since(t)
+			p.Close(ctx)
+			if first != nil {
+				return nil, first
+			}
+			out = append(out, Result{Scenario: "io", Profile: profile, Workers: 1, Concurrency: callers,
+				Param: fmt.Sprintf("slots=%d", slots), OpsPerS: float64(callers) / d.Seconds(), P50: int64(d)})
+		}
+	}
+	return out, nil
+}
