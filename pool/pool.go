@@ -456,19 +456,24 @@ func (p *Pool) retireLocked(m *member) {
 // offerLocked gives m's free slots (m in service) to the first waiters
 // that accept it, and puts it in the idle list if one is left.
 func (p *Pool) offerLocked(m *member) {
-	for el := p.waiters.Front(); el != nil && m.active < p.slots; {
-		next := el.Next()
-		w := el.Value.(*waiter)
-		if t := w.target(); t != nil && t != m {
-			el = next
-			continue
+	for m.active < p.slots {
+		// From the front each time: binding a session (below) takes
+		// other waiters out of the queue.
+		el := p.waiters.Front()
+		for ; el != nil; el = el.Next() {
+			if t := el.Value.(*waiter).target(); t == nil || t == m {
+				break
+			}
 		}
+		if el == nil {
+			break
+		}
+		w := el.Value.(*waiter)
 		p.takeLocked(m)
 		p.grantLocked(el, grant{m: m}) // out of the queue before binding
 		if w.sess != nil && w.sess.m == nil {
 			p.bindLocked(w.sess, m)
 		}
-		el = next
 	}
 	if m.active < p.slots && !m.inIdle {
 		m.inIdle = true

@@ -173,6 +173,57 @@ func TestWorkerSlots(t *testing.T) {
 	wg.Wait()
 }
 
+// TestNewWorkerSlotsAfterSessionBinds: a replacement worker's free slots
+// go to the queued callers in order; when the first binds an unbound
+// strict session, a fail-fast caller of that session queued behind it gets
+// ErrSessionBusy and the slots go on to the next callers (no slot is taken
+// for a caller already answered).
+func TestNewWorkerSlotsAfterSessionBinds(t *testing.T) {
+	f := newFakes()
+	f.slots = 3
+	p := newPool(t, f, pool.Config{Size: 1, WorkerConcurrency: 3, RestartBackoff: time.Millisecond})
+	ctx := context.Background()
+	var blocked sync.WaitGroup
+	for range 3 {
+		blocked.Go(func() { _, _ = p.CallRaw(ctx, "block", nil) })
+	}
+	eventually(t, "the worker's slots taken", func() bool { return p.Stats().InFlight == 3 })
+	type res struct {
+		name string
+		err  error
+	}
+	results := make(chan res, 3)
+	queue := func(name string, call func() error, waiting int) {
+		go func() { results <- res{name, call()} }()
+		eventually(t, name+" queued", func() bool { return p.Stats().Waiting == waiting })
+	}
+	queue("strict", func() error { _, err := p.Session("s", pool.StrictQueue).CallRaw(ctx, "echo", nil); return err }, 1)
+	queue("fail-fast", func() error {
+		_, err := p.Session("s", pool.StrictFailFast).CallRaw(ctx, "echo", nil)
+		return err
+	}, 2)
+	queue("any", func() error { _, err := p.CallRaw(ctx, "echo", nil); return err }, 3)
+	f.mu.Lock()
+	first := f.all[0]
+	f.mu.Unlock()
+	first.Kill("scripted death") // the replacement is offered to the queue
+	blocked.Wait()
+	for range 3 {
+		select {
+		case r := <-results:
+			switch {
+			case r.name == "fail-fast" && !errors.Is(r.err, pool.ErrSessionBusy) && r.err != nil:
+				t.Errorf("%s: got %v, want ErrSessionBusy or success", r.name, r.err)
+			case r.name != "fail-fast" && r.err != nil:
+				t.Errorf("%s: %v", r.name, r.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("queued callers still waiting: %+v", p.Stats())
+		}
+	}
+	eventually(t, "no slot held", func() bool { return p.Stats().InFlight == 0 })
+}
+
 func TestConfigValidation(t *testing.T) {
 	_, err := pool.New(context.Background(), pool.Config{Size: -1, QueueSize: 3, LifetimeJitter: 2, CallTimeout: -time.Second, Profile: 7})
 	var ce *pool.ConfigError
