@@ -107,7 +107,17 @@ type Config struct {
 	// Nil: none (ctx.host.names() is empty, and every call is a HostError
 	// of kind "unknown").
 	Host worker.Host
+	// Concurrency is how many calls (and open streams) the worker runs at
+	// once: its slots (see worker.Worker). Zero or one: one at a time. Above
+	// one, each call runs on its caller's OS thread in the interpreter,
+	// async def handlers as tasks on an event loop thread of the
+	// interpreter, plain def handlers concurrently only when the adapter
+	// declares itself thread-safe. At most MaxConcurrency.
+	Concurrency int
 }
+
+// MaxConcurrency bounds Config.Concurrency.
+const MaxConcurrency = 1024
 
 // Worker is a thread-profile worker. It implements [worker.Worker] and
 // [worker.SessionEnder].
@@ -139,10 +149,18 @@ type Worker struct {
 
 	host worker.Host              // Config.Host; nil: none
 	cur  atomic.Pointer[hostCall] // the latest Call or Stream (ended once it has ended): whose host calls run
+
+	// With several slots (conc > 1; see conc.go) calls run side by side:
+	// the open streams and the host calls of the calls in flight, by the
+	// call id the dispatcher knows them by, replace openStream and cur.
+	conc    int
+	cmu     sync.Mutex // guards streams, hosts
+	streams map[*wstream.Stream]struct{}
+	hosts   map[uint64]*hostCall
 }
 
 type dispatcherFuncs struct {
-	call, streamOpen, streamNext, streamClose, endSession, teardown, drainLogs, cancel, cancelled *embed.Func
+	call, streamOpen, streamNext, streamClose, endSession, teardown, drainLogs, cancel, cancelID, cancelled, stopLoop *embed.Func
 }
 
 var _ worker.Worker = (*Worker)(nil)
@@ -178,6 +196,9 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	if cfg.InterruptGrace < 0 {
 		return nil, errors.New("gil: Config.InterruptGrace must not be negative")
 	}
+	if cfg.Concurrency < 0 || cfg.Concurrency > MaxConcurrency {
+		return nil, fmt.Errorf("gil: Config.Concurrency must be in [0, %d], got %d", MaxConcurrency, cfg.Concurrency)
+	}
 	rt := cfg.Runtime
 	if rt == nil {
 		var err error
@@ -201,11 +222,15 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		in:    in,
 		log:   cfg.Logger,
 		grace: cfg.InterruptGrace,
-		slot:  callslot.New(),
+		slot:  callslot.NewN(max(cfg.Concurrency, 1)),
 		done:  make(chan struct{}),
 		jobs:  make(chan job),
 		resc:  make(chan callResult, 1),
 		host:  cfg.Host,
+		conc:  max(cfg.Concurrency, 1),
+
+		streams: map[*wstream.Stream]struct{}{},
+		hosts:   map[uint64]*hostCall{},
 
 		execDone: make(chan struct{}),
 	}
@@ -279,7 +304,7 @@ func (w *Worker) boot(ctx context.Context, module string, hostNames []string) er
 	names, _ := json.Marshal(hostNames) // a JSON list of strings is a Python list literal
 	code := fmt.Sprintf(`import snakepit, snakepit._dispatch, snakepit._sleep, _snakepit_embed
 snakepit._sleep.install()
-_spk = snakepit._dispatch.Dispatcher(%s, worker_id=%s, capture_stdio=True, log_level=%d)
+_spk = snakepit._dispatch.Dispatcher(%s, worker_id=%s, capture_stdio=True, log_level=%d, concurrency=%d)
 _spk.raw_results = True
 _spk.host_names = tuple(%s)
 _spk.host_transport = _snakepit_embed.host_call
@@ -287,7 +312,8 @@ _spk.host_fast = _snakepit_embed.host_call
 _spk_call, _spk_stream_open, _spk_stream_next, _spk_stream_close = _spk.call, _spk.stream_open, _spk.stream_next, _spk.stream_close
 _spk_end_session, _spk_teardown, _spk_drain_logs, _spk_cancel, _spk_setup = _spk.end_session, _spk.teardown, _spk.drain_logs, snakepit._sleep.on_cancel(_spk.cancel), _spk.setup
 _spk_cancelled = snakepit.Cancelled
-`, pyString(module), pyString(w.id), python.PythonLevel(w.log), names)
+_spk_cancel_id, _spk_stop_loop = _spk.cancel, _spk._stop_loop_thread
+`, pyString(module), pyString(w.id), python.PythonLevel(w.log), w.conc, names)
 	if err := w.in.Exec(ctx, code); err != nil {
 		return &worker.SetupError{WorkerID: w.id, Stage: "import", Err: err}
 	}
@@ -298,6 +324,7 @@ _spk_cancelled = snakepit.Cancelled
 		"_spk_call": &w.fns.call, "_spk_stream_open": &w.fns.streamOpen, "_spk_stream_next": &w.fns.streamNext,
 		"_spk_stream_close": &w.fns.streamClose, "_spk_end_session": &w.fns.endSession, "_spk_teardown": &w.fns.teardown,
 		"_spk_drain_logs": &w.fns.drainLogs, "_spk_cancel": &w.fns.cancel, "_spk_cancelled": &w.fns.cancelled,
+		"_spk_cancel_id": &w.fns.cancelID, "_spk_stop_loop": &w.fns.stopLoop,
 	} {
 		f, err := w.in.Func(ctx, "__main__", name)
 		if err != nil {
@@ -383,6 +410,9 @@ func (w *Worker) release() { w.slot.Release() }
 
 // Call runs a command. See [worker.Worker.Call].
 func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Response, error) {
+	if w.conc > 1 {
+		return w.callConc(ctx, req)
+	}
 	ctx, cancel := req.WithDeadline(ctx)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
@@ -426,6 +456,9 @@ func (w *Worker) run(ctx context.Context, fn *embed.Func, args []byte, command, 
 // the call handlers' host calls are made for: it becomes the current one,
 // identified by the call's id (the caller ends it).
 func (w *Worker) runBufs(ctx context.Context, fn *embed.Func, args []byte, bufs [][]byte, command, cid string, hc *hostCall, onAbandon func()) (r python.Reply, abandoned bool, err error) {
+	if w.conc > 1 { // calls and streams take their own path (conc.go)
+		return w.runConc(ctx, fn, args, bufs, 0, command, cid, onAbandon)
+	}
 	id := embed.NewCallID()
 	if hc != nil {
 		hc.token = id // before Store: readers Load it
@@ -446,7 +479,7 @@ func (w *Worker) runBufs(ctx context.Context, fn *embed.Func, args []byte, bufs 
 		case res = <-w.resc:
 		case <-ctx.Done():
 			w.bg.Add(1)
-			go w.abandon(id, w.resc, command, cid, onAbandon)
+			go w.abandon(id, 0, w.resc, command, cid, onAbandon)
 			return python.Reply{}, true, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
 		}
 	}
@@ -477,8 +510,11 @@ func (w *Worker) reply(ctx context.Context, res callResult, command, cid string)
 
 // abandon stops a call whose caller has gone: it marks the handler's ctx
 // cancelled and raises snakepit.Cancelled in it, then waits the grace
-// period for the call to end. If it does not, the worker dies.
-func (w *Worker) abandon(id uint64, resc <-chan callResult, command, cid string, onAbandon func()) {
+// period for the call to end. If it does not, the worker dies. pyID, when
+// not 0, is the call id the dispatcher knows the call by (a worker with
+// several slots): the dispatcher cancels that call only, an async one by
+// cancelling its task, so that no interrupt is needed.
+func (w *Worker) abandon(id, pyID uint64, resc <-chan callResult, command, cid string, onAbandon func()) {
 	defer w.bg.Done()
 	settled, interrupted := make(chan struct{}), make(chan struct{})
 	w.bg.Add(1)
@@ -492,7 +528,11 @@ func (w *Worker) abandon(id uint64, resc <-chan callResult, command, cid string,
 		defer close(interrupted)
 		bg := context.Background()
 		for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
-			if _, err := w.in.CallRaw(bg, w.fns.cancel, nil, nil, nil); err != nil {
+			if pyID != 0 {
+				if task, err := w.cancelByID(bg, pyID); task || err != nil {
+					return
+				}
+			} else if _, err := w.in.CallRaw(bg, w.fns.cancel, nil, nil, nil); err != nil {
 				return
 			}
 			if ok, err := w.in.Interrupt(bg, id, w.fns.cancelled); ok || err != nil {
@@ -563,25 +603,34 @@ func (w *Worker) Close(ctx context.Context) error {
 }
 
 func (w *Worker) close(ctx context.Context) error {
-	s := w.openStream.Load()
-	if s != nil {
-		// Frees the slot, after a Next in progress if it ends within ctx.
+	streams := w.openStreams()
+	for _, s := range streams {
+		// Frees its slot, after a Next in progress if it ends within ctx.
 		_ = s.CloseContext(ctx)
 	}
-	// Take the slot directly: a dead worker refuses acquire, but its stuck
-	// call may have ended since.
-	select {
-	case w.slot <- struct{}{}:
-	case <-ctx.Done():
+	// Take every slot directly: a dead worker refuses acquire, but its
+	// stuck call may have ended since.
+	taken := 0
+	for ; taken < w.conc; taken++ {
+		select {
+		case w.slot <- struct{}{}:
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	if taken < w.conc {
 		w.stop()
-		// The call still runs (blocked in C, for a dead worker): finish
+		// A call still runs (blocked in C, for a dead worker): finish
 		// closing when it returns, so the interpreter and its thread are
 		// reclaimed then rather than never.
 		go func() {
-			if s != nil {
+			for _, s := range streams {
 				_ = s.Close() // after the Next in progress
 			}
-			w.slot <- struct{}{}
+			for ; taken < w.conc; taken++ {
+				w.slot <- struct{}{}
+			}
 			_ = w.finishClose(context.Background(), true)
 		}()
 		if err := w.Err(); err != nil {
@@ -598,6 +647,11 @@ func (w *Worker) finishClose(ctx context.Context, dead bool) error {
 	w.stop()
 	close(w.jobs) // we hold the slot: no call is sending
 	<-w.execDone
+	if dead && w.conc > 1 {
+		// No teardown for a dead worker, but the event loop thread of its
+		// concurrent calls must stop, or the interpreter cannot end.
+		_, _ = w.in.CallRaw(ctx, w.fns.stopLoop, nil, nil, nil)
+	}
 	if !dead {
 		if out, err := w.in.CallRaw(ctx, w.fns.teardown, nil, nil, nil); err == nil {
 			if r, err := python.DecodeReply(out, "teardown", ""); err == nil {

@@ -41,7 +41,7 @@ func factory(t testing.TB) workertest.Factory {
 		}
 		return gil.Start(ctx, gil.Config{
 			Module: o.Module, Paths: o.Paths, Runtime: runtimeFor(t),
-			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Host: o.Host,
+			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Host: o.Host, Concurrency: o.Concurrency,
 		})
 	}
 }

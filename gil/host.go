@@ -108,7 +108,7 @@ func hostNames(h worker.Host) []string {
 // costs a little on every call).
 func (w *Worker) installHost(ctx context.Context) error {
 	w.in.SetHostHandler(w.serveHost)
-	if w.host == nil {
+	if w.host == nil || w.conc > 1 { // several slots: each call passes its id
 		return nil
 	}
 	disp, err := w.in.Func(ctx, "__main__", "_spk")
@@ -128,8 +128,15 @@ func (w *Worker) serveHost(token uint64, name string, payload, buf []byte) []byt
 	if w.host == nil {
 		return host.Reply(nil, fmt.Errorf("%w %q: worker %s has no host functions", host.ErrUnknownFunction, name, w.id))
 	}
-	c := w.cur.Load()
-	if c == nil || c.token != token {
+	var c *hostCall
+	if w.conc > 1 {
+		w.cmu.Lock()
+		c = w.hosts[token]
+		w.cmu.Unlock()
+	} else if c = w.cur.Load(); c != nil && c.token != token {
+		c = nil
+	}
+	if c == nil {
 		return host.Reply(nil, fmt.Errorf("gil: host function %q: %s", name, errCallEnded))
 	}
 	ctx, err := c.context(name)

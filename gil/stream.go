@@ -11,6 +11,9 @@ import (
 // Stream starts a streaming command. See [worker.Worker.Stream]. The worker
 // runs nothing else until the stream is exhausted or closed.
 func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream, error) {
+	if w.conc > 1 {
+		return w.streamConc(ctx, req)
+	}
 	sctx, cancel := req.WithDeadline(ctx)
 	deadline, _ := sctx.Deadline()
 	args, err := python.EncodeCall(nil, req, deadline)

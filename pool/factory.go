@@ -48,7 +48,7 @@ func profileFactory(c Config) (func(ctx context.Context, id string) (worker.Work
 		return func(ctx context.Context, id string) (worker.Worker, error) {
 			return gil.Start(ctx, gil.Config{
 				Module: c.Module, Paths: c.Paths, Runtime: rt, ID: id, Logger: c.Logger,
-				InterruptGrace: c.InterruptGrace, Host: hostSet,
+				InterruptGrace: c.InterruptGrace, Host: hostSet, Concurrency: c.WorkerConcurrency,
 			})
 		}, nil
 	}

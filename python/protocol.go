@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -76,7 +77,21 @@ func checkArgs(args []byte) error {
 // (pymarshal.MarkerTag, "call", kwargs), which the dispatcher resolves
 // (snakepit._wire.resolve).
 func EncodeCall(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
-	return encodeCall(dst, req, deadline, bufsInline)
+	return encodeCall(dst, req, deadline, bufsInline, 0)
+}
+
+// EncodeCallID is EncodeCall naming the call: the tuple gets an eighth
+// element, callID (the dispatcher's call_id, which a worker running several
+// calls at once passes; the seventh is then None when req has no Buffers).
+// callID must not be 0.
+func EncodeCallID(dst []byte, req *worker.Request, deadline time.Time, callID uint64) ([]byte, error) {
+	return encodeCall(dst, req, deadline, bufsInline, callID)
+}
+
+// EncodeCallOutOfBandID is EncodeCallOutOfBand naming the call, as
+// EncodeCallID does.
+func EncodeCallOutOfBandID(dst []byte, req *worker.Request, deadline time.Time, callID uint64) ([]byte, error) {
+	return encodeCall(dst, req, deadline, bufsNone, callID)
 }
 
 // bufsMode says how encodeCall writes req.Buffers: inline (a list of bytes),
@@ -95,7 +110,7 @@ func bufsRegion(spans []int) bufsMode { return bufsMode(spans) }
 // over beside the tuple: where they would be, the tuple holds None, for
 // the caller to replace (see embed.Interpreter.CallOnThreadBuffers).
 func EncodeCallOutOfBand(dst []byte, req *worker.Request, deadline time.Time) ([]byte, error) {
-	return encodeCall(dst, req, deadline, bufsNone)
+	return encodeCall(dst, req, deadline, bufsNone, 0)
 }
 
 // RegionAlign is the alignment of each buffer EncodeCallInRegion lays out
@@ -146,7 +161,7 @@ func EncodeCallInRegion(mem []byte, req *worker.Request, deadline time.Time) (st
 		off = alignUp(off + len(b))
 	}
 	start = off
-	b, err := encodeCall(mem[start:start], req, deadline, bufsRegion(spans))
+	b, err := encodeCall(mem[start:start], req, deadline, bufsRegion(spans), 0)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -156,7 +171,7 @@ func EncodeCallInRegion(mem []byte, req *worker.Request, deadline time.Time) (st
 	return start, start + len(b), nil
 }
 
-func encodeCall(dst []byte, req *worker.Request, deadline time.Time, mode bufsMode) ([]byte, error) {
+func encodeCall(dst []byte, req *worker.Request, deadline time.Time, mode bufsMode, callID uint64) ([]byte, error) {
 	inline := mode == nil
 	if !req.ArgsChecked {
 		if err := checkArgs(req.Args); err != nil {
@@ -178,6 +193,12 @@ func encodeCall(dst []byte, req *worker.Request, deadline time.Time, mode bufsMo
 	fields := 6
 	if len(req.Buffers) > 0 {
 		fields = 7
+	}
+	if callID != 0 {
+		fields = 8
+		if callID > math.MaxInt64 {
+			return nil, fmt.Errorf("python: call id %d out of range", callID)
+		}
 	}
 	b := pymarshal.AppendTupleHeader(dst, fields)
 	b, err := pymarshal.AppendString(b, req.Command)
@@ -232,6 +253,12 @@ func encodeCall(dst []byte, req *worker.Request, deadline time.Time, mode bufsMo
 		for _, n := range mode {
 			b, _ = pymarshal.AppendMarshal(b, n)
 		}
+	}
+	if callID != 0 {
+		if len(req.Buffers) == 0 {
+			b = pymarshal.AppendNone(b)
+		}
+		b, _ = pymarshal.AppendMarshal(b, int64(callID))
 	}
 	return b, nil
 }

@@ -1,13 +1,18 @@
-// Package callslot is the one-call-at-a-time slot both worker kinds use.
+// Package callslot is the call slots both worker kinds use: one call at a
+// time, or a few.
 package callslot
 
 import "context"
 
-// Slot is held while a worker runs a call (or has a stream open).
+// Slot is held while a worker runs a call (or has a stream open). A Slot
+// made by NewN is n slots: Acquire takes one of them.
 type Slot chan struct{}
 
 // New returns a free slot.
 func New() Slot { return make(Slot, 1) }
+
+// NewN returns n free slots (n ≥ 1).
+func NewN(n int) Slot { return make(Slot, n) }
 
 // Acquire takes the slot, waiting until ctx ends or done closes. When done
 // is closed it returns stopped(): the worker is gone.
@@ -38,5 +43,5 @@ func (s Slot) Acquire(ctx context.Context, done <-chan struct{}, stopped func() 
 	}
 }
 
-// Release frees the slot.
+// Release frees the slot (one of them).
 func (s Slot) Release() { <-s }

@@ -49,6 +49,8 @@ type Options struct {
 	Env map[string]string
 	// Host holds the Go functions handlers may call (ctx.host).
 	Host worker.Host
+	// Concurrency is the worker's slots (see worker.Worker); zero: one.
+	Concurrency int
 }
 
 // Factory starts a worker of the implementation under test.
@@ -116,6 +118,28 @@ func Run(t *testing.T, factory Factory) {
 	t.Run("Host", func(t *testing.T) {
 		s.testHost(t, probe, func(t *testing.T, h worker.Host) worker.Worker {
 			return startHost(t, "snakepit_conformance", 3*time.Second, h)
+		})
+	})
+
+	t.Run("Concurrency", func(t *testing.T) {
+		cw, err := factory(ctx, Options{
+			Module: "snakepit_conformance", Paths: []string{dir}, Logger: slog.New(logs), InterruptGrace: 3 * time.Second,
+			Env: map[string]string{"SNAKEPIT_CONFORMANCE_TEARDOWN": marker}, Host: hostSet, Concurrency: 8,
+		})
+		if err != nil {
+			t.Fatalf("start a worker with 8 slots: %v", err)
+		}
+		defer cw.Close(ctx)
+		testConcurrency(t, &suite{w: cw, logs: logs})
+		t.Run("DeathFailsInFlight", func(t *testing.T) {
+			dw, err := factory(ctx, Options{
+				Module: "snakepit_conformance", Paths: []string{dir}, Logger: slog.New(logs), InterruptGrace: 300 * time.Millisecond,
+				Env: map[string]string{"SNAKEPIT_CONFORMANCE_TEARDOWN": marker}, Concurrency: 4,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			testDeathInFlight(t, dw)
 		})
 	})
 

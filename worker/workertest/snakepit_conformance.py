@@ -301,3 +301,86 @@ def host_none(ctx):
     except snakepit.HostError as e:
         return [ctx.host.names(), e.kind]
     return "called"
+
+
+# ---- concurrency (a worker with several slots) ----
+
+import threading
+
+_groups = {}
+_groups_lock = threading.Lock()
+
+
+def _group(name):
+    with _groups_lock:
+        g = _groups.get(name)
+        if g is None:
+            g = _groups[name] = {"in": 0, "max": 0, "lock": threading.Lock(), "objs": {}}
+        return g
+
+
+def _obj(g, key, make):
+    with g["lock"]:
+        o = g["objs"].get(key)
+        if o is None:
+            o = g["objs"][key] = make()
+        return o
+
+
+@snakepit.command
+async def overlap_async(ctx, group, n):
+    """Waits until n calls of group are in at once; returns what this call
+    sees of itself: its correlation id, the one a host function gets, and
+    the most calls of the group seen in at once."""
+    g = _group(group)
+    with g["lock"]:
+        g["in"] += 1
+        g["max"] = max(g["max"], g["in"])
+        reached = g["in"] >= n
+    ev = _obj(g, "event", asyncio.Event)
+    if reached:
+        ev.set()
+    await asyncio.wait_for(ev.wait(), 30)
+    who = ctx.host.call("whoami")["cid"] if "whoami" in ctx.host.names() else ""
+    logging.getLogger("conformance").info("overlap %s", ctx.correlation_id)
+    return {"cid": ctx.correlation_id, "host_cid": who, "max": g["max"]}
+
+
+@snakepit.command
+def plain_probe(group, ms):
+    """A plain handler that is not thread-safe: returns the most calls of
+    group seen in at once (1 unless the worker broke its promise)."""
+    g = _group(group)
+    with g["lock"]:
+        g["in"] += 1
+        g["max"] = max(g["max"], g["in"])
+    time.sleep(ms / 1000)
+    with g["lock"]:
+        g["in"] -= 1
+        return g["max"]
+
+
+@snakepit.command(thread_safe=True)
+def plain_barrier(group, n):
+    """A thread-safe plain handler: passes only when n run at once."""
+    b = _obj(_group(group), "barrier", lambda: threading.Barrier(n, timeout=30))
+    b.wait()
+    return True
+
+
+@snakepit.command
+async def wait_release(group, timeout=30):
+    """Waits until release(group) is called (at most timeout seconds)."""
+    ev = _obj(_group(group), "release", asyncio.Event)
+    try:
+        await asyncio.wait_for(ev.wait(), timeout)
+    except asyncio.CancelledError:
+        EVENTS.append("cancelled " + group)
+        raise
+    return "released"
+
+
+@snakepit.command
+async def release(group):
+    _obj(_group(group), "release", asyncio.Event).set()
+    return True
