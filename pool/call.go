@@ -305,6 +305,22 @@ func (p *Pool) hostCallContext(ctx context.Context, m *member) context.Context {
 	return context.WithValue(ctx, hostCallerKey{}, &hostCaller{p: p, m: m, parent: parent})
 }
 
+// chainLocked returns p's workers up ctx's chain of host callers: the
+// workers whose handlers wait, through host functions, on the call ctx is
+// for. Nil for most calls. p.mu held.
+func (p *Pool) chainLocked(ctx context.Context) []*member {
+	if len(p.cfg.Host) == 0 {
+		return nil
+	}
+	var out []*member
+	for c, _ := ctx.Value(hostCallerKey{}).(*hostCaller); c != nil; c = c.parent {
+		if c.p == p {
+			out = append(out, c.m)
+		}
+	}
+	return out
+}
+
 // reentrantLocked reports whether a call with ctx could never get a worker
 // of p: a strict session call whose worker waits, up ctx's chain of host
 // callers, on this call; or a call for which every worker waits so.

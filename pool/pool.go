@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -119,6 +120,7 @@ type waiter struct {
 	// gets is then bound to the session).
 	sess     *sessionEntry
 	failFast bool
+	excl     []*member  // workers up the caller's chain of host calls (see chainLocked): not for it
 	ch       chan grant // buffered: one grant
 	handed   bool       // a grant was sent on ch (guarded by Pool.mu)
 }
@@ -127,6 +129,14 @@ type waiter struct {
 type grant struct {
 	m   *member
 	err error
+}
+
+// accepts reports whether w may take m.
+func (w *waiter) accepts(m *member) bool {
+	if t := w.target(); t != nil && t != m {
+		return false
+	}
+	return !slices.Contains(w.excl, m)
 }
 
 // target returns the member w waits for, nil for any.
@@ -461,7 +471,7 @@ func (p *Pool) offerLocked(m *member) {
 		// other waiters out of the queue.
 		el := p.waiters.Front()
 		for ; el != nil; el = el.Next() {
-			if t := el.Value.(*waiter).target(); t == nil || t == m {
+			if el.Value.(*waiter).accepts(m) {
 				break
 			}
 		}
@@ -510,6 +520,10 @@ func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast
 		p.mu.Unlock()
 		return nil, ErrReentrant
 	}
+	// A call made by a host function never goes to a worker up its chain
+	// of callers: that worker's handler is waiting for it (and, if it is
+	// a plain one, holds the worker's lock for plain handlers).
+	excl := p.chainLocked(ctx)
 	var ws *sessionEntry // the waiter's session, for strict calls
 	if strict {
 		ws = sess
@@ -531,7 +545,7 @@ func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast
 				p.mu.Unlock()
 				return nil, ErrSessionBusy
 			}
-		} else if m := p.pickIdleLocked(nil); m != nil {
+		} else if m := p.pickIdleLocked(nil, excl); m != nil {
 			p.takeLocked(m)
 			p.bindLocked(sess, m)
 			p.mu.Unlock()
@@ -542,7 +556,7 @@ func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast
 		if sess != nil {
 			prefer = sess.m
 		}
-		if m := p.pickIdleLocked(prefer); m != nil {
+		if m := p.pickIdleLocked(prefer, excl); m != nil {
 			p.takeLocked(m)
 			p.mu.Unlock()
 			return m, nil
@@ -568,7 +582,7 @@ func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast
 			}
 		}
 	}
-	w := &waiter{sess: ws, failFast: failFast, ch: make(chan grant, 1)}
+	w := &waiter{sess: ws, failFast: failFast, excl: excl, ch: make(chan grant, 1)}
 	el := p.waiters.PushBack(w)
 	p.mu.Unlock()
 
@@ -595,32 +609,40 @@ func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast
 	return nil, ErrClosed
 }
 
-// pickIdleLocked returns a worker with a free slot (prefer, if it has
-// one; else the one running fewest calls, the latest idled among equals),
-// skipping and removing workers that died while idle (their watcher
-// replaces them). Each round removes a worker or returns, so it ends.
-func (p *Pool) pickIdleLocked(prefer *member) *member {
-	if prefer != nil && prefer.inIdle {
+// pickIdleLocked returns a worker with a free slot, not one of excl:
+// prefer, if it has one; else the one running fewest calls, the latest
+// idled among equals. It skips and removes workers that died while idle
+// (their watcher replaces them). Each round removes a worker or returns,
+// so it ends.
+func (p *Pool) pickIdleLocked(prefer *member, excl []*member) *member {
+	if prefer != nil && prefer.inIdle && !slices.Contains(excl, prefer) {
 		if !dead(prefer) {
 			return prefer
 		}
 		p.removeLocked(prefer)
 	}
-	for len(p.idle) > 0 {
-		m := p.idle[len(p.idle)-1]
-		if p.slots > 1 {
-			for _, x := range p.idle {
-				if x.active < m.active {
-					m = x
-				}
+	for {
+		var m *member
+		for i := len(p.idle) - 1; i >= 0; i-- {
+			x := p.idle[i]
+			if slices.Contains(excl, x) {
+				continue
 			}
+			if m == nil || x.active < m.active {
+				m = x
+			}
+			if p.slots == 1 {
+				break
+			}
+		}
+		if m == nil {
+			return nil
 		}
 		if !dead(m) {
 			return m
 		}
 		p.removeLocked(m)
 	}
-	return nil
 }
 
 // dead reports whether m's worker has stopped (its watcher may not have

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snakepit-go/snakepit/host"
 	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
@@ -22,11 +23,12 @@ import (
 type fakes struct {
 	mu      sync.Mutex
 	all     []*workertest.Fake
-	release chan struct{} // "block" returns when it closes (or its ctx ends)
-	fail    atomic.Int64  // the next fail starts fail
-	flaky   atomic.Int64  // calls of "flaky" so far: the first kills its worker
-	state   sync.Map      // worker id + session -> value
-	slots   int           // each fake's Concurrency
+	release chan struct{}             // "block" returns when it closes (or its ctx ends)
+	fail    atomic.Int64              // the next fail starts fail
+	flaky   atomic.Int64              // calls of "flaky" so far: the first kills its worker
+	state   sync.Map                  // worker id + session -> value
+	slots   int                       // each fake's Concurrency
+	pool    atomic.Pointer[pool.Pool] // for "outer", which calls the pool back
 }
 
 func newFakes() *fakes { return &fakes{release: make(chan struct{})} }
@@ -69,6 +71,15 @@ func (f *fakes) factory(ctx context.Context, id string) (worker.Worker, error) {
 		"get": func(ctx context.Context, r *worker.Request) (any, error) {
 			v, _ := f.state.Load(id + "/" + r.SessionID)
 			return v, nil
+		},
+		// Calls the pool back with the context a host function would get:
+		// returns its own worker and the one the inner call ran on.
+		"outer": func(ctx context.Context, r *worker.Request) (any, error) {
+			var inner map[string]any
+			if err := f.pool.Load().Call(ctx, "echo", nil, &inner); err != nil {
+				return nil, err
+			}
+			return []any{id, inner["worker"]}, nil
 		},
 		"items": func(ctx context.Context, r *worker.Request) (any, error) {
 			return []any{1, 2, 3}, nil
@@ -222,6 +233,44 @@ func TestNewWorkerSlotsAfterSessionBinds(t *testing.T) {
 		}
 	}
 	eventually(t, "no slot held", func() bool { return p.Stats().InFlight == 0 })
+}
+
+// TestReentrantSkipsItsOwnWorker: a call made from a handler's host call
+// never goes to the worker that handler runs on, even when that worker has
+// a free slot (a plain handler holds the worker's lock for plain handlers
+// while it waits): it waits for another worker.
+func TestReentrantSkipsItsOwnWorker(t *testing.T) {
+	f := newFakes()
+	f.slots = 2
+	noop := host.New("noop", func(context.Context, struct{}) (int, error) { return 0, nil })
+	p := newPool(t, f, pool.Config{Size: 2, WorkerConcurrency: 2, Host: []host.Func{noop}})
+	f.pool.Store(p)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	hold := p.Session("hold", pool.StrictQueue) // both slots of one worker
+	for range 2 {
+		wg.Go(func() { _, _ = hold.CallRaw(ctx, "block", nil) })
+	}
+	eventually(t, "one worker full", func() bool { s := p.Stats(); return s.InFlight == 2 && s.Busy == 1 })
+	got := make(chan []any, 1)
+	errc := make(chan error, 1)
+	go func() {
+		var out []any
+		err := p.Call(ctx, "outer", nil, &out)
+		got <- out
+		errc <- err
+	}()
+	// outer runs on the other worker; its inner call must wait for a slot
+	// of the full one, not take outer's worker's free slot.
+	eventually(t, "the inner call waiting", func() bool { return p.Stats().Waiting == 1 })
+	close(f.release)
+	wg.Wait()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if out := <-got; len(out) != 2 || out[0] == out[1] {
+		t.Fatalf("outer and inner ran on %v, want two different workers", out)
+	}
 }
 
 func TestConfigValidation(t *testing.T) {
