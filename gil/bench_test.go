@@ -278,3 +278,51 @@ func benchHostLoop(b *testing.B, command, name string) {
 		b.Fatal(err)
 	}
 }
+
+// BenchmarkHostCallRatio measures, in one run, a typed no-op host call
+// (BenchmarkHostCall) against embed's CallNoop (a Go call of a no-op
+// Python function on an attached thread) in the same interpreter, in
+// alternating rounds so that drift in the machine's speed hits both
+// alike. It reports both and their ratio (hostcall/noop); the target is
+// at most 10.
+func BenchmarkHostCallRatio(b *testing.B) {
+	f := startHost(b, true)
+	ctx := context.Background()
+	in := f.w.Interpreter()
+	if err := in.Exec(ctx, "def _bench_noop():\n    pass\n"); err != nil {
+		b.Fatal(err)
+	}
+	th, err := in.Attach()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer th.Close()
+	noop, err := th.Func("__main__", "_bench_noop")
+	if err != nil {
+		b.Fatal(err)
+	}
+	const round = 20000
+	args := mustMarshal(b, map[string]any{"n": round, "name": "noop"})
+	buf := make([]byte, 0, 64)
+	var hostNS, noopNS time.Duration
+	b.ResetTimer()
+	for range b.N {
+		t := time.Now()
+		if _, err := f.w.Call(ctx, &worker.Request{Command: "loop", Args: args}); err != nil {
+			b.Fatal(err)
+		}
+		hostNS += time.Since(t)
+		t = time.Now()
+		for range round {
+			if _, err := th.CallRaw(noop, nil, nil, buf[:0]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		noopNS += time.Since(t)
+	}
+	perHost := float64(hostNS.Nanoseconds()) / float64(b.N*round)
+	perNoop := float64(noopNS.Nanoseconds()) / float64(b.N*round)
+	b.ReportMetric(perHost, "hostcall-ns")
+	b.ReportMetric(perNoop, "noop-ns")
+	b.ReportMetric(perHost/perNoop, "ratio")
+}
