@@ -160,6 +160,17 @@ func (p *Pool) newRequest(ctx context.Context, command string, args []byte, chec
 	return &worker.Request{Command: command, Args: args, ArgsChecked: checked, CorrelationID: cid, SessionID: session, Attachments: o.attachments, Buffers: o.buffers}
 }
 
+// again returns the request for another attempt of req: a copy, so that
+// nothing still aimed at the earlier attempt (a withdrawal, see
+// pipeline.go) can reach it, and its pipeline entry.
+func (p *Pool) again(req *worker.Request) (*worker.Request, *pipeEntry) {
+	r := *req
+	if p.depth == 0 {
+		return &r, nil
+	}
+	return &r, &pipeEntry{req: &r}
+}
+
 // callRaw calls with arguments from the caller, which the worker checks.
 func (p *Pool) callRaw(ctx context.Context, command string, args []byte, session string, mode Affinity, opts []CallOption) ([]byte, error) {
 	return p.callArgs(ctx, command, args, false, session, mode, opts)
@@ -178,9 +189,13 @@ func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checke
 		defer cancel()
 	}
 	req := p.newRequest(ctx, command, args, checked, session, o)
+	var pe *pipeEntry
+	if p.depth > 0 {
+		pe = &pipeEntry{req: req}
+	}
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
-		m, e, err := p.acquireFor(ctx, session, mode)
+		m, e, err := p.acquireFor(ctx, session, mode, pe)
 		if err != nil {
 			p.stats.failed.Add(1)
 			return nil, &worker.CallError{Command: command, CorrelationID: req.CorrelationID, Err: err}
@@ -188,6 +203,21 @@ func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checke
 		waited := time.Now()
 		p.stats.wait.observe(waited.Sub(start))
 		resp, err := m.w.Call(p.hostCallContext(ctx, m), req)
+		withdrawn := p.unpipe(pe) && err != nil && errors.Is(err, worker.ErrNotStarted)
+		if withdrawn && ctx.Err() != nil {
+			// Withdrawn as its context ended: it ends with its context.
+			err = &worker.CallError{Command: command, CorrelationID: req.CorrelationID,
+				Err: fmt.Errorf("%w (%w)", context.Cause(ctx), worker.ErrNotStarted)}
+		}
+		if withdrawn && ctx.Err() == nil {
+			// Withdrawn from behind a long call before it started: it
+			// goes to the worker that freed up (or waits again).
+			p.releaseFor(m, e, session, nil)
+			p.stats.moved.Add(1)
+			attempt--
+			req, pe = p.again(req)
+			continue
+		}
 		p.stats.call.observe(time.Since(waited))
 		p.releaseFor(m, e, session, err)
 		if err == nil {
@@ -197,6 +227,7 @@ func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checke
 		p.stats.failed.Add(1)
 		if o.idempotent && attempt == 0 && errors.Is(err, worker.ErrWorkerDead) && ctx.Err() == nil && session == "" {
 			p.stats.retries.Add(1)
+			req, pe = p.again(req)
 			continue
 		}
 		return nil, err
@@ -244,7 +275,7 @@ func (p *Pool) stream(ctx context.Context, command string, args any, session str
 		}
 		o.buffers = oob // a stream keeps them: they travel inline
 		req := p.newRequest(ctx, command, raw, checked, session, o)
-		m, e, err := p.acquireFor(ctx, session, mode)
+		m, e, err := p.acquireFor(ctx, session, mode, nil) // a stream holds a slot: never pipelined
 		if err != nil {
 			p.stats.failed.Add(1)
 			yield(Chunk{}, &worker.CallError{Command: command, CorrelationID: req.CorrelationID, Err: err})

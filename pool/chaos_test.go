@@ -73,6 +73,7 @@ type harness struct {
 	runs        map[string]int                  // correlation id -> handler runs
 	strictRuns  map[string]map[*chaosWorker]int // strict session -> workers running it
 	slots       int                             // calls a worker may run at once
+	depth       int                             // calls a worker may hold besides (pipelined)
 	failStarts  bool                            // start-ups fail (a crash loop)
 	startFail   float64                         // else they fail with this probability
 	closeCtx    context.Context                 // Close's context, once Close begins
@@ -119,7 +120,8 @@ func (h *harness) factory(seed uint64) func(ctx context.Context, id string) (wor
 		if fail {
 			return nil, &worker.SetupError{WorkerID: id, Stage: "start", Err: errors.New("chaos: scripted start failure")}
 		}
-		w := &chaosWorker{h: h, id: id, done: make(chan struct{}), idle: make(chan struct{})}
+		w := &chaosWorker{h: h, id: id, done: make(chan struct{}), idle: make(chan struct{}),
+			freed: make(chan struct{}), waiting: map[*worker.Request]chan struct{}{}}
 		h.mu.Lock()
 		h.workers = append(h.workers, w)
 		h.mu.Unlock()
@@ -135,6 +137,9 @@ type chaosWorker struct {
 
 	mu      sync.Mutex // guards the fields below
 	running int        // calls and open streams
+	queued  int        // pipelined calls waiting for a slot
+	waiting map[*worker.Request]chan struct{}
+	freed   chan struct{} // closed (and replaced) when a slot frees
 	idle    chan struct{}
 	closed  bool
 	err     error
@@ -143,6 +148,7 @@ type chaosWorker struct {
 }
 
 var _ worker.SessionEnder = (*chaosWorker)(nil)
+var _ worker.Withdrawer = (*chaosWorker)(nil)
 var _ worker.MemoryReporter = (*chaosWorker)(nil)
 
 func (w *chaosWorker) ID() string            { return w.id }
@@ -185,8 +191,22 @@ func (w *chaosWorker) kill() {
 	w.stopLocked(&worker.DeadError{WorkerID: w.id, Reason: "chaos: killed"})
 }
 
-// begin starts a call or stream, checking it may.
-func (w *chaosWorker) begin(req *worker.Request) error {
+// Withdraw takes back a pipelined call that waits for a slot.
+func (w *chaosWorker) Withdraw(ctx context.Context, req *worker.Request) (bool, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ch, ok := w.waiting[req]
+	if ok {
+		delete(w.waiting, req)
+		close(ch)
+	}
+	return ok, nil
+}
+
+// begin starts a call or stream, checking it may. With pipelining, one
+// that finds every slot taken waits for one; its context ending or a
+// withdrawal meanwhile fail it with ErrNotStarted, and it never runs.
+func (w *chaosWorker) begin(ctx context.Context, req *worker.Request) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.err != nil {
@@ -197,6 +217,40 @@ func (w *chaosWorker) begin(req *worker.Request) error {
 			w.h.violate("worker %s: call %s started after the pool closed the worker", w.id, req.CorrelationID)
 		}
 		return worker.ErrClosed
+	}
+	if w.running >= w.h.slots && w.h.depth > 0 {
+		if w.running+w.queued >= w.h.slots+w.h.depth {
+			w.h.violate("worker %s: call %s beyond its %d slots and %d pipeline places", w.id, req.CorrelationID, w.h.slots, w.h.depth)
+		}
+		withdrawn := make(chan struct{})
+		w.waiting[req] = withdrawn
+		w.queued++
+		var err error
+		for w.running >= w.h.slots && err == nil {
+			freed := w.freed
+			w.mu.Unlock()
+			select {
+			case <-freed:
+			case <-ctx.Done():
+				err = fmt.Errorf("%w: %w", worker.ErrNotStarted, ctx.Err())
+			case <-withdrawn:
+				err = worker.ErrNotStarted
+			case <-w.done:
+			}
+			w.mu.Lock()
+			if err == nil && w.err != nil {
+				err = w.err
+			}
+		}
+		w.queued--
+		if w.waiting[req] == withdrawn {
+			delete(w.waiting, req)
+		} else if err == nil {
+			err = worker.ErrNotStarted // withdrawn as the slot came
+		}
+		if err != nil {
+			return err
+		}
 	}
 	if w.running >= w.h.slots {
 		w.h.violate("worker %s: call %s beyond its %d slots", w.id, req.CorrelationID, w.h.slots)
@@ -235,6 +289,8 @@ func (w *chaosWorker) end(req *worker.Request) {
 	if w.running == 0 {
 		close(w.idle)
 	}
+	close(w.freed)
+	w.freed = make(chan struct{})
 	w.mu.Unlock()
 }
 
@@ -271,8 +327,8 @@ func (w *chaosWorker) script(ctx context.Context, command string) error {
 }
 
 func (w *chaosWorker) Call(ctx context.Context, req *worker.Request) (*worker.Response, error) {
-	if err := w.begin(req); err != nil {
-		return nil, err
+	if err := w.begin(ctx, req); err != nil {
+		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
 	defer w.end(req)
 	if err := w.script(ctx, req.Command); err != nil {
@@ -282,7 +338,10 @@ func (w *chaosWorker) Call(ctx context.Context, req *worker.Request) (*worker.Re
 }
 
 func (w *chaosWorker) Stream(ctx context.Context, req *worker.Request) (worker.Stream, error) {
-	if err := w.begin(req); err != nil {
+	// A stream takes no pipeline place, but a pipelined call that reaches
+	// the worker first may take the slot it was given: it then waits in
+	// the worker, as a pipelined call does.
+	if err := w.begin(ctx, req); err != nil {
 		return nil, err
 	}
 	n, _ := strconv.Atoi(strings.TrimPrefix(req.Command, "stream:"))
@@ -511,8 +570,8 @@ func (h *harness) check(p *Pool, quiescent bool) {
 		if m.inIdle && !seen[m] {
 			bad("worker %s marked idle but not in the list", m.id)
 		}
-		if m.active < 0 || m.active > p.slots {
-			bad("worker %s has %d calls, %d slots", m.id, m.active, p.slots)
+		if m.active < 0 || m.active > p.slots+p.depth {
+			bad("worker %s has %d calls, %d slots and %d pipeline places", m.id, m.active, p.slots, p.depth)
 		}
 		if !m.inIdle && !m.retiring && !p.closed && m.active < p.slots && !dead(m) {
 			bad("worker %s has a free slot (%d of %d taken) but is not in the idle list", m.id, m.active, p.slots)
@@ -568,6 +627,7 @@ func runChaos(t *testing.T, seed uint64, steps int) {
 		Name:                "chaos",
 		Size:                1 + rng.IntN(4),
 		WorkerConcurrency:   []int{0, 1, 2, 3}[rng.IntN(4)],
+		PipelineDepth:       []int{0, 0, 1, 2}[rng.IntN(4)],
 		QueueSize:           []int{-1, 1, 4, 16}[rng.IntN(4)],
 		RejectEarly:         rng.IntN(4) == 0,
 		StartConcurrency:    1 + rng.IntN(3),
@@ -583,7 +643,7 @@ func runChaos(t *testing.T, seed uint64, steps int) {
 		CrashLoopWindow:     500 * time.Millisecond,
 		NewWorker:           h.factory(seed),
 	}
-	h.slots = max(cfg.WorkerConcurrency, 1)
+	h.slots, h.depth = max(cfg.WorkerConcurrency, 1), cfg.PipelineDepth
 	report := func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()

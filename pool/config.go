@@ -77,6 +77,16 @@ type Config struct {
 	// to the worker running the fewest calls. A NewWorker factory's workers
 	// must accept that many concurrent calls. At most MaxWorkerConcurrency.
 	WorkerConcurrency int
+	// PipelineDepth (process profile) lets the pool give a worker whose
+	// slots are all taken up to this many more calls while every worker is
+	// busy: they wait in the worker process, which starts each the moment
+	// a slot frees, with no wake-up in between (under load, the worker never
+	// idles between calls). A pipelined call whose context ends before it
+	// starts never runs; one waiting behind a call that runs long moves to
+	// the first worker that frees up (it is withdrawn before it starts,
+	// Stats.Moved). Streams and StrictFailFast calls are never pipelined.
+	// Zero: none. At most MaxPipelineDepth.
+	PipelineDepth int
 	// QueueSize bounds the callers waiting for a worker; a call beyond it
 	// fails at once with ErrSaturated. Zero: 16 × Size. Negative: no queue
 	// (a call fails at once when every worker is busy).
@@ -173,6 +183,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.WorkerConcurrency < 0 || c.WorkerConcurrency > MaxWorkerConcurrency {
 		errs = append(errs, fmt.Errorf("WorkerConcurrency must be in [0, %d]", MaxWorkerConcurrency))
 	}
+	if c.PipelineDepth < 0 || c.PipelineDepth > MaxPipelineDepth {
+		errs = append(errs, fmt.Errorf("PipelineDepth must be in [0, %d]", MaxPipelineDepth))
+	}
+	if c.PipelineDepth > 0 && c.NewWorker == nil && c.Profile != Process {
+		errs = append(errs, errors.New("PipelineDepth needs the process profile (a thread-profile worker has no queue of its own to fill)"))
+	}
 	if c.StartConcurrency < 0 {
 		errs = append(errs, errors.New("StartConcurrency must not be negative"))
 	}
@@ -245,6 +261,9 @@ func (c Config) withDefaults() (Config, error) {
 
 // MaxWorkerConcurrency bounds Config.WorkerConcurrency.
 const MaxWorkerConcurrency = 1024
+
+// MaxPipelineDepth bounds Config.PipelineDepth.
+const MaxPipelineDepth = 16
 
 // ConfigError lists every problem New found in a Config.
 type ConfigError struct {

@@ -58,6 +58,7 @@ var (
 type Pool struct {
 	cfg       Config
 	slots     int // calls one worker runs at once (Config.WorkerConcurrency)
+	depth     int // calls a busy worker may hold besides (Config.PipelineDepth)
 	log       *slog.Logger
 	newWorker func(ctx context.Context, id string) (worker.Worker, error)
 
@@ -75,6 +76,7 @@ type Pool struct {
 	mu         sync.Mutex // guards the fields below
 	closed     bool
 	members    map[*member]bool // live workers, any state
+	pipes      list.List        // *pipeEntry: calls pipelined to a busy worker, oldest first
 	idle       []*member        // workers in service with a free slot (see member)
 	waiters    list.List        // *waiter, FIFO
 	inflight   int              // calls holding a worker
@@ -121,6 +123,7 @@ type waiter struct {
 	sess     *sessionEntry
 	failFast bool
 	excl     []*member  // workers up the caller's chain of host calls (see chainLocked): not for it
+	pipe     *pipeEntry // a call that may be pipelined (see Config.PipelineDepth); nil: never
 	ch       chan grant // buffered: one grant
 	handed   bool       // a grant was sent on ch (guarded by Pool.mu)
 }
@@ -131,9 +134,13 @@ type grant struct {
 	err error
 }
 
-// accepts reports whether w may take m.
-func (w *waiter) accepts(m *member) bool {
+// accepts reports whether w may take one of m's places: a slot, or
+// (slots full) a place in its pipeline.
+func (w *waiter) accepts(m *member, slots int) bool {
 	if t := w.target(); t != nil && t != m {
+		return false
+	}
+	if m.active >= slots && w.pipe == nil {
 		return false
 	}
 	return !slices.Contains(w.excl, m)
@@ -162,6 +169,7 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 	p := &Pool{
 		cfg:       c,
 		slots:     c.WorkerConcurrency,
+		depth:     c.PipelineDepth,
 		log:       c.Logger.With("pool", c.Name),
 		members:   map[*member]bool{},
 		sessions:  map[string]*sessionEntry{},
@@ -463,15 +471,16 @@ func (p *Pool) retireLocked(m *member) {
 	p.closeInBackground(m, 30*time.Second)
 }
 
-// offerLocked gives m's free slots (m in service) to the first waiters
-// that accept it, and puts it in the idle list if one is left.
+// offerLocked gives m's free slots (m in service), and then its free
+// pipeline places, to the first waiters that accept them, and puts it in
+// the idle list if a slot is left.
 func (p *Pool) offerLocked(m *member) {
-	for m.active < p.slots {
+	for m.active < p.slots+p.depth {
 		// From the front each time: binding a session (below) takes
 		// other waiters out of the queue.
 		el := p.waiters.Front()
 		for ; el != nil; el = el.Next() {
-			if el.Value.(*waiter).accepts(m) {
+			if el.Value.(*waiter).accepts(m, p.slots) {
 				break
 			}
 		}
@@ -480,6 +489,7 @@ func (p *Pool) offerLocked(m *member) {
 		}
 		w := el.Value.(*waiter)
 		p.takeLocked(m)
+		p.pipeLocked(w.pipe, m)
 		p.grantLocked(el, grant{m: m}) // out of the queue before binding
 		if w.sess != nil && w.sess.m == nil {
 			p.bindLocked(w.sess, m)
@@ -488,6 +498,9 @@ func (p *Pool) offerLocked(m *member) {
 	if m.active < p.slots && !m.inIdle {
 		m.inIdle = true
 		p.idle = append(p.idle, m)
+	}
+	if m.active < p.slots {
+		p.moveLocked(m)
 	}
 }
 
@@ -510,7 +523,7 @@ func (p *Pool) bindLocked(e *sessionEntry, m *member) {
 // unbound, any worker, which it binds at once (so concurrent first calls
 // of a session meet on one worker). A hint session prefers its worker when
 // idle. On success the caller must release the worker.
-func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast bool) (*member, error) {
+func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast bool, pe *pipeEntry) (*member, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -562,6 +575,19 @@ func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast
 			return m, nil
 		}
 	}
+	if pe != nil && p.depth > 0 {
+		// Every worker (or the session's) has its slots taken: a place in
+		// a worker's pipeline saves the wake-up between its calls.
+		if m := p.pickPipelineLocked(ws, excl); m != nil {
+			p.takeLocked(m)
+			p.pipeLocked(pe, m)
+			if ws != nil && ws.m == nil {
+				p.bindLocked(ws, m)
+			}
+			p.mu.Unlock()
+			return m, nil
+		}
+	}
 	if len(p.members) == 0 && p.degradedLocked() {
 		err := p.lastErr
 		p.mu.Unlock()
@@ -582,7 +608,7 @@ func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast
 			}
 		}
 	}
-	w := &waiter{sess: ws, failFast: failFast, excl: excl, ch: make(chan grant, 1)}
+	w := &waiter{sess: ws, failFast: failFast, excl: excl, pipe: pe, ch: make(chan grant, 1)}
 	el := p.waiters.PushBack(w)
 	p.mu.Unlock()
 
@@ -600,6 +626,7 @@ func (p *Pool) acquire(ctx context.Context, sess *sessionEntry, strict, failFast
 		// A worker was handed over as we gave up: pass it on.
 		p.mu.Unlock()
 		if g := <-w.ch; g.m != nil {
+			p.unpipe(pe)
 			p.putBack(g.m)
 		}
 	}

@@ -29,6 +29,13 @@ type fakes struct {
 	state   sync.Map                  // worker id + session -> value
 	slots   int                       // each fake's Concurrency
 	pool    atomic.Pointer[pool.Pool] // for "outer", which calls the pool back
+	held    sync.Map                  // worker id -> chan struct{}: "hold" returns when it closes
+}
+
+// holdOf returns the channel that releases worker id's "hold" calls.
+func (f *fakes) holdOf(id string) chan struct{} {
+	ch, _ := f.held.LoadOrStore(id, make(chan struct{}))
+	return ch.(chan struct{})
 }
 
 func newFakes() *fakes { return &fakes{release: make(chan struct{})} }
@@ -52,6 +59,14 @@ func (f *fakes) factory(ctx context.Context, id string) (worker.Worker, error) {
 		"block": func(ctx context.Context, r *worker.Request) (any, error) {
 			select {
 			case <-f.release:
+				return id, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		},
+		"hold": func(ctx context.Context, r *worker.Request) (any, error) {
+			select {
+			case <-f.holdOf(id):
 				return id, nil
 			case <-ctx.Done():
 				return nil, ctx.Err()
@@ -273,6 +288,95 @@ func TestReentrantSkipsItsOwnWorker(t *testing.T) {
 	}
 }
 
+// TestPipelining: with every slot taken, calls take places in the busy
+// workers' pipelines (not the pool's queue) up to PipelineDepth; a
+// pipelined call whose context ends before it starts never runs; and a
+// pipelined call behind a long call moves to the worker that frees up.
+func TestPipelining(t *testing.T) {
+	f := newFakes()
+	p := newPool(t, f, pool.Config{Size: 1, PipelineDepth: 2})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	run := func(ctx context.Context, cmd string) chan error {
+		errc := make(chan error, 1)
+		wg.Go(func() { _, err := p.CallRaw(ctx, cmd, nil); errc <- err })
+		return errc
+	}
+	a := run(ctx, "block")
+	eventually(t, "the first call running", func() bool { return p.Stats().InFlight == 1 })
+	b := run(ctx, "block")
+	cctx, cancelC := context.WithCancel(ctx)
+	c := run(cctx, "block")
+	eventually(t, "two calls pipelined", func() bool { s := p.Stats(); return s.InFlight == 3 && s.Waiting == 0 })
+	d := run(ctx, "echo")
+	eventually(t, "the fourth call queued in the pool", func() bool { return p.Stats().Waiting == 1 })
+	cancelC()
+	if err := <-c; !errors.Is(err, worker.ErrNotStarted) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("a pipelined call cancelled before it started: got %v, want ErrNotStarted and Canceled", err)
+	}
+	eventually(t, "the queued call pipelined in its place", func() bool { s := p.Stats(); return s.InFlight == 3 && s.Waiting == 0 })
+	close(f.release)
+	for name, errc := range map[string]chan error{"a": a, "b": b, "d": d} {
+		if err := <-errc; err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	wg.Wait()
+	f.mu.Lock()
+	calls := f.all[0].Calls()
+	f.mu.Unlock()
+	if calls != 3 {
+		t.Fatalf("the worker ran %d calls, want 3 (the cancelled one never ran)", calls)
+	}
+
+	// Two workers, one place each: a call pipelined behind a call that
+	// holds its worker moves to the other worker once that one frees up.
+	f2 := newFakes()
+	p2 := newPool(t, f2, pool.Config{Size: 2, PipelineDepth: 1})
+	h1 := run2(&wg, p2, "hold")
+	h2 := run2(&wg, p2, "hold")
+	eventually(t, "both workers holding", func() bool { return p2.Stats().InFlight == 2 })
+	e := run2(&wg, p2, "echo")
+	var behind, other *workertest.Fake
+	eventually(t, "a call pipelined", func() bool {
+		f2.mu.Lock()
+		defer f2.mu.Unlock()
+		for i, w := range f2.all {
+			if w.Queued() == 1 {
+				behind, other = w, f2.all[1-i]
+				return true
+			}
+		}
+		return false
+	})
+	close(f2.holdOf(other.ID())) // the other worker frees up; behind's hold goes on
+	select {
+	case err := <-e:
+		if err != nil {
+			t.Fatalf("the pipelined call: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		close(f2.holdOf(behind.ID()))
+		t.Fatal("the pipelined call still waits behind the held worker while the other is free")
+	}
+	if s := p2.Stats(); s.Moved != 1 {
+		t.Fatalf("Moved: got %d, want 1", s.Moved)
+	}
+	close(f2.holdOf(behind.ID()))
+	for _, errc := range []chan error{h1, h2} {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+}
+
+func run2(wg *sync.WaitGroup, p *pool.Pool, cmd string) chan error {
+	errc := make(chan error, 1)
+	wg.Go(func() { _, err := p.CallRaw(context.Background(), cmd, nil); errc <- err })
+	return errc
+}
+
 func TestConfigValidation(t *testing.T) {
 	_, err := pool.New(context.Background(), pool.Config{Size: -1, QueueSize: 3, LifetimeJitter: 2, CallTimeout: -time.Second, Profile: 7})
 	var ce *pool.ConfigError
@@ -297,6 +401,15 @@ func TestConfigValidation(t *testing.T) {
 	} {
 		if _, err := pool.New(context.Background(), c); !errors.As(err, &ce) || !strings.Contains(err.Error(), "WorkerConcurrency") {
 			t.Errorf("WorkerConcurrency %d: got %v, want a ConfigError naming it", c.WorkerConcurrency, err)
+		}
+	}
+	for _, c := range []pool.Config{
+		{Module: "m", NewWorker: newFakes().factory, PipelineDepth: -1},
+		{Module: "m", NewWorker: newFakes().factory, PipelineDepth: pool.MaxPipelineDepth + 1},
+		{Module: "m", PipelineDepth: 1}, // the thread profile has no worker queue
+	} {
+		if _, err := pool.New(context.Background(), c); !errors.As(err, &ce) || !strings.Contains(err.Error(), "PipelineDepth") {
+			t.Errorf("PipelineDepth %d (%v): got %v, want a ConfigError naming it", c.PipelineDepth, c.Profile, err)
 		}
 	}
 }

@@ -99,9 +99,9 @@ func endSession(ctx context.Context, m *member, id string) error {
 // acquireFor takes a worker for a call, honouring the session's affinity.
 // It returns the session's entry (nil without a session), which the caller
 // hands back to releaseFor with the worker.
-func (p *Pool) acquireFor(ctx context.Context, session string, mode Affinity) (*member, *sessionEntry, error) {
+func (p *Pool) acquireFor(ctx context.Context, session string, mode Affinity, pe *pipeEntry) (*member, *sessionEntry, error) {
 	if session == "" {
-		m, err := p.acquire(ctx, nil, false, false)
+		m, err := p.acquire(ctx, nil, false, false, pe)
 		return m, nil, err
 	}
 	p.mu.Lock()
@@ -127,7 +127,10 @@ func (p *Pool) acquireFor(ctx context.Context, session string, mode Affinity) (*
 	}
 	e.active++
 	p.mu.Unlock()
-	m, err := p.acquire(ctx, e, mode != Hint, mode == StrictFailFast)
+	if mode == StrictFailFast {
+		pe = nil // busy means busy: it is never pipelined
+	}
+	m, err := p.acquire(ctx, e, mode != Hint, mode == StrictFailFast, pe)
 	if err != nil {
 		p.mu.Lock()
 		e.active--

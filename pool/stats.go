@@ -28,6 +28,7 @@ type Stats struct {
 	Failed        int64 // calls and streams that failed (any reason, including rejections)
 	Rejected      int64 // ErrSaturated
 	Retries       int64 // idempotent calls retried after a worker died
+	Moved         int64 // pipelined calls withdrawn from behind a long call to run on a worker that freed up
 	Started       int64 // workers put in service
 	Deaths        int64 // workers that died
 	Recycled      int64 // workers replaced on a lifetime, call-count or memory limit
@@ -80,8 +81,8 @@ func (h *histogram) snapshot() Histogram {
 }
 
 type counters struct {
-	calls, failed, rejected, retries, started, deaths, recycled, startFailures atomic.Int64
-	wait, call                                                                 histogram
+	calls, failed, rejected, retries, started, deaths, recycled, startFailures, moved atomic.Int64
+	wait, call                                                                        histogram
 }
 
 // estimateWait guesses how long the n-th waiter waits for one of k workers,
@@ -120,6 +121,7 @@ func (p *Pool) Stats() Stats {
 	s.Failed = p.stats.failed.Load()
 	s.Rejected = p.stats.rejected.Load()
 	s.Retries = p.stats.retries.Load()
+	s.Moved = p.stats.moved.Load()
 	s.Started = p.stats.started.Load()
 	s.Deaths = p.stats.deaths.Load()
 	s.Recycled = p.stats.recycled.Load()

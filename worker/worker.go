@@ -72,6 +72,16 @@ type SessionEnder interface {
 	EndSession(ctx context.Context, sessionID string) error
 }
 
+// Withdrawer is implemented by workers that hold calls beyond their slots
+// until a slot frees (the process profile's pipeline). Withdraw takes back
+// req, a request of a Call in progress, if the worker has not started it:
+// it reports true and that Call returns an error matching ErrNotStarted
+// (its handler never runs). It reports false when the call has started
+// (or ended, or is unknown): it goes on as it was.
+type Withdrawer interface {
+	Withdraw(ctx context.Context, req *Request) (bool, error)
+}
+
 // MemoryReporter is implemented by workers that can measure their own
 // memory (the process profile: resident set of the process group).
 type MemoryReporter interface {

@@ -18,7 +18,7 @@ type Collector struct {
 	p *pool.Pool
 
 	workers, waiting, queueSize, sessions, healthy, inFlight, slots            *prometheus.Desc
-	calls, failed, rejected, retries, started, deaths, recycled, startFailures *prometheus.Desc
+	calls, failed, rejected, retries, moved, started, deaths, recycled, startFailures *prometheus.Desc
 	wait, call                                                                 *prometheus.Desc
 }
 
@@ -42,6 +42,7 @@ func NewCollector(p *pool.Pool) *Collector {
 		failed:        d("calls_failed_total", "Calls and streams that failed, for any reason."),
 		rejected:      d("calls_rejected_total", "Calls rejected because the pool was saturated."),
 		retries:       d("calls_retried_total", "Idempotent calls retried after their worker died."),
+		moved:         d("calls_moved_total", "Pipelined calls withdrawn from behind a long call to a worker that freed up."),
 		started:       d("workers_started_total", "Workers put in service."),
 		deaths:        d("worker_deaths_total", "Workers that died."),
 		recycled:      d("workers_recycled_total", "Workers replaced on a lifetime, call-count or memory limit."),
@@ -54,7 +55,7 @@ func NewCollector(p *pool.Pool) *Collector {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.workers, c.waiting, c.queueSize, c.sessions, c.healthy, c.inFlight, c.slots, c.calls, c.failed,
-		c.rejected, c.retries, c.started, c.deaths, c.recycled, c.startFailures, c.wait, c.call} {
+		c.rejected, c.retries, c.moved, c.started, c.deaths, c.recycled, c.startFailures, c.wait, c.call} {
 		ch <- d
 	}
 }
@@ -85,6 +86,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.failed, s.Failed)
 	counter(c.rejected, s.Rejected)
 	counter(c.retries, s.Retries)
+	counter(c.moved, s.Moved)
 	counter(c.started, s.Started)
 	counter(c.deaths, s.Deaths)
 	counter(c.recycled, s.Recycled)

@@ -3,6 +3,7 @@ package workertest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -20,7 +21,9 @@ type Handler func(ctx context.Context, req *worker.Request) (any, error)
 // *worker.CommandNotFoundError; a handler returning a []any for Stream
 // yields its items as chunks. Fake is safe for concurrent use and, like a
 // real worker, runs Concurrency calls at a time (one by default); further
-// calls wait for a slot.
+// calls wait for a slot, and one withdrawn (Withdraw) or whose context ends
+// meanwhile fails with an error matching worker.ErrNotStarted without
+// running.
 type Fake struct {
 	// WorkerID is returned by ID.
 	WorkerID string
@@ -33,21 +36,24 @@ type Fake struct {
 	initOnce sync.Once
 	done     chan struct{}
 	stopOnce sync.Once
-	mu       sync.Mutex // guards err, sessions
+	mu       sync.Mutex // guards err, sessions, waiting
 	err      error
 	sessions map[string]bool
+	waiting  map[*worker.Request]chan struct{} // calls waiting for a slot: closed to withdraw
 	calls    atomic.Int64
 	closed   atomic.Bool
 }
 
 var _ worker.Worker = (*Fake)(nil)
 var _ worker.SessionEnder = (*Fake)(nil)
+var _ worker.Withdrawer = (*Fake)(nil)
 
 func (f *Fake) init() {
 	f.initOnce.Do(func() {
 		f.slot = make(chan struct{}, max(f.Concurrency, 1))
 		f.done = make(chan struct{})
 		f.sessions = map[string]bool{}
+		f.waiting = map[*worker.Request]chan struct{}{}
 	})
 }
 
@@ -109,10 +115,33 @@ func (f *Fake) run(ctx context.Context, req *worker.Request) (any, error) {
 	}
 	select {
 	case f.slot <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-f.done:
-		return nil, f.stopped()
+	default:
+		withdrawn := make(chan struct{})
+		f.mu.Lock()
+		f.waiting[req] = withdrawn
+		f.mu.Unlock()
+		var err error
+		select {
+		case f.slot <- struct{}{}:
+		case <-ctx.Done():
+			err = fmt.Errorf("%w: %w", worker.ErrNotStarted, ctx.Err())
+		case <-withdrawn:
+			err = worker.ErrNotStarted
+		case <-f.done:
+			err = f.stopped()
+		}
+		f.mu.Lock()
+		delete(f.waiting, req)
+		f.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case <-withdrawn: // withdrawn as the slot came: it does not run
+			<-f.slot
+			return nil, worker.ErrNotStarted
+		default:
+		}
 	}
 	defer func() { <-f.slot }()
 	f.calls.Add(1)
@@ -151,6 +180,28 @@ func (f *Fake) run(ctx context.Context, req *worker.Request) (any, error) {
 		<-resc
 		return nil, f.stopped()
 	}
+}
+
+// Queued returns how many calls wait for a slot.
+func (f *Fake) Queued() int {
+	f.init()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.waiting)
+}
+
+// Withdraw takes back req if it waits for a slot (see worker.Withdrawer).
+func (f *Fake) Withdraw(ctx context.Context, req *worker.Request) (bool, error) {
+	f.init()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch, ok := f.waiting[req]
+	if !ok {
+		return false, nil
+	}
+	delete(f.waiting, req)
+	close(ch)
+	return true, nil
 }
 
 // Call runs the scripted handler and marshals its result.
