@@ -17,9 +17,9 @@ import (
 type Collector struct {
 	p *pool.Pool
 
-	workers, waiting, queueSize, sessions, healthy, inFlight, slots            *prometheus.Desc
+	workers, waiting, queueSize, sessions, healthy, inFlight, slots                   *prometheus.Desc
 	calls, failed, rejected, retries, moved, started, deaths, recycled, startFailures *prometheus.Desc
-	wait, call                                                                 *prometheus.Desc
+	wait, call                                                                        *prometheus.Desc
 }
 
 // NewCollector returns a collector for p.
