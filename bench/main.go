@@ -71,7 +71,7 @@ type options struct {
 	libpython string // shared library (thread profile)
 }
 
-var allScenarios = []string{"latency", "throughput", "cpu", "payload", "startup", "stream", "io"}
+var allScenarios = []string{"latency", "throughput", "cpu", "payload", "startup", "stream", "io", "pipeline"}
 var allProfiles = []string{"thread", "process", "baselines"}
 
 func main() {
@@ -176,6 +176,8 @@ func run(o options) error {
 			rs, err = e.stream(ctx)
 		case "io":
 			rs, err = e.io(ctx)
+		case "pipeline":
+			rs, err = e.pipeline(ctx)
 		default:
 			return fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(allScenarios, ","))
 		}

@@ -655,3 +655,42 @@ func (e *env) io(ctx context.Context) ([]Result, error) {
 	}
 	return out, nil
 }
+
+// pipeline: process-profile throughput of a no-op with 2 workers, one
+// caller and 64, without pipelining and with a depth of 1 and 2 (the
+// calls a busy worker may hold besides the one it runs). Param names the
+// depth; the speedup is over depth 0 at the same number of callers.
+func (e *env) pipeline(ctx context.Context) ([]Result, error) {
+	if !e.has("process") {
+		return nil, nil
+	}
+	const workers = 2
+	callers := []int{1, 64}
+	var out []Result
+	base := map[int]float64{}
+	for _, depth := range []int{0, 1, 2} {
+		p, err := e.newPoolWith(ctx, "process", workers, func(c *pool.Config) { c.PipelineDepth = depth })
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range callers {
+			e.progress(fmt.Sprintf("pipeline: depth %d, %d callers", depth, c))
+			r, err := e.repeat(func() (Result, error) {
+				return e.measure(c, func() error { _, err := p.CallRaw(ctx, "noop", noopArgs); return err })
+			})
+			if err != nil {
+				p.Close(ctx)
+				return nil, err
+			}
+			r.Scenario, r.Profile, r.Workers, r.Param = "pipeline", "process", workers, fmt.Sprintf("depth=%d", depth)
+			if depth == 0 {
+				base[c] = r.OpsPerS
+			} else if base[c] > 0 {
+				r.Speedup = r.OpsPerS / base[c]
+			}
+			out = append(out, r)
+		}
+		p.Close(ctx)
+	}
+	return out, nil
+}
