@@ -27,6 +27,9 @@ An adapter is a plain module. Its public functions decorated with
     async def fetch(url):        # async handlers run on the worker's event loop
         ...
 
+    snakepit.configure(thread_safe=True)  # plain handlers may run on several
+                                          # threads at once (worker concurrency > 1)
+
     def teardown():              # optional: runs when the worker stops
         ...
 
@@ -40,9 +43,9 @@ The same adapter runs unchanged in the thread profile (a sub-interpreter in
 the Go process) and the process profile (a child process).
 """
 
-from ._adapter import Cancelled, CommandInfo, Context, HostError, command, commands_of
+from ._adapter import Cancelled, CommandInfo, Context, HostError, command, commands_of, configure
 
-__all__ = ["Cancelled", "CommandInfo", "Context", "HostError", "command", "commands_of"]
+__all__ = ["Cancelled", "CommandInfo", "Context", "HostError", "command", "commands_of", "configure"]
 
 #: Version of the wire protocol between Go and this package.
 PROTOCOL = 2

@@ -5,7 +5,10 @@ import logging
 import time
 from marshal import dumps as _dumps, loads as _loads
 
-__all__ = ["Cancelled", "CommandInfo", "Context", "HostError", "command", "commands_of"]
+import sys
+
+__all__ = ["Cancelled", "CommandInfo", "Context", "HostError", "command", "commands_of", "configure",
+           "thread_safe_of"]
 
 
 class Cancelled(BaseException):
@@ -34,12 +37,15 @@ class HostError(Exception):
 class CommandInfo:
     """What @command recorded about a handler."""
 
-    __slots__ = ("name", "description", "fn", "wants_ctx")
+    __slots__ = ("name", "description", "fn", "wants_ctx", "thread_safe", "is_async")
 
-    def __init__(self, name, description, fn):
+    def __init__(self, name, description, fn, thread_safe=None):
         self.name = name
         self.description = description
         self.fn = fn
+        # None: as the adapter says (configure); True/False: this command's own.
+        self.thread_safe = thread_safe
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
         try:
             params = inspect.signature(fn).parameters
         except (TypeError, ValueError):
@@ -50,13 +56,19 @@ class CommandInfo:
         return "CommandInfo(%r)" % (self.name,)
 
 
-def command(fn=None, *, name=None, description=None):
+def command(fn=None, *, name=None, description=None, thread_safe=None):
     """Mark a function as a command Go can call.
 
     Use it bare (``@command``) or with options: ``name`` overrides the
     function's name, ``description`` defaults to the first line of the
-    docstring.
+    docstring. ``thread_safe=True`` lets a plain ``def`` handler run on
+    several threads at once in a worker that serves calls concurrently
+    (``False`` keeps it one at a time even in a thread-safe adapter; the
+    default follows ``configure(thread_safe=...)``). ``async def``
+    handlers always run concurrently, on the worker's event loop.
     """
+    if thread_safe is not None and not isinstance(thread_safe, bool):
+        raise TypeError("snakepit.command: thread_safe must be a bool, not %s" % type(thread_safe).__name__)
 
     def mark(f):
         if not callable(f):
@@ -65,12 +77,36 @@ def command(fn=None, *, name=None, description=None):
         if desc is None:
             doc = inspect.getdoc(f) or ""
             desc = doc.strip().splitlines()[0] if doc.strip() else ""
-        f.__snakepit_command__ = CommandInfo(name or f.__name__, desc, f)
+        f.__snakepit_command__ = CommandInfo(name or f.__name__, desc, f, thread_safe)
         return f
 
     if fn is not None:
         return mark(fn)
     return mark
+
+
+_CONFIG = "__snakepit_config__"
+
+
+def configure(*, thread_safe=None):
+    """Declare properties of the calling adapter module; call it at module
+    level. ``thread_safe=True``: the adapter's plain ``def`` handlers may
+    run on several threads at once when the worker serves calls
+    concurrently (a per-command ``@command(thread_safe=...)`` overrides
+    it). By default they run one at a time."""
+    if thread_safe is not None and not isinstance(thread_safe, bool):
+        raise TypeError("snakepit.configure: thread_safe must be a bool, not %s" % type(thread_safe).__name__)
+    module_globals = sys._getframe(1).f_globals
+    config = module_globals.setdefault(_CONFIG, {})
+    if thread_safe is not None:
+        config["thread_safe"] = thread_safe
+
+
+def thread_safe_of(module, info):
+    """Whether command info of module may run on several threads at once."""
+    if info.thread_safe is not None:
+        return info.thread_safe
+    return bool(getattr(module, _CONFIG, {}).get("thread_safe", False))
 
 
 def commands_of(module):
