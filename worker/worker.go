@@ -139,6 +139,9 @@ var (
 	// ErrSetup: the worker could not start: the adapter failed to import,
 	// or its setup() raised.
 	ErrSetup = errors.New("worker: setup failed")
+	// ErrNotStarted: a request queued in a worker was withdrawn (or
+	// cancelled) before it started: its handler never ran.
+	ErrNotStarted = errors.New("worker: the call was withdrawn before it started")
 )
 
 // CommandNotFoundError names the missing command and those that exist.
