@@ -3,8 +3,11 @@ package subproc
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -158,7 +161,7 @@ def who_sync(ctx, i):
 @snakepit.command
 def stats():
     with _lock:
-        return {"max": S["max"], "runs": list(S["runs"]), "cancelled": list(S["cancelled"])}
+        return {"max": S["max"], "runs": list(S["runs"]), "cancelled": list(S["cancelled"]), "in": S["in"]}
 
 
 @snakepit.command
@@ -275,9 +278,9 @@ func concCall(t testing.TB, w *Worker, command string, args map[string]any, out 
 }
 
 type concStats struct {
-	Max       int64    `marshal:"max"`
-	Runs      []string `marshal:"runs"`
-	Cancelled []string `marshal:"cancelled"`
+	Max, In   int64
+	Runs      []string
+	Cancelled []string
 }
 
 func (fx *concFixture) stats(t *testing.T) concStats {
@@ -285,7 +288,7 @@ func (fx *concFixture) stats(t *testing.T) concStats {
 	var s map[string]any
 	mustOK(t, concCall(t, fx.w, "stats", nil, &s))
 	var out concStats
-	out.Max = s["max"].(int64)
+	out.Max, out.In = s["max"].(int64), s["in"].(int64)
 	for _, r := range s["runs"].([]any) {
 		out.Runs = append(out.Runs, r.(string))
 	}
@@ -594,4 +597,116 @@ func mustEqual(t testing.TB, want, got any) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %#v, want %#v", got, want)
 	}
+}
+
+var concSeed = flag.Uint64("conc.seed", 0, "seed of TestConcRandomized (0: from the clock)")
+
+// TestConcRandomized: goroutines make random calls on one worker in the
+// concurrent mode with a pipeline: quick ones that must return their own
+// result, ones whose deadline passes while they run or wait in the
+// child's queue (async and plain handlers), streams read to their end or
+// closed early. The worker stays alive, every call gets its own outcome,
+// and once all have returned no handler is left running.
+func TestConcRandomized(t *testing.T) {
+	seed := *concSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("seed %d (-conc.seed to replay)", seed)
+	fx := startConc(t, Config{Concurrency: 3, PipelineDepth: 2, InterruptGrace: 10 * time.Second})
+	const goroutines, steps = 8, 25
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		rng := rand.New(rand.NewPCG(seed, uint64(g)))
+		wg.Go(func() {
+			for i := range steps {
+				if err := concStep(fx.w, rng, fmt.Sprintf("g%d-%d", g, i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	mustOK(t, fx.w.Err())
+	// Cancelled handlers unwind on their own: wait until none is left.
+	for {
+		s := fx.stats(t)
+		if s.In == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // a hang guard bounds this: the test's timeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	mustOK(t, fx.w.Close(ctx))
+	mustOK(t, fx.w.Err())
+}
+
+// concStep makes one random call; an error says what went wrong.
+func concStep(w *Worker, rng *rand.Rand, tag string) error {
+	long, cancelLong := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancelLong()
+	short, cancelShort := context.WithTimeout(long, time.Duration(rng.IntN(40))*time.Millisecond)
+	defer cancelShort()
+	req := func(cmd string, args map[string]any) *worker.Request {
+		raw, err := pymarshal.Marshal(args)
+		if err != nil {
+			panic(err)
+		}
+		return &worker.Request{Command: cmd, Args: raw, CorrelationID: tag}
+	}
+	switch op := rng.IntN(6); op {
+	case 0, 1: // a quick call: its own result
+		resp, err := w.Call(long, req("nap", map[string]any{"tag": tag, "sleep": float64(rng.IntN(10)) / 1000}))
+		if err != nil {
+			return fmt.Errorf("nap %s: %w", tag, err)
+		}
+		var got string
+		if err := pymarshal.Unmarshal(resp.Result, &got); err != nil || got != tag {
+			return fmt.Errorf("nap %s: got %q (%v), want its own tag", tag, got, err)
+		}
+	case 2: // a deadline that may pass before, while or after it runs
+		resp, err := w.Call(short, req("nap", map[string]any{"tag": tag, "sleep": float64(rng.IntN(30)) / 1000}))
+		if err == nil {
+			var got string
+			if err := pymarshal.Unmarshal(resp.Result, &got); err != nil || got != tag {
+				return fmt.Errorf("nap %s: got %q (%v), want its own tag", tag, got, err)
+			}
+		} else if !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("nap %s with a deadline: got %w, want its result or DeadlineExceeded", tag, err)
+		}
+	case 3, 4: // runs until its deadline: cancelled
+		cmd := "hang"
+		if op == 4 {
+			cmd = "spin"
+		}
+		if _, err := w.Call(short, req(cmd, map[string]any{"tag": tag})); !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%s %s: got %v, want DeadlineExceeded", cmd, tag, err)
+		}
+	case 5: // a stream, read to its end or closed early
+		n := rng.IntN(5)
+		s, err := w.Stream(long, req("agen", map[string]any{"n": n, "tag": tag}))
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", tag, err)
+		}
+		stop := rng.IntN(n + 2)
+		for i := 0; ; i++ {
+			if i == stop {
+				return s.Close()
+			}
+			chunk, err := s.Next(long)
+			if errors.Is(err, io.EOF) && i == n {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("stream %s item %d: %w", tag, i, err)
+			}
+			var got []any
+			if err := pymarshal.Unmarshal(chunk, &got); err != nil || !reflect.DeepEqual(got, []any{tag, int64(i)}) {
+				return fmt.Errorf("stream %s item %d: got %v (%v)", tag, i, got, err)
+			}
+		}
+	}
+	return nil
 }
