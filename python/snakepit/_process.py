@@ -1109,7 +1109,9 @@ class _Mux:
             self.threads.append(t)
         conn = self.conn
         while True:
-            frame = conn.read()
+            # No spin (see _Conn._spin): this thread would hold the GIL the
+            # handler threads need.
+            frame = conn.read_now()
             if frame is None:
                 self._stop()
                 if LIFELINE_ENABLED:
@@ -1251,6 +1253,8 @@ class _Mux:
 def _serve_concurrent(conn, d, args, shm):
     """main() from HELLO on, in the concurrent mode (see _Mux)."""
     mux = _Mux(conn, d, args.concurrency, args.queue, args.max_frame)
+    # The host cancels with CANCEL frames here, never SIGUSR1.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     d.host_transport = mux.host_call
     hello = {
         "protocol": PROTOCOL,
