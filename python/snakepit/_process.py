@@ -1107,6 +1107,14 @@ class _Mux:
             t = threading.Thread(target=self._serve, name="snakepit-call-%d" % i, daemon=True)
             t.start()
             self.threads.append(t)
+        try:
+            return self._read_loop(on_frame)
+        finally:
+            with self.cond:  # idle handler threads end (busy ones when done)
+                self.stopping = True
+                self.cond.notify_all()
+
+    def _read_loop(self, on_frame):
         conn = self.conn
         while True:
             # No spin (see _Conn._spin): this thread would hold the GIL the
