@@ -191,7 +191,9 @@ type Config struct {
 	// task is cancelled; a plain handler gets snakepit.Cancelled at its
 	// next bytecode, not inside a blocking C call); a crash fails every
 	// call in flight with an error matching [worker.ErrWorkerDead]. The
-	// shared region is not used (SharedThreshold is ignored).
+	// shared region is not used (SharedThreshold is ignored), nor is Spin.
+	// With one caller at a time the one-call mode is faster: each request
+	// is handed from the child's reading thread to a handler thread.
 	Concurrency int
 	// PipelineDepth is how many requests beyond Concurrency may be sent
 	// to the child, which queues them and starts each when a handler
