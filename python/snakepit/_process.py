@@ -1045,6 +1045,8 @@ class _Mux:
         self.depth = depth
         self.max_frame = max_frame
         self.send_lock = threading.Lock()
+        # Guards the fields below; only idle handler threads wait on it
+        # (notify wakes one of them for each queued request).
         self.cond = threading.Condition(threading.Lock())
         self.queue = collections.deque()  # requests not started, in order
         self.queued = {}                  # their ids -> (typ, rid, payload)

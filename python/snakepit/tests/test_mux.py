@@ -8,7 +8,7 @@ import unittest
 
 from snakepit import _dispatch, _process
 from snakepit.tests import conc_adapter
-from snakepit.tests.test_process_link import _frame, _read_frame
+from snakepit.tests.test_process_link import _frame, _read_frame, _until
 
 
 def _call(command, kwargs, tag=""):
@@ -45,9 +45,9 @@ class MuxTest(unittest.TestCase):
         self.host.sendall(_frame(typ, rid, payload))
 
     def wait_running(self, rid):
-        with self.mux.cond:
-            while rid not in self.mux.running:
-                self.mux.cond.wait(0.01)
+        # Not on mux.cond: a notify meant for a handler thread could wake
+        # this thread instead.
+        _until(lambda: rid in self.mux.running, "request %d runs" % rid)
 
     def test_cancel_of_a_queued_request_never_runs_it(self):
         self.start(1, 1)
