@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
@@ -324,13 +323,19 @@ func BenchmarkAsyncSleep100(b *testing.B) {
 	}
 }
 
-// BenchmarkPipeline: 64 goroutines calling a no-op on one worker with
-// concurrency 1, without pipelining (D0: the one-call mode) and with a
-// depth of 1 and 2 requests queued in the child; ns/op is per call.
+// BenchmarkPipeline: 64 goroutines calling a no-op (a plain handler, so
+// one at a time) on one worker with concurrency 1, without pipelining (D0:
+// the one-call mode) and with a depth of 1, 2 and 4 requests queued in the
+// child, and with concurrency 2 and 4 (N2, N4: the plain handlers still
+// run one at a time, but requests are read while one runs); ns/op is per
+// call.
 func BenchmarkPipeline(b *testing.B) {
-	for _, depth := range []int{0, 1, 2} {
-		b.Run("D"+strconv.Itoa(depth), func(b *testing.B) {
-			w := benchWorkerConfig(b, Config{PipelineDepth: depth})
+	for _, c := range []struct {
+		name     string
+		n, depth int
+	}{{"D0", 1, 0}, {"D1", 1, 1}, {"D2", 1, 2}, {"D4", 1, 4}, {"N2", 2, 0}, {"N4", 4, 0}} {
+		b.Run(c.name, func(b *testing.B) {
+			w := benchWorkerConfig(b, Config{Concurrency: c.n, PipelineDepth: c.depth})
 			req := noopRequest(b)
 			ctx := context.Background()
 			b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
