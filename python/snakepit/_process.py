@@ -1123,7 +1123,8 @@ class _Mux:
             # handler threads need.
             frame = conn.read_now()
             if frame is None:
-                self._stop()
+                # The host is gone: handlers still running are not waited for.
+                self._stop(join=False)
                 if LIFELINE_ENABLED:
                     _kill_group()
                 return 0
@@ -1158,8 +1159,9 @@ class _Mux:
                 if status is not None:
                     return status
 
-    def _stop(self):
-        """Stop the handler threads once they are idle; wake host calls."""
+    def _stop(self, join=True):
+        """Stop the handler threads once they are idle (join: wait for
+        them); wake host calls."""
         with self.cond:
             self.stopping = True
             self.cond.notify_all()
@@ -1167,8 +1169,9 @@ class _Mux:
             self.replies.clear()
         for w in waiters:
             w[0].release()
-        for t in self.threads:
-            t.join()
+        if join:
+            for t in self.threads:
+                t.join()
 
     def _cancel(self, rid, withdraw):
         d = self.d
