@@ -201,9 +201,6 @@ func (c Config) withDefaults() (Config, error) {
 	if c.LifetimeJitter < 0 || c.LifetimeJitter >= 1 {
 		errs = append(errs, errors.New("LifetimeJitter must be in [0, 1)"))
 	}
-	if c.WorkerConcurrency > 1 && c.NewWorker == nil && c.Profile == Process {
-		errs = append(errs, fmt.Errorf("WorkerConcurrency above 1 is not available in the %s profile yet (a NewWorker factory may provide it)", c.Profile))
-	}
 	if c.MaxMemory > 0 && c.Profile == Thread && c.NewWorker == nil {
 		errs = append(errs, errors.New("MaxMemory needs the process profile (a thread-profile worker's memory cannot be told apart)"))
 	}

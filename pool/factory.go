@@ -37,7 +37,7 @@ func profileFactory(c Config) (func(ctx context.Context, id string) (worker.Work
 				Module: c.Module, Paths: c.Paths, Python: c.Python, Env: c.Env, ID: id, Logger: c.Logger,
 				InterruptGrace: c.InterruptGrace, StopGrace: c.StopGrace, Spin: spin,
 				SharedThreshold: c.SharedThreshold, MaxSharedMemory: c.MaxSharedMemory,
-				Host: hostSet,
+				Host: hostSet, Concurrency: c.WorkerConcurrency, PipelineDepth: c.PipelineDepth,
 			})
 		}, nil
 	default:

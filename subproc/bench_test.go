@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -19,7 +20,12 @@ import (
 )
 
 const benchAdapter = `
+import asyncio
 import snakepit
+
+@snakepit.command
+async def asleep(s):
+    await asyncio.sleep(s)
 
 @snakepit.command
 def noop(req):
@@ -289,3 +295,74 @@ func BenchmarkEcho16MiB(b *testing.B) {
 }
 
 var benchSink []byte
+
+// BenchmarkAsyncSleep100: one worker with concurrency 100 answers 100
+// concurrent calls of ` + "`await asyncio.sleep(0.1)`" + `; one op is the whole batch
+// (its wall time).
+func BenchmarkAsyncSleep100(b *testing.B) {
+	w := benchWorkerConfig(b, Config{Concurrency: 100})
+	args, err := pymarshal.Marshal(map[string]any{"s": 0.1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ResetTimer()
+	for range b.N {
+		errs := make(chan error, 100)
+		for range 100 {
+			go func() {
+				_, err := w.Call(ctx, &worker.Request{Command: "asleep", Args: args})
+				errs <- err
+			}()
+		}
+		for range 100 {
+			if err := <-errs; err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// BenchmarkPipeline: 64 goroutines calling a no-op (a plain handler, so
+// one at a time) on one worker with concurrency 1, without pipelining (D0:
+// the one-call mode) and with a depth of 1, 2 and 4 requests queued in the
+// child, and with concurrency 2 and 4 (N2, N4: the plain handlers still
+// run one at a time, but requests are read while one runs); ns/op is per
+// call.
+func BenchmarkPipeline(b *testing.B) {
+	for _, c := range []struct {
+		name     string
+		n, depth int
+	}{{"D0", 1, 0}, {"D1", 1, 1}, {"D2", 1, 2}, {"D4", 1, 4}, {"N2", 2, 0}, {"N4", 4, 0}} {
+		b.Run(c.name, func(b *testing.B) {
+			w := benchWorkerConfig(b, Config{Concurrency: c.n, PipelineDepth: c.depth})
+			req := noopRequest(b)
+			ctx := context.Background()
+			b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := w.Call(ctx, req); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkNoopConcurrent is BenchmarkNoop (one caller) on a worker in
+// the concurrent mode (concurrency 4): the cost of the mode itself.
+func BenchmarkNoopConcurrent(b *testing.B) {
+	w := benchWorkerConfig(b, Config{Concurrency: 4})
+	req := noopRequest(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := w.Call(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -34,6 +34,9 @@ func (w *Worker) Call(ctx context.Context, req *worker.Request) (*worker.Respons
 	ctx, cancel := req.WithDeadline(ctx)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
+	if w.mux != nil {
+		return w.callMux(ctx, req, deadline)
+	}
 	if w.shmPeer && requestSize(req) >= w.cfg.SharedThreshold {
 		return w.callShared(ctx, req, deadline)
 	}
@@ -122,6 +125,9 @@ func (w *Worker) callShared(ctx context.Context, req *worker.Request, deadline t
 // Host calls that arrive meanwhile are served (see serveHostCall); sc, if
 // not nil, is begun under the request's id (the caller ends it).
 func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command, cid string, onAbandon func(), sc *hostScope) (r python.Reply, abandoned bool, err error) {
+	if w.mux != nil {
+		return w.muxRequest(ctx, w.nextID.Add(1), typ, payload, command, cid, onAbandon, sc, nil)
+	}
 	wrap := func(err error) error {
 		return &worker.CallError{Command: command, CorrelationID: cid, Err: err}
 	}
@@ -337,6 +343,9 @@ func (w *Worker) EndSession(ctx context.Context, sessionID string) error {
 // InterruptGrace, after which its process group is killed. Neither Close
 // nor breaking out of a loop over the stream waits longer than that.
 func (w *Worker) Stream(ctx context.Context, req *worker.Request) (worker.Stream, error) {
+	if w.mux != nil {
+		return w.streamMux(ctx, req)
+	}
 	sctx, cancel := req.WithDeadline(ctx)
 	deadline, _ := sctx.Deadline()
 	args, err := python.EncodeCall(nil, req, deadline)
@@ -439,12 +448,20 @@ func (w *Worker) close(ctx context.Context) error {
 	if s := w.openStream.Load(); s != nil {
 		_ = s.CloseContext(ctx) // frees the slot (after a Next in progress)
 	}
-	var slotHeld bool
-	select {
-	case w.slot <- struct{}{}:
-		slotHeld = true
-	case <-ctx.Done():
-	case <-w.exited:
+	if w.mux != nil {
+		w.closeStreams(ctx)
+	}
+	// Every token of the slot: the calls in flight have ended.
+	slotHeld := true
+	for range cap(w.slot) {
+		select {
+		case w.slot <- struct{}{}:
+			continue
+		case <-ctx.Done():
+		case <-w.exited:
+		}
+		slotHeld = false
+		break
 	}
 	if slotHeld && w.Err() == nil {
 		sctx, cancel := context.WithTimeout(ctx, w.cfg.StopGrace)
@@ -463,6 +480,9 @@ func (w *Worker) close(ctx context.Context) error {
 	}
 	// The reaper killed what was left of the group before reaping.
 	w.release()
+	if w.mux != nil {
+		w.waitReader()
+	}
 	w.reg.remove(w.pid)
 	w.bg.Wait()
 	w.closeHostCalls(ctx)

@@ -23,6 +23,11 @@ const (
 	frameReply       = 11 // child → host: a dispatcher reply envelope
 	frameHostCall    = 12 // child → host: a host function call (see decodeHostCall)
 	frameHostReply   = 13 // host → child: the reply bytes of worker.Host.Invoke
+	// The concurrent mode (Config.Concurrency > 1 or Config.PipelineDepth
+	// > 0) only; see mux.go.
+	frameCancel     = 14 // host → child: cancel request id; payload "w": withdraw it only if not started
+	frameNotStarted = 15 // child → host: request id was removed before it started (empty payload)
+	frameStarted    = 16 // child → host: a withdrawn request id had started or ended (empty payload)
 )
 
 // ProtocolVersion is the version the child announces in its HELLO.
@@ -115,7 +120,7 @@ func (fr *frameReader) next() (frame, error) {
 	if fr.np == 0 && fr.f.typ == 0 {
 		n := binary.LittleEndian.Uint32(fr.h[0:4])
 		f := frame{typ: fr.h[4], id: binary.LittleEndian.Uint64(fr.h[5:13])}
-		if base := f.typ &^ frameShared; base == 0 || base > frameHostReply {
+		if base := f.typ &^ frameShared; base == 0 || base > frameStarted {
 			return frame{}, fr.fail(fmt.Errorf("%w: type %d", ErrBadFrame, f.typ))
 		}
 		if f.typ&frameShared != 0 && n != regionRefSize {

@@ -60,6 +60,9 @@ func FuzzReadFrame(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(appendFrame(nil, frameReply|frameShared, 5, regionRef{1, 0, 10}.append(nil)))
 	f.Add(appendFrame(nil, frameReply|frameShared, 5, []byte{1, 2, 3}))
+	f.Add(appendFrame(appendFrame(nil, frameNotStarted, 6, nil), frameStarted, 7, nil))
+	f.Add(appendFrame(nil, frameCancel, 8, []byte("w")))
+	f.Add(appendFrame(nil, frameStarted+1, 9, nil))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)
 		var consumed []byte

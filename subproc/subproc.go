@@ -181,7 +181,68 @@ type Config struct {
 	// this size and is counted in [Worker.MemoryBytes]. A payload larger
 	// than the cap goes through the socket. Zero: MaxFrame.
 	MaxSharedMemory int
+	// Concurrency is how many calls (and open streams) the worker runs at
+	// once, up to MaxConcurrency. Zero: 1, one at a time. With more, the
+	// child runs each request on one of Concurrency handler threads:
+	// async handlers run concurrently on its event loop, plain handlers
+	// one at a time unless the adapter or the command is thread-safe
+	// (snakepit.configure(thread_safe=True), @command(thread_safe=True)).
+	// A call whose context ends is cancelled alone (an async handler's
+	// task is cancelled; a plain handler gets snakepit.Cancelled at its
+	// next bytecode, not inside a blocking C call); a crash fails every
+	// call in flight with an error matching [worker.ErrWorkerDead]. The
+	// shared region is not used (SharedThreshold is ignored), nor is Spin.
+	// With one caller at a time the one-call mode is faster: each request
+	// is handed from the child's reading thread to a handler thread.
+	Concurrency int
+	// PipelineDepth is how many requests beyond Concurrency may be sent
+	// to the child, which queues them and starts each when a handler
+	// thread frees up (the child then reads the next request while a call
+	// runs). A queued request whose context ends, or that [Worker.Withdraw]
+	// takes back, never runs. Zero: none; at most MaxConcurrency. Any
+	// value above zero uses the concurrent mode (see Concurrency).
+	PipelineDepth int
 }
+
+// MaxConcurrency bounds Config.Concurrency and Config.PipelineDepth.
+const MaxConcurrency = 1024
+
+// ErrBadConfig: a Config field is out of range (see ConfigError).
+var ErrBadConfig = errors.New("subproc: bad configuration")
+
+// ConfigError names a Config field that is out of range. It matches
+// [ErrBadConfig].
+type ConfigError struct {
+	Field string
+	Value int
+	Want  string
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("subproc: Config.%s is %d, want %s", e.Field, e.Value, e.Want)
+}
+
+func (e *ConfigError) Unwrap() error { return ErrBadConfig }
+
+// checkConcurrency validates and defaults Concurrency and PipelineDepth.
+func (cfg *Config) checkConcurrency() error {
+	if cfg.Concurrency < 0 || cfg.Concurrency > MaxConcurrency {
+		return &ConfigError{Field: "Concurrency", Value: cfg.Concurrency, Want: fmt.Sprintf("0 to %d", MaxConcurrency)}
+	}
+	if cfg.PipelineDepth < 0 || cfg.PipelineDepth > MaxConcurrency {
+		return &ConfigError{Field: "PipelineDepth", Value: cfg.PipelineDepth, Want: fmt.Sprintf("0 to %d", MaxConcurrency)}
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = 1
+	}
+	if cfg.concurrent() {
+		cfg.SharedThreshold = -1 // requests overlap: no region
+	}
+	return nil
+}
+
+// concurrent reports whether the worker uses the concurrent mode.
+func (cfg *Config) concurrent() bool { return cfg.Concurrency > 1 || cfg.PipelineDepth > 0 }
 
 // ExitError reports a worker process that ended. It matches
 // [worker.ErrWorkerDead].
@@ -251,8 +312,11 @@ type Worker struct {
 	reaped bool
 	pidfd  int // -1 where pidfd_open is unavailable (Linux < 5.3)
 
-	slot       callslot.Slot                  // held while a request is outstanding (or a stream open)
+	slot       callslot.Slot                  // a token held while a request is outstanding (or a stream open); Concurrency+PipelineDepth of them
 	openStream atomic.Pointer[wstream.Stream] // the open stream, closed by Close
+	mux        *muxState                      // the concurrent mode's reader and calls in flight; nil in the one-call mode
+	streamsMu  sync.Mutex                     // guards streams
+	streams    map[*wstream.Stream]struct{}   // the open streams of the concurrent mode, closed by Close
 	nextID     atomic.Uint64
 	// wlock is held (a token in it) while a frame is written: requests and
 	// the replies of host calls share the connection. A channel, so that a
@@ -291,6 +355,9 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	}
 	if cfg.InterruptGrace < 0 || cfg.StopGrace < 0 || cfg.StartTimeout < 0 || cfg.MaxFrame < 0 || cfg.MaxSharedMemory < 0 {
 		return nil, errors.New("subproc: Config durations, MaxFrame and MaxSharedMemory must not be negative")
+	}
+	if err := cfg.checkConcurrency(); err != nil {
+		return nil, err
 	}
 	if ctx.Err() != nil {
 		// Ended already: start nothing.
@@ -346,11 +413,12 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		reg:     reg,
 		stderr:  newTail(8 << 10),
 		errDone: make(chan struct{}),
-		slot:    make(chan struct{}, 1),
+		slot:    make(chan struct{}, cfg.Concurrency+cfg.PipelineDepth),
 		exited:  make(chan struct{}),
 		done:    make(chan struct{}),
 		wlock:   make(chan struct{}, 1),
 		pidfd:   -1,
+		mux:     newMuxState(&cfg),
 	}
 	w.stopCtx, w.stopCancel = context.WithCancel(context.Background())
 	if err := w.spawn(argv, pkg); err != nil {
@@ -402,6 +470,9 @@ func command(cfg Config, log *slog.Logger) ([]string, error) {
 	argv := append(append([]string(nil), prefix...), "-P", "-m", "snakepit._process", cfg.Module,
 		"--worker-id", cfg.ID, "--log-level", strconv.Itoa(python.PythonLevel(log)),
 		"--max-frame", strconv.Itoa(cfg.MaxFrame), "--spin-us", strconv.Itoa(int(cfg.Spin/time.Microsecond)))
+	if cfg.concurrent() {
+		argv = append(argv, "--concurrency", strconv.Itoa(cfg.Concurrency), "--queue", strconv.Itoa(cfg.PipelineDepth))
+	}
 	if cfg.SharedThreshold > 0 {
 		argv = append(argv, "--shm-fd", strconv.Itoa(shmFD),
 			"--shm-threshold", strconv.Itoa(cfg.SharedThreshold), "--shm-max", strconv.Itoa(cfg.MaxSharedMemory))

@@ -61,6 +61,7 @@ func factory(t testing.TB) workertest.Factory {
 		return subproc.Start(ctx, subproc.Config{
 			Module: o.Module, Paths: o.Paths, Python: pythonExe(t), Env: env,
 			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Registry: testRegistry(t), Host: o.Host,
+			Concurrency: o.Concurrency,
 		})
 	}
 }
@@ -72,3 +73,19 @@ func TestConformance(t *testing.T) {
 
 // TestVersions re-runs this package's tests on CPython 3.11.
 func TestVersions(t *testing.T) { pymatrix.RunOn311(t) }
+
+// TestConformanceConcurrent runs the conformance suite against workers in
+// the concurrent mode (concurrency 4, a pipeline of 2).
+func TestConformanceConcurrent(t *testing.T) {
+	workertest.Run(t, func(ctx context.Context, o workertest.Options) (worker.Worker, error) {
+		var env []string
+		for k, v := range o.Env {
+			env = append(env, k+"="+v)
+		}
+		return subproc.Start(ctx, subproc.Config{
+			Module: o.Module, Paths: o.Paths, Python: pythonExe(t), Env: env,
+			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Registry: testRegistry(t), Host: o.Host,
+			Concurrency: max(o.Concurrency, 4), PipelineDepth: 2,
+		})
+	})
+}

@@ -14,8 +14,9 @@ Reply envelopes:
 
 Concurrency: a Dispatcher made with ``concurrency=1`` (the default) runs
 one call at a time, on the thread that calls it. With ``concurrency`` > 1
-its call and stream methods may be called from several threads at once,
-each naming its call with a ``call_id`` (unique among the calls in flight):
+(or whenever the caller passes a ``call_id``) its call and stream methods
+may be called from several threads at once, each naming its call with a
+``call_id`` (unique among the calls in flight):
 ``async def`` handlers (and async generators) run as tasks on one event
 loop the dispatcher owns, on a thread of its own started at the first such
 call and stopped by teardown(); plain ``def`` handlers run on the calling
@@ -212,8 +213,7 @@ class Dispatcher:
         self._mt_loop = None
         self._mt_thread = None
         if concurrency > 1:
-            global _CANCELLED
-            _CANCELLED = _cancelled_types()
+            _use_asyncio_cancellation()
         self.sessions = {}
         self._loop = None
         self._stream = None  # (iterator, is_async, command, correlation_id)
@@ -381,7 +381,7 @@ class Dispatcher:
         buffers: the call's out-of-band payloads, which markers in kwargs
         refer to (see _wire.resolve). call_id: the call's id, with
         concurrency > 1 (see the module doc)."""
-        if self.concurrency != 1:
+        if call_id is not None or self.concurrency != 1:
             return self._call_mt(command, kwargs, correlation_id, session_id, deadline, attachments,
                                  buffers, call_id)
         collector = self._collector
@@ -454,7 +454,7 @@ class Dispatcher:
 
         buffers: as for call, but bytes the stream keeps (not views).
         call_id: the stream's id, with concurrency > 1."""
-        if self.concurrency != 1:
+        if call_id is not None or self.concurrency != 1:
             return self._stream_open_mt(command, kwargs, correlation_id, session_id, deadline, attachments,
                                         buffers, call_id)
         if self._stream is not None:
@@ -496,7 +496,7 @@ class Dispatcher:
 
     def stream_next(self, call_id=None):
         """The next chunk: OK with the chunk, END, or ERROR."""
-        if self.concurrency != 1:
+        if call_id is not None or self.concurrency != 1:
             return self._stream_next_mt(call_id)
         if self._stream is None:
             return _error(K_PROTOCOL, message="no stream is open")
@@ -529,7 +529,7 @@ class Dispatcher:
 
     def stream_close(self, call_id=None):
         """Close the open stream early: the generator's finally blocks run."""
-        if self.concurrency != 1:
+        if call_id is not None or self.concurrency != 1:
             return self._stream_close_mt(call_id)
         if self._stream is None:
             return self._ok(_wire.dumps(None))
@@ -638,6 +638,7 @@ class Dispatcher:
     def _call_mt(self, command, kwargs, correlation_id, session_id, deadline, attachments, buffers, call_id):
         if call_id is None:
             return _error(K_PROTOCOL, message="a call without a call_id in a concurrent dispatcher")
+        _use_asyncio_cancellation()
         rec = _CallRec(self._collector, call_id, command, correlation_id)
         if not self._begin(rec):
             return _error(K_CANCELLED, message="cancelled before the handler started", logs=self._drain(rec))
@@ -763,6 +764,7 @@ class Dispatcher:
                         call_id):
         if call_id is None:
             return _error(K_PROTOCOL, message="a stream without a call_id in a concurrent dispatcher")
+        _use_asyncio_cancellation()
         rec = _CallRec(self._collector, call_id, command, correlation_id)
         if call_id in self._streams:
             return _error(K_PROTOCOL, message="stream %r is already open" % (call_id,))
@@ -930,8 +932,14 @@ def _cancelled_types():
 
 
 # What ends a concurrent call as cancelled; asyncio's exceptions are added
-# by the first concurrent Dispatcher (asyncio is not imported before).
+# by the first concurrent call (asyncio is not imported before).
 _CANCELLED = (Cancelled,)
+
+
+def _use_asyncio_cancellation():
+    global _CANCELLED
+    if len(_CANCELLED) == 1:
+        _CANCELLED = _cancelled_types()
 
 
 def _as_cancelled(e):

@@ -847,7 +847,12 @@ def main(argv=None):
     p.add_argument("--shm-fd", type=int, default=-1)
     p.add_argument("--shm-threshold", type=int, default=0)
     p.add_argument("--shm-max", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--queue", type=int, default=0)
     args = p.parse_args(argv)
+    if args.concurrency < 1 or args.queue < 0:
+        p.error("--concurrency must be at least 1 and --queue not negative")
+    concurrent = args.concurrency > 1 or args.queue > 0
 
     global _worker_pid, _shm_fd
     _worker_pid = os.getpid()
@@ -875,7 +880,7 @@ def main(argv=None):
         # forwards it line by line at once, so what a crashing process writes
         # last (a traceback, faulthandler's report) is never lost.
         d = _dispatch.Dispatcher(args.module, worker_id=worker_id, capture_stdio=("stdout",),
-                                 log_level=args.log_level)
+                                 log_level=args.log_level, concurrency=args.concurrency)
         d.raw_results = True  # see _encode_reply
         d.echo_buffers = shm is not None
     except BaseException as e:
@@ -885,6 +890,9 @@ def main(argv=None):
     if isinstance(reply, tuple) and reply[0] == _dispatch.ERROR:
         conn.send(FAIL, 0, marshal.dumps(reply, 4))
         return 1
+
+    if concurrent:
+        return _serve_concurrent(conn, d, args, shm)
 
     # [in a call, cancelled already]: the host repeats SIGUSR1 until the
     # call ends (one sent before the call started is ignored); the handler
@@ -994,6 +1002,305 @@ def main(argv=None):
             ended += (rid,)
         link.finish(ended, REPLY, rid, _encode_reply(reply, args.max_frame, shm))
         reply = None  # perhaps a view of the region: not kept to the next call
+
+
+# Frames of the concurrent mode (--concurrency > 1 or --queue > 0).
+CANCEL = 14       # host -> child: cancel request id (payload b"w": withdraw it only if it has not started)
+NOT_STARTED = 15  # child -> host: request id was removed before it started; it never runs
+STARTED = 16      # child -> host: a withdrawn request id had started (or ended) already
+
+_STREAM_ID = struct.Struct("<Q")
+
+
+def _set_async_exc(tid, exc):
+    """Raise exc in thread tid at its next bytecode (None clears a pending
+    one). True when exactly one thread was reached."""
+    import ctypes
+    set_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    n = set_exc(ctypes.c_ulong(tid), ctypes.py_object(exc) if exc is not None else None)
+    if n > 1:  # cannot happen for a live thread id; undo it
+        set_exc(ctypes.c_ulong(tid), None)
+    return n == 1
+
+
+class _Mux:
+    """The child's concurrent mode: the main thread reads every frame; a
+    pool of handler threads runs the requests (CALL, STREAM_*, END_SESSION)
+    through the dispatcher, each naming its call by its request id (a
+    stream's operations by the STREAM_OPEN's id, the payload of
+    STREAM_NEXT and STREAM_CLOSE), and sends its own reply (frame writes
+    serialized by send_lock). Requests beyond the handler threads wait in
+    a queue (the host sends at most concurrency + queue depth). CANCEL
+    removes a queued request (NOT_STARTED: it never runs) or cancels the
+    running call: an async handler's task is cancelled, a plain handler's
+    thread gets snakepit.Cancelled at its next bytecode
+    (PyThreadState_SetAsyncExc; a handler blocked in C code sees it when
+    that returns). Host calls go out from the handler threads; the main
+    thread hands each HOST_REPLY to the thread waiting for it."""
+
+    def __init__(self, conn, d, n, depth, max_frame):
+        self.conn = conn
+        self.d = d
+        self.n = n
+        self.depth = depth
+        self.max_frame = max_frame
+        self.send_lock = threading.Lock()
+        # Guards the fields below; only idle handler threads wait on it
+        # (notify wakes one of them for each queued request).
+        self.cond = threading.Condition(threading.Lock())
+        self.queue = collections.deque()  # requests not started, in order
+        self.queued = {}                  # their ids -> (typ, rid, payload)
+        self.running = {}                 # request id -> [thread ident, call_id, interrupted]
+        self.replies = {}                 # host call id -> [lock held until the reply, reply]
+        self.live = set()                 # tokens of the calls whose host calls may go out
+        self.ids = itertools.count(1)
+        self.stopping = False
+        self.threads = []
+
+    def send(self, typ, rid, payload):
+        with self.send_lock:
+            self.conn.send(typ, rid, payload)
+
+    def finish(self, ended, typ, rid, payload):
+        with self.send_lock:
+            for token in ended:
+                self.live.discard(token)
+            self.conn.send(typ, rid, payload)
+
+    def host_call(self, token, name, payload):
+        """Dispatcher.host_transport (see _Link.host_call)."""
+        if type(payload) is not bytes:
+            raise TypeError("host call arguments must be bytes, not %s" % type(payload).__name__)
+        if type(name) is not str:
+            raise TypeError("host function name must be str, not %s" % type(name).__name__)
+        if type(token) is not int:
+            raise HostError("snakepit: ctx.host used outside a call", "ended")
+        if _worker_pid is not None and os.getpid() != _worker_pid:
+            raise HostError("snakepit: ctx.host is not available in a process forked from the worker")
+        data = marshal.dumps((token, name, payload), 4)
+        if len(data) > self.max_frame:
+            raise _dispatch._host_error("arguments", "")(
+                "host function %r: arguments of %d bytes exceed the frame limit of %d bytes"
+                % (name, len(data), self.max_frame))
+        hid = HOST_CALL_ID_BIT | next(self.ids)
+        waiter = [threading.Lock(), None]
+        waiter[0].acquire()
+        with self.cond:
+            if self.stopping:
+                raise HostError("snakepit: the connection to the host is closed", "error")
+            self.replies[hid] = waiter
+        try:
+            with self.send_lock:
+                if token not in self.live:
+                    raise HostError("snakepit: ctx.host used after its call ended", "ended")
+                self.conn.send(HOST_CALL, hid, data, shared=False)
+            waiter[0].acquire()  # released by the main thread with the reply
+        finally:
+            with self.cond:
+                self.replies.pop(hid, None)
+        if waiter[1] is None:
+            raise HostError("snakepit: the connection to the host is closed", "error")
+        return waiter[1]
+
+    def run(self, on_frame):
+        """Serve until SHUTDOWN or end of stream; the exit status.
+        on_frame(typ, rid, payload) handles PING; returns None or a status."""
+        for i in range(self.n):
+            t = threading.Thread(target=self._serve, name="snakepit-call-%d" % i, daemon=True)
+            t.start()
+            self.threads.append(t)
+        try:
+            return self._read_loop(on_frame)
+        finally:
+            with self.cond:  # idle handler threads end (busy ones when done)
+                self.stopping = True
+                self.cond.notify_all()
+
+    def _read_loop(self, on_frame):
+        conn = self.conn
+        while True:
+            # No spin (see _Conn._spin): this thread would hold the GIL the
+            # handler threads need.
+            frame = conn.read_now()
+            if frame is None:
+                # The host is gone: handlers still running are not waited for.
+                self._stop(join=False)
+                if LIFELINE_ENABLED:
+                    _kill_group()
+                return 0
+            typ, rid, payload = frame
+            if _child_exited:
+                _reap_adopted()
+            if typ == HOST_REPLY:
+                with self.cond:
+                    waiter = self.replies.pop(rid, None)
+                if waiter is not None:  # none: its call ended
+                    waiter[1] = payload
+                    waiter[0].release()
+            elif typ in (CALL, STREAM_OPEN, STREAM_NEXT, STREAM_CLOSE, END_SESSION):
+                item = (typ, rid, payload)
+                with self.cond:
+                    if len(self.queued) + len(self.running) >= self.n + self.depth:
+                        sys.stderr.write("snakepit: more requests in flight than concurrency %d + queue %d\n"
+                                         % (self.n, self.depth))
+                        return 2
+                    self.queue.append(item)
+                    self.queued[rid] = item
+                    self.cond.notify()
+            elif typ == CANCEL:
+                self._cancel(rid, payload == b"w")
+            elif typ == SHUTDOWN:
+                self._stop()
+                reply = _encode_reply(self.d.teardown(), self.max_frame)
+                self.finish(tuple(self.live), REPLY, rid, reply)
+                return 0
+            else:
+                status = on_frame(typ, rid, payload)
+                if status is not None:
+                    return status
+
+    def _stop(self, join=True):
+        """Stop the handler threads once they are idle (join: wait for
+        them); wake host calls."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+            waiters = list(self.replies.values())
+            self.replies.clear()
+        for w in waiters:
+            w[0].release()
+        if join:
+            for t in self.threads:
+                t.join()
+
+    def _cancel(self, rid, withdraw):
+        d = self.d
+        with self.cond:
+            item = self.queued.pop(rid, None)
+            if item is not None:
+                self.queue.remove(item)
+            elif not withdraw:
+                entry = self.running.get(rid)
+                if entry is not None and not d.cancel(entry[1]) and not entry[2]:
+                    entry[2] = _set_async_exc(entry[0], Cancelled)
+        if item is not None:
+            self.send(NOT_STARTED, rid, b"")
+        elif withdraw:
+            self.send(STARTED, rid, b"")
+
+    def _serve(self):
+        me = threading.get_ident()
+        d, cond = self.d, self.cond
+        while True:
+            item = entry = reply = None
+            try:
+                try:
+                    with cond:
+                        while not self.queue:
+                            if self.stopping:
+                                return
+                            cond.wait()
+                        item = self.queue.popleft()
+                        typ, rid, payload = item
+                        del self.queued[rid]
+                        call_id = rid
+                        if typ == STREAM_NEXT or typ == STREAM_CLOSE:
+                            call_id = _STREAM_ID.unpack(payload)[0] if len(payload) == 8 else None
+                        elif typ != END_SESSION:
+                            self.live.add(rid)
+                        entry = [me, call_id, False]
+                        self.running[rid] = entry
+                    reply = self._handle(typ, call_id, payload)
+                finally:
+                    if entry is not None:
+                        self._done(rid, entry)
+            except Cancelled as e:
+                if reply is None:
+                    reply = _dispatch._error(_dispatch.K_CANCELLED, e)
+            if item is None:
+                continue
+            ended = ()
+            if typ == CALL:
+                ended = (rid,)
+            elif typ == STREAM_OPEN:
+                if rid not in d._streams:
+                    ended = (rid,)
+            elif call_id is not None and call_id not in d._streams:
+                ended = (call_id,)
+            try:
+                self.finish(ended, REPLY, rid, _encode_reply(reply, self.max_frame))
+            except OSError:
+                return  # the host is gone: the main loop ends the worker
+            reply = payload = item = None
+
+    def _done(self, rid, entry):
+        """Take rid out of the running calls; clear an interrupt that has
+        not been raised (none can be set once this returns)."""
+        while True:
+            try:
+                with self.cond:
+                    if self.running.get(rid) is entry:
+                        del self.running[rid]
+                    if entry[2]:
+                        entry[2] = False
+                        _set_async_exc(entry[0], None)
+                return
+            except Cancelled:
+                continue  # it came just now: nothing is pending any more
+
+    def _handle(self, typ, call_id, payload):
+        d = self.d
+        if call_id is None:
+            return _dispatch._error(_dispatch.K_PROTOCOL, message="malformed stream id")
+        if typ == CALL:
+            return d.call(*_loads(payload, None), call_id=call_id)
+        if typ == STREAM_OPEN:
+            return d.stream_open(*_loads(payload, None), call_id=call_id)
+        if typ == STREAM_NEXT:
+            return d.stream_next(call_id)
+        if typ == STREAM_CLOSE:
+            return d.stream_close(call_id)
+        return d.end_session(*_loads(payload, None))
+
+
+def _serve_concurrent(conn, d, args, shm):
+    """main() from HELLO on, in the concurrent mode (see _Mux)."""
+    mux = _Mux(conn, d, args.concurrency, args.queue, args.max_frame)
+    # The host cancels with CANCEL frames here, never SIGUSR1.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    d.host_transport = mux.host_call
+    hello = {
+        "protocol": PROTOCOL,
+        "pid": os.getpid(),
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "commands": d.info()["commands"],
+        "logs": d.drain_logs(),
+        "shm": False,  # requests overlap: the region is not used
+        "concurrency": args.concurrency,
+    }
+    mux.send(HELLO, 0, marshal.dumps(hello, 4))
+
+    def on_frame(typ, rid, payload):
+        if isinstance(payload, memoryview):
+            payload.release()
+            sys.stderr.write("snakepit: a shared-region frame in the concurrent mode\n")
+            return 2
+        if typ == PING:
+            if payload:  # the names of the host functions
+                names = marshal.loads(payload)
+                if type(names) is not list or not all(type(n) is str for n in names):
+                    sys.stderr.write("snakepit: malformed host function names from the host\n")
+                    return 2
+                d.host_names = tuple(names)
+            mux.send(PONG, rid, b"")
+            return None
+        sys.stderr.write("snakepit: unexpected frame type %d from the host\n" % typ)
+        return 2
+
+    try:
+        return mux.run(on_frame)
+    finally:
+        d._stop_loop_thread()  # not a daemon: it would keep the process from exiting
 
 
 class _BadRegion(ValueError):

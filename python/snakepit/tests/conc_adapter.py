@@ -141,3 +141,17 @@ async def agen(n, tag=""):
 def gen(n, tag=""):
     for i in range(n):
         yield [tag, i]
+
+
+GATE = threading.Event()
+
+
+@snakepit.command
+def gated(tag=""):
+    """Not thread-safe: runs until GATE is set."""
+    _enter(tag)
+    try:
+        GATE.wait(30)
+        return tag
+    finally:
+        _leave()

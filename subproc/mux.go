@@ -1,0 +1,511 @@
+package subproc
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/snakepit-go/snakepit/internal/wstream"
+	"github.com/snakepit-go/snakepit/python"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// The concurrent mode (Config.Concurrency > 1 or Config.PipelineDepth > 0).
+//
+// Up to Concurrency+PipelineDepth requests are in flight at once, each
+// holding one token of the worker's slot. One reader goroutine, started at
+// the first request, reads every frame the child sends and routes it by
+// request id: a REPLY or NOT_STARTED to the request's caller, a HOST_CALL
+// to a goroutine of its own that runs the host function and writes its
+// HOST_REPLY. Writers share the connection through wlock.
+//
+// A request whose context ends returns at once; the host sends CANCEL for
+// its id (the child removes it if it is still queued, answering
+// NOT_STARTED, or cancels the running call) and the request's slot is
+// freed when its outcome arrives. If none arrives within InterruptGrace
+// the worker is killed. When the reader stops (the child crashed, broke
+// the protocol or the connection was closed) every request in flight gets
+// the worker's error, exactly once.
+//
+// The child's end is _Mux in python/snakepit/_process.py. STREAM_NEXT and
+// STREAM_CLOSE carry the stream's id (its STREAM_OPEN's request id) as a
+// little-endian uint64 payload.
+
+// muxSentHook, set only by tests, sees each request frame the concurrent
+// mode has sent.
+var muxSentHook func(typ byte, id uint64)
+
+// muxState is the concurrent mode's routing table.
+type muxState struct {
+	mu     sync.Mutex
+	calls  map[uint64]*muxCall // requests in flight, by request id
+	err    error               // set when the reader stopped: no request is accepted
+	start  sync.Once
+	done   chan struct{} // closed when the reader returned
+	reader bool          // the reader was started (guarded by mu)
+}
+
+// muxCall is one request in flight.
+type muxCall struct {
+	req *worker.Request // the Call's request (for Withdraw); nil for other requests
+	res chan muxResult  // gets the outcome, once, unless abandoned
+	// Guarded by muxState.mu:
+	withdraw chan bool   // a Withdraw waiting for the child's answer
+	abandon  func()      // set when the caller left: runs when the outcome arrives
+	timer    *time.Timer // the grace period of an abandoned request
+}
+
+// muxResult is a request's outcome.
+type muxResult struct {
+	f          frame
+	notStarted bool // the child removed it before it started
+	err        error
+}
+
+func newMuxState(cfg *Config) *muxState {
+	if !cfg.concurrent() {
+		return nil
+	}
+	return &muxState{calls: make(map[uint64]*muxCall), done: make(chan struct{})}
+}
+
+// startReader starts the reader goroutine once.
+func (w *Worker) startReader() {
+	m := w.mux
+	m.start.Do(func() {
+		m.mu.Lock()
+		m.reader = true
+		m.mu.Unlock()
+		go w.muxRead()
+	})
+}
+
+// waitReader waits for the reader to return, if it was started. Call it
+// once the connection is closed.
+func (w *Worker) waitReader() {
+	m := w.mux
+	m.start.Do(func() {}) // none starts from now on
+	m.mu.Lock()
+	started := m.reader
+	m.mu.Unlock()
+	if started {
+		<-m.done
+	}
+}
+
+// muxRead reads and routes the child's frames until the connection fails.
+func (w *Worker) muxRead() {
+	defer close(w.mux.done)
+	for {
+		f, err := w.rd.next()
+		if err != nil {
+			w.muxFail(w.connError(err))
+			return
+		}
+		switch f.typ {
+		case frameReply:
+			err = w.muxDeliver(f.id, muxResult{f: f})
+		case frameNotStarted, frameStarted:
+			if len(f.payload) != 0 {
+				err = fmt.Errorf("%w: type %d with a payload of %d bytes", ErrBadFrame, f.typ, len(f.payload))
+			} else if f.typ == frameNotStarted {
+				err = w.muxDeliver(f.id, muxResult{notStarted: true})
+			} else {
+				w.muxStarted(f.id)
+			}
+		case frameHostCall:
+			var hc hostCall
+			if hc, err = w.parseHostCall(f); err == nil {
+				w.goHostCall(hc)
+			}
+		default:
+			err = fmt.Errorf("%w: got type %d id %d from the child", ErrBadFrame, f.typ, f.id)
+		}
+		if err != nil {
+			perr := &ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()}
+			w.die(perr)
+			w.muxFail(perr)
+			return
+		}
+	}
+}
+
+// goHostCall runs a host call on a goroutine of its own (Close waits for
+// it); once the worker is closing it is not run.
+func (w *Worker) goHostCall(hc hostCall) {
+	w.hosts.mu.Lock()
+	if w.hosts.closed {
+		w.hosts.mu.Unlock()
+		return
+	}
+	w.hosts.running.Add(1)
+	w.hosts.mu.Unlock()
+	go func() {
+		defer w.hosts.running.Done()
+		w.runHostCall(hc)
+	}()
+}
+
+// muxDeliver hands request id its outcome. A reply for no request in
+// flight breaks the protocol.
+func (w *Worker) muxDeliver(id uint64, r muxResult) error {
+	m := w.mux
+	m.mu.Lock()
+	c := m.calls[id]
+	if c == nil {
+		m.mu.Unlock()
+		return fmt.Errorf("%w: a reply for request %d, which is not in flight", ErrBadFrame, id)
+	}
+	delete(m.calls, id)
+	if c.withdraw != nil {
+		c.withdraw <- r.notStarted
+		c.withdraw = nil
+	}
+	abandon := c.abandon
+	if abandon != nil {
+		c.timer.Stop()
+	}
+	m.mu.Unlock()
+	if abandon != nil {
+		if r.err == nil && !r.notStarted {
+			if rep, err := python.DecodeReply(r.f.payload, "", ""); err == nil {
+				w.emit(context.Background(), rep.Logs)
+			}
+		}
+		abandon()
+		return nil
+	}
+	c.res <- r
+	return nil
+}
+
+// muxStarted answers a Withdraw of request id: it had started.
+func (w *Worker) muxStarted(id uint64) {
+	m := w.mux
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c := m.calls[id]; c != nil && c.withdraw != nil {
+		c.withdraw <- false
+		c.withdraw = nil
+	}
+}
+
+// muxFail ends every request in flight with err, each once; no request is
+// accepted any more.
+func (w *Worker) muxFail(err error) {
+	m := w.mux
+	m.mu.Lock()
+	if m.err == nil {
+		m.err = err
+	}
+	calls := m.calls
+	m.calls = make(map[uint64]*muxCall)
+	for _, c := range calls {
+		if c.withdraw != nil {
+			c.withdraw <- false
+			c.withdraw = nil
+		}
+		if c.abandon != nil {
+			c.timer.Stop()
+		}
+	}
+	m.mu.Unlock()
+	for _, c := range calls {
+		if c.abandon != nil {
+			c.abandon()
+		} else {
+			c.res <- muxResult{err: err}
+		}
+	}
+}
+
+// muxForget takes request id out of the table after its frame could not
+// be sent. It reports false when the request's outcome was handed over
+// meanwhile (the reader failed).
+func (m *muxState) forget(id uint64, c *muxCall) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.calls[id] == c {
+		delete(m.calls, id)
+		return true
+	}
+	return false
+}
+
+// muxRequest is request for the concurrent mode: it sends request id and
+// waits for its outcome. If ctx ends first it returns at once with
+// abandoned set: CANCEL goes to the child, and onAbandon runs once the
+// outcome arrives (or the worker dies); if none arrives within
+// InterruptGrace, the worker is killed. sc, if not nil, is begun under id
+// (the caller ends it). req is the Call's request (for Withdraw), or nil.
+func (w *Worker) muxRequest(ctx context.Context, id uint64, typ byte, payload []byte, command, cid string, onAbandon func(), sc *hostScope, req *worker.Request) (r python.Reply, abandoned bool, err error) {
+	wrap := func(err error) error {
+		return &worker.CallError{Command: command, CorrelationID: cid, Err: err}
+	}
+	m := w.mux
+	w.startReader()
+	c := &muxCall{req: req, res: make(chan muxResult, 1)}
+	m.mu.Lock()
+	if m.err != nil {
+		err := m.err
+		m.mu.Unlock()
+		return r, false, wrap(err)
+	}
+	m.calls[id] = c
+	m.mu.Unlock()
+	w.beginScope(sc, id)
+	if n, err := w.write(ctx, typ, id, payload); err != nil {
+		if !m.forget(id, c) {
+			<-c.res // the reader failed and handed over its error meanwhile
+		}
+		if ctx.Err() != nil && n == 0 {
+			return r, false, wrap(context.Cause(ctx))
+		}
+		if ctx.Err() != nil {
+			w.die(&worker.DeadError{WorkerID: w.id, Reason: "request write interrupted", Err: context.Cause(ctx)})
+			return r, false, wrap(context.Cause(ctx))
+		}
+		var nse *worker.NotSerializableError
+		if errors.As(err, &nse) {
+			return r, false, wrap(err)
+		}
+		return r, false, wrap(w.connError(err))
+	}
+	if muxSentHook != nil {
+		muxSentHook(typ, id)
+	}
+	select {
+	case res := <-c.res:
+		return w.muxOutcome(ctx, res, command, cid)
+	case <-ctx.Done():
+	}
+	m.mu.Lock()
+	if m.calls[id] != c {
+		m.mu.Unlock() // the outcome came meanwhile
+		return w.muxOutcome(ctx, <-c.res, command, cid)
+	}
+	c.abandon = onAbandon
+	c.timer = time.AfterFunc(w.cfg.InterruptGrace, func() {
+		m.mu.Lock()
+		pending := m.calls[id] == c
+		m.mu.Unlock()
+		if pending {
+			w.die(&worker.DeadError{WorkerID: w.id,
+				Reason: fmt.Sprintf("handler %q (correlation %s) did not stop within %v of its deadline", command, cid, w.cfg.InterruptGrace)})
+		}
+	})
+	m.mu.Unlock()
+	w.sendCancel(id, nil)
+	return r, true, wrap(context.Cause(ctx))
+}
+
+// sendCancel sends CANCEL for request id in the background (the caller
+// returns at once); payload "w" withdraws it only if it has not started.
+func (w *Worker) sendCancel(id uint64, payload []byte) {
+	w.bg.Add(1)
+	go func() {
+		defer w.bg.Done()
+		n, err := w.write(w.stopCtx, frameCancel, id, payload)
+		if err != nil && n > 0 && n < headerSize+len(payload) {
+			w.die(&worker.DeadError{WorkerID: w.id, Reason: "cancel write interrupted", Err: err})
+		}
+	}()
+}
+
+// muxOutcome turns a request's outcome into its reply or error.
+func (w *Worker) muxOutcome(ctx context.Context, res muxResult, command, cid string) (python.Reply, bool, error) {
+	var r python.Reply
+	switch {
+	case res.err != nil:
+		return r, false, &worker.CallError{Command: command, CorrelationID: cid, Err: res.err}
+	case res.notStarted:
+		err := worker.ErrNotStarted
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w: %w", worker.ErrNotStarted, context.Cause(ctx))
+		}
+		return r, false, &worker.CallError{Command: command, CorrelationID: cid, Err: err}
+	}
+	r, err := python.DecodeReply(res.f.payload, command, cid)
+	if err != nil {
+		w.die(&ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()})
+		return r, false, &worker.CallError{Command: command, CorrelationID: cid, Err: w.Err()}
+	}
+	w.emit(ctx, r.Logs)
+	if r.Err != nil {
+		if errors.Is(r.Err, python.ErrCancelled) {
+			return r, false, python.CancelledError(ctx, r.Err, command, cid)
+		}
+		return r, false, r.Err
+	}
+	return r, false, nil
+}
+
+// callMux is Call in the concurrent mode.
+func (w *Worker) callMux(ctx context.Context, req *worker.Request, deadline time.Time) (*worker.Response, error) {
+	args, err := python.EncodeCall(nil, req, deadline)
+	if err != nil {
+		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	if err := w.acquire(ctx); err != nil {
+		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	sc := w.newScope(ctx, req.CorrelationID)
+	r, abandoned, err := w.muxRequest(ctx, w.nextID.Add(1), frameCall, args, req.Command, req.CorrelationID, w.releaseSlot, sc, req)
+	w.endScope(sc)
+	if !abandoned {
+		w.releaseSlot()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &worker.Response{Result: r.Payload}, nil
+}
+
+// Withdraw takes back a request that a Call sent to the child and that is
+// queued there, not started (see [Config.PipelineDepth]): it returns true
+// and that Call returns an error matching [worker.ErrNotStarted]; the
+// handler never runs. It returns false when req (the pointer passed to
+// Call) is not in flight on this worker, has not been sent yet, or has
+// started (or finished) — the call then goes on. With an error (ctx ended
+// first, the worker stopped) the outcome is unknown: the Call reports it.
+// In the one-call mode nothing is ever queued: it returns false.
+func (w *Worker) Withdraw(ctx context.Context, req *worker.Request) (bool, error) {
+	m := w.mux
+	if m == nil || req == nil {
+		return false, nil
+	}
+	m.mu.Lock()
+	var id uint64
+	var c *muxCall
+	for cid, cc := range m.calls {
+		if cc.req == req && cc.abandon == nil && cc.withdraw == nil {
+			id, c = cid, cc
+			break
+		}
+	}
+	if c == nil {
+		m.mu.Unlock()
+		return false, nil
+	}
+	answer := make(chan bool, 1)
+	c.withdraw = answer
+	m.mu.Unlock()
+	n, err := w.write(ctx, frameCancel, id, []byte("w"))
+	if err != nil {
+		if n > 0 && n < headerSize+1 {
+			w.die(&worker.DeadError{WorkerID: w.id, Reason: "withdraw write interrupted", Err: err})
+		}
+		m.mu.Lock()
+		if c.withdraw == answer {
+			c.withdraw = nil
+		}
+		m.mu.Unlock()
+		select {
+		case ok := <-answer: // answered meanwhile (the call ended)
+			return ok, nil
+		default:
+		}
+		if ctx.Err() != nil {
+			return false, context.Cause(ctx)
+		}
+		return false, w.connError(err)
+	}
+	select {
+	case ok := <-answer:
+		return ok, nil
+	case <-ctx.Done():
+		return false, context.Cause(ctx)
+	}
+}
+
+// streamMux is Stream in the concurrent mode: the stream holds one slot
+// token until it ends; its operations name it by its STREAM_OPEN's id.
+func (w *Worker) streamMux(ctx context.Context, req *worker.Request) (worker.Stream, error) {
+	sctx, cancel := req.WithDeadline(ctx)
+	deadline, _ := sctx.Deadline()
+	args, err := python.EncodeCall(nil, req, deadline)
+	if err != nil {
+		cancel()
+		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	if err := w.acquire(sctx); err != nil {
+		cancel()
+		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
+	}
+	cmd, cid := req.Command, req.CorrelationID
+	sid := w.nextID.Add(1)
+	ref := binary.LittleEndian.AppendUint64(nil, sid)
+	closeGen := func(ctx context.Context) (bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, w.cfg.InterruptGrace)
+		defer cancel()
+		_, abandoned, err := w.muxRequest(ctx, w.nextID.Add(1), frameStreamClose, ref, cmd, cid, w.releaseSlot, nil, nil)
+		return abandoned, err
+	}
+	closeAbandoned := func() {
+		select {
+		case <-w.done:
+		default:
+			if abandoned, _ := closeGen(context.Background()); abandoned {
+				return
+			}
+		}
+		w.releaseSlot()
+	}
+	sc := w.newScope(sctx, cid)
+	_, abandoned, err := w.muxRequest(sctx, sid, frameStreamOpen, args, cmd, cid, closeAbandoned, sc, nil)
+	if err != nil {
+		w.endScope(sc)
+		if !abandoned {
+			w.releaseSlot()
+		}
+		cancel()
+		return nil, err
+	}
+	var s *wstream.Stream
+	s = wstream.New(sctx, cancel, wstream.Ops{
+		Next: func(ctx context.Context) (python.Reply, bool, error) {
+			return w.muxRequest(ctx, w.nextID.Add(1), frameStreamNext, ref, cmd, cid, closeAbandoned, nil, nil)
+		},
+		CloseGen: closeGen,
+		Release:  w.releaseSlot,
+		Forget: func() {
+			w.endScope(sc)
+			w.streamsMu.Lock()
+			delete(w.streams, s)
+			w.streamsMu.Unlock()
+		},
+	})
+	w.streamsMu.Lock()
+	if w.streams == nil {
+		w.streams = make(map[*wstream.Stream]struct{})
+	}
+	w.streams[s] = struct{}{}
+	w.streamsMu.Unlock()
+	if w.closing.Load() {
+		_ = s.Close()
+		return nil, &worker.CallError{Command: cmd, CorrelationID: cid, Err: worker.ErrClosed}
+	}
+	return s, nil
+}
+
+// closeStreams closes the concurrent mode's open streams, bounded by ctx.
+func (w *Worker) closeStreams(ctx context.Context) {
+	w.streamsMu.Lock()
+	open := make([]*wstream.Stream, 0, len(w.streams))
+	for s := range w.streams {
+		open = append(open, s)
+	}
+	w.streamsMu.Unlock()
+	var wg sync.WaitGroup
+	for _, s := range open {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = s.CloseContext(ctx)
+		}()
+	}
+	wg.Wait()
+}
