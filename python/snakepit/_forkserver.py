@@ -177,11 +177,11 @@ def _child(ctl, req, fds):
     os.environ.clear()
     os.environ.update(env)
     # The worker's PYTHONPATH may name directories the template's did not.
+    # (No importlib.invalidate_caches(): it costs more than the rest of the
+    # start, and the path finders see a directory's changes by its mtime.)
     for p in reversed([p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]):
         if p not in sys.path:
             sys.path.insert(0, p)
-    import importlib
-    importlib.invalidate_caches()
 
     from . import _process
     # As under ``python -m snakepit._process``: the worker module is
@@ -222,11 +222,21 @@ def main(argv=None):
         os.dup2(null, TOP_FD, inheritable=False)
         os.close(null)
     try:
-        # What every worker imports, so that its pages are shared.
+        # What every worker imports, so that its pages are shared (and
+        # what the worker's start imports on its way: ctypes, asyncio).
+        import array  # noqa: F401
+        import asyncio  # noqa: F401
+        import ctypes  # noqa: F401
+        import functools  # noqa: F401
+        import gc
         import importlib
         from . import _dispatch, _process, _wire  # noqa: F401
         if args.import_adapter:
             importlib.import_module(args.module)
+        # Keep the collector off the imported objects: it would write to
+        # their pages in every worker, unsharing them.
+        gc.collect()
+        gc.freeze()
     except BaseException:
         import traceback
         _send(ctl, {"error": traceback.format_exc()})
