@@ -17,6 +17,7 @@ import (
 
 	"github.com/snakepit-go/snakepit/subproc"
 	"github.com/snakepit-go/snakepit/worker"
+	"github.com/snakepit-go/snakepit/worker/workertest"
 )
 
 // forkAdapter reports what a forked worker sees of itself.
@@ -421,4 +422,27 @@ func tokenProcs(t *testing.T) []int {
 		}
 	}
 	return out
+}
+
+// TestConformanceForked runs the conformance suite on workers forked by one
+// fork server (which imports snakepit only: each test's adapter is
+// imported by the worker after the fork).
+func TestConformanceForked(t *testing.T) {
+	fs, err := subproc.StartForkServer(context.Background(), subproc.ForkServerConfig{
+		Module: "snakepit_conformance", Python: pythonExe(t), Registry: testRegistry(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close(context.Background())
+	workertest.Run(t, func(ctx context.Context, o workertest.Options) (worker.Worker, error) {
+		var env []string
+		for k, v := range o.Env {
+			env = append(env, k+"="+v)
+		}
+		return subproc.Start(ctx, subproc.Config{
+			Module: o.Module, Paths: o.Paths, Env: env, ForkServer: fs,
+			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Host: o.Host,
+		})
+	})
 }
