@@ -54,6 +54,15 @@ def info():
 
 
 @snakepit.command
+def callbacks(n):
+    """Make n ctypes callbacks (libffi trampolines) and call each."""
+    import ctypes
+    proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)
+    keep = [proto(lambda x, i=i: x + i) for i in range(n)]
+    return sum(cb(1) for cb in keep)
+
+
+@snakepit.command
 def crash():
     os._exit(3)
 
@@ -148,6 +157,18 @@ type forkInfo struct {
 // template.
 func TestForkServerWorker(t *testing.T) {
 	dir := forkAdapters(t)
+	// A descriptor the host left without close-on-exec reaches the
+	// template: it must not reach the workers.
+	var p [2]int
+	if err := unix.Pipe(p[:]); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	stray, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(p[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
 	fs := startForkServer(t, dir, "fork_adapter", true)
 	w := startForked(t, fs, dir)
 	var got forkInfo
@@ -180,6 +201,9 @@ func TestForkServerWorker(t *testing.T) {
 		t.Fatalf("open descriptors %v (%v), want 0-5 and the same as an exec'd worker: %v (%v)", fds, got.FDs, want, exec.FDs)
 	}
 	for fd, target := range got.FDs {
+		if target == stray {
+			t.Fatalf("fd %s: got the host's stray pipe %s, want it closed", fd, target)
+		}
 		if n, _ := strconv.Atoi(fd); n > 5 && target != exec.FDs[fd] {
 			t.Fatalf("fd %s: got %s, want %s as in an exec'd worker", fd, target, exec.FDs[fd])
 		}
@@ -190,6 +214,13 @@ func TestForkServerWorker(t *testing.T) {
 	}
 	if got.Main != "snakepit._process" {
 		t.Fatalf("__main__ is %q, want snakepit._process", got.Main)
+	}
+	// libffi's descriptor, opened by the template's import of ctypes, is
+	// still the worker's: new trampoline pages map from it.
+	var sum int
+	call(t, w, "callbacks", map[string]any{"n": 20000}, &sum)
+	if want := 20000 + 20000*19999/2; sum != want {
+		t.Fatalf("ctypes callbacks: got %d, want %d", sum, want)
 	}
 	if n, err := w.MemoryBytes(); err != nil || n <= 0 {
 		t.Fatalf("MemoryBytes: %d, %v; want > 0", n, err)

@@ -173,6 +173,15 @@ def _child(ctl, req, fds):
                 os.close(fd)
             except OSError:
                 pass  # the listing's own descriptor
+    # The kept ones stay with this process, not with what it runs: the
+    # worker's start closes inheritable descriptors above 4 as strays from
+    # the host, and libffi (ctypes) would then map whatever took its
+    # descriptor's number.
+    for fd in _kept:
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:
+            pass
 
     os.environ.clear()
     os.environ.update(env)
@@ -213,6 +222,15 @@ def main(argv=None):
     p.add_argument("--import-adapter", action="store_true")
     args = p.parse_args(argv)
 
+    # Descriptors the host's process left inheritable are strays, not the
+    # template's (a worker exec'd by the host closes them too).
+    for fd in _open_fds():
+        if fd > LIFELINE_FD:
+            try:
+                if os.get_inheritable(fd):
+                    os.close(fd)
+            except OSError:
+                pass  # the listing's own descriptor
     ctl = socket.socket(fileno=CTL_FD)
     for fd in (CTL_FD, LIFELINE_FD):
         os.set_inheritable(fd, False)
