@@ -102,7 +102,10 @@ type ForkServerConfig struct {
 // (pidfd_open).
 //
 // A ForkServer is safe for concurrent use; requests to the template are
-// served one at a time (a fork takes a millisecond or two).
+// served one at a time (a fork takes a millisecond or two). A template
+// that does not answer a request within StartTimeout, or while the
+// context of the [Start] that made it is still live, is killed: its late
+// answer could not be told from the next request's.
 type ForkServer struct {
 	proc    *Worker // the template process (its start, output, reaping and signals)
 	cfg     ForkServerConfig
@@ -256,9 +259,10 @@ func (fs *ForkServer) read() (map[string]any, error) {
 // exchange sends one request with files attached and returns the reply.
 // The template serves one request at a time and answers each at once: one
 // that does not answer within the start timeout, or whose socket fails,
-// is killed (its state is unknown), and every later exchange fails with
-// ErrForkServerDead.
-func (fs *ForkServer) exchange(req map[string]any, files []*os.File) (map[string]any, error) {
+// is killed, and every later exchange fails with ErrForkServerDead. So is
+// one whose exchange ctx interrupts: a reply may still be on its way, and
+// the next request would read it.
+func (fs *ForkServer) exchange(ctx context.Context, req map[string]any, files []*os.File) (map[string]any, error) {
 	payload, err := pymarshal.Marshal(req)
 	if err != nil {
 		return nil, err
@@ -281,9 +285,22 @@ func (fs *ForkServer) exchange(req map[string]any, files []*os.File) (map[string
 	if fs.broken {
 		return nil, fs.deadErr()
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, context.Cause(ctx)
+	}
 	conn := fs.proc.conn
 	conn.SetDeadline(time.Now().Add(fs.timeout))
-	defer conn.SetDeadline(time.Time{})
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		conn.SetDeadline(longAgo)
+		close(fired)
+	})
+	defer func() {
+		if !stop() {
+			<-fired // it ran: let it finish before clearing the deadline
+		}
+		conn.SetDeadline(time.Time{})
+	}()
 	_, _, err = conn.WriteMsgUnix(payload, oob, nil)
 	var reply map[string]any
 	if err == nil {
@@ -292,6 +309,9 @@ func (fs *ForkServer) exchange(req map[string]any, files []*os.File) (map[string
 	if err != nil {
 		fs.broken = true
 		fs.proc.kill()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("subproc: fork server %d: request interrupted, the fork server was stopped: %w", fs.proc.pid, context.Cause(ctx))
+		}
 		return nil, fmt.Errorf("%w: %w", fs.deadErr(), err)
 	}
 	return reply, nil
@@ -310,11 +330,8 @@ func (fs *ForkServer) deadErr() error {
 // and stderr, and files as fds 3, 4 (and 5). It returns the worker's pid
 // and a pidfd naming it.
 func (fs *ForkServer) fork(ctx context.Context, argv, env []string, stdout, stderr *os.File, files []*os.File) (pid, pidfd int, err error) {
-	if err := ctx.Err(); err != nil {
-		return 0, -1, context.Cause(ctx)
-	}
 	all := append([]*os.File{files[0], files[1], stdout, stderr}, files[2:]...)
-	reply, err := fs.exchange(map[string]any{"op": "spawn", "argv": argv, "env": env}, all)
+	reply, err := fs.exchange(ctx, map[string]any{"op": "spawn", "argv": argv, "env": env}, all)
 	if err != nil {
 		return 0, -1, err
 	}
@@ -363,7 +380,7 @@ func (fs *ForkServer) fork(ctx context.Context, argv, env []string, stdout, stde
 // reap asks the template to reap pid, which has exited, and returns its
 // wait status (-1 where unknown: the template is gone).
 func (fs *ForkServer) reap(pid int) int {
-	reply, err := fs.exchange(map[string]any{"op": "reap", "pid": pid}, nil)
+	reply, err := fs.exchange(context.Background(), map[string]any{"op": "reap", "pid": pid}, nil)
 	if err != nil {
 		return -1
 	}

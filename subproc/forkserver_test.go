@@ -387,6 +387,33 @@ func TestForkServerKilled(t *testing.T) {
 	waitGone(t, []int{pid}, 10*time.Second)
 }
 
+// TestForkServerStopped: a Start whose context ends while the template
+// does not answer (stopped) returns with the context's error, and the
+// template, whose answer may still come, is killed: later Starts fail with
+// ErrForkServerDead.
+func TestForkServerStopped(t *testing.T) {
+	dir := forkAdapters(t)
+	fs := startForkServer(t, dir, "fork_adapter", false)
+	if err := unix.Kill(fs.PID(), unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := subproc.Start(ctx, subproc.Config{Module: "fork_adapter", Paths: []string{dir}, ForkServer: fs})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Start: got %v, want DeadlineExceeded", err)
+	}
+	select {
+	case <-fs.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stopped fork server was not killed")
+	}
+	_, err = subproc.Start(context.Background(), subproc.Config{Module: "fork_adapter", Paths: []string{dir}, ForkServer: fs})
+	if !errors.Is(err, subproc.ErrForkServerDead) {
+		t.Fatalf("Start after: got %v, want ErrForkServerDead", err)
+	}
+}
+
 // TestForkServerConfig: bad configurations fail at once.
 func TestForkServerConfig(t *testing.T) {
 	if _, err := subproc.StartForkServer(context.Background(), subproc.ForkServerConfig{}); err == nil {
