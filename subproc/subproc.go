@@ -80,6 +80,13 @@
 //   - A [Registry] records each group with its start time and a random run
 //     token placed in the child's environment, so a later host can kill what
 //     a host that died left behind, and never a reused pid.
+//   - With [Config.ForkServer] the child is forked from a template process
+//     ([StartForkServer]) that has imported snakepit (and the adapter, if
+//     its imports are fork-safe) instead of starting an interpreter: it
+//     starts in milliseconds and shares the template's pages. It gets the
+//     same descriptors, its own session and process group, its explicit
+//     environment and a registry entry; the host learns of its exit through
+//     a pidfd, and the template reaps it when the host says so.
 package subproc
 
 import (
