@@ -183,9 +183,6 @@ func StartForkServer(ctx context.Context, cfg ForkServerConfig) (*ForkServer, er
 	if err := p.spawn(ctx, argv, pkg, unix.SOCK_SEQPACKET); err != nil {
 		return nil, setupErr("fork server", err)
 	}
-	if cfg.ID == "" {
-		p.id = "forkserver-" + strconv.Itoa(p.pid)
-	}
 	fs := &ForkServer{proc: p, cfg: cfg, timeout: cfg.StartTimeout}
 	if err := fs.hello(ctx); err != nil {
 		fs.discard()

@@ -414,6 +414,58 @@ func TestForkServerStopped(t *testing.T) {
 	}
 }
 
+// TestForkServerLogs: what the template writes reaches the logger, tagged
+// with the template's id.
+func TestForkServerLogs(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "noisy_adapter.py"), []byte("import sys\nprint('template importing', file=sys.stderr)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	seen := &workerOf{line: "template importing", id: make(chan string, 1)}
+	fs, err := subproc.StartForkServer(context.Background(), subproc.ForkServerConfig{
+		Module: "noisy_adapter", ImportAdapter: true, Paths: []string{dir}, Python: pythonExe(t),
+		Registry: testRegistry(t), Logger: slog.New(seen),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close(context.Background())
+	select {
+	case id := <-seen.id:
+		if want := "forkserver-" + strconv.Itoa(fs.PID()); id != want {
+			t.Fatalf("template's stderr line logged as worker %q, want %q", id, want)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the template's stderr line was not logged")
+	}
+}
+
+// workerOf sends the worker attribute of the first record whose message
+// is line.
+type workerOf struct {
+	line string
+	id   chan string
+}
+
+func (h *workerOf) Enabled(context.Context, slog.Level) bool { return true }
+func (h *workerOf) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *workerOf) WithGroup(string) slog.Handler            { return h }
+func (h *workerOf) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != h.line {
+		return nil
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "worker" {
+			select {
+			case h.id <- a.Value.String():
+			default:
+			}
+		}
+		return true
+	})
+	return nil
+}
+
 // TestForkServerConfig: bad configurations fail at once.
 func TestForkServerConfig(t *testing.T) {
 	if _, err := subproc.StartForkServer(context.Background(), subproc.ForkServerConfig{}); err == nil {

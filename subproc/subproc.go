@@ -562,7 +562,11 @@ func (w *Worker) spawn(ctx context.Context, argv []string, pkg string, sockType 
 		return err
 	}
 	if w.cfg.ID == "" {
-		w.id = "proc-" + strconv.Itoa(w.pid)
+		prefix := "proc-"
+		if sockType == unix.SOCK_SEQPACKET {
+			prefix = "forkserver-" // StartForkServer's template
+		}
+		w.id = prefix + strconv.Itoa(w.pid)
 	} else {
 		w.id = w.cfg.ID
 	}
