@@ -103,9 +103,9 @@ type ForkServerConfig struct {
 //
 // A ForkServer is safe for concurrent use; requests to the template are
 // served one at a time (a fork takes a millisecond or two). A template
-// that does not answer a request within StartTimeout, or while the
-// context of the [Start] that made it is still live, is killed: its late
-// answer could not be told from the next request's.
+// that does not answer a request within StartTimeout, or before the
+// context of the [Start] that sent it ends, is killed: its late answer
+// could not be told from the next request's.
 type ForkServer struct {
 	proc    *Worker // the template process (its start, output, reaping and signals)
 	cfg     ForkServerConfig
@@ -184,6 +184,12 @@ func StartForkServer(ctx context.Context, cfg ForkServerConfig) (*ForkServer, er
 		return nil, setupErr("fork server", err)
 	}
 	fs := &ForkServer{proc: p, cfg: cfg, timeout: cfg.StartTimeout}
+	if p.pidfd < 0 {
+		// Forked workers are watched through pidfds, which the template's
+		// own start showed unavailable.
+		fs.discard()
+		return nil, setupErr("fork server", errors.New("subproc: the fork server needs pidfd_open (Linux 5.3 or later)"))
+	}
 	if err := fs.hello(ctx); err != nil {
 		fs.discard()
 		var se *worker.SetupError

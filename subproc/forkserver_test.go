@@ -63,6 +63,13 @@ def callbacks(n):
 
 
 @snakepit.command
+def grandchild():
+    """A process in the worker's group."""
+    import subprocess
+    return subprocess.Popen(["sleep", "300"]).pid
+
+
+@snakepit.command
 def crash():
     os._exit(3)
 
@@ -247,13 +254,16 @@ func TestForkServerWorker(t *testing.T) {
 }
 
 // TestForkServerWorkerDies: a forked worker that exits is reported dead
-// (Done, Err matching ErrWorkerDead, the call's error too), and the next
+// (Done, Err matching ErrWorkerDead, the call's error too) and the rest of
+// its process group is killed, and the next
 // worker forks from the same template; a worker deaf to SIGTERM is killed
 // by Close's escalation.
 func TestForkServerWorkerDies(t *testing.T) {
 	dir := forkAdapters(t)
 	fs := startForkServer(t, dir, "fork_adapter", false)
 	w := startForked(t, fs, dir)
+	var gc int
+	call(t, w, "grandchild", nil, &gc)
 	_, err := w.Call(context.Background(), &worker.Request{Command: "crash"})
 	if !errors.Is(err, worker.ErrWorkerDead) {
 		t.Fatalf("crash: got %v, want ErrWorkerDead", err)
@@ -266,7 +276,8 @@ func TestForkServerWorkerDies(t *testing.T) {
 	if !errors.Is(w.Err(), worker.ErrWorkerDead) {
 		t.Fatalf("Err: got %v, want ErrWorkerDead", w.Err())
 	}
-	waitGone(t, []int{w.PID()}, 10*time.Second)
+	// The rest of its process group is killed with it.
+	waitGone(t, []int{w.PID(), gc}, 10*time.Second)
 
 	hanging := make(chan struct{})
 	w2 := startForked(t, fs, dir, slog.New(&onLine{line: "hanging", seen: hanging}))
