@@ -184,7 +184,10 @@ func StartForkServer(ctx context.Context, cfg ForkServerConfig) (*ForkServer, er
 		return nil, setupErr("fork server", err)
 	}
 	fs := &ForkServer{proc: p, cfg: cfg, timeout: cfg.StartTimeout}
-	if p.pidfd < 0 {
+	p.sigMu.RLock()
+	noPidfd := p.pidfd < 0 && !p.reaped
+	p.sigMu.RUnlock()
+	if noPidfd {
 		// Forked workers are watched through pidfds, which the template's
 		// own start showed unavailable.
 		fs.discard()

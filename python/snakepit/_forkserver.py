@@ -257,7 +257,9 @@ def main(argv=None):
         gc.freeze()
     except BaseException:
         import traceback
-        _send(ctl, {"error": traceback.format_exc()})
+        # The host reads messages of up to 64 KiB: the end of a long
+        # traceback is what says most.
+        _send(ctl, {"error": traceback.format_exc()[-32768:]})
         return 1
     global _kept
     _kept = frozenset(fd for fd in _open_fds() if fd > TOP_FD and _is_open(fd))
