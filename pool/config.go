@@ -133,7 +133,9 @@ type Config struct {
 	// workers, every start and recycle uses it, a template that dies is
 	// replaced at the next start, and Close stops it after the workers.
 	// Each forked worker still has its own process group, lifeline,
-	// registry entry and explicit environment (Env).
+	// registry entry and explicit environment (Env). MaxMemory still
+	// compares each worker's resident memory, the pages it shares with
+	// the template included.
 	//
 	// Forking is unsafe in a process that runs threads, so the template
 	// refuses to serve when its imports started one (New then fails with
