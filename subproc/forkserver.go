@@ -422,11 +422,11 @@ func (w *Worker) reapForked() {
 	if w.closing.Load() {
 		w.stop()
 	} else {
-		stderr := w.stderr.String()
+		e := &ExitError{PID: w.pid, Stderr: w.stderr.String()}
 		if status >= 0 {
-			w.log.Warn("worker process exited", "worker", w.id, "pid", w.pid, "status", waitStatus(status))
+			e.Status = waitStatus(status)
 		}
-		w.die(&ExitError{PID: w.pid, Stderr: stderr})
+		w.die(e)
 	}
 	close(w.exited)
 }

@@ -273,8 +273,9 @@ func TestForkServerWorkerDies(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Done not closed after the worker died")
 	}
-	if !errors.Is(w.Err(), worker.ErrWorkerDead) {
-		t.Fatalf("Err: got %v, want ErrWorkerDead", w.Err())
+	var ee *subproc.ExitError
+	if !errors.Is(w.Err(), worker.ErrWorkerDead) || !errors.As(w.Err(), &ee) || ee.Status != "exit status 3" {
+		t.Fatalf("Err: got %v, want an ExitError (ErrWorkerDead) with Status \"exit status 3\"", w.Err())
 	}
 	// The rest of its process group is killed with it.
 	waitGone(t, []int{w.PID(), gc}, 10*time.Second)

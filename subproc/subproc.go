@@ -204,16 +204,23 @@ type Config struct {
 // ExitError reports a worker process that ended. It matches
 // [worker.ErrWorkerDead].
 type ExitError struct {
-	PID    int
-	State  *os.ProcessState // nil if the process could not be reaped
-	Stderr string           // the last lines of its stderr
+	PID   int
+	State *os.ProcessState // nil if the process could not be reaped, or was forked (see Status)
+	// Status says how a worker forked by a fork server ended ("exit status
+	// 3", "signal: killed"), as its template reaped it; "" where State is
+	// set or the template could not tell.
+	Status string
+	Stderr string // the last lines of its stderr
 }
 
 func (e *ExitError) Error() string {
 	msg := fmt.Sprintf("subproc: worker process %d ", e.PID)
-	if e.State != nil {
+	switch {
+	case e.State != nil:
 		msg += "exited: " + e.State.String()
-	} else {
+	case e.Status != "":
+		msg += "exited: " + e.Status
+	default:
 		msg += "is gone"
 	}
 	if e.Stderr != "" {
