@@ -145,6 +145,35 @@ type Config struct {
 	SharedThreshold int
 	MaxSharedMemory int
 
+	// ForkServer, for the process profile, starts workers by forking them
+	// from a template process instead of starting an interpreter for each
+	// (see subproc.ForkServer): start and recycle take milliseconds, not
+	// the tens of milliseconds of an interpreter start-up plus the
+	// adapter's imports, and the pages of what the template imported are
+	// shared between the workers. New starts the template before the
+	// workers, every start and recycle uses it, a template that dies is
+	// replaced at the next start, and Close stops it after the workers.
+	// Each forked worker still has its own process group, lifeline,
+	// registry entry and explicit environment (Env). MaxMemory still
+	// compares each worker's resident memory, the pages it shares with
+	// the template included.
+	//
+	// Forking is unsafe in a process that runs threads, so the template
+	// refuses to serve when its imports started one (New then fails with
+	// an error matching subproc.ErrForkUnsafe). Set
+	// ForkServerOptions.ImportAdapter only when the adapter's imports are
+	// fork-safe: they start no thread (numpy with a threaded BLAS, torch,
+	// gRPC clients do; Env can ask some not to, e.g.
+	// OPENBLAS_NUM_THREADS=1) and open no connection or file the workers
+	// must not share. setup() runs in each worker, after the fork: open
+	// connections and start threads there. Workers forked from one
+	// template share its hash seed and whatever else the imports
+	// initialised.
+	//
+	// Nil: off, each worker is a new interpreter. An error with the thread
+	// profile or NewWorker.
+	ForkServer *ForkServerOptions
+
 	// Logger receives pool events and the workers' Python logs. Nil
 	// discards them.
 	Logger *slog.Logger
@@ -152,6 +181,17 @@ type Config struct {
 	// NewWorker, when set, replaces the profile: the pool starts its workers
 	// with it. For tests (workertest.Fake) and custom worker kinds.
 	NewWorker func(ctx context.Context, id string) (worker.Worker, error)
+}
+
+// ForkServerOptions configures a process-profile pool's fork server (see
+// [Config.ForkServer]).
+type ForkServerOptions struct {
+	// ImportAdapter imports the adapter module in the template, so the
+	// workers share its pages and skip its import. Only for adapters whose
+	// imports start no thread and open nothing the workers must not share.
+	// False: the template imports snakepit only; each worker imports the
+	// adapter after the fork.
+	ImportAdapter bool
 }
 
 // withDefaults validates c and returns a copy with defaults filled in; it
@@ -204,6 +244,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxMemory > 0 && c.Profile == Thread && c.NewWorker == nil {
 		errs = append(errs, errors.New("MaxMemory needs the process profile (a thread-profile worker's memory cannot be told apart)"))
 	}
+	if c.ForkServer != nil && c.NewWorker != nil {
+		errs = append(errs, errors.New("ForkServer cannot be used with NewWorker"))
+	} else if c.ForkServer != nil && c.Profile != Process {
+		errs = append(errs, errors.New("ForkServer needs the process profile"))
+	}
 	if len(errs) > 0 {
 		return c, &ConfigError{Errs: errs}
 	}
@@ -253,6 +298,10 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	c.Paths = append([]string(nil), c.Paths...)
 	c.Env = append([]string(nil), c.Env...)
+	if c.ForkServer != nil {
+		fs := *c.ForkServer
+		c.ForkServer = &fs
+	}
 	return c, nil
 }
 

@@ -2,7 +2,10 @@ package pool
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/snakepit-go/snakepit/gil"
@@ -11,17 +14,31 @@ import (
 	"github.com/snakepit-go/snakepit/worker"
 )
 
-// profileFactory returns the function that starts one worker of the
-// configured profile.
-func profileFactory(c Config) (func(ctx context.Context, id string) (worker.Worker, error), error) {
+// profile is how a pool starts the workers of its profile.
+type profile struct {
+	// newWorker starts one worker.
+	newWorker func(ctx context.Context, id string) (worker.Worker, error)
+	// prepare starts what the workers need besides themselves (the fork
+	// server), before the first worker starts.
+	prepare func(ctx context.Context) error
+	// close stops that, once no worker starts any more and every worker
+	// is closed.
+	close func(ctx context.Context)
+}
+
+// profileFactory returns how to start the workers of the configured
+// profile.
+func profileFactory(c Config) (profile, error) {
 	var hostSet worker.Host
 	if len(c.Host) > 0 {
 		s, err := host.NewSet(c.Host...)
 		if err != nil {
-			return nil, err
+			return profile{}, err
 		}
 		hostSet = s
 	}
+	prepare := func(context.Context) error { return nil }
+	nothing := func(context.Context) {}
 	switch c.Profile {
 	case Process:
 		// A worker process polls briefly for its next request after each
@@ -32,24 +49,118 @@ func profileFactory(c Config) (func(ctx context.Context, id string) (worker.Work
 		if c.Size >= runtime.NumCPU() {
 			spin = -1
 		}
-		return func(ctx context.Context, id string) (worker.Worker, error) {
-			return subproc.Start(ctx, subproc.Config{
-				Module: c.Module, Paths: c.Paths, Python: c.Python, Env: c.Env, ID: id, Logger: c.Logger,
-				InterruptGrace: c.InterruptGrace, StopGrace: c.StopGrace, Spin: spin,
-				SharedThreshold: c.SharedThreshold, MaxSharedMemory: c.MaxSharedMemory,
-				Host: hostSet, Concurrency: c.WorkerConcurrency, PipelineDepth: c.PipelineDepth,
-			})
-		}, nil
+		wcfg := subproc.Config{
+			Module: c.Module, Paths: c.Paths, Python: c.Python, Env: c.Env, Logger: c.Logger,
+			InterruptGrace: c.InterruptGrace, StopGrace: c.StopGrace, Spin: spin,
+			SharedThreshold: c.SharedThreshold, MaxSharedMemory: c.MaxSharedMemory,
+			Host: hostSet, Concurrency: c.WorkerConcurrency, PipelineDepth: c.PipelineDepth,
+		}
+		if c.ForkServer == nil {
+			return profile{func(ctx context.Context, id string) (worker.Worker, error) {
+				cfg := wcfg
+				cfg.ID = id
+				return subproc.Start(ctx, cfg)
+			}, prepare, nothing}, nil
+		}
+		fh := &forkHolder{cfg: subproc.ForkServerConfig{
+			Module: c.Module, ImportAdapter: c.ForkServer.ImportAdapter, Paths: c.Paths, Python: c.Python,
+			Env: c.Env, ID: c.Name + "-forkserver", Logger: c.Logger, StartTimeout: c.StartTimeout, StopGrace: c.StopGrace,
+		}}
+		return profile{func(ctx context.Context, id string) (worker.Worker, error) {
+			cfg := wcfg
+			cfg.ID = id
+			return fh.start(ctx, cfg)
+		}, func(ctx context.Context) error {
+			_, err := fh.server(ctx)
+			return err
+		}, fh.close}, nil
 	default:
 		rt, err := gil.LoadRuntime(c.LibPython)
 		if err != nil {
-			return nil, err
+			return profile{}, err
 		}
-		return func(ctx context.Context, id string) (worker.Worker, error) {
+		return profile{func(ctx context.Context, id string) (worker.Worker, error) {
 			return gil.Start(ctx, gil.Config{
 				Module: c.Module, Paths: c.Paths, Runtime: rt, ID: id, Logger: c.Logger,
 				InterruptGrace: c.InterruptGrace, Host: hostSet, Concurrency: c.WorkerConcurrency,
 			})
-		}, nil
+		}, prepare, nothing}, nil
+	}
+}
+
+// forkHolder holds a process-profile pool's fork server. A template that
+// died is replaced at the next start rather than failing every start for
+// the rest of the pool's life: it may have been killed for reasons of its
+// own (the OOM killer, an operator), and the workers it forked live on.
+// A template that keeps failing to start fails the worker starts that
+// need it, which the pool's supervision turns into backoff and, in the
+// end, a degraded pool.
+type forkHolder struct {
+	cfg subproc.ForkServerConfig
+
+	mu     sync.Mutex // guards fs, closed; held while a template starts
+	fs     *subproc.ForkServer
+	closed bool
+}
+
+// server returns the live template, starting one if there is none.
+func (h *forkHolder) server(ctx context.Context) (*subproc.ForkServer, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, fmt.Errorf("pool: fork server: %w", ErrClosed)
+	}
+	if h.fs != nil {
+		select {
+		case <-h.fs.Done():
+			h.fs.Close(ctx) // frees what the host held of it
+			h.fs = nil
+		default:
+			return h.fs, nil
+		}
+	}
+	fs, err := subproc.StartForkServer(ctx, h.cfg)
+	if err != nil {
+		return nil, err
+	}
+	h.fs = fs
+	return fs, nil
+}
+
+// start forks a worker; when the template turns out to be dead, it starts
+// a new one and tries once more.
+func (h *forkHolder) start(ctx context.Context, cfg subproc.Config) (worker.Worker, error) {
+	for try := 0; ; try++ {
+		fs, err := h.server(ctx)
+		if err != nil {
+			return nil, err
+		}
+		cfg.ForkServer = fs
+		w, err := subproc.Start(ctx, cfg)
+		if err != nil && try == 0 && errors.Is(err, subproc.ErrForkServerDead) {
+			// Start fails with ErrForkServerDead only once the template is
+			// seen gone or has been killed: server replaces it.
+			select {
+			case <-fs.Done():
+			case <-ctx.Done():
+				return nil, err
+			}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return w, nil
+	}
+}
+
+// close stops the template; no start may follow.
+func (h *forkHolder) close(ctx context.Context) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.closed = true
+	if h.fs != nil {
+		h.fs.Close(ctx)
+		h.fs = nil
 	}
 }

@@ -61,6 +61,9 @@ type Pool struct {
 	depth     int // calls a busy worker may hold besides (Config.PipelineDepth)
 	log       *slog.Logger
 	newWorker func(ctx context.Context, id string) (worker.Worker, error)
+	// closeProfile stops what the profile holds besides the workers (the
+	// fork server); called once every worker is closed.
+	closeProfile func(ctx context.Context)
 
 	ctx    context.Context // the pool's lifetime: start-ups, supervision
 	cancel context.CancelFunc
@@ -178,11 +181,30 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.stopCtx, p.stop = context.WithCancel(context.Background())
+	p.closeProfile = func(context.Context) {}
 	if p.newWorker = c.NewWorker; p.newWorker == nil {
-		if p.newWorker, err = profileFactory(c); err != nil {
+		prof, err := profileFactory(c)
+		if err != nil {
 			p.cancel()
 			p.stop()
 			return nil, err
+		}
+		p.newWorker, p.closeProfile = prof.newWorker, prof.close
+		// The fork server starts before the workers, bounded like a
+		// worker's start and by ctx.
+		pctx, cancel := context.WithTimeout(p.ctx, c.StartTimeout)
+		stopAfter := context.AfterFunc(ctx, cancel)
+		err = prof.prepare(pctx)
+		stopAfter()
+		cancel()
+		if err != nil {
+			p.cancel()
+			p.stop()
+			p.closeProfile(context.Background())
+			if ctx.Err() != nil {
+				err = context.Cause(ctx)
+			}
+			return nil, fmt.Errorf("pool %s: start: %w", c.Name, err)
 		}
 	}
 
@@ -234,6 +256,7 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 			_ = m.w.Close(p.stopCtx)
 		}
 		p.wg.Wait()
+		p.closeProfile(p.stopCtx)
 		return nil, firstErr
 	}
 	p.mu.Lock()
@@ -890,6 +913,7 @@ func (p *Pool) close(ctx context.Context) error {
 	}
 	wg.Wait()
 	p.wg.Wait()
+	p.closeProfile(ctx)
 	p.log.Info("pool closed")
 	return err
 }

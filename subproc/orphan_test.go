@@ -69,10 +69,20 @@ func TestHostProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	detach := os.Getenv("SNAKEPIT_TEST_HOST_DETACH") != ""
+	var fs *subproc.ForkServer
+	if os.Getenv("SNAKEPIT_TEST_HOST_FORK") != "" {
+		if fs, err = subproc.StartForkServer(context.Background(), subproc.ForkServerConfig{
+			Module: "orphan_adapter", ImportAdapter: true, Paths: []string{os.Getenv("SNAKEPIT_TEST_HOST_ADAPTERS")},
+			Python: pythonExe(t), Registry: reg,
+		}); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("FORKSERVER %d\n", fs.PID())
+	}
 	for i := range 2 {
 		w, err := subproc.Start(context.Background(), subproc.Config{
 			Module: "orphan_adapter", Paths: []string{os.Getenv("SNAKEPIT_TEST_HOST_ADAPTERS")},
-			Python: pythonExe(t), Registry: reg,
+			Python: pythonExe(t), Registry: reg, ForkServer: fs,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -102,11 +112,12 @@ func TestHostProcess(t *testing.T) {
 
 type hostPids struct {
 	workers, grandchildren, detached []int
+	forkServer                       int // 0: none
 }
 
 // runHost starts a host process, waits until its workers are ready, and
 // returns it with their pids.
-func runHost(t *testing.T, regDir string, detach bool) (*exec.Cmd, hostPids) {
+func runHost(t *testing.T, regDir string, detach, fork bool) (*exec.Cmd, hostPids) {
 	t.Helper()
 	adapters := t.TempDir()
 	if err := os.WriteFile(filepath.Join(adapters, "orphan_adapter.py"), []byte(orphanAdapter), 0o644); err != nil {
@@ -116,6 +127,9 @@ func runHost(t *testing.T, regDir string, detach bool) (*exec.Cmd, hostPids) {
 	cmd.Env = append(os.Environ(), envHost+"="+regDir, "SNAKEPIT_TEST_HOST_ADAPTERS="+adapters)
 	if detach {
 		cmd.Env = append(cmd.Env, "SNAKEPIT_TEST_HOST_DETACH=1")
+	}
+	if fork {
+		cmd.Env = append(cmd.Env, "SNAKEPIT_TEST_HOST_FORK=1")
 	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -140,6 +154,7 @@ func runHost(t *testing.T, regDir string, detach bool) (*exec.Cmd, hostPids) {
 					p.detached = append(p.detached, w, g)
 				}
 			}
+			fmt.Sscanf(line, "FORKSERVER %d", &p.forkServer)
 			if line == "READY" {
 				ready <- nil
 				return
@@ -193,10 +208,22 @@ func waitGone(t *testing.T, pids []int, within time.Duration) {
 
 // TestHostKilled: SIGKILL a host with busy workers; the lifeline takes every
 // worker and grandchild down, and a new host's sweep finds nothing to do.
-func TestHostKilled(t *testing.T) {
+func TestHostKilled(t *testing.T) { testHostKilled(t, false) }
+
+// TestHostKilledForked: TestHostKilled with workers forked by a fork
+// server, which goes too.
+func TestHostKilledForked(t *testing.T) { testHostKilled(t, true) }
+
+func testHostKilled(t *testing.T, fork bool) {
 	dir := t.TempDir()
-	host, p := runHost(t, dir, false)
+	host, p := runHost(t, dir, false, fork)
 	all := append(append([]int(nil), p.workers...), p.grandchildren...)
+	if fork {
+		if p.forkServer == 0 {
+			t.Fatal("the host reported no fork server")
+		}
+		all = append(all, p.forkServer)
+	}
 	for _, pid := range all {
 		if !alive(pid) {
 			t.Fatalf("pid %d not running before the host died", pid)
@@ -214,9 +241,15 @@ func TestHostKilled(t *testing.T) {
 // TestLifelineFailure: a worker that ignores its lifeline survives its
 // host; the next host's registry sweep kills it and its grandchild, and
 // spares a decoy with a recycled-looking pid.
-func TestLifelineFailure(t *testing.T) {
+func TestLifelineFailure(t *testing.T) { testLifelineFailure(t, false) }
+
+// TestLifelineFailureForked: TestLifelineFailure with workers forked by a
+// fork server: the sweep finds and kills the forked worker's group.
+func TestLifelineFailureForked(t *testing.T) { testLifelineFailure(t, true) }
+
+func testLifelineFailure(t *testing.T, fork bool) {
 	dir := t.TempDir()
-	host, p := runHost(t, dir, true)
+	host, p := runHost(t, dir, true, fork)
 	if len(p.detached) != 2 {
 		t.Fatalf("detached pids: %v", p.detached)
 	}

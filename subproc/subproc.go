@@ -80,6 +80,13 @@
 //   - A [Registry] records each group with its start time and a random run
 //     token placed in the child's environment, so a later host can kill what
 //     a host that died left behind, and never a reused pid.
+//   - With [Config.ForkServer] the child is forked from a template process
+//     ([StartForkServer]) that has imported snakepit (and the adapter, if
+//     its imports are fork-safe) instead of starting an interpreter: it
+//     starts in milliseconds and shares the template's pages. It gets the
+//     same descriptors, its own session and process group, its explicit
+//     environment and a registry entry; the host learns of its exit through
+//     a pidfd, and the template reaps it when the host says so.
 package subproc
 
 import (
@@ -95,7 +102,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -202,6 +208,18 @@ type Config struct {
 	// takes back, never runs. Zero: none; at most MaxConcurrency. Any
 	// value above zero uses the concurrent mode (see Concurrency).
 	PipelineDepth int
+	// ForkServer, when set, starts the worker by forking it from that
+	// template process instead of starting an interpreter (see
+	// [StartForkServer]): the start costs milliseconds and the pages of
+	// what the template imported are shared. The worker still gets its
+	// own process group, lifeline, registry entry (in the fork server's
+	// Registry, which replaces Registry) and explicit environment (Env
+	// and the rest as above; the template's own is dropped). Python is
+	// ignored (the template's interpreter runs the worker) and Command
+	// must be empty. A fork server that has died makes Start fail with an
+	// error matching [ErrForkServerDead]. Nil: the worker is a new
+	// interpreter.
+	ForkServer *ForkServer
 }
 
 // MaxConcurrency bounds Config.Concurrency and Config.PipelineDepth.
@@ -247,16 +265,23 @@ func (cfg *Config) concurrent() bool { return cfg.Concurrency > 1 || cfg.Pipelin
 // ExitError reports a worker process that ended. It matches
 // [worker.ErrWorkerDead].
 type ExitError struct {
-	PID    int
-	State  *os.ProcessState // nil if the process could not be reaped
-	Stderr string           // the last lines of its stderr
+	PID   int
+	State *os.ProcessState // nil if the process could not be reaped, or was forked (see Status)
+	// Status says how a worker forked by a fork server ended ("exit status
+	// 3", "signal: killed"), as its template reaped it; "" where State is
+	// set or the template could not tell.
+	Status string
+	Stderr string // the last lines of its stderr
 }
 
 func (e *ExitError) Error() string {
 	msg := fmt.Sprintf("subproc: worker process %d ", e.PID)
-	if e.State != nil {
+	switch {
+	case e.State != nil:
 		msg += "exited: " + e.State.String()
-	} else {
+	case e.Status != "":
+		msg += "exited: " + e.Status
+	default:
 		msg += "is gone"
 	}
 	if e.Stderr != "" {
@@ -299,6 +324,7 @@ type Worker struct {
 	shm      *region // the shared region; nil when Config.SharedThreshold is negative
 	shmPeer  bool    // the child announced it reads and writes the shared region
 	reg      *Registry
+	fork     *ForkServer // the template that forked the process; nil for an exec'd one
 	stderr   *tail
 	outputs  sync.WaitGroup // stdout/stderr forwarders
 	outR     *os.File       // read end of the child's stdout, closed by the forwarder or Close
@@ -359,6 +385,9 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	if err := cfg.checkConcurrency(); err != nil {
 		return nil, err
 	}
+	if cfg.ForkServer != nil && len(cfg.Command) > 0 {
+		return nil, errors.New("subproc: Config.Command cannot be used with Config.ForkServer (the fork server's interpreter runs the worker)")
+	}
 	if ctx.Err() != nil {
 		// Ended already: start nothing.
 		return nil, &worker.SetupError{WorkerID: cfg.ID, Stage: "start", Err: context.Cause(ctx)}
@@ -393,11 +422,30 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	setupErr := func(stage string, err error) error {
 		return &worker.SetupError{WorkerID: cfg.ID, Stage: stage, Err: err}
 	}
-	argv, err := command(cfg, log)
-	if err != nil {
-		return nil, setupErr("start", err)
+	// -P (Python 3.11+): the host's working directory is not put in front
+	// of sys.path, so a stray argparse.py or json.py there is never
+	// imported. PYTHONPATH (the snakepit package and Config.Paths) keeps
+	// working, unlike with -I, and programs the worker runs are unaffected,
+	// unlike with PYTHONSAFEPATH in the environment.
+	var argv []string
+	if cfg.ForkServer != nil {
+		// The template's interpreter runs the worker: only its arguments
+		// travel.
+		argv = workerArgs(cfg, log)
+	} else {
+		prefix, err := interpreter(cfg)
+		if err != nil {
+			return nil, setupErr("start", err)
+		}
+		argv = append(append(prefix, "-P", "-m", "snakepit._process"), workerArgs(cfg, log)...)
 	}
 	reg := cfg.Registry
+	if cfg.ForkServer != nil {
+		// The forked process's /proc environ is the template's, which
+		// carries the fork server's run token: its registry must record it.
+		reg = cfg.ForkServer.proc.reg
+	}
+	var err error
 	if reg == nil {
 		if reg, err = DefaultRegistry(); err != nil {
 			return nil, setupErr("start", err)
@@ -421,7 +469,7 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		mux:     newMuxState(&cfg),
 	}
 	w.stopCtx, w.stopCancel = context.WithCancel(context.Background())
-	if err := w.spawn(argv, pkg); err != nil {
+	if err := w.spawn(ctx, argv, pkg, unix.SOCK_STREAM); err != nil {
 		return nil, setupErr("start", err)
 	}
 	if err := w.handshake(ctx); err != nil {
@@ -440,44 +488,45 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	return w, nil
 }
 
-// command builds the child's argv.
-func command(cfg Config, log *slog.Logger) ([]string, error) {
-	prefix := cfg.Command
-	if len(prefix) == 0 {
-		exe := cfg.Python
-		if exe == "" {
-			py, err := locate.Find(locate.Options{})
-			if err != nil {
-				// The process profile needs no libpython: any python3 will do.
-				var lookErr error
-				if exe, lookErr = exec.LookPath("python3"); lookErr != nil {
-					return nil, err
-				}
-			} else {
-				exe = py.Executable
-			}
-		}
-		if exe == "" {
-			return nil, errors.New("no Python executable found: set Config.Python or " + locate.EnvPython)
-		}
-		prefix = []string{exe}
+// interpreter returns the command that runs Python: Config.Command, or the
+// interpreter Config.Python names or package locate finds.
+func interpreter(cfg Config) ([]string, error) {
+	if len(cfg.Command) > 0 {
+		return append([]string(nil), cfg.Command...), nil
 	}
-	// -P (Python 3.11+): the host's working directory is not put in front
-	// of sys.path, so a stray argparse.py or json.py there is never
-	// imported. PYTHONPATH (the snakepit package and Config.Paths) keeps
-	// working, unlike with -I, and programs the worker runs are unaffected,
-	// unlike with PYTHONSAFEPATH in the environment.
-	argv := append(append([]string(nil), prefix...), "-P", "-m", "snakepit._process", cfg.Module,
+	exe := cfg.Python
+	if exe == "" {
+		py, err := locate.Find(locate.Options{})
+		if err != nil {
+			// The process profile needs no libpython: any python3 will do.
+			var lookErr error
+			if exe, lookErr = exec.LookPath("python3"); lookErr != nil {
+				return nil, err
+			}
+		} else {
+			exe = py.Executable
+		}
+	}
+	if exe == "" {
+		return nil, errors.New("no Python executable found: set Config.Python or " + locate.EnvPython)
+	}
+	return []string{exe}, nil
+}
+
+// workerArgs are the arguments of the worker's main loop, after
+// "-m snakepit._process".
+func workerArgs(cfg Config, log *slog.Logger) []string {
+	args := []string{cfg.Module,
 		"--worker-id", cfg.ID, "--log-level", strconv.Itoa(python.PythonLevel(log)),
-		"--max-frame", strconv.Itoa(cfg.MaxFrame), "--spin-us", strconv.Itoa(int(cfg.Spin/time.Microsecond)))
+		"--max-frame", strconv.Itoa(cfg.MaxFrame), "--spin-us", strconv.Itoa(int(cfg.Spin / time.Microsecond))}
 	if cfg.concurrent() {
-		argv = append(argv, "--concurrency", strconv.Itoa(cfg.Concurrency), "--queue", strconv.Itoa(cfg.PipelineDepth))
+		args = append(args, "--concurrency", strconv.Itoa(cfg.Concurrency), "--queue", strconv.Itoa(cfg.PipelineDepth))
 	}
 	if cfg.SharedThreshold > 0 {
-		argv = append(argv, "--shm-fd", strconv.Itoa(shmFD),
+		args = append(args, "--shm-fd", strconv.Itoa(shmFD),
 			"--shm-threshold", strconv.Itoa(cfg.SharedThreshold), "--shm-max", strconv.Itoa(cfg.MaxSharedMemory))
 	}
-	return argv, nil
+	return args
 }
 
 // childEnv is the explicit environment of a worker process.
@@ -506,8 +555,12 @@ func childEnv(cfg Config, pkg, token string) []string {
 	return append(env, cfg.Env...)
 }
 
-func (w *Worker) spawn(argv []string, pkg string) error {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+// spawn starts the process — exec'd from the spawner thread, or forked by
+// Config.ForkServer — with its socket (of sockType) on fd 3, its lifeline
+// on fd 4 and the shared region on fd 5, and starts the goroutines that
+// forward its output and reap it.
+func (w *Worker) spawn(ctx context.Context, argv []string, pkg string, sockType int) error {
+	fds, err := unix.Socketpair(unix.AF_UNIX, sockType|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("socketpair: %w", err)
 	}
@@ -545,18 +598,35 @@ func (w *Worker) spawn(argv []string, pkg string) error {
 			return err
 		}
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = childEnv(w.cfg, pkg, w.reg.Token())
-	cmd.ExtraFiles = []*os.File{childSock, lifeR} // fds 3 and 4
+	files := []*os.File{childSock, lifeR} // fds 3 and 4
 	if w.shm != nil {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, w.shm.file) // fd 5
+		files = append(files, w.shm.file) // fd 5
 	}
-	cmd.Stdout, cmd.Stderr = outW, errW
-	// The parent-death signal is SIGTERM, not SIGKILL: the child's handler
-	// kills its whole group, grandchildren included, which SIGKILL to the
-	// child alone would leave behind.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGTERM}
-	err = startOnSpawner(cmd)
+	env := childEnv(w.cfg, pkg, w.reg.Token())
+	if fs := w.cfg.ForkServer; fs != nil {
+		w.fork = fs
+		w.pid, w.pidfd, err = fs.fork(ctx, argv, env, outW, errW, files)
+	} else {
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = env
+		cmd.ExtraFiles = files
+		cmd.Stdout, cmd.Stderr = outW, errW
+		// The parent-death signal is SIGTERM, not SIGKILL: the child's
+		// handler kills its whole group, grandchildren included, which
+		// SIGKILL to the child alone would leave behind.
+		cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGTERM}
+		if err = startOnSpawner(cmd); err != nil {
+			err = fmt.Errorf("start %s: %w", argv[0], err)
+		} else {
+			w.cmd = cmd
+			w.pid = cmd.Process.Pid
+			// The process cannot have been reaped yet (only reap does
+			// that), so the pidfd names it, not a successor.
+			if fd, err := unix.PidfdOpen(w.pid, 0); err == nil {
+				w.pidfd = fd
+			}
+		}
+	}
 	outW.Close()
 	errW.Close()
 	if err != nil {
@@ -567,38 +637,42 @@ func (w *Worker) spawn(argv []string, pkg string) error {
 		if w.shm != nil {
 			w.shm.close()
 		}
-		return fmt.Errorf("start %s: %w", argv[0], err)
-	}
-	w.cmd = cmd
-	w.pid = cmd.Process.Pid
-	// The process cannot have been reaped yet (only reap does that), so the
-	// pidfd names it, not a successor.
-	if fd, err := unix.PidfdOpen(w.pid, 0); err == nil {
-		w.pidfd = fd
+		return err
 	}
 	if w.cfg.ID == "" {
-		w.id = "proc-" + strconv.Itoa(w.pid)
+		prefix := "proc-"
+		if sockType == unix.SOCK_SEQPACKET {
+			prefix = "forkserver-" // StartForkServer's template
+		}
+		w.id = prefix + strconv.Itoa(w.pid)
 	} else {
 		w.id = w.cfg.ID
 	}
 	w.lifeline = lifeW
-	c, err := net.FileConn(hostSock)
-	hostSock.Close()
-	if err != nil {
-		lifeW.Close()
-		w.kill()
-		return fmt.Errorf("socket: %w", err)
-	}
-	w.conn = c.(*net.UnixConn)
-	w.rd = &frameReader{r: w.conn, max: w.cfg.MaxFrame}
 	w.outR, w.errR = outR, errR
 	w.outputs.Add(2)
 	go w.forward(outR, "stdout", nil, nil)
 	go w.forward(errR, "stderr", w.stderr, w.errDone)
-	go w.reap()
+	if w.fork != nil {
+		go w.reapForked()
+	} else {
+		go w.reap()
+	}
 	if err := w.reg.add(w.pid); err != nil {
 		w.log.Warn("worker not recorded for orphan cleanup", "worker", w.id, "error", err)
 	}
+	c, err := net.FileConn(hostSock)
+	hostSock.Close()
+	if err != nil {
+		w.kill()
+		<-w.exited
+		w.release()
+		w.drainOutputs(context.Background())
+		w.reg.remove(w.pid)
+		return fmt.Errorf("socket: %w", err)
+	}
+	w.conn = c.(*net.UnixConn)
+	w.rd = &frameReader{r: w.conn, max: w.cfg.MaxFrame}
 	return nil
 }
 
