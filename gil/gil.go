@@ -499,6 +499,11 @@ func (w *Worker) reply(ctx context.Context, res callResult, command, cid string)
 		return python.Reply{}, &worker.CallError{Command: command, CorrelationID: cid, Err: err}
 	}
 	w.emit(ctx, r.Logs)
+	// A reply read as the context ended: the call ended with its context
+	// (as it would have a moment later), whatever the handler returned.
+	if ctx.Err() != nil {
+		return r, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
+	}
 	if r.Err != nil {
 		if errors.Is(r.Err, python.ErrCancelled) {
 			return r, python.CancelledError(ctx, r.Err, command, cid)

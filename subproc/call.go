@@ -182,6 +182,11 @@ func (w *Worker) request(ctx context.Context, typ byte, payload []byte, command,
 		return r, false, wrap(w.Err())
 	}
 	w.emit(ctx, r.Logs)
+	// A reply read as the context ended: the call ended with its context
+	// (as it would have a moment later), whatever the handler returned.
+	if ctx.Err() != nil {
+		return r, false, wrap(context.Cause(ctx))
+	}
 	if r.Err != nil {
 		if errors.Is(r.Err, python.ErrCancelled) {
 			return r, false, python.CancelledError(ctx, r.Err, command, cid)

@@ -334,6 +334,11 @@ func (w *Worker) muxOutcome(ctx context.Context, res muxResult, command, cid str
 		return r, false, &worker.CallError{Command: command, CorrelationID: cid, Err: w.Err()}
 	}
 	w.emit(ctx, r.Logs)
+	// A reply read as the context ended: the call ended with its context
+	// (as it would have a moment later), whatever the handler returned.
+	if ctx.Err() != nil {
+		return r, false, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
+	}
 	if r.Err != nil {
 		if errors.Is(r.Err, python.ErrCancelled) {
 			return r, false, python.CancelledError(ctx, r.Err, command, cid)

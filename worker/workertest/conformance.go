@@ -143,6 +143,30 @@ func Run(t *testing.T, factory Factory) {
 		})
 	})
 
+	t.Run("ReplyAsContextEnds", func(t *testing.T) {
+		// The context ends after the reply is in but before Call returns
+		// (the logger, which the reply's records reach first, cancels it):
+		// the call ends with its context, whatever the handler returned.
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		cw, err := factory(ctx, Options{
+			Module: "snakepit_conformance", Paths: []string{dir}, InterruptGrace: 3 * time.Second,
+			Env:    map[string]string{"SNAKEPIT_CONFORMANCE_TEARDOWN": marker},
+			Logger: slog.New(&cancelOn{msg: "end this call", cancel: cancel}),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cw.Close(ctx)
+		_, err = cw.Call(cctx, req("log_and_return", map[string]any{"msg": "end this call"}))
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want context.Canceled", err)
+		}
+		if _, err := cw.Call(ctx, req("echo", map[string]any{"value": 1})); err != nil {
+			t.Fatalf("the next call: %v", err)
+		}
+	})
+
 	t.Run("Teardown", func(t *testing.T) {
 		// A stream left open does not keep Close waiting.
 		st, err := w.Stream(ctx, req("count", map[string]any{"n": 1000}))
@@ -667,6 +691,23 @@ func contains(list []string, s string) bool {
 }
 
 // recorder is a slog.Handler that keeps records for inspection.
+// cancelOn is a slog handler that calls cancel when it sees a record
+// with message msg.
+type cancelOn struct {
+	msg    string
+	cancel context.CancelFunc
+}
+
+func (c *cancelOn) Enabled(context.Context, slog.Level) bool { return true }
+func (c *cancelOn) WithAttrs([]slog.Attr) slog.Handler       { return c }
+func (c *cancelOn) WithGroup(string) slog.Handler            { return c }
+func (c *cancelOn) Handle(_ context.Context, rec slog.Record) error {
+	if rec.Message == c.msg {
+		c.cancel()
+	}
+	return nil
+}
+
 type recorder struct {
 	mu   sync.Mutex
 	recs []record

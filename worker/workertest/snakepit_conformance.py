@@ -384,3 +384,10 @@ async def wait_release(group, timeout=30):
 async def release(group):
     _obj(_group(group), "release", asyncio.Event).set()
     return True
+
+
+@snakepit.command
+def log_and_return(msg):
+    """Logs msg and returns 1: the record travels with the reply."""
+    logging.getLogger("conformance").warning(msg)
+    return 1
