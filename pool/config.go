@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/snakepit-go/snakepit/host"
+	"github.com/snakepit-go/snakepit/subproc"
 	"github.com/snakepit-go/snakepit/worker"
 )
 
@@ -192,6 +193,14 @@ type ForkServerOptions struct {
 	// False: the template imports snakepit only; each worker imports the
 	// adapter after the fork.
 	ImportAdapter bool
+	// Server is a fork server the program started (subproc.StartForkServer,
+	// for this pool's Module) and owns: the pool forks its workers from it
+	// instead of starting a template of its own, so that a new pool (or
+	// several pools, or a pool started again) skips the template's start
+	// too. The pool neither replaces it when it dies (starts then fail with
+	// subproc.ErrForkServerDead) nor stops it. ImportAdapter is then the
+	// server's. Nil: the pool starts and owns its own.
+	Server *subproc.ForkServer
 }
 
 // withDefaults validates c and returns a copy with defaults filled in; it
@@ -248,6 +257,10 @@ func (c Config) withDefaults() (Config, error) {
 		errs = append(errs, errors.New("ForkServer cannot be used with NewWorker"))
 	} else if c.ForkServer != nil && c.Profile != Process {
 		errs = append(errs, errors.New("ForkServer needs the process profile"))
+	} else if c.ForkServer != nil && c.ForkServer.Server != nil {
+		if m, _ := c.ForkServer.Server.Module(); m != c.Module {
+			errs = append(errs, fmt.Errorf("ForkServer.Server was started for module %q, not %q", m, c.Module))
+		}
 	}
 	if len(errs) > 0 {
 		return c, &ConfigError{Errs: errs}

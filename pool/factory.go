@@ -65,7 +65,7 @@ func profileFactory(c Config) (profile, error) {
 		fh := &forkHolder{cfg: subproc.ForkServerConfig{
 			Module: c.Module, ImportAdapter: c.ForkServer.ImportAdapter, Paths: c.Paths, Python: c.Python,
 			Env: c.Env, ID: c.Name + "-forkserver", Logger: c.Logger, StartTimeout: c.StartTimeout, StopGrace: c.StopGrace,
-		}}
+		}, shared: c.ForkServer.Server}
 		return profile{func(ctx context.Context, id string) (worker.Worker, error) {
 			cfg := wcfg
 			cfg.ID = id
@@ -96,7 +96,8 @@ func profileFactory(c Config) (profile, error) {
 // need it, which the pool's supervision turns into backoff and, in the
 // end, a degraded pool.
 type forkHolder struct {
-	cfg subproc.ForkServerConfig
+	cfg    subproc.ForkServerConfig
+	shared *subproc.ForkServer // ForkServerOptions.Server: the program's, never replaced or stopped
 
 	mu     sync.Mutex // guards fs, closed; held while a template starts
 	fs     *subproc.ForkServer
@@ -109,6 +110,14 @@ func (h *forkHolder) server(ctx context.Context) (*subproc.ForkServer, error) {
 	defer h.mu.Unlock()
 	if h.closed {
 		return nil, fmt.Errorf("pool: fork server: %w", ErrClosed)
+	}
+	if h.shared != nil {
+		select {
+		case <-h.shared.Done():
+			return nil, &worker.SetupError{Stage: "start", Err: fmt.Errorf("pool: the shared fork server (pid %d) has stopped: %w", h.shared.PID(), subproc.ErrForkServerDead)}
+		default:
+			return h.shared, nil
+		}
 	}
 	if h.fs != nil {
 		select {
@@ -137,7 +146,7 @@ func (h *forkHolder) start(ctx context.Context, cfg subproc.Config) (worker.Work
 		}
 		cfg.ForkServer = fs
 		w, err := subproc.Start(ctx, cfg)
-		if err != nil && try == 0 && errors.Is(err, subproc.ErrForkServerDead) {
+		if err != nil && try == 0 && errors.Is(err, subproc.ErrForkServerDead) && h.shared == nil {
 			// Start fails with ErrForkServerDead only once the template is
 			// seen gone or has been killed: server replaces it.
 			select {

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/procfs"
 
 	"github.com/snakepit-go/snakepit/pool"
+	"github.com/snakepit-go/snakepit/subproc"
 )
 
 // forkBenchAdapter imports what a typical adapter's dependencies pull in
@@ -65,7 +66,8 @@ var forkModes = []struct {
 // BenchmarkForkServerReady: the time for a process pool of 2 (and 8)
 // workers to be ready (New returns), each worker a fresh interpreter or
 // forked by the pool's fork server, whose own start — one interpreter
-// start and the adapter's imports — is included. Close is not timed.
+// start and the adapter's imports — is included, or forked by a fork
+// server the program started before (shared). Close is not timed.
 func BenchmarkForkServerReady(b *testing.B) {
 	dir := forkBenchDir(b)
 	ctx := context.Background()
@@ -85,6 +87,27 @@ func BenchmarkForkServerReady(b *testing.B) {
 				}
 			})
 		}
+		// A fork server the program started once and shares between
+		// pools (ForkServerOptions.Server): its start is not timed.
+		b.Run(fmt.Sprintf("workers=%d/shared", size), func(b *testing.B) {
+			fs, err := subproc.StartForkServer(ctx, subproc.ForkServerConfig{Module: "forkbench_adapter", ImportAdapter: true, Paths: []string{dir}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer fs.Close(ctx)
+			cfg := forkBenchConfig(dir, false)
+			cfg.Size = size
+			cfg.ForkServer = &pool.ForkServerOptions{Server: fs}
+			for b.Loop() {
+				p, err := pool.New(ctx, cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				p.Close(ctx)
+				b.StartTimer()
+			}
+		})
 	}
 }
 

@@ -171,3 +171,51 @@ func TestForkServerPoolConfig(t *testing.T) {
 		t.Fatalf("New with a threaded template: got %v, want ErrForkUnsafe", err)
 	}
 }
+
+// TestForkServerShared: pools fork from a fork server the program started
+// and owns (ForkServerOptions.Server): one after the other, they use it
+// and leave it running; one for another module is refused; once it has
+// stopped, a pool's start fails clearly.
+func TestForkServerShared(t *testing.T) {
+	ctx := context.Background()
+	dir := forkPoolDir(t)
+	fs, err := subproc.StartForkServer(ctx, subproc.ForkServerConfig{Module: "forkpool_adapter", ImportAdapter: true, Paths: []string{dir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close(ctx)
+	cfg := pool.Config{Profile: pool.Process, Module: "forkpool_adapter", Paths: []string{dir}, Size: 2,
+		ForkServer: &pool.ForkServerOptions{Server: fs}}
+	for round := range 2 {
+		p, err := pool.New(ctx, cfg)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		var w whoami
+		if err := p.Call(ctx, "whoami", nil, &w); err != nil {
+			t.Fatal(err)
+		}
+		if w.PPID != fs.PID() {
+			t.Fatalf("round %d: worker's parent is %d, want the shared template %d", round, w.PPID, fs.PID())
+		}
+		if err := p.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if !processAlive(fs.PID()) {
+			t.Fatalf("round %d: the pool's Close stopped the program's fork server", round)
+		}
+		waitProcessesGone(t, []int{w.PID})
+	}
+	other := cfg
+	other.Module = "other_adapter"
+	var ce *pool.ConfigError
+	if _, err := pool.New(ctx, other); !errors.As(err, &ce) || !strings.Contains(err.Error(), "forkpool_adapter") {
+		t.Fatalf("a fork server of another module: got %v, want a ConfigError naming its module", err)
+	}
+	if err := fs.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.New(ctx, cfg); !errors.Is(err, subproc.ErrForkServerDead) {
+		t.Fatalf("a stopped fork server: got %v, want ErrForkServerDead", err)
+	}
+}

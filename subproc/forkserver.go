@@ -434,6 +434,12 @@ func (w *Worker) reapForked() {
 // PID returns the template's pid (also its process group id).
 func (fs *ForkServer) PID() int { return fs.proc.pid }
 
+// Module returns the adapter module the template was started for, and
+// whether it imported it.
+func (fs *ForkServer) Module() (module string, imported bool) {
+	return fs.cfg.Module, fs.cfg.ImportAdapter
+}
+
 // Done is closed when the template has ended.
 func (fs *ForkServer) Done() <-chan struct{} { return fs.proc.exited }
 
