@@ -302,8 +302,9 @@ func (w *Worker) executor() {
 
 func (w *Worker) boot(ctx context.Context, module string, hostNames []string) error {
 	names, _ := json.Marshal(hostNames) // a JSON list of strings is a Python list literal
-	code := fmt.Sprintf(`import snakepit, snakepit._dispatch, snakepit._sleep, _snakepit_embed
+	code := fmt.Sprintf(`import snakepit, snakepit._dispatch, snakepit._sleep, snakepit._aio311, _snakepit_embed
 snakepit._sleep.install()
+snakepit._aio311.install()
 _spk = snakepit._dispatch.Dispatcher(%s, worker_id=%s, capture_stdio=True, log_level=%d, concurrency=%d)
 _spk.raw_results = True
 _spk.host_names = tuple(%s)
