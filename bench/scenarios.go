@@ -17,6 +17,7 @@ import (
 
 	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/subproc"
 )
 
 // measure runs call repeatedly for the scenario duration, one goroutine per
@@ -558,6 +559,79 @@ func (e *env) startup(ctx context.Context) ([]Result, error) {
 			p.Close(ctx)
 		}
 		out = append(out, Result{Scenario: "startup", Profile: profile, Workers: e.o.workers, StartupNS: int64(best), RSSBytes: rss})
+	}
+	if e.has("process") {
+		rs, err := e.startupForked(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rs...)
+	}
+	return out, nil
+}
+
+// startupForked: the process pool's start-up with a fork server of its own
+// (its template's start included) and with one the program started before
+// (shared), and the time to recycle a worker with and without one.
+func (e *env) startupForked(ctx context.Context) ([]Result, error) {
+	fs, err := subproc.StartForkServer(ctx, subproc.ForkServerConfig{Module: "bench_adapter", ImportAdapter: true, Paths: []string{e.dir}, Python: e.exe})
+	if err != nil {
+		return nil, err
+	}
+	defer fs.Close(ctx)
+	var out []Result
+	for _, mode := range []string{"forkserver", "shared-forkserver"} {
+		var best time.Duration = 1 << 62
+		for range max(e.o.reps, 1) {
+			e.progress("startup: process, " + mode)
+			t := time.Now()
+			p, err := e.newPoolWith(ctx, "process", e.o.workers, func(c *pool.Config) {
+				c.ForkServer = &pool.ForkServerOptions{ImportAdapter: true}
+				if mode == "shared-forkserver" {
+					c.ForkServer.Server = fs
+				}
+			})
+			if err != nil {
+				return nil, err
+			}
+			best = min(best, time.Since(t))
+			p.Close(ctx)
+		}
+		out = append(out, Result{Scenario: "startup", Profile: "process", Workers: e.o.workers, Param: mode, StartupNS: int64(best)})
+	}
+	// Recycling: a 1-worker pool whose worker leaves after each call; the
+	// time from the call's return until the replacement is in service.
+	for _, forked := range []bool{false, true} {
+		param := "recycle"
+		if forked {
+			param = "recycle, forkserver"
+		}
+		e.progress("startup: process, " + param)
+		p, err := e.newPoolWith(ctx, "process", 1, func(c *pool.Config) {
+			c.MaxCalls = 1
+			if forked {
+				c.ForkServer = &pool.ForkServerOptions{ImportAdapter: true, Server: fs}
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+		n := 10
+		var total time.Duration
+		for range n {
+			before := p.Stats().Recycled
+			if _, err := p.CallRaw(ctx, "noop", noopArgs); err != nil {
+				p.Close(ctx)
+				return nil, err
+			}
+			t := time.Now()
+			for p.Stats().Recycled == before || p.Stats().Idle == 0 {
+				time.Sleep(100 * time.Microsecond)
+			}
+			total += time.Since(t)
+		}
+		p.Close(ctx)
+		out = append(out, Result{Scenario: "startup", Profile: "process", Workers: 1, Param: param, StartupNS: int64(total) / int64(n)})
 	}
 	return out, nil
 }
