@@ -448,6 +448,28 @@ class _Conn:
             self.sock.sendall(p)
 
 
+def _host_call_frame(token, name, payload, max_frame):
+    """The HOST_CALL payload for a host call from this process, after the
+    checks every transport makes (the arguments' types, a call in flight,
+    not a process forked from the worker, the frame limit)."""
+    if type(payload) is not bytes:
+        raise TypeError("host call arguments must be bytes, not %s" % type(payload).__name__)
+    if type(name) is not str:
+        raise TypeError("host function name must be str, not %s" % type(name).__name__)
+    if type(token) is not int:
+        raise HostError("snakepit: ctx.host used outside a call", "ended")
+    if _worker_pid is not None and os.getpid() != _worker_pid:
+        # A forked process has /dev/null for the socket, and may have been
+        # forked while another thread held the locks.
+        raise HostError("snakepit: ctx.host is not available in a process forked from the worker")
+    data = marshal.dumps((token, name, payload), 4)
+    if len(data) > max_frame:
+        raise _dispatch._host_error("arguments", "")(
+            "host function %r: arguments of %d bytes exceed the frame limit of %d bytes"
+            % (name, len(data), max_frame))
+    return data
+
+
 class _Link:
     """The connection as the main loop and the threads waiting in host
     calls share it.
@@ -529,21 +551,7 @@ class _Link:
     def host_call(self, token, name, payload):
         """Dispatcher.host_transport: run the host function name for the
         call token with payload (marshalled kwargs); the reply bytes."""
-        if type(payload) is not bytes:
-            raise TypeError("host call arguments must be bytes, not %s" % type(payload).__name__)
-        if type(name) is not str:
-            raise TypeError("host function name must be str, not %s" % type(name).__name__)
-        if type(token) is not int:
-            raise HostError("snakepit: ctx.host used outside a call", "ended")
-        if _worker_pid is not None and os.getpid() != _worker_pid:
-            # A forked process has /dev/null for the socket, and may have
-            # been forked while another thread held the locks.
-            raise HostError("snakepit: ctx.host is not available in a process forked from the worker")
-        data = marshal.dumps((token, name, payload), 4)
-        if len(data) > self.max_frame:
-            raise _dispatch._host_error("arguments", "")(
-                "host function %r: arguments of %d bytes exceed the frame limit of %d bytes"
-                % (name, len(data), self.max_frame))
+        data = _host_call_frame(token, name, payload, self.max_frame)
         hid = HOST_CALL_ID_BIT | next(self.ids)
         main = threading.get_ident() == self.main
         cond = self.cond
@@ -1069,19 +1077,7 @@ class _Mux:
 
     def host_call(self, token, name, payload):
         """Dispatcher.host_transport (see _Link.host_call)."""
-        if type(payload) is not bytes:
-            raise TypeError("host call arguments must be bytes, not %s" % type(payload).__name__)
-        if type(name) is not str:
-            raise TypeError("host function name must be str, not %s" % type(name).__name__)
-        if type(token) is not int:
-            raise HostError("snakepit: ctx.host used outside a call", "ended")
-        if _worker_pid is not None and os.getpid() != _worker_pid:
-            raise HostError("snakepit: ctx.host is not available in a process forked from the worker")
-        data = marshal.dumps((token, name, payload), 4)
-        if len(data) > self.max_frame:
-            raise _dispatch._host_error("arguments", "")(
-                "host function %r: arguments of %d bytes exceed the frame limit of %d bytes"
-                % (name, len(data), self.max_frame))
+        data = _host_call_frame(token, name, payload, self.max_frame)
         hid = HOST_CALL_ID_BIT | next(self.ids)
         waiter = [threading.Lock(), None]
         waiter[0].acquire()
