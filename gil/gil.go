@@ -37,8 +37,17 @@
 // ends, including at a deadline that interrupts a handler waiting in Go.
 // Threads the handler started may call while the call runs; a host call
 // made for a call that has ended is refused (HostError in Python). A host
-// function must not call the same worker: the worker runs one call at a
-// time, and the call waiting in Go holds it.
+// function must not call the same worker with one slot: the call waiting
+// in Go holds it.
+//
+// # Several calls at once
+//
+// With [Config.Concurrency] above one the worker has that many slots:
+// calls run side by side, each on its caller's OS thread, async handlers
+// as tasks on an event loop thread of the interpreter, plain handlers one
+// at a time unless the adapter is thread-safe (see conc.go). Each call is
+// named to the dispatcher by an id of its own, which its cancellation, host
+// calls and log records follow.
 //
 // # Limits
 //

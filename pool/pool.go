@@ -12,6 +12,11 @@
 //
 // Several pools can live in one process, each independent (a process holds
 // one libpython, shared by its thread-profile pools).
+//
+// A worker has [Config.WorkerConcurrency] slots (one by default): the pool
+// gives it at most that many calls at once, and in the process profile up to
+// [Config.PipelineDepth] more while every worker is busy (see pipeline.go).
+// Process workers can be forked from a template process ([Config.ForkServer]).
 package pool
 
 import (
