@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/snakepit-go/snakepit/internal/wstream"
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/worker"
@@ -33,6 +35,18 @@ import (
 // The child's end is _Mux in python/snakepit/_process.py. STREAM_NEXT and
 // STREAM_CLOSE carry the stream's id (its STREAM_OPEN's request id) as a
 // little-endian uint64 payload.
+//
+// The sequential pipelined mode (Concurrency 1, PipelineDepth > 0) shares
+// this machinery: the child runs the requests one at a time on its main
+// thread, in the order they were written, and replies in that order. The
+// host keeps that order (muxState.order): the oldest request outstanding
+// is the one running (or about to start). A request whose context ends
+// gets CANCEL as above; when it is (or becomes) the oldest, the host also
+// sends SIGUSR1, repeated until its outcome arrives, and starts its
+// InterruptGrace. The child heeds a SIGUSR1 only for a running request
+// whose CANCEL it can see, so a late signal never reaches the request
+// after it. A request still queued gets NOT_STARTED when the child drains
+// its CANCEL, before it starts the next request.
 
 // muxSentHook, set only by tests, sees each request frame the concurrent
 // mode has sent.
@@ -46,16 +60,23 @@ type muxState struct {
 	start  sync.Once
 	done   chan struct{} // closed when the reader returned
 	reader bool          // the reader was started (guarded by mu)
+	seq    bool          // the sequential pipelined mode
+	order  []uint64      // seq: the requests outstanding, oldest first, in the order they were written (guarded by mu)
 }
 
 // muxCall is one request in flight.
 type muxCall struct {
-	req *worker.Request // the Call's request (for Withdraw); nil for other requests
-	res chan muxResult  // gets the outcome, once, unless abandoned
+	req     *worker.Request // the Call's request (for Withdraw); nil for other requests
+	res     chan muxResult  // gets the outcome, once, unless abandoned
+	command string          // for the error that kills a worker whose call does not stop
+	cid     string
 	// Guarded by muxState.mu:
 	withdraw chan bool   // a Withdraw waiting for the child's answer
 	abandon  func()      // set when the caller left: runs when the outcome arrives
 	timer    *time.Timer // the grace period of an abandoned request
+	// seq: closed when the outcome of an abandoned request that the host
+	// interrupts (it was the oldest) arrived; nil until then.
+	settled chan struct{}
 }
 
 // muxResult is a request's outcome.
@@ -69,7 +90,7 @@ func newMuxState(cfg *Config) *muxState {
 	if !cfg.concurrent() {
 		return nil
 	}
-	return &muxState{calls: make(map[uint64]*muxCall), done: make(chan struct{})}
+	return &muxState{calls: make(map[uint64]*muxCall), done: make(chan struct{}), seq: cfg.sequential()}
 }
 
 // startReader starts the reader goroutine once.
@@ -165,8 +186,10 @@ func (w *Worker) muxDeliver(id uint64, r muxResult) error {
 		c.withdraw = nil
 	}
 	abandon := c.abandon
-	if abandon != nil {
-		c.timer.Stop()
+	c.stopGrace()
+	if m.seq {
+		m.unorder(id)
+		w.seqEscalate()
 	}
 	m.mu.Unlock()
 	if abandon != nil {
@@ -208,10 +231,9 @@ func (w *Worker) muxFail(err error) {
 			c.withdraw <- false
 			c.withdraw = nil
 		}
-		if c.abandon != nil {
-			c.timer.Stop()
-		}
+		c.stopGrace()
 	}
+	m.order = nil
 	m.mu.Unlock()
 	for _, c := range calls {
 		if c.abandon != nil {
@@ -230,9 +252,89 @@ func (m *muxState) forget(id uint64, c *muxCall) bool {
 	defer m.mu.Unlock()
 	if m.calls[id] == c {
 		delete(m.calls, id)
+		if m.seq {
+			m.unorder(id)
+		}
 		return true
 	}
 	return false
+}
+
+// stopGrace stops an abandoned request's grace period and its interrupts,
+// if they were started, as its outcome arrived. Call it with the state's
+// mu held.
+func (c *muxCall) stopGrace() {
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	if c.settled != nil {
+		close(c.settled)
+		c.settled = nil
+	}
+}
+
+// unorder takes request id out of the order of the requests outstanding.
+// Call it with mu held.
+func (m *muxState) unorder(id uint64) {
+	for i, o := range m.order {
+		if o == id {
+			m.order = append(m.order[:i], m.order[i+1:]...)
+			return
+		}
+	}
+}
+
+// seqEscalate interrupts the oldest request outstanding if its caller has
+// left and it is not interrupted yet: SIGUSR1 until its outcome arrives,
+// and its grace period starts. Call it with the state's mu held.
+func (w *Worker) seqEscalate() {
+	m := w.mux
+	if len(m.order) == 0 {
+		return
+	}
+	id := m.order[0]
+	c := m.calls[id]
+	if c == nil || c.abandon == nil || c.settled != nil {
+		return
+	}
+	settled := make(chan struct{})
+	c.settled = settled
+	c.timer = time.AfterFunc(w.cfg.InterruptGrace, func() {
+		m.mu.Lock()
+		pending := m.calls[id] == c
+		m.mu.Unlock()
+		if pending {
+			w.die(&worker.DeadError{WorkerID: w.id,
+				Reason: fmt.Sprintf("handler %q (correlation %s) did not stop within %v of its deadline", c.command, c.cid, w.cfg.InterruptGrace)})
+		}
+	})
+	w.bg.Add(1)
+	go func() {
+		defer w.bg.Done()
+		w.interruptUntil(settled)
+	}()
+}
+
+// interruptUntil sends SIGUSR1 to the child, again and again (further
+// apart each time), until settled closes or the child was reaped.
+func (w *Worker) interruptUntil(settled <-chan struct{}) {
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		select {
+		case <-settled:
+			return
+		case <-w.exited:
+			return // reaped: the pid may belong to another process now
+		default:
+		}
+		w.signalProcess(unix.SIGUSR1)
+		t := time.NewTimer(delay)
+		select {
+		case <-settled:
+		case <-w.exited:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 }
 
 // muxRequest is request for the concurrent mode: it sends request id and
@@ -247,7 +349,7 @@ func (w *Worker) muxRequest(ctx context.Context, id uint64, typ byte, payload []
 	}
 	m := w.mux
 	w.startReader()
-	c := &muxCall{req: req, res: make(chan muxResult, 1)}
+	c := &muxCall{req: req, res: make(chan muxResult, 1), command: command, cid: cid}
 	m.mu.Lock()
 	if m.err != nil {
 		err := m.err
@@ -257,7 +359,17 @@ func (w *Worker) muxRequest(ctx context.Context, id uint64, typ byte, payload []
 	m.calls[id] = c
 	m.mu.Unlock()
 	w.beginScope(sc, id)
-	if n, err := w.write(ctx, typ, id, payload); err != nil {
+	var before func()
+	if m.seq {
+		before = func() {
+			m.mu.Lock()
+			if m.calls[id] == c {
+				m.order = append(m.order, id)
+			}
+			m.mu.Unlock()
+		}
+	}
+	if n, err := w.writeFrame(ctx, typ, id, payload, before); err != nil {
 		if !m.forget(id, c) {
 			<-c.res // the reader failed and handed over its error meanwhile
 		}
@@ -288,6 +400,13 @@ func (w *Worker) muxRequest(ctx context.Context, id uint64, typ byte, payload []
 		return w.muxOutcome(ctx, <-c.res, command, cid)
 	}
 	c.abandon = onAbandon
+	if m.seq {
+		// Interrupted (with its grace period) once it is the oldest.
+		w.seqEscalate()
+		m.mu.Unlock()
+		w.sendCancel(id, nil)
+		return r, true, wrap(context.Cause(ctx))
+	}
 	c.timer = time.AfterFunc(w.cfg.InterruptGrace, func() {
 		m.mu.Lock()
 		pending := m.calls[id] == c
@@ -418,6 +537,17 @@ func (w *Worker) Withdraw(ctx context.Context, req *worker.Request) (bool, error
 		}
 		return false, w.connError(err)
 	}
+	if m.seq {
+		// The child reads the withdraw while a request runs when a
+		// signal tells it to look.
+		stop := make(chan struct{})
+		defer close(stop)
+		w.bg.Add(1)
+		go func() {
+			defer w.bg.Done()
+			w.interruptUntil(stop)
+		}()
+	}
 	select {
 	case ok := <-answer:
 		return ok, nil
@@ -427,7 +557,9 @@ func (w *Worker) Withdraw(ctx context.Context, req *worker.Request) (bool, error
 }
 
 // streamMux is Stream in the concurrent mode: the stream holds one slot
-// token until it ends; its operations name it by its STREAM_OPEN's id.
+// token until it ends (in the sequential pipelined mode, every token: the
+// child has one stream at a time, and nothing else runs meanwhile); its
+// operations name it by its STREAM_OPEN's id.
 func (w *Worker) streamMux(ctx context.Context, req *worker.Request) (worker.Stream, error) {
 	sctx, cancel := req.WithDeadline(ctx)
 	deadline, _ := sctx.Deadline()
@@ -436,7 +568,11 @@ func (w *Worker) streamMux(ctx context.Context, req *worker.Request) (worker.Str
 		cancel()
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
-	if err := w.acquire(sctx); err != nil {
+	acquire, release := w.acquire, w.releaseSlot
+	if w.mux.seq {
+		acquire, release = w.acquireAll, w.releaseAll
+	}
+	if err := acquire(sctx); err != nil {
 		cancel()
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
@@ -446,7 +582,7 @@ func (w *Worker) streamMux(ctx context.Context, req *worker.Request) (worker.Str
 	closeGen := func(ctx context.Context) (bool, error) {
 		ctx, cancel := context.WithTimeout(ctx, w.cfg.InterruptGrace)
 		defer cancel()
-		_, abandoned, err := w.muxRequest(ctx, w.nextID.Add(1), frameStreamClose, ref, cmd, cid, w.releaseSlot, nil, nil)
+		_, abandoned, err := w.muxRequest(ctx, w.nextID.Add(1), frameStreamClose, ref, cmd, cid, release, nil, nil)
 		return abandoned, err
 	}
 	closeAbandoned := func() {
@@ -457,14 +593,14 @@ func (w *Worker) streamMux(ctx context.Context, req *worker.Request) (worker.Str
 				return
 			}
 		}
-		w.releaseSlot()
+		release()
 	}
 	sc := w.newScope(sctx, cid)
 	_, abandoned, err := w.muxRequest(sctx, sid, frameStreamOpen, args, cmd, cid, closeAbandoned, sc, nil)
 	if err != nil {
 		w.endScope(sc)
 		if !abandoned {
-			w.releaseSlot()
+			release()
 		}
 		cancel()
 		return nil, err
@@ -475,7 +611,7 @@ func (w *Worker) streamMux(ctx context.Context, req *worker.Request) (worker.Str
 			return w.muxRequest(ctx, w.nextID.Add(1), frameStreamNext, ref, cmd, cid, closeAbandoned, nil, nil)
 		},
 		CloseGen: closeGen,
-		Release:  w.releaseSlot,
+		Release:  release,
 		Forget: func() {
 			w.endScope(sc)
 			w.streamsMu.Lock()
@@ -513,4 +649,31 @@ func (w *Worker) closeStreams(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+}
+
+// acquireAll takes every token of the slot, bounded by ctx: one taker at
+// a time (streamGate), so two of them never each hold a part.
+func (w *Worker) acquireAll(ctx context.Context) error {
+	select {
+	case w.streamGate <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	defer func() { <-w.streamGate }()
+	for n := range cap(w.slot) {
+		if err := w.acquire(ctx); err != nil {
+			for range n {
+				w.releaseSlot()
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// releaseAll frees every token of the slot.
+func (w *Worker) releaseAll() {
+	for range cap(w.slot) {
+		w.releaseSlot()
+	}
 }
