@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -61,7 +62,16 @@ type muxState struct {
 	done   chan struct{} // closed when the reader returned
 	reader bool          // the reader was started (guarded by mu)
 	seq    bool          // the sequential pipelined mode
-	order  []uint64      // seq: the requests outstanding, oldest first, in the order they were written (guarded by mu)
+	// seq: there is no reader goroutine for good. A request's caller
+	// reads the connection while it waits (no hand-off between goroutines
+	// when it is alone); when none does and a request whose caller left
+	// (or a Withdraw) waits for its answer, a goroutine reads until none
+	// is left. Guarded by mu.
+	reading  bool          // a caller or that goroutine reads the connection
+	turn     chan struct{} // closed (and replaced) when reading ends, if turnSeen
+	turnSeen bool          // a caller waits on turn
+	waits    int           // Withdraws waiting for their answer
+	order    []uint64      // seq: the requests outstanding, oldest first, in the order they were written (guarded by mu)
 }
 
 // muxCall is one request in flight.
@@ -90,7 +100,7 @@ func newMuxState(cfg *Config) *muxState {
 	if !cfg.concurrent() {
 		return nil
 	}
-	return &muxState{calls: make(map[uint64]*muxCall), done: make(chan struct{}), seq: cfg.sequential()}
+	return &muxState{calls: make(map[uint64]*muxCall), done: make(chan struct{}), seq: cfg.sequential(), turn: make(chan struct{})}
 }
 
 // startReader starts the reader goroutine once.
@@ -126,32 +136,42 @@ func (w *Worker) muxRead() {
 			w.muxFail(w.connError(err))
 			return
 		}
-		switch f.typ {
-		case frameReply:
-			err = w.muxDeliver(f.id, muxResult{f: f})
-		case frameNotStarted, frameStarted:
-			if len(f.payload) != 0 {
-				err = fmt.Errorf("%w: type %d with a payload of %d bytes", ErrBadFrame, f.typ, len(f.payload))
-			} else if f.typ == frameNotStarted {
-				err = w.muxDeliver(f.id, muxResult{notStarted: true})
-			} else {
-				w.muxStarted(f.id)
-			}
-		case frameHostCall:
-			var hc hostCall
-			if hc, err = w.parseHostCall(f); err == nil {
-				w.goHostCall(hc)
-			}
-		default:
-			err = fmt.Errorf("%w: got type %d id %d from the child", ErrBadFrame, f.typ, f.id)
-		}
-		if err != nil {
-			perr := &ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()}
-			w.die(perr)
-			w.muxFail(perr)
+		if !w.muxRoute(f) {
 			return
 		}
 	}
+}
+
+// muxRoute routes one frame the child sent; on a protocol violation it
+// kills the worker, fails every request and returns false.
+func (w *Worker) muxRoute(f frame) bool {
+	var err error
+	switch f.typ {
+	case frameReply:
+		err = w.muxDeliver(f.id, muxResult{f: f})
+	case frameNotStarted, frameStarted:
+		if len(f.payload) != 0 {
+			err = fmt.Errorf("%w: type %d with a payload of %d bytes", ErrBadFrame, f.typ, len(f.payload))
+		} else if f.typ == frameNotStarted {
+			err = w.muxDeliver(f.id, muxResult{notStarted: true})
+		} else {
+			w.muxStarted(f.id)
+		}
+	case frameHostCall:
+		var hc hostCall
+		if hc, err = w.parseHostCall(f); err == nil {
+			w.goHostCall(hc)
+		}
+	default:
+		err = fmt.Errorf("%w: got type %d id %d from the child", ErrBadFrame, f.typ, f.id)
+	}
+	if err != nil {
+		perr := &ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()}
+		w.die(perr)
+		w.muxFail(perr)
+		return false
+	}
+	return true
 }
 
 // goHostCall runs a host call on a goroutine of its own (Close waits for
@@ -348,7 +368,9 @@ func (w *Worker) muxRequest(ctx context.Context, id uint64, typ byte, payload []
 		return &worker.CallError{Command: command, CorrelationID: cid, Err: err}
 	}
 	m := w.mux
-	w.startReader()
+	if !m.seq {
+		w.startReader()
+	}
 	c := &muxCall{req: req, res: make(chan muxResult, 1), command: command, cid: cid}
 	m.mu.Lock()
 	if m.err != nil {
@@ -389,10 +411,16 @@ func (w *Worker) muxRequest(ctx context.Context, id uint64, typ byte, payload []
 	if muxSentHook != nil {
 		muxSentHook(typ, id)
 	}
-	select {
-	case res := <-c.res:
-		return w.muxOutcome(ctx, res, command, cid)
-	case <-ctx.Done():
+	if m.seq {
+		if res, ok := w.seqWait(ctx, c); ok {
+			return w.muxOutcome(ctx, res, command, cid)
+		}
+	} else {
+		select {
+		case res := <-c.res:
+			return w.muxOutcome(ctx, res, command, cid)
+		case <-ctx.Done():
+		}
 	}
 	m.mu.Lock()
 	if m.calls[id] != c {
@@ -403,6 +431,7 @@ func (w *Worker) muxRequest(ctx context.Context, id uint64, typ byte, payload []
 	if m.seq {
 		// Interrupted (with its grace period) once it is the oldest.
 		w.seqEscalate()
+		w.seqReadLocked()
 		m.mu.Unlock()
 		w.sendCancel(id, nil)
 		return r, true, wrap(context.Cause(ctx))
@@ -538,8 +567,17 @@ func (w *Worker) Withdraw(ctx context.Context, req *worker.Request) (bool, error
 		return false, w.connError(err)
 	}
 	if m.seq {
-		// The child reads the withdraw while a request runs when a
-		// signal tells it to look.
+		// Someone reads for the answer; the child reads the withdraw
+		// while a request runs when a signal tells it to look.
+		m.mu.Lock()
+		m.waits++
+		w.seqReadLocked()
+		m.mu.Unlock()
+		defer func() {
+			m.mu.Lock()
+			m.waits--
+			m.mu.Unlock()
+		}()
 		stop := make(chan struct{})
 		defer close(stop)
 		w.bg.Add(1)
@@ -675,5 +713,141 @@ func (w *Worker) acquireAll(ctx context.Context) error {
 func (w *Worker) releaseAll() {
 	for range cap(w.slot) {
 		w.releaseSlot()
+	}
+}
+
+// seqWait waits for request c's outcome in the sequential pipelined mode,
+// reading the connection itself when no one else does. It reports false
+// when ctx ended first.
+func (w *Worker) seqWait(ctx context.Context, c *muxCall) (muxResult, bool) {
+	m := w.mux
+	for {
+		select {
+		case res := <-c.res:
+			return res, true
+		default:
+		}
+		m.mu.Lock()
+		if m.reading || m.err != nil {
+			turn := m.turn
+			m.turnSeen = true
+			m.mu.Unlock()
+			select {
+			case res := <-c.res:
+				return res, true
+			case <-turn:
+				continue
+			case <-ctx.Done():
+				return muxResult{}, false
+			}
+		}
+		m.reading = true
+		m.mu.Unlock()
+		if !w.seqReadOne(ctx) {
+			select {
+			case res := <-c.res:
+				return res, true
+			default:
+			}
+			return muxResult{}, false
+		}
+	}
+}
+
+// seqReadOne reads and routes one frame, the reading role held; it hands
+// the role on. It reports false when ctx ended before a whole frame came
+// (what was read of it stays in w.rd for the next reader).
+func (w *Worker) seqReadOne(ctx context.Context) bool {
+	var stop func() bool
+	fired := make(chan struct{})
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() {
+			w.conn.SetReadDeadline(longAgo)
+			close(fired)
+		})
+	}
+	f, err := w.rd.next()
+	if stop != nil && !stop() {
+		<-fired // it ran: let it finish before the deadline is cleared
+		w.conn.SetReadDeadline(time.Time{})
+	}
+	ok := true
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() != nil {
+			ok = false
+		} else {
+			w.muxFail(w.connError(err))
+		}
+	} else {
+		w.muxRoute(f) // false: the worker died, every request has its outcome
+	}
+	m := w.mux
+	m.mu.Lock()
+	m.endReading()
+	w.seqReadLocked()
+	m.mu.Unlock()
+	return ok
+}
+
+// endReading gives up the reading role and wakes the callers waiting for
+// it. Call it with mu held.
+func (m *muxState) endReading() {
+	m.reading = false
+	if m.turnSeen {
+		close(m.turn)
+		m.turn = make(chan struct{})
+		m.turnSeen = false
+	}
+}
+
+// seqReadLocked starts a goroutine that reads the connection when no one
+// does and an answer is awaited that no caller reads for: a request whose
+// caller left, or a Withdraw. Call it with mu held.
+func (w *Worker) seqReadLocked() {
+	m := w.mux
+	if m.reading || m.err != nil || !m.needsReader() {
+		return
+	}
+	m.reading = true
+	w.bg.Add(1)
+	go w.seqReader()
+}
+
+// needsReader reports whether an answer is awaited that no caller reads
+// for. Call it with mu held.
+func (m *muxState) needsReader() bool {
+	if m.waits > 0 {
+		return true
+	}
+	for _, c := range m.calls {
+		if c.abandon != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// seqReader reads and routes frames while needsReader, then hands the
+// reading role on.
+func (w *Worker) seqReader() {
+	defer w.bg.Done()
+	m := w.mux
+	for {
+		f, err := w.rd.next()
+		if err != nil {
+			w.muxFail(w.connError(err))
+		} else if w.muxRoute(f) {
+			m.mu.Lock()
+			more := m.needsReader()
+			m.mu.Unlock()
+			if more {
+				continue
+			}
+		}
+		m.mu.Lock()
+		m.endReading()
+		m.mu.Unlock()
+		return
 	}
 }
