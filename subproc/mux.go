@@ -5,8 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/snakepit-go/snakepit/internal/wstream"
 	"github.com/snakepit-go/snakepit/python"
@@ -33,6 +36,18 @@ import (
 // The child's end is _Mux in python/snakepit/_process.py. STREAM_NEXT and
 // STREAM_CLOSE carry the stream's id (its STREAM_OPEN's request id) as a
 // little-endian uint64 payload.
+//
+// The sequential pipelined mode (Concurrency 1, PipelineDepth > 0) shares
+// this machinery: the child runs the requests one at a time on its main
+// thread, in the order they were written, and replies in that order. The
+// host keeps that order (muxState.order): the oldest request outstanding
+// is the one running (or about to start). A request whose context ends
+// gets CANCEL as above; when it is (or becomes) the oldest, the host also
+// sends SIGUSR1, repeated until its outcome arrives, and starts its
+// InterruptGrace. The child heeds a SIGUSR1 only for a running request
+// whose CANCEL it can see, so a late signal never reaches the request
+// after it. A request still queued gets NOT_STARTED when the child drains
+// its CANCEL, before it starts the next request.
 
 // muxSentHook, set only by tests, sees each request frame the concurrent
 // mode has sent.
@@ -46,16 +61,32 @@ type muxState struct {
 	start  sync.Once
 	done   chan struct{} // closed when the reader returned
 	reader bool          // the reader was started (guarded by mu)
+	seq    bool          // the sequential pipelined mode
+	// seq: there is no reader goroutine for good. A request's caller
+	// reads the connection while it waits (no hand-off between goroutines
+	// when it is alone); when none does and a request whose caller left
+	// (or a Withdraw) waits for its answer, a goroutine reads until none
+	// is left. Guarded by mu.
+	reading  bool          // a caller or that goroutine reads the connection
+	turn     chan struct{} // closed (and replaced) when reading ends, if turnSeen
+	turnSeen bool          // a caller waits on turn
+	waits    int           // Withdraws waiting for their answer
+	order    []uint64      // seq: the requests outstanding, oldest first, in the order they were written (guarded by mu)
 }
 
 // muxCall is one request in flight.
 type muxCall struct {
-	req *worker.Request // the Call's request (for Withdraw); nil for other requests
-	res chan muxResult  // gets the outcome, once, unless abandoned
+	req     *worker.Request // the Call's request (for Withdraw); nil for other requests
+	res     chan muxResult  // gets the outcome, once, unless abandoned
+	command string          // for the error that kills a worker whose call does not stop
+	cid     string
 	// Guarded by muxState.mu:
 	withdraw chan bool   // a Withdraw waiting for the child's answer
 	abandon  func()      // set when the caller left: runs when the outcome arrives
 	timer    *time.Timer // the grace period of an abandoned request
+	// seq: closed when the outcome of an abandoned request that the host
+	// interrupts (it was the oldest) arrived; nil until then.
+	settled chan struct{}
 }
 
 // muxResult is a request's outcome.
@@ -69,7 +100,7 @@ func newMuxState(cfg *Config) *muxState {
 	if !cfg.concurrent() {
 		return nil
 	}
-	return &muxState{calls: make(map[uint64]*muxCall), done: make(chan struct{})}
+	return &muxState{calls: make(map[uint64]*muxCall), done: make(chan struct{}), seq: cfg.sequential(), turn: make(chan struct{})}
 }
 
 // startReader starts the reader goroutine once.
@@ -105,32 +136,42 @@ func (w *Worker) muxRead() {
 			w.muxFail(w.connError(err))
 			return
 		}
-		switch f.typ {
-		case frameReply:
-			err = w.muxDeliver(f.id, muxResult{f: f})
-		case frameNotStarted, frameStarted:
-			if len(f.payload) != 0 {
-				err = fmt.Errorf("%w: type %d with a payload of %d bytes", ErrBadFrame, f.typ, len(f.payload))
-			} else if f.typ == frameNotStarted {
-				err = w.muxDeliver(f.id, muxResult{notStarted: true})
-			} else {
-				w.muxStarted(f.id)
-			}
-		case frameHostCall:
-			var hc hostCall
-			if hc, err = w.parseHostCall(f); err == nil {
-				w.goHostCall(hc)
-			}
-		default:
-			err = fmt.Errorf("%w: got type %d id %d from the child", ErrBadFrame, f.typ, f.id)
-		}
-		if err != nil {
-			perr := &ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()}
-			w.die(perr)
-			w.muxFail(perr)
+		if !w.muxRoute(f) {
 			return
 		}
 	}
+}
+
+// muxRoute routes one frame the child sent; on a protocol violation it
+// kills the worker, fails every request and returns false.
+func (w *Worker) muxRoute(f frame) bool {
+	var err error
+	switch f.typ {
+	case frameReply:
+		err = w.muxDeliver(f.id, muxResult{f: f})
+	case frameNotStarted, frameStarted:
+		if len(f.payload) != 0 {
+			err = fmt.Errorf("%w: type %d with a payload of %d bytes", ErrBadFrame, f.typ, len(f.payload))
+		} else if f.typ == frameNotStarted {
+			err = w.muxDeliver(f.id, muxResult{notStarted: true})
+		} else {
+			w.muxStarted(f.id)
+		}
+	case frameHostCall:
+		var hc hostCall
+		if hc, err = w.parseHostCall(f); err == nil {
+			w.goHostCall(hc)
+		}
+	default:
+		err = fmt.Errorf("%w: got type %d id %d from the child", ErrBadFrame, f.typ, f.id)
+	}
+	if err != nil {
+		perr := &ProtocolError{PID: w.pid, Err: err, Stderr: w.stderr.String()}
+		w.die(perr)
+		w.muxFail(perr)
+		return false
+	}
+	return true
 }
 
 // goHostCall runs a host call on a goroutine of its own (Close waits for
@@ -165,8 +206,10 @@ func (w *Worker) muxDeliver(id uint64, r muxResult) error {
 		c.withdraw = nil
 	}
 	abandon := c.abandon
-	if abandon != nil {
-		c.timer.Stop()
+	c.stopGrace()
+	if m.seq {
+		m.unorder(id)
+		w.seqEscalate()
 	}
 	m.mu.Unlock()
 	if abandon != nil {
@@ -208,10 +251,9 @@ func (w *Worker) muxFail(err error) {
 			c.withdraw <- false
 			c.withdraw = nil
 		}
-		if c.abandon != nil {
-			c.timer.Stop()
-		}
+		c.stopGrace()
 	}
+	m.order = nil
 	m.mu.Unlock()
 	for _, c := range calls {
 		if c.abandon != nil {
@@ -230,9 +272,89 @@ func (m *muxState) forget(id uint64, c *muxCall) bool {
 	defer m.mu.Unlock()
 	if m.calls[id] == c {
 		delete(m.calls, id)
+		if m.seq {
+			m.unorder(id)
+		}
 		return true
 	}
 	return false
+}
+
+// stopGrace stops an abandoned request's grace period and its interrupts,
+// if they were started, as its outcome arrived. Call it with the state's
+// mu held.
+func (c *muxCall) stopGrace() {
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	if c.settled != nil {
+		close(c.settled)
+		c.settled = nil
+	}
+}
+
+// unorder takes request id out of the order of the requests outstanding.
+// Call it with mu held.
+func (m *muxState) unorder(id uint64) {
+	for i, o := range m.order {
+		if o == id {
+			m.order = append(m.order[:i], m.order[i+1:]...)
+			return
+		}
+	}
+}
+
+// seqEscalate interrupts the oldest request outstanding if its caller has
+// left and it is not interrupted yet: SIGUSR1 until its outcome arrives,
+// and its grace period starts. Call it with the state's mu held.
+func (w *Worker) seqEscalate() {
+	m := w.mux
+	if len(m.order) == 0 {
+		return
+	}
+	id := m.order[0]
+	c := m.calls[id]
+	if c == nil || c.abandon == nil || c.settled != nil {
+		return
+	}
+	settled := make(chan struct{})
+	c.settled = settled
+	c.timer = time.AfterFunc(w.cfg.InterruptGrace, func() {
+		m.mu.Lock()
+		pending := m.calls[id] == c
+		m.mu.Unlock()
+		if pending {
+			w.die(&worker.DeadError{WorkerID: w.id,
+				Reason: fmt.Sprintf("handler %q (correlation %s) did not stop within %v of its deadline", c.command, c.cid, w.cfg.InterruptGrace)})
+		}
+	})
+	w.bg.Add(1)
+	go func() {
+		defer w.bg.Done()
+		w.interruptUntil(settled)
+	}()
+}
+
+// interruptUntil sends SIGUSR1 to the child, again and again (further
+// apart each time), until settled closes or the child was reaped.
+func (w *Worker) interruptUntil(settled <-chan struct{}) {
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		select {
+		case <-settled:
+			return
+		case <-w.exited:
+			return // reaped: the pid may belong to another process now
+		default:
+		}
+		w.signalProcess(unix.SIGUSR1)
+		t := time.NewTimer(delay)
+		select {
+		case <-settled:
+		case <-w.exited:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 }
 
 // muxRequest is request for the concurrent mode: it sends request id and
@@ -246,8 +368,10 @@ func (w *Worker) muxRequest(ctx context.Context, id uint64, typ byte, payload []
 		return &worker.CallError{Command: command, CorrelationID: cid, Err: err}
 	}
 	m := w.mux
-	w.startReader()
-	c := &muxCall{req: req, res: make(chan muxResult, 1)}
+	if !m.seq {
+		w.startReader()
+	}
+	c := &muxCall{req: req, res: make(chan muxResult, 1), command: command, cid: cid}
 	m.mu.Lock()
 	if m.err != nil {
 		err := m.err
@@ -257,7 +381,17 @@ func (w *Worker) muxRequest(ctx context.Context, id uint64, typ byte, payload []
 	m.calls[id] = c
 	m.mu.Unlock()
 	w.beginScope(sc, id)
-	if n, err := w.write(ctx, typ, id, payload); err != nil {
+	var before func()
+	if m.seq {
+		before = func() {
+			m.mu.Lock()
+			if m.calls[id] == c {
+				m.order = append(m.order, id)
+			}
+			m.mu.Unlock()
+		}
+	}
+	if n, err := w.writeFrame(ctx, typ, id, payload, before); err != nil {
 		if !m.forget(id, c) {
 			<-c.res // the reader failed and handed over its error meanwhile
 		}
@@ -277,10 +411,16 @@ func (w *Worker) muxRequest(ctx context.Context, id uint64, typ byte, payload []
 	if muxSentHook != nil {
 		muxSentHook(typ, id)
 	}
-	select {
-	case res := <-c.res:
-		return w.muxOutcome(ctx, res, command, cid)
-	case <-ctx.Done():
+	if m.seq {
+		if res, ok := w.seqWait(ctx, c); ok {
+			return w.muxOutcome(ctx, res, command, cid)
+		}
+	} else {
+		select {
+		case res := <-c.res:
+			return w.muxOutcome(ctx, res, command, cid)
+		case <-ctx.Done():
+		}
 	}
 	m.mu.Lock()
 	if m.calls[id] != c {
@@ -288,6 +428,14 @@ func (w *Worker) muxRequest(ctx context.Context, id uint64, typ byte, payload []
 		return w.muxOutcome(ctx, <-c.res, command, cid)
 	}
 	c.abandon = onAbandon
+	if m.seq {
+		// Interrupted (with its grace period) once it is the oldest.
+		w.seqEscalate()
+		w.seqReadLocked()
+		m.mu.Unlock()
+		w.sendCancel(id, nil)
+		return r, true, wrap(context.Cause(ctx))
+	}
 	c.timer = time.AfterFunc(w.cfg.InterruptGrace, func() {
 		m.mu.Lock()
 		pending := m.calls[id] == c
@@ -418,6 +566,26 @@ func (w *Worker) Withdraw(ctx context.Context, req *worker.Request) (bool, error
 		}
 		return false, w.connError(err)
 	}
+	if m.seq {
+		// Someone reads for the answer; the child reads the withdraw
+		// while a request runs when a signal tells it to look.
+		m.mu.Lock()
+		m.waits++
+		w.seqReadLocked()
+		m.mu.Unlock()
+		defer func() {
+			m.mu.Lock()
+			m.waits--
+			m.mu.Unlock()
+		}()
+		stop := make(chan struct{})
+		defer close(stop)
+		w.bg.Add(1)
+		go func() {
+			defer w.bg.Done()
+			w.interruptUntil(stop)
+		}()
+	}
 	select {
 	case ok := <-answer:
 		return ok, nil
@@ -427,7 +595,9 @@ func (w *Worker) Withdraw(ctx context.Context, req *worker.Request) (bool, error
 }
 
 // streamMux is Stream in the concurrent mode: the stream holds one slot
-// token until it ends; its operations name it by its STREAM_OPEN's id.
+// token until it ends (in the sequential pipelined mode, every token: the
+// child has one stream at a time, and nothing else runs meanwhile); its
+// operations name it by its STREAM_OPEN's id.
 func (w *Worker) streamMux(ctx context.Context, req *worker.Request) (worker.Stream, error) {
 	sctx, cancel := req.WithDeadline(ctx)
 	deadline, _ := sctx.Deadline()
@@ -436,7 +606,11 @@ func (w *Worker) streamMux(ctx context.Context, req *worker.Request) (worker.Str
 		cancel()
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
-	if err := w.acquire(sctx); err != nil {
+	acquire, release := w.acquire, w.releaseSlot
+	if w.mux.seq {
+		acquire, release = w.acquireAll, w.releaseAll
+	}
+	if err := acquire(sctx); err != nil {
 		cancel()
 		return nil, &worker.CallError{Command: req.Command, CorrelationID: req.CorrelationID, Err: err}
 	}
@@ -446,7 +620,7 @@ func (w *Worker) streamMux(ctx context.Context, req *worker.Request) (worker.Str
 	closeGen := func(ctx context.Context) (bool, error) {
 		ctx, cancel := context.WithTimeout(ctx, w.cfg.InterruptGrace)
 		defer cancel()
-		_, abandoned, err := w.muxRequest(ctx, w.nextID.Add(1), frameStreamClose, ref, cmd, cid, w.releaseSlot, nil, nil)
+		_, abandoned, err := w.muxRequest(ctx, w.nextID.Add(1), frameStreamClose, ref, cmd, cid, release, nil, nil)
 		return abandoned, err
 	}
 	closeAbandoned := func() {
@@ -457,14 +631,14 @@ func (w *Worker) streamMux(ctx context.Context, req *worker.Request) (worker.Str
 				return
 			}
 		}
-		w.releaseSlot()
+		release()
 	}
 	sc := w.newScope(sctx, cid)
 	_, abandoned, err := w.muxRequest(sctx, sid, frameStreamOpen, args, cmd, cid, closeAbandoned, sc, nil)
 	if err != nil {
 		w.endScope(sc)
 		if !abandoned {
-			w.releaseSlot()
+			release()
 		}
 		cancel()
 		return nil, err
@@ -475,7 +649,7 @@ func (w *Worker) streamMux(ctx context.Context, req *worker.Request) (worker.Str
 			return w.muxRequest(ctx, w.nextID.Add(1), frameStreamNext, ref, cmd, cid, closeAbandoned, nil, nil)
 		},
 		CloseGen: closeGen,
-		Release:  w.releaseSlot,
+		Release:  release,
 		Forget: func() {
 			w.endScope(sc)
 			w.streamsMu.Lock()
@@ -513,4 +687,167 @@ func (w *Worker) closeStreams(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+}
+
+// acquireAll takes every token of the slot, bounded by ctx: one taker at
+// a time (streamGate), so two of them never each hold a part.
+func (w *Worker) acquireAll(ctx context.Context) error {
+	select {
+	case w.streamGate <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	defer func() { <-w.streamGate }()
+	for n := range cap(w.slot) {
+		if err := w.acquire(ctx); err != nil {
+			for range n {
+				w.releaseSlot()
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// releaseAll frees every token of the slot.
+func (w *Worker) releaseAll() {
+	for range cap(w.slot) {
+		w.releaseSlot()
+	}
+}
+
+// seqWait waits for request c's outcome in the sequential pipelined mode,
+// reading the connection itself when no one else does. It reports false
+// when ctx ended first.
+func (w *Worker) seqWait(ctx context.Context, c *muxCall) (muxResult, bool) {
+	m := w.mux
+	for {
+		select {
+		case res := <-c.res:
+			return res, true
+		default:
+		}
+		m.mu.Lock()
+		if m.reading || m.err != nil {
+			turn := m.turn
+			m.turnSeen = true
+			m.mu.Unlock()
+			select {
+			case res := <-c.res:
+				return res, true
+			case <-turn:
+				continue
+			case <-ctx.Done():
+				return muxResult{}, false
+			}
+		}
+		m.reading = true
+		m.mu.Unlock()
+		if !w.seqReadOne(ctx) {
+			select {
+			case res := <-c.res:
+				return res, true
+			default:
+			}
+			return muxResult{}, false
+		}
+	}
+}
+
+// seqReadOne reads and routes one frame, the reading role held; it hands
+// the role on. It reports false when ctx ended before a whole frame came
+// (what was read of it stays in w.rd for the next reader).
+func (w *Worker) seqReadOne(ctx context.Context) bool {
+	var stop func() bool
+	fired := make(chan struct{})
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() {
+			w.conn.SetReadDeadline(longAgo)
+			close(fired)
+		})
+	}
+	f, err := w.rd.next()
+	if stop != nil && !stop() {
+		<-fired // it ran: let it finish before the deadline is cleared
+		w.conn.SetReadDeadline(time.Time{})
+	}
+	ok := true
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() != nil {
+			ok = false
+		} else {
+			w.muxFail(w.connError(err))
+		}
+	} else {
+		w.muxRoute(f) // false: the worker died, every request has its outcome
+	}
+	m := w.mux
+	m.mu.Lock()
+	m.endReading()
+	w.seqReadLocked()
+	m.mu.Unlock()
+	return ok
+}
+
+// endReading gives up the reading role and wakes the callers waiting for
+// it. Call it with mu held.
+func (m *muxState) endReading() {
+	m.reading = false
+	if m.turnSeen {
+		close(m.turn)
+		m.turn = make(chan struct{})
+		m.turnSeen = false
+	}
+}
+
+// seqReadLocked starts a goroutine that reads the connection when no one
+// does and an answer is awaited that no caller reads for: a request whose
+// caller left, or a Withdraw. Call it with mu held.
+func (w *Worker) seqReadLocked() {
+	m := w.mux
+	if m.reading || m.err != nil || !m.needsReader() {
+		return
+	}
+	m.reading = true
+	w.bg.Add(1)
+	go w.seqReader()
+}
+
+// needsReader reports whether an answer is awaited that no caller reads
+// for. Call it with mu held.
+func (m *muxState) needsReader() bool {
+	if m.waits > 0 {
+		return true
+	}
+	for _, c := range m.calls {
+		if c.abandon != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// seqReader reads and routes frames while needsReader, then hands the
+// reading role on.
+func (w *Worker) seqReader() {
+	defer w.bg.Done()
+	m := w.mux
+	for {
+		f, err := w.rd.next()
+		if err != nil {
+			w.muxFail(w.connError(err))
+		} else if w.muxRoute(f) {
+			m.mu.Lock()
+			more := m.needsReader()
+			m.mu.Unlock()
+			if more {
+				continue
+			}
+		}
+		m.mu.Lock()
+		m.endReading()
+		m.mu.Unlock()
+		return
+	}
 }

@@ -159,6 +159,30 @@ def who_sync(ctx, i):
 
 
 @snakepit.command
+def spin_started(ctx, tag=""):
+    """Tells the host it started, then runs until interrupted."""
+    _enter(tag)
+    try:
+        ctx.host.call("started", tag=tag)
+        while True:
+            time.sleep(0.001)
+    except snakepit.Cancelled:
+        with _lock:
+            S["cancelled"].append(tag)
+        raise
+    finally:
+        _leave()
+
+
+@snakepit.command
+def crash_at_gate(ctx):
+    """Tells the host it started; exits the process once its gate opens."""
+    ctx.host.call("started", tag="crash")
+    ctx.host.call("gate")
+    os._exit(3)
+
+
+@snakepit.command
 def stats():
     with _lock:
         return {"max": S["max"], "runs": list(S["runs"]), "cancelled": list(S["cancelled"]), "in": S["in"]}
@@ -608,12 +632,17 @@ var concSeed = flag.Uint64("conc.seed", 0, "seed of TestConcRandomized (0: from 
 // closed early. The worker stays alive, every call gets its own outcome,
 // and once all have returned no handler is left running.
 func TestConcRandomized(t *testing.T) {
+	concRandomized(t, Config{Concurrency: 3, PipelineDepth: 2, InterruptGrace: 10 * time.Second})
+}
+
+// concRandomized is TestConcRandomized on a worker started with cfg.
+func concRandomized(t *testing.T, cfg Config) {
 	seed := *concSeed
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
 	t.Logf("seed %d (-conc.seed to replay)", seed)
-	fx := startConc(t, Config{Concurrency: 3, PipelineDepth: 2, InterruptGrace: 10 * time.Second})
+	fx := startConc(t, cfg)
 	const goroutines, steps = 8, 25
 	var wg sync.WaitGroup
 	for g := range goroutines {

@@ -205,8 +205,18 @@ type Config struct {
 	// to the child, which queues them and starts each when a handler
 	// thread frees up (the child then reads the next request while a call
 	// runs). A queued request whose context ends, or that [Worker.Withdraw]
-	// takes back, never runs. Zero: none; at most MaxConcurrency. Any
-	// value above zero uses the concurrent mode (see Concurrency).
+	// takes back, never runs. Zero: none; at most MaxConcurrency. With
+	// Concurrency above 1, any value above zero uses the concurrent mode
+	// (see Concurrency). With Concurrency 1 the worker uses the sequential
+	// pipelined mode: the child runs requests one at a time on its main
+	// thread, in the order they were sent, reading each pipelined request
+	// without sleeping and without a hand-off between threads; replies come
+	// back in request order. A request whose context ends while it runs is
+	// interrupted as in the one-call mode (SIGUSR1, then InterruptGrace,
+	// then the process group is killed); one still queued is removed before
+	// it starts. A stream holds every slot while it is open. The shared
+	// region is not used (SharedThreshold is ignored). Withdraw gets its
+	// answer when the child is about to start its next request.
 	PipelineDepth int
 	// ForkServer, when set, starts the worker by forking it from that
 	// template process instead of starting an interpreter (see
@@ -259,8 +269,13 @@ func (cfg *Config) checkConcurrency() error {
 	return nil
 }
 
-// concurrent reports whether the worker uses the concurrent mode.
+// concurrent reports whether the worker uses the concurrent mode (or its
+// sequential variant).
 func (cfg *Config) concurrent() bool { return cfg.Concurrency > 1 || cfg.PipelineDepth > 0 }
+
+// sequential reports whether the worker uses the sequential pipelined
+// mode: one call at a time, with requests queued behind it in the child.
+func (cfg *Config) sequential() bool { return cfg.Concurrency <= 1 && cfg.PipelineDepth > 0 }
 
 // ExitError reports a worker process that ended. It matches
 // [worker.ErrWorkerDead].
@@ -348,7 +363,10 @@ type Worker struct {
 	// the replies of host calls share the connection. A channel, so that a
 	// request can stop waiting for it when its context ends.
 	wlock chan struct{}
-	hosts hostCalls // host calls (ctx.host in Python) in flight
+	// streamGate is held while a stream takes every token of the slot
+	// (the sequential pipelined mode).
+	streamGate chan struct{}
+	hosts      hostCalls // host calls (ctx.host in Python) in flight
 
 	exited    chan struct{} // closed when the process was reaped
 	exitState *os.ProcessState
@@ -456,17 +474,18 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		return nil, setupErr("start", err)
 	}
 	w := &Worker{
-		cfg:     cfg,
-		log:     log,
-		reg:     reg,
-		stderr:  newTail(8 << 10),
-		errDone: make(chan struct{}),
-		slot:    make(chan struct{}, cfg.Concurrency+cfg.PipelineDepth),
-		exited:  make(chan struct{}),
-		done:    make(chan struct{}),
-		wlock:   make(chan struct{}, 1),
-		pidfd:   -1,
-		mux:     newMuxState(&cfg),
+		cfg:        cfg,
+		log:        log,
+		reg:        reg,
+		stderr:     newTail(8 << 10),
+		errDone:    make(chan struct{}),
+		slot:       make(chan struct{}, cfg.Concurrency+cfg.PipelineDepth),
+		exited:     make(chan struct{}),
+		done:       make(chan struct{}),
+		wlock:      make(chan struct{}, 1),
+		streamGate: make(chan struct{}, 1),
+		pidfd:      -1,
+		mux:        newMuxState(&cfg),
 	}
 	w.stopCtx, w.stopCancel = context.WithCancel(context.Background())
 	if err := w.spawn(ctx, argv, pkg, unix.SOCK_STREAM); err != nil {
@@ -911,6 +930,13 @@ var longAgo = time.Unix(1, 0)
 // the wait for another frame's write to finish. It returns how many bytes
 // of the frame went out.
 func (w *Worker) write(ctx context.Context, typ byte, id uint64, payload []byte) (int, error) {
+	return w.writeFrame(ctx, typ, id, payload, nil)
+}
+
+// writeFrame is write; before, if not nil, runs once the connection is
+// this frame's (frames go out in the order their before hooks ran), just
+// before the frame is written.
+func (w *Worker) writeFrame(ctx context.Context, typ byte, id uint64, payload []byte, before func()) (int, error) {
 	if len(payload) > w.cfg.MaxFrame {
 		return 0, &worker.NotSerializableError{What: "argument", Detail: fmt.Sprintf("request of %d bytes exceeds the frame limit of %d bytes", len(payload), w.cfg.MaxFrame)}
 	}
@@ -936,6 +962,9 @@ func (w *Worker) write(ctx context.Context, typ byte, id uint64, payload []byte)
 		}
 	}
 	buf := appendFrame(make([]byte, 0, headerSize+len(payload)), typ, id, payload)
+	if before != nil {
+		before()
+	}
 	if ctx.Done() == nil {
 		return w.conn.Write(buf)
 	}

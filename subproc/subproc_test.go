@@ -89,3 +89,20 @@ func TestConformanceConcurrent(t *testing.T) {
 		})
 	})
 }
+
+// TestConformanceSequential runs the conformance suite against workers in
+// the sequential pipelined mode (concurrency 1, a pipeline of 2), or the
+// concurrent mode where the suite asks for more than one call at once.
+func TestConformanceSequential(t *testing.T) {
+	workertest.Run(t, func(ctx context.Context, o workertest.Options) (worker.Worker, error) {
+		var env []string
+		for k, v := range o.Env {
+			env = append(env, k+"="+v)
+		}
+		return subproc.Start(ctx, subproc.Config{
+			Module: o.Module, Paths: o.Paths, Python: pythonExe(t), Env: env,
+			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Registry: testRegistry(t), Host: o.Host,
+			Concurrency: o.Concurrency, PipelineDepth: 2,
+		})
+	})
+}

@@ -512,6 +512,7 @@ class _Link:
         self.cancel_pending = False
         self.poll = select.poll()
         self.poll.register(conn.sock.fileno(), select.POLLIN)
+        self.on_cancel = None  # called after a CANCEL frame was filed in requests
 
     def send(self, typ, rid, payload):
         with self.send_lock:
@@ -620,6 +621,7 @@ class _Link:
         guard = me == self.main and not for_main_loop  # Cancelled may come
         cond = self.cond
         frame = None
+        cancelled = False
         try:
             self.conn._spin()
             if guard:
@@ -640,9 +642,13 @@ class _Link:
                     frame = None
                 elif not for_main_loop:
                     self.requests.append(frame)
+                    if frame[0] == CANCEL and self.on_cancel is not None:
+                        cancelled = True
                     frame = None
                 if self.waiting:
                     cond.notify_all()
+            if cancelled:
+                self.on_cancel()
         finally:
             if guard:
                 self.main_busy = False
@@ -860,7 +866,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.concurrency < 1 or args.queue < 0:
         p.error("--concurrency must be at least 1 and --queue not negative")
-    concurrent = args.concurrency > 1 or args.queue > 0
+    concurrent = args.concurrency > 1
+    # Sequential pipelined mode (--concurrency 1 --queue N): the one-call
+    # loop, with requests queued behind the running one (see _SeqQueue).
+    seq = not concurrent and args.queue > 0
 
     global _worker_pid, _shm_fd
     _worker_pid = os.getpid()
@@ -901,6 +910,9 @@ def main(argv=None):
 
     if concurrent:
         return _serve_concurrent(conn, d, args, shm)
+    if seq:
+        # Requests and replies overlap in time: the region is not used.
+        conn.shm = shm = None
 
     # [in a call, cancelled already]: the host repeats SIGUSR1 until the
     # call ends (one sent before the call started is ignored); the handler
@@ -909,6 +921,7 @@ def main(argv=None):
 
     link = _Link(conn, args.max_frame)
     d.host_transport = link.host_call
+    queue = _SeqQueue(link) if seq else None
 
     def on_cancel(signum, frame):
         if os.getpid() != _worker_pid:
@@ -916,6 +929,10 @@ def main(argv=None):
             os.kill(os.getpid(), signum)
             return
         if in_call[0] and not in_call[1]:
+            if queue is not None:
+                queue.service()
+                if not queue.cancelled(queue.current):
+                    return  # for a withdraw, or a request that ended
             in_call[1] = True
             d.cancel()
             if link.main_busy:  # inside a frame: raised once it is whole
@@ -959,7 +976,7 @@ def main(argv=None):
     # host calls may go out until it ends.
     stream_token = None
     while True:
-        frame = link.next_request()
+        frame = link.next_request() if queue is None else queue.next()
         if frame is None:
             # The host closed the connection without SHUTDOWN: it is gone.
             # Do what the lifeline would (it may not have run yet).
@@ -991,6 +1008,8 @@ def main(argv=None):
         if typ == CALL or typ == STREAM_OPEN:
             d.host_token = rid
             link.live.add(rid)
+        if queue is not None:
+            queue.current = rid
         stream = d._stream
         try:
             in_call[1] = False
@@ -1010,6 +1029,173 @@ def main(argv=None):
             ended += (rid,)
         link.finish(ended, REPLY, rid, _encode_reply(reply, args.max_frame, shm))
         reply = None  # perhaps a view of the region: not kept to the next call
+
+
+class _SeqQueue:
+    """The requests of the sequential pipelined mode (--concurrency 1
+    --queue N), in the order the host sent them.
+
+    The host may send requests while one runs; they wait in the socket's
+    buffer (or in link.requests, when a thread waiting in a host call read
+    them) and are read without sleeping. Before the next request starts,
+    every frame already available is read: a CANCEL for a request still
+    queued removes it (NOT_STARTED: it never runs); a withdraw (CANCEL
+    b"w") of one that started or ended answers STARTED; a CANCEL of one
+    that ended is moot.
+
+    While a request runs, the host follows a CANCEL or withdraw with
+    SIGUSR1, repeated until it has its answer. The signal handler first
+    reads the whole frames already available (service) when that is safe
+    at once (no frame half read, no lock held), answering withdraws; then
+    it interrupts the running request only if a CANCEL for it was seen
+    (cancelled), so a signal meant for the request before, or for a
+    withdraw, never interrupts this one. A thread waiting in a host call
+    answers the CANCELs it reads (absorb, through link.on_cancel)."""
+
+    def __init__(self, link):
+        self.link = link
+        self.lock = threading.Lock()  # guards pending, cancels
+        self.pending = collections.deque()  # requests read, not started
+        self.cancels = set()  # ids CANCELled (not withdrawn) while not queued: the running one's, or moot
+        self.current = None  # the id of the request running (or last run)
+        self.eof = False
+        link.on_cancel = self.absorb
+
+    def next(self):
+        """The next request to start, or None at end of stream."""
+        link = self.link
+        while True:
+            with self.lock:
+                self.cancels.clear()  # the request they named has ended
+                self._absorb(link.send)
+                # Whatever is there already, without waiting.
+                while not self.eof and link.poll.poll(0):
+                    frame = link.next_request()
+                    if frame is None:
+                        self.eof = True
+                    else:
+                        self._file(frame, link.send)
+                        self._absorb(link.send)
+                if self.pending:
+                    return self.pending.popleft()
+                if self.eof:
+                    return None
+            frame = link.next_request()
+            if frame is None:
+                return None
+            with self.lock:
+                self._file(frame, link.send)
+
+    def absorb(self):
+        """File the frames other threads read (link.requests)."""
+        with self.lock:
+            self._absorb(self.link.send)
+
+    def _absorb(self, send):
+        requests = self.link.requests
+        while requests:
+            self._file(requests.popleft(), send)
+
+    def _file(self, frame, send):
+        typ, rid, payload = frame
+        if typ != CANCEL:
+            self.pending.append(frame)
+            return
+        for i, f in enumerate(self.pending):
+            if f[1] == rid:
+                del self.pending[i]
+                send(NOT_STARTED, rid, b"")
+                return
+        if payload == b"w":
+            send(STARTED, rid, b"")
+        else:
+            self.cancels.add(rid)
+
+    def service(self):
+        """From the SIGUSR1 handler, in the main thread, during a request:
+        read the whole frames available and file them, if no frame is
+        half read and no lock it needs is held (else the host signals
+        again)."""
+        link = self.link
+        if link.main_busy or not self.lock.acquire(False):
+            return
+        try:
+            if not link.cond.acquire(False):
+                return
+            try:
+                if link.reader is not None or not link.send_lock.acquire(False):
+                    return
+                try:
+                    frames = self._take_whole()
+                    send = link.conn.send
+                    self._absorb(send)
+                    for frame in frames:
+                        if frame[0] == HOST_REPLY:
+                            if frame[1] in link.replies:
+                                link.replies[frame[1]] = frame[2]
+                        else:
+                            self._file(frame, send)
+                    if frames and link.waiting:
+                        link.cond.notify_all()
+                finally:
+                    link.send_lock.release()
+            finally:
+                link.cond.release()
+        finally:
+            self.lock.release()
+
+    def _take_whole(self):
+        """Read the whole frames already in the socket (not a shared-region
+        or oversized one: the main loop's read reports those)."""
+        sock = self.link.conn.sock
+        try:
+            data = sock.recv(1 << 20, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return []
+        frames, off, hs = [], 0, _HEADER.size
+        max_frame = self.link.conn.max_frame
+        while off + hs <= len(data):
+            size, typ, rid = _HEADER.unpack_from(data, off)
+            if typ & SHARED or size > max_frame or off + hs + size > len(data):
+                break
+            frames.append((typ, rid, bytes(data[off + hs:off + hs + size])))
+            off += hs + size
+        got = 0
+        view = memoryview(bytearray(off))
+        while got < off:  # all there already: recv does not wait
+            n = sock.recv_into(view[got:])
+            if n == 0:
+                break
+            got += n
+        return frames
+
+    def cancelled(self, rid):
+        """Whether a CANCEL (not a withdraw) for request rid was read, or is
+        waiting in the socket (peeked at only while no frame is half
+        read)."""
+        if rid in self.cancels:
+            return True
+        link = self.link
+        try:
+            seen = list(link.requests)
+        except RuntimeError:
+            seen = ()
+        for typ, r, payload in seen:
+            if typ == CANCEL and r == rid and payload != b"w":
+                return True
+        if link.main_busy or link.reader not in (None, link.main):
+            return False  # a frame is being read: the host signals again
+        try:
+            data = link.conn.sock.recv(1 << 20, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        off, hs = 0, _HEADER.size
+        while off + hs <= len(data):
+            size, typ, r = _HEADER.unpack_from(data, off)
+            if typ == CANCEL and r == rid and size == 0:
+                return True
+            off += hs + size
+        return False
 
 
 # Frames of the concurrent mode (--concurrency > 1 or --queue > 0).

@@ -205,3 +205,60 @@ class CancelTest(_LinkCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SeqQueueTest(unittest.TestCase):
+    """_process._SeqQueue: the requests of the sequential pipelined mode."""
+
+    def setUp(self):
+        ours, self.host = socket.socketpair()
+        self.host.settimeout(10)
+        self.conn = _process._Conn(ours.detach(), 1 << 20)
+        self.link = _process._Link(self.conn, 1 << 20)
+        self.queue = _process._SeqQueue(self.link)
+
+    def tearDown(self):
+        self.host.close()
+        self.conn.sock.close()
+
+    def test_cancel_before_start(self):
+        """A request cancelled (or withdrawn) while queued never starts:
+        NOT_STARTED; a withdraw of one that started answers STARTED."""
+        P = _process
+        self.host.sendall(_frame(P.CALL, 1, b"a") + _frame(P.CALL, 2, b"b") + _frame(P.CALL, 3, b"c")
+                          + _frame(P.CANCEL, 2, b""))
+        _until(lambda: self.link.poll.poll(0), "the frames arrive")
+        self.assertEqual(self.queue.next(), (P.CALL, 1, b"a"))
+        self.assertEqual(_read_frame(self.host), (P.NOT_STARTED, 2, b""))
+        self.queue.current = 1
+        self.host.sendall(_frame(P.CANCEL, 3, b"w") + _frame(P.CANCEL, 1, b"w") + _frame(P.CALL, 4, b"d"))
+        _until(lambda: self.link.poll.poll(0), "the frames arrive")
+        self.assertEqual(self.queue.next(), (P.CALL, 4, b"d"))
+        self.assertEqual(_read_frame(self.host), (P.NOT_STARTED, 3, b""))
+        self.assertEqual(_read_frame(self.host), (P.STARTED, 1, b""))
+
+    def test_cancelled_sees_the_running_request_only(self):
+        """cancelled(rid) holds for a CANCEL of rid in the socket, not for a
+        withdraw of it nor a CANCEL of another request."""
+        P = _process
+        self.host.sendall(_frame(P.CANCEL, 5, b"w") + _frame(P.CANCEL, 6, b""))
+        _until(lambda: self.link.poll.poll(0), "the frames arrive")
+        self.assertFalse(self.queue.cancelled(5))
+        self.assertTrue(self.queue.cancelled(6))
+        self.assertFalse(self.queue.cancelled(7))
+
+    def test_service_answers_withdraws(self):
+        """service (the SIGUSR1 handler's) reads what is there: a withdraw
+        of a queued request gets NOT_STARTED at once, a CANCEL of the
+        running one is remembered."""
+        P = _process
+        self.host.sendall(_frame(P.CALL, 1, b"a") + _frame(P.CALL, 2, b"b"))
+        _until(lambda: self.link.poll.poll(0), "the frames arrive")
+        self.assertEqual(self.queue.next(), (P.CALL, 1, b"a"))
+        self.queue.current = 1
+        self.host.sendall(_frame(P.CANCEL, 2, b"w") + _frame(P.CANCEL, 1, b""))
+        _until(lambda: self.link.poll.poll(0), "the frames arrive")
+        self.queue.service()
+        self.assertEqual(_read_frame(self.host), (P.NOT_STARTED, 2, b""))
+        self.assertTrue(self.queue.cancelled(1))
+        self.assertFalse(self.link.poll.poll(0))
