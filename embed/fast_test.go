@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/worker"
 )
@@ -82,11 +84,27 @@ func TestCallOnThreadDeadThread(t *testing.T) {
 	mustExec(t, in, "def f():\n    return 1\n")
 	f, _ := in.Func(ctx, "__main__", "f")
 	done := make(chan error)
-	go func() {
-		runtime.LockOSThread() // never unlocked: this OS thread exits with the goroutine
-		_, err := in.CallOnThread(embed.NewCallID(), f, nil, nil, nil)
-		done <- err
-	}()
+	for {
+		onMain := make(chan bool)
+		go func() {
+			runtime.LockOSThread()
+			// Go keeps the process's main thread when a goroutine locked
+			// to it exits (it never ends): this test needs a thread that
+			// does, so it tries again from another goroutine.
+			if unix.Gettid() == unix.Getpid() {
+				runtime.UnlockOSThread()
+				onMain <- true
+				return
+			}
+			onMain <- false
+			// Never unlocked: this OS thread exits with the goroutine.
+			_, err := in.CallOnThread(embed.NewCallID(), f, nil, nil, nil)
+			done <- err
+		}()
+		if !<-onMain {
+			break
+		}
+	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
