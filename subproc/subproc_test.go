@@ -53,16 +53,26 @@ func pythonExe(t testing.TB) string {
 }
 
 func factory(t testing.TB) workertest.Factory {
+	return factoryWith(t, nil)
+}
+
+// factoryWith is factory with the Config changed by edit (nil: as is),
+// which sees the suite's options.
+func factoryWith(t testing.TB, edit func(*subproc.Config, workertest.Options)) workertest.Factory {
 	return func(ctx context.Context, o workertest.Options) (worker.Worker, error) {
 		var env []string
 		for k, v := range o.Env {
 			env = append(env, k+"="+v)
 		}
-		return subproc.Start(ctx, subproc.Config{
+		cfg := subproc.Config{
 			Module: o.Module, Paths: o.Paths, Python: pythonExe(t), Env: env,
 			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Registry: testRegistry(t), Host: o.Host,
 			Concurrency: o.Concurrency,
-		})
+		}
+		if edit != nil {
+			edit(&cfg, o)
+		}
+		return subproc.Start(ctx, cfg)
 	}
 }
 
@@ -77,32 +87,14 @@ func TestVersions(t *testing.T) { pymatrix.RunOn311(t) }
 // TestConformanceConcurrent runs the conformance suite against workers in
 // the concurrent mode (concurrency 4, a pipeline of 2).
 func TestConformanceConcurrent(t *testing.T) {
-	workertest.Run(t, func(ctx context.Context, o workertest.Options) (worker.Worker, error) {
-		var env []string
-		for k, v := range o.Env {
-			env = append(env, k+"="+v)
-		}
-		return subproc.Start(ctx, subproc.Config{
-			Module: o.Module, Paths: o.Paths, Python: pythonExe(t), Env: env,
-			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Registry: testRegistry(t), Host: o.Host,
-			Concurrency: max(o.Concurrency, 4), PipelineDepth: 2,
-		})
-	})
+	workertest.Run(t, factoryWith(t, func(c *subproc.Config, o workertest.Options) {
+		c.Concurrency, c.PipelineDepth = max(o.Concurrency, 4), 2
+	}))
 }
 
 // TestConformanceSequential runs the conformance suite against workers in
 // the sequential pipelined mode (concurrency 1, a pipeline of 2), or the
 // concurrent mode where the suite asks for more than one call at once.
 func TestConformanceSequential(t *testing.T) {
-	workertest.Run(t, func(ctx context.Context, o workertest.Options) (worker.Worker, error) {
-		var env []string
-		for k, v := range o.Env {
-			env = append(env, k+"="+v)
-		}
-		return subproc.Start(ctx, subproc.Config{
-			Module: o.Module, Paths: o.Paths, Python: pythonExe(t), Env: env,
-			Logger: o.Logger, InterruptGrace: o.InterruptGrace, Registry: testRegistry(t), Host: o.Host,
-			Concurrency: o.Concurrency, PipelineDepth: 2,
-		})
-	})
+	workertest.Run(t, factoryWith(t, func(c *subproc.Config, _ workertest.Options) { c.PipelineDepth = 2 }))
 }
