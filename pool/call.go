@@ -203,7 +203,12 @@ func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checke
 		waited := time.Now()
 		p.stats.wait.observe(waited.Sub(start))
 		resp, err := m.w.Call(p.hostCallContext(ctx, m), req)
-		withdrawn := p.unpipe(pe) && err != nil && errors.Is(err, worker.ErrNotStarted)
+		// A call the worker took back before it started never ran: it is
+		// made again, whether the pool gave it a pipeline place or a slot
+		// (a pipelined call that reached the worker first may have queued
+		// it there).
+		p.unpipe(pe)
+		withdrawn := err != nil && errors.Is(err, worker.ErrNotStarted)
 		if withdrawn && ctx.Err() != nil {
 			// Withdrawn as its context ended: it ends with its context.
 			err = &worker.CallError{Command: command, CorrelationID: req.CorrelationID,

@@ -41,20 +41,17 @@ func (p *Pool) pipeLocked(pe *pipeEntry, m *member) {
 	pe.el = p.pipes.PushBack(pe)
 }
 
-// unpipe forgets pe (nil: nothing) once its call has returned; it reports
-// whether pe was pipelined.
-func (p *Pool) unpipe(pe *pipeEntry) bool {
+// unpipe forgets pe (nil: nothing) once its call has returned.
+func (p *Pool) unpipe(pe *pipeEntry) {
 	if pe == nil {
-		return false
+		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if pe.el == nil {
-		return false
+	if pe.el != nil {
+		p.pipes.Remove(pe.el)
+		pe.el, pe.m = nil, nil
 	}
-	p.pipes.Remove(pe.el)
-	pe.el, pe.m = nil, nil
-	return true
 }
 
 // pickPipelineLocked returns a worker in service with a free pipeline
