@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/snakepit-go/snakepit/pool"
+	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
 	"github.com/snakepit-go/snakepit/worker/workertest"
 )
@@ -310,4 +311,62 @@ func TestCloseBoundsRetiredWorkers(t *testing.T) {
 			t.Errorf("Close took %v, its context allowed 100ms", took)
 		}
 	})
+}
+
+// takesBack is a worker that takes back the first call it is given before
+// starting it (worker.ErrNotStarted, as a worker does for a call that
+// queued behind a pipelined one and was withdrawn), then runs calls.
+type takesBack struct {
+	*workertest.Fake
+	once atomic.Bool
+}
+
+func (w *takesBack) Call(ctx context.Context, req *worker.Request) (*worker.Response, error) {
+	if w.once.CompareAndSwap(false, true) {
+		return nil, worker.ErrNotStarted
+	}
+	return w.Fake.Call(ctx, req)
+}
+
+// TestTakenBackSlotCallIsMadeAgain: a call the pool gave a slot (not a
+// pipeline place) that its worker takes back before it started never ran,
+// so the pool makes it again instead of returning ErrNotStarted to the
+// caller, with or without pipelining.
+func TestTakenBackSlotCallIsMadeAgain(t *testing.T) {
+	for _, depth := range []int{0, 1} {
+		t.Run(fmt.Sprintf("depth=%d", depth), func(t *testing.T) {
+			var workers []*takesBack
+			var mu sync.Mutex
+			newWorker := func(ctx context.Context, id string) (worker.Worker, error) {
+				w := &takesBack{Fake: &workertest.Fake{WorkerID: id, Concurrency: 2, Handlers: map[string]workertest.Handler{
+					"ok": func(context.Context, *worker.Request) (any, error) { return "done", nil },
+				}}}
+				mu.Lock()
+				workers = append(workers, w)
+				mu.Unlock()
+				return w, nil
+			}
+			p, err := pool.New(context.Background(), pool.Config{Size: 1, WorkerConcurrency: 2, PipelineDepth: depth, NewWorker: newWorker})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close(context.Background())
+			res, err := p.CallRaw(context.Background(), "ok", nil)
+			if err != nil {
+				t.Fatalf("a call its worker took back before it started: got %v, want it made again", err)
+			}
+			var s string
+			if err := pymarshal.Unmarshal(res, &s); err != nil || s != "done" {
+				t.Fatalf("result: got %q (%v), want done", s, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(workers) != 1 || workers[0].Calls() != 1 {
+				t.Fatalf("got %d workers, %d runs, want 1 worker that ran the call once", len(workers), workers[0].Calls())
+			}
+			if got := p.Stats().Moved; got != 1 {
+				t.Fatalf("Stats.Moved: got %d, want 1", got)
+			}
+		})
+	}
 }
