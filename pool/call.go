@@ -157,7 +157,8 @@ func (p *Pool) newRequest(ctx context.Context, command string, args []byte, chec
 	if cid == "" {
 		cid = p.cidPrefix + "-" + strconv.FormatUint(p.cidSeq.Add(1), 10)
 	}
-	return &worker.Request{Command: command, Args: args, ArgsChecked: checked, CorrelationID: cid, SessionID: session, Attachments: o.attachments, Buffers: o.buffers}
+	return &worker.Request{Command: command, Args: args, ArgsChecked: checked, CorrelationID: cid, SessionID: session,
+		Attachments: o.attachments, Buffers: o.buffers, TraceParent: traceParent(ctx)}
 }
 
 // again returns the request for another attempt of req: a copy, so that
@@ -178,7 +179,7 @@ func (p *Pool) callRaw(ctx context.Context, command string, args []byte, session
 
 // callArgs calls with marshalled arguments; checked is
 // worker.Request.ArgsChecked.
-func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checked bool, session string, mode Affinity, opts []CallOption) ([]byte, error) {
+func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checked bool, session string, mode Affinity, opts []CallOption) (_ []byte, err error) {
 	var o callOptions
 	for _, opt := range opts {
 		opt(&o)
@@ -188,7 +189,11 @@ func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checke
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.CallTimeout)
 		defer cancel()
 	}
+	ctx, span := p.startSpan(ctx, command, session, false)
 	req := p.newRequest(ctx, command, args, checked, session, o)
+	if span != nil {
+		defer func() { endSpan(span, req.CorrelationID, err) }()
+	}
 	var pe *pipeEntry
 	if p.depth > 0 {
 		pe = &pipeEntry{req: req}
@@ -202,6 +207,7 @@ func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checke
 		}
 		waited := time.Now()
 		p.stats.wait.observe(waited.Sub(start))
+		spanAcquired(span, m, waited.Sub(start))
 		resp, err := m.w.Call(p.hostCallContext(ctx, m), req)
 		// A call the worker took back before it started never ran: it is
 		// made again, whether the pool gave it a pipeline place or a slot
@@ -219,6 +225,7 @@ func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checke
 			// goes to the worker that freed up (or waits again).
 			p.releaseFor(m, e, session, nil)
 			p.stats.moved.Add(1)
+			spanAgain(span, "withdrawn before it started")
 			attempt--
 			req, pe = p.again(req)
 			continue
@@ -232,6 +239,7 @@ func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checke
 		p.stats.failed.Add(1)
 		if o.idempotent && attempt == 0 && errors.Is(err, worker.ErrWorkerDead) && ctx.Err() == nil && session == "" {
 			p.stats.retries.Add(1)
+			spanAgain(span, "idempotent, its worker died")
 			req, pe = p.again(req)
 			continue
 		}
@@ -279,21 +287,29 @@ func (p *Pool) stream(ctx context.Context, command string, args any, session str
 			opt(&o)
 		}
 		o.buffers = oob // a stream keeps them: they travel inline
+		ctx, span := p.startSpan(ctx, command, session, true)
 		req := p.newRequest(ctx, command, raw, checked, session, o)
+		var streamErr error
+		if span != nil {
+			defer func() { endSpan(span, req.CorrelationID, streamErr) }()
+		}
+		start := time.Now()
 		m, e, err := p.acquireFor(ctx, session, mode, nil) // a stream holds a slot: never pipelined
 		if err != nil {
+			streamErr = err
 			p.stats.failed.Add(1)
 			yield(Chunk{}, &worker.CallError{Command: command, CorrelationID: req.CorrelationID, Err: err})
 			return
 		}
+		spanAcquired(span, m, time.Since(start))
 		st, err := m.w.Stream(p.hostCallContext(ctx, m), req)
 		if err != nil {
+			streamErr = err
 			p.releaseFor(m, e, session, err)
 			p.stats.failed.Add(1)
 			yield(Chunk{}, err)
 			return
 		}
-		var streamErr error
 		defer func() {
 			st.Close()
 			p.releaseFor(m, e, session, streamErr)

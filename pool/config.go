@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/snakepit-go/snakepit/host"
 	"github.com/snakepit-go/snakepit/subproc"
 	"github.com/snakepit-go/snakepit/worker"
@@ -176,8 +178,21 @@ type Config struct {
 	ForkServer *ForkServerOptions
 
 	// Logger receives pool events and the workers' Python logs. Nil
-	// discards them.
+	// discards them. A Python log record is logged with its call's
+	// context: handlers that read the trace from the context (an
+	// OpenTelemetry bridge) see the call's span; the record also carries
+	// trace_id and span_id attributes when the call is traced.
 	Logger *slog.Logger
+
+	// TracerProvider, when set, gives every Call and Stream a span (an
+	// OpenTelemetry client span named "<pool>/<command>", with the pool,
+	// command, profile, worker, correlation id and outcome as attributes
+	// and the wait for a worker as an event); the span's W3C traceparent
+	// reaches Python as ctx.traceparent, and host functions the handler
+	// calls run with the span in their ctx. Nil: no spans of the pool's
+	// own, and a call made under a span of the caller's passes that span's
+	// traceparent on.
+	TracerProvider trace.TracerProvider
 
 	// NewWorker, when set, replaces the profile: the pool starts its workers
 	// with it. For tests (workertest.Fake) and custom worker kinds.

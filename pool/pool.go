@@ -34,6 +34,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/snakepit-go/snakepit/worker"
 )
 
@@ -78,6 +80,7 @@ type Pool struct {
 	stop    context.CancelFunc
 
 	cidPrefix string
+	tracer    trace.Tracer // nil: Config.TracerProvider unset
 	cidSeq    atomic.Uint64
 	memberSeq atomic.Uint64
 
@@ -174,7 +177,12 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 	}
 	var tok [4]byte
 	_, _ = crand.Read(tok[:])
+	var tracer trace.Tracer
+	if c.TracerProvider != nil {
+		tracer = c.TracerProvider.Tracer(tracerName)
+	}
 	p := &Pool{
+		tracer:    tracer,
 		cfg:       c,
 		slots:     c.WorkerConcurrency,
 		depth:     c.PipelineDepth,

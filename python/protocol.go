@@ -9,6 +9,8 @@ import (
 	"math"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
 )
@@ -71,7 +73,9 @@ func checkArgs(args []byte) error {
 // marshalled tuple (command, kwargs, correlation_id, session_id, deadline,
 // attachments[, buffers]), the positional arguments of Dispatcher.call and
 // Dispatcher.stream_open; buffers (req.Buffers, as a list of bytes) only
-// when there are any. req.Args is copied in without decoding, after a check
+// when there are any. When req.TraceParent is set the tuple has a ninth
+// element, the traceparent (the seventh and eighth, buffers and call_id,
+// are then None where absent). req.Args is copied in without decoding, after a check
 // that it is one dict (skipped when req.ArgsChecked vouches for it); when it may
 // contain markers ([pymarshal.HasMarkers]) it is wrapped as
 // (pymarshal.MarkerTag, "call", kwargs), which the dispatcher resolves
@@ -123,7 +127,7 @@ var ErrRegionTooSmall = errors.New("python: call does not fit the shared region"
 
 // RegionCallSize returns the most bytes EncodeCallInRegion writes for req.
 func RegionCallSize(req *worker.Request) int {
-	n := 64 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID) + 32 // markers' wrapper
+	n := 64 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID) + len(req.TraceParent) + 32 // markers' wrapper
 	for _, a := range req.Attachments {
 		n += 5 + len(a)
 	}
@@ -178,7 +182,7 @@ func encodeCall(dst []byte, req *worker.Request, deadline time.Time, mode bufsMo
 			return nil, err
 		}
 	}
-	size := 32 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID)
+	size := 48 + len(req.Command) + len(req.Args) + len(req.CorrelationID) + len(req.SessionID) + len(req.TraceParent)
 	for _, a := range req.Attachments {
 		size += 5 + len(a)
 	}
@@ -199,6 +203,9 @@ func encodeCall(dst []byte, req *worker.Request, deadline time.Time, mode bufsMo
 		if callID > math.MaxInt64 {
 			return nil, fmt.Errorf("python: call id %d out of range", callID)
 		}
+	}
+	if req.TraceParent != "" {
+		fields = 9
 	}
 	b := pymarshal.AppendTupleHeader(dst, fields)
 	b, err := pymarshal.AppendString(b, req.Command)
@@ -254,11 +261,18 @@ func encodeCall(dst []byte, req *worker.Request, deadline time.Time, mode bufsMo
 			b, _ = pymarshal.AppendMarshal(b, n)
 		}
 	}
+	if fields > 7 && len(req.Buffers) == 0 {
+		b = pymarshal.AppendNone(b)
+	}
 	if callID != 0 {
-		if len(req.Buffers) == 0 {
-			b = pymarshal.AppendNone(b)
-		}
 		b, _ = pymarshal.AppendMarshal(b, int64(callID))
+	} else if fields > 8 {
+		b = pymarshal.AppendNone(b)
+	}
+	if fields > 8 {
+		if b, err = pymarshal.AppendString(b, req.TraceParent); err != nil {
+			return nil, &worker.NotSerializableError{What: "argument", Detail: "traceparent: " + err.Error(), Err: err}
+		}
 	}
 	return b, nil
 }
@@ -304,7 +318,8 @@ func PythonLevel(logger *slog.Logger) int {
 	return 50
 }
 
-// Emit writes the record to logger, tagged with the worker id.
+// Emit writes the record to logger, tagged with the worker id and, when
+// ctx (the call's) carries a span, its trace_id and span_id.
 func (r LogRecord) Emit(ctx context.Context, logger *slog.Logger, workerID string) {
 	level := SlogLevel(r.Level)
 	if !logger.Enabled(ctx, level) {
@@ -319,6 +334,9 @@ func (r LogRecord) Emit(ctx context.Context, logger *slog.Logger, workerID strin
 	}
 	if r.Exception != "" {
 		attrs = append(attrs, slog.String("exception", r.Exception))
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		attrs = append(attrs, slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
 	}
 	logger.LogAttrs(ctx, level, r.Message, attrs...)
 }

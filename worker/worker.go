@@ -123,6 +123,11 @@ type Request struct {
 	// Deadline, when not zero, is when the call must end. The context's
 	// deadline is used when it is earlier.
 	Deadline time.Time
+	// TraceParent is the W3C traceparent of the span the call runs under,
+	// "" for none. It reaches Python as ctx.traceparent, so adapters that
+	// use OpenTelemetry continue the trace. The pool sets it from the
+	// call's context (see pool.Config.TracerProvider).
+	TraceParent string
 }
 
 // WithDeadline returns ctx bounded by req.Deadline as well (ctx itself when

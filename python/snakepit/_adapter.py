@@ -129,15 +129,19 @@ class Context:
     Attributes: ``command``, ``correlation_id``, ``session_id`` (None without
     a session), ``deadline`` (seconds since the epoch, or None),
     ``attachments`` (a list of bytes), ``worker_id``, ``host`` (the Go
-    functions the handler may call).
+    functions the handler may call), ``traceparent`` (the W3C traceparent
+    of the Go span the call runs under, or None when the call is not
+    traced: OpenTelemetry code continues the trace from it).
     """
 
     __slots__ = ("command", "correlation_id", "session_id", "deadline",
-                 "attachments", "worker_id", "_dispatcher", "_cancelled", "_log",
+                 "attachments", "worker_id", "traceparent", "_dispatcher", "_cancelled", "_log",
                  "_ended", "_host", "_token")
 
-    def __init__(self, dispatcher, command, correlation_id, session_id, deadline, attachments):
+    def __init__(self, dispatcher, command, correlation_id, session_id, deadline, attachments,
+                 traceparent=None):
         self._dispatcher = dispatcher
+        self.traceparent = traceparent
         self.command = command
         self.correlation_id = correlation_id
         self.session_id = session_id

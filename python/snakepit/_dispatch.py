@@ -375,15 +375,16 @@ class Dispatcher:
     echo_buffers = False
 
     def call(self, command, kwargs, correlation_id, session_id, deadline, attachments, buffers=None,
-             call_id=None):
+             call_id=None, traceparent=None):
         """Run a command. Returns an envelope (see the module doc).
 
         buffers: the call's out-of-band payloads, which markers in kwargs
         refer to (see _wire.resolve). call_id: the call's id, with
-        concurrency > 1 (see the module doc)."""
+        concurrency > 1 (see the module doc). traceparent: the W3C
+        traceparent of the host's span, as ctx.traceparent."""
         if call_id is not None or self.concurrency != 1:
             return self._call_mt(command, kwargs, correlation_id, session_id, deadline, attachments,
-                                 buffers, call_id)
+                                 buffers, call_id, traceparent)
         collector = self._collector
         collector.current = (command, correlation_id)
         views = None
@@ -405,7 +406,8 @@ class Dispatcher:
                         raise _Refuse(_error(K_BAD_ARGS, message=str(e), logs=collector.drain())) from None
                     raise
             else:
-                result = self._invoke(command, kwargs, correlation_id, session_id, deadline, attachments)
+                result = self._invoke(command, kwargs, correlation_id, session_id, deadline, attachments,
+                                      traceparent)
             if result.__class__ not in _PLAIN:
                 if inspect.iscoroutine(result):
                     result = self._run(result)
@@ -449,14 +451,15 @@ class Dispatcher:
         return payload
 
     def stream_open(self, command, kwargs, correlation_id, session_id, deadline, attachments, buffers=None,
-                    call_id=None):
+                    call_id=None, traceparent=None):
         """Start a streaming command; chunks come from stream_next.
 
         buffers: as for call, but bytes the stream keeps (not views).
-        call_id: the stream's id, with concurrency > 1."""
+        call_id: the stream's id, with concurrency > 1. traceparent: as
+        for call."""
         if call_id is not None or self.concurrency != 1:
             return self._stream_open_mt(command, kwargs, correlation_id, session_id, deadline, attachments,
-                                        buffers, call_id)
+                                        buffers, call_id, traceparent)
         if self._stream is not None:
             return _error(K_PROTOCOL, message="a stream is already open on this worker")
         self._collector.current = (command, correlation_id)
@@ -471,7 +474,8 @@ class Dispatcher:
                         return _error(K_BAD_ARGS, message=str(e), logs=self._collector.drain())
                 if deadline is not None and time.time() >= deadline:
                     raise Cancelled("the deadline passed before the handler started")
-                result = self._invoke(command, kwargs, correlation_id, session_id, deadline, attachments)
+                result = self._invoke(command, kwargs, correlation_id, session_id, deadline, attachments,
+                                      traceparent)
                 if inspect.iscoroutine(result):
                     result = self._run(result)
             except _Refuse as r:
@@ -554,7 +558,7 @@ class Dispatcher:
         if ctx is not None:
             ctx._ended = True
 
-    def _invoke(self, command, kwargs, correlation_id, session_id, deadline, attachments):
+    def _invoke(self, command, kwargs, correlation_id, session_id, deadline, attachments, traceparent=None):
         handler = self._handlers.get(command)
         if handler is None:
             raise _Refuse(_error(K_NOT_FOUND, message="command %r not found" % (command,),
@@ -566,7 +570,7 @@ class Dispatcher:
             if "ctx" in kwargs:
                 raise _Refuse(_error(K_BAD_ARGS, message="argument 'ctx' is reserved for the call context",
                                      logs=self._collector.drain()))
-            ctx = Context(self, command, correlation_id, session_id, deadline, attachments)
+            ctx = Context(self, command, correlation_id, session_id, deadline, attachments, traceparent)
             self._call = ctx
             kwargs["ctx"] = ctx
         try:
@@ -635,7 +639,8 @@ class Dispatcher:
             return payload
         return (OK, payload, logs)
 
-    def _call_mt(self, command, kwargs, correlation_id, session_id, deadline, attachments, buffers, call_id):
+    def _call_mt(self, command, kwargs, correlation_id, session_id, deadline, attachments, buffers, call_id,
+                 traceparent=None):
         if call_id is None:
             return _error(K_PROTOCOL, message="a call without a call_id in a concurrent dispatcher")
         _use_asyncio_cancellation()
@@ -652,7 +657,8 @@ class Dispatcher:
                     return _error(K_BAD_ARGS, message=str(e), logs=self._drain(rec))
             if deadline is not None and time.time() >= deadline:
                 raise Cancelled("the deadline passed before the handler started")
-            result = self._invoke_mt(rec, command, kwargs, correlation_id, session_id, deadline, attachments)
+            result = self._invoke_mt(rec, command, kwargs, correlation_id, session_id, deadline, attachments,
+                                     traceparent)
             if result.__class__ not in _PLAIN and _is_stream(result):
                 _close_quietly_mt(result, self, rec)
                 return _error(K_STREAMING, message="command %r streams: call it with Stream" % command,
@@ -679,7 +685,8 @@ class Dispatcher:
                 _wire.release(views)
         return self._ok_mt(rec, payload)
 
-    def _invoke_mt(self, rec, command, kwargs, correlation_id, session_id, deadline, attachments):
+    def _invoke_mt(self, rec, command, kwargs, correlation_id, session_id, deadline, attachments,
+                   traceparent=None):
         """Run command's handler for rec: an async one (and a coroutine a
         plain one returns) as a task on the event loop, a plain one on this
         thread, under the lock unless it is thread-safe. A stream's
@@ -695,7 +702,7 @@ class Dispatcher:
             if "ctx" in kwargs:
                 raise _Refuse(_error(K_BAD_ARGS, message="argument 'ctx' is reserved for the call context",
                                      logs=self._drain(rec)))
-            ctx = Context(self, command, correlation_id, session_id, deadline, attachments)
+            ctx = Context(self, command, correlation_id, session_id, deadline, attachments, traceparent)
             ctx._token = rec.call_id
             ctx._cancelled = rec.cancelled
             rec.ctx = ctx
@@ -761,7 +768,7 @@ class Dispatcher:
                 rec.task = None
 
     def _stream_open_mt(self, command, kwargs, correlation_id, session_id, deadline, attachments, buffers,
-                        call_id):
+                        call_id, traceparent=None):
         if call_id is None:
             return _error(K_PROTOCOL, message="a stream without a call_id in a concurrent dispatcher")
         _use_asyncio_cancellation()
@@ -781,7 +788,8 @@ class Dispatcher:
                         return _error(K_BAD_ARGS, message=str(e), logs=self._drain(rec))
                 if deadline is not None and time.time() >= deadline:
                     raise Cancelled("the deadline passed before the handler started")
-                result = self._invoke_mt(rec, command, kwargs, correlation_id, session_id, deadline, attachments)
+                result = self._invoke_mt(rec, command, kwargs, correlation_id, session_id, deadline, attachments,
+                                         traceparent)
             except _Refuse as r:
                 return r.reply
             except _CANCELLED as e:

@@ -1435,9 +1435,9 @@ class _Mux:
         if call_id is None:
             return _dispatch._error(_dispatch.K_PROTOCOL, message="malformed stream id")
         if typ == CALL:
-            return d.call(*_loads(payload, None), call_id=call_id)
+            return d.call(*_with_id(_loads(payload, None), call_id))
         if typ == STREAM_OPEN:
-            return d.stream_open(*_loads(payload, None), call_id=call_id)
+            return d.stream_open(*_with_id(_loads(payload, None), call_id))
         if typ == STREAM_NEXT:
             return d.stream_next(call_id)
         if typ == STREAM_CLOSE:
@@ -1500,7 +1500,7 @@ def _loads(payload, shm, keep=False):
     finally:
         if isinstance(payload, memoryview):
             payload.release()
-    if len(args) == 7 and type(args[6]) is tuple:
+    if len(args) >= 7 and type(args[6]) is tuple:
         if shm is None:
             raise _BadRegion("buffers in a shared region that does not exist")
         try:
@@ -1512,8 +1512,16 @@ def _loads(payload, shm, keep=False):
             for v in views:
                 v.release()
             views = kept
-        args = args[:6] + (views,)
+        args = args[:6] + (views,) + args[7:]
     return args
+
+
+def _with_id(args, call_id):
+    """The call tuple args (see Dispatcher.call) with call_id in its
+    eighth place, which the frame names."""
+    if len(args) < 7:
+        args = args + (None,) * (7 - len(args))
+    return args[:7] + (call_id,) + args[8:]
 
 
 def run(argv=None):
