@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/worker"
@@ -48,4 +51,48 @@ func TestEncodeCallArgsExactlyOneDict(t *testing.T) {
 	if !ok || len(tup) != 6 || tup[2] != "cid" || tup[3] != "sid" {
 		t.Fatalf("got %#v, want a 6-tuple with the request's ids", v)
 	}
+}
+
+// TestEncodeCallTraceParent: a request's traceparent is the ninth element
+// of the call tuple, with None in the buffers and call_id places where
+// those are absent, in every encoding; without one the tuple is as before.
+func TestEncodeCallTraceParent(t *testing.T) {
+	const tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	plain := &worker.Request{Command: "c", CorrelationID: "cid", TraceParent: tp}
+	bufs := &worker.Request{Command: "c", CorrelationID: "cid", TraceParent: tp, Buffers: [][]byte{[]byte("xy")}}
+	decode := func(b []byte, err error) []any {
+		t.Helper()
+		require.NoError(t, err)
+		v, err := pymarshal.Decode(b)
+		require.NoError(t, err)
+		tup, ok := v.([]any)
+		require.True(t, ok, "a tuple, got %T", v)
+		return tup
+	}
+	tup := decode(python.EncodeCall(nil, plain, time.Time{}))
+	require.Len(t, tup, 9)
+	assert.Nil(t, tup[6], "buffers")
+	assert.Nil(t, tup[7], "call_id")
+	assert.Equal(t, tp, tup[8])
+
+	tup = decode(python.EncodeCallID(nil, plain, time.Time{}, 7))
+	require.Len(t, tup, 9)
+	assert.Equal(t, int64(7), tup[7])
+	assert.Equal(t, tp, tup[8])
+
+	tup = decode(python.EncodeCall(nil, bufs, time.Time{}))
+	require.Len(t, tup, 9)
+	assert.Equal(t, []any{[]byte("xy")}, tup[6])
+	assert.Nil(t, tup[7])
+	assert.Equal(t, tp, tup[8])
+
+	mem := make([]byte, python.RegionCallSize(bufs))
+	start, end, err := python.EncodeCallInRegion(mem, bufs, time.Time{})
+	tup = decode(mem[start:end], err)
+	require.Len(t, tup, 9)
+	assert.IsType(t, []any{}, tup[6], "region spans")
+	assert.Equal(t, tp, tup[8])
+
+	tup = decode(python.EncodeCall(nil, &worker.Request{Command: "c", CorrelationID: "cid"}, time.Time{}))
+	assert.Len(t, tup, 6, "no traceparent: the tuple as before")
 }

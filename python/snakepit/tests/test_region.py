@@ -46,6 +46,23 @@ class RegionTest(unittest.TestCase):
             self.assertIs(type(v.obj), mmap.mmap)
             v.release()
 
+    def test_traced_call_keeps_its_tail(self):
+        # A traced call's tuple has a call_id place and a traceparent after
+        # the spans: they survive the spans' resolution.
+        blob = bytes(64) + b"data" + bytes(60)
+        ref = self.write(blob, ("noop", {}, "cid", None, None, None, (64, 4), None, "00-tp"))
+        args = _process._loads(self.shm.view(ref), self.shm)
+        self.assertEqual(len(args), 9)
+        self.assertEqual(bytes(args[6][0]), b"data")
+        self.assertEqual(args[7:], (None, "00-tp"))
+        args[6][0].release()
+
+    def test_with_id_names_the_call(self):
+        self.assertEqual(_process._with_id(("c", {}, "cid", None, None, None), 5),
+                         ("c", {}, "cid", None, None, None, None, 5))
+        self.assertEqual(_process._with_id(("c", {}, "cid", None, None, None, None, None, "00-tp"), 5),
+                         ("c", {}, "cid", None, None, None, None, 5, "00-tp"))
+
     def test_stream_keeps_copies(self):
         ref = self.request([b"kept"])
         args = _process._loads(self.shm.view(ref), self.shm, keep=True)
