@@ -16,6 +16,7 @@ const slotsAdapter = `
 import asyncio
 import os
 import threading
+import time
 
 import snakepit
 
@@ -33,8 +34,9 @@ def _event(key):
 
 
 @snakepit.command
-async def rendezvous(n, tag):
-    """Waits until n calls of this worker are in at once."""
+async def rendezvous(n, tag, gate):
+    """Waits until n calls of this worker are in at once, then until the
+    file gate exists (at most 30 s each)."""
     with _lock:
         _state["in"] += 1
         _state["max"] = max(_state["max"], _state["in"])
@@ -44,6 +46,9 @@ async def rendezvous(n, tag):
         ev.set()
     try:
         await asyncio.wait_for(ev.wait(), 30)
+        end = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < end:
+            await asyncio.sleep(0.005)
     finally:
         with _lock:
             _state["in"] -= 1
@@ -72,7 +77,8 @@ def runs():
 
 // TestSlotsEndToEnd: through the pool, with real Python: calls fill every
 // slot of every worker at once (each worker's handlers wait until all its
-// slots are taken), in both profiles; and in the process profile a call
+// slots are taken, and then until every caller holds a slot, so that no
+// worker's calls end before the last caller has one), in both profiles; and in the process profile a call
 // pipelined behind a running one and cancelled before it starts never
 // runs, while the others complete.
 func TestSlotsEndToEnd(t *testing.T) {
@@ -90,17 +96,22 @@ func TestSlotsEndToEnd(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Close(ctx)
+			gate := filepath.Join(t.TempDir(), "all-in")
 			var wg sync.WaitGroup
 			errs := make(chan error, size*slots)
 			for i := range size * slots {
 				wg.Go(func() {
 					var out struct{ Tag int }
-					if err := p.Call(ctx, "rendezvous", map[string]any{"n": slots, "tag": i}, &out); err != nil {
+					if err := p.Call(ctx, "rendezvous", map[string]any{"n": slots, "tag": i, "gate": gate}, &out); err != nil {
 						errs <- err
 					} else if out.Tag != i {
 						errs <- errors.New("a call got another's answer")
 					}
 				})
+			}
+			waitSlots(t, p, "every slot taken", size*slots)
+			if err := os.WriteFile(gate, nil, 0o644); err != nil {
+				t.Fatal(err)
 			}
 			wg.Wait()
 			close(errs)
