@@ -33,10 +33,10 @@ exception with its traceback) with exit status 1; bad arguments exit 2.`,
 		flags: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) int {
 			var o callOptions
 			fs.StringVar(&o.profile, "profile", "auto", "worker profile: thread (a sub-interpreter in this process), process (a child process) or auto (thread, else process when the adapter or the Python cannot run in a sub-interpreter)")
-			fs.StringVar(&o.python, "python", "", "Python interpreter to use, as SNAKEPIT_PYTHON (the thread profile loads its libpython); default: SNAKEPIT_PYTHON/SNAKEPIT_LIBPYTHON, else the hermetic CPython 3.14")
-			fs.Var(&o.paths, "path", "directory put on the adapter's sys.path (repeatable); default: the current directory")
+			fs.StringVar(&o.python, "python", "", "the `PATH` of the Python interpreter to use, as SNAKEPIT_PYTHON (the thread profile loads its libpython); default: SNAKEPIT_PYTHON/SNAKEPIT_LIBPYTHON, else the hermetic CPython 3.14")
+			fs.Var(&o.paths, "path", "`DIR` to put on the adapter's sys.path (repeatable); default: the current directory")
 			fs.DurationVar(&o.timeout, "timeout", 0, "bound on the call (or the whole stream), e.g. 30s; 0: none. The worker's start is bounded separately (60s)")
-			fs.StringVar(&o.session, "session", "", "session id: the handler's ctx.session_id (its ctx.session starts empty: the state lives as long as this command)")
+			fs.StringVar(&o.session, "session", "", "session `ID`: the handler's ctx.session_id (its ctx.session starts empty: the state lives as long as this command)")
 			fs.BoolVar(&o.verbose, "v", false, "log the adapter's log records and the pool's events on stderr")
 			return o.run
 		},

@@ -29,8 +29,8 @@ in both; teardown() too. Exit status 0 when at least one profile runs the
 module, 1 when none does.`,
 		flags: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) int {
 			var o checkOptions
-			fs.Var(&o.paths, "path", "directory put on the adapter's sys.path (repeatable); default: the current directory")
-			fs.StringVar(&o.python, "python", "", "Python interpreter to use, as SNAKEPIT_PYTHON (the thread profile loads its libpython); default: SNAKEPIT_PYTHON/SNAKEPIT_LIBPYTHON, else the hermetic CPython 3.14")
+			fs.Var(&o.paths, "path", "`DIR` to put on the adapter's sys.path (repeatable); default: the current directory")
+			fs.StringVar(&o.python, "python", "", "the `PATH` of the Python interpreter to use, as SNAKEPIT_PYTHON (the thread profile loads its libpython); default: SNAKEPIT_PYTHON/SNAKEPIT_LIBPYTHON, else the hermetic CPython 3.14")
 			fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "bound on each profile's start (import and setup())")
 			fs.BoolVar(&o.json, "json", false, "print the report as JSON")
 			fs.BoolVar(&o.verbose, "v", false, "log the adapter's log records on stderr")
