@@ -34,23 +34,25 @@ const (
 	//     the start fails with an error matching
 	//     worker.ErrNotSubinterpreterSafe (numpy on most versions,
 	//     single-phase-init extensions);
-	//   - the thread runtime cannot be loaded and Config.LibPython is empty:
-	//     the Python found has no shared libpython, is a free-threaded
-	//     build, or no Python with a shared libpython was found. The
-	//     process workers then run Config.Python, else SNAKEPIT_PYTHON when
-	//     set (so a broken SNAKEPIT_PYTHON is an error, not a silent switch
-	//     to another Python), else the interpreter package locate finds.
+	//   - the thread runtime cannot be loaded while no libpython is named
+	//     (Config.LibPython and SNAKEPIT_LIBPYTHON empty): the Python found
+	//     has no shared libpython or is a free-threaded build, or no Python
+	//     with a shared libpython was found.
 	//
-	// A Python that runs sub-interpreters under one shared GIL (3.11) runs
-	// thread workers: they are correct, only serial. Every other start-up
-	// error (a module that does not exist, an adapter that raises on import
-	// or in setup(), an explicit Config.LibPython that does not load, a
-	// start that times out) is returned as it is, without a fallback. The
-	// first worker starts alone; the others start after it, StartConcurrency
-	// at a time. The fallback is logged once, at warning level, with the
-	// reason. Config fields that need one profile: PipelineDepth and
-	// ForkServer are refused (they need Process), MaxMemory applies only
-	// when the process profile was chosen.
+	// Thread workers load Config.LibPython, else the libpython of the
+	// Python package locate finds; process workers run Config.Python, else
+	// SNAKEPIT_PYTHON when set (so a SNAKEPIT_PYTHON that does not work
+	// fails the pool instead of starting another interpreter), else the
+	// interpreter package locate finds. A Python that runs sub-interpreters
+	// under one shared GIL (3.11) runs thread workers: they are correct,
+	// only serial. Every other start-up error (a module that does not
+	// exist, an adapter that raises on import or in setup(), a named
+	// libpython that does not load, a start that times out) is returned as
+	// it is, without a fallback. The first worker starts alone; the others
+	// start after it, StartConcurrency at a time. The fallback is logged
+	// once, at warning level, with the reason. PipelineDepth and ForkServer
+	// are refused with Auto (they need Process); MaxMemory applies when the
+	// process profile was chosen.
 	Auto
 )
 

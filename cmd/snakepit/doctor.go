@@ -111,7 +111,7 @@ func (o *doctorOptions) run(args []string, stdout, stderr io.Writer) int {
 	threadOK, processOK := false, false
 	if err == nil {
 		var c doctorCheck
-		c, threadOK = o.threadCheck(dir, stderr)
+		c, threadOK = o.threadCheck(dir, envFailed, stderr)
 		r.add(c)
 		c, processOK = o.processCheck(dir, stderr)
 		r.add(c)
@@ -255,13 +255,13 @@ func packageCheck() doctorCheck {
 
 // threadCheck loads the libpython the thread profile would use and starts
 // a worker on the no-op adapter.
-func (o *doctorOptions) threadCheck(dir string, stderr io.Writer) (doctorCheck, bool) {
+func (o *doctorOptions) threadCheck(dir string, envFailed bool, stderr io.Writer) (doctorCheck, bool) {
 	c := doctorCheck{Name: "thread profile"}
 	rt, err := gil.LoadRuntime("")
 	if err != nil {
 		c.Status, c.Detail = statusWarn, "unavailable (the process profile still works if it is ok below): "+err.Error()
-		if os.Getenv(locate.EnvPython) != "" || os.Getenv(locate.EnvLibPython) != "" {
-			c.Status, c.Detail = statusFail, "the Python the environment names does not load: "+err.Error()
+		if envFailed {
+			c.Status, c.Detail = statusFail, "the Python the environment names does not work: "+err.Error()
 		}
 		return c, false
 	}

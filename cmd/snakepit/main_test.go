@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/internal/pymatrix"
+	"github.com/snakepit-go/snakepit/python/dist"
 	"github.com/snakepit-go/snakepit/python/locate"
 )
 
@@ -224,6 +225,55 @@ func TestCheckNoProfile(t *testing.T) {
 	assert.Equal(t, 1, r.code, "exit status; stdout:\n%s", r.stdout)
 	assert.Contains(t, r.stdout, "No module named 'no_such_adapter'")
 	assert.Contains(t, r.stdout, "no profile runs it")
+}
+
+// staticPython writes an interpreter that package locate sees as a CPython
+// without a shared libpython (as many distribution and pyenv builds are):
+// the hermetic one, whose answer to locate's query loses the library.
+func staticPython(t *testing.T) string {
+	t.Helper()
+	py, err := dist.Default()
+	require.NoError(t, err)
+	exe := filepath.Join(t.TempDir(), "python3")
+	script := "#!/bin/sh\n" +
+		"case \"$*\" in\n" +
+		"*sysconfig*) " + py.Executable + " \"$@\" | sed 's/\"lib\": \"[^\"]*\"/\"lib\": \"\"/'; exit $? ;;\n" +
+		"esac\n" +
+		"exec " + py.Executable + " \"$@\"\n"
+	require.NoError(t, os.WriteFile(exe, []byte(script), 0o755))
+	q, err := locate.Query(exe)
+	require.NoError(t, err)
+	require.Empty(t, q.LibPython, "the static interpreter's library")
+	return exe
+}
+
+func TestWithoutSharedLibpython(t *testing.T) {
+	exe := staticPython(t)
+	r := snakepit(t, nil, "call", "-v", "-python", exe, "greeter", "greet", `{"name": "static"}`)
+	require.Equal(t, 0, r.code, "call: exit status; stderr:\n%s", r.stderr)
+	assert.JSONEq(t, `{"greeting": "hello static!", "length": 6}`, r.stdout)
+	assert.Contains(t, r.stderr, "starting process workers", "the profile Auto chose")
+	assert.Contains(t, r.stderr, "no libpython", "why")
+
+	r = snakepit(t, nil, "call", "-profile", "thread", "-python", exe, "greeter", "greet", `{"name": "static"}`)
+	assert.Equal(t, 1, r.code, "call -profile thread: exit status")
+	assert.Contains(t, r.stderr, "no libpython")
+
+	r = snakepit(t, nil, "check", "-json", "-python", exe, "greeter")
+	require.Equal(t, 0, r.code, "check: exit status; stderr:\n%s", r.stderr)
+	var rep checkReport
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep))
+	assert.False(t, rep.Thread.Runs)
+	assert.Contains(t, rep.Thread.Error, "cannot load libpython")
+	assert.True(t, rep.Process.Runs)
+	assert.Equal(t, "process", rep.Auto)
+	assert.Len(t, rep.Commands, 5, "commands listed by the child process")
+
+	r = snakepit(t, []string{locate.EnvPython + "=" + exe}, "doctor")
+	assert.Equal(t, 0, r.code, "doctor: exit status; stdout:\n%s", r.stdout)
+	assert.Regexp(t, `(?m)^warn +environment +.*no shared libpython`, r.stdout)
+	assert.Regexp(t, `(?m)^warn +thread profile +unavailable`, r.stdout)
+	assert.Regexp(t, `(?m)^ok +process profile `, r.stdout)
 }
 
 func TestCall(t *testing.T) {
