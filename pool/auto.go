@@ -126,11 +126,34 @@ func (a *autoProfile) decide(p Profile, reason error) {
 	}
 }
 
-// start starts a worker of the decided profile p. A process worker that
-// fails to start says why the process profile was chosen.
+// switchToProcess makes process workers the decided profile after thread
+// workers were decided: the workers already started stay (they work) until
+// they are recycled or die; every later start is a process worker. It
+// happens at most once.
+func (a *autoProfile) switchToProcess(reason error) {
+	a.mu.Lock()
+	if a.eff != Thread {
+		a.mu.Unlock()
+		return
+	}
+	a.eff, a.reason = Process, reason
+	a.mu.Unlock()
+	a.log.Warn("profile auto: a thread worker was refused, starting process workers from now on", "profile", "process", "reason", reason)
+}
+
+// start starts a worker of the decided profile p. A thread worker refused
+// by the adapter switches the pool to process workers, this one included:
+// some modules load in one interpreter per process only (numpy before 2
+// on CPython 3.11), so the first thread worker starts and the next ones
+// are refused. A process worker that fails to start says why the process
+// profile was chosen.
 func (a *autoProfile) start(ctx context.Context, p Profile, id string) (worker.Worker, error) {
 	if p == Thread {
-		return a.thread.newWorker(ctx, id)
+		w, err := a.thread.newWorker(ctx, id)
+		if err == nil || !errors.Is(err, worker.ErrNotSubinterpreterSafe) {
+			return w, err
+		}
+		a.switchToProcess(err)
 	}
 	w, err := a.process.newWorker(ctx, id)
 	if err != nil {

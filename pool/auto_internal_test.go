@@ -112,3 +112,47 @@ func TestAutoProcessStartFailureSaysWhy(t *testing.T) {
 	require.ErrorIs(t, err, startErr)
 	assert.Contains(t, err.Error(), "does not support loading in subinterpreters")
 }
+
+func TestAutoLaterRefusalSwitchesToProcess(t *testing.T) {
+	// The first sub-interpreter imports the module, the next ones are
+	// refused (numpy before 2 on 3.11).
+	a, threads, procs := scriptedAuto(func(n int64) error {
+		if n > 1 {
+			return errRefused
+		}
+		return nil
+	})
+	rec := &countingHandler{}
+	a.log = slog.New(rec)
+	_, err := a.newWorker(context.Background(), "w1")
+	require.NoError(t, err)
+	assert.Equal(t, Thread, a.effective(), "after the first start")
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Go(func() {
+			_, err := a.newWorker(context.Background(), fmt.Sprint("w", i+2))
+			assert.NoError(t, err)
+		})
+	}
+	wg.Wait()
+	assert.Equal(t, Process, a.effective(), "after a refused thread start")
+	assert.Equal(t, int64(4), procs.Load(), "process starts")
+	_, err = a.newWorker(context.Background(), "w6")
+	require.NoError(t, err)
+	assert.Equal(t, int64(5), procs.Load(), "process starts")
+	assert.LessOrEqual(t, threads.Load(), int64(5), "thread starts")
+	assert.Equal(t, int64(1), rec.warnings.Load(), "warnings logged")
+}
+
+// countingHandler counts the warnings logged.
+type countingHandler struct{ warnings atomic.Int64 }
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Level == slog.LevelWarn {
+		h.warnings.Add(1)
+	}
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }

@@ -39,6 +39,12 @@ const (
 	//     has no shared libpython or is a free-threaded build, or no Python
 	//     with a shared libpython was found.
 	//
+	// A module that loads in one interpreter per process only (numpy
+	// before 2 on CPython 3.11) lets the first thread worker start and
+	// refuses the next: such a refusal after thread workers were decided
+	// switches the pool to process workers, once, from that start on (the
+	// thread workers already running serve until they are recycled or die).
+	//
 	// Thread workers load Config.LibPython, else the libpython of the
 	// Python package locate finds; process workers run Config.Python, else
 	// SNAKEPIT_PYTHON when set (so a SNAKEPIT_PYTHON that does not work
