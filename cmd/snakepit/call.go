@@ -77,9 +77,10 @@ func (o *callOptions) run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	usePython(o.python)
-	paths := []string(o.paths)
-	if len(paths) == 0 {
-		paths = []string{"."}
+	paths, err := absPaths(o.paths)
+	if err != nil {
+		fmt.Fprintf(stderr, "snakepit call: -path: %v\n", err)
+		return exitUsage
 	}
 	ctx := context.Background()
 	p, err := pool.New(ctx, pool.Config{

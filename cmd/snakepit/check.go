@@ -74,9 +74,10 @@ func (o *checkOptions) run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	usePython(o.python)
-	paths := []string(o.paths)
-	if len(paths) == 0 {
-		paths = []string{"."}
+	paths, err := absPaths(o.paths)
+	if err != nil {
+		fmt.Fprintf(stderr, "snakepit check: -path: %v\n", err)
+		return exitUsage
 	}
 	r := checkReport{Module: args[0]}
 	log := logger(o.verbose, stderr)

@@ -118,3 +118,20 @@ func logger(verbose bool, stderr io.Writer) *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// absPaths returns the -path directories made absolute (workers may run
+// in another directory), the current directory when there are none.
+func absPaths(dirs []string) ([]string, error) {
+	if len(dirs) == 0 {
+		dirs = []string{"."}
+	}
+	out := make([]string, 0, len(dirs))
+	for _, d := range dirs {
+		abs, err := filepath.Abs(d)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, abs)
+	}
+	return out, nil
+}
