@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -215,4 +216,31 @@ func TestAutoConfig(t *testing.T) {
 		})
 	}
 	assert.Equal(t, "auto", pool.Auto.String())
+}
+
+// A pool that chooses its profile: thread workers when the adapter and
+// the Python allow them, as here; process workers for an adapter that
+// imports an extension refusing sub-interpreters (numpy on most versions).
+func ExampleConfig_auto() {
+	dir := writeAdapter(`
+import snakepit
+
+@snakepit.command
+def total(prices):
+    return sum(prices)
+`)
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	p, err := pool.New(ctx, pool.Config{Profile: pool.Auto, Module: "shop", Paths: []string{dir}, Size: 2})
+	if err != nil {
+		panic(err)
+	}
+	defer p.Close(ctx)
+
+	var total int
+	if err := p.Call(ctx, "total", map[string]any{"prices": []int{3, 4}}, &total); err != nil {
+		panic(err)
+	}
+	fmt.Println(total, p.Stats().Effective)
+	// Output: 7 thread
 }
