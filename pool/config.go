@@ -25,6 +25,43 @@ const (
 	// Process runs each worker as a Python child process (package subproc):
 	// full isolation, and extensions that refuse sub-interpreters (numpy).
 	Process
+	// Auto starts thread workers when it can and process workers when it
+	// cannot: the decision is made once, by the pool's first worker start,
+	// and every later worker (replacements, recycles) runs the profile it
+	// decided (Stats.Effective, the poolprom metric
+	// snakepit_pool_effective_profile). It falls back to the process
+	// profile only when thread workers cannot start at all:
+	//
+	//   - the adapter (or a module it imports) refuses sub-interpreters:
+	//     the start fails with an error matching
+	//     worker.ErrNotSubinterpreterSafe (numpy on most versions,
+	//     single-phase-init extensions);
+	//   - the thread runtime cannot be loaded while no libpython is named
+	//     (Config.LibPython and SNAKEPIT_LIBPYTHON empty): the Python found
+	//     has no shared libpython or is a free-threaded build, or no Python
+	//     with a shared libpython was found.
+	//
+	// A module that loads in one interpreter per process only (numpy
+	// before 2 on CPython 3.11) lets the first thread worker start and
+	// refuses the next: such a refusal after thread workers were decided
+	// switches the pool to process workers, once, from that start on (the
+	// thread workers already running serve until they are recycled or die).
+	//
+	// Thread workers load Config.LibPython, else the libpython of the
+	// Python package locate finds; process workers run Config.Python, else
+	// SNAKEPIT_PYTHON when set (so a SNAKEPIT_PYTHON that does not work
+	// fails the pool instead of starting another interpreter), else the
+	// interpreter package locate finds. A Python that runs sub-interpreters
+	// under one shared GIL (3.11) runs thread workers: they are correct,
+	// only serial. Every other start-up error (a module that does not
+	// exist, an adapter that raises on import or in setup(), a named
+	// libpython that does not load, a start that times out) is returned as
+	// it is, without a fallback. The first worker starts alone; the others
+	// start after it, StartConcurrency at a time. The fallback is logged
+	// once, at warning level, with the reason. PipelineDepth and ForkServer
+	// are refused with Auto (they need Process); MaxMemory applies when the
+	// process profile was chosen.
+	Auto
 )
 
 func (p Profile) String() string {
@@ -33,6 +70,8 @@ func (p Profile) String() string {
 		return "thread"
 	case Process:
 		return "process"
+	case Auto:
+		return "auto"
 	}
 	return fmt.Sprintf("Profile(%d)", int(p))
 }
@@ -43,7 +82,9 @@ func (p Profile) String() string {
 type Config struct {
 	// Name labels the pool in logs, errors and metrics. Zero: "default".
 	Name string
-	// Profile is the worker kind. Zero: Thread.
+	// Profile is the worker kind: Thread, Process or Auto (thread workers
+	// when the adapter and the Python allow them, else process workers).
+	// Zero: Thread.
 	Profile Profile
 	// Module is the adapter module (required unless NewWorker is set).
 	Module string
@@ -115,8 +156,9 @@ type Config struct {
 	LifetimeJitter float64
 	// MaxCalls recycles a worker after this many calls. Zero: no limit.
 	MaxCalls int64
-	// MaxMemory recycles a worker whose memory exceeds it (process profile:
-	// resident memory of its process group). Zero: no limit.
+	// MaxMemory recycles a worker whose memory exceeds it (process profile,
+	// and Auto when it chose process workers: resident memory of its
+	// process group). Zero: no limit.
 	MaxMemory int64
 	// MemoryCheckInterval is how often memory is sampled. Zero: 10 s.
 	MemoryCheckInterval time.Duration
@@ -225,7 +267,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Module == "" && c.NewWorker == nil {
 		errs = append(errs, errors.New("Module is required"))
 	}
-	if c.Profile != Thread && c.Profile != Process {
+	if c.Profile != Thread && c.Profile != Process && c.Profile != Auto {
 		errs = append(errs, fmt.Errorf("unknown Profile %d", int(c.Profile)))
 	}
 	for _, f := range []struct {
@@ -250,7 +292,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.PipelineDepth < 0 || c.PipelineDepth > MaxPipelineDepth {
 		errs = append(errs, fmt.Errorf("PipelineDepth must be in [0, %d]", MaxPipelineDepth))
 	}
-	if c.PipelineDepth > 0 && c.NewWorker == nil && c.Profile != Process {
+	if c.PipelineDepth > 0 && c.NewWorker == nil && c.Profile == Auto {
+		errs = append(errs, errors.New("PipelineDepth needs the process profile (Auto may choose thread workers, which have no queue of their own to fill)"))
+	} else if c.PipelineDepth > 0 && c.NewWorker == nil && c.Profile != Process {
 		errs = append(errs, errors.New("PipelineDepth needs the process profile (a thread-profile worker has no queue of its own to fill)"))
 	}
 	if c.StartConcurrency < 0 {
@@ -270,6 +314,8 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ForkServer != nil && c.NewWorker != nil {
 		errs = append(errs, errors.New("ForkServer cannot be used with NewWorker"))
+	} else if c.ForkServer != nil && c.Profile == Auto {
+		errs = append(errs, errors.New("ForkServer needs the process profile (Auto may choose thread workers)"))
 	} else if c.ForkServer != nil && c.Profile != Process {
 		errs = append(errs, errors.New("ForkServer needs the process profile"))
 	} else if c.ForkServer != nil && c.ForkServer.Server != nil {

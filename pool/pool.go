@@ -71,6 +71,9 @@ type Pool struct {
 	// closeProfile stops what the profile holds besides the workers (the
 	// fork server); called once every worker is closed.
 	closeProfile func(ctx context.Context)
+	// effective reports the profile the workers run (Stats.Effective); nil
+	// with Config.NewWorker.
+	effective func() Profile
 
 	ctx    context.Context // the pool's lifetime: start-ups, supervision
 	cancel context.CancelFunc
@@ -196,13 +199,13 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 	p.stopCtx, p.stop = context.WithCancel(context.Background())
 	p.closeProfile = func(context.Context) {}
 	if p.newWorker = c.NewWorker; p.newWorker == nil {
-		prof, err := profileFactory(c)
+		prof, effective, err := newProfile(c)
 		if err != nil {
 			p.cancel()
 			p.stop()
 			return nil, err
 		}
-		p.newWorker, p.closeProfile = prof.newWorker, prof.close
+		p.newWorker, p.closeProfile, p.effective = prof.newWorker, prof.close, effective
 		// The fork server starts before the workers, bounded like a
 		// worker's start and by ctx.
 		pctx, cancel := context.WithTimeout(p.ctx, c.StartTimeout)

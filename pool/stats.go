@@ -7,8 +7,12 @@ import (
 
 // Stats is a snapshot of a pool's state and counters.
 type Stats struct {
-	Name    string
-	Profile Profile
+	Name string
+	// Profile is Config.Profile; Effective is the profile the workers run:
+	// Thread or Process, the one Auto chose (Config.Profile with
+	// Config.NewWorker).
+	Profile   Profile
+	Effective Profile
 	// Workers by state.
 	Workers  int // in service (idle or busy)
 	Idle     int // running no call
@@ -102,6 +106,7 @@ func (p *Pool) Stats() Stats {
 	s := Stats{
 		Name:      p.cfg.Name,
 		Profile:   p.cfg.Profile,
+		Effective: p.cfg.Profile,
 		Workers:   len(p.members),
 		Starting:  p.starting,
 		Waiting:   p.waiters.Len(),
@@ -113,6 +118,9 @@ func (p *Pool) Stats() Stats {
 		if m.active == 0 && !m.retiring {
 			s.Idle++
 		}
+	}
+	if p.effective != nil {
+		s.Effective = p.effective()
 	}
 	s.Busy = s.Workers - s.Idle
 	s.InFlight, s.SlotsPerWorker = p.inflight, p.slots

@@ -13,13 +13,18 @@ import (
 	"github.com/snakepit-go/snakepit/pool"
 )
 
-// Collector collects one pool's metrics, labelled with its name and profile.
+// Collector collects one pool's metrics, labelled with its name and its
+// configured profile (Config.Profile: "thread", "process" or "auto").
+// snakepit_pool_effective_profile says which profile the workers run: it
+// is 1 with the label effective="thread" or effective="process" (the one
+// an Auto pool chose).
 type Collector struct {
 	p *pool.Pool
 
 	workers, waiting, queueSize, sessions, healthy, inFlight, slots                   *prometheus.Desc
 	calls, failed, rejected, retries, moved, started, deaths, recycled, startFailures *prometheus.Desc
 	wait, call                                                                        *prometheus.Desc
+	effective                                                                         *prometheus.Desc
 }
 
 // NewCollector returns a collector for p.
@@ -49,13 +54,14 @@ func NewCollector(p *pool.Pool) *Collector {
 		startFailures: d("worker_start_failures_total", "Replacement workers that failed to start."),
 		wait:          d("wait_seconds", "Time calls waited for a worker."),
 		call:          d("call_seconds", "Time calls spent in a worker."),
+		effective:     d("effective_profile", "1 for the profile the workers run (the one chosen for profile auto).", "effective"),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.workers, c.waiting, c.queueSize, c.sessions, c.healthy, c.inFlight, c.slots, c.calls, c.failed,
-		c.rejected, c.retries, c.moved, c.started, c.deaths, c.recycled, c.startFailures, c.wait, c.call} {
+		c.rejected, c.retries, c.moved, c.started, c.deaths, c.recycled, c.startFailures, c.wait, c.call, c.effective} {
 		ch <- d
 	}
 }
@@ -82,6 +88,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		healthy = 1
 	}
 	gauge(c.healthy, healthy)
+	gauge(c.effective, 1, s.Effective.String())
 	counter(c.calls, s.Calls)
 	counter(c.failed, s.Failed)
 	counter(c.rejected, s.Rejected)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/pool/poolprom"
@@ -20,20 +21,14 @@ func TestCollector(t *testing.T) {
 			"ok": func(context.Context, *worker.Request) (any, error) { return 1, nil },
 		}}, nil
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(context.Background())
 	for range 3 {
-		if err := p.Call(context.Background(), "ok", nil, nil); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, p.Call(context.Background(), "ok", nil, nil))
 	}
-	p.Call(context.Background(), "missing", nil, nil)
+	require.Error(t, p.Call(context.Background(), "missing", nil, nil))
 	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(poolprom.NewCollector(p)); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, reg.Register(poolprom.NewCollector(p)))
 	want := `
 # HELP snakepit_pool_calls_total Calls and streams that succeeded.
 # TYPE snakepit_pool_calls_total counter
@@ -41,17 +36,18 @@ snakepit_pool_calls_total{pool="metrics",profile="thread"} 3
 # HELP snakepit_pool_calls_failed_total Calls and streams that failed, for any reason.
 # TYPE snakepit_pool_calls_failed_total counter
 snakepit_pool_calls_failed_total{pool="metrics",profile="thread"} 1
+# HELP snakepit_pool_effective_profile 1 for the profile the workers run (the one chosen for profile auto).
+# TYPE snakepit_pool_effective_profile gauge
+snakepit_pool_effective_profile{effective="thread",pool="metrics",profile="thread"} 1
 # HELP snakepit_pool_workers Workers by state.
 # TYPE snakepit_pool_workers gauge
 snakepit_pool_workers{pool="metrics",profile="thread",state="busy"} 0
 snakepit_pool_workers{pool="metrics",profile="thread",state="idle"} 2
 snakepit_pool_workers{pool="metrics",profile="thread",state="starting"} 0
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "snakepit_pool_calls_total", "snakepit_pool_calls_failed_total", "snakepit_pool_workers"); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "snakepit_pool_calls_total",
+		"snakepit_pool_calls_failed_total", "snakepit_pool_workers", "snakepit_pool_effective_profile"))
 	n, err := testutil.GatherAndCount(reg, "snakepit_pool_call_seconds")
-	if err != nil || n != 1 {
-		t.Fatalf("call_seconds histogram: %d, %v", n, err)
-	}
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "call_seconds histograms")
 }
