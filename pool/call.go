@@ -207,7 +207,7 @@ func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checke
 		}
 		waited := time.Now()
 		p.stats.wait.observe(waited.Sub(start))
-		spanAcquired(span, m, waited.Sub(start))
+		p.spanAcquired(span, m, waited.Sub(start))
 		resp, err := m.w.Call(p.hostCallContext(ctx, m), req)
 		// A call the worker took back before it started never ran: it is
 		// made again, whether the pool gave it a pipeline place or a slot
@@ -301,7 +301,7 @@ func (p *Pool) stream(ctx context.Context, command string, args any, session str
 			yield(Chunk{}, &worker.CallError{Command: command, CorrelationID: req.CorrelationID, Err: err})
 			return
 		}
-		spanAcquired(span, m, time.Since(start))
+		p.spanAcquired(span, m, time.Since(start))
 		st, err := m.w.Stream(p.hostCallContext(ctx, m), req)
 		if err != nil {
 			streamErr = err

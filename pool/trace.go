@@ -38,7 +38,6 @@ func (p *Pool) startSpan(ctx context.Context, command, session string, stream bo
 	attrs := []attribute.KeyValue{
 		attrPool.String(p.cfg.Name),
 		attrCommand.String(command),
-		attrProfile.String(p.profileName()),
 	}
 	if session != "" {
 		attrs = append(attrs, attrSession.String(session))
@@ -49,22 +48,26 @@ func (p *Pool) startSpan(ctx context.Context, command, session string, stream bo
 	return p.tracer.Start(ctx, p.cfg.Name+"/"+command, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
 }
 
-// profileName is the profile the pool's workers run, for spans.
+// profileName is the profile the pool's workers run (with Auto, the one
+// it chose), for spans.
 func (p *Pool) profileName() string {
-	if p.cfg.NewWorker != nil {
+	switch {
+	case p.cfg.NewWorker != nil:
 		return "custom"
+	case p.effective != nil:
+		return p.effective().String()
 	}
 	return p.cfg.Profile.String()
 }
 
 // spanAcquired records on span (nil: none) that the call got worker m
 // after waiting wait.
-func spanAcquired(span trace.Span, m *member, wait time.Duration) {
+func (p *Pool) spanAcquired(span trace.Span, m *member, wait time.Duration) {
 	if span == nil {
 		return
 	}
 	span.AddEvent("snakepit.acquired", trace.WithAttributes(attrWorker.String(m.id), attrWait.Int64(wait.Microseconds())))
-	span.SetAttributes(attrWorker.String(m.id))
+	span.SetAttributes(attrWorker.String(m.id), attrProfile.String(p.profileName()))
 }
 
 // spanAgain records on span (nil: none) that the call is made again, and why.

@@ -93,12 +93,20 @@ func traceparentOf(sc trace.SpanContext) string {
 // span, a child of the caller's, with the pool's attributes; Python sees
 // its traceparent as ctx.traceparent, host functions run with it in their
 // ctx, and the call's Python log records carry its trace and span ids. In
-// both profiles, with one slot and with several (the concurrent path).
+// both profiles, with one slot and with several (the concurrent path), and
+// with Auto (the span names the profile it chose).
 func TestTracing(t *testing.T) {
 	dir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "traced_adapter.py"), []byte(tracedAdapter), 0o644))
-	for _, profile := range []pool.Profile{pool.Thread, pool.Process} {
+	for _, profile := range []pool.Profile{pool.Thread, pool.Process, pool.Auto} {
+		want := profile.String()
+		if profile == pool.Auto {
+			want = pool.Thread.String() // the profile Auto chose for this adapter
+		}
 		for _, slots := range []int{1, 2} {
+			if profile == pool.Auto && slots > 1 {
+				continue
+			}
 			t.Run(fmt.Sprintf("%v/slots=%d", profile, slots), func(t *testing.T) {
 				exp := tracetest.NewInMemoryExporter()
 				tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
@@ -134,7 +142,7 @@ func TestTracing(t *testing.T) {
 					a := spanAttrs(s)
 					assert.Equal(t, "tp", a["snakepit.pool"])
 					assert.Equal(t, command, a["snakepit.command"])
-					assert.Equal(t, profile.String(), a["snakepit.profile"])
+					assert.Equal(t, want, a["snakepit.profile"])
 					assert.NotEmpty(t, a["snakepit.worker"])
 					assert.Equal(t, "cid-traced", a["snakepit.correlation_id"])
 					assert.Equal(t, "ok", a["snakepit.outcome"])
