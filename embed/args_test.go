@@ -169,10 +169,11 @@ func TestConcurrentClose(t *testing.T) {
 	}
 }
 
-// TestNumpySecondInterpreter311 imports Debian's numpy (CPython 3.11) in two
-// sub-interpreters: the second refuses ("Interpreter change detected"),
-// which must match worker.ErrNotSubinterpreterSafe. On 3.12+ the refusal
-// comes from CPython itself (TestSubinterpreterRefusal).
+// TestNumpySecondInterpreter311 imports Debian's numpy (CPython 3.11) in
+// sub-interpreters: the guards refuse it (numpy loaded in one and imported
+// by another after that one ended crashes the host), which must match
+// worker.ErrNotSubinterpreterSafe. On 3.12+ the refusal comes from CPython
+// itself (TestSubinterpreterRefusal).
 func TestNumpySecondInterpreter311(t *testing.T) {
 	if testRuntime(t).Version().Minor != 11 {
 		return // covered by the 3.11 child of TestVersionMatrix

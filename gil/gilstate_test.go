@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/gil"
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -42,24 +44,30 @@ def ensure():
 // their init) starts, and its handler can call it too. On 3.11 the home
 // thread's PyGILState slot was empty, so the call waited for the GIL its
 // own thread held and Start ran into its deadline. On 3.11 (TestVersions'
-// child) it also imports scipy.spatial, a real pybind11 module, and checks
-// that a second worker importing numpy (which scipy needs, and which loads
-// in one interpreter per process) is refused with
-// worker.ErrNotSubinterpreterSafe.
+// child) it also checks that an adapter importing scipy.spatial, a real
+// pybind11 module, is refused with worker.ErrNotSubinterpreterSafe: scipy
+// needs numpy, which the thread profile refuses on 3.11 (see
+// TestNumpyRefusedOn311).
 func TestGILStateEnsureInInit(t *testing.T) {
 	r := runtimeFor(t)
 	dir := t.TempDir()
-	src := gilStateAdapter
-	if r.Version().Minor == 11 {
-		// Debian's scipy for the system 3.11 (.ci/run installs it).
-		src = "import sys\nsys.path.append('/usr/lib/python3/dist-packages')\nimport scipy.spatial\n" + src
-	}
-	if err := os.WriteFile(filepath.Join(dir, "gilstate_adapter.py"), []byte(src), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "gilstate_adapter.py"), []byte(gilStateAdapter), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// A start that deadlocks ends at this deadline (hang guard).
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if r.Version().Minor == 11 {
+		// Debian's scipy for the system 3.11 (.ci/run installs it).
+		src := "import sys\nsys.path.append('/usr/lib/python3/dist-packages')\nimport scipy.spatial\n" + gilStateAdapter
+		if err := os.WriteFile(filepath.Join(dir, "scipy_adapter.py"), []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := gil.Start(ctx, gil.Config{Module: "scipy_adapter", Paths: []string{dir}, Runtime: r})
+		if !errors.Is(err, worker.ErrNotSubinterpreterSafe) || !strings.Contains(err.Error(), "numpy") {
+			t.Fatalf("an adapter importing scipy on 3.11: got %v, want ErrNotSubinterpreterSafe naming numpy", err)
+		}
+	}
 	w, err := gil.Start(ctx, gil.Config{Module: "gilstate_adapter", Paths: []string{dir}, Runtime: r})
 	if err != nil {
 		t.Fatalf("got %v, want a started worker", err)
@@ -77,12 +85,38 @@ func TestGILStateEnsureInInit(t *testing.T) {
 	if err := pymarshal.Unmarshal(resp.Result, &ok); err != nil || !ok {
 		t.Fatalf("call: got %v, %v, want true", ok, err)
 	}
+}
+
+// TestNumpyRefusedOn311: on 3.11, whose sub-interpreters do not check
+// single-phase extensions, numpy loads in one sub-interpreter, and a
+// sub-interpreter importing it after that one ended crashed the host (a
+// segmentation fault: a recycled thread worker, or a second pool). The
+// thread profile refuses numpy there, as 3.12+ do, with an error matching
+// worker.ErrNotSubinterpreterSafe, at start (an adapter importing it) and
+// in a call, in worker after worker.
+func TestNumpyRefusedOn311(t *testing.T) {
+	r := runtimeFor(t)
 	if r.Version().Minor != 11 {
-		return
+		return // 3.12+ refuse single-phase extensions themselves; the hermetic 3.14 has no numpy
 	}
-	_, err = gil.Start(ctx, gil.Config{Module: "gilstate_adapter", Paths: []string{dir}, Runtime: r})
-	if !errors.Is(err, worker.ErrNotSubinterpreterSafe) || !errors.Is(err, worker.ErrSetup) {
-		t.Fatalf("second worker: got %v, want ErrSetup and ErrNotSubinterpreterSafe", err)
+	dir := t.TempDir()
+	const lazy = "import snakepit\n\n@snakepit.command\ndef use():\n    import numpy\n    return int(numpy.arange(10).sum())\n"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "numpy_lazy.py"), []byte(lazy), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "numpy_eager.py"), []byte("import numpy\n"+lazy), 0o644))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	args, err := pymarshal.Marshal(map[string]any{})
+	require.NoError(t, err)
+	for i := range 3 {
+		_, err := gil.Start(ctx, gil.Config{Module: "numpy_eager", Paths: []string{dir}, Runtime: r})
+		require.ErrorIs(t, err, worker.ErrNotSubinterpreterSafe, "worker %d importing numpy at start", i)
+		require.ErrorIs(t, err, worker.ErrSetup)
+
+		w, err := gil.Start(ctx, gil.Config{Module: "numpy_lazy", Paths: []string{dir}, Runtime: r})
+		require.NoError(t, err)
+		_, err = w.Call(ctx, &worker.Request{Command: "use", Args: args, CorrelationID: "c"})
+		require.ErrorIs(t, err, worker.ErrNotSubinterpreterSafe, "worker %d importing numpy in a call", i)
+		require.NoError(t, w.Close(ctx))
 	}
 }
 

@@ -13,7 +13,10 @@ install() replaces them, in the calling interpreter only, with functions
 raising RuntimeError that name the process profile, whose workers are
 separate processes and may do all of this. On 3.11 it also refuses daemon
 threads, which 3.12+ refuse in isolated sub-interpreters: a daemon thread
-still running when the interpreter ends aborts the host.
+still running when the interpreter ends aborts the host; and numpy, which
+3.12+ refuse as a single-phase extension: on 3.11 it loads in one
+sub-interpreter, and a sub-interpreter importing it after that one ended
+crashes the host.
 
 This module is loaded by the Go side (embed), not imported by adapters.
 """
@@ -69,6 +72,39 @@ def install(sub_interpreter=False, legacy_threads=False):
     _refuse_multiprocessing()
     if sub_interpreter:
         _refuse_daemon_threads(legacy_threads)
+    if sub_interpreter and legacy_threads:
+        _refuse_modules(_SINGLE_INTERPRETER)
+
+
+# Extension modules that keep process-wide state pointing into the
+# interpreter that first loaded them: on 3.11, which does not check
+# single-phase extensions in sub-interpreters, a second interpreter that
+# imports one after the first has ended crashes the host (numpy: a
+# segmentation fault in its first call). Everything built on numpy (scipy,
+# pandas, scikit-learn, torch) imports it.
+_SINGLE_INTERPRETER = ("numpy",)
+
+
+def _refuse_modules(names):
+    import sys
+
+    class _Refuse:
+        """A meta path finder that refuses the packages in names with the
+        ImportError CPython 3.12+ raises for a single-phase extension in a
+        sub-interpreter (which the host reports as not sub-interpreter
+        safe)."""
+
+        @staticmethod
+        def find_spec(fullname, path=None, target=None):
+            top = fullname.partition(".")[0]
+            if top in names:
+                raise ImportError(
+                    "module %s does not support loading in subinterpreters on CPython 3.11 "
+                    "(it keeps process-wide state that crashes the host once the interpreter "
+                    "that loaded it ends); %s" % (top, HINT), name=fullname)
+            return None
+
+    sys.meta_path.insert(0, _Refuse)
 
 
 def _refuse_daemon_threads(legacy_threads):
