@@ -34,16 +34,16 @@ const (
 	//
 	//   - the adapter (or a module it imports) refuses sub-interpreters:
 	//     the start fails with an error matching
-	//     worker.ErrNotSubinterpreterSafe (numpy on most versions,
+	//     worker.ErrNotSubinterpreterSafe (numpy on every version,
 	//     single-phase-init extensions);
 	//   - the thread runtime cannot be loaded while no libpython is named
 	//     (Config.LibPython and SNAKEPIT_LIBPYTHON empty): the Python found
 	//     has no shared libpython or is a free-threaded build, or no Python
 	//     with a shared libpython was found.
 	//
-	// A module that loads in one interpreter per process only (numpy
-	// before 2 on CPython 3.11) lets the first thread worker start and
-	// refuses the next: such a refusal after thread workers were decided
+	// A module that loads in one interpreter per process only lets the
+	// first thread worker start and refuses the next (numpy did on CPython
+	// 3.11, which thread workers now refuse at once): such a refusal after thread workers were decided
 	// switches the pool to process workers, once, from that start on (the
 	// thread workers already running serve until they are recycled or die).
 	//
