@@ -47,10 +47,22 @@ type Config struct {
 	Module string
 	// Paths are added to the workers' sys.path (the adapter's directory).
 	Paths []string
-	// LibPython (thread profile) and Python (process profile) choose the
-	// Python explicitly. Zero: the search of package locate — the
+	// Python and LibPython choose the Python explicitly. Python is an
+	// interpreter: the process profile runs it, the thread profile loads
+	// its installation's libpython. A virtual environment's interpreter
+	// (<venv>/bin/python) works in both: the process profile runs it, the
+	// thread profile loads the base installation's library and starts it
+	// as the environment's interpreter (sys.prefix, sys.executable, its
+	// site-packages with their .pth files). LibPython is a libpython
+	// shared library for the thread profile. Either may name the
+	// directory of an environment or installation (a venv, a conda
+	// environment, a python-build-standalone or uv CPython), meaning its
+	// bin/python3. A Python without a shared library runs the process
+	// profile only: the thread profile fails with an error matching
+	// embed.ErrNoLibPython. Zero: the search of package locate — the
 	// SNAKEPIT_LIBPYTHON/SNAKEPIT_PYTHON environment, then the hermetic
-	// CPython 3.14 when the program imports python/dist, then python3 on PATH.
+	// CPython 3.14 when the program imports python/dist, then python3 on
+	// PATH.
 	LibPython string
 	Python    string
 	// Env is extra environment for process-profile workers ("KEY=value").

@@ -75,7 +75,7 @@ func profileFactory(c Config) (profile, error) {
 			return err
 		}, fh.close}, nil
 	default:
-		rt, err := gil.LoadRuntime(c.LibPython)
+		rt, err := gil.LoadRuntimeFor(c.LibPython, c.Python)
 		if err != nil {
 			return profile{}, err
 		}

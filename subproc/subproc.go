@@ -138,9 +138,12 @@ type Config struct {
 	// Paths are put on the child's PYTHONPATH (after the snakepit package),
 	// e.g. the directory holding the adapter.
 	Paths []string
-	// Python is the interpreter to run. Zero value: the executable found by
-	// package locate (SNAKEPIT_PYTHON, the hermetic CPython if the program
-	// imports python/dist, python3 on PATH).
+	// Python is the interpreter to run, as named (a virtual environment's
+	// bin/python runs with the environment's packages), or the directory
+	// of an environment or installation, meaning its bin/python3. It needs
+	// no shared libpython. Zero value: the executable found by package
+	// locate (SNAKEPIT_PYTHON, the hermetic CPython if the program imports
+	// python/dist, python3 on PATH).
 	Python string
 	// Command, when set, replaces the interpreter invocation: the child runs
 	// Command followed by "-P -m snakepit._process <module> <flags>". Use it to
@@ -528,6 +531,10 @@ func interpreter(cfg Config) ([]string, error) {
 	}
 	if exe == "" {
 		return nil, errors.New("no Python executable found: set Config.Python or " + locate.EnvPython)
+	}
+	exe, err := locate.Interpreter(exe)
+	if err != nil {
+		return nil, err
 	}
 	return []string{exe}, nil
 }

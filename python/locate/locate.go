@@ -365,8 +365,13 @@ func complete(p Python) (Python, error) {
 	return p, nil
 }
 
-// interpreterPath returns the interpreter exe names: exe itself, or the
-// interpreter of the environment or installation directory exe names.
+// Interpreter returns the interpreter exe names: exe itself, or, when exe
+// is the directory of an environment or installation (a venv, a conda
+// environment, a standalone CPython), its bin/python3 (or bin/python).
+func Interpreter(exe string) (string, error) {
+	return interpreterPath(exe)
+}
+
 func interpreterPath(exe string) (string, error) {
 	st, err := os.Stat(exe)
 	if err != nil || !st.IsDir() {
