@@ -18,6 +18,7 @@ import (
 	"github.com/snakepit-go/snakepit/internal/pyenvtest"
 	"github.com/snakepit-go/snakepit/internal/pymatrix"
 	"github.com/snakepit-go/snakepit/pool"
+	"github.com/snakepit-go/snakepit/python/dist"
 	"github.com/snakepit-go/snakepit/python/locate"
 )
 
@@ -52,10 +53,13 @@ const (
 	envVenvDir     = "SNAKEPIT_TEST_VENV_DIR"
 	envVenvAdapter = "SNAKEPIT_TEST_VENV_ADAPTER"
 	envVenvExtra   = "SNAKEPIT_TEST_VENV_EXTRA"
+	envVenvSite    = "SNAKEPIT_TEST_VENV_SITE"
+	envVenvBase    = "SNAKEPIT_TEST_VENV_BASE" // the base installation's sys.prefix
 )
 
 // TestVenvBothProfiles: a virtual environment of CPython 3.11, named by
-// SNAKEPIT_PYTHON or by Config.Python, runs an adapter importing the
+// SNAKEPIT_PYTHON or by Config.Python (and one of the hermetic 3.14, by
+// Config.Python), runs an adapter importing the
 // environment's own packages (site-packages and a .pth file's directory)
 // in both profiles, in every worker: the process profile runs the
 // environment's interpreter; the thread profile loads the base's libpython
@@ -73,11 +77,21 @@ func TestVenvBothProfiles(t *testing.T) {
 		t.Log("runs from the parent test process")
 		return
 	}
-	v := pyenvtest.Venv311(t, false)
 	adapters := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(adapters, "venv_adapter.py"), []byte(venvAdapter), 0o644))
-	for _, route := range []string{"env", "config"} {
+	hermetic, err := dist.Default()
+	require.NoError(t, err)
+	for _, route := range []string{"env", "config", "hermetic"} {
 		t.Run(route, func(t *testing.T) {
+			// 3.11 named by SNAKEPIT_PYTHON or Config.Python, and the
+			// hermetic 3.14 (its own initialisation API) by Config.Python.
+			var v pyenvtest.Venv
+			base := "/usr"
+			if route == "hermetic" {
+				v, base = pyenvtest.NewVenv(t, hermetic.Executable, false), hermetic.Home
+			} else {
+				v = pyenvtest.Venv311(t, false)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // hang guard
 			defer cancel()
 			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestVenvBothProfiles$", "-test.v", "-test.count=1")
@@ -87,7 +101,8 @@ func TestVenvBothProfiles(t *testing.T) {
 					cmd.Env = append(cmd.Env, kv)
 				}
 			}
-			cmd.Env = append(cmd.Env, envVenvRoute+"="+route, envVenvDir+"="+v.Dir, envVenvAdapter+"="+adapters, envVenvExtra+"="+v.Extra)
+			cmd.Env = append(cmd.Env, envVenvRoute+"="+route, envVenvDir+"="+v.Dir, envVenvAdapter+"="+adapters,
+				envVenvExtra+"="+v.Extra, envVenvSite+"="+v.SitePackages, envVenvBase+"="+base)
 			out, err := cmd.CombinedOutput()
 			require.NoError(t, ctx.Err(), "child: no end within the hang guard; output:\n%s", out)
 			require.NoError(t, err, "child output:\n%s", out)
@@ -104,7 +119,7 @@ func venvChild(t *testing.T, route string) {
 	switch route {
 	case "env":
 		t.Setenv(locate.EnvPython, exe)
-	case "config":
+	case "config", "hermetic":
 		python = exe
 	default:
 		t.Fatalf("route %q", route)
@@ -137,8 +152,8 @@ func venvChild(t *testing.T, route string) {
 				assert.Equal(t, dir, w.Prefix, "sys.prefix")
 				assert.Equal(t, dir, w.ExecPrefix, "sys.exec_prefix")
 				assert.Equal(t, exe, w.Executable, "sys.executable")
-				assert.Equal(t, "/usr", w.BasePrefix, "sys.base_prefix")
-				assert.Equal(t, filepath.Join(dir, "lib", "python3.11", "site-packages", pyenvtest.Module, "__init__.py"), w.Pkg)
+				assert.Equal(t, os.Getenv(envVenvBase), w.BasePrefix, "sys.base_prefix")
+				assert.Equal(t, filepath.Join(os.Getenv(envVenvSite), pyenvtest.Module, "__init__.py"), w.Pkg)
 				assert.Equal(t, filepath.Join(os.Getenv(envVenvExtra), pyenvtest.ExtraModule+".py"), w.Extra)
 				// The thread profile runs in this process, the process profile
 				// in children.

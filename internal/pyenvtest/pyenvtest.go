@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,14 +39,20 @@ const (
 	ExtraModule = "venvextra"
 )
 
-// Venv311 creates a virtual environment of the system's CPython 3.11
-// (python3.11 -m venv, without pip: no network), installs Module into its
-// site-packages and a .pth file adding Extra, which holds ExtraModule.
-// systemSite gives it the system's site-packages too
-// (--system-site-packages).
+// Venv311 creates a virtual environment of the system's CPython 3.11: see
+// NewVenv.
 func Venv311(t testing.TB, systemSite bool) Venv {
 	t.Helper()
-	base := pymatrix.Python311(t).Executable
+	return NewVenv(t, pymatrix.Python311(t).Executable, systemSite)
+}
+
+// NewVenv creates a virtual environment of the interpreter base
+// (base -m venv, without pip: no network), installs Module into its
+// site-packages and a .pth file adding Extra, which holds ExtraModule.
+// systemSite gives it the base's site-packages too
+// (--system-site-packages).
+func NewVenv(t testing.TB, base string, systemSite bool) Venv {
+	t.Helper()
 	root := t.TempDir()
 	v := Venv{Dir: filepath.Join(root, "venv"), Extra: filepath.Join(root, "extra")}
 	args := []string{"-m", "venv", "--without-pip"}
@@ -57,7 +64,10 @@ func Venv311(t testing.TB, systemSite bool) Venv {
 	out, err := exec.CommandContext(ctx, base, append(args, v.Dir)...).CombinedOutput()
 	require.NoError(t, err, "%s -m venv: %s", base, out)
 	v.Python = filepath.Join(v.Dir, "bin", "python")
-	v.SitePackages = filepath.Join(v.Dir, "lib", "python3.11", "site-packages")
+	site, err := exec.CommandContext(ctx, v.Python, "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").Output()
+	require.NoError(t, err, "%s: ask for site-packages", v.Python)
+	v.SitePackages = strings.TrimSpace(string(site))
+	require.True(t, strings.HasPrefix(v.SitePackages, v.Dir+"/"), "site-packages %s outside the environment", v.SitePackages)
 	pkg := filepath.Join(v.SitePackages, Module)
 	require.NoError(t, os.MkdirAll(pkg, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(pkg, "__init__.py"), []byte("WHERE = __file__\n"), 0o644))
