@@ -67,6 +67,17 @@ type Config struct {
 	Python    string
 	// Env is extra environment for process-profile workers ("KEY=value").
 	Env []string
+	// BLASThreads bounds the threads of the native math libraries
+	// (OpenBLAS, MKL, OpenMP, Accelerate, numexpr) in each process-profile
+	// worker: OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS,
+	// VECLIB_MAXIMUM_THREADS and NUMEXPR_NUM_THREADS are set to it in the
+	// worker, each unless the host's environment (whose value then passes
+	// to the workers) or Env sets it. Left alone, each worker's numpy would
+	// start a thread per core: Size workers would oversubscribe the machine
+	// Size times over. Zero: 1. Negative: none is set. See
+	// subproc.Config.BLASThreads. Thread-profile workers share the host
+	// process's libraries, configured by its own environment.
+	BLASThreads int
 	// Host are the Go functions handlers may call (ctx.host in Python):
 	//
 	//	Host: []host.Func{host.New("lookup", func(ctx context.Context, a LookupArgs) (User, error) { ... })}
@@ -175,9 +186,10 @@ type Config struct {
 	// refuses to serve when its imports started one (New then fails with
 	// an error matching subproc.ErrForkUnsafe). Set
 	// ForkServerOptions.ImportAdapter only when the adapter's imports are
-	// fork-safe: they start no thread (numpy with a threaded BLAS, torch,
-	// gRPC clients do; Env can ask some not to, e.g.
-	// OPENBLAS_NUM_THREADS=1) and open no connection or file the workers
+	// fork-safe: they start no thread (torch and gRPC clients do, numpy
+	// with a threaded BLAS does unless BLASThreads keeps it at one thread,
+	// the default; Env can ask others not to) and open no connection or
+	// file the workers
 	// must not share. setup() runs in each worker, after the fork: open
 	// connections and start threads there. Workers forked from one
 	// template share its hash seed and whatever else the imports
