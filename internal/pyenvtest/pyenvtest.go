@@ -5,6 +5,7 @@ package pyenvtest
 
 import (
 	"context"
+	"debug/elf"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -80,8 +81,8 @@ func NewVenv(t testing.TB, base string, systemSite bool) Venv {
 // StaticPython311 returns the interpreter of a CPython 3.11 installation
 // that has no shared libpython, as one built without --enable-shared
 // (pyenv's default, many distribution and container builds): a copy of
-// the system's statically linked /usr/bin/python3.11 (Debian links
-// libpython into it) in a prefix of its own, whose standard library is
+// the system's statically linked python3.11 (Debian links libpython into
+// it; a dynamically linked one fails the test) in a prefix of its own, whose standard library is
 // the system's, except for the build configuration, which names the
 // static library, libpython3.11.a, as such a build's does.
 func StaticPython311(t testing.TB) string {
@@ -89,17 +90,28 @@ func StaticPython311(t testing.TB) string {
 	base := pymatrix.Python311(t).Executable
 	real, err := filepath.EvalSymlinks(base)
 	require.NoError(t, err)
-	stdlib := "/usr/lib/python3.11"
+	// The copy must not load a libpython: it is the interpreter itself.
+	bin, err := elf.Open(real)
+	require.NoError(t, err)
+	needed, err := bin.ImportedLibraries()
+	bin.Close()
+	require.NoError(t, err)
+	for _, lib := range needed {
+		require.False(t, strings.HasPrefix(lib, "libpython"), "%s links %s: a Python without a shared library needs a statically linked interpreter (Debian's)", real, lib)
+	}
+	out, err := exec.Command(base, "-I", "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))").Output()
+	require.NoError(t, err)
+	stdlib := strings.TrimSpace(string(out))
 	require.FileExists(t, filepath.Join(stdlib, "os.py"), "the system CPython 3.11's standard library")
 	root := t.TempDir()
-	bin, lib := filepath.Join(root, "bin"), filepath.Join(root, "lib", "python3.11")
-	require.NoError(t, os.MkdirAll(bin, 0o755))
+	binDir, lib := filepath.Join(root, "bin"), filepath.Join(root, "lib", "python3.11")
+	require.NoError(t, os.MkdirAll(binDir, 0o755))
 	require.NoError(t, os.MkdirAll(lib, 0o755))
-	exe := filepath.Join(bin, "python3.11")
+	exe := filepath.Join(binDir, "python3.11")
 	prog, err := os.ReadFile(real)
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(exe, prog, 0o755))
-	require.NoError(t, os.Symlink("python3.11", filepath.Join(bin, "python3")))
+	require.NoError(t, os.Symlink("python3.11", filepath.Join(binDir, "python3")))
 	// The build configuration's module is the one sysconfig would import.
 	name, err := exec.Command(base, "-I", "-c", "import sysconfig; print(sysconfig._get_sysconfigdata_name())").Output()
 	require.NoError(t, err)
