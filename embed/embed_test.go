@@ -10,12 +10,12 @@ import (
 	"reflect"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/internal/valuetest"
@@ -325,9 +325,9 @@ func TestStartupSettings(t *testing.T) {
 	assert.Equal(t, false, mustEval(t, main, "__import__('signal').getsignal(__import__('signal').SIGINT) is __import__('signal').default_int_handler"),
 		"Python installed its SIGINT handler")
 	c := make(chan os.Signal, 1)
-	signal.Notify(c, syscall.SIGINT)
+	signal.Notify(c, unix.SIGINT)
 	defer signal.Stop(c)
-	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGINT))
+	require.NoError(t, unix.Kill(os.Getpid(), unix.SIGINT))
 	select {
 	case <-c:
 	case <-time.After(10 * time.Second):
