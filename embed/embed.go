@@ -115,7 +115,8 @@ func (e *NoLibPythonError) Error() string {
 	if py.Version != "" {
 		what += " " + py.Version
 	}
-	return fmt.Sprintf("embed: %s (%s, from %s) has no shared libpython, which the thread profile loads into the process: %s",
+	return fmt.Sprintf("embed: no libpython for %s (%s, from %s): the thread profile loads a shared libpython into the process, "+
+		"and this Python has none (built without --enable-shared, or its library is not installed); %s",
 		orUnknown(py.Executable), what, orUnknown(py.Source), locate.InstallHint(py.Version))
 }
 

@@ -24,7 +24,7 @@ func TestLoadWithoutLibPython(t *testing.T) {
 	var nl *embed.NoLibPythonError
 	require.ErrorAs(t, err, &nl)
 	assert.Equal(t, static, nl.Python.Executable)
-	for _, want := range []string{static, "CPython 3.11.", "no shared libpython", "apt-get install libpython3.11", "process profile", "python/dist"} {
+	for _, want := range []string{static, "CPython 3.11.", "no libpython for", "enable-shared", "apt-get install libpython3.11", "process profile", "python/dist"} {
 		assert.Contains(t, err.Error(), want)
 	}
 }
