@@ -59,9 +59,10 @@ fuzz:
 	done
 
 # The thread-vs-process benchmark against the baselines, on the hermetic
-# CPython 3.14: prints a table, writes bench/results/.
+# CPython 3.14: prints a table, writes bench/results/ (the committed
+# figures). bench-quick prints a smaller sweep and writes nothing.
 bench:
-	$(GO) run ./bench
+	$(GO) run ./bench -out bench/results
 
 bench-quick:
 	$(GO) run ./bench -quick

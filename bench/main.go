@@ -5,18 +5,21 @@
 // lines on stdin/stdout, and os/exec of the interpreter per call. Everything
 // runs on the same interpreter (the hermetic CPython 3.14 by default).
 //
-//	go run ./bench              # every scenario (a few minutes)
-//	go run ./bench -quick       # a smaller sweep (under a minute)
+//	go run ./bench                         # every scenario (a few minutes)
+//	go run ./bench -quick                  # a smaller sweep (under a minute)
 //	go run ./bench -quick -format json
+//	go run ./bench -out bench/results      # what make bench runs
 //
-// It prints a table (or JSON lines) and writes bench/results/: results.md,
-// results.json and SVG charts.
+// It prints a table (or JSON lines) and, with -out DIR, writes
+// results.md, results.json and SVG charts to DIR. Without -out it writes
+// nothing, so a trial run never replaces the committed bench/results/.
 package main
 
 import (
 	"context"
 	_ "embed"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -75,18 +78,40 @@ var allScenarios = []string{"latency", "throughput", "cpu", "payload", "startup"
 var allProfiles = []string{"thread", "process", "baselines"}
 
 func main() {
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fatalf("%v", err)
+	}
+	if err := run(o); err != nil {
+		fatalf("%v", err)
+	}
+}
+
+// parseFlags reads the command line. Results are written only where -out
+// says: a run without it (a quick look, -quick) leaves the committed
+// bench/results/ alone.
+func parseFlags(args []string) (options, error) {
 	var o options
-	scen := flag.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run: "+strings.Join(allScenarios, ","))
-	prof := flag.String("profiles", strings.Join(allProfiles, ","), "profiles: thread,process,baselines")
-	flag.IntVar(&o.workers, "workers", runtime.NumCPU(), "workers per pool (and the most for CPU scaling)")
-	flag.DurationVar(&o.duration, "duration", time.Second, "measuring time per point")
-	flag.IntVar(&o.reps, "reps", 3, "repetitions per point (the median is reported)")
-	flag.BoolVar(&o.quick, "quick", false, "a smaller, faster sweep")
-	flag.StringVar(&o.format, "format", "table", "output: table or json (one object per line)")
-	flag.StringVar(&o.out, "out", "bench/results", "directory for results.md, results.json and the charts (empty: none)")
-	flag.StringVar(&o.python, "python", "", "Python executable (default: the hermetic CPython 3.14)")
-	flag.StringVar(&o.libpython, "libpython", "", "libpython for the thread profile (default: the hermetic CPython 3.14)")
-	flag.Parse()
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	scen := fs.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run: "+strings.Join(allScenarios, ","))
+	prof := fs.String("profiles", strings.Join(allProfiles, ","), "profiles: thread,process,baselines")
+	fs.IntVar(&o.workers, "workers", runtime.NumCPU(), "workers per pool (and the most for CPU scaling)")
+	fs.DurationVar(&o.duration, "duration", time.Second, "measuring time per point")
+	fs.IntVar(&o.reps, "reps", 3, "repetitions per point (the median is reported)")
+	fs.BoolVar(&o.quick, "quick", false, "a smaller, faster sweep")
+	fs.StringVar(&o.format, "format", "table", "output: table or json (one object per line)")
+	fs.StringVar(&o.out, "out", "", "directory to write results.md, results.json and the charts to (make bench: bench/results); empty: write nothing")
+	fs.StringVar(&o.python, "python", "", "Python executable (default: the hermetic CPython 3.14)")
+	fs.StringVar(&o.libpython, "libpython", "", "libpython for the thread profile (default: the hermetic CPython 3.14)")
+	if err := fs.Parse(args); err != nil {
+		return options{}, err
+	}
+	if fs.NArg() > 0 {
+		return options{}, fmt.Errorf("unexpected arguments %q (flags only; see -help)", fs.Args())
+	}
 	o.scenarios = strings.Split(*scen, ",")
 	o.profiles = strings.Split(*prof, ",")
 	if o.quick {
@@ -94,11 +119,9 @@ func main() {
 		o.reps = 1
 	}
 	if o.format != "table" && o.format != "json" {
-		fatalf("-format must be table or json")
+		return options{}, errors.New("-format must be table or json")
 	}
-	if err := run(o); err != nil {
-		fatalf("%v", err)
-	}
+	return o, nil
 }
 
 func fatalf(format string, args ...any) {
@@ -198,6 +221,8 @@ func run(o options) error {
 		if o.format == "table" {
 			fmt.Printf("\nwrote %s\n", o.out)
 		}
+	} else if o.format == "table" {
+		fmt.Println("\nresults not written (-out DIR writes them)")
 	}
 	return nil
 }

@@ -6,7 +6,8 @@
 // table of C-API functions with dlsym (a missing one is named in the error),
 // and initialises Python once, on a dedicated locked OS thread, with no Python
 // signal handlers (Go keeps SIGINT and friends), no PYTHON* environment
-// variables, and sys.executable set to a real interpreter. CPython 3.11 to
+// variables, and sys.executable set to a real interpreter: a virtual
+// environment's, with its packages, when one was named. CPython 3.11 to
 // 3.14 (GIL builds) are supported; free-threaded builds are refused.
 //
 // # Interpreters and threads
@@ -77,8 +78,8 @@ import (
 
 // Supported CPython versions (3.MinMinor to 3.MaxMinor).
 const (
-	MinMinor = 11
-	MaxMinor = 14
+	MinMinor = locate.MinMinor
+	MaxMinor = locate.MaxMinor
 )
 
 // Errors returned by [Load].
@@ -93,7 +94,33 @@ var (
 	ErrAlreadyLoaded = errors.New("embed: a different libpython is already loaded in this process")
 	// ErrClosed: the interpreter or thread has been closed.
 	ErrClosed = errors.New("embed: interpreter closed")
+	// ErrNoLibPython: the Python has no shared library to load (it was
+	// built without --enable-shared, or its library package is not
+	// installed). The process profile can still run its interpreter. See
+	// [NoLibPythonError].
+	ErrNoLibPython = errors.New("embed: no shared libpython")
 )
+
+// NoLibPythonError is [Load]'s error for a Python without a shared
+// library; it matches [ErrNoLibPython] and says what to install or use
+// instead.
+type NoLibPythonError struct {
+	// Python is the installation that was asked for.
+	Python locate.Python
+}
+
+func (e *NoLibPythonError) Error() string {
+	py := e.Python
+	what := "CPython"
+	if py.Version != "" {
+		what += " " + py.Version
+	}
+	return fmt.Sprintf("embed: no libpython for %s (%s, from %s): the thread profile loads a shared libpython into the process, "+
+		"and this Python has none (built without --enable-shared, or its library is not installed); %s",
+		orUnknown(py.Executable), what, orUnknown(py.Source), locate.InstallHint(py.Version))
+}
+
+func (e *NoLibPythonError) Unwrap() error { return ErrNoLibPython }
 
 // Locate finds a CPython installation: explicit options, then the
 // SNAKEPIT_LIBPYTHON / SNAKEPIT_PYTHON environment, then a registered
@@ -137,26 +164,39 @@ func Default() (*Runtime, error) {
 	return Load(py)
 }
 
-// Load loads and initialises py's libpython, once per process. paths are
+// Load loads and initialises py's libpython, once per process. A Python
+// without a shared library is a [*NoLibPythonError]. When py.Executable is
+// a virtual environment's interpreter (see [locate.Python.Venv]), Python
+// starts as that interpreter would: sys.executable, sys.prefix and
+// sys.exec_prefix are the environment's, and its site-packages, with their
+// .pth files processed, are on the sys.path of every interpreter (the
+// base's site-packages too only if the environment includes them). paths are
 // prepended to sys.path in the main interpreter and in every sub-interpreter
 // (before their own [InterpreterConfig.Paths]). Later calls for the same
 // library return the same Runtime and ignore paths; a call for another
-// library fails with [ErrAlreadyLoaded]. A failure after the library was opened is
+// library, or for another environment of it (py.Prefix), fails with
+// [ErrAlreadyLoaded]. A failure after the library was opened is
 // kept and returned by every later call: CPython cannot be initialised twice.
 func Load(py locate.Python, paths ...string) (*Runtime, error) {
 	loadMu.Lock()
 	defer loadMu.Unlock()
 	if py.LibPython == "" {
-		return nil, fmt.Errorf("embed: no libpython for %s (%s): the thread profile needs a CPython built with --enable-shared", orUnknown(py.Executable), orUnknown(py.Source))
+		return nil, &NoLibPythonError{Python: py}
 	}
 	if py.FreeThreaded {
 		return nil, fmt.Errorf("%w (%s)", ErrFreeThreaded, py.LibPython)
 	}
 	if loaded != nil {
-		if sameFile(loaded.py.LibPython, py.LibPython) {
-			return loaded, nil
+		if !sameFile(loaded.py.LibPython, py.LibPython) {
+			return nil, fmt.Errorf("%w: %s is loaded, %s was asked for", ErrAlreadyLoaded, loaded.py.LibPython, py.LibPython)
 		}
-		return nil, fmt.Errorf("%w: %s is loaded, %s was asked for", ErrAlreadyLoaded, loaded.py.LibPython, py.LibPython)
+		// A bare library asks for no environment; an interpreter asks for
+		// its own, which is fixed when Python starts.
+		if py.Prefix != "" && !sameFile(envPrefix(loaded.py), envPrefix(py)) {
+			return nil, fmt.Errorf("%w: %s runs the environment %s (%s), %s was asked for (%s): one process runs one Python environment; the process profile can run the other",
+				ErrAlreadyLoaded, loaded.py.LibPython, envPrefix(loaded.py), orUnknown(loaded.py.Executable), envPrefix(py), orUnknown(py.Executable))
+		}
+		return loaded, nil
 	}
 	if poisoned != nil {
 		return nil, poisoned
@@ -175,6 +215,15 @@ func Load(py locate.Python, paths ...string) (*Runtime, error) {
 	}
 	loaded = rt
 	return rt, nil
+}
+
+// envPrefix is the sys.prefix py starts with: its environment's, or its
+// installation's.
+func envPrefix(py locate.Python) string {
+	if py.Prefix != "" {
+		return py.Prefix
+	}
+	return py.Home
 }
 
 func orUnknown(s string) string {

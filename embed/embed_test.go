@@ -10,9 +10,12 @@ import (
 	"reflect"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/internal/valuetest"
@@ -85,33 +88,27 @@ func TestValueRoundTrip(t *testing.T) {
 		{"deep", deep, deep},
 	}
 	th, err := in.Attach()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer th.Close()
 	f, err := th.Func("__main__", "echo")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ctx := context.Background()
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := th.Call(f, []any{tc.in}, nil)
-			if err != nil || !reflect.DeepEqual(got, tc.want) {
-				t.Fatalf("thread: got %.200s, %v; want %.200s", fmtV(got), err, fmtV(tc.want))
-			}
+			require.NoError(t, err, "thread")
+			require.True(t, reflect.DeepEqual(got, tc.want), "thread: got %.200s, want %.200s", fmtV(got), fmtV(tc.want))
 			got, err = in.Call(ctx, "__main__", "echo", []any{tc.in}, nil)
-			if err != nil || !reflect.DeepEqual(got, tc.want) {
-				t.Fatalf("home: got %.200s, %v; want %.200s", fmtV(got), err, fmtV(tc.want))
-			}
+			require.NoError(t, err, "home")
+			require.True(t, reflect.DeepEqual(got, tc.want), "home: got %.200s, want %.200s", fmtV(got), fmtV(tc.want))
 		})
 	}
 
 	t.Run("NaN", func(t *testing.T) {
 		got, err := th.Call(f, []any{math.NaN()}, nil)
-		if g, ok := got.(float64); err != nil || !ok || !math.IsNaN(g) {
-			t.Fatalf("got %v, %v; want NaN", got, err)
-		}
+		require.NoError(t, err)
+		g, ok := got.(float64)
+		assert.True(t, ok && math.IsNaN(g), "got %v, want NaN", got)
 	})
 	t.Run("python types", func(t *testing.T) {
 		d, _ := th.Func("__main__", "describe")
@@ -120,27 +117,23 @@ func TestValueRoundTrip(t *testing.T) {
 			want string
 		}{{pymarshal.Tuple{1}, "tuple"}, {[]any{1}, "list"}, {[]byte("x"), "bytes"}, {"x", "str"}, {int64(1) << 62, "int"}, {true, "bool"}, {nil, "NoneType"}, {map[string]any{}, "dict"}, {1.0, "float"}} {
 			got, err := th.Call(d, []any{c.in}, nil)
-			if err != nil || got.([]any)[0] != c.want {
-				t.Errorf("type of %#v in Python: got %v, %v; want %s", c.in, got, err, c.want)
+			if assert.NoError(t, err, "type of %#v in Python", c.in) {
+				assert.Equal(t, c.want, got.([]any)[0], "type of %#v in Python", c.in)
 			}
 		}
 	})
 	t.Run("kwargs", func(t *testing.T) {
 		got, err := in.Call(ctx, "__main__", "kw", []any{1, 2, 3}, map[string]any{"z": "zz"})
 		want := map[string]any{"a": int64(1), "b": int64(2), "rest": []any{int64(3)}, "more": map[string]any{"z": "zz"}}
-		if err != nil || !reflect.DeepEqual(got, want) {
-			t.Fatalf("got %v, %v; want %v", got, err, want)
-		}
+		require.NoError(t, err)
+		assert.Equal(t, want, got)
 	})
 	t.Run("into struct", func(t *testing.T) {
 		out, err := th.CallRaw(f, mustMarshal(t, pymarshal.Tuple{point{X: 3, Y: 4}}), nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		var p point
-		if err := pymarshal.Unmarshal(out, &p); err != nil || p.X != 3 || p.Y != 4 {
-			t.Fatalf("got %+v, %v; want {X:3 Y:4}", p, err)
-		}
+		require.NoError(t, pymarshal.Unmarshal(out, &p))
+		assert.Equal(t, point{X: 3, Y: 4}, p)
 	})
 }
 
@@ -149,9 +142,7 @@ var pymarshalDecode = pymarshal.Decode
 func mustMarshal(t testing.TB, v any) []byte {
 	t.Helper()
 	b, err := pymarshal.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return b
 }
 
@@ -191,15 +182,13 @@ for _ in range(2500):
 		t.Run(r.expr, func(t *testing.T) {
 			_, err := in.Eval(ctx, r.expr)
 			var nse *worker.NotSerializableError
-			if !errors.As(err, &nse) || !errors.Is(err, worker.ErrNotSerializable) || nse.What != "result" {
-				t.Fatalf("got %v, want a result NotSerializableError", err)
+			require.ErrorAs(t, err, &nse)
+			require.ErrorIs(t, err, worker.ErrNotSerializable)
+			assert.Equal(t, "result", nse.What)
+			if r.sentinel != nil {
+				assert.ErrorIs(t, err, r.sentinel)
 			}
-			if r.sentinel != nil && !errors.Is(err, r.sentinel) {
-				t.Fatalf("got %v, want it to match %v", err, r.sentinel)
-			}
-			if !strings.Contains(err.Error(), r.wantDetail) {
-				t.Fatalf("got %q, want it to mention %q", err, r.wantDetail)
-			}
+			assert.ErrorContains(t, err, r.wantDetail)
 		})
 	}
 	args := []struct {
@@ -216,15 +205,13 @@ for _ in range(2500):
 		t.Run("argument "+a.name, func(t *testing.T) {
 			_, err := in.Call(ctx, "__main__", "echo", []any{a.arg}, nil)
 			var nse *worker.NotSerializableError
-			if !errors.As(err, &nse) || nse.What != "argument" || !errors.Is(err, a.sentinel) {
-				t.Fatalf("got %v, want an argument NotSerializableError matching %v", err, a.sentinel)
-			}
+			require.ErrorAs(t, err, &nse)
+			assert.Equal(t, "argument", nse.What)
+			assert.ErrorIs(t, err, a.sentinel)
 		})
 	}
 	// The interpreter is still fine afterwards.
-	if v := mustEval(t, in, "1 + 1"); v != int64(2) {
-		t.Fatalf("after errors: got %v, want 2", v)
-	}
+	assert.Equal(t, int64(2), mustEval(t, in, "1 + 1"), "after errors")
 }
 
 // TestPythonError: exceptions cross as *worker.PythonError with a traceback;
@@ -264,89 +251,63 @@ def empty():
 		{"empty", "KeyError", "", nil},
 	}
 	th, err := in.Attach()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer th.Close()
 	for _, c := range cases {
 		t.Run(c.fn, func(t *testing.T) {
 			f, err := th.Func("__main__", c.fn)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			for _, call := range []func() (any, error){
 				func() (any, error) { return th.Call(f, nil, nil) },
 				func() (any, error) { return in.Call(ctx, "__main__", c.fn, nil, nil) },
 			} {
 				_, err := call()
 				var pe *worker.PythonError
-				if !errors.As(err, &pe) || !errors.Is(err, worker.ErrPython) {
-					t.Fatalf("got %v, want a *worker.PythonError", err)
-				}
-				if pe.Type != c.typ || !strings.Contains(pe.Message, c.msg) {
-					t.Fatalf("got %s: %q, want %s: %q", pe.Type, pe.Message, c.typ, c.msg)
-				}
+				require.ErrorAs(t, err, &pe)
+				require.ErrorIs(t, err, worker.ErrPython)
+				assert.Equal(t, c.typ, pe.Type)
+				assert.Contains(t, pe.Message, c.msg)
 				for _, want := range c.tb {
-					if !strings.Contains(pe.Traceback, want) {
-						t.Fatalf("traceback lacks %q:\n%s", want, pe.Traceback)
-					}
+					assert.Contains(t, pe.Traceback, want, "traceback")
 				}
 			}
 		})
 	}
-	if _, err := in.Eval(ctx, "nope +"); !errors.Is(err, worker.ErrPython) || !strings.Contains(err.Error(), "SyntaxError") {
-		t.Fatalf("syntax error: got %v", err)
-	}
-	if _, err := in.Call(ctx, "no_such_module_xyz", "f", nil, nil); !strings.Contains(err.Error(), "ModuleNotFoundError") {
-		t.Fatalf("missing module: got %v", err)
-	}
-	if _, err := in.Call(ctx, "__main__", "no_such_function", nil, nil); !strings.Contains(err.Error(), "AttributeError") {
-		t.Fatalf("missing function: got %v", err)
-	}
-	if v := mustEval(t, in, "'still alive'"); v != "still alive" {
-		t.Fatalf("got %v", v)
-	}
+	_, err = in.Eval(ctx, "nope +")
+	require.ErrorIs(t, err, worker.ErrPython, "syntax error")
+	assert.ErrorContains(t, err, "SyntaxError")
+	_, err = in.Call(ctx, "no_such_module_xyz", "f", nil, nil)
+	assert.ErrorContains(t, err, "ModuleNotFoundError", "missing module")
+	_, err = in.Call(ctx, "__main__", "no_such_function", nil, nil)
+	assert.ErrorContains(t, err, "AttributeError", "missing function")
+	assert.Equal(t, "still alive", mustEval(t, in, "'still alive'"))
 }
 
 // TestIsolation: sub-interpreters do not see each other's globals or modules.
 func TestIsolation(t *testing.T) {
 	a := newInterp(t, embed.InterpreterConfig{})
 	b := newInterp(t, embed.InterpreterConfig{})
-	if a.ID() == b.ID() || a.ID() == 0 {
-		t.Fatalf("interpreter ids %d and %d: want distinct and non-zero", a.ID(), b.ID())
-	}
+	require.NotZero(t, a.ID(), "interpreter id")
+	require.NotEqual(t, a.ID(), b.ID(), "interpreter ids")
 	mustExec(t, a, "secret = 'a'\nimport sys\nsys.snakepit_mark = 'a'")
 	mustExec(t, b, "secret = 'b'")
-	if v := mustEval(t, a, "secret"); v != "a" {
-		t.Fatalf("a.secret: got %v, want a", v)
-	}
-	if v := mustEval(t, b, "secret"); v != "b" {
-		t.Fatalf("b.secret: got %v, want b", v)
-	}
-	if v := mustEval(t, b, "hasattr(__import__('sys'), 'snakepit_mark')"); v != false {
-		t.Fatalf("b sees a's sys attribute")
-	}
-	if v := mustEval(t, testRuntime(t).Main(), "'secret' in globals()"); v != false {
-		t.Fatalf("the main interpreter sees a sub-interpreter's global")
-	}
+	assert.Equal(t, "a", mustEval(t, a, "secret"), "a.secret")
+	assert.Equal(t, "b", mustEval(t, b, "secret"), "b.secret")
+	assert.Equal(t, false, mustEval(t, b, "hasattr(__import__('sys'), 'snakepit_mark')"), "b sees a's sys attribute")
+	assert.Equal(t, false, mustEval(t, testRuntime(t).Main(), "'secret' in globals()"), "the main interpreter sees a sub-interpreter's global")
 }
 
 // TestPaths: InterpreterConfig.Paths lead sys.path, and modules load from them.
 func TestPaths(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(dir+"/snakepit_paths_probe.py", []byte("VALUE = 'from path'\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(dir+"/snakepit_paths_probe.py", []byte("VALUE = 'from path'\n"), 0o600))
 	in := newInterp(t, embed.InterpreterConfig{Paths: []string{dir, "/another 'quoted\" path"}})
 	got := mustEval(t, in, "__import__('sys').path[:2]")
 	want := []any{dir, "/another 'quoted\" path"}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("sys.path[:2]: got %v, want %v", got, want)
-	}
+	assert.Equal(t, want, got, "sys.path[:2]")
 	v, err := in.Call(context.Background(), "snakepit_paths_probe", "__getattribute__", []any{"VALUE"}, nil)
-	if err != nil || v != "from path" {
-		t.Fatalf("got %v, %v; want 'from path'", v, err)
-	}
+	require.NoError(t, err)
+	assert.Equal(t, "from path", v)
 }
 
 // TestStartupSettings: sys.executable is a real interpreter, PYTHON*
@@ -356,28 +317,17 @@ func TestStartupSettings(t *testing.T) {
 	r := testRuntime(t)
 	main := r.Main()
 	exe, _ := mustEval(t, main, "__import__('sys').executable").(string)
-	if st, err := os.Stat(exe); err != nil || st.IsDir() {
-		t.Fatalf("sys.executable %q: not a file (%v)", exe, err)
-	}
-	if v := mustEval(t, main, "__import__('sys').flags.ignore_environment"); v != int64(1) {
-		t.Fatalf("sys.flags.ignore_environment: got %v, want 1", v)
-	}
-	if v := mustEval(t, main, "any('snakepit-environment-leak' in p for p in __import__('sys').path)"); v != false {
-		t.Fatalf("PYTHONPATH leaked into sys.path")
-	}
-	if v := mustEval(t, main, "__import__('sys').prefix"); v != r.Python().Home {
-		t.Fatalf("sys.prefix: got %v, want %s", v, r.Python().Home)
-	}
+	require.FileExists(t, exe, "sys.executable")
+	assert.Equal(t, int64(1), mustEval(t, main, "__import__('sys').flags.ignore_environment"), "sys.flags.ignore_environment")
+	assert.Equal(t, false, mustEval(t, main, "any('snakepit-environment-leak' in p for p in __import__('sys').path)"), "PYTHONPATH leaked into sys.path")
+	assert.Equal(t, r.Python().Home, mustEval(t, main, "__import__('sys').prefix"), "sys.prefix")
 	// Python's own SIGINT handler would be signal.default_int_handler.
-	if v := mustEval(t, main, "__import__('signal').getsignal(__import__('signal').SIGINT) is __import__('signal').default_int_handler"); v != false {
-		t.Fatalf("Python installed its SIGINT handler")
-	}
+	assert.Equal(t, false, mustEval(t, main, "__import__('signal').getsignal(__import__('signal').SIGINT) is __import__('signal').default_int_handler"),
+		"Python installed its SIGINT handler")
 	c := make(chan os.Signal, 1)
-	signal.Notify(c, syscall.SIGINT)
+	signal.Notify(c, unix.SIGINT)
 	defer signal.Stop(c)
-	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, unix.Kill(os.Getpid(), unix.SIGINT))
 	select {
 	case <-c:
 	case <-time.After(10 * time.Second):
@@ -394,24 +344,14 @@ func TestSubinterpreterRefusal(t *testing.T) {
 	if r.Version().Minor < 12 {
 		// 3.11 has no per-module check: sub-interpreters share the GIL and
 		// load any extension.
-		if err := in.Import(ctx, "readline"); err != nil {
-			t.Fatalf("3.11 import readline in a sub-interpreter: %v", err)
-		}
+		require.NoError(t, in.Import(ctx, "readline"), "3.11 import readline in a sub-interpreter")
 		return
 	}
 	err := in.Import(ctx, "_testsinglephase")
-	if !errors.Is(err, worker.ErrNotSubinterpreterSafe) {
-		t.Fatalf("got %v, want ErrNotSubinterpreterSafe", err)
-	}
-	if !strings.Contains(err.Error(), "process profile") {
-		t.Fatalf("error %q does not name the process profile", err)
-	}
-	if err := r.Main().Import(ctx, "_testsinglephase"); err != nil {
-		t.Fatalf("main interpreter import: %v", err)
-	}
-	if v := mustEval(t, in, "'usable'"); v != "usable" {
-		t.Fatalf("after the refusal: got %v", v)
-	}
+	require.ErrorIs(t, err, worker.ErrNotSubinterpreterSafe)
+	assert.ErrorContains(t, err, "process profile")
+	require.NoError(t, r.Main().Import(ctx, "_testsinglephase"), "main interpreter import")
+	assert.Equal(t, "usable", mustEval(t, in, "'usable'"), "after the refusal")
 }
 
 // TestConcurrentThreads: goroutines calling several interpreters at once on
@@ -449,7 +389,7 @@ func TestConcurrentThreads(t *testing.T) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		t.Fatal(err)
+		require.NoError(t, err)
 	}
 }
 
@@ -458,28 +398,18 @@ func TestConcurrentThreads(t *testing.T) {
 func TestLifecycleRules(t *testing.T) {
 	r := testRuntime(t)
 	ctx := context.Background()
-	if err := r.Main().Close(ctx); err == nil {
-		t.Fatal("closing the main interpreter: got nil error")
-	}
+	require.Error(t, r.Main().Close(ctx), "closing the main interpreter")
 	in, err := r.NewInterpreter(embed.InterpreterConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	th, err := in.Attach()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := in.Close(ctx); err == nil || !strings.Contains(err.Error(), "attached") {
-		t.Fatalf("Close with an attached Thread: got %v", err)
-	}
+	require.NoError(t, err)
+	require.ErrorContains(t, in.Close(ctx), "attached", "Close with an attached Thread")
 	th.Close()
 	th.Close() // idempotent
 
 	// A context that ends while the home thread is busy: the call never runs.
 	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer pr.Close()
 	defer pw.Close()
 	go func() {
@@ -489,30 +419,19 @@ func TestLifecycleRules(t *testing.T) {
 			pw.Close() // the test's Read ends
 		}
 	}()
-	if _, err := pr.Read(make([]byte, 1)); err != nil {
-		t.Fatalf("the blocking call did not start: %v", err)
-	}
+	_, err = pr.Read(make([]byte, 1))
+	require.NoError(t, err, "the blocking call did not start")
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
-	if err := in.Exec(short, "ran = True"); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("busy home thread: got %v, want DeadlineExceeded", err)
-	}
-	if v := mustEval(t, in, "'ran' in globals()"); v != false {
-		t.Fatal("a call whose context ended before it started ran anyway")
-	}
+	require.ErrorIs(t, in.Exec(short, "ran = True"), context.DeadlineExceeded, "busy home thread")
+	assert.Equal(t, false, mustEval(t, in, "'ran' in globals()"), "a call whose context ended before it started ran anyway")
 
-	if err := in.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := in.Close(ctx); err != nil {
-		t.Fatalf("second Close: %v", err)
-	}
-	if _, err := in.Eval(ctx, "1"); !errors.Is(err, embed.ErrClosed) {
-		t.Fatalf("Eval after Close: got %v, want ErrClosed", err)
-	}
-	if _, err := in.Attach(); !errors.Is(err, embed.ErrClosed) {
-		t.Fatalf("Attach after Close: got %v, want ErrClosed", err)
-	}
+	require.NoError(t, in.Close(ctx))
+	require.NoError(t, in.Close(ctx), "second Close")
+	_, err = in.Eval(ctx, "1")
+	assert.ErrorIs(t, err, embed.ErrClosed, "Eval after Close")
+	_, err = in.Attach()
+	assert.ErrorIs(t, err, embed.ErrClosed, "Attach after Close")
 }
 
 // TestLoadRules: Load refuses what it cannot run, and one process keeps one
@@ -521,24 +440,21 @@ func TestLoadRules(t *testing.T) {
 	r := testRuntime(t)
 	py := r.Python()
 	again, err := embed.Load(py)
-	if err != nil || again != r {
-		t.Fatalf("Load of the loaded library: got %p, %v; want the same runtime", again, err)
-	}
+	require.NoError(t, err, "Load of the loaded library")
+	assert.Same(t, r, again, "Load of the loaded library")
 	other := py
 	other.LibPython = "/usr/lib/x86_64-linux-gnu/libm.so.6"
-	if _, err := embed.Load(other); !errors.Is(err, embed.ErrAlreadyLoaded) {
-		t.Fatalf("Load of another library: got %v, want ErrAlreadyLoaded", err)
-	}
+	_, err = embed.Load(other)
+	assert.ErrorIs(t, err, embed.ErrAlreadyLoaded, "Load of another library")
 	ft := py
 	ft.FreeThreaded = true
-	if _, err := embed.Load(ft); !errors.Is(err, embed.ErrFreeThreaded) {
-		t.Fatalf("free-threaded: got %v, want ErrFreeThreaded", err)
-	}
+	_, err = embed.Load(ft)
+	assert.ErrorIs(t, err, embed.ErrFreeThreaded, "free-threaded")
 	none := py
 	none.LibPython = ""
-	if _, err := embed.Load(none); err == nil || !strings.Contains(err.Error(), "enable-shared") {
-		t.Fatalf("no library: got %v", err)
-	}
+	_, err = embed.Load(none)
+	assert.ErrorIs(t, err, embed.ErrNoLibPython, "no library")
+	assert.ErrorContains(t, err, "enable-shared", "no library")
 }
 
 // FuzzPythonRoundTrip is a differential fuzz of the codec against CPython:
@@ -554,37 +470,23 @@ func FuzzPythonRoundTrip(f *testing.F) {
 		f.Add(b)
 	}
 	in, err := testRuntime(f).NewInterpreter(embed.InterpreterConfig{})
-	if err != nil {
-		f.Fatal(err)
-	}
+	require.NoError(f, err)
 	f.Cleanup(func() { in.Close(context.Background()) })
 	ctx := context.Background()
-	if err := in.Exec(ctx, echoCode); err != nil {
-		f.Fatal(err)
-	}
+	require.NoError(f, in.Exec(ctx, echoCode))
 	echo, err := in.Func(ctx, "__main__", "echo")
-	if err != nil {
-		f.Fatal(err)
-	}
+	require.NoError(f, err)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		want, err := pymarshal.Decode(data)
 		if err != nil {
 			return
 		}
 		args, err := pymarshal.Marshal(pymarshal.Tuple{pymarshal.RawValue(data)})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		out, err := in.CallRaw(ctx, echo, args, nil, nil)
-		if err != nil {
-			t.Fatalf("Python rejected bytes Go accepted (%x): %v", data, err)
-		}
+		require.NoError(t, err, "Python rejected bytes Go accepted (%x)", data)
 		got, err := pymarshal.Decode(out)
-		if err != nil {
-			t.Fatalf("Go cannot decode what CPython wrote back (%x): %v", out, err)
-		}
-		if !valuetest.Equal(got, want) {
-			t.Fatalf("round trip through Python: got %#v, want %#v", got, want)
-		}
+		require.NoError(t, err, "Go cannot decode what CPython wrote back (%x)", out)
+		require.True(t, valuetest.Equal(got, want), "round trip through Python: got %#v, want %#v", got, want)
 	})
 }

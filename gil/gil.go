@@ -91,13 +91,25 @@ type Config struct {
 	// Paths are prepended to sys.path before the module is imported, e.g.
 	// the directory holding it. Zero value: none.
 	Paths []string
-	// Runtime is the Python to use. Nil means embed.Default(): the
-	// SNAKEPIT_LIBPYTHON/SNAKEPIT_PYTHON environment, else the hermetic
-	// CPython if the program imports python/dist, else python3 on PATH.
+	// Runtime is the Python to use. Nil means the one LibPython and Python
+	// name, or embed.Default(): the SNAKEPIT_LIBPYTHON/SNAKEPIT_PYTHON
+	// environment, else the hermetic CPython if the program imports
+	// python/dist, else python3 on PATH.
 	Runtime *embed.Runtime
-	// LibPython, when Runtime is nil, is the libpython to load (see
-	// [LoadRuntime]). Zero value: embed.Default().
+	// LibPython, when Runtime is nil, is the libpython to load, or the
+	// directory of an environment or installation (a venv, a conda
+	// environment, a standalone CPython) whose library to load (see
+	// [LoadRuntimeFor]). Zero value: Python's, or embed.Default().
 	LibPython string
+	// Python, when Runtime is nil, is an interpreter (or environment
+	// directory) whose installation's libpython to load. A virtual
+	// environment's interpreter starts the runtime as that interpreter
+	// would start: its sys.prefix, sys.executable and site-packages, .pth
+	// files processed, in every interpreter (see [embed.Load]). A Python
+	// without a shared library fails with an error matching
+	// [embed.ErrNoLibPython]; the process profile can run it. Zero value:
+	// LibPython's, or embed.Default().
+	Python string
 	// ID names the worker in logs and errors. Zero value: "gil-<n>", n the
 	// interpreter's id.
 	ID string
@@ -176,13 +188,23 @@ var _ worker.Worker = (*Worker)(nil)
 var _ worker.SessionEnder = (*Worker)(nil)
 
 // LoadRuntime loads the Python runtime thread-profile workers run on:
-// libPython's CPython, or embed.Default() when libPython is empty. The
-// runtime is loaded once per process; see [embed.Load].
+// libPython's CPython, or embed.Default() when libPython is empty. It is
+// LoadRuntimeFor(libPython, "").
 func LoadRuntime(libPython string) (*embed.Runtime, error) {
-	if libPython == "" {
+	return LoadRuntimeFor(libPython, "")
+}
+
+// LoadRuntimeFor loads the Python runtime thread-profile workers run on:
+// the one named by libPython (a shared library, or an environment's
+// directory) and python (an interpreter, a virtual environment's
+// included, or an environment's directory), as [Config] describes, or
+// embed.Default() when both are empty. The runtime is loaded once per
+// process; see [embed.Load].
+func LoadRuntimeFor(libPython, python string) (*embed.Runtime, error) {
+	if libPython == "" && python == "" {
 		return embed.Default()
 	}
-	py, err := locate.Find(locate.Options{LibPython: libPython})
+	py, err := locate.Find(locate.Options{LibPython: libPython, Executable: python})
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +233,7 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	rt := cfg.Runtime
 	if rt == nil {
 		var err error
-		if rt, err = LoadRuntime(cfg.LibPython); err != nil {
+		if rt, err = LoadRuntimeFor(cfg.LibPython, cfg.Python); err != nil {
 			return nil, &worker.SetupError{WorkerID: cfg.ID, Stage: "start", Err: err}
 		}
 	}

@@ -2,14 +2,16 @@ package gil_test
 
 import (
 	"context"
-	"errors"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/gil"
+	"github.com/snakepit-go/snakepit/internal/pyenvtest"
 	"github.com/snakepit-go/snakepit/internal/pymatrix"
 	_ "github.com/snakepit-go/snakepit/python/dist"
 	"github.com/snakepit-go/snakepit/worker"
@@ -25,12 +27,8 @@ var (
 func runtimeFor(t testing.TB) *embed.Runtime {
 	t.Helper()
 	rtOnce.Do(func() { rt, rtErr = embed.Default() })
-	if rtErr != nil {
-		t.Fatalf("load Python: %v", rtErr)
-	}
-	if got := rt.Version().Minor; got != pymatrix.WantMinor() {
-		t.Fatalf("running Python 3.%d, want 3.%d", got, pymatrix.WantMinor())
-	}
+	require.NoError(t, rtErr, "load Python")
+	require.Equal(t, pymatrix.WantMinor(), rt.Version().Minor, "running Python 3.%d", rt.Version().Minor)
 	return rt
 }
 
@@ -66,30 +64,35 @@ func TestNotSubinterpreterSafe(t *testing.T) {
 	if r.Version().Minor < 12 {
 		mod = "import readline\n"
 	}
-	if err := os.WriteFile(dir+"/uses_single_phase.py", []byte(mod), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(dir+"/uses_single_phase.py", []byte(mod), 0o644))
 	w, err := gil.Start(context.Background(), gil.Config{Module: "uses_single_phase", Paths: []string{dir}, Runtime: r})
 	if r.Version().Minor < 12 {
-		if err != nil {
-			t.Fatalf("3.11: %v", err)
-		}
+		require.NoError(t, err, "3.11")
 		w.Close(context.Background())
 		return
 	}
-	if !errors.Is(err, worker.ErrNotSubinterpreterSafe) || !errors.Is(err, worker.ErrSetup) {
-		t.Fatalf("got %v, want ErrSetup and ErrNotSubinterpreterSafe", err)
-	}
-	if !strings.Contains(err.Error(), "process profile") {
-		t.Fatalf("error %q does not name the process profile", err)
-	}
+	require.ErrorIs(t, err, worker.ErrNotSubinterpreterSafe)
+	require.ErrorIs(t, err, worker.ErrSetup)
+	assert.Contains(t, err.Error(), "process profile", "the error names the process profile")
 }
 
 func TestConfigErrors(t *testing.T) {
-	if _, err := gil.Start(context.Background(), gil.Config{}); err == nil {
-		t.Fatal("empty Config: got nil error")
-	}
-	if _, err := gil.Start(context.Background(), gil.Config{Module: "x", InterruptGrace: -1}); err == nil {
-		t.Fatal("negative grace: got nil error")
-	}
+	_, err := gil.Start(context.Background(), gil.Config{})
+	assert.Error(t, err, "empty Config")
+	_, err = gil.Start(context.Background(), gil.Config{Module: "x", InterruptGrace: -1})
+	assert.Error(t, err, "negative grace")
+}
+
+// TestPythonWithoutLibPython: Config.Python naming a CPython without a
+// shared library fails to start with an error matching ErrSetup and
+// embed.ErrNoLibPython, naming the interpreter and the process profile.
+func TestPythonWithoutLibPython(t *testing.T) {
+	static := pyenvtest.StaticPython311(t)
+	_, err := gil.Start(context.Background(), gil.Config{Module: "x", Python: static})
+	require.ErrorIs(t, err, worker.ErrSetup)
+	require.ErrorIs(t, err, embed.ErrNoLibPython)
+	assert.Contains(t, err.Error(), static)
+	assert.Contains(t, err.Error(), "process profile")
+	_, err = gil.LoadRuntimeFor("", static)
+	require.ErrorIs(t, err, embed.ErrNoLibPython)
 }

@@ -90,14 +90,37 @@ type Config struct {
 	Module string
 	// Paths are added to the workers' sys.path (the adapter's directory).
 	Paths []string
-	// LibPython (thread profile) and Python (process profile) choose the
-	// Python explicitly. Zero: the search of package locate — the
+	// Python and LibPython choose the Python explicitly. Python is an
+	// interpreter: the process profile runs it, the thread profile loads
+	// its installation's libpython. A virtual environment's interpreter
+	// (<venv>/bin/python) works in both: the process profile runs it, the
+	// thread profile loads the base installation's library and starts it
+	// as the environment's interpreter (sys.prefix, sys.executable, its
+	// site-packages with their .pth files). LibPython is a libpython
+	// shared library for the thread profile. Either may name the
+	// directory of an environment or installation (a venv, a conda
+	// environment, a python-build-standalone or uv CPython), meaning its
+	// bin/python3. A Python without a shared library runs the process
+	// profile only: the thread profile fails with an error matching
+	// embed.ErrNoLibPython. Zero: the search of package locate — the
 	// SNAKEPIT_LIBPYTHON/SNAKEPIT_PYTHON environment, then the hermetic
-	// CPython 3.14 when the program imports python/dist, then python3 on PATH.
+	// CPython 3.14 when the program imports python/dist, then python3 on
+	// PATH.
 	LibPython string
 	Python    string
 	// Env is extra environment for process-profile workers ("KEY=value").
 	Env []string
+	// BLASThreads bounds the threads of the native math libraries
+	// (OpenBLAS, MKL, OpenMP, Accelerate, numexpr) in each process-profile
+	// worker: OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS,
+	// VECLIB_MAXIMUM_THREADS and NUMEXPR_NUM_THREADS are set to it in the
+	// worker, each unless the host's environment (whose value then passes
+	// to the workers) or Env sets it. Left alone, each worker's numpy would
+	// start a thread per core: Size workers would oversubscribe the machine
+	// Size times over. Zero: 1. Negative: none is set. See
+	// subproc.Config.BLASThreads. Thread-profile workers share the host
+	// process's libraries, configured by its own environment.
+	BLASThreads int
 	// Host are the Go functions handlers may call (ctx.host in Python):
 	//
 	//	Host: []host.Func{host.New("lookup", func(ctx context.Context, a LookupArgs) (User, error) { ... })}
@@ -207,9 +230,10 @@ type Config struct {
 	// refuses to serve when its imports started one (New then fails with
 	// an error matching subproc.ErrForkUnsafe). Set
 	// ForkServerOptions.ImportAdapter only when the adapter's imports are
-	// fork-safe: they start no thread (numpy with a threaded BLAS, torch,
-	// gRPC clients do; Env can ask some not to, e.g.
-	// OPENBLAS_NUM_THREADS=1) and open no connection or file the workers
+	// fork-safe: they start no thread (torch and gRPC clients do, numpy
+	// with a threaded BLAS does unless BLASThreads keeps it at one thread,
+	// the default; Env can ask others not to) and open no connection or
+	// file the workers
 	// must not share. setup() runs in each worker, after the fork: open
 	// connections and start threads there. Workers forked from one
 	// template share its hash seed and whatever else the imports

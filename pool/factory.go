@@ -50,7 +50,7 @@ func profileFactory(c Config) (profile, error) {
 			spin = -1
 		}
 		wcfg := subproc.Config{
-			Module: c.Module, Paths: c.Paths, Python: c.Python, Env: c.Env, Logger: c.Logger,
+			Module: c.Module, Paths: c.Paths, Python: c.Python, Env: c.Env, BLASThreads: c.BLASThreads, Logger: c.Logger,
 			InterruptGrace: c.InterruptGrace, StopGrace: c.StopGrace, Spin: spin,
 			SharedThreshold: c.SharedThreshold, MaxSharedMemory: c.MaxSharedMemory,
 			Host: hostSet, Concurrency: c.WorkerConcurrency, PipelineDepth: c.PipelineDepth,
@@ -64,7 +64,7 @@ func profileFactory(c Config) (profile, error) {
 		}
 		fh := &forkHolder{cfg: subproc.ForkServerConfig{
 			Module: c.Module, ImportAdapter: c.ForkServer.ImportAdapter, Paths: c.Paths, Python: c.Python,
-			Env: c.Env, ID: c.Name + "-forkserver", Logger: c.Logger, StartTimeout: c.StartTimeout, StopGrace: c.StopGrace,
+			Env: c.Env, BLASThreads: c.BLASThreads, ID: c.Name + "-forkserver", Logger: c.Logger, StartTimeout: c.StartTimeout, StopGrace: c.StopGrace,
 		}, shared: c.ForkServer.Server}
 		return profile{func(ctx context.Context, id string) (worker.Worker, error) {
 			cfg := wcfg
@@ -75,7 +75,7 @@ func profileFactory(c Config) (profile, error) {
 			return err
 		}, fh.close}, nil
 	default:
-		rt, err := gil.LoadRuntime(c.LibPython)
+		rt, err := gil.LoadRuntimeFor(c.LibPython, c.Python)
 		if err != nil {
 			return profile{}, err
 		}

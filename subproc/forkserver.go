@@ -60,12 +60,15 @@ type ForkServerConfig struct {
 	// with [ErrForkUnsafe]) and open no connection or file a worker must
 	// not share. setup() still runs in each worker.
 	ImportAdapter bool
-	// Paths, Python and Env are as in [Config]: Env is the template's
-	// extra environment (a forked worker's environment is its own
-	// Config's, not the template's).
-	Paths  []string
-	Python string
-	Env    []string
+	// Paths, Python, Env and BLASThreads are as in [Config]: Env is the
+	// template's extra environment (a forked worker's environment is its
+	// own Config's, not the template's). BLASThreads matters when the
+	// template imports a math library (ImportAdapter): the library reads
+	// its thread count when it loads, and the forked workers keep it.
+	Paths       []string
+	Python      string
+	Env         []string
+	BLASThreads int
 	// ID names the template in logs and errors. Zero: "forkserver-<pid>".
 	ID string
 	// Logger receives the template's stdout and stderr lines. Nil discards
@@ -148,7 +151,7 @@ func StartForkServer(ctx context.Context, cfg ForkServerConfig) (*ForkServer, er
 		log = slog.New(slog.DiscardHandler)
 	}
 	pcfg := Config{
-		Module: cfg.Module, Paths: cfg.Paths, Python: cfg.Python, Env: cfg.Env, ID: cfg.ID, Logger: log,
+		Module: cfg.Module, Paths: cfg.Paths, Python: cfg.Python, Env: cfg.Env, BLASThreads: cfg.BLASThreads, ID: cfg.ID, Logger: log,
 		StopGrace: cfg.StopGrace, StartTimeout: cfg.StartTimeout, SharedThreshold: -1, Registry: cfg.Registry,
 	}
 	prefix, err := interpreter(pcfg)

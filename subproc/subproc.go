@@ -98,6 +98,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -138,9 +139,12 @@ type Config struct {
 	// Paths are put on the child's PYTHONPATH (after the snakepit package),
 	// e.g. the directory holding the adapter.
 	Paths []string
-	// Python is the interpreter to run. Zero value: the executable found by
-	// package locate (SNAKEPIT_PYTHON, the hermetic CPython if the program
-	// imports python/dist, python3 on PATH).
+	// Python is the interpreter to run, as named (a virtual environment's
+	// bin/python runs with the environment's packages), or the directory
+	// of an environment or installation, meaning its bin/python3. It needs
+	// no shared libpython. Zero value: the executable found by package
+	// locate (SNAKEPIT_PYTHON, the hermetic CPython if the program imports
+	// python/dist, python3 on PATH).
 	Python string
 	// Command, when set, replaces the interpreter invocation: the child runs
 	// Command followed by "-P -m snakepit._process <module> <flags>". Use it to
@@ -148,9 +152,18 @@ type Config struct {
 	Command []string
 	// Env is extra environment for the child ("KEY=value"). The child does
 	// not inherit the host's environment: it gets PATH, HOME, USER, LANG,
-	// LC_*, TZ and TMPDIR from the host, PYTHONPATH, PYTHONUNBUFFERED=1 and
-	// the run token, then Env.
+	// LC_*, TZ and TMPDIR from the host, PYTHONPATH, PYTHONUNBUFFERED=1,
+	// the run token, the thread counts of BLASThreads, then Env.
 	Env []string
+	// BLASThreads is how many threads the native math libraries a worker
+	// loads (OpenBLAS, MKL, OpenMP, Accelerate, numexpr: numpy, scipy,
+	// torch...) may each start: the child gets the variables of
+	// BLASThreadVars set to it, each one unless the user set it, in the
+	// host's environment (whose value then passes to the child) or in
+	// Env. Left alone, these libraries start a thread per core in every
+	// worker, so N workers oversubscribe the machine N times over. Zero:
+	// 1. Negative: none is set (the host's values still pass).
+	BLASThreads int
 	// ID names the worker in logs and errors. Zero value: "proc-<pid>".
 	ID string
 	// Logger receives the adapter's log records and the child's stdout and
@@ -529,6 +542,10 @@ func interpreter(cfg Config) ([]string, error) {
 	if exe == "" {
 		return nil, errors.New("no Python executable found: set Config.Python or " + locate.EnvPython)
 	}
+	exe, err := locate.Interpreter(exe)
+	if err != nil {
+		return nil, err
+	}
 	return []string{exe}, nil
 }
 
@@ -548,6 +565,11 @@ func workerArgs(cfg Config, log *slog.Logger) []string {
 	return args
 }
 
+// BLASThreadVars are the environment variables that bound the threads of
+// native math libraries: OpenBLAS, OpenMP (and the libraries built on it),
+// Intel MKL, Apple Accelerate and numexpr. See [Config.BLASThreads].
+var BLASThreadVars = []string{"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"}
+
 // childEnv is the explicit environment of a worker process.
 func childEnv(cfg Config, pkg, token string) []string {
 	var env []string
@@ -555,8 +577,18 @@ func childEnv(cfg Config, pkg, token string) []string {
 		k, _, _ := strings.Cut(kv, "=")
 		switch {
 		case k == "PATH", k == "HOME", k == "USER", k == "LOGNAME", k == "LANG", k == "TZ", k == "TMPDIR",
-			strings.HasPrefix(k, "LC_"):
+			strings.HasPrefix(k, "LC_"), slices.Contains(BLASThreadVars, k):
 			env = append(env, kv)
+		}
+	}
+	if cfg.BLASThreads >= 0 {
+		n := strconv.Itoa(max(cfg.BLASThreads, 1))
+		for _, k := range BLASThreadVars {
+			_, inHost := os.LookupEnv(k)
+			inCfg := slices.ContainsFunc(cfg.Env, func(kv string) bool { return strings.HasPrefix(kv, k+"=") })
+			if !inHost && !inCfg {
+				env = append(env, k+"="+n)
+			}
 		}
 	}
 	// An empty entry would mean the working directory on sys.path.

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/snakepit-go/snakepit/internal/pymatrix"
 	"github.com/snakepit-go/snakepit/python/locate"
 	"github.com/snakepit-go/snakepit/subproc"
@@ -32,9 +34,7 @@ func testRegistry(t testing.TB) *subproc.Registry {
 		}
 		reg, _, regErr = subproc.OpenRegistry(dir)
 	})
-	if regErr != nil {
-		t.Fatal(regErr)
-	}
+	require.NoError(t, regErr)
 	return reg
 }
 
@@ -43,12 +43,9 @@ func testRegistry(t testing.TB) *subproc.Registry {
 func pythonExe(t testing.TB) string {
 	t.Helper()
 	py, err := locate.Find(locate.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if major, minor := py.MajorMinor(); major != 3 || minor != pymatrix.WantMinor() {
-		t.Fatalf("found Python %s (%s), want 3.%d", py.Version, py.Executable, pymatrix.WantMinor())
-	}
+	require.NoError(t, err)
+	major, minor := py.MajorMinor()
+	require.Equal(t, [2]int{3, pymatrix.WantMinor()}, [2]int{major, minor}, "found Python %s (%s)", py.Version, py.Executable)
 	return py.Executable
 }
 

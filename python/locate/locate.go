@@ -12,10 +12,27 @@
 //     github.com/snakepit-go/snakepit/python/dist registers the hermetic
 //     CPython 3.14, the way database/sql drivers register themselves, so
 //     programs that do not want its ~40 MB do not link it;
-//  4. python3 on PATH, asked for its sysconfig LIBDIR and LDLIBRARY.
+//  4. python3 on PATH (then python3.14 down to python3.11, then python),
+//     asked for its sysconfig LIBDIR and LDLIBRARY: the first with a
+//     shared library of a supported version.
 //
 // Given only a library, the home and executable are derived from where the
 // library lives; given only an executable, the library is asked of it.
+//
+// # Environments
+//
+// An executable may be a virtual environment's (venv, virtualenv, uv): it
+// is kept as named, not resolved to the base interpreter its symlink
+// points at. The result then has the base installation's library and Home
+// (sys.base_prefix) and the environment's Prefix (sys.prefix), so the
+// process profile runs the environment's interpreter and the thread
+// profile loads the base's library and starts it as that interpreter
+// would start: sys.executable and sys.prefix are the environment's, and
+// its site-packages (with their .pth files) are on sys.path. Wherever a
+// path is asked for (Options, SNAKEPIT_PYTHON, SNAKEPIT_LIBPYTHON), the
+// directory of an environment or installation (a venv, a conda
+// environment, a python-build-standalone or uv Python, /usr) may be given
+// instead: its bin/python3 is used.
 package locate
 
 import (
@@ -61,7 +78,23 @@ type Python struct {
 	// Source says where the installation came from: "options", "env",
 	// "provider <name>" or "PATH".
 	Source string
+	// Prefix is the environment the interpreter runs in (its sys.prefix):
+	// a virtual environment's directory, or Home for a plain installation.
+	// Empty when no interpreter was asked (a bare library).
+	Prefix string
 }
+
+// Venv reports whether the interpreter is a virtual environment's: its
+// Prefix is not its installation's Home.
+func (p Python) Venv() bool {
+	return p.Prefix != "" && p.Home != "" && filepath.Clean(p.Prefix) != filepath.Clean(p.Home)
+}
+
+// Supported CPython versions: 3.MinMinor to 3.MaxMinor (GIL builds).
+const (
+	MinMinor = 11
+	MaxMinor = 14
+)
 
 // MajorMinor returns the version's major and minor numbers, or 0, 0.
 func (p Python) MajorMinor() (major, minor int) {
@@ -117,7 +150,8 @@ func Providers() []string {
 // search produced an installation.
 var ErrNotFound = errors.New("no Python installation found")
 
-// NotFoundError lists what [Find] tried, in order, and why each failed.
+// NotFoundError lists what [Find] tried, in order, and what each candidate
+// lacks.
 type NotFoundError struct {
 	Tried []string
 }
@@ -130,8 +164,9 @@ func (e *NotFoundError) Error() string {
 		b.WriteString(t)
 	}
 	b.WriteString("\nfix: import _ \"github.com/snakepit-go/snakepit/python/dist\" for the hermetic CPython 3.14, " +
-		"or set " + EnvLibPython + "=/path/to/libpython3.X.so (and/or " + EnvPython + "=/path/to/python3.X), " +
-		"or install a CPython 3.11+ with its shared library (Debian: apt-get install libpython3.11 python3.11)")
+		"or set " + EnvPython + "=/path/to/python3.X (a virtual environment's too) or " + EnvLibPython + "=/path/to/libpython3.X.so, " +
+		"or install a CPython 3.11 to 3.14 with its shared library (Debian: apt-get install libpython3.11 python3.11); " +
+		"the process profile needs no shared library: set the interpreter with " + EnvPython + " or Config.Python")
 	return b.String()
 }
 
@@ -176,34 +211,115 @@ func Find(opts Options) (Python, error) {
 		"options and " + EnvLibPython + "/" + EnvPython + ": not set",
 		"registered providers: none (python/dist not imported)",
 	}
-	exe, err := exec.LookPath("python3")
-	if err != nil {
-		tried = append(tried, "python3 on PATH: "+err.Error())
-		return Python{}, &NotFoundError{Tried: tried}
-	}
-	p, err := complete(Python{Executable: exe, Home: opts.Home, Source: "PATH"})
-	switch {
-	case err != nil:
-		tried = append(tried, "python3 on PATH ("+exe+"): "+err.Error())
-	case p.LibPython == "":
-		tried = append(tried, "python3 on PATH ("+p.Executable+"): no shared libpython (built without --enable-shared?)")
-	default:
+	p, pathTried, ok := searchPath(opts.Home)
+	if ok {
 		return p, nil
 	}
-	return Python{}, &NotFoundError{Tried: tried}
+	return Python{}, &NotFoundError{Tried: append(tried, pathTried...)}
+}
+
+// pathNames are the interpreters looked for on PATH, in order.
+func pathNames() []string {
+	names := []string{"python3"}
+	for minor := MaxMinor; minor >= MinMinor; minor-- {
+		names = append(names, fmt.Sprintf("python3.%d", minor))
+	}
+	return append(names, "python")
+}
+
+// searchPath tries each of pathNames on PATH and returns the first that
+// the thread profile can load, or what each candidate lacks.
+func searchPath(home string) (Python, []string, bool) {
+	var tried, absent []string
+	seen := map[string]string{} // resolved executable -> the name it was tried as
+	for _, name := range pathNames() {
+		exe, err := exec.LookPath(name)
+		if err != nil {
+			absent = append(absent, name)
+			continue
+		}
+		real, err := filepath.EvalSymlinks(exe)
+		if err != nil {
+			real = exe
+		}
+		if first, dup := seen[real]; dup {
+			tried = append(tried, fmt.Sprintf("%s on PATH (%s): the same interpreter as %s", name, exe, first))
+			continue
+		}
+		seen[real] = name
+		p, err := complete(Python{Executable: exe, Home: home, Source: "PATH"})
+		if err == nil {
+			err = p.usable()
+		}
+		if err == nil {
+			return p, nil, true
+		}
+		tried = append(tried, fmt.Sprintf("%s on PATH (%s): %v", name, exe, err))
+	}
+	if len(absent) > 0 {
+		tried = append(tried, "not on PATH: "+strings.Join(absent, ", "))
+	}
+	return Python{}, tried, false
+}
+
+// usable says what p lacks for the thread profile, or nil.
+func (p Python) usable() error {
+	major, minor := p.MajorMinor()
+	switch {
+	case p.FreeThreaded:
+		return fmt.Errorf("CPython %s is a free-threaded build (not supported; use a GIL build)", p.Version)
+	case p.Version != "" && (major != 3 || minor < MinMinor || minor > MaxMinor):
+		return fmt.Errorf("CPython %s is not supported (3.%d to 3.%d are)", p.Version, MinMinor, MaxMinor)
+	case p.LibPython == "":
+		return fmt.Errorf("CPython %s has no shared libpython (built without --enable-shared; %s)", p.Version, InstallHint(p.Version))
+	}
+	return nil
+}
+
+// InstallHint says how to get a shared libpython for version ("3.11.2" or
+// "3.11"), or what to use instead.
+func InstallHint(version string) string {
+	mm := "3.X"
+	var major, minor int
+	if n, _ := fmt.Sscanf(version, "%d.%d", &major, &minor); n == 2 {
+		mm = fmt.Sprintf("%d.%d", major, minor)
+	}
+	return "install its shared library (Debian/Ubuntu: apt-get install libpython" + mm +
+		"; Fedora: python3-libs; pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install), " +
+		"or run the process profile, which needs none, " +
+		"or use the hermetic CPython 3.14 (import _ \"github.com/snakepit-go/snakepit/python/dist\")"
 }
 
 var libNameRE = regexp.MustCompile(`^libpython(\d+)\.(\d+)(t?)\.so`)
 
 // complete fills what can be derived from the paths that are given.
 func complete(p Python) (Python, error) {
+	if p.Executable != "" {
+		exe, err := interpreterPath(p.Executable)
+		if err != nil {
+			return Python{}, err
+		}
+		p.Executable = exe
+	}
+	var libMajor, libMinor string
 	if p.LibPython != "" {
 		st, err := os.Stat(p.LibPython)
 		if err != nil {
 			return Python{}, fmt.Errorf("libpython: %w", err)
 		}
 		if st.IsDir() {
-			return Python{}, fmt.Errorf("libpython %s is a directory", p.LibPython)
+			// An environment or installation: its interpreter names the
+			// library.
+			exe, err := envInterpreter(p.LibPython)
+			if err != nil {
+				return Python{}, fmt.Errorf("libpython %s is a directory: %w", p.LibPython, err)
+			}
+			if p.Executable != "" && !sameFile(exe, p.Executable) {
+				return Python{}, fmt.Errorf("libpython %s is the environment of %s, but the executable is %s", p.LibPython, exe, p.Executable)
+			}
+			p.LibPython, p.Executable = "", exe
+		} else if m := libNameRE.FindStringSubmatch(filepath.Base(p.LibPython)); m != nil {
+			libMajor, libMinor = m[1], m[2]
 		}
 	}
 	if p.Executable != "" {
@@ -211,12 +327,18 @@ func complete(p Python) (Python, error) {
 		if err != nil {
 			return Python{}, err
 		}
+		if libMajor != "" && info.Version != "" {
+			if major, minor := info.MajorMinor(); fmt.Sprint(major) != libMajor || fmt.Sprint(minor) != libMinor {
+				return Python{}, fmt.Errorf("libpython %s is Python %s.%s, but %s is Python %s", p.LibPython, libMajor, libMinor, p.Executable, info.Version)
+			}
+		}
 		if p.LibPython == "" {
 			p.LibPython = info.LibPython
 		}
 		if p.Home == "" {
 			p.Home = info.Home
 		}
+		p.Prefix = info.Prefix
 		p.Executable = info.Executable
 		p.Version = info.Version
 		p.FreeThreaded = info.FreeThreaded
@@ -234,13 +356,61 @@ func complete(p Python) (Python, error) {
 	if p.Home != "" && m != nil {
 		for _, name := range []string{"python" + m[1] + "." + m[2] + m[3], "python" + m[1]} {
 			exe := filepath.Join(p.Home, "bin", name)
-			if st, err := os.Stat(exe); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			if isExecutable(exe) {
 				p.Executable = exe
 				break
 			}
 		}
 	}
 	return p, nil
+}
+
+// Interpreter returns the interpreter exe names: exe itself, or, when exe
+// is the directory of an environment or installation (a venv, a conda
+// environment, a standalone CPython), its bin/python3 (or bin/python).
+func Interpreter(exe string) (string, error) {
+	return interpreterPath(exe)
+}
+
+func interpreterPath(exe string) (string, error) {
+	st, err := os.Stat(exe)
+	if err != nil || !st.IsDir() {
+		return exe, nil // Query reports what is wrong with it
+	}
+	in, err := envInterpreter(exe)
+	if err != nil {
+		return "", fmt.Errorf("python %s is a directory: %w", exe, err)
+	}
+	return in, nil
+}
+
+// envNames are the interpreters looked for in an environment's bin/.
+var envNames = []string{"python3", "python"}
+
+// envInterpreter finds the interpreter of the environment or installation
+// at dir (a venv, a conda environment, a standalone CPython, /usr).
+func envInterpreter(dir string) (string, error) {
+	for _, name := range envNames {
+		if exe := filepath.Join(dir, "bin", name); isExecutable(exe) {
+			return exe, nil
+		}
+	}
+	what := "an environment or installation"
+	if _, err := os.Stat(filepath.Join(dir, "pyvenv.cfg")); err == nil {
+		what = "a virtual environment (it has pyvenv.cfg)"
+	}
+	return "", fmt.Errorf("no bin/python3 or bin/python in it, as %s would have", what)
+}
+
+func isExecutable(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
+}
+
+func sameFile(a, b string) bool {
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
 }
 
 // guessHome finds the prefix above lib whose lib/<stdlibDir>/os.py exists.
@@ -275,13 +445,18 @@ for name in (v("INSTSONAME"), v("LDLIBRARY")):
             break
     if lib:
         break
-print(json.dumps({"executable": os.path.realpath(sys.executable), "home": sys.base_prefix,
-    "version": "%d.%d.%d" % sys.version_info[:3], "lib": lib,
+# sys.executable as named: a virtual environment's interpreter is a symlink
+# to its base's, and resolving it would lose the environment.
+print(json.dumps({"executable": os.path.abspath(sys.executable) if sys.executable else "",
+    "home": sys.base_prefix, "prefix": sys.prefix, "version": "%d.%d.%d" % sys.version_info[:3], "lib": lib,
     "free_threaded": bool(v("Py_GIL_DISABLED"))}))
 `
 
-// Query asks the interpreter exe (run isolated: -I) where its library, home
-// and version are. It gives up after 30 seconds.
+// Query asks the interpreter exe (run isolated: -I) where its library, home,
+// prefix and version are. The executable is kept as named, symlinks
+// included: a virtual environment's interpreter stays the environment's
+// (its library and Home are its base installation's, its Prefix the
+// environment). It gives up after 30 seconds.
 func Query(exe string) (Python, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -302,6 +477,7 @@ func Query(exe string) (Python, error) {
 	var r struct {
 		Executable   string `json:"executable"`
 		Home         string `json:"home"`
+		Prefix       string `json:"prefix"`
 		Version      string `json:"version"`
 		Lib          string `json:"lib"`
 		FreeThreaded bool   `json:"free_threaded"`
@@ -309,5 +485,10 @@ func Query(exe string) (Python, error) {
 	if err := json.Unmarshal(out, &r); err != nil {
 		return Python{}, fmt.Errorf("query %s: unexpected output %q: %w", exe, out, err)
 	}
-	return Python{LibPython: r.Lib, Home: r.Home, Executable: r.Executable, Version: r.Version, FreeThreaded: r.FreeThreaded}, nil
+	if r.Executable == "" {
+		if r.Executable, err = filepath.Abs(exe); err != nil {
+			return Python{}, fmt.Errorf("query %s: %w", exe, err)
+		}
+	}
+	return Python{LibPython: r.Lib, Home: r.Home, Prefix: r.Prefix, Executable: r.Executable, Version: r.Version, FreeThreaded: r.FreeThreaded}, nil
 }

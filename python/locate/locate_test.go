@@ -1,11 +1,13 @@
 package locate
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // debian311 is Debian's CPython 3.11, which CI installs.
@@ -18,53 +20,61 @@ func TestFromLibraryOnly(t *testing.T) {
 	t.Setenv(EnvPython, "")
 	t.Setenv(EnvLibPython, debianLib)
 	py, err := Find(Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if py.Home != "/usr" || py.Executable != debianExe || py.Version != "3.11" || py.Source != "env" {
-		t.Fatalf("got %+v, want home /usr, executable %s, version 3.11, source env", py, debianExe)
-	}
+	require.NoError(t, err)
+	assert.Equal(t, "/usr", py.Home)
+	assert.Equal(t, debianExe, py.Executable)
+	assert.Equal(t, "3.11", py.Version)
+	assert.Equal(t, "env", py.Source)
+	assert.False(t, py.Venv(), "a bare library is no virtual environment")
 }
 
 func TestFromExecutableOnly(t *testing.T) {
 	py, err := Find(Options{Executable: debianExe})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(py.Version, "3.11.") || py.Home != "/usr" || py.Source != "options" {
-		t.Fatalf("got %+v", py)
-	}
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(py.Version, "3.11."), "version: got %s, want 3.11.x", py.Version)
+	assert.Equal(t, "/usr", py.Home)
+	assert.Equal(t, "/usr", py.Prefix)
+	assert.Equal(t, debianExe, py.Executable)
+	assert.Equal(t, "options", py.Source)
+	assert.False(t, py.Venv())
 	lib, _ := filepath.EvalSymlinks(py.LibPython)
 	want, _ := filepath.EvalSymlinks(debianLib)
-	if lib != want {
-		t.Fatalf("LibPython: got %s, want %s", py.LibPython, debianLib)
-	}
-	if major, minor := py.MajorMinor(); major != 3 || minor != 11 {
-		t.Fatalf("MajorMinor: got %d.%d", major, minor)
-	}
+	assert.Equal(t, want, lib, "LibPython")
+	major, minor := py.MajorMinor()
+	assert.Equal(t, [2]int{3, 11}, [2]int{major, minor}, "MajorMinor")
 }
 
 func TestExplicitBeatsEnvironment(t *testing.T) {
 	t.Setenv(EnvLibPython, "/nonexistent/libpython3.99.so")
 	py, err := Find(Options{LibPython: debianLib})
-	if err != nil || py.LibPython != debianLib {
-		t.Fatalf("got %+v, %v; want the explicit library", py, err)
-	}
+	require.NoError(t, err)
+	assert.Equal(t, debianLib, py.LibPython, "the explicit library")
 	// A broken explicit choice is an error, not a silent fallback.
-	if _, err := Find(Options{}); err == nil || !strings.Contains(err.Error(), "/nonexistent/libpython3.99.so") {
-		t.Fatalf("bad %s: got %v", EnvLibPython, err)
-	}
+	_, err = Find(Options{})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "/nonexistent/libpython3.99.so")
 }
 
 func TestFreeThreadedName(t *testing.T) {
 	dir := t.TempDir()
 	lib := filepath.Join(dir, "libpython3.13t.so.1.0")
-	if err := os.WriteFile(lib, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(lib, nil, 0o644))
 	py, err := Find(Options{LibPython: lib})
-	if err != nil || !py.FreeThreaded || py.Version != "3.13" {
-		t.Fatalf("got %+v, %v; want a free-threaded 3.13", py, err)
+	require.NoError(t, err)
+	assert.True(t, py.FreeThreaded, "a free-threaded library")
+	assert.Equal(t, "3.13", py.Version)
+}
+
+// TestLibraryVersionMismatch: a library and an interpreter of different
+// versions are refused (the interpreter's environment cannot run on the
+// other library), naming both.
+func TestLibraryVersionMismatch(t *testing.T) {
+	lib := filepath.Join(t.TempDir(), "libpython3.13.so.1.0")
+	require.NoError(t, os.WriteFile(lib, nil, 0o644))
+	_, err := Find(Options{LibPython: lib, Executable: debianExe})
+	require.Error(t, err)
+	for _, want := range []string{lib, "3.13", debianExe, "3.11"} {
+		assert.Contains(t, err.Error(), want)
 	}
 }
 
@@ -74,34 +84,44 @@ func TestNotFound(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	_, err := Find(Options{})
 	var nf *NotFoundError
-	if !errors.As(err, &nf) || !errors.Is(err, ErrNotFound) {
-		t.Fatalf("got %v, want a NotFoundError", err)
+	require.ErrorAs(t, err, &nf)
+	require.ErrorIs(t, err, ErrNotFound)
+	for _, want := range []string{"not on PATH: python3, python3.14", "python/dist", EnvLibPython, EnvPython, "apt-get install", "process profile"} {
+		assert.Contains(t, err.Error(), want)
 	}
-	for _, want := range []string{"python3 on PATH", "python/dist", EnvLibPython, "apt-get install"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("message lacks %q:\n%s", want, err)
+}
+
+// TestDirectoryWithoutInterpreter: a directory named as the Python that
+// holds no bin/python3 is an error saying so, a virtual environment's
+// pyvenv.cfg noticed.
+func TestDirectoryWithoutInterpreter(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "pyvenv.cfg"), []byte("home = /usr/bin\n"), 0o644))
+	for _, opts := range []Options{{Executable: dir}, {LibPython: dir}} {
+		_, err := Find(opts)
+		require.Error(t, err, "%+v", opts)
+		for _, want := range []string{dir, "bin/python3", "virtual environment"} {
+			assert.Contains(t, err.Error(), want, "%+v", opts)
 		}
 	}
 }
 
 func TestQueryFailure(t *testing.T) {
-	if _, err := Query("/nonexistent/python3"); err == nil {
-		t.Fatal("Query of a missing executable: got nil error")
-	}
-	if _, err := Query("/bin/false"); err == nil || !strings.Contains(err.Error(), "/bin/false") {
-		t.Fatalf("Query of /bin/false: got %v", err)
-	}
+	_, err := Query("/nonexistent/python3")
+	assert.Error(t, err, "Query of a missing executable")
+	_, err = Query("/bin/false")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "/bin/false")
 }
 
 func TestRegisterTwicePanics(t *testing.T) {
 	Register("test-once", func() (Python, error) { return Python{}, nil })
-	defer func() {
+	t.Cleanup(func() {
 		providersMu.Lock()
 		delete(providers, "test-once")
 		providersMu.Unlock()
-		if recover() == nil {
-			t.Fatal("second Register: no panic")
-		}
-	}()
-	Register("test-once", func() (Python, error) { return Python{}, nil })
+	})
+	assert.Panics(t, func() {
+		Register("test-once", func() (Python, error) { return Python{}, nil })
+	})
 }
