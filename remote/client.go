@@ -615,6 +615,9 @@ func (p *Pool) stream(ctx context.Context, command string, args any, session str
 				}
 				continue
 			}
+			if errors.Is(err, ErrNoResponders) {
+				p.stats.noResponders.Add(1)
+			}
 			if errors.Is(err, ErrInstanceGone) {
 				p.stats.gone.Add(1)
 				p.unbind(session, c.inst, true)
