@@ -397,7 +397,7 @@ type request struct {
 	credit    int
 }
 
-func (s *Server) parse(m *nats.Msg) (request, context.Context, *served, error) {
+func (s *Server) parse(m *nats.Msg, stream bool) (request, context.Context, *served, error) {
 	r := request{reply: m.Reply, command: header(m.Header, hCommand), session: header(m.Header, hSession)}
 	var err error
 	if r.args, r.att, err = splitAttachments(m.Data, header(m.Header, hAttachments)); err != nil {
@@ -444,6 +444,10 @@ func (s *Server) parse(m *nats.Msg) (request, context.Context, *served, error) {
 		ctx = propagation.TraceContext{}.Extract(ctx, propagation.HeaderCarrier(http.Header(m.Header)))
 	}
 	sv := &served{cancel: cancel}
+	if stream {
+		sv.credit = make(chan int, 64)
+		sv.stop = make(chan struct{})
+	}
 	s.mu.Lock()
 	if _, ok := s.early[r.reply]; ok {
 		delete(s.early, r.reply)
@@ -478,9 +482,11 @@ func (s *Server) heartbeats(reply string, interval time.Duration) (stop func()) 
 	if interval <= 0 {
 		return func() {}
 	}
-	var mu sync.Mutex
+	var mu sync.Mutex // guards stopped and t
 	stopped := false
 	var t *time.Timer
+	mu.Lock()
+	defer mu.Unlock()
 	t = time.AfterFunc(interval, func() {
 		mu.Lock()
 		defer mu.Unlock()
@@ -499,7 +505,7 @@ func (s *Server) heartbeats(reply string, interval time.Duration) (stop func()) 
 }
 
 func (s *Server) serveCall(m *nats.Msg) {
-	r, ctx, sv, err := s.parse(m)
+	r, ctx, sv, err := s.parse(m, false)
 	if err != nil {
 		s.replyError(m.Reply, err)
 		return
@@ -521,15 +527,13 @@ func (s *Server) serveCall(m *nats.Msg) {
 }
 
 func (s *Server) serveStream(m *nats.Msg) {
-	r, ctx, sv, err := s.parse(m)
+	r, ctx, sv, err := s.parse(m, true)
 	if err != nil {
 		s.replyError(m.Reply, err)
 		return
 	}
 	defer s.forget(r, sv)
 	credit := max(r.credit, 1)
-	sv.credit = make(chan int, 64)
-	sv.stop = make(chan struct{})
 	stopHB := s.heartbeats(r.reply, r.heartbeat)
 	defer stopHB()
 	var args any
@@ -603,4 +607,23 @@ func (s *Server) send(to, kind string, body []byte) {
 	if err := s.nc.PublishMsg(msg); err != nil {
 		s.log.Warn("remote: reply", "pool", s.name, "error", err)
 	}
+}
+
+// Run serves p (see Serve) until ctx ends, then shuts down gracefully
+// (see Server.Shutdown), giving the calls in progress up to grace to
+// finish. Calls are not cancelled when ctx ends, only when grace runs
+// out. It is the body of a serving program:
+//
+//	ctx, stop := signal.NotifyContext(ctx, unix.SIGTERM, unix.SIGINT)
+//	defer stop()
+//	err := remote.Run(ctx, nc, p, remote.ServeOptions{}, 30*time.Second)
+func Run(ctx context.Context, nc *nats.Conn, p *pool.Pool, opts ServeOptions, grace time.Duration) error {
+	srv, err := Serve(context.WithoutCancel(ctx), nc, p, opts)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
+	defer cancel()
+	return srv.Shutdown(sctx)
 }
