@@ -1,0 +1,112 @@
+package remote_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/snakepit-go/snakepit/pool"
+	"github.com/snakepit-go/snakepit/remote"
+	"github.com/snakepit-go/snakepit/worker"
+	"github.com/snakepit-go/snakepit/worker/workertest"
+)
+
+// fakePool is a pool of scripted workers (no Python).
+func fakePool(t *testing.T, name string, handlers map[string]workertest.Handler) *pool.Pool {
+	t.Helper()
+	p, err := pool.New(context.Background(), pool.Config{Name: name, Size: 2, NewWorker: func(ctx context.Context, id string) (worker.Worker, error) {
+		return &workertest.Fake{WorkerID: id, Handlers: handlers}, nil
+	}})
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close(context.Background()) })
+	return p
+}
+
+// TestRun: Run serves until its context ends, then lets the call in
+// progress finish and leaves.
+func TestRun(t *testing.T) {
+	url := natsServer(t, 0)
+	started, release := make(chan struct{}), make(chan struct{})
+	p := fakePool(t, "fake", map[string]workertest.Handler{
+		"ok": func(ctx context.Context, req *worker.Request) (any, error) { return "ok", nil },
+		"slow": func(ctx context.Context, req *worker.Request) (any, error) {
+			close(started)
+			select {
+			case <-release:
+				return "done", nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		},
+	})
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	ran := make(chan error, 1)
+	go func() { ran <- remote.Run(ctx, connect(t, url), p, remote.ServeOptions{}, 30*time.Second) }()
+	rp := newClient(t, connect(t, url), "fake", remote.Options{})
+	guard := hangGuard(t)
+	require.Eventually(t, func() bool {
+		return !errors.Is(rp.Call(guard, "ok", nil, nil), remote.ErrNoResponders)
+	}, 30*time.Second, 5*time.Millisecond)
+	var out string
+	require.NoError(t, rp.Call(guard, "ok", nil, &out))
+	assert.Equal(t, "ok", out)
+
+	slow := make(chan error, 1)
+	go func() { slow <- rp.Call(guard, "slow", nil, &out) }()
+	<-started
+	stop()
+	// The instance leaves the queue group first: new calls find no one.
+	require.Eventually(t, func() bool {
+		return errors.Is(rp.Call(guard, "ok", nil, nil), remote.ErrNoResponders)
+	}, 30*time.Second, 5*time.Millisecond)
+	select {
+	case err := <-ran:
+		t.Fatalf("Run returned %v with a call in progress", err)
+	default:
+	}
+	close(release)
+	require.NoError(t, <-slow)
+	assert.Equal(t, "done", out)
+	require.NoError(t, <-ran)
+}
+
+// TestClose: a closed Pool refuses calls with pool.ErrClosed, and a
+// call in progress returns at once; Close is idempotent.
+func TestClose(t *testing.T) {
+	url := natsServer(t, 0)
+	started := make(chan struct{})
+	p := fakePool(t, "fake", map[string]workertest.Handler{
+		"block": func(ctx context.Context, req *worker.Request) (any, error) {
+			close(started)
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+	})
+	srv, err := remote.Serve(context.Background(), connect(t, url), p, remote.ServeOptions{})
+	require.NoError(t, err)
+	defer srv.Shutdown(context.Background())
+	rp, err := remote.New(connect(t, url), "fake", remote.Options{})
+	require.NoError(t, err)
+	guard := hangGuard(t)
+	blocked := make(chan error, 1)
+	go func() { blocked <- rp.Call(guard, "block", nil, nil) }()
+	<-started
+	require.NoError(t, rp.Close(guard))
+	require.ErrorIs(t, <-blocked, pool.ErrClosed)
+	require.ErrorIs(t, rp.Call(guard, "block", nil, nil), pool.ErrClosed)
+	require.NoError(t, rp.Close(guard))
+	for _, err := range rp.Stream(guard, "block", nil) {
+		require.ErrorIs(t, err, pool.ErrClosed)
+	}
+	// The instance's call ends with its deadline or a Shutdown: here
+	// Shutdown's grace ends at once and cancels it.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.ErrorIs(t, srv.Shutdown(ctx), context.Canceled)
+	require.ErrorIs(t, srv.Shutdown(context.Background()), context.Canceled, "Shutdown again returns the first result")
+}
