@@ -810,15 +810,17 @@ func (p *Pool) Instances(ctx context.Context, wait time.Duration) ([]InstanceSta
 }
 
 // Close stops the pool: new calls fail with pool.ErrClosed, calls in
-// progress return pool.ErrClosed at once (their instances are not told),
-// and Close waits for them to return, until ctx ends. It does not close
-// the connection. Closing twice is a no-op.
+// progress return pool.ErrClosed at once (their instances are not told;
+// the calls end there with their deadlines), and Close waits for them to
+// return, until ctx ends. It does not close the connection. Closing
+// twice is a no-op.
 func (p *Pool) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() {
 		p.mu.Lock()
 		p.closed = true
 		p.mu.Unlock()
 		close(p.closing)
+		_ = p.sub.Unsubscribe()
 	})
 	done := make(chan struct{})
 	go func() {
@@ -827,9 +829,8 @@ func (p *Pool) Close(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("remote: close: %w", ctx.Err())
 	}
-	_ = p.sub.Unsubscribe()
-	return nil
 }
