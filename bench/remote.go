@@ -32,6 +32,7 @@ const (
 	envRemotePassword = "SNAKEPIT_BENCH_REMOTE_PASSWORD"
 	remoteUser        = "bench"
 	remotePool        = "bench"
+	echoSubject       = "bench.echo"
 )
 
 func init() {
@@ -59,6 +60,13 @@ func remoteServe(url string) error {
 	defer p.Close(ctx)
 	srv, err := remote.Serve(ctx, nc, p, remote.ServeOptions{})
 	if err != nil {
+		return err
+	}
+	// A bare NATS responder beside it: the floor of a round trip.
+	if _, err := nc.Subscribe(echoSubject, func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		return err
+	}
+	if err := nc.Flush(); err != nil {
 		return err
 	}
 	fmt.Println("READY")
@@ -176,8 +184,12 @@ func (e *env) remoteBench(ctx context.Context) ([]Result, error) {
 	}
 	callRemote := func() error { _, err := rp.CallRaw(ctx, "noop", noopArgs); return err }
 
-	// Latency at one caller, repetitions interleaved.
-	var locals, remotes []Result
+	callEcho := func() error { _, err := nc.Request(echoSubject, noopArgs, 10*time.Second); return err }
+
+	// Latency at one caller, repetitions interleaved: the local pool, the
+	// remote pool, and a bare NATS request to a responder in the serving
+	// process (no Python: the transport's floor).
+	var locals, remotes, echoes []Result
 	for rep := range e.o.reps {
 		e.progress(fmt.Sprintf("remote: latency (repetition %d/%d)", rep+1, e.o.reps))
 		r, err := e.measure(1, callLocal(local))
@@ -189,14 +201,19 @@ func (e *env) remoteBench(ctx context.Context) ([]Result, error) {
 			return nil, err
 		}
 		remotes = append(remotes, r)
+		if r, err = e.measure(1, callEcho); err != nil {
+			return nil, err
+		}
+		echoes = append(echoes, r)
 	}
-	l, r := median(locals), median(remotes)
+	l, r, x := median(locals), median(remotes), median(echoes)
 	l.Scenario, l.Profile, l.Workers = "remote-latency", "process-local", 1
 	r.Scenario, r.Profile, r.Workers = "remote-latency", "nats-remote", 1
+	x.Scenario, x.Profile, x.Param = "remote-latency", "nats-request", "no Python"
 	if l.P50 > 0 {
 		r.Param = fmt.Sprintf("p50 %.2fx local", float64(r.P50)/float64(l.P50))
 	}
-	out := []Result{l, r}
+	out := []Result{l, r, x}
 
 	// Throughput with 1, 2, 4 serving processes.
 	callers := 16
