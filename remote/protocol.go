@@ -157,6 +157,8 @@ func encodeError(err error) []byte {
 		w.Kind = "setup"
 	case errors.Is(err, worker.ErrNotStarted):
 		w.Kind = "not_started"
+	case errors.Is(err, ErrProtocol):
+		w.Kind = "protocol"
 	}
 	b, _ := json.Marshal(w) // only strings: cannot fail
 	return b
@@ -205,6 +207,8 @@ func decodeError(inst string, body []byte) error {
 		cause = worker.ErrSetup
 	case "not_started":
 		cause = worker.ErrNotStarted
+	case "protocol":
+		cause = ErrProtocol
 	}
 	return &RemoteError{Instance: inst, Message: w.Message, Err: cause}
 }

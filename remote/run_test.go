@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -109,4 +110,36 @@ func TestClose(t *testing.T) {
 	cancel()
 	require.ErrorIs(t, srv.Shutdown(ctx), context.Canceled)
 	require.ErrorIs(t, srv.Shutdown(context.Background()), context.Canceled, "Shutdown again returns the first result")
+}
+
+// TestBadRequests: requests that do not follow the protocol get a typed
+// error answer (or none, without a reply subject); the instance goes on.
+func TestBadRequests(t *testing.T) {
+	url := natsServer(t, 0)
+	p := fakePool(t, "fake", map[string]workertest.Handler{
+		"ok": func(ctx context.Context, req *worker.Request) (any, error) { return "ok", nil },
+	})
+	srv, err := remote.Serve(context.Background(), connect(t, url), p, remote.ServeOptions{})
+	require.NoError(t, err)
+	defer srv.Shutdown(context.Background())
+	nc := connect(t, url)
+	for _, h := range []nats.Header{
+		{"Sp-Cmd": {"ok"}, "Sp-Affinity": {"7"}},
+		{"Sp-Cmd": {"ok"}, "Sp-Timeout": {"soon"}},
+		{"Sp-Cmd": {"ok"}, "Sp-Att": {"5,x"}},
+		{"Sp-Cmd": {"ok"}, "Sp-Att": {"500"}},
+		{"Sp-Cmd": {"ok"}, "Sp-Hb": {"-1"}},
+	} {
+		for _, ep := range []string{"call", "stream"} {
+			require.NoError(t, nc.Publish("snakepit.v1.fake."+ep, []byte("no reply subject")))
+			m, err := nc.RequestMsg(&nats.Msg{Subject: "snakepit.v1.fake." + ep, Header: h}, 10*time.Second)
+			require.NoError(t, err, "%v", h)
+			assert.Equal(t, "err", m.Header.Get("Sp-Kind"), "%v", h)
+			assert.Contains(t, string(m.Data), `"kind":"protocol"`, "%v", h)
+		}
+	}
+	rp := newClient(t, nc, "fake", remote.Options{})
+	var out string
+	require.NoError(t, rp.Call(hangGuard(t), "ok", nil, &out))
+	assert.Equal(t, "ok", out)
 }
