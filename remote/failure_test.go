@@ -194,6 +194,7 @@ func TestKillUnderLoad(t *testing.T) {
 	type outcome struct {
 		idem bool
 		err  error
+		at   time.Time // when the call returned
 	}
 	outcomes := make([]outcome, calls)
 	var seen [calls]atomic.Int32
@@ -220,7 +221,7 @@ func TestKillUnderLoad(t *testing.T) {
 					err = errors.New("wrong result " + strconv.Itoa(got))
 				}
 				seen[i].Add(1)
-				outcomes[i] = outcome{idem: idem, err: err}
+				outcomes[i] = outcome{idem: idem, err: err, at: time.Now()}
 				if done.Add(1) == calls/5 {
 					close(killAt)
 				}
@@ -228,10 +229,12 @@ func TestKillUnderLoad(t *testing.T) {
 		}()
 	}
 	<-killAt
+	killed := time.Now()
 	ins[1].kill(t)
 	wg.Wait()
 
 	var failed, idemFailed int
+	var noticed time.Duration // the latest failure after the kill
 	for i := range calls {
 		require.Equal(t, int32(1), seen[i].Load(), "call %d: outcomes", i)
 		o := outcomes[i]
@@ -239,6 +242,7 @@ func TestKillUnderLoad(t *testing.T) {
 			continue
 		}
 		failed++
+		noticed = max(noticed, o.at.Sub(killed))
 		if o.idem {
 			idemFailed++
 		}
@@ -282,8 +286,8 @@ func TestKillUnderLoad(t *testing.T) {
 	}
 	assert.LessOrEqual(t, int64(twice), st.Retries)
 	assert.Equal(t, int64(calls-failed), st.Calls)
-	t.Logf("%d calls: %d failed (all ErrWorkerDead, none idempotent), %d retried, %d run twice, %d instance losses seen",
-		calls, failed, st.Retries, twice, st.Gone)
+	t.Logf("%d calls: %d failed (all ErrWorkerDead, none idempotent), %d retried, %d run twice, %d instance losses seen; the last failure %v after the kill (DeadAfter 1s)",
+		calls, failed, st.Retries, twice, st.Gone, noticed)
 }
 
 // TestDrain: an instance told to stop (SIGTERM: Shutdown) finishes the
