@@ -233,18 +233,25 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		defer close(s.done)
 		var errs []error
-		for _, sub := range s.reqSubs {
-			closed := sub.StatusChanged(nats.SubscriptionClosed)
+		// Every request subscription stops at once; those drained hand
+		// the requests that reached the instance to their handlers.
+		closed := make([]<-chan nats.SubStatus, len(s.reqSubs))
+		for i, sub := range s.reqSubs {
+			closed[i] = sub.StatusChanged(nats.SubscriptionClosed)
 			if err := sub.Drain(); err != nil {
 				_ = sub.Unsubscribe()
-				continue
 			}
+		}
+		for i, sub := range s.reqSubs {
 			select {
-			case <-closed:
+			case <-closed[i]:
 			case <-ctx.Done():
 				_ = sub.Unsubscribe()
 			}
 		}
+		// A handler the last drained request may still be on its way
+		// to sees leaving: that request gets errLeaving (nothing ran;
+		// the caller sends it elsewhere).
 		s.mu.Lock()
 		s.leaving = true
 		s.mu.Unlock()
