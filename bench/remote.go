@@ -22,16 +22,20 @@ import (
 )
 
 // The remote scenario re-executes this program as serving instances: with
-// envRemoteServe set to a NATS URL it serves a one-worker process pool of
-// the benchmark adapter (envRemoteDir, envRemotePython) as the pool
-// "bench" until its standard input closes.
+// envRemoteServe set to a NATS URL it serves a one-worker pool of the
+// benchmark adapter (envRemoteDir) until its standard input closes: a
+// process pool (envRemotePython) named "bench", or with envRemoteThread
+// set a thread pool (envRemoteThread: the libpython) named
+// "bench-thread".
 const (
 	envRemoteServe    = "SNAKEPIT_BENCH_REMOTE_SERVE"
 	envRemoteDir      = "SNAKEPIT_BENCH_REMOTE_DIR"
 	envRemotePython   = "SNAKEPIT_BENCH_REMOTE_PYTHON"
 	envRemotePassword = "SNAKEPIT_BENCH_REMOTE_PASSWORD"
+	envRemoteThread   = "SNAKEPIT_BENCH_REMOTE_THREAD"
 	remoteUser        = "bench"
 	remotePool        = "bench"
+	remoteThreadPool  = "bench-thread"
 	echoSubject       = "bench.echo"
 )
 
@@ -52,8 +56,12 @@ func remoteServe(url string) error {
 		return err
 	}
 	defer nc.Close()
-	p, err := pool.New(ctx, pool.Config{Name: remotePool, Profile: pool.Process, Module: "bench_adapter",
-		Paths: []string{os.Getenv(envRemoteDir)}, Python: os.Getenv(envRemotePython), Size: 1, QueueSize: 4096})
+	cfg := pool.Config{Name: remotePool, Profile: pool.Process, Module: "bench_adapter",
+		Paths: []string{os.Getenv(envRemoteDir)}, Python: os.Getenv(envRemotePython), Size: 1, QueueSize: 4096}
+	if lib := os.Getenv(envRemoteThread); lib != "" {
+		cfg.Name, cfg.Profile, cfg.Python, cfg.LibPython = remoteThreadPool, pool.Thread, "", lib
+	}
+	p, err := pool.New(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -82,7 +90,7 @@ type servingInstance struct {
 	stdin io.Closer
 }
 
-func (e *env) startServing(url, password string) (*servingInstance, error) {
+func (e *env) startServing(url, password string, thread bool) (*servingInstance, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -90,6 +98,9 @@ func (e *env) startServing(url, password string) (*servingInstance, error) {
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), envRemoteServe+"="+url, envRemoteDir+"="+e.dir,
 		envRemotePython+"="+e.exe, envRemotePassword+"="+password)
+	if thread {
+		cmd.Env = append(cmd.Env, envRemoteThread+"="+e.o.libpython)
+	}
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -153,7 +164,7 @@ func (e *env) remoteBench(ctx context.Context) ([]Result, error) {
 	grow := func(n int) error {
 		for len(instances) < n {
 			e.progress(fmt.Sprintf("remote: starting serving process %d", len(instances)+1))
-			in, err := e.startServing(url, password)
+			in, err := e.startServing(url, password, false)
 			if err != nil {
 				return err
 			}
@@ -185,11 +196,29 @@ func (e *env) remoteBench(ctx context.Context) ([]Result, error) {
 	callRemote := func() error { _, err := rp.CallRaw(ctx, "noop", noopArgs); return err }
 
 	callEcho := func() error { _, err := nc.Request(echoSubject, noopArgs, 10*time.Second); return err }
+	// The same pool served by a thread-profile instance: no second
+	// process behind the serving one.
+	var callThread func() error
+	if e.has("thread") {
+		e.progress("remote: starting a thread-profile serving process")
+		in, err := e.startServing(url, password, true)
+		if err != nil {
+			return nil, err
+		}
+		defer in.stop()
+		rpt, err := remote.New(nc, remoteThreadPool, remote.Options{})
+		if err != nil {
+			return nil, err
+		}
+		defer rpt.Close(ctx)
+		callThread = func() error { _, err := rpt.CallRaw(ctx, "noop", noopArgs); return err }
+	}
 
 	// Latency at one caller, repetitions interleaved: the local pool, the
-	// remote pool, and a bare NATS request to a responder in the serving
-	// process (no Python: the transport's floor).
-	var locals, remotes, echoes []Result
+	// remote pool (a process-profile instance, and a thread-profile one),
+	// and a bare NATS request to a responder in the serving process (no
+	// Python: the transport's floor).
+	var locals, remotes, threads, echoes []Result
 	for rep := range e.o.reps {
 		e.progress(fmt.Sprintf("remote: latency (repetition %d/%d)", rep+1, e.o.reps))
 		r, err := e.measure(1, callLocal(local))
@@ -201,6 +230,12 @@ func (e *env) remoteBench(ctx context.Context) ([]Result, error) {
 			return nil, err
 		}
 		remotes = append(remotes, r)
+		if callThread != nil {
+			if r, err = e.measure(1, callThread); err != nil {
+				return nil, err
+			}
+			threads = append(threads, r)
+		}
 		if r, err = e.measure(1, callEcho); err != nil {
 			return nil, err
 		}
@@ -213,7 +248,16 @@ func (e *env) remoteBench(ctx context.Context) ([]Result, error) {
 	if l.P50 > 0 {
 		r.Param = fmt.Sprintf("p50 %.2fx local", float64(r.P50)/float64(l.P50))
 	}
-	out := []Result{l, r, x}
+	out := []Result{l, r}
+	if len(threads) > 0 {
+		t := median(threads)
+		t.Scenario, t.Profile, t.Workers = "remote-latency", "nats-remote-thread", 1
+		if l.P50 > 0 {
+			t.Param = fmt.Sprintf("p50 %.2fx local", float64(t.P50)/float64(l.P50))
+		}
+		out = append(out, t)
+	}
+	out = append(out, x)
 
 	// Throughput with 1, 2, 4 serving processes.
 	callers := 16
