@@ -41,6 +41,10 @@ type Options struct {
 	// CallTimeout bounds calls whose context has no deadline. Zero: none
 	// (the serving pool's Config.CallTimeout still applies there).
 	CallTimeout time.Duration
+	// SessionIdleTimeout is how long the Pool remembers the instance of a
+	// session unused for that long (the serving pool drops the session's
+	// state after its own Config.SessionIdleTimeout). Zero: 10 minutes.
+	SessionIdleTimeout time.Duration
 	// SaturatedRetries is how many times a call that an instance refused
 	// with pool.ErrSaturated is sent again to the queue group at once
 	// (nothing ran; another instance may have room). Zero: 1. Negative:
@@ -58,6 +62,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.StreamWindow == 0 {
 		o.StreamWindow = 16
 	}
+	if o.SessionIdleTimeout == 0 {
+		o.SessionIdleTimeout = 10 * time.Minute
+	}
 	if o.SaturatedRetries == 0 {
 		o.SaturatedRetries = 1
 	}
@@ -70,6 +77,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.StreamWindow < 0 || o.StreamWindow > 4096 {
 		errs = append(errs, fmt.Errorf("remote: StreamWindow must be in [0, 4096], got %d", o.StreamWindow))
+	}
+	if o.SessionIdleTimeout < 0 {
+		errs = append(errs, errors.New("remote: SessionIdleTimeout must not be negative"))
 	}
 	if o.CallTimeout < 0 {
 		errs = append(errs, errors.New("remote: CallTimeout must not be negative"))
@@ -95,6 +105,7 @@ type Pool struct {
 	closed   bool
 	pending  map[string]*conv
 	sessions map[string]*binding
+	swept    time.Time // when sessions were last swept of idle ones
 	wg       sync.WaitGroup // calls and streams in progress
 
 	closing   chan struct{}
@@ -110,6 +121,7 @@ type Pool struct {
 type binding struct {
 	inst string // "" : not bound (yet, or any more)
 	lost bool   // its instance went away; reported once to a strict call
+	used time.Time
 }
 
 // New returns a Pool calling the pool called name (its Config.Name on the
@@ -432,14 +444,23 @@ func (p *Pool) bind(session, inst string) {
 	if session == "" || inst == "" {
 		return
 	}
+	now := time.Now()
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	b := p.sessions[session]
 	if b == nil {
 		b = &binding{}
 		p.sessions[session] = b
 	}
-	b.inst = inst
-	p.mu.Unlock()
+	b.inst, b.used = inst, now
+	if idle := p.opts.SessionIdleTimeout; now.Sub(p.swept) > idle/10 {
+		p.swept = now
+		for id, b := range p.sessions {
+			if now.Sub(b.used) > idle {
+				delete(p.sessions, id)
+			}
+		}
+	}
 }
 
 // unbind forgets that the session lives on inst (it went away); lost
@@ -450,8 +471,7 @@ func (p *Pool) unbind(session, inst string, lost bool) {
 	}
 	p.mu.Lock()
 	if b := p.sessions[session]; b != nil && (inst == "" || b.inst == inst) {
-		b.inst = ""
-		b.lost = lost
+		b.inst, b.lost, b.used = "", lost, time.Now()
 	}
 	p.mu.Unlock()
 }

@@ -143,3 +143,25 @@ func TestBadRequests(t *testing.T) {
 	require.NoError(t, rp.Call(hangGuard(t), "ok", nil, &out))
 	assert.Equal(t, "ok", out)
 }
+
+// TestSessionBindingsExpire: the Pool forgets the instance of a session
+// unused for Options.SessionIdleTimeout.
+func TestSessionBindingsExpire(t *testing.T) {
+	url := natsServer(t, 0)
+	p := fakePool(t, "fake", map[string]workertest.Handler{
+		"ok": func(ctx context.Context, req *worker.Request) (any, error) { return "ok", nil },
+	})
+	srv, err := remote.Serve(context.Background(), connect(t, url), p, remote.ServeOptions{})
+	require.NoError(t, err)
+	defer srv.Shutdown(context.Background())
+	rp := newClient(t, connect(t, url), "fake", remote.Options{SessionIdleTimeout: 20 * time.Millisecond})
+	ctx := hangGuard(t)
+	old := rp.Session("old", pool.StrictQueue)
+	require.NoError(t, old.Call(ctx, "ok", nil, nil))
+	require.Equal(t, srv.Instance(), old.Instance())
+	require.Eventually(t, func() bool {
+		require.NoError(t, rp.Session("new", pool.StrictQueue).Call(ctx, "ok", nil, nil))
+		return old.Instance() == ""
+	}, 30*time.Second, 5*time.Millisecond)
+	assert.Equal(t, 1, rp.Stats().Sessions)
+}
