@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/remote"
@@ -164,4 +165,25 @@ func TestSessionBindingsExpire(t *testing.T) {
 		return old.Instance() == ""
 	}, 30*time.Second, 5*time.Millisecond)
 	assert.Equal(t, 1, rp.Stats().Sessions)
+}
+
+// TestTraceCrossesWire: a call made under a span reaches the handler
+// with that span's traceparent.
+func TestTraceCrossesWire(t *testing.T) {
+	url := natsServer(t, 0)
+	p := fakePool(t, "fake", map[string]workertest.Handler{
+		"tp": func(ctx context.Context, req *worker.Request) (any, error) { return req.TraceParent, nil },
+	})
+	srv, err := remote.Serve(context.Background(), connect(t, url), p, remote.ServeOptions{})
+	require.NoError(t, err)
+	defer srv.Shutdown(context.Background())
+	rp := newClient(t, connect(t, url), "fake", remote.Options{})
+	tp := sdktrace.NewTracerProvider()
+	defer tp.Shutdown(context.Background())
+	ctx, span := tp.Tracer("test").Start(hangGuard(t), "caller")
+	defer span.End()
+	var got string
+	require.NoError(t, rp.Call(ctx, "tp", nil, &got))
+	sc := span.SpanContext()
+	assert.Equal(t, "00-"+sc.TraceID().String()+"-"+sc.SpanID().String()+"-01", got)
 }
