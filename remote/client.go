@@ -105,7 +105,7 @@ type Pool struct {
 	closed   bool
 	pending  map[string]*conv
 	sessions map[string]*binding
-	swept    time.Time // when sessions were last swept of idle ones
+	swept    time.Time      // when sessions were last swept of idle ones
 	wg       sync.WaitGroup // calls and streams in progress
 
 	closing   chan struct{}

@@ -3,6 +3,7 @@ package remote_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 
@@ -186,4 +187,49 @@ func TestTraceCrossesWire(t *testing.T) {
 	require.NoError(t, rp.Call(ctx, "tp", nil, &got))
 	sc := span.SpanContext()
 	assert.Equal(t, "00-"+sc.TraceID().String()+"-"+sc.SpanID().String()+"-01", got)
+}
+
+// TestNoGoroutinesLeft: after Shutdown, Close and the connections'
+// close, nothing the package started runs on.
+func TestNoGoroutinesLeft(t *testing.T) {
+	url := natsServer(t, 0)
+	p := fakePool(t, "fake", map[string]workertest.Handler{
+		"ok":    func(ctx context.Context, req *worker.Request) (any, error) { return "ok", nil },
+		"items": func(ctx context.Context, req *worker.Request) (any, error) { return []any{1, 2, 3, 4, 5}, nil },
+	})
+	before := runtime.NumGoroutine()
+	ctx := hangGuard(t)
+	snc, err := nats.Connect(url, nats.UserInfo(testUser, testPassword))
+	require.NoError(t, err)
+	cnc, err := nats.Connect(url, nats.UserInfo(testUser, testPassword))
+	require.NoError(t, err)
+	srv, err := remote.Serve(ctx, snc, p, remote.ServeOptions{})
+	require.NoError(t, err)
+	rp, err := remote.New(cnc, "fake", remote.Options{StreamWindow: 2})
+	require.NoError(t, err)
+	require.NoError(t, rp.Call(ctx, "ok", nil, nil))
+	require.NoError(t, rp.Session("s", pool.StrictQueue).Call(ctx, "ok", nil, nil))
+	require.NoError(t, rp.Session("s", pool.StrictQueue).Close(ctx))
+	n := 0
+	for _, err := range rp.Stream(ctx, "items", nil) {
+		require.NoError(t, err)
+		if n++; n == 3 {
+			break
+		}
+	}
+	short, cancel := context.WithCancel(ctx)
+	cancel()
+	require.ErrorIs(t, rp.Call(short, "ok", nil, nil), context.Canceled)
+	require.NoError(t, rp.Close(ctx))
+	require.NoError(t, srv.Shutdown(ctx))
+	snc.Close()
+	cnc.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("goroutines: got %d, want at most %d:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond) // polling a count: no event to wait on
+	}
 }
