@@ -74,7 +74,7 @@ type options struct {
 	libpython string // shared library (thread profile)
 }
 
-var allScenarios = []string{"latency", "throughput", "cpu", "payload", "startup", "stream", "io", "pipeline"}
+var allScenarios = []string{"latency", "throughput", "cpu", "payload", "startup", "stream", "io", "pipeline", "remote"}
 var allProfiles = []string{"thread", "process", "baselines"}
 
 func main() {
@@ -201,6 +201,8 @@ func run(o options) error {
 			rs, err = e.io(ctx)
 		case "pipeline":
 			rs, err = e.pipeline(ctx)
+		case "remote":
+			rs, err = e.remoteBench(ctx)
 		default:
 			return fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(allScenarios, ","))
 		}
