@@ -1,6 +1,7 @@
 // Command snakepit inspects and exercises a snakepit for Go setup from the
 // shell: which Pythons it finds, whether an adapter module runs in the
-// thread and process profiles, and one call to an adapter's command.
+// thread and process profiles, one call to an adapter's command, and a
+// pool of an adapter served over NATS.
 //
 // Install it with
 //
@@ -12,6 +13,8 @@
 //	snakepit check [-path DIR]... [-python PATH] [-json] MODULE
 //	snakepit call [-profile thread|process|auto] [-python PATH] [-path DIR]...
 //	              [-timeout DUR] [-session ID] [-v] MODULE COMMAND [JSON]
+//	snakepit serve [-nats URL] [-name NAME] [-profile P] [-size N] [-concurrency N]
+//	               [-grace DUR] [-creds FILE | -nkey FILE] [-tls-ca FILE] MODULE
 //	snakepit bench
 //	snakepit help [COMMAND]
 //
@@ -35,6 +38,11 @@
 // (standard encoding, with padding); a float that JSON cannot hold (NaN,
 // infinities) is an error. Errors go to stderr with exit status 1 (a
 // Python exception prints its traceback too).
+//
+// serve runs a pool of the adapter and serves it over NATS (package
+// remote) until SIGINT or SIGTERM, then drains: calls in progress finish,
+// new ones go to the other instances. A user and password come from
+// SNAKEPIT_NATS_USER and SNAKEPIT_NATS_PASSWORD, never the command line.
 //
 // bench prints how to run the benchmark, which lives in the module's
 // source tree (go run ./bench, make bench).

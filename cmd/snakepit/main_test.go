@@ -94,6 +94,7 @@ func TestHelp(t *testing.T) {
 		"check":  {"-path", "-python", "-timeout", "-json", "-v"},
 		"call":   {"-profile", "-python", "-path", "-timeout", "-session", "-v"},
 		"bench":  nil,
+		"serve":  {"-nats", "-name", "-profile", "-python", "-path", "-size", "-concurrency", "-grace", "-creds", "-nkey", "-tls-ca", "-tls-cert", "-tls-key", "-v"},
 	}
 	for _, args := range [][]string{{"--help"}, {"-h"}, {"help"}} {
 		r := snakepit(t, nil, args...)
