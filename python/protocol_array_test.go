@@ -1,9 +1,10 @@
 package python_test
 
 import (
-	"reflect"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
@@ -15,9 +16,7 @@ import (
 // others are sent as they are.
 func TestEncodeCallWrapsMarkers(t *testing.T) {
 	a, err := pymarshal.NewArray([]int32{1, 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for _, tc := range []struct {
 		args    map[string]any
 		wrapped bool
@@ -26,17 +25,11 @@ func TestEncodeCallWrapsMarkers(t *testing.T) {
 		{map[string]any{"x": []any{"y", a}}, true},
 	} {
 		args, err := pymarshal.Marshal(tc.args)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		enc, err := python.EncodeCall(nil, &worker.Request{Command: "c", Args: args}, time.Time{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		v, err := pymarshal.Decode(enc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		kw := v.([]any)[1]
 		if tc.wrapped {
 			w, ok := kw.([]any)
@@ -46,8 +39,6 @@ func TestEncodeCallWrapsMarkers(t *testing.T) {
 			kw = w[2]
 		}
 		want, _ := pymarshal.Decode(args)
-		if !reflect.DeepEqual(kw, want) {
-			t.Fatalf("got kwargs %#v, want %#v", kw, want)
-		}
+		require.Equal(t, want, kw, "kwargs")
 	}
 }
