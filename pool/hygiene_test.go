@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/pool"
 )
@@ -30,9 +32,7 @@ def ping():
 
 func hygieneDir(t *testing.T) string {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "hygiene_adapter.py"), []byte(hygieneAdapter), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "hygiene_adapter.py"), []byte(hygieneAdapter), 0o644))
 	return dir
 }
 
@@ -102,22 +102,14 @@ func TestNoListeningSockets(t *testing.T) {
 	dir := hygieneDir(t)
 	for _, profile := range []pool.Profile{pool.Thread, pool.Process} {
 		p, err := pool.New(ctx, pool.Config{Profile: profile, Module: "hygiene_adapter", Paths: []string{dir}, Size: 2})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer p.Close(ctx)
-		if err := p.Call(ctx, "ping", nil, nil); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, p.Call(ctx, "ping", nil, nil))
 	}
 	pids := append([]string{strconv.Itoa(os.Getpid())}, childPIDs()...)
-	if len(pids) < 3 {
-		t.Fatalf("expected the process workers among the children, got %v", pids)
-	}
+	require.GreaterOrEqual(t, len(pids), 3, "expected the process workers among the children, got %v", pids)
 	for _, pid := range pids {
-		if bad := listening(socketInodes(pid)); len(bad) > 0 {
-			t.Fatalf("process %s has listening or named sockets: %v", pid, bad)
-		}
+		require.Empty(t, listening(socketInodes(pid)), "process %s has listening or named sockets", pid)
 	}
 }
 
@@ -127,20 +119,14 @@ func TestChildEnvironment(t *testing.T) {
 	t.Setenv("SNAKEPIT_TEST_SECRET", "hunter2")
 	ctx := context.Background()
 	p, err := pool.New(ctx, pool.Config{Profile: pool.Process, Module: "hygiene_adapter", Paths: []string{hygieneDir(t)}, Size: 1, Env: []string{"GIVEN=yes"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(ctx)
 	var env map[string]string
-	if err := p.Call(ctx, "environment", nil, &env); err != nil {
-		t.Fatal(err)
-	}
-	if _, leaked := env["SNAKEPIT_TEST_SECRET"]; leaked {
-		t.Fatal("the host's environment leaked into the worker")
-	}
-	if env["GIVEN"] != "yes" || env["PATH"] == "" || env["SNAKEPIT_RUN_TOKEN"] == "" {
-		t.Fatalf("explicit environment missing: %v", env)
-	}
+	require.NoError(t, p.Call(ctx, "environment", nil, &env))
+	require.NotContains(t, env, "SNAKEPIT_TEST_SECRET", "the host's environment leaked into the worker")
+	require.Equal(t, "yes", env["GIVEN"], "explicit environment missing: %v", env)
+	require.NotEmpty(t, env["PATH"], "explicit environment missing: %v", env)
+	require.NotEmpty(t, env["SNAKEPIT_RUN_TOKEN"], "explicit environment missing: %v", env)
 }
 
 func countFDs() int {
@@ -163,28 +149,20 @@ func TestNoLeaksAfterClose(t *testing.T) {
 	cycle := func() {
 		for _, profile := range []pool.Profile{pool.Thread, pool.Process} {
 			p, err := pool.New(ctx, pool.Config{Profile: profile, Module: "hygiene_adapter", Paths: []string{dir}, Size: 2, MaxCalls: 10})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			for range 50 {
-				if err := p.Call(ctx, "ping", nil, nil); err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, p.Call(ctx, "ping", nil, nil))
 			}
 			var n int
 			for _, err := range p.Stream(ctx, "nope", nil) {
 				_ = err
 				n++
 			}
-			if err := p.Close(ctx); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, p.Close(ctx))
 		}
 	}
 	rt, err := embed.Default()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// Let interpreters of earlier tests finish ending (a stuck handler's
 	// worker closes when its call returns) so they do not blur the baseline.
 	for end := time.Now().Add(15 * time.Second); rt.Interpreters() > 0 && time.Now().Before(end); {
