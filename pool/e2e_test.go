@@ -174,9 +174,8 @@ func TestProcessWorkerKilledUnderLoad(t *testing.T) {
 	wg.Wait()
 	t.Logf("answered: %d ok, %d failed (%d worker dead); %+v", ok.Load(), failed.Load(), dead.Load(), p.Stats())
 	st := p.Stats()
-	if st.Calls != ok.Load()+1 || st.Failed != failed.Load() { // +1: the test's own call for the victim
-		t.Fatalf("pool counted %d ok / %d failed, callers saw %d / %d", st.Calls, st.Failed, ok.Load(), failed.Load())
-	}
+	require.Equal(t, ok.Load()+1, st.Calls, "calls the pool counted ok (+1: the test's own call for the victim)")
+	require.Equal(t, failed.Load(), st.Failed, "calls the pool counted failed")
 	var after int
 	require.NoError(t, p.Call(ctx, "pid", nil, &after), "after the kill")
 	require.NotEqual(t, victim, after, "the pid answering after the kill")

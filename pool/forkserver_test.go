@@ -100,9 +100,8 @@ func TestForkServerPool(t *testing.T) {
 		if template == 0 {
 			template = w.PPID
 		}
-		if w.PPID != template || w.PPID == os.Getpid() {
-			t.Fatalf("worker %d's parent is %d, want the template %d (not the host %d)", w.PID, w.PPID, template, os.Getpid())
-		}
+		require.NotEqual(t, os.Getpid(), w.PPID, "worker %d's parent: want the template, not the host", w.PID)
+		require.Equal(t, template, w.PPID, "worker %d's parent: want the template", w.PID)
 		pids[w.PID] = true
 	}
 

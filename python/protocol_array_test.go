@@ -32,10 +32,10 @@ func TestEncodeCallWrapsMarkers(t *testing.T) {
 		require.NoError(t, err)
 		kw := v.([]any)[1]
 		if tc.wrapped {
-			w, ok := kw.([]any)
-			if !ok || len(w) != 3 || w[0] != pymarshal.MarkerTag || w[1] != "call" {
-				t.Fatalf("got kwargs %#v, want (MarkerTag, \"call\", kwargs)", kw)
-			}
+			require.IsType(t, []any{}, kw, "kwargs: want (MarkerTag, \"call\", kwargs)")
+			w := kw.([]any)
+			require.Len(t, w, 3, "kwargs: want (MarkerTag, \"call\", kwargs)")
+			require.Equal(t, []any{pymarshal.MarkerTag, "call"}, w[:2], "kwargs %#v: want (MarkerTag, \"call\", kwargs)", kw)
 			kw = w[2]
 		}
 		want, _ := pymarshal.Decode(args)

@@ -41,10 +41,10 @@ func TestEncodeCallArgsExactlyOneDict(t *testing.T) {
 	require.NoError(t, err)
 	v, err := pymarshal.Decode(b)
 	require.NoError(t, err)
-	tup, ok := v.([]any)
-	if !ok || len(tup) != 6 || tup[2] != "cid" || tup[3] != "sid" {
-		t.Fatalf("got %#v, want a 6-tuple with the request's ids", v)
-	}
+	require.IsType(t, []any{}, v, "want a 6-tuple with the request's ids")
+	tup := v.([]any)
+	require.Len(t, tup, 6, "want a 6-tuple with the request's ids")
+	require.Equal(t, []any{"cid", "sid"}, tup[2:4], "the tuple's correlation and session ids: got %#v", v)
 }
 
 // TestEncodeCallTraceParent: a request's traceparent is the ninth element

@@ -40,9 +40,8 @@ func TestEncodeCallInRegion(t *testing.T) {
 			require.Len(t, call, 6, "call without buffers")
 			continue
 		}
-		if len(call) != 7 || call[0] != req.Command || call[2] != req.CorrelationID || call[3] != req.SessionID {
-			t.Fatalf("call tuple %v", call)
-		}
+		require.Len(t, call, 7, "call tuple")
+		require.Equal(t, []any{req.Command, req.CorrelationID, req.SessionID}, []any{call[0], call[2], call[3]}, "call tuple %v: command, correlation id, session id", call)
 		spans := call[6].([]any)
 		require.Len(t, spans, 2*len(bufs), "spans: want %d pairs", len(bufs))
 		for i, b := range bufs {
