@@ -4,11 +4,10 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -50,23 +49,27 @@ type whoami struct {
 	PID, PPID, Minor int
 }
 
-func processAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+// procStat returns process pid's /proc/<pid>/stat, or false once it is
+// gone.
+func procStat(pid int) (procfs.ProcStat, bool) {
+	p, err := procfs.NewProc(pid)
 	if err != nil {
-		return false
+		return procfs.ProcStat{}, false
 	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i >= 0 && len(b) > i+2 && b[i+2] != 'Z'
+	st, err := p.Stat()
+	return st, err == nil
 }
 
+// processAlive reports whether process pid exists and is not a zombie.
+func processAlive(pid int) bool {
+	st, ok := procStat(pid)
+	return ok && st.State != "Z"
+}
+
+// parentOf returns process pid's parent, or 0 once it is gone.
 func parentOf(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	ppid, _ := strconv.Atoi(f[1])
-	return ppid
+	st, _ := procStat(pid)
+	return st.PPID
 }
 
 // waitProcessesGone waits up to 10 s for each of pids to end.

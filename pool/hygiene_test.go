@@ -1,8 +1,9 @@
 package pool_test
 
 import (
-	"bufio"
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/embed"
@@ -36,61 +38,70 @@ func hygieneDir(t *testing.T) string {
 	return dir
 }
 
-// socketInodes returns the inodes of the sockets process pid has open.
-func socketInodes(pid string) map[string]bool {
-	out := map[string]bool{}
-	fds, _ := filepath.Glob("/proc/" + pid + "/fd/*")
-	for _, fd := range fds {
-		l, err := os.Readlink(fd)
-		if err == nil && strings.HasPrefix(l, "socket:[") {
-			out[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+// socketInodes returns the inodes of the sockets process pid has open
+// (none once it is gone).
+func socketInodes(pid int) map[uint64]bool {
+	out := map[uint64]bool{}
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return out
+	}
+	targets, _ := p.FileDescriptorTargets()
+	for _, l := range targets {
+		if inode, ok := strings.CutPrefix(l, "socket:["); ok {
+			if n, err := strconv.ParseUint(strings.TrimSuffix(inode, "]"), 10, 64); err == nil {
+				out[n] = true
+			}
 		}
 	}
 	return out
 }
 
-// listening returns the sockets among inodes that listen (TCP, UDP-bound
-// or Unix), or that have a filesystem path.
-func listening(inodes map[string]bool) []string {
+// listening returns the sockets among inodes that listen (TCP or Unix),
+// or that have a path (in the filesystem or abstract). A system without
+// IPv6 has no /proc/net/tcp6.
+func listening(t *testing.T, inodes map[uint64]bool) []string {
+	t.Helper()
+	fs, err := procfs.NewDefaultFS()
+	require.NoError(t, err)
 	var bad []string
-	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		file, err := os.Open(f)
-		if err != nil {
+	for _, tcp := range []struct {
+		file string
+		read func() (procfs.NetTCP, error)
+	}{{"/proc/net/tcp", fs.NetTCP}, {"/proc/net/tcp6", fs.NetTCP6}} {
+		lines, err := tcp.read()
+		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		sc := bufio.NewScanner(file)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) > 9 && inodes[fields[9]] && fields[3] == "0A" { // TCP_LISTEN
-				bad = append(bad, f+": inode "+fields[9])
+		require.NoError(t, err, tcp.file)
+		for _, l := range lines {
+			if inodes[l.Inode] && l.St == 0x0A { // TCP_LISTEN
+				bad = append(bad, fmt.Sprintf("%s: inode %d", tcp.file, l.Inode))
 			}
 		}
-		file.Close()
 	}
-	file, err := os.Open("/proc/net/unix")
-	if err == nil {
-		sc := bufio.NewScanner(file)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) < 7 || !inodes[fields[6]] {
-				continue
-			}
-			flags, _ := strconv.ParseUint(fields[3], 16, 32)
-			if flags&0x10000 != 0 || len(fields) > 7 { // __SO_ACCEPTCON, or a path
-				bad = append(bad, "/proc/net/unix: "+sc.Text())
-			}
+	unixSockets, err := fs.NetUNIX()
+	require.NoError(t, err, "/proc/net/unix")
+	for _, l := range unixSockets.Rows {
+		if inodes[l.Inode] && (l.Flags&0x10000 != 0 || l.Path != "") { // __SO_ACCEPTCON, or a path
+			bad = append(bad, fmt.Sprintf("/proc/net/unix: %+v", *l))
 		}
-		file.Close()
 	}
 	return bad
 }
 
-func childPIDs() []string {
-	var out []string
+// childPIDs returns the host's child processes (the kernel lists each
+// thread's children in /proc/self/task/<tid>/children).
+func childPIDs() []int {
+	var out []int
 	tasks, _ := filepath.Glob("/proc/self/task/*/children")
 	for _, t := range tasks {
 		b, _ := os.ReadFile(t)
-		out = append(out, strings.Fields(string(b))...)
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				out = append(out, pid)
+			}
+		}
 	}
 	return out
 }
@@ -106,10 +117,10 @@ func TestNoListeningSockets(t *testing.T) {
 		defer p.Close(ctx)
 		require.NoError(t, p.Call(ctx, "ping", nil, nil))
 	}
-	pids := append([]string{strconv.Itoa(os.Getpid())}, childPIDs()...)
+	pids := append([]int{os.Getpid()}, childPIDs()...)
 	require.GreaterOrEqual(t, len(pids), 3, "expected the process workers among the children, got %v", pids)
 	for _, pid := range pids {
-		require.Empty(t, listening(socketInodes(pid)), "process %s has listening or named sockets", pid)
+		require.Empty(t, listening(t, socketInodes(pid)), "process %d has listening or named sockets", pid)
 	}
 }
 
@@ -130,8 +141,12 @@ func TestChildEnvironment(t *testing.T) {
 }
 
 func countFDs() int {
-	fds, _ := os.ReadDir("/proc/self/fd")
-	return len(fds)
+	p, err := procfs.Self()
+	if err != nil {
+		return 0
+	}
+	n, _ := p.FileDescriptorsLen()
+	return n
 }
 
 func countThreads() int {
