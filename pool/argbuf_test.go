@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -56,9 +58,7 @@ func TestCallArgumentBuffers(t *testing.T) {
 	p, err := pool.New(ctx, pool.Config{Size: size, NewWorker: func(_ context.Context, id string) (worker.Worker, error) {
 		return &echoArgs{instant: instant{id: id, done: make(chan struct{})}, held: held, release: release, entered: entered, gate: gate}, nil
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(ctx)
 
 	hctx, cancel := context.WithCancel(ctx)
@@ -73,8 +73,7 @@ func TestCallArgumentBuffers(t *testing.T) {
 			for i := range 200 {
 				args := map[string]any{"g": g, "i": i, "pad": bytes.Repeat([]byte{byte(i)}, i)}
 				var got map[string]any
-				if err := p.Call(ctx, "echo", args, &got); err != nil {
-					t.Error(err)
+				if err := p.Call(ctx, "echo", args, &got); !assert.NoError(t, err) {
 					return
 				}
 				if got["g"] != int64(g) || got["i"] != int64(i) || len(got["pad"].([]byte)) != i {
@@ -85,18 +84,14 @@ func TestCallArgumentBuffers(t *testing.T) {
 		})
 	}
 	cancel()
-	if err := <-holdDone; !errors.Is(err, context.Canceled) {
-		t.Fatalf("abandoned call: got %v, want context.Canceled", err)
-	}
+	require.ErrorIs(t, <-holdDone, context.Canceled, "abandoned call")
 	wg.Wait()
 	// Calls that ran after the abandoned one took buffers from the pool
 	// and wrote their arguments in them: none may have been its buffer.
 	// All workers busy at once take every buffer the pool holds.
 	for i := range size - 1 {
 		wg.Go(func() {
-			if err := p.Call(ctx, "wait", map[string]any{"x": fmt.Sprint(i), "pad": bytes.Repeat([]byte{'x'}, 100)}, nil); err != nil {
-				t.Error(err)
-			}
+			assert.NoError(t, p.Call(ctx, "wait", map[string]any{"x": fmt.Sprint(i), "pad": bytes.Repeat([]byte{'x'}, 100)}, nil))
 		})
 	}
 	for range size - 1 {
@@ -105,9 +100,7 @@ func TestCallArgumentBuffers(t *testing.T) {
 	close(gate)
 	wg.Wait()
 	close(release)
-	if got := <-held; !bytes.Equal(got, want) {
-		t.Fatalf("the abandoned call read %q, want its own arguments %q", got, want)
-	}
+	require.Equal(t, string(want), string(<-held), "what the abandoned call read: want its own arguments")
 }
 
 // replyWorker answers every call with a record as CPython writes it.
@@ -126,27 +119,18 @@ func TestCallAllocs(t *testing.T) {
 	p, err := pool.New(ctx, pool.Config{Size: 1, NewWorker: func(_ context.Context, id string) (worker.Worker, error) {
 		return &replyWorker{instant{id: id, done: make(chan struct{}), resp: &worker.Response{Result: reply}}}, nil
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(ctx)
 	args := map[string]any{"d": typedPayload()}
 	raw, _ := pymarshal.Marshal(args)
 	var res typedResult
 	call := testing.AllocsPerRun(2000, func() {
-		if err := p.Call(ctx, "echo", args, &res); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, p.Call(ctx, "echo", args, &res))
 	})
 	callRaw := testing.AllocsPerRun(2000, func() {
-		if _, err := p.CallRaw(ctx, "echo", raw); err != nil {
-			t.Fatal(err)
-		}
+		_, err := p.CallRaw(ctx, "echo", raw)
+		require.NoError(t, err)
 	})
-	if call-callRaw > 3 {
-		t.Fatalf("Call allocates %v times, CallRaw %v: got %v more, want at most 3", call, callRaw, call-callRaw)
-	}
-	if res.ID != 42 || res.Name != "snake" || len(res.Tags) != 2 {
-		t.Fatalf("got %+v, want the record", res)
-	}
+	require.LessOrEqual(t, call-callRaw, 3.0, "Call allocates %v times, CallRaw %v: want at most 3 more", call, callRaw)
+	require.Equal(t, typedResult{ID: 42, Name: "snake", Score: 1.5, Tags: []string{"a", "b"}}, res, "the record")
 }

@@ -2,9 +2,11 @@ package pool_test
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -34,9 +36,7 @@ func TestArgsChecked(t *testing.T) {
 	ctx := context.Background()
 	w := &checkedArgs{instant: instant{id: "w", done: make(chan struct{}), resp: &worker.Response{Result: []byte("N")}}}
 	p, err := pool.New(ctx, pool.Config{Size: 1, NewWorker: func(context.Context, string) (worker.Worker, error) { return w, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(ctx)
 	raw, _ := pymarshal.Marshal(map[string]any{"a": 1})
 	s := p.Session("s", pool.Hint)
@@ -57,15 +57,11 @@ func TestArgsChecked(t *testing.T) {
 		{"Session.CallRaw", func() error { _, err := s.CallRaw(ctx, "c", raw); return err }, false},
 	}
 	for i, c := range calls {
-		if err := c.call(); err != nil {
-			t.Fatalf("%s: %v", c.name, err)
-		}
+		require.NoError(t, c.call(), c.name)
 		w.mu.Lock()
 		got := w.checked[i]
 		w.mu.Unlock()
-		if got != c.want {
-			t.Errorf("%s: got ArgsChecked %v, want %v", c.name, got, c.want)
-		}
+		assert.Equal(t, c.want, got, "%s: ArgsChecked", c.name)
 	}
 }
 
@@ -79,10 +75,9 @@ func TestCallRawValueArgsChecked(t *testing.T) {
 	var out any
 	err := p.Call(ctx, "echo", map[string]any{"d": pymarshal.RawValue("N0N")}, &out)
 	var nse *worker.NotSerializableError
-	if !errors.As(err, &nse) || !errors.Is(err, pymarshal.ErrMalformed) {
-		t.Fatalf("got %v (%T), want a *worker.NotSerializableError wrapping pymarshal.ErrMalformed", err, err)
-	}
-	if err := p.Call(ctx, "echo", map[string]any{"d": pymarshal.RawValue("N")}, &out); err != nil || out != nil {
-		t.Fatalf("got %v, %v; want nil, nil (a well-formed RawValue)", out, err)
-	}
+	require.ErrorAs(t, err, &nse)
+	require.ErrorIs(t, err, pymarshal.ErrMalformed)
+	err = p.Call(ctx, "echo", map[string]any{"d": pymarshal.RawValue("N")}, &out)
+	require.NoError(t, err, "a well-formed RawValue")
+	require.Nil(t, out, "a well-formed RawValue")
 }

@@ -2,11 +2,12 @@ package pool_test
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/internal/pymatrix"
 	"github.com/snakepit-go/snakepit/pool"
@@ -46,20 +47,14 @@ def doubled(x):
 // refuse it).
 func TestArrays(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "array_adapter.py"), []byte(arrayAdapter), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "array_adapter.py"), []byte(arrayAdapter), 0o644))
 	m, err := pymarshal.NewArray([]float32{1, 2, 3, 4, 5, 6}, 3, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for _, profile := range []pool.Profile{pool.Thread, pool.Process} {
 		t.Run(profile.String(), func(t *testing.T) {
 			ctx := context.Background()
 			p, err := pool.New(ctx, pool.Config{Profile: profile, Module: "array_adapter", Paths: []string{dir}, Size: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer p.Close(ctx)
 
 			var info struct {
@@ -68,70 +63,46 @@ func TestArrays(t *testing.T) {
 				Format   string `json:"format"`
 				ReadOnly bool   `json:"readonly"`
 			}
-			if err := p.Call(ctx, "info", map[string]any{"x": m}, &info); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, p.Call(ctx, "info", map[string]any{"x": m}, &info))
 			want := "memoryview"
 			if pymatrix.WantMinor() == 11 && profile == pool.Process {
 				want = "ndarray"
 			}
-			if info.Type != want {
-				t.Fatalf("handler got %s, want %s", info.Type, want)
-			}
-			if !reflect.DeepEqual(info.Shape, []int{3, 2}) || (info.Format != "f" && info.Format != "<f4") || !info.ReadOnly {
-				t.Fatalf("handler got %+v, want a read-only (3, 2) float32 array", info)
-			}
+			require.Equal(t, want, info.Type, "what the handler got")
+			require.Equal(t, []int{3, 2}, info.Shape, "the shape the handler got")
+			require.Contains(t, []string{"f", "<f4"}, info.Format, "the format the handler got: want float32")
+			require.True(t, info.ReadOnly, "the handler got a writable array: %+v", info)
 			t.Logf("the handler got a %s", info.Type)
 
 			var back pymarshal.Array
-			if err := p.Call(ctx, "echo", map[string]any{"x": m}, &back); err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(back, m) {
-				t.Fatalf("echo: got %+v, want %+v", back, m)
-			}
+			require.NoError(t, p.Call(ctx, "echo", map[string]any{"x": m}, &back))
+			require.Equal(t, m, back, "echo")
 			var rows [][]float32
-			if err := p.Call(ctx, "doubled", map[string]any{"x": m}, &rows); err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(rows, [][]float32{{2, 4}, {6, 8}, {10, 12}}) {
-				t.Fatalf("doubled: got %v", rows)
-			}
+			require.NoError(t, p.Call(ctx, "doubled", map[string]any{"x": m}, &rows))
+			require.Equal(t, [][]float32{{2, 4}, {6, 8}, {10, 12}}, rows, "doubled")
 			// A large one (a memoryview result of 800 KB on 3.14) comes
 			// back as an array too, not as its raw bytes.
 			large, err := pymarshal.NewArray(make([]float64, 100000), 1000, 100)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := p.Call(ctx, "echo", map[string]any{"x": large}, &back); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
+			require.NoError(t, p.Call(ctx, "echo", map[string]any{"x": large}, &back))
+			// Not require.Equal: its message would hold the 800 KB twice.
 			if !reflect.DeepEqual(back, large) {
 				t.Fatalf("large echo: got %s %v, want <f8 [1000 100]", back.DType, back.Shape)
 			}
 			// A nested array, inside a list in a dict.
 			var nested struct{ X []pymarshal.Array }
-			if err := p.Call(ctx, "echo", map[string]any{"x": map[string]any{"X": []any{m, m}}}, &nested); err != nil {
-				t.Fatal(err)
-			}
-			if len(nested.X) != 2 || !reflect.DeepEqual(nested.X[1], m) {
-				t.Fatalf("nested echo: got %+v", nested)
-			}
+			require.NoError(t, p.Call(ctx, "echo", map[string]any{"x": map[string]any{"X": []any{m, m}}}, &nested))
+			require.Len(t, nested.X, 2, "nested echo")
+			require.Equal(t, m, nested.X[1], "nested echo")
 			// A forged marker is refused as bad arguments, and the worker
 			// goes on.
 			bad := []byte("{z\x01x)\x05z\x09\x00snakepitz\x05arrayz\x03<f8)\x01i\x02\x00\x00\x00s\x03\x00\x00\x00abc0")
 			_, err = p.CallRaw(ctx, "echo", bad)
 			var ba *worker.BadArgumentsError
-			if !errors.As(err, &ba) {
-				t.Fatalf("forged marker: got %v, want a BadArgumentsError", err)
-			}
-			if err := p.Call(ctx, "echo", map[string]any{"x": m}, &back); err != nil {
-				t.Fatalf("after a refused call: %v", err)
-			}
+			require.ErrorAs(t, err, &ba, "forged marker")
+			require.NoError(t, p.Call(ctx, "echo", map[string]any{"x": m}, &back), "after a refused call")
 			// A forged array in a result is malformed data, not a panic.
-			if err := p.Call(ctx, "forged", nil, &back); !errors.Is(err, pymarshal.ErrMalformed) {
-				t.Fatalf("forged result: got %v, want ErrMalformed", err)
-			}
+			require.ErrorIs(t, p.Call(ctx, "forged", nil, &back), pymarshal.ErrMalformed, "forged result")
 		})
 	}
 }

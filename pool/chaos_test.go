@@ -27,6 +27,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+
 	"github.com/snakepit-go/snakepit/worker"
 )
 
@@ -656,9 +658,7 @@ func runChaos(t *testing.T, seed uint64, steps int) {
 
 	p, err := New(context.Background(), cfg)
 	if err != nil {
-		if !errors.Is(err, worker.ErrSetup) {
-			t.Errorf("seed %d: New: %v, want a setup error or none", seed, err)
-		}
+		assert.ErrorIs(t, err, worker.ErrSetup, "seed %d: New: want a setup error or none", seed)
 		return
 	}
 	h.mu.Lock()
@@ -720,9 +720,7 @@ func runChaos(t *testing.T, seed uint64, steps int) {
 		time.Sleep(cfg.CrashLoopWindow + cfg.MaxRestartBackoff*4)
 		synctest.Wait()
 		h.check(p, true)
-		if err := p.Health(); err != nil {
-			t.Errorf("seed %d: Health after the window with no failures: %v, want nil", seed, err)
-		}
+		assert.NoError(t, p.Health(), "seed %d: Health after the window with no failures", seed)
 		if s := p.Stats(); s.Workers < cfg.Size {
 			t.Errorf("seed %d: after recovery %d workers, want at least %d\n%s", seed, s.Workers, cfg.Size, p.dump())
 		}
@@ -735,17 +733,14 @@ func runChaos(t *testing.T, seed uint64, steps int) {
 	h.mu.Unlock()
 	start := time.Now()
 	_ = p.Close(ctx)
-	if took := time.Since(start); took > limit {
-		t.Errorf("seed %d: Close took %v, its context %v", seed, took, limit)
-	}
+	assert.LessOrEqual(t, time.Since(start), limit, "seed %d: the time Close took, beyond its context's", seed)
 	waitCallers(t, seed, p, &callers)
 	cancel()
 	if err := p.Close(context.Background()); err != p.closeErr {
 		t.Errorf("seed %d: second Close: %v, want the first result %v", seed, err, p.closeErr)
 	}
-	if _, err := p.CallRaw(context.Background(), "ok:0", nil); !errors.Is(err, ErrClosed) {
-		t.Errorf("seed %d: call after Close: %v, want ErrClosed", seed, err)
-	}
+	_, err = p.CallRaw(context.Background(), "ok:0", nil)
+	assert.ErrorIs(t, err, ErrClosed, "seed %d: call after Close", seed)
 
 	h.mu.Lock()
 	for cid, n := range h.runs {
@@ -763,9 +758,7 @@ func runChaos(t *testing.T, seed uint64, steps int) {
 		total += n
 	}
 	h.mu.Unlock()
-	if total != seq {
-		t.Errorf("seed %d: %d outcomes for %d calls", seed, total, seq)
-	}
+	assert.Equal(t, seq, total, "seed %d: outcomes for %d calls", seed, seq)
 	// Every call and stream is counted once as succeeded or failed, and a
 	// retried one once more for its first attempt.
 	st := p.Stats()

@@ -6,12 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/snakepit-go/snakepit/internal/pymatrix"
 	"github.com/snakepit-go/snakepit/pool"
@@ -73,9 +75,7 @@ def squares(n):
 
 func e2eDir(t *testing.T) string {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "e2e_adapter.py"), []byte(e2eAdapter), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "e2e_adapter.py"), []byte(e2eAdapter), 0o644))
 	return dir
 }
 
@@ -90,52 +90,40 @@ func TestEndToEnd(t *testing.T) {
 		t.Run(profile.String(), func(t *testing.T) {
 			ctx := context.Background()
 			p, err := pool.New(ctx, pool.Config{Profile: profile, Module: "e2e_adapter", Paths: []string{e2eDir(t)}, Size: 2, MaxCalls: 20})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer p.Close(ctx)
 			var minor int
-			if err := p.Call(ctx, "minor", nil, &minor); err != nil || minor != pymatrix.WantMinor() {
-				t.Fatalf("runs on 3.%d, %v; want 3.%d", minor, err, pymatrix.WantMinor())
-			}
+			require.NoError(t, p.Call(ctx, "minor", nil, &minor))
+			require.Equal(t, pymatrix.WantMinor(), minor, "the minor version of Python the workers run")
 			var out struct {
 				Greeting string `json:"greeting"`
 			}
-			if err := p.Call(ctx, "greet", map[string]any{"name": "gopher"}, &out); err != nil || out.Greeting != "hello gopher" {
-				t.Fatalf("quickstart: got %+v, %v", out, err)
-			}
+			require.NoError(t, p.Call(ctx, "greet", map[string]any{"name": "gopher"}, &out), "quickstart")
+			require.Equal(t, "hello gopher", out.Greeting, "quickstart")
 			s := p.Session("user-1", pool.StrictQueue)
 			for i := 1; i <= 5; i++ {
 				var n int
-				if err := s.Call(ctx, "count", nil, &n); err != nil || n != i {
-					t.Fatalf("session call %d: got %d, %v", i, n, err)
-				}
+				require.NoError(t, s.Call(ctx, "count", nil, &n), "session call %d", i)
+				require.Equal(t, i, n, "session call %d", i)
 			}
 			sum := 0
 			for c, err := range p.Stream(ctx, "squares", map[string]any{"n": 4}) {
-				if err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, err)
 				var v int
 				c.Decode(&v)
 				sum += v
 			}
-			if sum != 14 {
-				t.Fatalf("stream: got %d", sum)
-			}
+			require.Equal(t, 14, sum, "stream")
 			// Recycling by call count, while calls keep being answered.
 			deadline := time.Now().Add(30 * time.Second)
 			for i := 0; p.Stats().Recycled < 2; i++ {
 				if time.Now().After(deadline) {
 					t.Fatalf("no recycling after %d calls: %+v", i, p.Stats())
 				}
-				if err := p.Call(ctx, "greet", map[string]any{"name": "x"}, nil); err != nil {
-					t.Fatalf("call %d: %v", i, err)
-				}
+				require.NoError(t, p.Call(ctx, "greet", map[string]any{"name": "x"}, nil), "call %d", i)
 			}
-			if s := p.Stats(); s.Workers != 2 {
-				t.Fatalf("capacity after recycling: %+v", s)
-			}
+			st := p.Stats()
+			require.Equal(t, 2, st.Workers, "capacity after recycling: %+v", st)
 		})
 	}
 }
@@ -146,9 +134,7 @@ func TestEndToEnd(t *testing.T) {
 func TestProcessWorkerKilledUnderLoad(t *testing.T) {
 	ctx := context.Background()
 	p, err := pool.New(ctx, pool.Config{Profile: pool.Process, Module: "e2e_adapter", Paths: []string{e2eDir(t)}, Size: 2, RestartBackoff: 10 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(ctx)
 	var ok, failed, dead atomic.Int64
 	stop := make(chan struct{})
@@ -173,30 +159,26 @@ func TestProcessWorkerKilledUnderLoad(t *testing.T) {
 					failed.Add(1)
 				default:
 					failed.Add(1)
-					t.Errorf("unexpected error: %v", err)
+					assert.NoError(t, err, "a call's error other than ErrWorkerDead")
 				}
 			}
 		}()
 	}
 	time.Sleep(200 * time.Millisecond)
 	var victim int
-	if err := p.Call(ctx, "pid", nil, &victim); err != nil {
-		t.Fatal(err)
-	}
-	syscall.Kill(victim, syscall.SIGKILL)
+	require.NoError(t, p.Call(ctx, "pid", nil, &victim))
+	unix.Kill(victim, unix.SIGKILL)
 	eventually(t, "the killed worker is replaced", func() bool { s := p.Stats(); return s.Deaths == 1 && s.Workers == 2 })
 	time.Sleep(200 * time.Millisecond)
 	close(stop)
 	wg.Wait()
 	t.Logf("answered: %d ok, %d failed (%d worker dead); %+v", ok.Load(), failed.Load(), dead.Load(), p.Stats())
 	st := p.Stats()
-	if st.Calls != ok.Load()+1 || st.Failed != failed.Load() { // +1: the test's own call for the victim
-		t.Fatalf("pool counted %d ok / %d failed, callers saw %d / %d", st.Calls, st.Failed, ok.Load(), failed.Load())
-	}
+	require.Equal(t, ok.Load()+1, st.Calls, "calls the pool counted ok (+1: the test's own call for the victim)")
+	require.Equal(t, failed.Load(), st.Failed, "calls the pool counted failed")
 	var after int
-	if err := p.Call(ctx, "pid", nil, &after); err != nil || after == victim {
-		t.Fatalf("after the kill: pid %d, %v", after, err)
-	}
+	require.NoError(t, p.Call(ctx, "pid", nil, &after), "after the kill")
+	require.NotEqual(t, victim, after, "the pid answering after the kill")
 }
 
 // TestThreadWorkerStuckInC: a thread-profile handler blocked in C past its
@@ -204,9 +186,7 @@ func TestProcessWorkerKilledUnderLoad(t *testing.T) {
 func TestThreadWorkerStuckInC(t *testing.T) {
 	ctx := context.Background()
 	p, err := pool.New(ctx, pool.Config{Module: "e2e_adapter", Paths: []string{e2eDir(t)}, Size: 2, InterruptGrace: 200 * time.Millisecond, RestartBackoff: 10 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer func() {
 		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
@@ -214,14 +194,11 @@ func TestThreadWorkerStuckInC(t *testing.T) {
 	}()
 	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
-	if err := p.Call(cctx, "block_in_c", map[string]any{"seconds": 2}, nil); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("got %v, want DeadlineExceeded", err)
-	}
+	require.ErrorIs(t, p.Call(cctx, "block_in_c", map[string]any{"seconds": 2}, nil), context.DeadlineExceeded)
 	eventually(t, "the stuck worker is replaced", func() bool { s := p.Stats(); return s.Deaths == 1 && s.Workers == 2 })
 	var n int
-	if err := p.Call(ctx, "with_thread", nil, &n); err != nil || n != 1 {
-		t.Fatalf("a handler starting a thread: got %d, %v", n, err)
-	}
+	require.NoError(t, p.Call(ctx, "with_thread", nil, &n), "a handler starting a thread")
+	require.Equal(t, 1, n, "a handler starting a thread")
 }
 
 var _ = subproc.ErrBadFrame
@@ -236,16 +213,13 @@ func TestProcessPoolWithoutLibpython(t *testing.T) {
 	if os.Getenv(env) != "" {
 		ctx := context.Background()
 		p, err := pool.New(ctx, pool.Config{Profile: pool.Process, Module: "e2e_adapter", Paths: []string{e2eDir(t)}, Size: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer p.Close(ctx)
 		var out struct {
 			Greeting string `json:"greeting"`
 		}
-		if err := p.Call(ctx, "greet", map[string]any{"name": "gopher"}, &out); err != nil || out.Greeting != "hello gopher" {
-			t.Fatalf("got %+v, %v", out, err)
-		}
+		require.NoError(t, p.Call(ctx, "greet", map[string]any{"name": "gopher"}, &out))
+		require.Equal(t, "hello gopher", out.Greeting)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // hang guard
@@ -253,7 +227,6 @@ func TestProcessPoolWithoutLibpython(t *testing.T) {
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestProcessPoolWithoutLibpython$", "-test.v", "-test.count=1")
 	cmd.Env = append(os.Environ(), env+"=1")
 	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestProcessPoolWithoutLibpython") {
-		t.Fatalf("child: got %v, want success; output:\n%s", err, out)
-	}
+	require.NoError(t, err, "child; output:\n%s", out)
+	require.Contains(t, string(out), "--- PASS: TestProcessPoolWithoutLibpython", "child's output")
 }

@@ -2,14 +2,14 @@ package pool_test
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/procfs"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
 	"github.com/snakepit-go/snakepit/pool"
@@ -41,9 +41,7 @@ def die():
 func forkPoolDir(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "forkpool_adapter.py"), []byte(forkPoolAdapter), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "forkpool_adapter.py"), []byte(forkPoolAdapter), 0o644))
 	return dir
 }
 
@@ -51,35 +49,34 @@ type whoami struct {
 	PID, PPID, Minor int
 }
 
+// procStat returns process pid's /proc/<pid>/stat, or false once it is
+// gone.
+func procStat(pid int) (procfs.ProcStat, bool) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return procfs.ProcStat{}, false
+	}
+	st, err := p.Stat()
+	return st, err == nil
+}
+
+// processAlive reports whether process pid exists and is not a zombie.
 func processAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	return i >= 0 && len(b) > i+2 && b[i+2] != 'Z'
+	st, ok := procStat(pid)
+	return ok && st.State != "Z"
 }
 
+// parentOf returns process pid's parent, or 0 once it is gone.
 func parentOf(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	ppid, _ := strconv.Atoi(f[1])
-	return ppid
+	st, _ := procStat(pid)
+	return st.PPID
 }
 
+// waitProcessesGone waits up to 10 s for each of pids to end.
 func waitProcessesGone(t *testing.T, pids []int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
 	for _, pid := range pids {
-		for processAlive(pid) {
-			if time.Now().After(deadline) {
-				t.Fatalf("process %d still alive", pid)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		require.Eventually(t, func() bool { return !processAlive(pid) }, 10*time.Second, 10*time.Millisecond, "process %d still alive", pid)
 	}
 }
 
@@ -92,9 +89,7 @@ func TestForkServerPool(t *testing.T) {
 		Profile: pool.Process, Module: "forkpool_adapter", Paths: []string{forkPoolDir(t)}, Size: 2, MaxCalls: 5,
 		ForkServer: &pool.ForkServerOptions{ImportAdapter: true}, RestartBackoff: 10 * time.Millisecond,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(ctx)
 	pids := map[int]bool{}
 	template := 0
@@ -104,23 +99,18 @@ func TestForkServerPool(t *testing.T) {
 			t.Fatalf("no recycling after %d calls: %+v", i, p.Stats())
 		}
 		var w whoami
-		if err := p.Call(ctx, "whoami", nil, &w); err != nil {
-			t.Fatalf("call %d: %v", i, err)
-		}
+		require.NoError(t, p.Call(ctx, "whoami", nil, &w), "call %d", i)
 		if template == 0 {
 			template = w.PPID
 		}
-		if w.PPID != template || w.PPID == os.Getpid() {
-			t.Fatalf("worker %d's parent is %d, want the template %d (not the host %d)", w.PID, w.PPID, template, os.Getpid())
-		}
+		require.NotEqual(t, os.Getpid(), w.PPID, "worker %d's parent: want the template, not the host", w.PID)
+		require.Equal(t, template, w.PPID, "worker %d's parent: want the template", w.PID)
 		pids[w.PID] = true
 	}
 
 	// The template dies; a worker dies: its replacement comes from a new
 	// template.
-	if err := unix.Kill(template, unix.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, unix.Kill(template, unix.SIGKILL))
 	waitProcessesGone(t, []int{template})
 	_ = p.Call(ctx, "die", nil, nil)
 	deadline = time.Now().Add(30 * time.Second)
@@ -132,17 +122,11 @@ func TestForkServerPool(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no worker forked by a new template after the old one died: %+v", p.Stats())
 		}
-		if err := p.Call(ctx, "whoami", nil, &next); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, p.Call(ctx, "whoami", nil, &next))
 		pids[next.PID] = true
 	}
-	if next.PPID == os.Getpid() {
-		t.Fatalf("replacement worker %d started by the host, want a new template", next.PID)
-	}
-	if err := p.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NotEqual(t, os.Getpid(), next.PPID, "replacement worker %d started by the host, want a new template", next.PID)
+	require.NoError(t, p.Close(ctx))
 	all := []int{next.PPID}
 	for pid := range pids {
 		all = append(all, pid)
@@ -159,17 +143,16 @@ func TestForkServerPoolConfig(t *testing.T) {
 		{Profile: pool.Process, NewWorker: newInstant, ForkServer: &pool.ForkServerOptions{}},
 	} {
 		var ce *pool.ConfigError
-		if _, err := pool.New(ctx, cfg); !errors.As(err, &ce) || !strings.Contains(err.Error(), "ForkServer") {
-			t.Errorf("New(%+v): got %v, want a ConfigError naming ForkServer", cfg, err)
+		_, err := pool.New(ctx, cfg)
+		if assert.ErrorAs(t, err, &ce, "New(%+v)", cfg) {
+			assert.ErrorContains(t, err, "ForkServer", "New(%+v): want a ConfigError naming ForkServer", cfg)
 		}
 	}
 	_, err := pool.New(ctx, pool.Config{
 		Profile: pool.Process, Module: "forkpool_adapter", Paths: []string{forkPoolDir(t)}, Size: 1,
 		Env: []string{"START_A_THREAD=1"}, ForkServer: &pool.ForkServerOptions{ImportAdapter: true},
 	})
-	if !errors.Is(err, subproc.ErrForkUnsafe) {
-		t.Fatalf("New with a threaded template: got %v, want ErrForkUnsafe", err)
-	}
+	require.ErrorIs(t, err, subproc.ErrForkUnsafe, "New with a threaded template")
 }
 
 // TestForkServerShared: pools fork from a fork server the program started
@@ -180,42 +163,27 @@ func TestForkServerShared(t *testing.T) {
 	ctx := context.Background()
 	dir := forkPoolDir(t)
 	fs, err := subproc.StartForkServer(ctx, subproc.ForkServerConfig{Module: "forkpool_adapter", ImportAdapter: true, Paths: []string{dir}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer fs.Close(ctx)
 	cfg := pool.Config{Profile: pool.Process, Module: "forkpool_adapter", Paths: []string{dir}, Size: 2,
 		ForkServer: &pool.ForkServerOptions{Server: fs}}
 	for round := range 2 {
 		p, err := pool.New(ctx, cfg)
-		if err != nil {
-			t.Fatalf("round %d: %v", round, err)
-		}
+		require.NoError(t, err, "round %d", round)
 		var w whoami
-		if err := p.Call(ctx, "whoami", nil, &w); err != nil {
-			t.Fatal(err)
-		}
-		if w.PPID != fs.PID() {
-			t.Fatalf("round %d: worker's parent is %d, want the shared template %d", round, w.PPID, fs.PID())
-		}
-		if err := p.Close(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if !processAlive(fs.PID()) {
-			t.Fatalf("round %d: the pool's Close stopped the program's fork server", round)
-		}
+		require.NoError(t, p.Call(ctx, "whoami", nil, &w))
+		require.Equal(t, fs.PID(), w.PPID, "round %d: the worker's parent, want the shared template", round)
+		require.NoError(t, p.Close(ctx))
+		require.True(t, processAlive(fs.PID()), "round %d: the pool's Close stopped the program's fork server", round)
 		waitProcessesGone(t, []int{w.PID})
 	}
 	other := cfg
 	other.Module = "other_adapter"
 	var ce *pool.ConfigError
-	if _, err := pool.New(ctx, other); !errors.As(err, &ce) || !strings.Contains(err.Error(), "forkpool_adapter") {
-		t.Fatalf("a fork server of another module: got %v, want a ConfigError naming its module", err)
-	}
-	if err := fs.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.New(ctx, cfg); !errors.Is(err, subproc.ErrForkServerDead) {
-		t.Fatalf("a stopped fork server: got %v, want ErrForkServerDead", err)
-	}
+	_, err = pool.New(ctx, other)
+	require.ErrorAs(t, err, &ce, "a fork server of another module")
+	require.ErrorContains(t, err, "forkpool_adapter", "a fork server of another module: want a ConfigError naming its module")
+	require.NoError(t, fs.Close(ctx))
+	_, err = pool.New(ctx, cfg)
+	require.ErrorIs(t, err, subproc.ErrForkServerDead, "a stopped fork server")
 }

@@ -2,11 +2,12 @@ package pool_test
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/host"
 	"github.com/snakepit-go/snakepit/pool"
@@ -34,9 +35,7 @@ def outer(ctx, how):
 // once with ErrReentrant, not at its deadline.
 func TestHostReentrant(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "host_pool_adapter.py"), []byte(hostPoolAdapter), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "host_pool_adapter.py"), []byte(hostPoolAdapter), 0o644))
 	for _, profile := range []pool.Profile{pool.Thread, pool.Process} {
 		for _, size := range []int{1, 2} {
 			t.Run(profile.String()+"/size"+string(rune('0'+size)), func(t *testing.T) {
@@ -61,36 +60,27 @@ func TestHostReentrant(t *testing.T) {
 				defer cancel()
 				var err error
 				p, err = pool.New(ctx, pool.Config{Profile: profile, Module: "host_pool_adapter", Paths: []string{dir}, Size: size, Host: []host.Func{nested}})
-				if err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, err)
 				defer p.Close(context.Background())
 				sess = p.Session("s1", pool.StrictQueue)
 				defer sess.Close(context.Background())
 
 				var got []any
-				if err := p.Call(ctx, "outer", map[string]any{"how": "pool"}, &got); err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, p.Call(ctx, "outer", map[string]any{"how": "pool"}, &got))
 				inner := <-nestedErr
 				if size == 1 {
-					if !errors.Is(inner, pool.ErrReentrant) || got[0] != "error" {
-						t.Fatalf("a pool of one calling itself: got %v (inner %v), want ErrReentrant", got, inner)
-					}
-				} else if inner != nil || got[0] != "ok" || got[1] != int64(3) {
-					t.Fatalf("a pool of two calling itself: got %v (inner %v), want [ok 3]", got, inner)
+					require.ErrorIs(t, inner, pool.ErrReentrant, "a pool of one calling itself")
+					require.Equal(t, "error", got[0], "a pool of one calling itself: got %v", got)
+				} else {
+					require.NoError(t, inner, "a pool of two calling itself")
+					require.Equal(t, []any{"ok", int64(3)}, got, "a pool of two calling itself")
 				}
 				// The session's own worker waits on the host function: the
 				// nested session call can never run.
-				if err := sess.Call(ctx, "outer", map[string]any{"how": "session"}, &got); err != nil {
-					t.Fatal(err)
-				}
-				if inner := <-nestedErr; !errors.Is(inner, pool.ErrReentrant) || got[0] != "error" {
-					t.Fatalf("a strict session calling itself: got %v (inner %v), want ErrReentrant", got, inner)
-				}
-				if ctx.Err() != nil {
-					t.Fatal("took until the deadline")
-				}
+				require.NoError(t, sess.Call(ctx, "outer", map[string]any{"how": "session"}, &got))
+				require.ErrorIs(t, <-nestedErr, pool.ErrReentrant, "a strict session calling itself")
+				require.Equal(t, "error", got[0], "a strict session calling itself: got %v", got)
+				require.NoError(t, ctx.Err(), "took until the deadline")
 			})
 		}
 	}

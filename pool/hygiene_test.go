@@ -1,8 +1,9 @@
 package pool_test
 
 import (
-	"bufio"
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -10,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/procfs"
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/pool"
@@ -30,67 +34,74 @@ def ping():
 
 func hygieneDir(t *testing.T) string {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "hygiene_adapter.py"), []byte(hygieneAdapter), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "hygiene_adapter.py"), []byte(hygieneAdapter), 0o644))
 	return dir
 }
 
-// socketInodes returns the inodes of the sockets process pid has open.
-func socketInodes(pid string) map[string]bool {
-	out := map[string]bool{}
-	fds, _ := filepath.Glob("/proc/" + pid + "/fd/*")
-	for _, fd := range fds {
-		l, err := os.Readlink(fd)
-		if err == nil && strings.HasPrefix(l, "socket:[") {
-			out[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+// socketInodes returns the inodes of the sockets process pid has open
+// (none once it is gone).
+func socketInodes(pid int) map[uint64]bool {
+	out := map[uint64]bool{}
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return out
+	}
+	targets, _ := p.FileDescriptorTargets()
+	for _, l := range targets {
+		if inode, ok := strings.CutPrefix(l, "socket:["); ok {
+			if n, err := strconv.ParseUint(strings.TrimSuffix(inode, "]"), 10, 64); err == nil {
+				out[n] = true
+			}
 		}
 	}
 	return out
 }
 
-// listening returns the sockets among inodes that listen (TCP, UDP-bound
-// or Unix), or that have a filesystem path.
-func listening(inodes map[string]bool) []string {
+// listening returns the sockets among inodes that listen (TCP or Unix),
+// or that have a path (in the filesystem or abstract). A system without
+// IPv6 has no /proc/net/tcp6.
+func listening(t *testing.T, inodes map[uint64]bool) []string {
+	t.Helper()
+	fs, err := procfs.NewDefaultFS()
+	require.NoError(t, err)
 	var bad []string
-	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		file, err := os.Open(f)
-		if err != nil {
+	for _, tcp := range []struct {
+		file string
+		read func() (procfs.NetTCP, error)
+	}{{"/proc/net/tcp", fs.NetTCP}, {"/proc/net/tcp6", fs.NetTCP6}} {
+		lines, err := tcp.read()
+		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		sc := bufio.NewScanner(file)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) > 9 && inodes[fields[9]] && fields[3] == "0A" { // TCP_LISTEN
-				bad = append(bad, f+": inode "+fields[9])
+		require.NoError(t, err, tcp.file)
+		for _, l := range lines {
+			if inodes[l.Inode] && l.St == 0x0A { // TCP_LISTEN
+				bad = append(bad, fmt.Sprintf("%s: inode %d", tcp.file, l.Inode))
 			}
 		}
-		file.Close()
 	}
-	file, err := os.Open("/proc/net/unix")
-	if err == nil {
-		sc := bufio.NewScanner(file)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) < 7 || !inodes[fields[6]] {
-				continue
-			}
-			flags, _ := strconv.ParseUint(fields[3], 16, 32)
-			if flags&0x10000 != 0 || len(fields) > 7 { // __SO_ACCEPTCON, or a path
-				bad = append(bad, "/proc/net/unix: "+sc.Text())
-			}
+	unixSockets, err := fs.NetUNIX()
+	require.NoError(t, err, "/proc/net/unix")
+	for _, l := range unixSockets.Rows {
+		if inodes[l.Inode] && (l.Flags&0x10000 != 0 || l.Path != "") { // __SO_ACCEPTCON, or a path
+			bad = append(bad, fmt.Sprintf("/proc/net/unix: %+v", *l))
 		}
-		file.Close()
 	}
 	return bad
 }
 
-func childPIDs() []string {
-	var out []string
+// childPIDs returns the host's child processes (the kernel lists each
+// thread's children in /proc/self/task/<tid>/children).
+func childPIDs() []int {
+	var out []int
 	tasks, _ := filepath.Glob("/proc/self/task/*/children")
 	for _, t := range tasks {
 		b, _ := os.ReadFile(t)
-		out = append(out, strings.Fields(string(b))...)
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				out = append(out, pid)
+			}
+		}
 	}
 	return out
 }
@@ -102,22 +113,14 @@ func TestNoListeningSockets(t *testing.T) {
 	dir := hygieneDir(t)
 	for _, profile := range []pool.Profile{pool.Thread, pool.Process} {
 		p, err := pool.New(ctx, pool.Config{Profile: profile, Module: "hygiene_adapter", Paths: []string{dir}, Size: 2})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer p.Close(ctx)
-		if err := p.Call(ctx, "ping", nil, nil); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, p.Call(ctx, "ping", nil, nil))
 	}
-	pids := append([]string{strconv.Itoa(os.Getpid())}, childPIDs()...)
-	if len(pids) < 3 {
-		t.Fatalf("expected the process workers among the children, got %v", pids)
-	}
+	pids := append([]int{os.Getpid()}, childPIDs()...)
+	require.GreaterOrEqual(t, len(pids), 3, "expected the process workers among the children, got %v", pids)
 	for _, pid := range pids {
-		if bad := listening(socketInodes(pid)); len(bad) > 0 {
-			t.Fatalf("process %s has listening or named sockets: %v", pid, bad)
-		}
+		require.Empty(t, listening(t, socketInodes(pid)), "process %d has listening or named sockets", pid)
 	}
 }
 
@@ -127,25 +130,23 @@ func TestChildEnvironment(t *testing.T) {
 	t.Setenv("SNAKEPIT_TEST_SECRET", "hunter2")
 	ctx := context.Background()
 	p, err := pool.New(ctx, pool.Config{Profile: pool.Process, Module: "hygiene_adapter", Paths: []string{hygieneDir(t)}, Size: 1, Env: []string{"GIVEN=yes"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(ctx)
 	var env map[string]string
-	if err := p.Call(ctx, "environment", nil, &env); err != nil {
-		t.Fatal(err)
-	}
-	if _, leaked := env["SNAKEPIT_TEST_SECRET"]; leaked {
-		t.Fatal("the host's environment leaked into the worker")
-	}
-	if env["GIVEN"] != "yes" || env["PATH"] == "" || env["SNAKEPIT_RUN_TOKEN"] == "" {
-		t.Fatalf("explicit environment missing: %v", env)
-	}
+	require.NoError(t, p.Call(ctx, "environment", nil, &env))
+	require.NotContains(t, env, "SNAKEPIT_TEST_SECRET", "the host's environment leaked into the worker")
+	require.Equal(t, "yes", env["GIVEN"], "explicit environment missing: %v", env)
+	require.NotEmpty(t, env["PATH"], "explicit environment missing: %v", env)
+	require.NotEmpty(t, env["SNAKEPIT_RUN_TOKEN"], "explicit environment missing: %v", env)
 }
 
 func countFDs() int {
-	fds, _ := os.ReadDir("/proc/self/fd")
-	return len(fds)
+	p, err := procfs.Self()
+	if err != nil {
+		return 0
+	}
+	n, _ := p.FileDescriptorsLen()
+	return n
 }
 
 func countThreads() int {
@@ -163,28 +164,20 @@ func TestNoLeaksAfterClose(t *testing.T) {
 	cycle := func() {
 		for _, profile := range []pool.Profile{pool.Thread, pool.Process} {
 			p, err := pool.New(ctx, pool.Config{Profile: profile, Module: "hygiene_adapter", Paths: []string{dir}, Size: 2, MaxCalls: 10})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			for range 50 {
-				if err := p.Call(ctx, "ping", nil, nil); err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, p.Call(ctx, "ping", nil, nil))
 			}
 			var n int
 			for _, err := range p.Stream(ctx, "nope", nil) {
 				_ = err
 				n++
 			}
-			if err := p.Close(ctx); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, p.Close(ctx))
 		}
 	}
 	rt, err := embed.Default()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	// Let interpreters of earlier tests finish ending (a stuck handler's
 	// worker closes when its call returns) so they do not blur the baseline.
 	for end := time.Now().Add(15 * time.Second); rt.Interpreters() > 0 && time.Now().Before(end); {

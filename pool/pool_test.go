@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/host"
 	"github.com/snakepit-go/snakepit/pool"
@@ -128,9 +130,7 @@ func newPool(t *testing.T, f *fakes, cfg pool.Config) *pool.Pool {
 		cfg.Size = 2
 	}
 	p, err := pool.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -139,15 +139,11 @@ func newPool(t *testing.T, f *fakes, cfg pool.Config) *pool.Pool {
 	return p
 }
 
+// eventually polls cond every 5 ms until it holds, for at most 10 s (cond
+// runs on another goroutine: it must not call t.FailNow).
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	require.Eventually(t, cond, 10*time.Second, 5*time.Millisecond, "timed out waiting until %s", what)
 }
 
 // TestWorkerSlots: a worker with three slots takes three calls at once
@@ -179,13 +175,12 @@ func TestWorkerSlots(t *testing.T) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 	}
-	if s := p.Stats(); s.InFlight != 0 || s.Idle != 1 || s.Waiting != 0 {
-		t.Fatalf("after the calls: got %+v, want nothing in flight and the worker idle", s)
-	}
+	s := p.Stats()
+	require.Zero(t, s.InFlight, "in flight after the calls: %+v", s)
+	require.Equal(t, 1, s.Idle, "idle workers after the calls: %+v", s)
+	require.Zero(t, s.Waiting, "waiting after the calls: %+v", s)
 
 	// Two workers, two slots each: two blocked calls take one worker each.
 	f2 := newFakes()
@@ -237,14 +232,13 @@ func TestNewWorkerSlotsAfterSessionBinds(t *testing.T) {
 	for range 3 {
 		select {
 		case r := <-results:
-			switch {
-			case r.name == "fail-fast" && !errors.Is(r.err, pool.ErrSessionBusy) && r.err != nil:
-				t.Errorf("%s: got %v, want ErrSessionBusy or success", r.name, r.err)
-			case r.name != "fail-fast" && r.err != nil:
-				t.Errorf("%s: %v", r.name, r.err)
+			if r.name == "fail-fast" && r.err != nil {
+				assert.ErrorIs(t, r.err, pool.ErrSessionBusy, "%s: want ErrSessionBusy or success", r.name)
+			} else {
+				assert.NoError(t, r.err, r.name)
 			}
 		case <-time.After(10 * time.Second):
-			t.Fatalf("queued callers still waiting: %+v", p.Stats())
+			require.FailNow(t, "queued callers still waiting", "%+v", p.Stats())
 		}
 	}
 	eventually(t, "no slot held", func() bool { return p.Stats().InFlight == 0 })
@@ -280,12 +274,10 @@ func TestReentrantSkipsItsOwnWorker(t *testing.T) {
 	eventually(t, "the inner call waiting", func() bool { return p.Stats().Waiting == 1 })
 	close(f.release)
 	wg.Wait()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	if out := <-got; len(out) != 2 || out[0] == out[1] {
-		t.Fatalf("outer and inner ran on %v, want two different workers", out)
-	}
+	require.NoError(t, <-errc)
+	out := <-got
+	require.Len(t, out, 2, "the workers outer and inner ran on")
+	require.NotEqual(t, out[0], out[1], "outer and inner ran on the same worker, want two different workers")
 }
 
 // TestPipelining: with every slot taken, calls take places in the busy
@@ -311,23 +303,19 @@ func TestPipelining(t *testing.T) {
 	d := run(ctx, "echo")
 	eventually(t, "the fourth call queued in the pool", func() bool { return p.Stats().Waiting == 1 })
 	cancelC()
-	if err := <-c; !errors.Is(err, worker.ErrNotStarted) || !errors.Is(err, context.Canceled) {
-		t.Fatalf("a pipelined call cancelled before it started: got %v, want ErrNotStarted and Canceled", err)
-	}
+	cErr := <-c
+	require.ErrorIs(t, cErr, worker.ErrNotStarted, "a pipelined call cancelled before it started")
+	require.ErrorIs(t, cErr, context.Canceled, "a pipelined call cancelled before it started")
 	eventually(t, "the queued call pipelined in its place", func() bool { s := p.Stats(); return s.InFlight == 3 && s.Waiting == 0 })
 	close(f.release)
 	for name, errc := range map[string]chan error{"a": a, "b": b, "d": d} {
-		if err := <-errc; err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
+		require.NoError(t, <-errc, name)
 	}
 	wg.Wait()
 	f.mu.Lock()
 	calls := f.all[0].Calls()
 	f.mu.Unlock()
-	if calls != 3 {
-		t.Fatalf("the worker ran %d calls, want 3 (the cancelled one never ran)", calls)
-	}
+	require.Equal(t, int64(3), calls, "the calls the worker ran (the cancelled one never ran)")
 
 	// Two workers, one place each: a call pipelined behind a call that
 	// holds its worker moves to the other worker once that one frees up.
@@ -352,21 +340,15 @@ func TestPipelining(t *testing.T) {
 	close(f2.holdOf(other.ID())) // the other worker frees up; behind's hold goes on
 	select {
 	case err := <-e:
-		if err != nil {
-			t.Fatalf("the pipelined call: %v", err)
-		}
+		require.NoError(t, err, "the pipelined call")
 	case <-time.After(10 * time.Second):
 		close(f2.holdOf(behind.ID()))
-		t.Fatal("the pipelined call still waits behind the held worker while the other is free")
+		require.FailNow(t, "the pipelined call still waits behind the held worker while the other is free")
 	}
-	if s := p2.Stats(); s.Moved != 1 {
-		t.Fatalf("Moved: got %d, want 1", s.Moved)
-	}
+	require.EqualValues(t, 1, p2.Stats().Moved, "Moved")
 	close(f2.holdOf(behind.ID()))
 	for _, errc := range []chan error{h1, h2} {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, <-errc)
 	}
 	wg.Wait()
 }
@@ -380,27 +362,26 @@ func run2(wg *sync.WaitGroup, p *pool.Pool, cmd string) chan error {
 func TestConfigValidation(t *testing.T) {
 	_, err := pool.New(context.Background(), pool.Config{Size: -1, QueueSize: 3, LifetimeJitter: 2, CallTimeout: -time.Second, Profile: 7})
 	var ce *pool.ConfigError
-	if !errors.As(err, &ce) || len(ce.Errs) < 5 {
-		t.Fatalf("got %v, want every problem reported at once", err)
-	}
+	require.ErrorAs(t, err, &ce)
+	require.GreaterOrEqual(t, len(ce.Errs), 5, "want every problem reported at once, got %v", err)
 	cfg := pool.Config{Module: "m", NewWorker: newFakes().factory, Size: 1}
 	p, err := pool.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer p.Close(context.Background())
-	if cfg.Name != "" || cfg.QueueSize != 0 {
-		t.Fatal("New modified the caller's Config")
-	}
-	if s := p.Stats(); s.Name != "default" || s.QueueSize != 16 || s.Workers != 1 || s.SlotsPerWorker != 1 {
-		t.Fatalf("defaults: %+v", s)
-	}
+	require.Empty(t, cfg.Name, "New modified the caller's Config")
+	require.Zero(t, cfg.QueueSize, "New modified the caller's Config")
+	s := p.Stats()
+	require.Equal(t, "default", s.Name, "defaults: %+v", s)
+	require.Equal(t, 16, s.QueueSize, "defaults: %+v", s)
+	require.Equal(t, 1, s.Workers, "defaults: %+v", s)
+	require.Equal(t, 1, s.SlotsPerWorker, "defaults: %+v", s)
 	for _, c := range []pool.Config{
 		{Module: "m", NewWorker: newFakes().factory, WorkerConcurrency: -1},
 		{Module: "m", NewWorker: newFakes().factory, WorkerConcurrency: pool.MaxWorkerConcurrency + 1},
 	} {
-		if _, err := pool.New(context.Background(), c); !errors.As(err, &ce) || !strings.Contains(err.Error(), "WorkerConcurrency") {
-			t.Errorf("WorkerConcurrency %d: got %v, want a ConfigError naming it", c.WorkerConcurrency, err)
+		_, err := pool.New(context.Background(), c)
+		if assert.ErrorAs(t, err, &ce, "WorkerConcurrency %d", c.WorkerConcurrency) {
+			assert.ErrorContains(t, err, "WorkerConcurrency", "WorkerConcurrency %d: want a ConfigError naming it", c.WorkerConcurrency)
 		}
 	}
 	for _, c := range []pool.Config{
@@ -408,8 +389,9 @@ func TestConfigValidation(t *testing.T) {
 		{Module: "m", NewWorker: newFakes().factory, PipelineDepth: pool.MaxPipelineDepth + 1},
 		{Module: "m", PipelineDepth: 1}, // the thread profile has no worker queue
 	} {
-		if _, err := pool.New(context.Background(), c); !errors.As(err, &ce) || !strings.Contains(err.Error(), "PipelineDepth") {
-			t.Errorf("PipelineDepth %d (%v): got %v, want a ConfigError naming it", c.PipelineDepth, c.Profile, err)
+		_, err := pool.New(context.Background(), c)
+		if assert.ErrorAs(t, err, &ce, "PipelineDepth %d (%v)", c.PipelineDepth, c.Profile) {
+			assert.ErrorContains(t, err, "PipelineDepth", "PipelineDepth %d (%v): want a ConfigError naming it", c.PipelineDepth, c.Profile)
 		}
 	}
 }
@@ -422,40 +404,30 @@ func TestCall(t *testing.T) {
 		CID    string         `json:"cid"`
 	}
 	ctx := pool.WithCorrelationID(context.Background(), "cid-7")
-	if err := p.Call(ctx, "echo", map[string]any{"x": 1}, &out); err != nil {
-		t.Fatal(err)
-	}
-	if out.Args["x"] != int64(1) || out.CID != "cid-7" || out.Worker == "" {
-		t.Fatalf("got %+v", out)
-	}
+	require.NoError(t, p.Call(ctx, "echo", map[string]any{"x": 1}, &out))
+	require.Equal(t, map[string]any{"x": int64(1)}, out.Args, "args the worker got")
+	require.Equal(t, "cid-7", out.CID, "correlation id the worker got")
+	require.NotEmpty(t, out.Worker, "worker id: got %+v", out)
 	// Generated correlation ids are distinct.
 	var a, b struct{ CID string }
 	p.Call(context.Background(), "echo", nil, &a)
 	p.Call(context.Background(), "echo", nil, &b)
-	if a.CID == "" || a.CID == b.CID {
-		t.Fatalf("generated correlation ids %q, %q", a.CID, b.CID)
-	}
-	if err := p.Call(context.Background(), "nope", nil, nil); !errors.Is(err, worker.ErrCommandNotFound) {
-		t.Fatalf("unknown command: got %v", err)
-	}
-	if err := p.Call(context.Background(), "echo", []int{1}, nil); !errors.Is(err, worker.ErrNotSerializable) {
-		t.Fatalf("args not a map: got %v", err)
-	}
+	require.NotEmpty(t, a.CID, "a generated correlation id")
+	require.NotEqual(t, a.CID, b.CID, "two generated correlation ids")
+	require.ErrorIs(t, p.Call(context.Background(), "nope", nil, nil), worker.ErrCommandNotFound, "unknown command")
+	require.ErrorIs(t, p.Call(context.Background(), "echo", []int{1}, nil), worker.ErrNotSerializable, "args not a map")
 	var n int
 	for c, err := range p.Stream(context.Background(), "items", nil) {
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		var v int
 		c.Decode(&v)
 		n += v
 	}
-	if n != 6 {
-		t.Fatalf("stream sum: got %d", n)
-	}
-	if s := p.Stats(); s.Calls != 4 || s.Failed != 2 || s.Idle != 2 {
-		t.Fatalf("stats: %+v", s)
-	}
+	require.Equal(t, 6, n, "stream sum")
+	s := p.Stats()
+	require.EqualValues(t, 4, s.Calls, "stats: %+v", s)
+	require.EqualValues(t, 2, s.Failed, "stats: %+v", s)
+	require.Equal(t, 2, s.Idle, "stats: %+v", s)
 }
 
 // TestSaturation: beyond the queue, calls fail at once; a waiter whose
@@ -469,18 +441,15 @@ func TestSaturation(t *testing.T) {
 	eventually(t, "the worker is busy", func() bool { return p.Stats().Busy == 1 })
 	go func() { errs <- p.Call(ctx, "block", nil, nil) }() // queued
 	eventually(t, "a caller waits", func() bool { return p.Stats().Waiting == 1 })
-	if err := p.Call(ctx, "echo", nil, nil); !errors.Is(err, pool.ErrSaturated) {
-		t.Fatalf("beyond the queue: got %v, want ErrSaturated", err)
-	}
+	require.ErrorIs(t, p.Call(ctx, "echo", nil, nil), pool.ErrSaturated, "beyond the queue")
 	close(f.release)
 	for range 2 {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, <-errs)
 	}
-	if s := p.Stats(); s.Rejected != 1 || s.Waiting != 0 || s.Idle != 1 {
-		t.Fatalf("stats: %+v", s)
-	}
+	s := p.Stats()
+	require.EqualValues(t, 1, s.Rejected, "stats: %+v", s)
+	require.Zero(t, s.Waiting, "stats: %+v", s)
+	require.Equal(t, 1, s.Idle, "stats: %+v", s)
 
 	// Context expiry while queued.
 	f2 := newFakes()
@@ -489,29 +458,20 @@ func TestSaturation(t *testing.T) {
 	eventually(t, "the worker is busy", func() bool { return p2.Stats().Busy == 1 })
 	qctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
-	if err := p2.Call(qctx, "echo", nil, nil); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("queued past the deadline: got %v", err)
-	}
-	if s := p2.Stats(); s.Waiting != 0 {
-		t.Fatalf("the waiter left a trace: %+v", s)
-	}
+	require.ErrorIs(t, p2.Call(qctx, "echo", nil, nil), context.DeadlineExceeded, "queued past the deadline")
+	s = p2.Stats()
+	require.Zero(t, s.Waiting, "the waiter left a trace: %+v", s)
 	close(f2.release)
 	eventually(t, "the worker is idle", func() bool { return p2.Stats().Idle == 1 })
-	if err := p2.Call(ctx, "echo", nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, p2.Call(ctx, "echo", nil, nil))
 
 	// Context expiry during a call.
 	f3 := newFakes()
 	p3 := newPool(t, f3, pool.Config{Size: 1})
 	cctx, cancel3 := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel3()
-	if err := p3.Call(cctx, "block", nil, nil); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("deadline during the call: got %v", err)
-	}
-	if err := p3.Call(ctx, "echo", nil, nil); err != nil {
-		t.Fatalf("after: %v", err)
-	}
+	require.ErrorIs(t, p3.Call(cctx, "block", nil, nil), context.DeadlineExceeded, "deadline during the call")
+	require.NoError(t, p3.Call(ctx, "echo", nil, nil), "after")
 }
 
 func TestRejectEarly(t *testing.T) {
@@ -520,16 +480,12 @@ func TestRejectEarly(t *testing.T) {
 	ctx := context.Background()
 	// Teach the pool that calls take about 100 ms.
 	go func() { time.Sleep(100 * time.Millisecond); f.release <- struct{}{} }()
-	if err := p.Call(ctx, "block", nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, p.Call(ctx, "block", nil, nil))
 	go p.Call(ctx, "block", nil, nil)
 	eventually(t, "the worker is busy", func() bool { return p.Stats().Busy == 1 })
 	short, cancel := context.WithTimeout(ctx, 5*time.Millisecond)
 	defer cancel()
-	if err := p.Call(short, "echo", nil, nil); !errors.Is(err, pool.ErrSaturated) {
-		t.Fatalf("got %v, want an early ErrSaturated", err)
-	}
+	require.ErrorIs(t, p.Call(short, "echo", nil, nil), pool.ErrSaturated, "want an early ErrSaturated")
 	close(f.release)
 }
 
@@ -539,19 +495,15 @@ func TestDeathAndRetry(t *testing.T) {
 	f := newFakes()
 	p := newPool(t, f, pool.Config{Size: 2, RestartBackoff: time.Millisecond})
 	ctx := context.Background()
-	if err := p.Call(ctx, "die", nil, nil); !errors.Is(err, worker.ErrWorkerDead) {
-		t.Fatalf("got %v, want ErrWorkerDead", err)
-	}
+	require.ErrorIs(t, p.Call(ctx, "die", nil, nil), worker.ErrWorkerDead)
 	eventually(t, "the dead worker is replaced", func() bool { s := p.Stats(); return s.Workers == 2 && s.Deaths == 1 })
 
 	// An idempotent call whose worker dies runs again on another one.
 	var got string
-	if err := p.Call(ctx, "flaky", nil, &got, pool.Idempotent()); err != nil || got != "ok" {
-		t.Fatalf("idempotent: got %q, %v", got, err)
-	}
-	if s := p.Stats(); s.Retries != 1 {
-		t.Fatalf("retries: %+v", s)
-	}
+	require.NoError(t, p.Call(ctx, "flaky", nil, &got, pool.Idempotent()), "idempotent")
+	require.Equal(t, "ok", got, "idempotent")
+	s := p.Stats()
+	require.EqualValues(t, 1, s.Retries, "retries: %+v", s)
 }
 
 // killWorkerOf kills the fake that is running request r (the busy one).
@@ -578,26 +530,19 @@ func TestSessions(t *testing.T) {
 	ctx := context.Background()
 	s := p.Session("s1", pool.StrictQueue)
 	var w1, w2 string
-	if err := s.Call(ctx, "put", map[string]any{"v": "a"}, &w1); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, s.Call(ctx, "put", map[string]any{"v": "a"}, &w1))
 	for range 5 {
 		var v string
-		if err := s.Call(ctx, "get", nil, &v); err != nil || v != "a" {
-			t.Fatalf("strict session: got %q, %v", v, err)
-		}
+		require.NoError(t, s.Call(ctx, "get", nil, &v), "strict session")
+		require.Equal(t, "a", v, "strict session")
 	}
 	// Fail-fast while its worker is busy.
 	ff := p.Session("s2", pool.StrictFailFast)
-	if err := ff.Call(ctx, "put", map[string]any{"v": "b"}, &w2); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, ff.Call(ctx, "put", map[string]any{"v": "b"}, &w2))
 	done := make(chan error)
 	go func() { done <- ff.Call(ctx, "block", nil, nil) }()
 	eventually(t, "the session's worker is busy", func() bool { return p.Stats().Busy >= 1 })
-	if err := ff.Call(ctx, "get", nil, nil); !errors.Is(err, pool.ErrSessionBusy) {
-		t.Fatalf("fail-fast: got %v, want ErrSessionBusy", err)
-	}
+	require.ErrorIs(t, ff.Call(ctx, "get", nil, nil), pool.ErrSessionBusy, "fail-fast")
 	close(f.release)
 	<-done
 
@@ -610,25 +555,18 @@ func TestSessions(t *testing.T) {
 	}
 	f.mu.Unlock()
 	eventually(t, "the death is noticed", func() bool { return p.Stats().Deaths == 1 })
-	if err := s.Call(ctx, "get", nil, nil); !errors.Is(err, pool.ErrSessionLost) {
-		t.Fatalf("after its worker died: got %v, want ErrSessionLost", err)
-	}
+	require.ErrorIs(t, s.Call(ctx, "get", nil, nil), pool.ErrSessionLost, "after its worker died")
 	var v any
-	if err := s.Call(ctx, "get", nil, &v); err != nil || v != nil {
-		t.Fatalf("the session starts afresh: got %v, %v", v, err)
-	}
-	if err := s.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, s.Call(ctx, "get", nil, &v), "the session starts afresh")
+	require.Nil(t, v, "the session starts afresh")
+	require.NoError(t, s.Close(ctx))
 }
 
 func TestSessionExpiry(t *testing.T) {
 	f := newFakes()
 	p := newPool(t, f, pool.Config{Size: 1, SessionIdleTimeout: 50 * time.Millisecond})
 	s := p.Session("idle", pool.StrictQueue)
-	if err := s.Call(context.Background(), "put", map[string]any{"v": "x"}, nil); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, s.Call(context.Background(), "put", map[string]any{"v": "x"}, nil))
 	// The pool forgets the session, then tells the worker to end it.
 	eventually(t, "the idle session ends on the worker too", func() bool {
 		f.mu.Lock()
@@ -645,9 +583,7 @@ func TestRecycling(t *testing.T) {
 	p := newPool(t, f, pool.Config{Size: 2, MaxCalls: 3})
 	ctx := context.Background()
 	for i := range 30 {
-		if err := p.Call(ctx, "echo", nil, nil); err != nil {
-			t.Fatalf("call %d: %v", i, err)
-		}
+		require.NoError(t, p.Call(ctx, "echo", nil, nil), "call %d", i)
 		time.Sleep(2 * time.Millisecond) // replacements start in the background
 	}
 	eventually(t, "recycled workers", func() bool { s := p.Stats(); return s.Recycled >= 5 && s.Workers == 2 })
@@ -656,13 +592,10 @@ func TestRecycling(t *testing.T) {
 	p2 := newPool(t, f2, pool.Config{Size: 2, MaxLifetime: 30 * time.Millisecond})
 	eventually(t, "lifetime recycling", func() bool { return p2.Stats().Recycled >= 2 })
 	for range 10 {
-		if err := p2.Call(ctx, "echo", nil, nil); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, p2.Call(ctx, "echo", nil, nil))
 	}
-	if s := p2.Stats(); s.Workers != 2 {
-		t.Fatalf("capacity: %+v", s)
-	}
+	s := p2.Stats()
+	require.Equal(t, 2, s.Workers, "capacity: %+v", s)
 }
 
 // TestCrashLoop: replacements that keep failing mark the pool degraded and
@@ -675,28 +608,21 @@ func TestCrashLoop(t *testing.T) {
 	f.all[0].Kill("crash")
 	f.mu.Unlock()
 	eventually(t, "degraded", func() bool { return errors.Is(p.Health(), pool.ErrDegraded) })
-	if err := p.Call(context.Background(), "echo", nil, nil); !errors.Is(err, pool.ErrDegraded) {
-		t.Fatalf("got %v, want ErrDegraded", err)
-	}
+	require.ErrorIs(t, p.Call(context.Background(), "echo", nil, nil), pool.ErrDegraded)
 	s1 := p.Stats().StartFailures
 	time.Sleep(200 * time.Millisecond)
-	if d := p.Stats().StartFailures - s1; d > 10 {
-		t.Fatalf("%d start attempts in 200 ms: the pool spins", d)
-	}
+	d := p.Stats().StartFailures - s1
+	require.LessOrEqual(t, d, int64(10), "%d start attempts in 200 ms: the pool spins", d)
 	f.fail.Store(0)
 	eventually(t, "recovered", func() bool { return p.Stats().Workers == 1 })
-	if err := p.Call(context.Background(), "echo", nil, nil); err != nil {
-		t.Fatalf("after recovery: %v", err)
-	}
+	require.NoError(t, p.Call(context.Background(), "echo", nil, nil), "after recovery")
 }
 
 func TestStartFailure(t *testing.T) {
 	f := newFakes()
 	f.fail.Store(1)
 	_, err := pool.New(context.Background(), pool.Config{Size: 3, NewWorker: f.factory})
-	if !errors.Is(err, worker.ErrSetup) {
-		t.Fatalf("got %v, want ErrSetup", err)
-	}
+	require.ErrorIs(t, err, worker.ErrSetup)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, w := range f.all {
@@ -711,9 +637,7 @@ func TestStartFailure(t *testing.T) {
 func TestCloseWithBusyWorkers(t *testing.T) {
 	f := newFakes()
 	p, err := pool.New(context.Background(), pool.Config{Size: 2, NewWorker: f.factory})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	errs := make(chan error, 3)
 	for range 3 {
 		go func() { errs <- p.Call(context.Background(), "block", nil, nil) }()
@@ -721,30 +645,20 @@ func TestCloseWithBusyWorkers(t *testing.T) {
 	eventually(t, "busy and waiting", func() bool { s := p.Stats(); return s.Busy == 2 && s.Waiting == 1 })
 	closed := make(chan error)
 	go func() { closed <- p.Close(context.Background()) }()
-	if err := <-errs; !errors.Is(err, pool.ErrClosed) {
-		t.Fatalf("the waiter: got %v, want ErrClosed", err)
-	}
+	require.ErrorIs(t, <-errs, pool.ErrClosed, "the waiter")
 	time.Sleep(20 * time.Millisecond)
 	select {
 	case <-closed:
-		t.Fatal("Close returned while calls were in flight")
+		require.FailNow(t, "Close returned while calls were in flight")
 	default:
 	}
 	close(f.release)
 	for range 2 {
-		if err := <-errs; err != nil {
-			t.Fatalf("in-flight call: %v", err)
-		}
+		require.NoError(t, <-errs, "in-flight call")
 	}
-	if err := <-closed; err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Call(context.Background(), "echo", nil, nil); !errors.Is(err, pool.ErrClosed) {
-		t.Fatalf("after Close: %v", err)
-	}
-	if err := p.Close(context.Background()); err != nil {
-		t.Fatalf("second Close: %v", err)
-	}
+	require.NoError(t, <-closed)
+	require.ErrorIs(t, p.Call(context.Background(), "echo", nil, nil), pool.ErrClosed, "after Close")
+	require.NoError(t, p.Close(context.Background()), "second Close")
 	for _, w := range f.all {
 		select {
 		case <-w.Done():
@@ -795,12 +709,9 @@ func TestStress(t *testing.T) {
 	wg.Wait()
 	total := int64(n / 16 * 16)
 	t.Logf("stress: %d calls, %d ok, %d failed; %+v", ended.Load(), ok.Load(), failed.Load(), p.Stats())
-	if ended.Load() != total || ok.Load()+failed.Load() != total {
-		t.Fatalf("calls ended %d, want %d", ended.Load(), total)
-	}
+	require.Equal(t, total, ended.Load(), "calls ended")
+	require.Equal(t, total, ok.Load()+failed.Load(), "calls ended ok or failed")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := p.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, p.Close(ctx))
 }

@@ -10,6 +10,9 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
@@ -100,9 +103,7 @@ func TestRecycleUnderSessionsHandsWorkerToOneCaller(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &scripted{}
 		p, err := pool.New(context.Background(), pool.Config{Size: 2, MaxCalls: 3, QueueSize: 64, NewWorker: s.newWorker})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		var wg sync.WaitGroup
 		var closedWorker atomic.Int32
 		for g := range 6 {
@@ -124,15 +125,9 @@ func TestRecycleUnderSessionsHandsWorkerToOneCaller(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		if n := s.overlaps.Load(); n > 0 {
-			t.Errorf("%d calls overlapped another call on the same worker, want 0", n)
-		}
-		if n := closedWorker.Load(); n > 0 {
-			t.Errorf("%d calls got a closed worker, want 0", n)
-		}
-		if err := p.Close(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+		assert.Zero(t, s.overlaps.Load(), "calls that overlapped another call on the same worker")
+		assert.Zero(t, closedWorker.Load(), "calls that got a closed worker")
+		require.NoError(t, p.Close(context.Background()))
 	})
 }
 
@@ -154,13 +149,10 @@ func TestDeathDuringRecycleKeepsSize(t *testing.T) {
 					return false, nil
 				}}
 				p, err := pool.New(context.Background(), pool.Config{Size: 1, MaxCalls: 1, NewWorker: s.newWorker})
-				if err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, err)
 				defer p.Close(context.Background())
-				if _, err := p.CallRaw(context.Background(), "sleep", nil); err != nil {
-					t.Fatal(err) // worker 1 is due: its replacement starts
-				}
+				_, err = p.CallRaw(context.Background(), "sleep", nil)
+				require.NoError(t, err) // worker 1 is due: its replacement starts
 				if lastCall {
 					// Busy when the replacement comes up: it retires when the
 					// call ends — and dies first.
@@ -175,9 +167,9 @@ func TestDeathDuringRecycleKeepsSize(t *testing.T) {
 				time.Sleep(time.Second)
 				synctest.Wait()
 				st := p.Stats()
-				if st.Workers != 1 || st.Starting != 0 || s.starts.Load() != 2 {
-					t.Errorf("got %d workers, %d starting, %d started in all; want 1, 0, 2 (Size 1)", st.Workers, st.Starting, s.starts.Load())
-				}
+				assert.Equal(t, 1, st.Workers, "workers (Size 1)")
+				assert.Zero(t, st.Starting, "workers starting (Size 1)")
+				assert.EqualValues(t, 2, s.starts.Load(), "workers started in all (Size 1)")
 			})
 		})
 	}
@@ -197,23 +189,15 @@ func TestHealthRecoversAfterWindow(t *testing.T) {
 			Size: 1, NewWorker: s.newWorker, CrashLoopThreshold: 3, CrashLoopWindow: time.Second,
 			RestartBackoff: time.Millisecond, MaxRestartBackoff: time.Millisecond,
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer p.Close(context.Background())
 		s.worker(0).Kill("burst") // a death and two start failures
 		time.Sleep(100 * time.Millisecond)
 		synctest.Wait()
-		if err := p.Health(); !errors.Is(err, pool.ErrDegraded) {
-			t.Fatalf("Health after 3 failures: %v, want ErrDegraded", err)
-		}
+		require.ErrorIs(t, p.Health(), pool.ErrDegraded, "Health after 3 failures")
 		time.Sleep(2 * time.Second)
-		if err := p.Health(); err != nil {
-			t.Errorf("Health once the window passed with no failure: %v, want nil", err)
-		}
-		if st := p.Stats(); !st.Healthy {
-			t.Errorf("Stats.Healthy = false once the window passed, want true")
-		}
+		assert.NoError(t, p.Health(), "Health once the window passed with no failure")
+		assert.True(t, p.Stats().Healthy, "Stats.Healthy once the window passed")
 	})
 }
 
@@ -225,9 +209,7 @@ func TestStrictSessionConcurrentFirstCallsMeet(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				s := &scripted{}
 				p, err := pool.New(context.Background(), pool.Config{Size: 3, NewWorker: s.newWorker})
-				if err != nil {
-					t.Fatal(err)
-				}
+				require.NoError(t, err)
 				defer p.Close(context.Background())
 				sess := p.Session("s", mode)
 				var wg sync.WaitGroup
@@ -248,12 +230,10 @@ func TestStrictSessionConcurrentFirstCallsMeet(t *testing.T) {
 						served[ids[i]] = true
 					case mode == pool.StrictFailFast && errors.Is(err, pool.ErrSessionBusy):
 					default:
-						t.Errorf("call %d: %v", i, err)
+						assert.NoError(t, err, "call %d", i)
 					}
 				}
-				if len(served) != 1 {
-					t.Errorf("the session's first calls ran on workers %v, want one worker", served)
-				}
+				assert.Len(t, served, 1, "the workers the session's first calls ran on: want one worker")
 			})
 		})
 	}
@@ -267,9 +247,7 @@ func TestDeadReplacementIsNotOffered(t *testing.T) {
 		p, err := pool.New(context.Background(), pool.Config{
 			Size: 1, NewWorker: s.newWorker, RestartBackoff: time.Millisecond, MaxRestartBackoff: time.Millisecond,
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer p.Close(context.Background())
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() { _, _ = p.CallRaw(ctx, "block", nil) }()
@@ -283,9 +261,7 @@ func TestDeadReplacementIsNotOffered(t *testing.T) {
 		s.worker(0).Kill("scripted death") // worker 2 starts dead, worker 3 works
 		err = <-res
 		cancel()
-		if err != nil {
-			t.Errorf("queued call: %v, want it served by the next live worker", err)
-		}
+		assert.NoError(t, err, "queued call: want it served by the next live worker")
 	})
 }
 
@@ -295,21 +271,16 @@ func TestCloseBoundsRetiredWorkers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &scripted{slowClose: true}
 		p, err := pool.New(context.Background(), pool.Config{Size: 1, MaxCalls: 1, NewWorker: s.newWorker})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := p.CallRaw(context.Background(), "sleep", nil); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
+		_, err = p.CallRaw(context.Background(), "sleep", nil)
+		require.NoError(t, err)
 		time.Sleep(10 * time.Millisecond) // the first worker is retired: its teardown hangs
 		synctest.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
 		start := time.Now()
 		_ = p.Close(ctx)
-		if took := time.Since(start); took > 100*time.Millisecond {
-			t.Errorf("Close took %v, its context allowed 100ms", took)
-		}
+		assert.LessOrEqual(t, time.Since(start), 100*time.Millisecond, "the time Close took: its context allowed 100ms")
 	})
 }
 
@@ -347,26 +318,18 @@ func TestTakenBackSlotCallIsMadeAgain(t *testing.T) {
 				return w, nil
 			}
 			p, err := pool.New(context.Background(), pool.Config{Size: 1, WorkerConcurrency: 2, PipelineDepth: depth, NewWorker: newWorker})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer p.Close(context.Background())
 			res, err := p.CallRaw(context.Background(), "ok", nil)
-			if err != nil {
-				t.Fatalf("a call its worker took back before it started: got %v, want it made again", err)
-			}
+			require.NoError(t, err, "a call its worker took back before it started: want it made again")
 			var s string
-			if err := pymarshal.Unmarshal(res, &s); err != nil || s != "done" {
-				t.Fatalf("result: got %q (%v), want done", s, err)
-			}
+			require.NoError(t, pymarshal.Unmarshal(res, &s), "result")
+			require.Equal(t, "done", s, "result")
 			mu.Lock()
 			defer mu.Unlock()
-			if len(workers) != 1 || workers[0].Calls() != 1 {
-				t.Fatalf("got %d workers, %d runs, want 1 worker that ran the call once", len(workers), workers[0].Calls())
-			}
-			if got := p.Stats().Moved; got != 1 {
-				t.Fatalf("Stats.Moved: got %d, want 1", got)
-			}
+			require.Len(t, workers, 1, "workers: want 1 worker that ran the call once")
+			require.Equal(t, int64(1), workers[0].Calls(), "runs: want 1 worker that ran the call once")
+			require.EqualValues(t, 1, p.Stats().Moved, "Stats.Moved")
 		})
 	}
 }

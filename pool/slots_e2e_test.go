@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/snakepit-go/snakepit/pool"
 )
 
@@ -83,18 +86,14 @@ def runs():
 // runs, while the others complete.
 func TestSlotsEndToEnd(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "slots_adapter.py"), []byte(slotsAdapter), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "slots_adapter.py"), []byte(slotsAdapter), 0o644))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for _, profile := range []pool.Profile{pool.Thread, pool.Process} {
 		t.Run(profile.String(), func(t *testing.T) {
 			const size, slots = 2, 4
 			p, err := pool.New(ctx, pool.Config{Profile: profile, Module: "slots_adapter", Paths: []string{dir}, Size: size, WorkerConcurrency: slots})
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			defer p.Close(ctx)
 			gate := filepath.Join(t.TempDir(), "all-in")
 			var wg sync.WaitGroup
@@ -110,25 +109,21 @@ func TestSlotsEndToEnd(t *testing.T) {
 				})
 			}
 			waitSlots(t, p, "every slot taken", size*slots)
-			if err := os.WriteFile(gate, nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, os.WriteFile(gate, nil, 0o644))
 			wg.Wait()
 			close(errs)
 			for err := range errs {
-				t.Fatal(err)
+				require.NoError(t, err)
 			}
-			if s := p.Stats(); s.InFlight != 0 || s.SlotsPerWorker != slots {
-				t.Fatalf("after the calls: %+v", s)
-			}
+			s := p.Stats()
+			require.Zero(t, s.InFlight, "in flight after the calls: %+v", s)
+			require.Equal(t, slots, s.SlotsPerWorker, "after the calls: %+v", s)
 		})
 	}
 
 	t.Run("process pipeline", func(t *testing.T) {
 		p, err := pool.New(ctx, pool.Config{Profile: pool.Process, Module: "slots_adapter", Paths: []string{dir}, Size: 1, PipelineDepth: 2})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer p.Close(ctx)
 		gate := filepath.Join(t.TempDir(), "gate")
 		call := func(ctx context.Context, cmd string, args map[string]any) chan error {
@@ -140,37 +135,24 @@ func TestSlotsEndToEnd(t *testing.T) {
 			return errc
 		}
 		first := call(ctx, "held", map[string]any{"tag": "first", "gate": gate})
-		deadline := time.Now().Add(30 * time.Second)
-		for _, err := os.Stat(gate + ".started"); err != nil; _, err = os.Stat(gate + ".started") {
-			if time.Now().After(deadline) {
-				t.Fatal("the first call did not start")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		require.Eventually(t, func() bool {
+			_, err := os.Stat(gate + ".started")
+			return err == nil
+		}, 30*time.Second, 5*time.Millisecond, "the first call did not start")
 		cctx, cancelQueued := context.WithCancel(ctx)
 		queued := call(cctx, "held", map[string]any{"tag": "cancelled"})
 		waitSlots(t, p, "the second call pipelined", 2)
 		cancelQueued()
-		if err := <-queued; !errors.Is(err, context.Canceled) {
-			t.Fatalf("the pipelined call cancelled before it started: got %v, want Canceled", err)
-		}
+		require.ErrorIs(t, <-queued, context.Canceled, "the pipelined call cancelled before it started")
 		later := call(ctx, "held", map[string]any{"tag": "later"})
 		waitSlots(t, p, "the third call pipelined", 2)
-		if err := os.WriteFile(gate, nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, os.WriteFile(gate, nil, 0o644))
 		for name, errc := range map[string]chan error{"first": first, "later": later} {
-			if err := <-errc; err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
+			require.NoError(t, <-errc, name)
 		}
 		var runs []string
-		if err := p.Call(ctx, "runs", nil, &runs); err != nil {
-			t.Fatal(err)
-		}
-		if len(runs) != 2 || runs[0] != "first" || runs[1] != "later" {
-			t.Fatalf("runs: got %v, want [first later] (the cancelled call never runs)", runs)
-		}
+		require.NoError(t, p.Call(ctx, "runs", nil, &runs))
+		require.Equal(t, []string{"first", "later"}, runs, "runs (the cancelled call never runs)")
 	})
 }
 
@@ -178,11 +160,9 @@ func TestSlotsEndToEnd(t *testing.T) {
 // caller waits.
 func waitSlots(t *testing.T, p *pool.Pool, what string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for s := p.Stats(); s.InFlight != n || s.Waiting != 0; s = p.Stats() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s: %+v", what, s)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		s := p.Stats()
+		assert.Equal(c, n, s.InFlight, "in flight: %+v", s)
+		assert.Zero(c, s.Waiting, "waiting: %+v", s)
+	}, 30*time.Second, 5*time.Millisecond, "timed out waiting until %s", what)
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/pymarshal"
 )
@@ -36,13 +38,9 @@ type typedResult struct {
 func typedPool(tb testing.TB, profile pool.Profile) *pool.Pool {
 	tb.Helper()
 	dir := tb.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "typed_adapter.py"), []byte(typedAdapter), 0o644); err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, os.WriteFile(filepath.Join(dir, "typed_adapter.py"), []byte(typedAdapter), 0o644))
 	p, err := pool.New(context.Background(), pool.Config{Profile: profile, Module: "typed_adapter", Paths: []string{dir}, Size: 1})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, err)
 	tb.Cleanup(func() { p.Close(context.Background()) })
 	return p
 }

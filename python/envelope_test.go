@@ -3,8 +3,9 @@ package python
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
 )
@@ -17,19 +18,14 @@ func TestDecodeReplyEnvelopeBudget(t *testing.T) {
 	b := []byte{'(', 3, 0, 0, 0, 'i', 0, 0, 0, 0, 's', 0, 0, 0, 0, '['}
 	b = binary.LittleEndian.AppendUint32(b, n)
 	b = append(b, bytes.Repeat([]byte{'N'}, n)...)
-	if _, err := DecodeReply(b, "cmd", "cid"); !errors.Is(err, pymarshal.ErrTooLarge) {
-		t.Fatalf("DecodeReply of an envelope of %d Nones: got %v, want ErrTooLarge", n, err)
-	}
-	if _, err := DecodeLogs(b[15:]); !errors.Is(err, pymarshal.ErrTooLarge) {
-		t.Fatalf("DecodeLogs of %d Nones: got %v, want ErrTooLarge", n, err)
-	}
+	_, err := DecodeReply(b, "cmd", "cid")
+	require.ErrorIs(t, err, pymarshal.ErrTooLarge, "DecodeReply of an envelope of %d Nones", n)
+	_, err = DecodeLogs(b[15:])
+	require.ErrorIs(t, err, pymarshal.ErrTooLarge, "DecodeLogs of %d Nones", n)
 	// An ordinary envelope with a log record decodes.
 	ok, err := pymarshal.Marshal(pymarshal.Tuple{int64(0), []byte{'N'}, []any{pymarshal.Tuple{int64(20), "hello from the handler", "adapter", "cid", "greet", 1.5}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	r, err := DecodeReply(ok, "cmd", "cid")
-	if err != nil || len(r.Logs) != 1 {
-		t.Fatalf("ordinary envelope: got %d records, error %v; want 1, nil", len(r.Logs), err)
-	}
+	require.NoError(t, err, "ordinary envelope")
+	require.Len(t, r.Logs, 1, "ordinary envelope")
 }

@@ -1,9 +1,10 @@
 package python_test
 
 import (
-	"reflect"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/python"
@@ -15,9 +16,7 @@ import (
 // others are sent as they are.
 func TestEncodeCallWrapsMarkers(t *testing.T) {
 	a, err := pymarshal.NewArray([]int32{1, 2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for _, tc := range []struct {
 		args    map[string]any
 		wrapped bool
@@ -26,28 +25,20 @@ func TestEncodeCallWrapsMarkers(t *testing.T) {
 		{map[string]any{"x": []any{"y", a}}, true},
 	} {
 		args, err := pymarshal.Marshal(tc.args)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		enc, err := python.EncodeCall(nil, &worker.Request{Command: "c", Args: args}, time.Time{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		v, err := pymarshal.Decode(enc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		kw := v.([]any)[1]
 		if tc.wrapped {
-			w, ok := kw.([]any)
-			if !ok || len(w) != 3 || w[0] != pymarshal.MarkerTag || w[1] != "call" {
-				t.Fatalf("got kwargs %#v, want (MarkerTag, \"call\", kwargs)", kw)
-			}
+			require.IsType(t, []any{}, kw, "kwargs: want (MarkerTag, \"call\", kwargs)")
+			w := kw.([]any)
+			require.Len(t, w, 3, "kwargs: want (MarkerTag, \"call\", kwargs)")
+			require.Equal(t, []any{pymarshal.MarkerTag, "call"}, w[:2], "kwargs %#v: want (MarkerTag, \"call\", kwargs)", kw)
 			kw = w[2]
 		}
 		want, _ := pymarshal.Decode(args)
-		if !reflect.DeepEqual(kw, want) {
-			t.Fatalf("got kwargs %#v, want %#v", kw, want)
-		}
+		require.Equal(t, want, kw, "kwargs")
 	}
 }

@@ -1,7 +1,6 @@
 package python_test
 
 import (
-	"errors"
 	"testing"
 	"time"
 
@@ -33,24 +32,19 @@ func TestEncodeCallArgsExactlyOneDict(t *testing.T) {
 			req := &worker.Request{Command: "c", Args: args, CorrelationID: "cid", SessionID: "sid"}
 			_, err := python.EncodeCall(nil, req, time.Time{})
 			var nse *worker.NotSerializableError
-			if !errors.As(err, &nse) || nse.What != "argument" {
-				t.Fatalf("got %v, want an argument NotSerializableError", err)
-			}
+			require.ErrorAs(t, err, &nse, "want an argument NotSerializableError")
+			require.Equal(t, "argument", nse.What, "NotSerializableError %v", err)
 		})
 	}
 	req := &worker.Request{Command: "c", Args: dict, CorrelationID: "cid", SessionID: "sid"}
 	b, err := python.EncodeCall(nil, req, time.Time{})
-	if err != nil {
-		t.Fatalf("got %v, want no error", err)
-	}
+	require.NoError(t, err)
 	v, err := pymarshal.Decode(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tup, ok := v.([]any)
-	if !ok || len(tup) != 6 || tup[2] != "cid" || tup[3] != "sid" {
-		t.Fatalf("got %#v, want a 6-tuple with the request's ids", v)
-	}
+	require.NoError(t, err)
+	require.IsType(t, []any{}, v, "want a 6-tuple with the request's ids")
+	tup := v.([]any)
+	require.Len(t, tup, 6, "want a 6-tuple with the request's ids")
+	require.Equal(t, []any{"cid", "sid"}, tup[2:4], "the tuple's correlation and session ids: got %#v", v)
 }
 
 // TestEncodeCallTraceParent: a request's traceparent is the ninth element

@@ -2,13 +2,14 @@ package python_test
 
 import (
 	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/python/dist"
@@ -19,24 +20,17 @@ import (
 // the hermetic CPython 3.14 and with the system's CPython 3.11.
 func TestPythonUnitTests(t *testing.T) {
 	py, err := dist.Default()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	exes := map[string]string{"3.14": py.Executable, "3.11": "/usr/bin/python3.11"}
 	for name, exe := range exes {
 		t.Run(name, func(t *testing.T) {
-			if _, err := os.Stat(exe); err != nil {
-				t.Fatalf("%s: %v (CI installs python3.11)", exe, err)
-			}
+			_, err := os.Stat(exe)
+			require.NoError(t, err, "CI installs python3.11")
 			cmd := exec.Command(exe, "-m", "unittest", "discover", "-v", "-s", "snakepit/tests", "-t", ".")
 			cmd.Env = append(os.Environ(), "PYTHONPATH=.", "PYTHONDONTWRITEBYTECODE=1")
 			out, err := cmd.CombinedOutput()
-			if err != nil {
-				t.Fatalf("unittest on %s: %v\n%s", exe, err, out)
-			}
-			if !strings.Contains(string(out), "OK") {
-				t.Fatalf("unexpected unittest output:\n%s", out)
-			}
+			require.NoError(t, err, "unittest on %s:\n%s", exe, out)
+			require.Contains(t, string(out), "OK", "unittest output")
 			t.Logf("%s", strings.TrimSpace(string(out[strings.LastIndex(string(out), "Ran "):])))
 		})
 	}
@@ -47,30 +41,21 @@ func TestPythonUnitTests(t *testing.T) {
 func TestPath(t *testing.T) {
 	t.Setenv(python.EnvCacheDir, t.TempDir())
 	dir, err := python.Path()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for _, f := range []string{"__init__.py", "_adapter.py", "_dispatch.py", "_wire.py"} {
 		want, _ := python.FS.ReadFile("snakepit/" + f)
 		got, err := os.ReadFile(filepath.Join(dir, "snakepit", f))
-		if err != nil || string(got) != string(want) {
-			t.Fatalf("%s: content differs from the embedded file (%v)", f, err)
-		}
+		require.NoError(t, err, f)
+		require.Equal(t, string(want), string(got), "%s: content differs from the embedded file", f)
 	}
 	again, err := python.Path()
-	if err != nil || again != dir {
-		t.Fatalf("second Path: got %q, %v; want %q", again, err, dir)
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err, "second Path")
+	require.Equal(t, dir, again, "second Path")
+	require.NoError(t, os.RemoveAll(dir))
 	rewritten, err := python.Path()
-	if err != nil || rewritten != dir {
-		t.Fatalf("Path after the cache was cleared: got %q, %v; want %q", rewritten, err, dir)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "snakepit", "_dispatch.py")); err != nil {
-		t.Fatalf("not written again: %v", err)
-	}
+	require.NoError(t, err, "Path after the cache was cleared")
+	require.Equal(t, dir, rewritten, "Path after the cache was cleared")
+	require.FileExists(t, filepath.Join(dir, "snakepit", "_dispatch.py"), "not written again")
 }
 
 // TestCancelledError: a cancelled reply on a context whose deadline has
@@ -81,17 +66,13 @@ func TestCancelledError(t *testing.T) {
 	past, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
 	late := lateCtx{past, time.Now().Add(-time.Millisecond)}
-	if err := python.CancelledError(late, cancelled, "c", ""); !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, python.ErrCancelled) {
-		t.Fatalf("deadline passed: got %v, want DeadlineExceeded and ErrCancelled", err)
-	}
-	if err := python.CancelledError(past, cancelled, "c", ""); err != cancelled {
-		t.Fatalf("deadline an hour away: got %v, want %v", err, cancelled)
-	}
+	err := python.CancelledError(late, cancelled, "c", "")
+	require.ErrorIs(t, err, context.DeadlineExceeded, "deadline passed")
+	require.ErrorIs(t, err, python.ErrCancelled, "deadline passed")
+	require.Same(t, cancelled, python.CancelledError(past, cancelled, "c", ""), "deadline an hour away")
 	ended, cancel2 := context.WithCancel(context.Background())
 	cancel2()
-	if err := python.CancelledError(ended, cancelled, "c", ""); !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled: got %v, want context.Canceled", err)
-	}
+	require.ErrorIs(t, python.CancelledError(ended, cancelled, "c", ""), context.Canceled, "cancelled")
 }
 
 type lateCtx struct {

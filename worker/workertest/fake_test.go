@@ -2,10 +2,11 @@ package workertest_test
 
 import (
 	"context"
-	"errors"
 	"io"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
@@ -34,19 +35,13 @@ func TestFake(t *testing.T) {
 	ctx := context.Background()
 	args, _ := pymarshal.Marshal(map[string]any{"x": 21})
 	resp, err := f.Call(ctx, &worker.Request{Command: "double", Args: args, SessionID: "s"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v, _ := pymarshal.Decode(resp.Result); v != int64(42) {
-		t.Fatalf("double: got %v, want 42", v)
-	}
-	if _, err := f.Call(ctx, &worker.Request{Command: "nope"}); !errors.Is(err, worker.ErrCommandNotFound) {
-		t.Fatalf("unknown command: got %v", err)
-	}
+	require.NoError(t, err)
+	v, _ := pymarshal.Decode(resp.Result)
+	require.Equal(t, int64(42), v, "double")
+	_, err = f.Call(ctx, &worker.Request{Command: "nope"})
+	require.ErrorIs(t, err, worker.ErrCommandNotFound, "unknown command")
 	st, err := f.Stream(ctx, &worker.Request{Command: "items"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var got []any
 	for {
 		b, err := st.Next(ctx)
@@ -56,15 +51,10 @@ func TestFake(t *testing.T) {
 		v, _ := pymarshal.Decode(b)
 		got = append(got, v)
 	}
-	if len(got) != 2 {
-		t.Fatalf("stream: got %v", got)
-	}
-	if s := f.Sessions(); len(s) != 1 || s[0] != "s" {
-		t.Fatalf("sessions: got %v", s)
-	}
-	if err := f.EndSession(ctx, "s"); err != nil || len(f.Sessions()) != 0 {
-		t.Fatalf("EndSession: %v, %v", err, f.Sessions())
-	}
+	require.Len(t, got, 2, "stream")
+	require.Equal(t, []string{"s"}, f.Sessions(), "sessions")
+	require.NoError(t, f.EndSession(ctx, "s"), "EndSession")
+	require.Empty(t, f.Sessions(), "sessions after EndSession")
 
 	// Kill fails the running call and every later one with ErrWorkerDead.
 	errc := make(chan error, 1)
@@ -76,19 +66,12 @@ func TestFake(t *testing.T) {
 	f.Kill("test kill")
 	select {
 	case err := <-errc:
-		if !errors.Is(err, worker.ErrWorkerDead) {
-			t.Fatalf("running call: got %v, want ErrWorkerDead", err)
-		}
+		require.ErrorIs(t, err, worker.ErrWorkerDead, "running call")
 	case <-time.After(10 * time.Second):
-		t.Fatal("the running call did not end when the worker was killed")
+		require.FailNow(t, "the running call did not end when the worker was killed")
 	}
-	if _, err := f.Call(ctx, &worker.Request{Command: "double", Args: args}); !errors.Is(err, worker.ErrWorkerDead) {
-		t.Fatalf("after Kill: got %v", err)
-	}
-	if f.Calls() != 4 {
-		t.Fatalf("Calls: got %d, want 4", f.Calls())
-	}
-	if err := f.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	_, err = f.Call(ctx, &worker.Request{Command: "double", Args: args})
+	require.ErrorIs(t, err, worker.ErrWorkerDead, "after Kill")
+	require.Equal(t, int64(4), f.Calls(), "Calls")
+	require.NoError(t, f.Close(ctx))
 }
