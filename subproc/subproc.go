@@ -691,7 +691,7 @@ func (w *Worker) spawn(ctx context.Context, argv []string, pkg string, sockType 
 		return fmt.Errorf("socket: %w", err)
 	}
 	w.conn = c.(*net.UnixConn)
-	w.rd = &frameReader{r: w.conn, max: w.cfg.MaxFrame}
+	w.rd = newFrameReader(w.conn, w.cfg.MaxFrame)
 	return nil
 }
 
