@@ -363,6 +363,7 @@ type Worker struct {
 	// the replies of host calls share the connection. A channel, so that a
 	// request can stop waiting for it when its context ends.
 	wlock chan struct{}
+	wbuf  []byte // guarded by wlock: where writeFrame lays out a small frame
 	// streamGate is held while a stream takes every token of the slot
 	// (the sequential pipelined mode).
 	streamGate chan struct{}
@@ -961,7 +962,15 @@ func (w *Worker) writeFrame(ctx context.Context, typ byte, id uint64, payload []
 			payload = ref.append(make([]byte, 0, regionRefSize))
 		}
 	}
-	buf := appendFrame(make([]byte, 0, headerSize+len(payload)), typ, id, payload)
+	var buf []byte
+	if headerSize+len(payload) <= readAhead {
+		// A small frame is laid out in the worker's write buffer (the
+		// connection is this frame's until it is written).
+		buf = appendFrame(w.wbuf[:0], typ, id, payload)
+		w.wbuf = buf
+	} else {
+		buf = appendFrame(make([]byte, 0, headerSize+len(payload)), typ, id, payload)
+	}
 	if before != nil {
 		before()
 	}

@@ -1189,28 +1189,39 @@ class _SeqQueue:
         link = self.link
         conn = link.conn
         send = link.send
-        fresh = False  # a read has just taken in all that had arrived
-        while True:
-            with self.lock:
-                self.cancels.clear()  # the request they named has ended
+        lock = self.lock
+        requests = link.requests
+        pending = self.pending
+        with lock:
+            self.cancels.clear()  # the request they named has ended
+            if requests:
                 self._absorb(send)
-                # conn.whole() is a hint (another thread may be reading):
-                # take_available decides with the reader's role held.
-                if (self.pending and not fresh) or conn.whole():
-                    # Before one starts: every frame already there (one
-                    # recv without waiting, none after a read that just
-                    # took in all that had arrived).
-                    for frame in link.take_available(not fresh):
-                        self._file(frame, send)
+            # conn.whole() is a hint (another thread may be reading):
+            # take_available decides with the reader's role held.
+            if pending or conn.whole():
+                # Before one starts: every frame already there (one recv
+                # that does not wait).
+                for frame in link.take_available(True):
+                    self._file(frame, send)
+                if requests:
                     self._absorb(send)
-                if self.pending:
-                    return self.pending.popleft()
+            if pending:
+                return pending.popleft()
+        while True:
             frame = link.next_request()
             if frame is None:
                 return None
-            with self.lock:
+            with lock:
                 self._file(frame, send)
-            fresh = True
+                # That read took in all that had arrived: what it left in
+                # the buffer is filed without another recv.
+                if conn.whole():
+                    for frame in link.take_available(False):
+                        self._file(frame, send)
+                if requests:
+                    self._absorb(send)
+                if pending:
+                    return pending.popleft()
 
     def absorb(self):
         """File the frames other threads read (link.requests)."""
