@@ -580,7 +580,10 @@ class _Link:
         self.conn = conn
         self.max_frame = max_frame
         self.send_lock = threading.Lock()
-        self.cond = threading.Condition(threading.Lock())
+        # cond's lock, taken directly where nothing waits (a Condition's
+        # own __enter__ is a Python-level call on the path of every frame).
+        self.mutex = threading.Lock()
+        self.cond = threading.Condition(self.mutex)
         self.reader = None  # the ident of the thread reading a frame, or None
         self.waiting = 0  # threads waiting on cond
         self.replies = {}  # host call id -> its reply; None until it comes
@@ -612,7 +615,7 @@ class _Link:
         way are handed on), or None at end of stream."""
         cond = self.cond
         while True:
-            with cond:
+            with self.mutex:
                 while not self.requests and self.reader is not None:
                     self.waiting += 1
                     try:
@@ -637,7 +640,7 @@ class _Link:
         when another thread reads (what it reads goes to requests) or the
         connection broke (next_request reports it)."""
         cond = self.cond
-        with cond:
+        with self.mutex:
             if self.reader is not None or self.broken is not None:
                 return ()
             self.reader = self.main
@@ -662,7 +665,7 @@ class _Link:
             except Exception as e:
                 broken = e
         finally:
-            with cond:
+            with self.mutex:
                 self.reader = None
                 if broken is not None:
                     self.broken = broken
@@ -754,7 +757,7 @@ class _Link:
                 broken = True if frame is None else None
             except Exception as e:
                 frame, broken = None, e
-            with cond:
+            with self.mutex:
                 self.reader = None
                 if broken is not None:
                     self.broken = broken
