@@ -747,7 +747,8 @@ class _Link:
         frame = None
         cancelled = False
         try:
-            self.conn._spin()
+            if self.conn.spin_s > 0:
+                self.conn._spin()
             if guard:
                 if not self.conn.buffered():
                     self.poll.poll()  # a frame begins: nothing of it read yet
@@ -1196,7 +1197,8 @@ class _SeqQueue:
         requests = link.requests
         pending = self.pending
         with lock:
-            self.cancels.clear()  # the request they named has ended
+            if self.cancels:
+                self.cancels.clear()  # the request they named has ended
             if requests:
                 self._absorb(send)
             # conn.whole() is a hint (another thread may be reading):
@@ -1215,6 +1217,8 @@ class _SeqQueue:
             if frame is None:
                 return None
             with lock:
+                if frame[0] != CANCEL and not (pending or requests or conn.whole()):
+                    return frame  # it came alone
                 self._file(frame, send)
                 # That read took in all that had arrived: what it left in
                 # the buffer is filed without another recv.
