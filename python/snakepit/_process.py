@@ -402,6 +402,10 @@ class _Conn:
         """Take in what has arrived, without waiting: False at end of
         stream."""
         self._compact()
+        if self.end == len(self.buf):
+            # Full of the first part of a frame larger than the buffer:
+            # read_now reads the rest into one of its own.
+            return True
         try:
             n = self.sock.recv_into(self.view[self.end:], 0, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):

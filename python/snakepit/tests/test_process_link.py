@@ -237,6 +237,23 @@ class SeqQueueTest(unittest.TestCase):
         self.assertEqual(_read_frame(self.host), (P.NOT_STARTED, 3, b""))
         self.assertEqual(_read_frame(self.host), (P.STARTED, 1, b""))
 
+    def test_large_request_behind_queued_ones(self):
+        """Requests queued ahead of one larger than the read buffer: each
+        comes out whole, and a buffer filled by that request's first part
+        is not taken for the end of the stream."""
+        P = _process
+        big = bytes(range(256)) * (2 * P._READ_SIZE // 256)
+        data = b"".join(_frame(P.CALL, i, b"small") for i in (1, 2, 3)) + _frame(P.CALL, 4, big)
+        sender = threading.Thread(target=self.host.sendall, args=(data,))
+        sender.start()
+        try:
+            _until(lambda: self.link.poll.poll(0), "the frames arrive")
+            for rid in (1, 2, 3):
+                self.assertEqual(self.queue.next(), (P.CALL, rid, b"small"))
+            self.assertEqual(self.queue.next(), (P.CALL, 4, big))
+        finally:
+            sender.join(10)
+
     def test_cancelled_sees_the_running_request_only(self):
         """cancelled(rid) holds for a CANCEL of rid in the socket, not for a
         withdraw of it nor a CANCEL of another request."""
@@ -309,6 +326,20 @@ class ConnTest(unittest.TestCase):
         try:
             self.assertEqual(self.conn.read_now(), (P.CALL, 4, big))
             self.assertEqual(self.conn.read_now(), (P.CALL, 5, b"after"))
+        finally:
+            sender.join(10)
+
+    def test_fill_with_a_full_buffer(self):
+        """fill() with the buffer full of a large frame's first part takes
+        nothing in and reports no end of stream."""
+        P = _process
+        big = b"x" * (2 * P._READ_SIZE)
+        sender = threading.Thread(target=self.host.sendall, args=(_frame(P.CALL, 8, big),))
+        sender.start()
+        try:
+            _until(lambda: self.conn.fill() and self.conn.end == len(self.conn.buf), "the buffer fills")
+            self.assertTrue(self.conn.fill(), "fill with a full buffer: got end of stream, want none")
+            self.assertEqual(self.conn.read_now(), (P.CALL, 8, big))
         finally:
             sender.join(10)
 
