@@ -41,9 +41,11 @@ func (p *Pool) pipeLocked(pe *pipeEntry, m *member) {
 	pe.el = p.pipes.PushBack(pe)
 }
 
-// unpipe forgets pe (nil: nothing) once its call has returned.
+// unpipe forgets pe (nil: nothing) once its call has returned. Only the
+// call's own goroutine clears pe.el, and it was set (under mu) before the
+// call got its worker: a call that was not pipelined takes no lock here.
 func (p *Pool) unpipe(pe *pipeEntry) {
-	if pe == nil {
+	if pe == nil || pe.el == nil {
 		return
 	}
 	p.mu.Lock()

@@ -1,6 +1,7 @@
 package subproc
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -84,6 +85,7 @@ func readFrame(r io.Reader, max int, buf []byte) (frame, error) {
 // middle.
 type frameReader struct {
 	r   io.Reader
+	br  *bufio.Reader // r, when it reads ahead (newFrameReader); nil otherwise
 	max int
 	buf []byte // reused for payloads when large enough; nil: a fresh one each
 
@@ -92,6 +94,41 @@ type frameReader struct {
 	f   frame // the frame being read, once the header is whole
 	np  int   // payload bytes read so far
 	err error // a frame-level error: the stream cannot be read further
+}
+
+// readAhead is how much a worker's frame reader takes from the connection
+// in one read: every frame the child has sent, up to that, costs one
+// system call. A larger payload is read straight into its own buffer.
+const readAhead = 64 << 10
+
+// newFrameReader returns a frameReader that reads ahead from r (see
+// readAhead), handing out fresh payloads.
+func newFrameReader(r io.Reader, max int) *frameReader {
+	br := bufio.NewReaderSize(r, readAhead)
+	return &frameReader{r: br, br: br, max: max}
+}
+
+// ready reports whether next would return without reading from the
+// underlying reader: the rest of a frame (or a header that next refuses)
+// was read ahead already.
+func (fr *frameReader) ready() bool {
+	if fr.br == nil || fr.err != nil {
+		return false
+	}
+	n := fr.br.Buffered()
+	if fr.nh < headerSize {
+		need := headerSize - fr.nh
+		if n < need {
+			return false
+		}
+		peek, _ := fr.br.Peek(need) // buffered: no read
+		var h [headerSize]byte
+		copy(h[:], fr.h[:fr.nh])
+		copy(h[fr.nh:], peek)
+		size := uint64(binary.LittleEndian.Uint32(h[0:4]))
+		return size > uint64(fr.max) || uint64(n-need) >= size
+	}
+	return n >= len(fr.f.payload)-fr.np
 }
 
 // next reads the next frame, or continues the one a previous call left

@@ -207,3 +207,74 @@ func FuzzRegionRef(f *testing.F) {
 		}
 	})
 }
+
+// countingReader counts the reads that reach it.
+type countingReader struct {
+	r     io.Reader
+	reads int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	c.reads++
+	return c.r.Read(p)
+}
+
+// TestFrameReaderReadsAhead: the frames a peer sent together cost one read
+// of the connection; ready tells a whole frame read ahead from a partial
+// one; a payload larger than the read-ahead buffer comes out whole.
+func TestFrameReaderReadsAhead(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789"), readAhead/5)
+	var data []byte
+	data = appendFrame(data, frameReply, 1, []byte("one"))
+	data = appendFrame(data, frameNotStarted, 2, nil)
+	data = appendFrame(data, frameReply, 3, big)
+	data = appendFrame(data, frameReply, 4, []byte("four"))
+	cr := &countingReader{r: bytes.NewReader(data)}
+	fr := newFrameReader(cr, 1<<20)
+	if fr.ready() {
+		t.Fatal("ready before any read: got true, want false")
+	}
+	want := []struct {
+		id      uint64
+		payload []byte
+		ready   bool // after this frame: the next one is whole in the buffer
+	}{{1, []byte("one"), true}, {2, []byte{}, false}, {3, big, false}, {4, []byte("four"), false}}
+	for i, w := range want {
+		f, err := fr.next()
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if f.id != w.id || !bytes.Equal(f.payload, w.payload) {
+			t.Fatalf("frame %d: got id %d and %d bytes, want id %d and %d bytes", i, f.id, len(f.payload), w.id, len(w.payload))
+		}
+		if i == 0 && cr.reads != 1 {
+			t.Fatalf("reads for the first frame: got %d, want 1", cr.reads)
+		}
+		if got := fr.ready(); got != w.ready {
+			t.Fatalf("ready after frame %d: got %v, want %v", i, got, w.ready)
+		}
+	}
+	if _, err := fr.next(); err != io.EOF {
+		t.Fatalf("at the end: got %v, want io.EOF", err)
+	}
+}
+
+// TestFrameReaderReadyRefusal: a header above the limit, read ahead, is
+// ready (next refuses it without reading further).
+func TestFrameReaderReadyRefusal(t *testing.T) {
+	data := appendFrame(nil, frameReply, 1, []byte("ok"))
+	data = appendFrame(data, frameReply, 2, make([]byte, 100))
+	fr := newFrameReader(bytes.NewReader(data), 50)
+	if _, err := fr.next(); err != nil {
+		t.Fatal(err)
+	}
+	if !fr.ready() {
+		t.Fatal("ready with an oversized header buffered: got false, want true")
+	}
+	if _, err := fr.next(); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("got %v, want ErrFrameTooLarge", err)
+	}
+	if fr.ready() {
+		t.Fatal("ready after a frame-level error: got true, want false")
+	}
+}

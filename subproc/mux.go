@@ -779,8 +779,8 @@ func (w *Worker) seqReadOne(ctx context.Context) bool {
 		} else {
 			w.muxFail(w.connError(err))
 		}
-	} else {
-		w.muxRoute(f) // false: the worker died, every request has its outcome
+	} else if w.muxRoute(f) { // false: the worker died, every request has its outcome
+		w.routeReady()
 	}
 	m := w.mux
 	m.mu.Lock()
@@ -788,6 +788,24 @@ func (w *Worker) seqReadOne(ctx context.Context) bool {
 	w.seqReadLocked()
 	m.mu.Unlock()
 	return ok
+}
+
+// routeReady routes the frames read ahead already (no read of the
+// connection, which cannot block), the reading role held: their callers
+// get them without waiting to read for themselves. It reports false when
+// the worker died.
+func (w *Worker) routeReady() bool {
+	for w.rd.ready() {
+		f, err := w.rd.next()
+		if err != nil {
+			w.muxFail(w.connError(err))
+			return false
+		}
+		if !w.muxRoute(f) {
+			return false
+		}
+	}
+	return true
 }
 
 // endReading gives up the reading role and wakes the callers waiting for

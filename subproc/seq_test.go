@@ -3,6 +3,8 @@ package subproc
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -177,4 +179,44 @@ func TestSeqCrash(t *testing.T) {
 	}
 	wg.Wait()
 	mustIs(t, fx.w.Err(), worker.ErrWorkerDead)
+}
+
+// TestSeqLargeRequestsPipelined: requests larger than the child's read
+// buffer, pipelined among small ones from several callers, each come back
+// whole to their own caller, and the worker stays up.
+func TestSeqLargeRequestsPipelined(t *testing.T) {
+	cfg := seqConfig()
+	cfg.PipelineDepth = 4
+	fx := startConc(t, cfg)
+	const callers, calls = 6, 12
+	var wg sync.WaitGroup
+	errs := make(chan error, callers*calls)
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range calls {
+				size := 8
+				if (c+i)%3 == 0 {
+					size = 150_000 + c*1000 + i
+				}
+				tag := strings.Repeat(string(rune('a'+c)), size)
+				var got string
+				if err := concCall(t, fx.w, "noop", map[string]any{"tag": tag}, &got); err != nil {
+					errs <- fmt.Errorf("caller %d call %d (%d bytes): %w", c, i, size, err)
+					return
+				}
+				if got != tag {
+					errs <- fmt.Errorf("caller %d call %d: got %d bytes, want its own %d", c, i, len(got), size)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	mustOK(t, fx.w.Err())
 }

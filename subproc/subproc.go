@@ -376,6 +376,7 @@ type Worker struct {
 	// the replies of host calls share the connection. A channel, so that a
 	// request can stop waiting for it when its context ends.
 	wlock chan struct{}
+	wbuf  []byte // guarded by wlock: where writeFrame lays out a small frame
 	// streamGate is held while a stream takes every token of the slot
 	// (the sequential pipelined mode).
 	streamGate chan struct{}
@@ -723,7 +724,7 @@ func (w *Worker) spawn(ctx context.Context, argv []string, pkg string, sockType 
 		return fmt.Errorf("socket: %w", err)
 	}
 	w.conn = c.(*net.UnixConn)
-	w.rd = &frameReader{r: w.conn, max: w.cfg.MaxFrame}
+	w.rd = newFrameReader(w.conn, w.cfg.MaxFrame)
 	return nil
 }
 
@@ -993,7 +994,15 @@ func (w *Worker) writeFrame(ctx context.Context, typ byte, id uint64, payload []
 			payload = ref.append(make([]byte, 0, regionRefSize))
 		}
 	}
-	buf := appendFrame(make([]byte, 0, headerSize+len(payload)), typ, id, payload)
+	var buf []byte
+	if headerSize+len(payload) <= readAhead {
+		// A small frame is laid out in the worker's write buffer (the
+		// connection is this frame's until it is written).
+		buf = appendFrame(w.wbuf[:0], typ, id, payload)
+		w.wbuf = buf
+	} else {
+		buf = appendFrame(make([]byte, 0, headerSize+len(payload)), typ, id, payload)
+	}
 	if before != nil {
 		before()
 	}

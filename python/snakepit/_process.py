@@ -361,19 +361,75 @@ def _after_fork_in_child():
     signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+# How much one read of the socket takes in: every frame that has arrived,
+# up to this, in one system call. A larger frame's payload is read into a
+# buffer of its own.
+_READ_SIZE = 1 << 16
+
+
 class _Conn:
+    """The socket, read through a buffer: one recv takes in every frame
+    that has arrived (up to _READ_SIZE bytes), and the frames are then
+    handed out one at a time without further system calls. An exception
+    in a recv (Cancelled from SIGUSR1) loses nothing: the bytes of a
+    frame read in part stay in the buffer."""
+
     def __init__(self, fd, max_frame, spin_s=0.0, shm=None):
         self.sock = socket.socket(fileno=fd)
         self.max_frame = max_frame
-        self.header = bytearray(_HEADER.size)
         self.spin_s = spin_s
         self.shm = shm
+        self.buf = bytearray(_READ_SIZE)
+        self.view = memoryview(self.buf)
+        self.start = 0  # the first byte of buf not handed out
+        self.end = 0  # the end of the bytes received
+
+    def buffered(self):
+        """Whether bytes were received that were not handed out yet."""
+        return self.end > self.start
+
+    def whole(self):
+        """Whether a whole frame (or a header announcing a payload too
+        large for the buffer, or above the limit) is buffered: read_now
+        returns (or raises) without waiting."""
+        start, end = self.start, self.end
+        if end - start < _HEADER.size:
+            return False
+        size = _HEADER.unpack_from(self.buf, start)[0]
+        return end - start >= _HEADER.size + size or size > self.max_frame
+
+    def fill(self):
+        """Take in what has arrived, without waiting: False at end of
+        stream."""
+        self._compact()
+        if self.end == len(self.buf):
+            # Full of the first part of a frame larger than the buffer:
+            # read_now reads the rest into one of its own.
+            return True
+        try:
+            n = self.sock.recv_into(self.view[self.end:], 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True
+        if n == 0:
+            return False
+        self.end += n
+        return True
+
+    def _compact(self):
+        """Make room at the end of the buffer for the next recv."""
+        start, end = self.start, self.end
+        if start == end:
+            self.start = self.end = 0
+        elif start and len(self.buf) - end < _HEADER.size + 4096:
+            n = end - start
+            self.buf[:n] = bytes(self.view[start:end])
+            self.start, self.end = 0, n
 
     def _spin(self):
         """Poll for the next request for a moment before sleeping in recv:
         a caller making calls back to back then finds this process awake
         instead of paying an OS thread wake-up (tens of microseconds)."""
-        if self.spin_s <= 0:
+        if self.spin_s <= 0 or self.end > self.start:
             return
         deadline = time.perf_counter() + self.spin_s
         sock, flags = self.sock, socket.MSG_PEEK | socket.MSG_DONTWAIT
@@ -403,17 +459,37 @@ class _Conn:
 
     def read_now(self):
         """read() without the spin."""
-        n = self._read_exact(memoryview(self.header))
-        if n == 0:
-            return None
-        if n < len(self.header):
-            raise EOFError("truncated frame header")
-        size, typ, rid = _HEADER.unpack(self.header)
-        if size > self.max_frame:
-            raise ValueError("frame of %d bytes exceeds the limit %d" % (size, self.max_frame))
-        payload = bytearray(size)
-        if self._read_exact(memoryview(payload)) < size:
-            raise EOFError("truncated frame")
+        hs = _HEADER.size
+        while True:
+            start, end = self.start, self.end
+            if end - start >= hs:
+                size, typ, rid = _HEADER.unpack_from(self.buf, start)
+                if size > self.max_frame:
+                    raise ValueError("frame of %d bytes exceeds the limit %d" % (size, self.max_frame))
+                if end - start >= hs + size:
+                    payload = bytes(self.view[start + hs:start + hs + size])
+                    self.start = start + hs + size
+                    break
+                if hs + size > len(self.buf):
+                    # Too large for the buffer: the rest of the payload is
+                    # read into one of its own.
+                    payload = bytearray(size)
+                    got = end - start - hs
+                    payload[:got] = self.view[start + hs:end]
+                    self.start = self.end = 0
+                    if self._read_exact(memoryview(payload)[got:]) < size - got:
+                        raise EOFError("truncated frame")
+                    payload = bytes(payload)
+                    break
+            self._compact()
+            n = self.sock.recv_into(self.view[self.end:])
+            if n == 0:
+                if self.end == self.start:
+                    return None
+                if self.end - self.start < hs:
+                    raise EOFError("truncated frame header")
+                raise EOFError("truncated frame")
+            self.end += n
         if typ & SHARED:
             if self.shm is None or size != _REF.size or typ & ~SHARED == HOST_REPLY:
                 raise ValueError("unexpected shared frame")
@@ -422,7 +498,16 @@ class _Conn:
             # A request through the socket: the region is free for the
             # reply. (A host call's reply leaves the request in place.)
             self.shm.reserved, self.shm.spans = 0, ()
-        return typ, rid, bytes(payload)
+        return typ, rid, payload
+
+    def peek(self):
+        """The bytes received and not handed out, followed by those waiting
+        in the socket (which stay there)."""
+        data = bytes(self.view[self.start:self.end])
+        try:
+            return data + self.sock.recv(1 << 20, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:
+            return data
 
     def send(self, typ, rid, payload, shared=True):
         """Send a frame; payload is bytes, or a tuple of parts to send one
@@ -431,8 +516,8 @@ class _Conn:
         if payload.__class__ is _InPlace:
             self.sock.sendall(_HEADER.pack(len(payload.ref), typ | SHARED, rid) + payload.ref)
             return
-        parts = payload if isinstance(payload, tuple) else (payload,)
-        size = sum(len(p) for p in parts)
+        parts = payload if payload.__class__ is tuple else (payload,)
+        size = sum(map(len, parts))
         if shared and self.shm is not None and size >= self.shm.threshold:
             ref = self.shm.put(parts)
             if ref is not None:
@@ -499,7 +584,10 @@ class _Link:
         self.conn = conn
         self.max_frame = max_frame
         self.send_lock = threading.Lock()
-        self.cond = threading.Condition(threading.Lock())
+        # cond's lock, taken directly where nothing waits (a Condition's
+        # own __enter__ is a Python-level call on the path of every frame).
+        self.mutex = threading.Lock()
+        self.cond = threading.Condition(self.mutex)
         self.reader = None  # the ident of the thread reading a frame, or None
         self.waiting = 0  # threads waiting on cond
         self.replies = {}  # host call id -> its reply; None until it comes
@@ -531,7 +619,7 @@ class _Link:
         way are handed on), or None at end of stream."""
         cond = self.cond
         while True:
-            with cond:
+            with self.mutex:
                 while not self.requests and self.reader is not None:
                     self.waiting += 1
                     try:
@@ -548,6 +636,46 @@ class _Link:
             frame = self._read_one(True)
             if frame is not None:
                 return frame
+
+    def take_available(self, recv):
+        """The main loop's frames that are there without waiting, in the
+        order they came (host call replies among them are handed on): those
+        buffered, and with recv first what has arrived in the socket. Empty
+        when another thread reads (what it reads goes to requests) or the
+        connection broke (next_request reports it)."""
+        cond = self.cond
+        with self.mutex:
+            if self.reader is not None or self.broken is not None:
+                return ()
+            self.reader = self.main
+        frames = []
+        broken = None
+        replies = False
+        conn = self.conn
+        try:
+            try:
+                if recv and not conn.fill():
+                    broken = True
+                while conn.whole():
+                    frame = conn.read_now()
+                    if frame[0] == HOST_REPLY:
+                        if frame[1] in self.replies:
+                            self.replies[frame[1]] = frame[2]
+                            replies = True
+                    else:
+                        frames.append(frame)
+                if broken is True and conn.buffered():
+                    broken = EOFError("truncated frame")
+            except Exception as e:
+                broken = e
+        finally:
+            with self.mutex:
+                self.reader = None
+                if broken is not None:
+                    self.broken = broken
+                if self.waiting and (replies or broken is not None):
+                    cond.notify_all()
+        return frames
 
     def host_call(self, token, name, payload):
         """Dispatcher.host_transport: run the host function name for the
@@ -623,16 +751,18 @@ class _Link:
         frame = None
         cancelled = False
         try:
-            self.conn._spin()
+            if self.conn.spin_s > 0:
+                self.conn._spin()
             if guard:
-                self.poll.poll()  # a frame begins: nothing of it read yet
+                if not self.conn.buffered():
+                    self.poll.poll()  # a frame begins: nothing of it read yet
                 self.main_busy = True
             try:
                 frame = self.conn.read_now()
                 broken = True if frame is None else None
             except Exception as e:
                 frame, broken = None, e
-            with cond:
+            with self.mutex:
                 self.reader = None
                 if broken is not None:
                     self.broken = broken
@@ -1036,9 +1166,11 @@ class _SeqQueue:
     --queue N), in the order the host sent them.
 
     The host may send requests while one runs; they wait in the socket's
-    buffer (or in link.requests, when a thread waiting in a host call read
-    them) and are read without sleeping. Before the next request starts,
-    every frame already available is read: a CANCEL for a request still
+    buffer, the connection's (one recv takes in all that arrived) or
+    link.requests (when a thread waiting in a host call read them), and are
+    read without sleeping. Before the next request starts, every frame
+    already available is read (one recv that does not wait, skipped right
+    after a read that took in all there was): a CANCEL for a request still
     queued removes it (NOT_STARTED: it never runs); a withdraw (CANCEL
     b"w") of one that started or ended answers STARTED; a CANCEL of one
     that ended is moot.
@@ -1058,33 +1190,49 @@ class _SeqQueue:
         self.pending = collections.deque()  # requests read, not started
         self.cancels = set()  # ids CANCELled (not withdrawn) while not queued: the running one's, or moot
         self.current = None  # the id of the request running (or last run)
-        self.eof = False
         link.on_cancel = self.absorb
 
     def next(self):
         """The next request to start, or None at end of stream."""
         link = self.link
-        while True:
-            with self.lock:
+        conn = link.conn
+        send = link.send
+        lock = self.lock
+        requests = link.requests
+        pending = self.pending
+        with lock:
+            if self.cancels:
                 self.cancels.clear()  # the request they named has ended
-                self._absorb(link.send)
-                # Whatever is there already, without waiting.
-                while not self.eof and link.poll.poll(0):
-                    frame = link.next_request()
-                    if frame is None:
-                        self.eof = True
-                    else:
-                        self._file(frame, link.send)
-                        self._absorb(link.send)
-                if self.pending:
-                    return self.pending.popleft()
-                if self.eof:
-                    return None
+            if requests:
+                self._absorb(send)
+            # conn.whole() is a hint (another thread may be reading):
+            # take_available decides with the reader's role held.
+            if pending or conn.whole():
+                # Before one starts: every frame already there (one recv
+                # that does not wait).
+                for frame in link.take_available(True):
+                    self._file(frame, send)
+                if requests:
+                    self._absorb(send)
+            if pending:
+                return pending.popleft()
+        while True:
             frame = link.next_request()
             if frame is None:
                 return None
-            with self.lock:
-                self._file(frame, link.send)
+            with lock:
+                if frame[0] != CANCEL and not (pending or requests or conn.whole()):
+                    return frame  # it came alone
+                self._file(frame, send)
+                # That read took in all that had arrived: what it left in
+                # the buffer is filed without another recv.
+                if conn.whole():
+                    for frame in link.take_available(False):
+                        self._file(frame, send)
+                if requests:
+                    self._absorb(send)
+                if pending:
+                    return pending.popleft()
 
     def absorb(self):
         """File the frames other threads read (link.requests)."""
@@ -1145,34 +1293,26 @@ class _SeqQueue:
             self.lock.release()
 
     def _take_whole(self):
-        """Read the whole frames already in the socket (not a shared-region
-        or oversized one: the main loop's read reports those)."""
-        sock = self.link.conn.sock
+        """Take in what has arrived and return the whole frames (not a
+        shared-region or oversized one: the main loop's read reports
+        those)."""
+        conn = self.link.conn
         try:
-            data = sock.recv(1 << 20, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            conn.fill()
         except OSError:
             return []
-        frames, off, hs = [], 0, _HEADER.size
-        max_frame = self.link.conn.max_frame
-        while off + hs <= len(data):
-            size, typ, rid = _HEADER.unpack_from(data, off)
-            if typ & SHARED or size > max_frame or off + hs + size > len(data):
+        frames = []
+        while conn.whole():
+            size, typ, _ = _HEADER.unpack_from(conn.buf, conn.start)
+            if typ & SHARED or size > conn.max_frame:
                 break
-            frames.append((typ, rid, bytes(data[off + hs:off + hs + size])))
-            off += hs + size
-        got = 0
-        view = memoryview(bytearray(off))
-        while got < off:  # all there already: recv does not wait
-            n = sock.recv_into(view[got:])
-            if n == 0:
-                break
-            got += n
+            frames.append(conn.read_now())
         return frames
 
     def cancelled(self, rid):
         """Whether a CANCEL (not a withdraw) for request rid was read, or is
-        waiting in the socket (peeked at only while no frame is half
-        read)."""
+        waiting in the connection's buffer or the socket (peeked at only
+        while no frame is being read)."""
         if rid in self.cancels:
             return True
         link = self.link
@@ -1185,10 +1325,7 @@ class _SeqQueue:
                 return True
         if link.main_busy or link.reader not in (None, link.main):
             return False  # a frame is being read: the host signals again
-        try:
-            data = link.conn.sock.recv(1 << 20, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except OSError:
-            return False
+        data = link.conn.peek()
         off, hs = 0, _HEADER.size
         while off + hs <= len(data):
             size, typ, r = _HEADER.unpack_from(data, off)

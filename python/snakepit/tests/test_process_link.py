@@ -237,6 +237,23 @@ class SeqQueueTest(unittest.TestCase):
         self.assertEqual(_read_frame(self.host), (P.NOT_STARTED, 3, b""))
         self.assertEqual(_read_frame(self.host), (P.STARTED, 1, b""))
 
+    def test_large_request_behind_queued_ones(self):
+        """Requests queued ahead of one larger than the read buffer: each
+        comes out whole, and a buffer filled by that request's first part
+        is not taken for the end of the stream."""
+        P = _process
+        big = bytes(range(256)) * (2 * P._READ_SIZE // 256)
+        data = b"".join(_frame(P.CALL, i, b"small") for i in (1, 2, 3)) + _frame(P.CALL, 4, big)
+        sender = threading.Thread(target=self.host.sendall, args=(data,))
+        sender.start()
+        try:
+            _until(lambda: self.link.poll.poll(0), "the frames arrive")
+            for rid in (1, 2, 3):
+                self.assertEqual(self.queue.next(), (P.CALL, rid, b"small"))
+            self.assertEqual(self.queue.next(), (P.CALL, 4, big))
+        finally:
+            sender.join(10)
+
     def test_cancelled_sees_the_running_request_only(self):
         """cancelled(rid) holds for a CANCEL of rid in the socket, not for a
         withdraw of it nor a CANCEL of another request."""
@@ -262,3 +279,86 @@ class SeqQueueTest(unittest.TestCase):
         self.assertEqual(_read_frame(self.host), (P.NOT_STARTED, 2, b""))
         self.assertTrue(self.queue.cancelled(1))
         self.assertFalse(self.link.poll.poll(0))
+
+
+class ConnTest(unittest.TestCase):
+    """_process._Conn reads ahead: one recv takes in every frame that has
+    arrived, and the frames come out one at a time, whole."""
+
+    def setUp(self):
+        ours, self.host = socket.socketpair()
+        self.host.settimeout(10)
+        self.conn = _process._Conn(ours.detach(), 1 << 22)
+
+    def tearDown(self):
+        self.host.close()
+        self.conn.sock.close()
+
+    def test_frames_read_ahead(self):
+        P = _process
+        self.host.sendall(_frame(P.CALL, 1, b"a") + _frame(P.CANCEL, 1, b"") + _frame(P.CALL, 2, b"bb"))
+        self.assertEqual(self.conn.read_now(), (P.CALL, 1, b"a"))
+        # The rest came with the first recv: no read of the socket is
+        # needed for it.
+        self.host.close()
+        self.assertTrue(self.conn.whole(), "got no whole frame buffered, want the CANCEL")
+        self.assertEqual(self.conn.read_now(), (P.CANCEL, 1, b""))
+        self.assertEqual(self.conn.read_now(), (P.CALL, 2, b"bb"))
+        self.assertFalse(self.conn.buffered())
+        self.assertIsNone(self.conn.read_now())
+
+    def test_frame_in_pieces(self):
+        P = _process
+        data = _frame(P.CALL, 3, b"payload")
+        for cut in range(1, len(data)):
+            self.host.sendall(data[:cut])
+            _until(lambda: self.conn.fill() and self.conn.buffered(), "the first piece arrives")
+            self.assertFalse(self.conn.whole(), "got a whole frame from %d of %d bytes" % (cut, len(data)))
+            self.host.sendall(data[cut:])
+            self.assertEqual(self.conn.read_now(), (P.CALL, 3, b"payload"))
+
+    def test_frame_larger_than_the_buffer(self):
+        P = _process
+        big = bytes(range(256)) * ((3 * _process._READ_SIZE) // 256 + 1)
+        sender = threading.Thread(target=self.host.sendall,
+                                  args=(_frame(P.CALL, 4, big) + _frame(P.CALL, 5, b"after"),))
+        sender.start()
+        try:
+            self.assertEqual(self.conn.read_now(), (P.CALL, 4, big))
+            self.assertEqual(self.conn.read_now(), (P.CALL, 5, b"after"))
+        finally:
+            sender.join(10)
+
+    def test_fill_with_a_full_buffer(self):
+        """fill() with the buffer full of a large frame's first part takes
+        nothing in and reports no end of stream."""
+        P = _process
+        big = b"x" * (2 * P._READ_SIZE)
+        sender = threading.Thread(target=self.host.sendall, args=(_frame(P.CALL, 8, big),))
+        sender.start()
+        try:
+            _until(lambda: self.conn.fill() and self.conn.end == len(self.conn.buf), "the buffer fills")
+            self.assertTrue(self.conn.fill(), "fill with a full buffer: got end of stream, want none")
+            self.assertEqual(self.conn.read_now(), (P.CALL, 8, big))
+        finally:
+            sender.join(10)
+
+    def test_truncated(self):
+        P = _process
+        for data, want in ((_frame(P.CALL, 6, b"abc")[:-1], "truncated frame"),
+                           (_frame(P.CALL, 6, b"abc")[:5], "truncated frame header")):
+            with self.subTest(want=want):
+                ours, host = socket.socketpair()
+                conn = _process._Conn(ours.detach(), 1 << 20)
+                try:
+                    host.sendall(data)
+                    host.close()
+                    with self.assertRaisesRegex(EOFError, "^%s$" % want):
+                        conn.read_now()
+                finally:
+                    conn.sock.close()
+
+    def test_over_the_limit(self):
+        self.host.sendall(_H.pack((1 << 22) + 1, _process.CALL, 7))
+        with self.assertRaisesRegex(ValueError, "exceeds the limit"):
+            self.conn.read_now()
