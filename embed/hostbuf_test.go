@@ -104,6 +104,21 @@ r = hc(1, "f", {"x": val, "nested": {"l": [1, val, (val, "t")]}, "small": b"ab"}
 			})
 		}
 	}
+	t.Run("many", func(t *testing.T) { // more than the builtin keeps on its stack
+		mustExec(t, in, `many = [bytes([i]) * (65536 + i) for i in range(19)]
+r = hc(1, "f", {"l": many}, raise_, resolve_)`)
+		seen.mu.Lock()
+		defer seen.mu.Unlock()
+		rq.NoError(t, seen.err)
+		rq.Len(t, seen.addrs, 19)
+		l := seen.value.(map[string]any)["l"].([]any)
+		for i, v := range l {
+			b := v.([]byte)
+			rq.True(t, len(b) == 65536+i && b[0] == byte(i) && b[len(b)-1] == byte(i), "value %d: got %d bytes of %d", i, len(b), b[0])
+			addr := uintptr(mustEvalInt(t, in, fmt.Sprintf("addr(many[%d], 0)", i)))
+			rq.Equal(t, addr, seen.addrs[i], "value %d: not Python's memory", i)
+		}
+	})
 	t.Run("array", func(t *testing.T) {
 		// The arrays stay alive while Go reads what it saw of them.
 		mustExec(t, in, `small, big = array.array("i", [1, -2]), array.array("d", range(20000))
@@ -301,5 +316,56 @@ func (asserts) Empty(t testing.TB, v any, m ...any) {
 	t.Helper()
 	if l := reflect.ValueOf(v).Len(); l != 0 {
 		t.Fatalf("got length %d, want empty%s", l, amsg(m))
+	}
+}
+
+// TestHostCallBuffersHostileExporter: an object whose buffer export runs
+// Python code (3.12+: __buffer__) that shrinks the list being encoded or
+// mutates the dict makes a clear error or a consistent payload, never a
+// crash; on 3.11, where Python code cannot export a buffer, the object is
+// refused as marshal refuses it (NotImplemented).
+func TestHostCallBuffersHostileExporter(t *testing.T) {
+	in := newInterp(t, embed.InterpreterConfig{})
+	in.SetHostHandler(func(token uint64, name string, payload []byte, bufs [][]byte, reply []byte, _ bool) ([]byte, [][]byte) {
+		if _, err := pymarshal.DecodeOOB(payload, bufs); err != nil {
+			return pymarshal.AppendBytes(reply, []byte("bad payload: "+err.Error())), nil
+		}
+		return append(reply, 'T'), nil
+	})
+	mustExec(t, in, `import _snakepit_embed, sys
+hc = _snakepit_embed.host_call
+def raise_(reply):
+    raise RuntimeError(reply)
+def resolve_(value, bufs):
+    return value
+data = bytes(100000)
+class Shrinker:
+    def __init__(self, victim):
+        self.victim = victim
+    def __buffer__(self, flags):
+        self.victim.clear()
+        return memoryview(data)
+    def __release_buffer__(self, view):
+        pass
+def outcome(f):
+    try:
+        return repr(f())
+    except Exception as e:
+        return "%s: %s" % (type(e).__name__, e)
+lst = [1, 2, 3]
+lst.insert(0, Shrinker(lst))
+shrunk_list = outcome(lambda: hc(1, "f", {"l": lst}, raise_, resolve_))
+d = {"a": 1}
+d["s"] = Shrinker(d)
+d["z"] = 2
+mutated_dict = outcome(lambda: hc(1, "f", d, raise_, resolve_))
+new_exporters = sys.version_info >= (3, 12)
+`)
+	if mustEval(t, in, "new_exporters") == true {
+		rq.Contains(t, mustEval(t, in, "shrunk_list").(string), "changed size")
+		rq.Equal(t, "True", mustEval(t, in, "mutated_dict"))
+	} else {
+		rq.Equal(t, "NotImplemented", mustEval(t, in, "shrunk_list"))
+		rq.Equal(t, "NotImplemented", mustEval(t, in, "mutated_dict"))
 	}
 }

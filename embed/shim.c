@@ -1425,10 +1425,13 @@ typedef struct {
 	int heap; // base is malloc'd
 	int depth;
 	// The exports of out-of-band values, held until Go returns, and their
-	// spans: nviews of them, room for vcap.
-	spk_Py_buffer *views;
+	// spans: nviews of them, room for vcap. A Py_buffer never moves once
+	// filled (an exporter may point its shape into it): views holds
+	// pointers, to views_small and then to malloc'd ones.
+	spk_Py_buffer **views;
 	spk_buf *bufs;
 	int nviews, vcap;
+	spk_Py_buffer *views_ptrs[KW_SMALL_VIEWS];
 	spk_Py_buffer views_small[KW_SMALL_VIEWS];
 	spk_buf bufs_small[KW_SMALL_VIEWS];
 } kw_out;
@@ -1438,7 +1441,8 @@ static void kw_init(kw_out *o, char *buf, size_t cap) {
 	o->end = buf + cap;
 	o->heap = 0;
 	o->depth = 0;
-	o->views = o->views_small;
+	for (int i = 0; i < KW_SMALL_VIEWS; i++) o->views_ptrs[i] = &o->views_small[i];
+	o->views = o->views_ptrs;
 	o->bufs = o->bufs_small;
 	o->nviews = 0;
 	o->vcap = KW_SMALL_VIEWS;
@@ -1446,11 +1450,15 @@ static void kw_init(kw_out *o, char *buf, size_t cap) {
 
 // kw_free releases what o holds (with the GIL).
 static void kw_free(kw_out *o) {
-	for (int i = 0; i < o->nviews; i++) api.PyBuffer_Release(&o->views[i]);
+	for (int i = 0; i < o->nviews; i++) api.PyBuffer_Release(o->views[i]);
 	o->nviews = 0;
-	if (o->views != o->views_small) free(o->views);
+	if (o->views != o->views_ptrs) {
+		for (int i = KW_SMALL_VIEWS; i < o->vcap; i++) free(o->views[i]);
+		free(o->views);
+	}
 	if (o->bufs != o->bufs_small) free(o->bufs);
-	o->views = o->views_small;
+	o->views = o->views_ptrs;
+	o->vcap = KW_SMALL_VIEWS;
 	o->bufs = o->bufs_small;
 	if (o->heap) free(o->base);
 	o->heap = 0;
@@ -1582,8 +1590,8 @@ static int kw_buffer(kw_out *o, PyObject *v) {
 	const char *f, *dtype;
 	int rc;
 	if (o->nviews == o->vcap) {
-		int cap = o->vcap * 2;
-		spk_Py_buffer *nv = malloc(cap * sizeof *nv);
+		int cap = o->vcap * 2, i;
+		spk_Py_buffer **nv = malloc(cap * sizeof *nv);
 		spk_buf *nb = malloc(cap * sizeof *nb);
 		if (nv == NULL || nb == NULL) {
 			free(nv);
@@ -1591,15 +1599,25 @@ static int kw_buffer(kw_out *o, PyObject *v) {
 			api.PyErr_NoMemory();
 			return KW_ERROR;
 		}
-		memcpy(nv, o->views, o->nviews * sizeof *nv);
+		memcpy(nv, o->views, o->vcap * sizeof *nv);
 		memcpy(nb, o->bufs, o->nviews * sizeof *nb);
-		if (o->views != o->views_small) free(o->views);
+		for (i = o->vcap; i < cap; i++) {
+			if ((nv[i] = malloc(sizeof **nv)) == NULL) break;
+		}
+		if (i < cap) {
+			while (i-- > o->vcap) free(nv[i]);
+			free(nv);
+			free(nb);
+			api.PyErr_NoMemory();
+			return KW_ERROR;
+		}
+		if (o->views != o->views_ptrs) free(o->views);
 		if (o->bufs != o->bufs_small) free(o->bufs);
 		o->views = nv;
 		o->bufs = nb;
 		o->vcap = cap;
 	}
-	view = &o->views[o->nviews];
+	view = o->views[o->nviews];
 	// 0x3c: PyBUF_C_CONTIGUOUS | PyBUF_FORMAT.
 	if (api.PyObject_GetBuffer(v, view, 0x3c) < 0) {
 		api.PyErr_Clear();
