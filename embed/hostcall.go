@@ -48,9 +48,10 @@ import (
 // Out-of-band results: when replyBufs is true (the five-argument form),
 // the handler may return buffers beside the reply, which markers in the
 // reply name by index (pymarshal.AppendMarshalOOB): each is copied once,
-// straight into a bytes object, and the decoded value with its markers
-// goes to resolve_(value, buffers) in Python. Otherwise it must return
-// none.
+// straight into a bytes object (none is made for one that is all of a
+// bytes argument's memory: that object itself is the value), and the
+// decoded value with its markers goes to resolve_(value, buffers) in
+// Python. Otherwise it must return none.
 //
 // The handler runs on the calling Python thread's own OS thread, with that
 // interpreter's GIL released: no other OS thread is woken, and the
@@ -164,7 +165,7 @@ func spkHostCall(handle C.uintptr_t, token C.uint64_t, name *C.char, nlen C.Py_s
 		if rep.bufs_ok == 0 {
 			return putHostError(rep, "embed: host handler returned out-of-band buffers to a caller that takes none")
 		}
-		if err := putHostBuffers(rep, outBufs); err != "" {
+		if err := putHostBuffers(rep, outBufs, args); err != "" {
 			return putHostError(rep, err)
 		}
 	}
@@ -177,21 +178,31 @@ func spkHostCall(handle C.uintptr_t, token C.uint64_t, name *C.char, nlen C.Py_s
 
 // putHostBuffers copies bufs into bytes objects that rep keeps for the
 // host_call builtin: one copy, from Go's memory into Python's, made here
-// without the GIL. It returns a message on failure.
-func putHostBuffers(rep *C.spk_hostreply, bufs [][]byte) string {
+// without the GIL. A buffer that is all of an argument's (args: the
+// call's) is no copy at all when that argument is a bytes object: the
+// reply holds the object itself. It returns a message on failure.
+func putHostBuffers(rep *C.spk_hostreply, bufs, args [][]byte) string {
 	if len(bufs) > 1<<20 {
 		return "embed: host handler returned too many out-of-band buffers"
 	}
 	lens := make([]C.Py_ssize_t, len(bufs))
+	same := make([]C.int, len(bufs))
 	for i, b := range bufs {
 		lens[i] = C.Py_ssize_t(len(b))
+		same[i] = -1
+		for j, a := range args {
+			if len(a) == len(b) && len(b) > 0 && unsafe.SliceData(a) == unsafe.SliceData(b) {
+				same[i] = C.int(j)
+				break
+			}
+		}
 	}
-	ptrs := C.spk_host_result_bufs(rep, &lens[0], C.int(len(bufs)))
+	ptrs := C.spk_host_result_bufs(rep, &lens[0], &same[0], C.int(len(bufs)))
 	if ptrs == nil {
 		return "embed: host_call: out of memory for the reply's buffers"
 	}
 	for i, p := range unsafe.Slice(ptrs, len(bufs)) {
-		if len(bufs[i]) > 0 {
+		if p != nil && len(bufs[i]) > 0 {
 			copy(unsafe.Slice((*byte)(unsafe.Pointer(p)), len(bufs[i])), bufs[i])
 		}
 	}

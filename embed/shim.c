@@ -1841,6 +1841,8 @@ static PyObject *host_call_impl(PyObject *self, PyObject *const *args, Py_ssize_
 	}
 	// Go runs on this thread, with the GIL released so that the
 	// interpreter's other threads run meanwhile (and call Go too).
+	rep.args = o.views;
+	rep.nargs = o.nviews;
 	ts = api.PyEval_SaveThread();
 	rep.ts = ts;
 	rc = spkHostCall((uintptr_t)handle, (uint64_t)token, (char *)name, nlen, pbuf, plen, o.bufs, o.nviews, &rep);
@@ -1889,8 +1891,22 @@ static PyObject *host_call_impl(PyObject *self, PyObject *const *args, Py_ssize_
 	return out;
 }
 
-char **spk_host_result_bufs(spk_hostreply *rep, const Py_ssize_t *lens, int n) {
+// same_bytes returns the bytes object whose whole memory argument export
+// view is, or NULL.
+static PyObject *same_bytes(spk_Py_buffer *view, Py_ssize_t len) {
+	char *p;
+	Py_ssize_t n;
+	PyObject *t;
+	if (view->obj == NULL || view->len != len) return NULL;
+	t = api.PyObject_Type(view->obj);
+	api.Py_DecRef(t);
+	if (t != api.PyBytes_Type || api.PyBytes_AsStringAndSize(view->obj, &p, &n) < 0) return NULL;
+	return p == view->buf && n == len ? view->obj : NULL;
+}
+
+char **spk_host_result_bufs(spk_hostreply *rep, const Py_ssize_t *lens, const int *same, int n) {
 	PyObject **objs = calloc((size_t)n, sizeof(PyObject *) + sizeof(char *));
+	spk_Py_buffer **args = rep->args;
 	char **ptrs;
 	int i;
 	if (objs == NULL || rep->objs != NULL) {
@@ -1900,6 +1916,13 @@ char **spk_host_result_bufs(spk_hostreply *rep, const Py_ssize_t *lens, int n) {
 	ptrs = (char **)(objs + n);
 	api.PyEval_RestoreThread(rep->ts);
 	for (i = 0; i < n; i++) {
+		PyObject *b = same[i] >= 0 && same[i] < rep->nargs ? same_bytes(args[same[i]], lens[i]) : NULL;
+		if (b != NULL) { // an argument echoed: immutable, so the reply may be it
+			api.Py_IncRef(b);
+			objs[i] = b;
+			ptrs[i] = NULL;
+			continue;
+		}
 		if ((objs[i] = api.PyBytes_FromStringAndSize(NULL, lens[i])) == NULL) break;
 		ptrs[i] = api.PyBytes_AsString(objs[i]);
 	}

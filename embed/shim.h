@@ -179,14 +179,19 @@ typedef struct {
 	int markers;
 	int nobjs;
 	PyObject **objs; // malloc'd: nobjs objects, then their nobjs data pointers
+	void *args;      // the call's held argument exports (the builtin's), nargs of them
+	int nargs;
 } spk_hostreply;
 
 // spk_host_result_bufs makes n bytes objects of lens[i] bytes for rep,
 // taking the GIL with rep->ts for it (the caller does not hold it), and
 // returns their data pointers (rep's, valid while rep holds the objects),
-// for the caller to fill before the host call returns to Python. NULL:
-// out of memory, nothing made.
-char **spk_host_result_bufs(spk_hostreply *rep, const Py_ssize_t *lens, int n);
+// for the caller to fill before the host call returns to Python. Where
+// same[i] >= 0 the buffer is all of argument buffer same[i]: if that
+// argument is a bytes object (immutable), the object itself is the reply's
+// buffer and its pointer is NULL (nothing to fill). NULL: out of memory,
+// nothing made.
+char **spk_host_result_bufs(spk_hostreply *rep, const Py_ssize_t *lens, const int *same, int n);
 
 // spk_intern returns a new reference to the interned str s.
 PyObject *spk_intern(PyThreadState *ts, const char *s, spk_result *r);

@@ -60,7 +60,7 @@ def send(ctx, kind, n):
 def echo(ctx, kind, n):
     v, _, _ = _value(kind, n)
     r = ctx.host.echo(data=v)
-    return [type(r).__name__, r == bytes(v), len(r)]
+    return [type(r).__name__, r == bytes(v), len(r), r is v]
 
 
 @snakepit.command
@@ -77,10 +77,18 @@ def arrays(ctx, n):
     return {"go": got["go"], "back": [type(back).__name__, back.format, back.readonly, list(back.shape), sum(back)]}
 
 
+_mutable = {}
+
+
 @snakepit.command
-def bench(ctx, name, n, rounds):
-    """rounds host calls of name with n bytes (prepared before)."""
+def bench(ctx, name, n, rounds, kind="bytes"):
+    """rounds host calls of name with n bytes (prepared before), as bytes
+    or as a bytearray."""
     p = _payload(n)
+    if kind == "bytearray":
+        p = _mutable.get(n)
+        if p is None:
+            p = _mutable[n] = bytearray(_payload(n))
     call = ctx.host.call
     for _ in range(rounds):
         r = call(name, data=p)
