@@ -65,8 +65,13 @@ import (
 type HostHandler func(token uint64, name string, payload []byte, bufs [][]byte, reply []byte, replyBufs bool) ([]byte, [][]byte)
 
 // HostBufferMin is the size from which a bytes-like host call argument or
-// result crosses out of band (see [HostHandler]).
-const HostBufferMin = C.SPK_HOST_BUF_MIN
+// result crosses out of band (see [HostHandler]): 64 KiB, as for calls
+// (pool's out-of-band threshold).
+const HostBufferMin = 64 << 10
+
+// The shim's own copy of HostBufferMin must match: a difference makes one
+// of these constants negative, which a uint cannot hold.
+const _ = uint(HostBufferMin-C.SPK_HOST_BUF_MIN) + uint(C.SPK_HOST_BUF_MIN-HostBufferMin)
 
 // SetHostHandler sets the handler the interpreter's host_call builtin
 // calls; nil removes it (host_call then raises RuntimeError). Safe to call
