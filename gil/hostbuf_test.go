@@ -195,3 +195,37 @@ func BenchmarkHostCall16MiB(b *testing.B) {
 		}
 	})
 }
+
+// inlineHost is a worker.Host that is not a *host.Set: it takes marshal
+// bytes alone, and replies with what it found in them.
+type inlineHost struct{}
+
+func (inlineHost) Names() []string { return []string{"addr"} }
+
+func (inlineHost) Invoke(ctx context.Context, name string, args []byte) []byte {
+	v, err := pymarshal.Decode(args)
+	if err != nil {
+		return host.Reply(nil, err)
+	}
+	d := v.(map[string]any)["data"].([]byte)
+	out, err := pymarshal.Marshal([]int64{0, int64(len(d))})
+	return host.Reply(out, err)
+}
+
+// TestHostBuffersForeignHost: a worker.Host other than *host.Set gets
+// large arguments inline, as it takes no buffers.
+func TestHostBuffersForeignHost(t *testing.T) {
+	w, err := gil.Start(context.Background(), gil.Config{Module: "hostbuf_adapter", Paths: []string{abs(t, "testdata")},
+		Runtime: runtimeFor(t), Host: inlineHost{}})
+	rq.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+		defer cancel()
+		if err := w.Close(ctx); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	v, err := hcall(t, w, "echo_addr", map[string]any{"n": 1 << 20})
+	rq.NoError(t, err)
+	rq.Equal(t, []any{int64(0), int64(1 << 20)}, v)
+}

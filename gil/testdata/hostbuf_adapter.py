@@ -93,3 +93,8 @@ def bench(ctx, name, n, rounds, kind="bytes"):
     for _ in range(rounds):
         r = call(name, data=p)
     return r if type(r) is int else len(r)
+
+
+@snakepit.command
+def echo_addr(ctx, n):
+    return ctx.host.addr(data=_payload(n))
