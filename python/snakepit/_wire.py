@@ -199,6 +199,10 @@ def describe(obj):
 #
 # The thread profile hands payloads over as read-only memoryviews of the
 # host's memory, valid during the call only; the process profile as bytes.
+#
+# A host function's result (ctx.host) may hold the same markers: the thread
+# profile's out-of-band result buffers are bytes objects, and arrays come
+# as array markers in both profiles (see resolve_value).
 
 MARKER = "\x00snakepit"
 
