@@ -25,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -79,6 +80,9 @@ func New[A, R any](name string, fn func(ctx context.Context, args A) (R, error))
 		r R
 	}
 	boxes := sync.Pool{New: func() any { return new(box) }}
+	// A result type that can hold no bytes is encoded as by AppendMarshal
+	// (nothing could go out of band): the common small result pays nothing.
+	resultBytes := mayHoldBytes(reflect.TypeFor[R](), nil)
 	return Func{name: name, call: func(ctx context.Context, raw []byte, in [][]byte, dst []byte, outMin int, out [][]byte) ([]byte, [][]byte, error) {
 		b := boxes.Get().(*box)
 		defer func() {
@@ -102,7 +106,7 @@ func New[A, R any](name string, fn func(ctx context.Context, args A) (R, error))
 		}
 		b.r = r
 		var res []byte
-		if outMin > 0 {
+		if outMin > 0 && resultBytes {
 			var more [][]byte
 			res, more, err = pymarshal.AppendMarshalOOB(dst, &b.r, outMin, out)
 			if err == nil {
@@ -117,6 +121,47 @@ func New[A, R any](name string, fn func(ctx context.Context, args A) (R, error))
 		return res, out, nil
 	}}
 }
+
+// mayHoldBytes reports whether a value of type t can hold a []byte or a
+// pymarshal.Array (what AppendMarshalOOB may put out of band): through an
+// interface, a pointer, a container or a struct field. seen holds the
+// types being looked at (a recursive type holds what it holds elsewhere).
+func mayHoldBytes(t reflect.Type, seen map[reflect.Type]bool) bool {
+	if t == arrayType {
+		return true
+	}
+	if seen[t] {
+		return false
+	}
+	switch t.Kind() {
+	case reflect.Interface:
+		return true
+	case reflect.Slice:
+		if t.Elem().Kind() == reflect.Uint8 {
+			return true
+		}
+	case reflect.Array, reflect.Pointer, reflect.Map, reflect.Struct:
+	default:
+		return false
+	}
+	if seen == nil {
+		seen = map[reflect.Type]bool{}
+	}
+	seen[t] = true
+	switch t.Kind() {
+	case reflect.Slice, reflect.Array, reflect.Pointer, reflect.Map:
+		return mayHoldBytes(t.Elem(), seen)
+	case reflect.Struct:
+		for i := range t.NumField() {
+			if mayHoldBytes(t.Field(i).Type, seen) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+var arrayType = reflect.TypeFor[pymarshal.Array]()
 
 // Raw makes a host function that takes the marshalled keyword arguments (a
 // dict; empty for none) and returns its marshalled result. Its arguments
