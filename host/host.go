@@ -8,7 +8,10 @@
 //
 // and only those. Arguments arrive as keyword arguments, decoded into the
 // function's argument type by pymarshal (a struct by its json tags, a map,
-// as for pool.Call); the result is encoded back the same way.
+// as for pool.Call); the result is encoded back the same way. bytes-like
+// values (bytes, bytearray, memoryview) arrive as []byte, and array.array
+// and numpy arrays as pymarshal.Array, as results of calls do; in the
+// thread profile large ones are not copied (see [New]).
 //
 // The ctx a function receives is the Python call's: it carries its
 // deadline, its cancellation (a handler interrupted for its deadline also
