@@ -1483,15 +1483,23 @@ static int kw_grow(kw_out *o, size_t n) {
 	return KW_OK;
 }
 
-static int kw_put(kw_out *o, const void *b, size_t n) {
-	if ((size_t)(o->end - o->p) < n && kw_grow(o, n) < 0) return KW_ERROR;
+// kw_put_grow is kw_put when the bytes do not fit.
+static int kw_put_grow(kw_out *o, const void *b, size_t n) {
+	if (kw_grow(o, n) < 0) return KW_ERROR;
+	memcpy(o->p, b, n);
+	o->p += n;
+	return KW_OK;
+}
+
+static inline int kw_put(kw_out *o, const void *b, size_t n) {
+	if ((size_t)(o->end - o->p) < n) return kw_put_grow(o, b, n);
 	memcpy(o->p, b, n);
 	o->p += n;
 	return KW_OK;
 }
 
 // kw_code_len writes a type code and a 32-bit length (or count).
-static int kw_code_len(kw_out *o, char code, Py_ssize_t n) {
+static inline int kw_code_len(kw_out *o, char code, Py_ssize_t n) {
 	unsigned char h[5];
 	if (n < 0 || n > 0x7fffffff) return KW_FALLBACK;
 	h[0] = (unsigned char)code;
@@ -1660,16 +1668,15 @@ static int kw_seq(kw_out *o, PyObject *v, int list) {
 	Py_ssize_t n = list ? api.PyList_Size(v) : api.PyTuple_Size(v);
 	int rc = kw_code_len(o, list ? '[' : '(', n);
 	for (Py_ssize_t i = 0; rc == KW_OK && i < n; i++) {
-		// A list may shrink while its items' exports run Python code.
+		// A list may shrink while its items' exports run Python code
+		// (kw_value holds a reference to an item while code may run).
 		PyObject *x = list ? api.PyList_GetItem(v, i) : api.PyTuple_GetItem(v, i);
 		if (x == NULL) {
 			api.PyErr_Clear();
 			api.PyErr_SetString(*api.PyExc_RuntimeError, "host_call(): a list in the arguments changed size while they were read");
 			return KW_ERROR;
 		}
-		api.Py_IncRef(x);
 		rc = kw_value(o, x);
-		api.Py_DecRef(x);
 	}
 	return rc;
 }
@@ -1679,20 +1686,21 @@ static int kw_dict(kw_out *o, PyObject *d) {
 	Py_ssize_t pos = 0;
 	PyObject *k, *v;
 	int rc = kw_put(o, "{", 1);
+	// k and v are borrowed: kw_value holds a reference to a value while
+	// Python code may run (an export may change the dict); k is done with
+	// before v is read.
 	while (rc == KW_OK && api.PyDict_Next(d, &pos, &k, &v)) {
-		api.Py_IncRef(k);
-		api.Py_IncRef(v);
 		rc = kw_value(o, k);
 		if (rc == KW_OK) rc = kw_value(o, v);
-		api.Py_DecRef(k);
-		api.Py_DecRef(v);
 	}
 	return rc != KW_OK ? rc : kw_put(o, "0", 1);
 }
 
 // kw_value writes v as marshal version 2 does, except for bytes-like
 // values (see kw_buffer). The common types are written here; anything
-// else by marshal itself (kw_splice).
+// else by marshal itself (kw_splice). v may be a borrowed reference: the
+// scalars run no Python code, and v is held while anything else is
+// written.
 static int kw_value(kw_out *o, PyObject *v) {
 	PyObject *t;
 	int rc;
@@ -1740,18 +1748,23 @@ static int kw_value(kw_out *o, PyObject *v) {
 		if ((rc = kw_code_len(o, 's', n)) != KW_OK) return rc;
 		return kw_put(o, s, (size_t)n);
 	}
-	if (o->depth >= KW_MAX_DEPTH) return kw_splice(o, v); // marshal's own limit applies
-	o->depth++;
-	if (t == api.PyDict_Type) {
-		rc = kw_dict(o, v);
-	} else if (t == api.PyList_Type || t == api.PyTuple_Type) {
-		rc = kw_seq(o, v, t == api.PyList_Type);
-	} else if (api.PyObject_CheckBuffer(v)) {
-		rc = kw_buffer(o, v);
+	api.Py_IncRef(v);
+	if (o->depth >= KW_MAX_DEPTH) {
+		rc = kw_splice(o, v); // marshal's own limit applies
 	} else {
-		rc = kw_splice(o, v);
+		o->depth++;
+		if (t == api.PyDict_Type) {
+			rc = kw_dict(o, v);
+		} else if (t == api.PyList_Type || t == api.PyTuple_Type) {
+			rc = kw_seq(o, v, t == api.PyList_Type);
+		} else if (api.PyObject_CheckBuffer(v)) {
+			rc = kw_buffer(o, v);
+		} else {
+			rc = kw_splice(o, v);
+		}
+		o->depth--;
 	}
-	o->depth--;
+	api.Py_DecRef(v);
 	return rc;
 }
 

@@ -24,7 +24,13 @@ var markerNeedle = []byte("\x09" + MarkerTag)
 // tuple (an [Array]). It is a byte search, as fast as memchr: false means
 // there is none; true may also come from bytes that only happen to contain
 // the tag.
-func HasMarkers(data []byte) bool { return bytes.Contains(data, markerNeedle) }
+func HasMarkers(data []byte) bool {
+	return len(data) >= minMarkerLen && bytes.Contains(data, markerNeedle)
+}
+
+// minMarkerLen is the size of the smallest marker tuple, ("\x00snakepit",
+// "buf", i): shorter data holds none (small results skip the search).
+const minMarkerLen = 2 + 2 + len(MarkerTag) + 2 + len("buf") + 5
 
 // Array is n-dimensional numeric data: the Go side of a numpy.ndarray.
 //

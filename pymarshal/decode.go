@@ -147,6 +147,8 @@ var errNeedGeneral = errors.New("pymarshal: typed decoding cannot continue")
 // inputs are not, so a small string kept by the caller cannot pin them.
 const sharedStringMax = 64 << 10
 
+// decoder is the state of one decoding. unmarshalTyped resets a pooled one
+// field by field: a new field must be reset there too.
 type decoder struct {
 	data   []byte
 	shared bool   // len(data) <= sharedStringMax: strs slice text

@@ -85,9 +85,13 @@ func unmarshalTyped(data []byte, dst reflect.Value, alias bool, oob oobSet) erro
 	}
 	u := typedDecoders.Get().(*typedDecoder)
 	budget := DecodeBudget(len(data))
-	u.d = decoder{data: data, shared: len(data) <= sharedStringMax, budget: budget, limit: budget, refs: u.d.refs[:0],
-		oobOn: oob.on, oob: oob.bufs}
-	u.a = assigner{budget: budget, limit: budget, oob: oob.bufs}
+	// Field by field: a whole-struct assignment into the pooled decoder
+	// costs a typedmemmove call per decoding.
+	d := &u.d
+	d.data, d.shared, d.text, d.pos, d.depth = data, len(data) <= sharedStringMax, "", 0, 0
+	d.refs, d.budget, d.limit = d.refs[:0], budget, budget
+	d.oobOn, d.oob, d.tuples = oob.on, oob.bufs, false
+	u.a.budget, u.a.limit, u.a.oob = budget, budget, oob.bufs
 	u.alias = alias
 	if t := dst.Type(); t != u.lastType {
 		u.lastType, u.lastDec = t, decoderFor(t)

@@ -92,7 +92,7 @@ func unmarshalGeneral(data []byte, dst reflect.Value, oob oobSet) error {
 
 // assigner stores decoded values into typed Go values, charging what it
 // allocates to a budget.
-type assigner struct {
+type assigner struct { // unmarshalTyped resets it field by field
 	budget, limit int64
 	// oob: the out-of-band buffers of the decoding (UnmarshalOOB), which
 	// []byte destinations take without a copy.
