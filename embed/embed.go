@@ -36,7 +36,10 @@
 // on the calling thread, with the GIL released while Go runs: no other OS
 // thread is woken, and Python threads the caller started may call too.
 // [Interpreter.TagCalls] lets Python code tell the calls that Go made into
-// it apart (the thread profile's host functions use both).
+// it apart (the thread profile's host functions use both). Large
+// bytes-like arguments reach Go without a copy, as the Python objects' own
+// memory, and large results reach Python with one (see [HostHandler] and
+// [HostBufferMin]).
 //
 // # Values
 //

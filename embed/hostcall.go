@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"unsafe"
+
+	"github.com/snakepit-go/snakepit/pymarshal"
 )
 
 // HostHandler serves a call from Python into Go: Python code of the
@@ -23,24 +25,53 @@ import (
 //
 //	_snakepit_embed.host_call(token, name, payload) -> bytes
 //	_snakepit_embed.host_call(token, name, payload, raise_) -> value
+//	_snakepit_embed.host_call(token, name, payload, raise_, resolve_) -> value
 //
-// (token an int, name a str, payload bytes; in the second form payload
+// (token an int, name a str, payload bytes; in the longer forms payload
 // may also be the kwargs dict, which the builtin marshals, and the reply
 // is decoded there: the value, or raise_(reply) for an error reply, one
 // whose first byte is 0x01), and the handler set with
 // [Interpreter.SetHostHandler] gets them and returns the reply bytes,
-// appended to buf: buf is empty, with room for a small reply in the
+// appended to reply: reply is empty, with room for a small reply in the
 // calling C frame's memory, so a reply that fits is not copied again.
+//
+// Out-of-band arguments: from a kwargs dict, bytes-like values (bytes,
+// bytearray, memoryview, any C-contiguous buffer) of [HostBufferMin] bytes
+// or more are not copied. bufs holds their memory — the Python objects'
+// own, their buffer exports held until the handler returns, so none can
+// be resized or freed meanwhile — and payload names them with the
+// markers of pymarshal.AppendMarshalOOB: ("\x00snakepit", "buf", i) for
+// bytes, and the array marker with data i for numeric buffers
+// (array.array, numpy arrays), which pymarshal.UnmarshalOOB resolves.
+// bufs is nil when there are none.
+//
+// Out-of-band results: when replyBufs is true (the five-argument form),
+// the handler may return buffers beside the reply, which markers in the
+// reply name by index (pymarshal.AppendMarshalOOB): each is copied once,
+// straight into a bytes object (none is made for one that is all of a
+// bytes argument's memory: that object itself is the value), and the
+// decoded value with its markers goes to resolve_(value, buffers) in
+// Python. Otherwise it must return none.
 //
 // The handler runs on the calling Python thread's own OS thread, with that
 // interpreter's GIL released: no other OS thread is woken, and the
 // interpreter's other threads run meanwhile (and may call the handler
-// concurrently). payload is Python's memory, valid only until the handler
-// returns: copy what it keeps. The handler must not call into the same
-// interpreter from its own goroutine: its thread is inside a call of it
-// already (CallOnThread fails there; work for the home thread, when the
-// host call came from the home thread, would wait for ever).
-type HostHandler func(token uint64, name string, payload, buf []byte) []byte
+// concurrently). payload and bufs are Python's memory, valid only until
+// the handler returns: copy what it keeps (other Python threads may
+// write to a writable buffer meanwhile). The handler must not call into
+// the same interpreter from its own goroutine: its thread is inside a
+// call of it already (CallOnThread fails there; work for the home thread,
+// when the host call came from the home thread, would wait for ever).
+type HostHandler func(token uint64, name string, payload []byte, bufs [][]byte, reply []byte, replyBufs bool) ([]byte, [][]byte)
+
+// HostBufferMin is the size from which a bytes-like host call argument or
+// result crosses out of band (see [HostHandler]): 64 KiB, as for calls
+// (pool's out-of-band threshold).
+const HostBufferMin = 64 << 10
+
+// The shim's own copy of HostBufferMin must match: a difference makes one
+// of these constants negative, which a uint cannot hold.
+const _ = uint(HostBufferMin-C.SPK_HOST_BUF_MIN) + uint(C.SPK_HOST_BUF_MIN-HostBufferMin)
 
 // SetHostHandler sets the handler the interpreter's host_call builtin
 // calls; nil removes it (host_call then raises RuntimeError). Safe to call
@@ -102,7 +133,7 @@ func (in *Interpreter) installHost(ctx context.Context) error {
 // panic would end the process.
 //
 //export spkHostCall
-func spkHostCall(handle C.uintptr_t, token C.uint64_t, name *C.char, nlen C.Py_ssize_t, payload *C.char, plen C.Py_ssize_t, rep *C.spk_hostreply) (rc C.int) {
+func spkHostCall(handle C.uintptr_t, token C.uint64_t, name *C.char, nlen C.Py_ssize_t, payload *C.char, plen C.Py_ssize_t, bufs *C.spk_buf, nbufs C.int, rep *C.spk_hostreply) (rc C.int) {
 	defer func() {
 		if v := recover(); v != nil {
 			rc = putHostError(rep, fmt.Sprintf("embed: host handler panicked: %v", v))
@@ -120,10 +151,67 @@ func spkHostCall(handle C.uintptr_t, token C.uint64_t, name *C.char, nlen C.Py_s
 	if plen > 0 {
 		p = unsafe.Slice((*byte)(unsafe.Pointer(payload)), int(plen))
 	}
+	var args [][]byte
+	if nbufs > 0 {
+		spans := unsafe.Slice(bufs, int(nbufs))
+		args = make([][]byte, len(spans))
+		for i, b := range spans {
+			if b.len > 0 {
+				args[i] = unsafe.Slice((*byte)(unsafe.Pointer(b.ptr)), int(b.len))
+			} else {
+				args[i] = []byte{}
+			}
+		}
+	}
 	nb := unsafe.Slice((*byte)(unsafe.Pointer(name)), int(nlen))
 	buf := unsafe.Slice((*byte)(unsafe.Pointer(rep.buf)), int(rep.cap))[:0]
-	putHostReply(rep, (*h)(uint64(token), in.hostName(nb), p, buf))
+	out, outBufs := (*h)(uint64(token), in.hostName(nb), p, args, buf, rep.bufs_ok != 0)
+	if len(outBufs) > 0 {
+		if rep.bufs_ok == 0 {
+			return putHostError(rep, "embed: host handler returned out-of-band buffers to a caller that takes none")
+		}
+		if err := putHostBuffers(rep, outBufs, args); err != "" {
+			return putHostError(rep, err)
+		}
+	}
+	if rep.bufs_ok != 0 && (len(outBufs) > 0 || pymarshal.HasMarkers(out)) {
+		rep.markers = 1
+	}
+	putHostReply(rep, out)
 	return 0
+}
+
+// putHostBuffers copies bufs into bytes objects that rep keeps for the
+// host_call builtin: one copy, from Go's memory into Python's, made here
+// without the GIL. A buffer that is all of an argument's (args: the
+// call's) is no copy at all when that argument is a bytes object: the
+// reply holds the object itself. It returns a message on failure.
+func putHostBuffers(rep *C.spk_hostreply, bufs, args [][]byte) string {
+	if len(bufs) > 1<<20 {
+		return "embed: host handler returned too many out-of-band buffers"
+	}
+	lens := make([]C.Py_ssize_t, len(bufs))
+	same := make([]C.int, len(bufs))
+	for i, b := range bufs {
+		lens[i] = C.Py_ssize_t(len(b))
+		same[i] = -1
+		for j, a := range args {
+			if len(a) == len(b) && len(b) > 0 && unsafe.SliceData(a) == unsafe.SliceData(b) {
+				same[i] = C.int(j)
+				break
+			}
+		}
+	}
+	ptrs := C.spk_host_result_bufs(rep, &lens[0], &same[0], C.int(len(bufs)))
+	if ptrs == nil {
+		return "embed: host_call: out of memory for the reply's buffers"
+	}
+	for i, p := range unsafe.Slice(ptrs, len(bufs)) {
+		if p != nil && len(bufs[i]) > 0 {
+			copy(unsafe.Slice((*byte)(unsafe.Pointer(p)), len(bufs[i])), bufs[i])
+		}
+	}
+	return ""
 }
 
 // hostName returns b as a string, without allocating for a name seen

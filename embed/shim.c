@@ -127,6 +127,15 @@ static struct {
 	int (*PyDict_Next)(PyObject *, Py_ssize_t *, PyObject **, PyObject **);
 	long (*PyLong_AsLongAndOverflow)(PyObject *, int *);
 	double (*PyFloat_AsDouble)(PyObject *);
+
+	// Host calls with out-of-band buffers.
+	int (*PyObject_CheckBuffer)(PyObject *);
+	PyObject *PyList_Type;
+	PyObject *PyTuple_Type;
+	Py_ssize_t (*PyList_Size)(PyObject *);
+	PyObject *(*PyList_GetItem)(PyObject *, Py_ssize_t);
+	char *(*PyBytes_AsString)(PyObject *);
+	PyObject *(*PyErr_NoMemory)(void);
 } api;
 
 static void *lib;
@@ -252,6 +261,13 @@ int spk_load(const char *path, char **err) {
 	REQ(PyDict_Next);
 	REQ(PyLong_AsLongAndOverflow);
 	REQ(PyFloat_AsDouble);
+	REQ(PyObject_CheckBuffer);
+	REQ(PyList_Type);
+	REQ(PyTuple_Type);
+	REQ(PyList_Size);
+	REQ(PyList_GetItem);
+	REQ(PyBytes_AsString);
+	REQ(PyErr_NoMemory);
 #undef REQ
 #undef OPT
 	return 0;
@@ -1397,21 +1413,95 @@ typedef struct {
 
 #define SPK_METH_FASTCALL 0x0080
 
-// kw_out is a small marshal encoder writing into a fixed buffer.
+// kw_out is the marshal encoder of a host call's keyword arguments: it
+// writes into the caller's buffer, then into malloc'd memory when that is
+// full, and keeps the buffer exports of the values it passes out of band.
+#define KW_SMALL_VIEWS 4
+#define KW_MAX_DEPTH 100
+enum { KW_OK = 0, KW_FALLBACK = -1, KW_ERROR = -2 };
+
 typedef struct {
-	char *p, *end;
+	char *base, *p, *end;
+	int heap; // base is malloc'd
+	int depth;
+	// The exports of out-of-band values, held until Go returns, and their
+	// spans: nviews of them, room for vcap. A Py_buffer never moves once
+	// filled (an exporter may point its shape into it): views holds
+	// pointers, to views_small and then to malloc'd ones.
+	spk_Py_buffer **views;
+	spk_buf *bufs;
+	int nviews, vcap;
+	spk_Py_buffer *views_ptrs[KW_SMALL_VIEWS];
+	spk_Py_buffer views_small[KW_SMALL_VIEWS];
+	spk_buf bufs_small[KW_SMALL_VIEWS];
 } kw_out;
 
-static int kw_put(kw_out *o, const void *b, size_t n) {
-	if ((size_t)(o->end - o->p) < n) return -1;
-	memcpy(o->p, b, n);
-	o->p += n;
-	return 0;
+static void kw_init(kw_out *o, char *buf, size_t cap) {
+	o->base = o->p = buf;
+	o->end = buf + cap;
+	o->heap = 0;
+	o->depth = 0;
+	for (int i = 0; i < KW_SMALL_VIEWS; i++) o->views_ptrs[i] = &o->views_small[i];
+	o->views = o->views_ptrs;
+	o->bufs = o->bufs_small;
+	o->nviews = 0;
+	o->vcap = KW_SMALL_VIEWS;
 }
 
-static int kw_code_len(kw_out *o, char code, Py_ssize_t n) {
+// kw_free releases what o holds (with the GIL).
+static void kw_free(kw_out *o) {
+	for (int i = 0; i < o->nviews; i++) api.PyBuffer_Release(o->views[i]);
+	o->nviews = 0;
+	if (o->views != o->views_ptrs) {
+		for (int i = KW_SMALL_VIEWS; i < o->vcap; i++) free(o->views[i]);
+		free(o->views);
+	}
+	if (o->bufs != o->bufs_small) free(o->bufs);
+	o->views = o->views_ptrs;
+	o->vcap = KW_SMALL_VIEWS;
+	o->bufs = o->bufs_small;
+	if (o->heap) free(o->base);
+	o->heap = 0;
+	o->base = o->p = o->end = NULL;
+}
+
+// kw_grow makes room for n more bytes.
+static int kw_grow(kw_out *o, size_t n) {
+	size_t used = (size_t)(o->p - o->base), cap = (size_t)(o->end - o->base) * 2;
+	char *nb;
+	if (cap < used + n) cap = used + n;
+	if ((nb = malloc(cap)) == NULL) {
+		api.PyErr_NoMemory();
+		return KW_ERROR;
+	}
+	memcpy(nb, o->base, used);
+	if (o->heap) free(o->base);
+	o->base = nb;
+	o->p = nb + used;
+	o->end = nb + cap;
+	o->heap = 1;
+	return KW_OK;
+}
+
+// kw_put_grow is kw_put when the bytes do not fit.
+static int kw_put_grow(kw_out *o, const void *b, size_t n) {
+	if (kw_grow(o, n) < 0) return KW_ERROR;
+	memcpy(o->p, b, n);
+	o->p += n;
+	return KW_OK;
+}
+
+static inline int kw_put(kw_out *o, const void *b, size_t n) {
+	if ((size_t)(o->end - o->p) < n) return kw_put_grow(o, b, n);
+	memcpy(o->p, b, n);
+	o->p += n;
+	return KW_OK;
+}
+
+// kw_code_len writes a type code and a 32-bit length (or count).
+static inline int kw_code_len(kw_out *o, char code, Py_ssize_t n) {
 	unsigned char h[5];
-	if (n < 0 || n > 0x7fffffff) return -1;
+	if (n < 0 || n > 0x7fffffff) return KW_FALLBACK;
 	h[0] = (unsigned char)code;
 	h[1] = (unsigned char)n;
 	h[2] = (unsigned char)(n >> 8);
@@ -1420,12 +1510,200 @@ static int kw_code_len(kw_out *o, char code, Py_ssize_t n) {
 	return kw_put(o, h, 5);
 }
 
-// kw_value writes v as marshal version 2 does, for the values kwargs
-// mostly hold: None, bool, int within 32 bits, float, str, bytes (each of
-// exactly that type). Anything else: -1, with no Python error set, and
-// the caller falls back to marshal itself.
+// kw_short writes a short ASCII str (fewer than 256 bytes).
+static int kw_short(kw_out *o, const char *s, size_t n) {
+	unsigned char h[2] = {'z', (unsigned char)n};
+	int rc = kw_put(o, h, 2);
+	return rc != KW_OK ? rc : kw_put(o, s, n);
+}
+
+// kw_marker starts a marker tuple of n items: MarkerTag (pymarshal), kind.
+static int kw_marker(kw_out *o, const char *kind, int n) {
+	unsigned char h[2] = {')', (unsigned char)n};
+	int rc = kw_put(o, h, 2);
+	if (rc == KW_OK) rc = kw_short(o, "\0snakepit", 9);
+	if (rc == KW_OK) rc = kw_short(o, kind, strlen(kind));
+	return rc;
+}
+
+// kw_splice writes v as marshal.dumps(v, 2) does: version 2 has no
+// back-references, so its output stands alone anywhere in the stream.
+// KW_FALLBACK when marshal refuses v (ValueError).
+static int kw_splice(kw_out *o, PyObject *v) {
+	char *p;
+	Py_ssize_t n;
+	int rc;
+	PyObject *b = api.PyMarshal_WriteObjectToString(v, 2);
+	if (b == NULL) {
+		if (!api.PyErr_ExceptionMatches(*api.PyExc_ValueError)) return KW_ERROR;
+		api.PyErr_Clear();
+		return KW_FALLBACK;
+	}
+	rc = api.PyBytes_AsStringAndSize(b, &p, &n) < 0 ? KW_ERROR : kw_put(o, p, (size_t)n);
+	api.Py_DecRef(b);
+	return rc;
+}
+
+// kw_dtype returns the array dtype (pymarshal.Array) of a buffer format
+// character with item size size, or NULL.
+static const char *kw_dtype(char c, Py_ssize_t size) {
+	static const char *const sgn[9] = {NULL, "|i1", "<i2", NULL, "<i4", NULL, NULL, NULL, "<i8"};
+	static const char *const uns[9] = {NULL, "|u1", "<u2", NULL, "<u4", NULL, NULL, NULL, "<u8"};
+	switch (c) {
+	case 'd':
+		return size == 8 ? "<f8" : NULL;
+	case 'f':
+		return size == 4 ? "<f4" : NULL;
+	case '?':
+		return size == 1 ? "|b1" : NULL;
+	case 'b': case 'h': case 'i': case 'l': case 'q': case 'n':
+		return size > 0 && size <= 8 ? sgn[size] : NULL;
+	case 'B': case 'H': case 'I': case 'L': case 'Q': case 'N':
+		return size > 0 && size <= 8 ? uns[size] : NULL;
+	}
+	return NULL;
+}
+
+// kw_data writes the data of the export *view (o's next view slot): out
+// of band when large (a marker naming it, the export kept until Go
+// returns), else inline as bytes (the export released).
+static int kw_data(kw_out *o, spk_Py_buffer *view, int marker) {
+	if (view->len < SPK_HOST_BUF_MIN) {
+		int rc = kw_code_len(o, 's', view->len);
+		if (rc == KW_OK) rc = kw_put(o, view->buf, (size_t)view->len);
+		api.PyBuffer_Release(view);
+		return rc;
+	}
+	unsigned char idx[5] = {'i', (unsigned char)o->nviews, (unsigned char)(o->nviews >> 8),
+	                        (unsigned char)(o->nviews >> 16), (unsigned char)(o->nviews >> 24)};
+	int rc = marker ? kw_marker(o, "buf", 3) : KW_OK;
+	if (rc == KW_OK) rc = kw_put(o, idx, 5);
+	if (rc != KW_OK) {
+		api.PyBuffer_Release(view);
+		return rc;
+	}
+	o->bufs[o->nviews].ptr = view->buf;
+	o->bufs[o->nviews].len = view->len;
+	o->nviews++;
+	return KW_OK;
+}
+
+// kw_buffer writes a value with the buffer protocol as _wire does for
+// results: bytes when it holds bytes (format B or c, at most one
+// dimension), an array marker when it holds numbers; its data out of band
+// when large. KW_FALLBACK for what needs Python's conversions (a
+// non-contiguous buffer, a 0-d one, another format).
+static int kw_buffer(kw_out *o, PyObject *v) {
+	spk_Py_buffer *view;
+	const char *f, *dtype;
+	int rc;
+	if (o->nviews == o->vcap) {
+		int cap = o->vcap * 2, i;
+		spk_Py_buffer **nv = malloc(cap * sizeof *nv);
+		spk_buf *nb = malloc(cap * sizeof *nb);
+		if (nv == NULL || nb == NULL) {
+			free(nv);
+			free(nb);
+			api.PyErr_NoMemory();
+			return KW_ERROR;
+		}
+		memcpy(nv, o->views, o->vcap * sizeof *nv);
+		memcpy(nb, o->bufs, o->nviews * sizeof *nb);
+		for (i = o->vcap; i < cap; i++) {
+			if ((nv[i] = malloc(sizeof **nv)) == NULL) break;
+		}
+		if (i < cap) {
+			while (i-- > o->vcap) free(nv[i]);
+			free(nv);
+			free(nb);
+			api.PyErr_NoMemory();
+			return KW_ERROR;
+		}
+		if (o->views != o->views_ptrs) free(o->views);
+		if (o->bufs != o->bufs_small) free(o->bufs);
+		o->views = nv;
+		o->bufs = nb;
+		o->vcap = cap;
+	}
+	view = o->views[o->nviews];
+	// 0x3c: PyBUF_C_CONTIGUOUS | PyBUF_FORMAT.
+	if (api.PyObject_GetBuffer(v, view, 0x3c) < 0) {
+		api.PyErr_Clear();
+		return kw_splice(o, v);
+	}
+	f = view->format != NULL ? view->format : "B";
+	if (*f == '@' || *f == '=' || *f == '<') f++; // little-endian hosts only
+	if (f[0] == 0 || f[1] != 0) goto fallback;
+	if ((f[0] == 'B' || f[0] == 'c') && view->ndim <= 1) return kw_data(o, view, 1);
+	dtype = kw_dtype(f[0], view->itemsize);
+	if (dtype == NULL || view->ndim < 1 || view->ndim > 64 || view->shape == NULL) goto fallback;
+	for (int i = 0; i < view->ndim; i++) {
+		if (view->shape[i] < 0 || view->shape[i] > 0x7fffffff) goto fallback;
+	}
+	rc = kw_marker(o, "array", 5);
+	if (rc == KW_OK) rc = kw_short(o, dtype, 3);
+	if (rc == KW_OK) {
+		unsigned char h[2] = {')', (unsigned char)view->ndim};
+		rc = kw_put(o, h, 2);
+	}
+	for (int i = 0; rc == KW_OK && i < view->ndim; i++) {
+		Py_ssize_t d = view->shape[i];
+		unsigned char b[5] = {'i', (unsigned char)d, (unsigned char)(d >> 8), (unsigned char)(d >> 16), (unsigned char)(d >> 24)};
+		rc = kw_put(o, b, 5);
+	}
+	if (rc != KW_OK) {
+		api.PyBuffer_Release(view);
+		return rc;
+	}
+	return kw_data(o, view, 0);
+fallback:
+	api.PyBuffer_Release(view);
+	return KW_FALLBACK;
+}
+
+static int kw_value(kw_out *o, PyObject *v);
+
+// kw_seq writes a list or tuple.
+static int kw_seq(kw_out *o, PyObject *v, int list) {
+	Py_ssize_t n = list ? api.PyList_Size(v) : api.PyTuple_Size(v);
+	int rc = kw_code_len(o, list ? '[' : '(', n);
+	for (Py_ssize_t i = 0; rc == KW_OK && i < n; i++) {
+		// A list may shrink while its items' exports run Python code
+		// (kw_value holds a reference to an item while code may run).
+		PyObject *x = list ? api.PyList_GetItem(v, i) : api.PyTuple_GetItem(v, i);
+		if (x == NULL) {
+			api.PyErr_Clear();
+			api.PyErr_SetString(*api.PyExc_RuntimeError, "host_call(): a list in the arguments changed size while they were read");
+			return KW_ERROR;
+		}
+		rc = kw_value(o, x);
+	}
+	return rc;
+}
+
+// kw_dict writes a dict.
+static int kw_dict(kw_out *o, PyObject *d) {
+	Py_ssize_t pos = 0;
+	PyObject *k, *v;
+	int rc = kw_put(o, "{", 1);
+	// k and v are borrowed: kw_value holds a reference to a value while
+	// Python code may run (an export may change the dict); k is done with
+	// before v is read.
+	while (rc == KW_OK && api.PyDict_Next(d, &pos, &k, &v)) {
+		rc = kw_value(o, k);
+		if (rc == KW_OK) rc = kw_value(o, v);
+	}
+	return rc != KW_OK ? rc : kw_put(o, "0", 1);
+}
+
+// kw_value writes v as marshal version 2 does, except for bytes-like
+// values (see kw_buffer). The common types are written here; anything
+// else by marshal itself (kw_splice). v may be a borrowed reference: the
+// scalars run no Python code, and v is held while anything else is
+// written.
 static int kw_value(kw_out *o, PyObject *v) {
 	PyObject *t;
+	int rc;
 	if (v == api.None) return kw_put(o, "N", 1);
 	if (v == api.True) return kw_put(o, "T", 1);
 	if (v == api.False) return kw_put(o, "F", 1);
@@ -1436,16 +1714,16 @@ static int kw_value(kw_out *o, PyObject *v) {
 		const char *s = api.PyUnicode_AsUTF8AndSize(v, &n);
 		if (s == NULL) { // a lone surrogate: marshal's own rules apply
 			api.PyErr_Clear();
-			return -1;
+			return kw_splice(o, v);
 		}
-		if (kw_code_len(o, 'u', n) < 0) return -1;
+		if ((rc = kw_code_len(o, 'u', n)) != KW_OK) return rc;
 		return kw_put(o, s, (size_t)n);
 	}
 	if (t == api.PyLong_Type) {
 		int overflow = 0;
 		long x = api.PyLong_AsLongAndOverflow(v, &overflow);
 		unsigned char b[5];
-		if (overflow != 0 || x < -0x7fffffffL - 1 || x > 0x7fffffffL) return -1;
+		if (overflow != 0 || x < -0x7fffffffL - 1 || x > 0x7fffffffL) return kw_splice(o, v);
 		b[0] = 'i';
 		b[1] = (unsigned char)x;
 		b[2] = (unsigned char)(x >> 8);
@@ -1465,57 +1743,64 @@ static int kw_value(kw_out *o, PyObject *v) {
 	if (t == api.PyBytes_Type) {
 		char *s;
 		Py_ssize_t n;
-		if (api.PyBytes_AsStringAndSize(v, &s, &n) < 0) {
-			api.PyErr_Clear();
-			return -1;
-		}
-		if (kw_code_len(o, 's', n) < 0) return -1;
+		if (api.PyBytes_AsStringAndSize(v, &s, &n) < 0) return KW_ERROR;
+		if (n >= SPK_HOST_BUF_MIN) return kw_buffer(o, v);
+		if ((rc = kw_code_len(o, 's', n)) != KW_OK) return rc;
 		return kw_put(o, s, (size_t)n);
 	}
-	return -1;
-}
-
-// kw_encode writes the kwargs dict d (str keys, as a call's kwargs have)
-// into buf as marshal.dumps(d, 2) would, and returns its length; -1 when
-// it does not fit or holds a value kw_value does not take.
-static Py_ssize_t kw_encode(PyObject *d, char *buf, size_t cap) {
-	kw_out o = {buf, buf + cap};
-	Py_ssize_t pos = 0;
-	PyObject *k, *v;
-	if (kw_put(&o, "{", 1) < 0) return -1;
-	while (api.PyDict_Next(d, &pos, &k, &v)) {
-		PyObject *t = api.PyObject_Type(k);
-		api.Py_DecRef(t);
-		if (t != api.PyUnicode_Type || kw_value(&o, k) < 0 || kw_value(&o, v) < 0) return -1;
+	api.Py_IncRef(v);
+	if (o->depth >= KW_MAX_DEPTH) {
+		rc = kw_splice(o, v); // marshal's own limit applies
+	} else {
+		o->depth++;
+		if (t == api.PyDict_Type) {
+			rc = kw_dict(o, v);
+		} else if (t == api.PyList_Type || t == api.PyTuple_Type) {
+			rc = kw_seq(o, v, t == api.PyList_Type);
+		} else if (api.PyObject_CheckBuffer(v)) {
+			rc = kw_buffer(o, v);
+		} else {
+			rc = kw_splice(o, v);
+		}
+		o->depth--;
 	}
-	if (kw_put(&o, "0", 1) < 0) return -1;
-	return o.p - buf;
+	api.Py_DecRef(v);
+	return rc;
 }
 
-// host_call_impl is the builtin host_call(token, name, payload[, raise_]):
-// it hands the call to Go (spkHostCall) with the GIL released, on this
-// thread. self is the int naming the interpreter's Go side.
+// host_call_impl is the builtin host_call(token, name, payload[, raise_[,
+// resolve_]]): it hands the call to Go (spkHostCall) with the GIL
+// released, on this thread. self is the int naming the interpreter's Go
+// side.
 //
 // With three arguments payload is bytes-like (the marshalled kwargs) and
-// the result is Go's reply as bytes. With four, payload may also be the
-// kwargs dict itself, which is marshalled here (NotImplemented is returned
-// when marshal refuses one of its values, for the caller to convert them),
-// and the reply is decoded here: the result's value, or, for an error
-// reply, what raise_(reply_bytes) returns (it raises).
+// the result is Go's reply as bytes. With four or five, payload may also
+// be the kwargs dict itself, which is marshalled here (NotImplemented is
+// returned when marshal refuses one of its values, for the caller to
+// convert them), and the reply is decoded here: the result's value, or,
+// for an error reply, what raise_(reply_bytes) returns (it raises).
+//
+// From the dict, bytes-like values of SPK_HOST_BUF_MIN bytes or more are
+// not copied: Go gets their memory (the exports held until it returns,
+// so a bytearray cannot be resized meanwhile), which markers in the
+// payload name. With resolve_, Go may reply with large bytes out of band
+// (bytes objects it fills) and the value, when it holds markers, is
+// resolve_(value, buffers).
 static PyObject *host_call_impl(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
 	char small[4096], kw[512];
-	spk_hostreply rep = {small, sizeof small, NULL, 0, 0};
+	spk_hostreply rep;
 	spk_Py_buffer view = {0};
+	kw_out o;
 	char *pbuf;
 	Py_ssize_t plen;
 	const char *name;
 	Py_ssize_t nlen = 0;
 	unsigned long long handle, token;
 	PyThreadState *ts;
-	PyObject *out, *packed = NULL, *payload;
-	int rc;
-	if (nargs != 3 && nargs != 4) {
-		api.PyErr_SetString(*api.PyExc_TypeError, "host_call() takes 3 or 4 arguments: token (int), name (str), payload (bytes or dict)[, raise_]");
+	PyObject *out, *payload;
+	int rc, encoded = 0;
+	if (nargs < 3 || nargs > 5) {
+		api.PyErr_SetString(*api.PyExc_TypeError, "host_call() takes 3 to 5 arguments: token (int), name (str), payload (bytes or dict)[, raise_[, resolve_]]");
 		return NULL;
 	}
 	handle = api.PyLong_AsUnsignedLongLong(self);
@@ -1532,36 +1817,36 @@ static PyObject *host_call_impl(PyObject *self, PyObject *const *args, Py_ssize_
 		api.PyErr_SetString(*api.PyExc_TypeError, "host_call(): name must be a str");
 		return NULL;
 	}
+	memset(&rep, 0, sizeof rep);
+	rep.buf = small;
+	rep.cap = sizeof small;
+	rep.bufs_ok = nargs == 5;
+	kw_init(&o, kw, sizeof kw);
 	payload = args[2];
 	pbuf = NULL;
 	plen = -1;
-	if (nargs == 4) {
+	if (nargs >= 4) {
 		PyObject *t = api.PyObject_Type(payload);
 		api.Py_DecRef(t);
 		if (t == api.PyDict_Type) {
-			plen = kw_encode(payload, kw, sizeof kw);
-			if (plen >= 0) {
-				pbuf = kw;
-			} else {
-				// Version 2: no reference table to build for a small dict.
-				packed = api.PyMarshal_WriteObjectToString(payload, 2);
-				if (packed == NULL) {
-					if (!api.PyErr_ExceptionMatches(*api.PyExc_ValueError)) return NULL;
-					api.PyErr_Clear();
-					api.Py_IncRef(api.NotImplemented);
-					return api.NotImplemented;
-				}
-				payload = packed;
+			rc = kw_dict(&o, payload);
+			if (rc != KW_OK) {
+				kw_free(&o);
+				if (rc == KW_ERROR) return NULL;
+				api.Py_IncRef(api.NotImplemented);
+				return api.NotImplemented;
 			}
+			encoded = 1;
+			pbuf = o.base;
+			plen = o.p - o.base;
 		}
 	}
 	if (pbuf == NULL) {
 		// A bytes-like payload (bytes, bytearray, memoryview): the export
 		// keeps it alive and unresized while Go reads it.
 		if (api.PyObject_GetBuffer(payload, &view, SPK_PyBUF_SIMPLE) < 0) {
-			if (packed) api.Py_DecRef(packed);
 			api.PyErr_Clear();
-			api.PyErr_SetString(*api.PyExc_TypeError, nargs == 4 ? "host_call(): payload must be bytes or a dict" : "host_call(): payload must be bytes");
+			api.PyErr_SetString(*api.PyExc_TypeError, nargs >= 4 ? "host_call(): payload must be bytes or a dict" : "host_call(): payload must be bytes");
 			return NULL;
 		}
 		pbuf = (char *)view.buf;
@@ -1569,11 +1854,17 @@ static PyObject *host_call_impl(PyObject *self, PyObject *const *args, Py_ssize_
 	}
 	// Go runs on this thread, with the GIL released so that the
 	// interpreter's other threads run meanwhile (and call Go too).
+	rep.args = o.views;
+	rep.nargs = o.nviews;
 	ts = api.PyEval_SaveThread();
-	rc = spkHostCall((uintptr_t)handle, (uint64_t)token, (char *)name, nlen, pbuf, plen, &rep);
+	rep.ts = ts;
+	rc = spkHostCall((uintptr_t)handle, (uint64_t)token, (char *)name, nlen, pbuf, plen, o.bufs, o.nviews, &rep);
 	api.PyEval_RestoreThread(ts);
-	if (pbuf != kw) api.PyBuffer_Release(&view);
-	if (packed) api.Py_DecRef(packed);
+	if (encoded) {
+		kw_free(&o);
+	} else {
+		api.PyBuffer_Release(&view);
+	}
 	if (rc != 0) {
 		// rep.out holds a NUL-terminated message.
 		api.PyErr_SetString(*api.PyExc_RuntimeError, rep.out != NULL ? rep.out : "host call failed");
@@ -1589,16 +1880,85 @@ static PyObject *host_call_impl(PyObject *self, PyObject *const *args, Py_ssize_
 		out = NULL;
 	} else {
 		out = api.PyMarshal_ReadObjectFromString(rep.out, rep.len);
+		if (out != NULL && nargs == 5 && (rep.markers || rep.nobjs > 0)) {
+			PyObject *bt = api.PyTuple_New(rep.nobjs), *res = NULL;
+			if (bt != NULL) {
+				for (int i = 0; i < rep.nobjs; i++) {
+					api.PyTuple_SetItem(bt, i, rep.objs[i]); // steals it
+					rep.objs[i] = NULL;
+				}
+				res = api.PyObject_CallFunctionObjArgs(args[4], out, bt, NULL);
+				api.Py_DecRef(bt);
+			}
+			api.Py_DecRef(out);
+			out = res;
+		}
 	}
 	if (rep.heap) free(rep.out);
+	if (rep.objs != NULL) {
+		for (int i = 0; i < rep.nobjs; i++) {
+			if (rep.objs[i] != NULL) api.Py_DecRef(rep.objs[i]);
+		}
+		free(rep.objs);
+	}
 	return out;
+}
+
+// same_bytes returns the bytes object whose whole memory argument export
+// view is, or NULL.
+static PyObject *same_bytes(spk_Py_buffer *view, Py_ssize_t len) {
+	char *p;
+	Py_ssize_t n;
+	PyObject *t;
+	if (view->obj == NULL || view->len != len) return NULL;
+	t = api.PyObject_Type(view->obj);
+	api.Py_DecRef(t);
+	if (t != api.PyBytes_Type || api.PyBytes_AsStringAndSize(view->obj, &p, &n) < 0) return NULL;
+	return p == view->buf && n == len ? view->obj : NULL;
+}
+
+char **spk_host_result_bufs(spk_hostreply *rep, const Py_ssize_t *lens, const int *same, int n) {
+	PyObject **objs = calloc((size_t)n, sizeof(PyObject *) + sizeof(char *));
+	spk_Py_buffer **args = rep->args;
+	char **ptrs;
+	int i;
+	if (objs == NULL || rep->objs != NULL) {
+		free(objs);
+		return NULL;
+	}
+	ptrs = (char **)(objs + n);
+	api.PyEval_RestoreThread(rep->ts);
+	for (i = 0; i < n; i++) {
+		PyObject *b = same[i] >= 0 && same[i] < rep->nargs ? same_bytes(args[same[i]], lens[i]) : NULL;
+		if (b != NULL) { // an argument echoed: immutable, so the reply may be it
+			api.Py_IncRef(b);
+			objs[i] = b;
+			ptrs[i] = NULL;
+			continue;
+		}
+		if ((objs[i] = api.PyBytes_FromStringAndSize(NULL, lens[i])) == NULL) break;
+		ptrs[i] = api.PyBytes_AsString(objs[i]);
+	}
+	if (i < n) {
+		api.PyErr_Clear();
+		while (i-- > 0) api.Py_DecRef(objs[i]);
+	}
+	api.PyEval_SaveThread();
+	if (i < n) {
+		free(objs);
+		return NULL;
+	}
+	rep->objs = objs;
+	rep->nobjs = n;
+	return ptrs;
 }
 
 static spk_PyMethodDef host_call_def = {
 	"host_call", (void *)host_call_impl, SPK_METH_FASTCALL,
-	"host_call(token, name, payload[, raise_]): call the Go host function name for the call token names.\n"
+	"host_call(token, name, payload[, raise_[, resolve_]]): call the Go host function name for the call token names.\n"
 	"With three arguments payload is the marshalled kwargs and Go's reply comes back as bytes; with\n"
-	"raise_ payload may be the kwargs dict, and the reply comes back decoded (raise_(reply) for an error).",
+	"raise_ payload may be the kwargs dict, and the reply comes back decoded (raise_(reply) for an error);\n"
+	"with resolve_ as well, a value holding markers comes back as resolve_(value, buffers).",
 };
 
 int spk_install_host(PyThreadState *ts, const char *module, uintptr_t handle, spk_result *r) {

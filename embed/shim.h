@@ -155,16 +155,43 @@ void spk_interp_tag_calls(spk_interp *in, PyObject *obj, PyObject *name);
 // handle names the interpreter's Go side.
 int spk_install_host(PyThreadState *ts, const char *module, uintptr_t handle, spk_result *r);
 
+// SPK_HOST_BUF_MIN is the size from which a bytes-like value crosses a
+// host call out of band: an argument as the Python object's own memory
+// (a held buffer export), a result as a bytes object Go fills directly.
+#define SPK_HOST_BUF_MIN (64 << 10)
+
 // spk_hostreply is where Go puts a host call's reply: in buf when it fits
 // (cap bytes), else in malloc'd memory (heap set); out and len say where.
 // On failure out is a NUL-terminated message.
+//
+// When bufs_ok is set, Go may also return out-of-band buffers, which
+// markers in out name by index: spk_host_result_bufs makes them, as bytes
+// objects (objs, nobjs) that Go fills. markers says out may hold markers
+// (out-of-band or array ones) for the caller to resolve.
 typedef struct {
 	char *buf;
 	Py_ssize_t cap;
 	char *out;
 	Py_ssize_t len;
 	int heap;
+	PyThreadState *ts; // the calling Python thread's, its GIL released
+	int bufs_ok;
+	int markers;
+	int nobjs;
+	PyObject **objs; // malloc'd: nobjs objects, then their nobjs data pointers
+	void *args;      // the call's held argument exports (the builtin's), nargs of them
+	int nargs;
 } spk_hostreply;
+
+// spk_host_result_bufs makes n bytes objects of lens[i] bytes for rep,
+// taking the GIL with rep->ts for it (the caller does not hold it), and
+// returns their data pointers (rep's, valid while rep holds the objects),
+// for the caller to fill before the host call returns to Python. Where
+// same[i] >= 0 the buffer is all of argument buffer same[i]: if that
+// argument is a bytes object (immutable), the object itself is the reply's
+// buffer and its pointer is NULL (nothing to fill). NULL: out of memory,
+// nothing made.
+char **spk_host_result_bufs(spk_hostreply *rep, const Py_ssize_t *lens, const int *same, int n);
 
 // spk_intern returns a new reference to the interned str s.
 PyObject *spk_intern(PyThreadState *ts, const char *s, spk_result *r);

@@ -6,7 +6,9 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/host"
+	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
 )
 
@@ -14,7 +16,11 @@ import (
 // interpreter's host_call builtin (see embed.HostHandler): the Go function
 // runs on the calling Python thread's own OS thread with the
 // interpreter's GIL released, so a host call wakes no other thread, and
-// several of a handler's threads may call at once.
+// several of a handler's threads may call at once. Bytes-like keyword
+// arguments of embed.HostBufferMin bytes or more reach a *host.Set's
+// functions as the Python objects' own memory, valid until the function
+// returns (host.Set.AppendInvokeBuffers); large []byte and Array results
+// are copied once, into the bytes objects Python gets.
 //
 // Each Call and each Stream (open to close) is a hostCall, identified by
 // the id of the call that started it: before every call the interpreter
@@ -124,9 +130,9 @@ const errCallEnded = "the call it was made for has ended"
 
 // serveHost serves a host call from Python (an embed.HostHandler). It
 // never fails: errors are encoded in the reply, as host.Reply does.
-func (w *Worker) serveHost(token uint64, name string, payload, buf []byte) []byte {
+func (w *Worker) serveHost(token uint64, name string, payload []byte, bufs [][]byte, reply []byte, replyBufs bool) ([]byte, [][]byte) {
 	if w.host == nil {
-		return host.Reply(nil, fmt.Errorf("%w %q: worker %s has no host functions", host.ErrUnknownFunction, name, w.id))
+		return host.Reply(nil, fmt.Errorf("%w %q: worker %s has no host functions", host.ErrUnknownFunction, name, w.id)), nil
 	}
 	var c *hostCall
 	if w.conc > 1 {
@@ -137,18 +143,33 @@ func (w *Worker) serveHost(token uint64, name string, payload, buf []byte) []byt
 		c = nil
 	}
 	if c == nil {
-		return host.Reply(nil, fmt.Errorf("gil: host function %q: %s", name, errCallEnded))
+		return host.Reply(nil, fmt.Errorf("gil: host function %q: %s", name, errCallEnded)), nil
 	}
 	ctx, err := c.context(name)
 	if err != nil {
-		return host.Reply(nil, err)
+		return host.Reply(nil, err), nil
 	}
-	// payload is Python's memory, valid during this call only, which is
-	// all Invoke needs.
+	// payload and bufs are Python's memory, valid during this call only,
+	// which is all the host functions are promised (host.New documents
+	// that its []byte arguments alias them).
+	if b, ok := w.host.(bufferInvoker); ok {
+		outMin := 0
+		if replyBufs {
+			outMin = embed.HostBufferMin
+		}
+		return b.AppendInvokeBuffers(reply, ctx, name, payload, bufs, outMin, nil)
+	}
+	if bufs != nil { // a Host that takes marshal bytes alone
+		inline, err := pymarshal.AppendInline(nil, payload, bufs)
+		if err != nil {
+			return host.Reply(nil, fmt.Errorf("gil: host function %q: arguments: %w", name, err)), nil
+		}
+		payload = inline
+	}
 	if a, ok := w.host.(appendInvoker); ok {
-		return a.AppendInvoke(buf, ctx, name, payload)
+		return a.AppendInvoke(reply, ctx, name, payload), nil
 	}
-	return w.host.Invoke(ctx, name, payload)
+	return w.host.Invoke(ctx, name, payload), nil
 }
 
 // appendInvoker is a worker.Host that can append its reply to a buffer
@@ -156,4 +177,11 @@ func (w *Worker) serveHost(token uint64, name string, payload, buf []byte) []byt
 // the host_call builtin returns it from.
 type appendInvoker interface {
 	AppendInvoke(dst []byte, ctx context.Context, name string, args []byte) []byte
+}
+
+// bufferInvoker is a worker.Host that takes and returns out-of-band
+// buffers (*host.Set does; see host.Set.AppendInvokeBuffers): large bytes
+// then cross without the copies marshalling them would make.
+type bufferInvoker interface {
+	AppendInvokeBuffers(dst []byte, ctx context.Context, name string, args []byte, in [][]byte, outMin int, out [][]byte) ([]byte, [][]byte)
 }

@@ -66,13 +66,13 @@ func TestServeHostEndedCall(t *testing.T) {
 			hc := w.newHostCall(ctx, "cid-"+c.name)
 			hc.token = 41
 			w.cur.Store(hc)
-			if kind, msg, v := decodeHostReply(t, w.serveHost(41, "echo", nil, nil)); kind != "" || v != "ran" {
+			if kind, msg, v := decodeHostReply(t, serveHost(w, 41, "echo")); kind != "" || v != "ran" {
 				t.Fatalf("in flight: got %q %q %v, want the function's result", kind, msg, v)
 			}
 			if got := worker.CorrelationID(seen); got != "cid-"+c.name {
 				t.Fatalf("got correlation id %q, want %q", got, "cid-"+c.name)
 			}
-			if kind, msg, _ := decodeHostReply(t, w.serveHost(40, "echo", nil, nil)); kind != "error" || !strings.Contains(msg, errCallEnded) {
+			if kind, msg, _ := decodeHostReply(t, serveHost(w, 40, "echo")); kind != "error" || !strings.Contains(msg, errCallEnded) {
 				t.Fatalf("other token: got %q %q, want an error saying %q", kind, msg, errCallEnded)
 			}
 			w.endHostCall(hc)
@@ -80,7 +80,7 @@ func TestServeHostEndedCall(t *testing.T) {
 				t.Fatal("the host function's ctx is not done after its call ended")
 			}
 			seen = nil
-			kind, msg, _ := decodeHostReply(t, w.serveHost(41, "echo", nil, nil))
+			kind, msg, _ := decodeHostReply(t, serveHost(w, 41, "echo"))
 			if kind != c.wantKind || !strings.Contains(msg, errCallEnded) {
 				t.Fatalf("ended: got %q %q, want kind %q saying %q", kind, msg, c.wantKind, errCallEnded)
 			}
@@ -89,4 +89,10 @@ func TestServeHostEndedCall(t *testing.T) {
 			}
 		})
 	}
+}
+
+// serveHost is w.serveHost without buffers, returning the reply alone.
+func serveHost(w *Worker, token uint64, name string) []byte {
+	out, _ := w.serveHost(token, name, nil, nil, nil, false)
+	return out
 }

@@ -8,7 +8,10 @@
 //
 // and only those. Arguments arrive as keyword arguments, decoded into the
 // function's argument type by pymarshal (a struct by its json tags, a map,
-// as for pool.Call); the result is encoded back the same way.
+// as for pool.Call); the result is encoded back the same way. bytes-like
+// values (bytes, bytearray, memoryview) arrive as []byte, and array.array
+// and numpy arrays as pymarshal.Array, as results of calls do; in the
+// thread profile large ones are not copied (see [New]).
 //
 // The ctx a function receives is the Python call's: it carries its
 // deadline, its cancellation (a handler interrupted for its deadline also
@@ -25,6 +28,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -35,8 +39,10 @@ import (
 // Func is a Go function handlers may call; make one with [New] or [Raw].
 type Func struct {
 	name string
-	// call appends the marshalled result to dst.
-	call func(ctx context.Context, args, dst []byte) ([]byte, error)
+	// call appends the marshalled result to dst (and, with outMin > 0,
+	// its out-of-band buffers to out); args may name the out-of-band
+	// buffers in (see Set.AppendInvokeBuffers).
+	call func(ctx context.Context, args []byte, in [][]byte, dst []byte, outMin int, out [][]byte) ([]byte, [][]byte, error)
 	raw  bool // call may keep args: it gets its own copy
 }
 
@@ -47,6 +53,24 @@ func (f Func) Name() string { return f.name }
 // decoded into an A (pymarshal.Unmarshal of the kwargs dict: a struct, a
 // map with string keys, or any), and the R fn returns is encoded for
 // Python (pymarshal.Marshal).
+//
+// Large bytes-like arguments are not copied where the worker passes them
+// out of band (the thread profile does, from 64 KiB on: bytes,
+// bytearray, memoryview and other buffers; array.array and numpy arrays
+// as pymarshal.Array): a []byte in A, or an Array's Data,
+// is then the Python object's own memory, valid only until fn returns
+// (the object cannot be resized meanwhile, but Python threads of the
+// handler may still write to a writable one). A function that keeps such
+// a slice beyond its return must copy it:
+//
+//	host.New("store", func(ctx context.Context, a struct{ Blob []byte }) (int, error) {
+//		saved = bytes.Clone(a.Blob) // a.Blob is Python's memory until we return
+//		return len(a.Blob), nil
+//	})
+//
+// A large []byte (or Array) in the result reaches Python with one copy,
+// straight from the result's memory into the bytes object Python gets
+// (thread profile).
 func New[A, R any](name string, fn func(ctx context.Context, args A) (R, error)) Func {
 	if fn == nil {
 		return Func{name: name} // refused by NewSet
@@ -59,42 +83,103 @@ func New[A, R any](name string, fn func(ctx context.Context, args A) (R, error))
 		r R
 	}
 	boxes := sync.Pool{New: func() any { return new(box) }}
-	return Func{name: name, call: func(ctx context.Context, raw, dst []byte) ([]byte, error) {
+	// A result type that can hold no bytes is encoded as by AppendMarshal
+	// (nothing could go out of band): the common small result pays nothing.
+	resultBytes := mayHoldBytes(reflect.TypeFor[R](), nil)
+	return Func{name: name, call: func(ctx context.Context, raw []byte, in [][]byte, dst []byte, outMin int, out [][]byte) ([]byte, [][]byte, error) {
 		b := boxes.Get().(*box)
 		defer func() {
 			*b = box{} // keep nothing of this call
 			boxes.Put(b)
 		}()
 		if len(raw) > 0 {
-			if err := pymarshal.Unmarshal(raw, &b.a); err != nil {
-				return dst, &argumentsError{err: err}
+			var err error
+			if in != nil {
+				err = pymarshal.UnmarshalOOB(raw, &b.a, in)
+			} else {
+				err = pymarshal.Unmarshal(raw, &b.a)
+			}
+			if err != nil {
+				return dst, out, &argumentsError{err: err}
 			}
 		}
 		r, err := fn(ctx, b.a)
 		if err != nil {
-			return dst, err
+			return dst, out, err
 		}
 		b.r = r
-		out, err := pymarshal.AppendMarshal(dst, &b.r)
-		if err != nil {
-			return dst, &resultError{err: err}
+		var res []byte
+		if outMin > 0 && resultBytes {
+			var more [][]byte
+			res, more, err = pymarshal.AppendMarshalOOB(dst, &b.r, outMin, out)
+			if err == nil {
+				out = more
+			}
+		} else {
+			res, err = pymarshal.AppendMarshal(dst, &b.r)
 		}
-		return out, nil
+		if err != nil {
+			return dst, out, &resultError{err: err}
+		}
+		return res, out, nil
 	}}
 }
 
+// mayHoldBytes reports whether a value of type t can hold a []byte or a
+// pymarshal.Array (what AppendMarshalOOB may put out of band): through an
+// interface, a pointer, a container or a struct field. seen holds the
+// types being looked at (a recursive type holds what it holds elsewhere).
+func mayHoldBytes(t reflect.Type, seen map[reflect.Type]bool) bool {
+	if t == arrayType {
+		return true
+	}
+	if seen[t] {
+		return false
+	}
+	switch t.Kind() {
+	case reflect.Interface:
+		return true
+	case reflect.Slice:
+		if t.Elem().Kind() == reflect.Uint8 {
+			return true
+		}
+	case reflect.Array, reflect.Pointer, reflect.Map, reflect.Struct:
+	default:
+		return false
+	}
+	if seen == nil {
+		seen = map[reflect.Type]bool{}
+	}
+	seen[t] = true
+	switch t.Kind() {
+	case reflect.Slice, reflect.Array, reflect.Pointer, reflect.Map:
+		return mayHoldBytes(t.Elem(), seen)
+	case reflect.Struct:
+		for i := range t.NumField() {
+			if mayHoldBytes(t.Field(i).Type, seen) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+var arrayType = reflect.TypeFor[pymarshal.Array]()
+
 // Raw makes a host function that takes the marshalled keyword arguments (a
-// dict; empty for none) and returns its marshalled result.
+// dict; empty for none) and returns its marshalled result. Its arguments
+// are its own copy, with any out-of-band buffers inline
+// (pymarshal.AppendInline).
 func Raw(name string, fn func(ctx context.Context, args []byte) ([]byte, error)) Func {
 	if fn == nil {
 		return Func{name: name} // refused by NewSet
 	}
-	return Func{name: name, raw: true, call: func(ctx context.Context, args, dst []byte) ([]byte, error) {
-		out, err := fn(ctx, args)
+	return Func{name: name, raw: true, call: func(ctx context.Context, args []byte, _ [][]byte, dst []byte, _ int, out [][]byte) ([]byte, [][]byte, error) {
+		res, err := fn(ctx, args)
 		if err != nil {
-			return dst, err
+			return dst, out, err
 		}
-		return append(dst, out...), nil
+		return append(dst, res...), out, nil
 	}}
 }
 
@@ -172,29 +257,44 @@ func (e *PanicError) Error() string {
 // name an error matching ErrUnknownFunction. args need only stay valid
 // until Call returns (a Raw function gets a copy).
 func (s *Set) Call(ctx context.Context, name string, args []byte) ([]byte, error) {
-	return s.appendCall(nil, ctx, name, args)
+	out, _, err := s.appendCall(nil, ctx, name, args, nil, 0, nil)
+	return out, err
 }
 
-// appendCall is Call appending the result to dst; on error it returns dst
-// as it was.
-func (s *Set) appendCall(dst []byte, ctx context.Context, name string, args []byte) (out []byte, err error) {
+// appendCall is Call appending the result to dst, and its out-of-band
+// buffers to out (see AppendInvokeBuffers); on error it returns dst and
+// out as they were.
+func (s *Set) appendCall(dst []byte, ctx context.Context, name string, args []byte, in [][]byte, outMin int, out [][]byte) (res []byte, outBufs [][]byte, err error) {
 	var f Func
 	ok := false
 	if s != nil {
 		f, ok = s.funcs[name]
 	}
 	if !ok {
-		return dst, fmt.Errorf("%w %q (registered: %v)", ErrUnknownFunction, name, s.Names())
+		return dst, out, fmt.Errorf("%w %q (registered: %v)", ErrUnknownFunction, name, s.Names())
 	}
 	defer func() {
 		if v := recover(); v != nil {
-			out, err = dst, &PanicError{Name: name, Value: v, Stack: debug.Stack()}
+			res, outBufs, err = dst, out, &PanicError{Name: name, Value: v, Stack: debug.Stack()}
 		}
 	}()
 	if f.raw {
-		args = bytes.Clone(args)
+		if in != nil {
+			inline, err := pymarshal.AppendInline(nil, args, in)
+			if err != nil {
+				return dst, out, &argumentsError{err: err}
+			}
+			args, in = inline, nil
+		} else {
+			args = bytes.Clone(args)
+		}
 	}
-	return f.call(ctx, args, dst)
+	n := len(out)
+	res, outBufs, err = f.call(ctx, args, in, dst, outMin, out)
+	if err != nil {
+		return dst, outBufs[:n], err
+	}
+	return res, outBufs, nil
 }
 
 // Invoke is Call with its outcome encoded as the reply a worker passes to
@@ -207,8 +307,27 @@ func (s *Set) Invoke(ctx context.Context, name string, args []byte) []byte {
 // as they are), so that a caller with a buffer of its own saves a copy.
 func (s *Set) AppendInvoke(dst []byte, ctx context.Context, name string, args []byte) []byte {
 	start := len(dst)
-	out, err := s.appendCall(dst, ctx, name, args)
+	out, _, err := s.appendCall(dst, ctx, name, args, nil, 0, nil)
 	return appendReply(out, start, err)
+}
+
+// AppendInvokeBuffers is AppendInvoke with out-of-band buffers both ways,
+// for workers that pass large bytes beside the marshalled values (see
+// pymarshal.AppendMarshalOOB and pymarshal.UnmarshalOOB):
+//
+//   - args may hold markers naming the buffers in, which a [New] function
+//     gets uncopied (a []byte or pymarshal.Array aliasing them, valid
+//     until the function returns) and a [Raw] function inline;
+//   - with outMin > 0, each []byte (or Array data) of at least outMin
+//     bytes in a [New] function's result is appended to out instead of
+//     the reply, which names it by its index in out. An error reply adds
+//     none.
+//
+// in == nil means no buffers: args are decoded as by AppendInvoke.
+func (s *Set) AppendInvokeBuffers(dst []byte, ctx context.Context, name string, args []byte, in [][]byte, outMin int, out [][]byte) ([]byte, [][]byte) {
+	start := len(dst)
+	res, outBufs, err := s.appendCall(dst, ctx, name, args, in, outMin, out)
+	return appendReply(res, start, err), outBufs
 }
 
 // TypedError is an error marked to be raised in Python as an instance of

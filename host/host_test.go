@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/snakepit-go/snakepit/host"
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -165,5 +166,69 @@ func TestAppendInvoke(t *testing.T) {
 	}
 	if want := host.Reply(nil, errors.New("no")); !bytes.Equal(out[len(prefix):], want) {
 		t.Fatalf("got %q, want %q", out[len(prefix):], want)
+	}
+}
+
+// TestAppendInvokeBuffers: a New function gets out-of-band arguments as
+// the buffers themselves and returns large results out of band (from
+// outMin bytes); a Raw function gets them inline and returns none; an
+// error adds no buffers; bad references are an arguments error.
+func TestAppendInvokeBuffers(t *testing.T) {
+	type blobArgs struct {
+		Blob []byte `json:"blob"`
+		Tag  string `json:"tag"`
+	}
+	var seen []byte
+	set, err := host.NewSet(
+		host.New("echo", func(ctx context.Context, a blobArgs) (map[string]any, error) {
+			seen = a.Blob
+			return map[string]any{"blob": a.Blob, "tag": a.Tag}, nil
+		}),
+		host.New("fail", func(ctx context.Context, a blobArgs) ([]byte, error) { return a.Blob, errors.New("no") }),
+		host.Raw("raw", func(ctx context.Context, args []byte) ([]byte, error) {
+			return args, nil // the arguments dict as the result
+		}),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := bytes.Repeat([]byte("b"), 200)
+	args, in, err := pymarshal.AppendMarshalOOB(nil, map[string]any{"blob": blob, "tag": "t"}, 100, nil)
+	if err != nil || len(in) != 1 {
+		t.Fatalf("got %d buffers, %v; want 1", len(in), err)
+	}
+	prior := [][]byte{[]byte("prior")}
+	out, bufs := set.AppendInvokeBuffers([]byte("pre"), context.Background(), "echo", args, in, 100, prior)
+	if unsafe.SliceData(seen) != unsafe.SliceData(blob) {
+		t.Errorf("the function got a copy of the out-of-band argument, want the buffer itself")
+	}
+	if len(bufs) != 2 || unsafe.SliceData(bufs[1]) != unsafe.SliceData(blob) {
+		t.Fatalf("got %d reply buffers, want prior plus the result's blob (itself)", len(bufs))
+	}
+	v, err := pymarshal.DecodeOOB(out[3:], bufs)
+	if err != nil || !bytes.Equal(v.(map[string]any)["blob"].([]byte), blob) {
+		t.Fatalf("got %v, %v; want the blob back", v, err)
+	}
+	// Without outMin, the result is inline.
+	out, bufs = set.AppendInvokeBuffers(nil, context.Background(), "echo", args, in, 0, nil)
+	if len(bufs) != 0 || !bytes.Contains(out, blob) {
+		t.Fatalf("outMin 0: got %d buffers, want the result inline", len(bufs))
+	}
+	// Errors: the reply, and no buffers added.
+	out, bufs = set.AppendInvokeBuffers(nil, context.Background(), "fail", args, in, 100, prior)
+	if len(bufs) != 1 || out[0] != host.ReplyError {
+		t.Fatalf("error: got %q and %d buffers, want an error reply and prior alone", out, len(bufs))
+	}
+	// Raw: inline arguments.
+	out, bufs = set.AppendInvokeBuffers(nil, context.Background(), "raw", args, in, 100, nil)
+	if ok, v := replyOf(t, out); !ok || len(bufs) != 0 || !bytes.Equal(v.(map[string]any)["blob"].([]byte), blob) {
+		t.Fatalf("raw: got %v (%d buffers), want the arguments with the blob inline", v, len(bufs))
+	}
+	// A reference to a buffer that is not there.
+	for _, name := range []string{"echo", "raw"} {
+		out, _ = set.AppendInvokeBuffers(nil, context.Background(), name, args, [][]byte{}, 100, nil)
+		if ok, v := replyOf(t, out); ok || v.([]any)[0] != "arguments" {
+			t.Fatalf("%s, missing buffer: got %v, want an arguments error", name, v)
+		}
 	}
 }

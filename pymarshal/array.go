@@ -24,7 +24,13 @@ var markerNeedle = []byte("\x09" + MarkerTag)
 // tuple (an [Array]). It is a byte search, as fast as memchr: false means
 // there is none; true may also come from bytes that only happen to contain
 // the tag.
-func HasMarkers(data []byte) bool { return bytes.Contains(data, markerNeedle) }
+func HasMarkers(data []byte) bool {
+	return len(data) >= minMarkerLen && bytes.Contains(data, markerNeedle)
+}
+
+// minMarkerLen is the size of the smallest marker tuple, ("\x00snakepit",
+// "buf", i): shorter data holds none (small results skip the search).
+const minMarkerLen = 2 + 2 + len(MarkerTag) + 2 + len("buf") + 5
 
 // Array is n-dimensional numeric data: the Go side of a numpy.ndarray.
 //
@@ -266,6 +272,12 @@ func (e *encoder) array(a Array) error {
 // marker converts a decoded tuple that starts with MarkerTag. Kinds other
 // than "array" are left as the tuple.
 func (d *decoder) marker(off int, t []any) (any, error) {
+	if d.oobOn && len(t) >= 2 && t[1] == "buf" {
+		if len(t) != 3 {
+			return nil, d.errAt(off, ErrMalformed, "buffer marker of "+strconv.Itoa(len(t))+" fields, want 3")
+		}
+		return d.oobBuffer(off, t[2])
+	}
 	if len(t) < 2 || t[1] != "array" {
 		return t, nil
 	}
@@ -278,6 +290,9 @@ func (d *decoder) marker(off int, t []any) (any, error) {
 		return nil, bad("dtype is " + pyTypeName(t[2]) + ", want str")
 	}
 	dims, ok := t[3].([]any)
+	if tt, isTuple := t[3].(Tuple); isTuple { // decoded keeping tuples (AppendInline)
+		dims, ok = tt, true
+	}
 	if !ok {
 		return nil, bad("shape is " + pyTypeName(t[3]) + ", want a tuple of ints")
 	}
@@ -303,7 +318,14 @@ func (d *decoder) marker(off int, t []any) (any, error) {
 	case []byte:
 		data = x
 	case int64:
-		return nil, bad("out-of-band data (buffer " + strconv.FormatInt(x, 10) + ") where no buffers are given")
+		if !d.oobOn {
+			return nil, bad("out-of-band data (buffer " + strconv.FormatInt(x, 10) + ") where no buffers are given")
+		}
+		b, err := d.oobBuffer(off, x)
+		if err != nil {
+			return nil, err
+		}
+		data = b
 	default:
 		return nil, bad("data is " + pyTypeName(t[4]) + ", want bytes")
 	}
@@ -318,6 +340,25 @@ func (d *decoder) marker(off int, t []any) (any, error) {
 		}
 	}
 	return a, nil
+}
+
+// oobBuffer returns the out-of-band buffer index i names (see DecodeOOB):
+// the buffer itself, its capacity cut to its length, so that appending to
+// it never writes past it.
+func (d *decoder) oobBuffer(off int, i any) ([]byte, error) {
+	n, ok := i.(int64)
+	if !ok {
+		return nil, d.errAt(off, ErrMalformed, "out-of-band reference is "+pyTypeName(i)+", want int")
+	}
+	if n < 0 || n >= int64(len(d.oob)) {
+		return nil, d.errAt(off, ErrMalformed, "out-of-band reference "+strconv.FormatInt(n, 10)+
+			" outside the "+strconv.Itoa(len(d.oob))+" buffers given")
+	}
+	if err := d.charge(off, costSlice); err != nil {
+		return nil, err
+	}
+	b := d.oob[n]
+	return b[:len(b):len(b)], nil
 }
 
 // assignArray stores an Array into dst: an Array, an interface (done by

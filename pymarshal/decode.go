@@ -92,7 +92,23 @@ func DecodeBudget(n int) int64 {
 // values the decoding may allocate (the same estimate Decode uses). It
 // fails with an error wrapping [ErrTooLarge] when the value would need more.
 func DecodeLimit(data []byte, limit int64) (any, error) {
-	d := decoder{data: data, budget: limit, limit: limit, shared: len(data) <= sharedStringMax}
+	return decodeAll(decoder{data: data, budget: limit, limit: limit, shared: len(data) <= sharedStringMax})
+}
+
+// DecodeOOB is [Decode] of data written with out-of-band buffers (see
+// [AppendMarshalOOB]): each marker ("\x00snakepit", "buf", i) decodes to
+// oob[i] and an array marker whose data is an int i gets oob[i] as its
+// Data. Both alias oob's memory: nothing is copied, and the values are
+// valid as long as that memory is. A reference outside oob (or a marker of
+// the wrong shape) is an error wrapping [ErrMalformed].
+func DecodeOOB(data []byte, oob [][]byte) (any, error) {
+	limit := DecodeBudget(len(data))
+	return decodeAll(decoder{data: data, budget: limit, limit: limit, shared: len(data) <= sharedStringMax,
+		oobOn: true, oob: oob})
+}
+
+// decodeAll decodes the one value that must span d's data.
+func decodeAll(d decoder) (any, error) {
 	v, err := d.value()
 	if err != nil {
 		return nil, err
@@ -131,6 +147,8 @@ var errNeedGeneral = errors.New("pymarshal: typed decoding cannot continue")
 // inputs are not, so a small string kept by the caller cannot pin them.
 const sharedStringMax = 64 << 10
 
+// decoder is the state of one decoding. unmarshalTyped resets a pooled one
+// field by field: a new field must be reset there too.
 type decoder struct {
 	data   []byte
 	shared bool   // len(data) <= sharedStringMax: strs slice text
@@ -140,6 +158,13 @@ type decoder struct {
 	refs   []refSlot
 	budget int64 // bytes of Go values still allowed
 	limit  int64 // the initial budget, for messages
+
+	// Out-of-band buffers (DecodeOOB, UnmarshalOOB): when oobOn, markers
+	// that name a buffer resolve to it.
+	oobOn bool
+	oob   [][]byte
+	// tuples: tuples decode as Tuple, not []any (AppendInline).
+	tuples bool
 }
 
 // Estimated Go cost of decoded values, in bytes (64-bit platforms, measured
@@ -461,6 +486,10 @@ func (d *decoder) value() (any, error) {
 			d.fill(idx, v)
 			return v, nil
 		}
+		if d.tuples && code != typeList {
+			d.fill(idx, Tuple(list))
+			return Tuple(list), nil
+		}
 		d.fill(idx, list)
 		return list, nil
 
@@ -655,6 +684,8 @@ func pyTypeName(v any) string {
 		return "bytes"
 	case []any:
 		return "list"
+	case Tuple:
+		return "tuple"
 	case map[string]any:
 		return "dict"
 	case Array:

@@ -71,6 +71,11 @@
 // becomes the tuple ("\x00snakepit", "buf", i) (see [MarkerTag]) and the
 // slice itself, not a copy, is appended to the out-of-band buffers, at
 // index i, for a receiver that takes them alongside the bytes.
+// [DecodeOOB] and [UnmarshalOOB] are that receiver in Go: they resolve the
+// markers to the buffers themselves, so a []byte (or an Array's Data)
+// decoded from one aliases the buffer's memory rather than copying it.
+// [AppendInline] puts the buffers back inline, for a receiver that takes
+// marshal bytes alone.
 package pymarshal
 
 import (

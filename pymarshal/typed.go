@@ -79,14 +79,19 @@ var typedDecoders = sync.Pool{New: func() any { return new(typedDecoder) }}
 
 // unmarshalTyped decodes data into dst. Any error means "use the general
 // path"; dst may then have been partially filled.
-func unmarshalTyped(data []byte, dst reflect.Value, alias bool) error {
+func unmarshalTyped(data []byte, dst reflect.Value, alias bool, oob oobSet) error {
 	if len(data) > math.MaxUint32 {
 		return errNeedGeneral // beyond what a lazy reference slot records
 	}
 	u := typedDecoders.Get().(*typedDecoder)
 	budget := DecodeBudget(len(data))
-	u.d = decoder{data: data, shared: len(data) <= sharedStringMax, budget: budget, limit: budget, refs: u.d.refs[:0]}
-	u.a = assigner{budget: budget, limit: budget}
+	// Field by field: a whole-struct assignment into the pooled decoder
+	// costs a typedmemmove call per decoding.
+	d := &u.d
+	d.data, d.shared, d.text, d.pos, d.depth = data, len(data) <= sharedStringMax, "", 0, 0
+	d.refs, d.budget, d.limit = d.refs[:0], budget, budget
+	d.oobOn, d.oob, d.tuples = oob.on, oob.bufs, false
+	u.a.budget, u.a.limit, u.a.oob = budget, budget, oob.bufs
 	u.alias = alias
 	if t := dst.Type(); t != u.lastType {
 		u.lastType, u.lastDec = t, decoderFor(t)
@@ -102,7 +107,7 @@ func unmarshalTyped(data []byte, dst reflect.Value, alias bool) error {
 	} else {
 		clear(u.d.refs)
 	}
-	u.d.data, u.d.text = nil, ""
+	u.d.data, u.d.text, u.d.oob, u.a.oob = nil, "", nil, nil
 	typedDecoders.Put(u)
 	return err
 }
@@ -520,6 +525,11 @@ func sliceDecoder(t reflect.Type) kindFunc {
 			return general(u, v)
 		}
 		if code != typeList && n > 0 && maybeStr(u.d.data[start]) {
+			if u.d.oobOn {
+				// Perhaps a marker naming an out-of-band buffer, which
+				// the general path resolves (and assign takes uncopied).
+				return general(u, v)
+			}
 			return errNeedGeneral // perhaps a marker (an Array): see decoder.value
 		}
 		once.Do(func() { elem = decoderFor(et) })

@@ -117,8 +117,8 @@ func checkTypedMatchesGeneral(t *testing.T, data []byte) {
 	t.Helper()
 	for _, mk := range typedDestinations {
 		typed, gen := mk(), mk()
-		errTyped := unmarshalTyped(data, reflect.ValueOf(typed).Elem(), false)
-		errGen := unmarshalGeneral(data, reflect.ValueOf(gen).Elem())
+		errTyped := unmarshalTyped(data, reflect.ValueOf(typed).Elem(), false, oobSet{})
+		errGen := unmarshalGeneral(data, reflect.ValueOf(gen).Elem(), oobSet{})
 		if errTyped != nil {
 			// Unmarshal then takes the general path: nothing to compare.
 			if !errors.Is(errTyped, errNeedGeneral) && !errors.As(errTyped, new(*Error)) {
@@ -384,10 +384,10 @@ func TestUnmarshalStructKeyOrder(t *testing.T) {
 	}
 	check := func(t *testing.T, data []byte) error {
 		var typed, gen typedAll
-		if err := unmarshalTyped(data, reflect.ValueOf(&typed).Elem(), false); err != nil {
+		if err := unmarshalTyped(data, reflect.ValueOf(&typed).Elem(), false, oobSet{}); err != nil {
 			return fmt.Errorf("typed decoding of %x failed: %v", data, err)
 		}
-		if err := unmarshalGeneral(data, reflect.ValueOf(&gen).Elem()); err != nil {
+		if err := unmarshalGeneral(data, reflect.ValueOf(&gen).Elem(), oobSet{}); err != nil {
 			return fmt.Errorf("general path on %x failed: %v", data, err)
 		}
 		a, b := mustMarshal(t, &typed), mustMarshal(t, &gen)
@@ -439,10 +439,10 @@ func TestUnmarshalListsInPlace(t *testing.T) {
 	for _, v := range typedListsOK {
 		data := mustMarshal(t, v)
 		var typed, gen typedLists
-		if err := unmarshalTyped(data, reflect.ValueOf(&typed).Elem(), false); err != nil {
+		if err := unmarshalTyped(data, reflect.ValueOf(&typed).Elem(), false, oobSet{}); err != nil {
 			t.Fatalf("typed decoding of %v: %v", v, err)
 		}
-		if err := unmarshalGeneral(data, reflect.ValueOf(&gen).Elem()); err != nil {
+		if err := unmarshalGeneral(data, reflect.ValueOf(&gen).Elem(), oobSet{}); err != nil {
 			t.Fatalf("general path on %v: %v", v, err)
 		}
 		if !reflect.DeepEqual(typed, gen) {

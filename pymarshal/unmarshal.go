@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"unsafe"
 )
 
 // Unmarshal decodes data (one marshal value) and stores it in the value
@@ -14,55 +15,99 @@ import (
 // package documentation describes. None sets pointers, slices, maps and
 // interfaces to nil and leaves other values unchanged. On error, v may have
 // been partially filled.
-func Unmarshal(data []byte, v any) error { return unmarshal(data, v, false) }
+func Unmarshal(data []byte, v any) error { return unmarshal(data, v, false, oobSet{}) }
 
 // UnmarshalNoCopy is [Unmarshal] for input the caller hands over: []byte
 // values of 4 KiB or more in v share data's memory instead of being copied
 // (data must not be modified afterwards). The pool decodes results with it,
 // as each result's buffer belongs to its call.
-func UnmarshalNoCopy(data []byte, v any) error { return unmarshal(data, v, true) }
+func UnmarshalNoCopy(data []byte, v any) error { return unmarshal(data, v, true, oobSet{}) }
 
-func unmarshal(data []byte, v any, alias bool) error {
+// UnmarshalOOB is [Unmarshal] of data written with out-of-band buffers
+// (see [AppendMarshalOOB] and [DecodeOOB]): a marker naming buffer i
+// stores oob[i] itself into a []byte (or an interface), and an array
+// marker with out-of-band data gets oob[i] as its Data. Those values alias
+// oob's memory — no copy is made — so they are valid only while that
+// memory is: a caller that keeps one beyond it must copy it
+// (bytes.Clone). Everything else is decoded as by Unmarshal. A reference
+// outside oob is an error wrapping [ErrMalformed].
+func UnmarshalOOB(data []byte, v any, oob [][]byte) error {
+	return unmarshal(data, v, false, oobSet{on: true, bufs: oob})
+}
+
+// oobSet is the out-of-band buffers of a decoding (on: markers resolve).
+type oobSet struct {
+	on   bool
+	bufs [][]byte
+}
+
+func unmarshal(data []byte, v any, alias bool, oob oobSet) error {
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return &Error{Op: "unmarshal", Offset: -1, Err: ErrTypeMismatch, Detail: "destination must be a non-nil pointer, got " + reflectTypeName(rv)}
 	}
 	if p, ok := v.(*any); ok {
-		src, err := Decode(data)
+		var src any
+		var err error
+		if oob.on {
+			src, err = DecodeOOB(data, oob.bufs)
+		} else {
+			src, err = Decode(data)
+		}
 		if err != nil {
 			return err
 		}
 		*p = src
 		return nil
 	}
-	if unmarshalTyped(data, rv.Elem(), alias) == nil {
+	if unmarshalTyped(data, rv.Elem(), alias, oob) == nil {
 		return nil
 	}
 	// Typed decoding stopped (bad input, a conversion it does not take, a
 	// reference to a shared container): the general path decides, and its
 	// error is the one reported.
-	return unmarshalGeneral(data, rv.Elem())
+	return unmarshalGeneral(data, rv.Elem(), oob)
 }
 
 // unmarshalGeneral is Unmarshal by the general path: decode into interface
 // values, then assign them to dst.
-func unmarshalGeneral(data []byte, dst reflect.Value) error {
-	src, err := Decode(data)
+func unmarshalGeneral(data []byte, dst reflect.Value, oob oobSet) error {
+	var src any
+	var err error
+	if oob.on {
+		src, err = DecodeOOB(data, oob.bufs)
+	} else {
+		src, err = Decode(data)
+	}
 	if err != nil {
 		return err
 	}
 	// Storing into typed values copies what back-references share (a list
 	// referenced a thousand times becomes a thousand slices): the copies
 	// are bounded by the input's size too.
-	a := assigner{budget: DecodeBudget(len(data))}
+	a := assigner{budget: DecodeBudget(len(data)), oob: oob.bufs}
 	a.limit = a.budget
 	return a.assign(dst, src)
 }
 
 // assigner stores decoded values into typed Go values, charging what it
 // allocates to a budget.
-type assigner struct {
+type assigner struct { // unmarshalTyped resets it field by field
 	budget, limit int64
+	// oob: the out-of-band buffers of the decoding (UnmarshalOOB), which
+	// []byte destinations take without a copy.
+	oob [][]byte
+}
+
+// isOOB reports whether s is one of a's out-of-band buffers (as decoding
+// resolved it: the buffer's own memory and length).
+func (a *assigner) isOOB(s []byte) bool {
+	for _, b := range a.oob {
+		if len(b) == len(s) && unsafe.SliceData(b) == unsafe.SliceData(s) {
+			return true
+		}
+	}
+	return false
 }
 
 // charge takes n bytes from the budget, or fails.
@@ -173,6 +218,10 @@ func (a *assigner) assign(dst reflect.Value, src any) error {
 	case []byte:
 		switch {
 		case dst.Kind() == reflect.Slice && dst.Type().Elem().Kind() == reflect.Uint8:
+			if len(s) > 0 && a.isOOB(s) {
+				dst.SetBytes(s) // aliased, as UnmarshalOOB documents
+				return nil
+			}
 			if err := a.charge(int64(len(s))); err != nil {
 				return err
 			}
@@ -299,4 +348,23 @@ func lookupField(fields []field, key string) *field {
 		}
 	}
 	return nil
+}
+
+// AppendInline appends to dst data, written with out-of-band buffers (see
+// [AppendMarshalOOB]), encoded again with those buffers inline: for a
+// receiver that takes marshal bytes alone. The value is decoded
+// ([DecodeOOB]) and encoded again ([AppendMarshal]): tuples stay tuples,
+// and dict keys come out sorted.
+func AppendInline(dst, data []byte, oob [][]byte) ([]byte, error) {
+	limit := DecodeBudget(len(data))
+	v, err := decodeAll(decoder{data: data, budget: limit, limit: limit, shared: len(data) <= sharedStringMax,
+		oobOn: true, oob: oob, tuples: true})
+	if err != nil {
+		return dst, err
+	}
+	out, err := AppendMarshal(dst, v)
+	if err != nil {
+		return dst, err
+	}
+	return out, nil
 }

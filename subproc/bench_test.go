@@ -45,6 +45,18 @@ def host_loop(ctx, n):
     for _ in range(n):
         call("noop", id=7, name="snake")
     return n
+
+_payloads = {}
+
+@snakepit.command
+def host_bytes(ctx, name, n, rounds):
+    p = _payloads.get(n)
+    if p is None:
+        p = _payloads[n] = b"x" * n
+    call = ctx.host.call
+    for _ in range(rounds):
+        r = call(name, data=p)
+    return r if type(r) is int else len(r)
 `
 
 func benchPython(b testing.TB) string {
@@ -216,6 +228,61 @@ func BenchmarkHostCall(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	call(b.N)
+}
+
+// BenchmarkHostCall16MiB: a handler calls a host function with 16 MiB of
+// bytes: "arg" returns its length, "echo" returns them; "copy-floor" is a
+// Go allocate-and-copy of 16 MiB. Host calls go through the socket (not
+// the shared region), so this is the socket copy's cost. ns/op is one host
+// call.
+func BenchmarkHostCall16MiB(b *testing.B) {
+	const n = 16 << 20
+	type dataArgs struct {
+		Data []byte `json:"data"`
+	}
+	set, err := host.NewSet(
+		host.New("size", func(ctx context.Context, a dataArgs) (int, error) { return len(a.Data), nil }),
+		host.New("echo", func(ctx context.Context, a dataArgs) ([]byte, error) { return a.Data, nil }),
+	)
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := benchWorkerConfig(b, Config{Host: set})
+	ctx := context.Background()
+	call := func(b *testing.B, name string, rounds int) {
+		args, err := pymarshal.Marshal(map[string]any{"name": name, "n": n, "rounds": rounds})
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp, err := w.Call(ctx, &worker.Request{Command: "host_bytes", Args: args, CorrelationID: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var got int
+		if err := pymarshal.Unmarshal(resp.Result, &got); err != nil || got != n {
+			b.Fatalf("got %d (%v), want %d", got, err, n)
+		}
+	}
+	for _, name := range []string{"size", "echo"} {
+		sub := map[string]string{"size": "arg", "echo": "echo"}[name]
+		b.Run(sub, func(b *testing.B) {
+			call(b, name, 1) // warm up
+			b.SetBytes(n)
+			b.ResetTimer()
+			call(b, name, b.N)
+		})
+	}
+	b.Run("copy-floor", func(b *testing.B) {
+		data := make([]byte, n)
+		b.SetBytes(n)
+		for range b.N {
+			out := make([]byte, n)
+			copy(out, data)
+			if out[n-1] != data[n-1] {
+				b.Fatal("copy")
+			}
+		}
+	})
 }
 
 // BenchmarkStartup starts a worker (process, imports, setup, HELLO,

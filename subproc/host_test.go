@@ -58,6 +58,16 @@ def big_echo(ctx, data):
 
 
 @snakepit.command
+def arrays(ctx, n):
+    import array
+    a = array.array("d", range(n))
+    r = ctx.host.arr(a=a)
+    back = memoryview(r["back"])
+    return {"go": r["go"], "back": [type(r["back"]).__name__ in ("memoryview", "ndarray"), back.readonly,
+                                    list(back.shape), float(sum(back.tolist()))]}
+
+
+@snakepit.command
 def forked(ctx):
     import os
     r, w = os.pipe()
@@ -435,6 +445,36 @@ func TestHostLargePayload(t *testing.T) {
 	hostCall(t, fx.w, "big_echo", map[string]any{"data": data}, &got)
 	if want := []any{true, int64(len(data))}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+
+// TestHostArrays: in the process profile too, an array.array argument
+// reaches Go as a pymarshal.Array and an Array result reaches the handler
+// as a read-only array with its shape.
+func TestHostArrays(t *testing.T) {
+	fx := startHostWorker(t, host.New("arr", func(ctx context.Context, a struct {
+		A pymarshal.Array `json:"a"`
+	}) (map[string]any, error) {
+		back := make([]float64, a.A.Shape[0])
+		for i := range back {
+			back[i] = 0.5
+		}
+		arr, err := pymarshal.NewArray(back, len(back))
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"go": []any{a.A.DType, a.A.Shape, len(a.A.Data)}, "back": arr}, nil
+	}))
+	for _, n := range []int{3, 20000} {
+		var got map[string]any
+		hostCall(t, fx.w, "arrays", map[string]any{"n": n}, &got)
+		want := map[string]any{
+			"go":   []any{"<f8", []any{int64(n)}, int64(8 * n)},
+			"back": []any{true, true, []any{int64(n)}, 0.5 * float64(n)},
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("n=%d: got %v, want %v", n, got, want)
+		}
 	}
 }
 

@@ -5,6 +5,10 @@ import logging
 import time
 from marshal import dumps as _dumps, loads as _loads
 
+from ._wire import MARKER as _MARKER, resolve_value as _resolve_value, scan_needed as _scan_needed
+
+_MARKER_BYTES = _MARKER.encode()
+
 import sys
 
 __all__ = ["Cancelled", "CommandInfo", "Context", "HostError", "command", "commands_of", "configure",
@@ -222,16 +226,24 @@ class Host:
             raise ctx._dispatcher.host_refusal(ctx, name)
         fast = self._fast
         if fast is not None:
-            result = fast(self._token, name, kwargs, self._raise)
+            result = fast(self._token, name, kwargs, self._raise, _resolve_value)
             if result is not NotImplemented:  # no result decodes to it
                 return result
-        try:
-            payload = _dumps(kwargs, 2)  # version 2: no reference table to build
-        except ValueError:
-            payload = ctx._dispatcher.host_payload(name, kwargs)  # values marshal does not take
+        if _scan_needed():
+            # marshal would write an array.array or a numpy array as its
+            # raw bytes: convert them as results are (to arrays).
+            payload = ctx._dispatcher.host_payload(name, kwargs)
+        else:
+            try:
+                payload = _dumps(kwargs, 2)  # version 2: no reference table to build
+            except ValueError:
+                payload = ctx._dispatcher.host_payload(name, kwargs)  # values marshal does not take
         reply = self._transport(self._token, name, payload)
         if reply[0] != 1:  # host.ReplyError
-            return _loads(reply)
+            result = _loads(reply)
+            if _MARKER_BYTES in reply:  # arrays: see _wire.resolve_value
+                result = _resolve_value(result, ())
+            return result
         ctx._dispatcher.host_raise(reply)
 
     async def acall(self, name, /, **kwargs):

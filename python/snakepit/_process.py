@@ -67,6 +67,7 @@ PROTOCOL = 2
 HOST_CALL_ID_BIT = 1 << 63
 
 _HEADER = struct.Struct("<IBQ")
+_U32 = struct.Struct("<I")
 SOCK_FD = 3
 LIFELINE_FD = 4
 
@@ -547,12 +548,16 @@ def _host_call_frame(token, name, payload, max_frame):
         # A forked process has /dev/null for the socket, and may have been
         # forked while another thread held the locks.
         raise HostError("snakepit: ctx.host is not available in a process forked from the worker")
-    data = marshal.dumps((token, name, payload), 4)
-    if len(data) > max_frame:
+    # The tuple (token, name, payload) as marshal writes it, in two parts
+    # sent one after the other: the payload is not copied into a new bytes.
+    # Version 2 writes no back-references, so the parts stand alone.
+    head = b")\x03" + marshal.dumps(token, 2) + marshal.dumps(name, 2) + b"s" + _U32.pack(len(payload))
+    size = len(head) + len(payload)
+    if size > max_frame:
         raise _dispatch._host_error("arguments", "")(
             "host function %r: arguments of %d bytes exceed the frame limit of %d bytes"
-            % (name, len(data), max_frame))
-    return data
+            % (name, size, max_frame))
+    return (head, payload)
 
 
 class _Link:

@@ -199,6 +199,10 @@ def describe(obj):
 #
 # The thread profile hands payloads over as read-only memoryviews of the
 # host's memory, valid during the call only; the process profile as bytes.
+#
+# A host function's result (ctx.host) may hold the same markers: the thread
+# profile's out-of-band result buffers are bytes objects, and arrays come
+# as array markers in both profiles (see resolve_value).
 
 MARKER = "\x00snakepit"
 
@@ -281,6 +285,36 @@ def resolve(kwargs, buffers):
         return sub(kwargs, 0), (views, hosts)
     except RecursionError:
         raise BadMarker("arguments nested too deeply to look for markers") from None
+
+
+def resolve_value(value, buffers):
+    """value (a host function's result) with its markers replaced: a
+    buffer marker by buffers[i] itself (bytes), an array marker by an array
+    (see _array) over its data, inline or buffers[i]. Raises BadMarker."""
+    def view(i):
+        if type(i) is not int or not 0 <= i < len(buffers):
+            raise BadMarker("payload %r of %d" % (i, len(buffers)))
+        return buffers[i]
+
+    def sub(v, depth):
+        t = type(v)
+        if t is tuple and len(v) >= 2 and v[0] == MARKER:
+            if v[1] == "buf" and len(v) == 3:
+                return view(v[2])
+            if v[1] == "array":
+                return _array(v, view)
+        if depth > MAX_DEPTH:
+            raise BadMarker("value nested more than %d levels deep" % MAX_DEPTH)
+        if t is dict:
+            return {k: sub(x, depth + 1) for k, x in v.items()}
+        if t is list or t is tuple:
+            return t(sub(x, depth + 1) for x in v)
+        return v
+
+    try:
+        return sub(value, 0)
+    except RecursionError:
+        raise BadMarker("value nested too deeply to look for markers") from None
 
 
 def release(state):

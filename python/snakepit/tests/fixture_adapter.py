@@ -122,6 +122,13 @@ def use_host(ctx, name, kwargs, keep=False):
 
 
 @snakepit.command
+def host_types(ctx, name, kwargs):
+    """The type and content of each value a host function returns."""
+    r = ctx.host.call(name, **kwargs)
+    return {k: [type(v).__name__, list(v) if not isinstance(v, (bytes, str)) else v] for k, v in r.items()}
+
+
+@snakepit.command
 def host_sugar(ctx):
     return [ctx.host.names(), ctx.host.echo(x=1), "echo" in dir(ctx.host)]
 

@@ -57,6 +57,18 @@ class HostTest(unittest.TestCase):
         code, err, _ = self.d.call("use_host", {"name": "echo", "kwargs": {"x": object()}}, "cid", None, None, None)
         self.assertEqual((code, err[1]), (ERROR, "TypeError"))  # raised in the handler
 
+    def test_arrays_both_ways(self):
+        import array
+        got = self.call("host_types", name="echo", kwargs={"a": array.array("d", [1.5, 2.5]), "b": bytearray(b"xy")})
+        # Sent as an array marker (as results are), echoed back, and
+        # resolved to an array again.
+        _, _, sent = self.seen[-1]
+        self.assertEqual(sent["a"][:4], ("\x00snakepit", "array", "<f8", (2,)))
+        self.assertEqual(sent["b"], b"xy")
+        self.assertIn(got["a"][0], ("memoryview", "ndarray"))
+        self.assertEqual(got["a"][1], [1.5, 2.5])
+        self.assertEqual(got["b"], ["bytes", b"xy"])
+
     def test_sugar_and_async(self):
         self.assertEqual(self.call("host_sugar"), [["echo", "fail"], {"x": 1}, True])
         self.assertEqual(self.call("host_async"), {"x": 2})

@@ -125,6 +125,13 @@ class LinkTest(_LinkCase):
             self.link.host_call(7, "f", b"x" * 200)
         self.assertIsInstance(cm.exception, HostError)
 
+    def test_host_call_frame_is_the_marshalled_tuple(self):
+        big = bytes(range(256)) * 300
+        for token, name, payload in ((7, "f", b""), (2**63 + 9, "n\u00e9", big), (0, "x" * 300, b"ab")):
+            parts = _process._host_call_frame(token, name, payload, 1 << 20)
+            self.assertIs(parts[-1], payload)  # sent as it is, not copied
+            self.assertEqual(marshal.loads(b"".join(parts)), (token, name, payload))
+
     def test_connection_closed_while_waiting(self):
         out = {}
 

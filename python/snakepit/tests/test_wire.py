@@ -109,5 +109,32 @@ class WireTest(unittest.TestCase):
         self.assertEqual(out.stdout.strip(), "[]", out.stderr)
 
 
+class ResolveValueTest(unittest.TestCase):
+    """resolve_value: a host function's result with its markers replaced."""
+
+    def test_buffers_and_arrays(self):
+        m = _wire.MARKER
+        big = b"\x01" * 16
+        v = {"b": (m, "buf", 0), "l": [1, (m, "buf", 0), ((m, "buf", 1),)], "s": "x",
+             "a": (m, "array", "<u2", (2,), 1), "i": (m, "array", "|u1", (3,), b"abc")}
+        got = _wire.resolve_value(v, (big, b"\x02\x00\x03\x00"))
+        self.assertIs(got["b"], big)
+        self.assertIs(got["l"][1], big)
+        self.assertEqual(got["l"][2], (b"\x02\x00\x03\x00",))
+        self.assertEqual(got["s"], "x")
+        self.assertEqual(list(got["a"]), [2, 3])
+        self.assertEqual(bytes(got["i"]), b"abc")
+
+    def test_bad_markers(self):
+        m = _wire.MARKER
+        for v in ((m, "buf", 2), (m, "buf", -1), (m, "buf", "0"), [(m, "array", "<f8", (2,), 0)]):
+            with self.assertRaises(_wire.BadMarker, msg=repr(v)):
+                _wire.resolve_value(v, (b"x",))
+
+    def test_plain_values_unchanged(self):
+        v = {"a": [1, (2, "x")], "m": (_wire.MARKER,)}
+        self.assertEqual(_wire.resolve_value(v, ()), v)
+
+
 if __name__ == "__main__":
     unittest.main()
