@@ -1058,6 +1058,7 @@ def main(argv=None):
     d.host_transport = link.host_call
     queue = _SeqQueue(link) if seq else None
 
+    @_not_nested
     def on_cancel(signum, frame):
         if os.getpid() != _worker_pid:
             signal.signal(signum, signal.SIG_DFL)
@@ -1656,6 +1657,32 @@ def _loads(payload, shm, keep=False):
             views = kept
         args = args[:6] + (views,) + args[7:]
     return args
+
+
+def _not_nested(handler):
+    """A signal handler that ignores a signal arriving while it runs.
+
+    CPython runs a Python signal handler at the next bytecode boundary even
+    inside the handler itself. The host repeats SIGUSR1 until it has its
+    answer, so the cancel handler could run again inside itself (under
+    load, while it files frames holding the queue's locks) and raise
+    Cancelled between a lock's acquire and the try that releases it: the
+    lock stayed held and the worker's main thread blocked on it for good.
+    The nested signal is dropped instead; the host signals again."""
+    running = [False]
+
+    def guarded(signum, frame):
+        if running[0]:
+            return None
+        running[0] = True
+        try:
+            return handler(signum, frame)
+        finally:
+            running[0] = False
+
+    guarded.__name__ = guarded.__qualname__ = handler.__name__
+    guarded.__doc__ = handler.__doc__
+    return guarded
 
 
 def _with_id(args, call_id):

@@ -369,3 +369,52 @@ class ConnTest(unittest.TestCase):
         self.host.sendall(_H.pack((1 << 22) + 1, _process.CALL, 7))
         with self.assertRaisesRegex(ValueError, "exceeds the limit"):
             self.conn.read_now()
+
+
+class NotNestedTest(unittest.TestCase):
+    """The cancel handler ignores a signal that arrives while it runs."""
+
+    def test_a_real_signal_inside_the_handler_is_dropped(self):
+        # SIGUSR1 raised inside the handler (as the host's repeated signal
+        # lands while the handler holds the queue's locks): the nested run
+        # is dropped, so it cannot raise inside the outer one.
+        runs = []
+        lock = threading.Lock()
+
+        @_process._not_nested
+        def handler(signum, frame):
+            runs.append(signum)
+            acquired = lock.acquire(timeout=1)  # a nested run would wait on the outer's lock
+            try:
+                if len(runs) == 1:
+                    signal.raise_signal(signal.SIGUSR1)
+                    for _ in range(100):  # bytecode boundaries for the nested run
+                        pass
+            finally:
+                if acquired:
+                    lock.release()
+            raise Cancelled("cancelled by the host")
+
+        old = signal.signal(signal.SIGUSR1, handler)
+        try:
+            with self.assertRaises(Cancelled):
+                signal.raise_signal(signal.SIGUSR1)
+                for _ in range(100):
+                    pass
+        finally:
+            signal.signal(signal.SIGUSR1, old)
+        self.assertEqual(runs, [signal.SIGUSR1], "the nested signal ran the handler again")
+        self.assertFalse(lock.locked(), "the handler's lock stayed held")
+
+    def test_runs_again_after_it_ended(self):
+        calls = []
+
+        @_process._not_nested
+        def handler(signum, frame):
+            calls.append(signum)
+            raise Cancelled("x")
+
+        for _ in range(2):
+            with self.assertRaises(Cancelled):
+                handler(signal.SIGUSR1, None)
+        self.assertEqual(len(calls), 2)
