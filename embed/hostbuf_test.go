@@ -3,12 +3,12 @@ package embed_test
 import (
 	"bytes"
 	"fmt"
-	"reflect"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -79,7 +79,7 @@ r = hc(1, "f", {"x": val, "nested": {"l": [1, val, (val, "t")]}, "small": b"ab"}
 `, n, kind))
 				seen.mu.Lock()
 				defer seen.mu.Unlock()
-				rq.NoError(t, seen.err)
+				require.NoError(t, seen.err)
 				want := mustEval(t, in, "bytes(val)").([]byte)
 				m := seen.value.(map[string]any)
 				nested := m["nested"].(map[string]any)["l"].([]any)
@@ -89,12 +89,12 @@ r = hc(1, "f", {"x": val, "nested": {"l": [1, val, (val, "t")]}, "small": b"ab"}
 						t.Fatalf("value %d: got %T of %d bytes, want the %d bytes sent", i, got, len(b), len(want))
 					}
 				}
-				rq.Equal(t, []byte("ab"), m["small"])
+				require.Equal(t, []byte("ab"), m["small"])
 				if n < min {
-					rq.Empty(t, seen.addrs, "got out-of-band buffers for %d bytes (below %d)", n, min)
+					require.Empty(t, seen.addrs, "got out-of-band buffers for %d bytes (below %d)", n, min)
 					return
 				}
-				rq.Len(t, seen.addrs, 3, "got %d out-of-band buffers, want one per occurrence", len(seen.addrs))
+				require.Len(t, seen.addrs, 3, "got %d out-of-band buffers, want one per occurrence", len(seen.addrs))
 				addr := uintptr(mustEvalInt(t, in, "addr(base, off)"))
 				for i, a := range seen.addrs {
 					if a != addr || seen.lens[i] != n {
@@ -109,14 +109,14 @@ r = hc(1, "f", {"x": val, "nested": {"l": [1, val, (val, "t")]}, "small": b"ab"}
 r = hc(1, "f", {"l": many}, raise_, resolve_)`)
 		seen.mu.Lock()
 		defer seen.mu.Unlock()
-		rq.NoError(t, seen.err)
-		rq.Len(t, seen.addrs, 19)
+		require.NoError(t, seen.err)
+		require.Len(t, seen.addrs, 19)
 		l := seen.value.(map[string]any)["l"].([]any)
 		for i, v := range l {
 			b := v.([]byte)
-			rq.True(t, len(b) == 65536+i && b[0] == byte(i) && b[len(b)-1] == byte(i), "value %d: got %d bytes of %d", i, len(b), b[0])
+			require.True(t, len(b) == 65536+i && b[0] == byte(i) && b[len(b)-1] == byte(i), "value %d: got %d bytes of %d", i, len(b), b[0])
 			addr := uintptr(mustEvalInt(t, in, fmt.Sprintf("addr(many[%d], 0)", i)))
-			rq.Equal(t, addr, seen.addrs[i], "value %d: not Python's memory", i)
+			require.Equal(t, addr, seen.addrs[i], "value %d: not Python's memory", i)
 		}
 	})
 	t.Run("array", func(t *testing.T) {
@@ -125,28 +125,28 @@ r = hc(1, "f", {"l": many}, raise_, resolve_)`)
 r = hc(1, "f", {"small": small, "big": big}, raise_, resolve_)`)
 		seen.mu.Lock()
 		defer seen.mu.Unlock()
-		rq.NoError(t, seen.err)
+		require.NoError(t, seen.err)
 		m := seen.value.(map[string]any)
 		small, ok := m["small"].(pymarshal.Array)
-		rq.True(t, ok, "small array: got %T", m["small"])
-		rq.Equal(t, "<i4", small.DType)
-		rq.Equal(t, []int{2}, small.Shape)
-		rq.Equal(t, []int32{1, -2}, mustArrayData[int32](t, small))
+		require.True(t, ok, "small array: got %T", m["small"])
+		require.Equal(t, "<i4", small.DType)
+		require.Equal(t, []int{2}, small.Shape)
+		require.Equal(t, []int32{1, -2}, mustArrayData[int32](t, small))
 		big, ok := m["big"].(pymarshal.Array)
-		rq.True(t, ok, "big array: got %T", m["big"])
-		rq.Equal(t, "<f8", big.DType)
-		rq.Equal(t, []int{20000}, big.Shape)
-		rq.Len(t, seen.addrs, 1)
-		rq.Equal(t, uintptr(unsafe.Pointer(unsafe.SliceData(big.Data))), seen.addrs[0], "the array's data is not the buffer")
+		require.True(t, ok, "big array: got %T", m["big"])
+		require.Equal(t, "<f8", big.DType)
+		require.Equal(t, []int{20000}, big.Shape)
+		require.Len(t, seen.addrs, 1)
+		require.Equal(t, uintptr(unsafe.Pointer(unsafe.SliceData(big.Data))), seen.addrs[0], "the array's data is not the buffer")
 		d := mustArrayData[float64](t, big)
-		rq.Equal(t, 19999.0, d[19999])
+		require.Equal(t, 19999.0, d[19999])
 	})
 }
 
 func mustArrayData[T pymarshal.Numeric](t *testing.T, a pymarshal.Array) []T {
 	t.Helper()
 	d, err := pymarshal.ArrayData[T](a)
-	rq.NoError(t, err)
+	require.NoError(t, err)
 	return d
 }
 
@@ -208,7 +208,7 @@ t.join()
 out["after"] = resize()
 `)
 	got := mustEval(t, in, "[out['held'], out['during'][:11], out['after'], len(ba)]")
-	rq.Equal(t, []any{[]byte{1}, "BufferError", "resized", int64(200001)}, got)
+	require.Equal(t, []any{[]byte{1}, "BufferError", "resized", int64(200001)}, got)
 }
 
 // TestHostCallBuffersOut: with resolve_, a handler's out-of-band reply
@@ -249,75 +249,18 @@ try:
 except RuntimeError as e:
     four = str(e)
 `)
-	rq.Equal(t, []any{"bytes", "bytes"}, mustEval(t, in, "seen['types']"))
+	require.Equal(t, []any{"bytes", "bytes"}, mustEval(t, in, "seen['types']"))
 	got := mustEval(t, in, "[r['a'], r['b'], r['l'][0], r['ok'], type(r['a']).__name__]").([]any)
-	rq.True(t, bytes.Equal(got[0].([]byte), big), "a: got %d bytes, want the %d sent", len(got[0].([]byte)), len(big))
-	rq.Equal(t, []byte("small"), got[1])
-	rq.True(t, bytes.Equal(got[2].([]byte), big[:embed.HostBufferMin]), "l[0]: wrong bytes")
-	rq.Equal(t, true, got[3])
-	rq.Equal(t, "bytes", got[4])
-	rq.Contains(t, mustEval(t, in, "four").(string), "out-of-band buffers to a caller that takes none")
+	require.True(t, bytes.Equal(got[0].([]byte), big), "a: got %d bytes, want the %d sent", len(got[0].([]byte)), len(big))
+	require.Equal(t, []byte("small"), got[1])
+	require.True(t, bytes.Equal(got[2].([]byte), big[:embed.HostBufferMin]), "l[0]: wrong bytes")
+	require.Equal(t, true, got[3])
+	require.Equal(t, "bytes", got[4])
+	require.Contains(t, mustEval(t, in, "four").(string), "out-of-band buffers to a caller that takes none")
 }
 
 // hangGuard bounds waits that only a bug makes long.
 const hangGuard = 30 * time.Second
-
-// rq holds the few assertions these tests use, failing at once.
-var rq asserts
-
-type asserts struct{}
-
-func amsg(m []any) string {
-	if len(m) == 0 {
-		return ""
-	}
-	if f, ok := m[0].(string); ok {
-		return ": " + fmt.Sprintf(f, m[1:]...)
-	}
-	return ": " + fmt.Sprint(m...)
-}
-
-func (asserts) NoError(t testing.TB, err error, m ...any) {
-	t.Helper()
-	if err != nil {
-		t.Fatalf("got error %v, want none%s", err, amsg(m))
-	}
-}
-
-func (asserts) Equal(t testing.TB, want, got any, m ...any) {
-	t.Helper()
-	if !reflect.DeepEqual(want, got) {
-		t.Fatalf("got %#v, want %#v%s", got, want, amsg(m))
-	}
-}
-
-func (asserts) True(t testing.TB, ok bool, m ...any) {
-	t.Helper()
-	if !ok {
-		t.Fatalf("got false, want true%s", amsg(m))
-	}
-}
-
-func (asserts) Contains(t testing.TB, s, sub string, m ...any) {
-	t.Helper()
-	if !strings.Contains(s, sub) {
-		t.Fatalf("got %q, want a string containing %q%s", s, sub, amsg(m))
-	}
-}
-
-func (asserts) Len(t testing.TB, v any, n int, m ...any) {
-	t.Helper()
-	if l := reflect.ValueOf(v).Len(); l != n {
-		t.Fatalf("got length %d, want %d%s", l, n, amsg(m))
-	}
-}
-
-func (asserts) Empty(t testing.TB, v any, m ...any) {
-	t.Helper()
-	if l := reflect.ValueOf(v).Len(); l != 0 {
-		t.Fatalf("got length %d, want empty%s", l, amsg(m))
-	}
-}
 
 // TestHostCallBuffersHostileExporter: an object whose buffer export runs
 // Python code (3.12+: __buffer__) that shrinks the list being encoded or
@@ -362,10 +305,10 @@ mutated_dict = outcome(lambda: hc(1, "f", d, raise_, resolve_))
 new_exporters = sys.version_info >= (3, 12)
 `)
 	if mustEval(t, in, "new_exporters") == true {
-		rq.Contains(t, mustEval(t, in, "shrunk_list").(string), "changed size")
-		rq.Equal(t, "True", mustEval(t, in, "mutated_dict"))
+		require.Contains(t, mustEval(t, in, "shrunk_list").(string), "changed size")
+		require.Equal(t, "True", mustEval(t, in, "mutated_dict"))
 	} else {
-		rq.Equal(t, "NotImplemented", mustEval(t, in, "shrunk_list"))
-		rq.Equal(t, "NotImplemented", mustEval(t, in, "mutated_dict"))
+		require.Equal(t, "NotImplemented", mustEval(t, in, "shrunk_list"))
+		require.Equal(t, "NotImplemented", mustEval(t, in, "mutated_dict"))
 	}
 }

@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/snakepit-go/snakepit/gil"
 	"github.com/snakepit-go/snakepit/host"
@@ -134,11 +135,11 @@ func startHost(t testing.TB, withHost bool) *hostFixture {
 	cfg := gil.Config{Module: "host_adapter", Paths: []string{abs(t, "testdata")}, Runtime: runtimeFor(t)}
 	if withHost {
 		set, err := host.NewSet(hostFuncs(f)...)
-		rq.NoError(t, err)
+		require.NoError(t, err)
 		cfg.Host = set
 	}
 	w, err := gil.Start(context.Background(), cfg)
-	rq.NoError(t, err)
+	require.NoError(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 		defer cancel()
@@ -153,7 +154,7 @@ func startHost(t testing.TB, withHost bool) *hostFixture {
 func abs(t testing.TB, p string) string {
 	t.Helper()
 	a, err := filepath.Abs(p)
-	rq.NoError(t, err)
+	require.NoError(t, err)
 	return a
 }
 
@@ -170,7 +171,7 @@ func hcallCtx(t testing.TB, ctx context.Context, w worker.Worker, req *worker.Re
 	t.Helper()
 	if args != nil {
 		b, err := pymarshal.Marshal(args)
-		rq.NoError(t, err)
+		require.NoError(t, err)
 		req.Args = b
 	}
 	resp, err := w.Call(ctx, req)
@@ -178,14 +179,14 @@ func hcallCtx(t testing.TB, ctx context.Context, w worker.Worker, req *worker.Re
 		return nil, err
 	}
 	v, err := pymarshal.Decode(resp.Result)
-	rq.NoError(t, err)
+	require.NoError(t, err)
 	return v, nil
 }
 
 func mustHcall(t testing.TB, w worker.Worker, command string, args any) any {
 	t.Helper()
 	v, err := hcall(t, w, command, args)
-	rq.NoError(t, err, "call %s", command)
+	require.NoError(t, err, "call %s", command)
 	return v
 }
 
@@ -195,13 +196,13 @@ func TestHostValues(t *testing.T) {
 	f := startHost(t, true)
 	got := mustHcall(t, f.w, "lookup", map[string]any{"user_id": 7})
 	want := map[string]any{"id": int64(7), "name": "user-7", "tags": []any{"a", "b"}}
-	rq.Equal(t, want, got, "got %v, want %v", got, want)
+	require.Equal(t, want, got, "got %v, want %v", got, want)
 	for _, n := range []int{0, 4000, 5000, 1 << 20} { // around the builtin's 4 KiB reply buffer, and large
 		got := mustHcall(t, f.w, "big", map[string]any{"n": n})
-		rq.Equal(t, []any{int64(n), int64(n), true}, got, "%d bytes each way", n)
+		require.Equal(t, []any{int64(n), int64(n), true}, got, "%d bytes each way", n)
 	}
 	got = mustHcall(t, f.w, "names", nil)
-	rq.Equal(t, []any{"boom", "echo", "fail", "gate", "lookup", "noop", "raw_noop", "tid", "wait"}, got)
+	require.Equal(t, []any{"boom", "echo", "fail", "gate", "lookup", "noop", "raw_noop", "tid", "wait"}, got)
 }
 
 // TestHostErrors: Go errors become HostError with the Go text, typed by
@@ -222,14 +223,14 @@ func TestHostErrors(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			got, ok := mustHcall(t, f.w, "fail", map[string]any{"name": c.fn, "how": c.how}).(map[string]any)
-			rq.True(t, ok, "got %v, want a dict describing the error", got)
+			require.True(t, ok, "got %v, want a dict describing the error", got)
 			for k, v := range c.want {
 				if k == "message" && c.name == "key" {
 					// KeyError's str() quotes its argument.
-					rq.Contains(t, got[k], v.(string), "%s: got %v, want %v in it", k, got[k], v)
+					require.Contains(t, got[k], v.(string), "%s: got %v, want %v in it", k, got[k], v)
 					continue
 				}
-				rq.Equal(t, v, got[k], "%s: got %v, want %v (all: %v)", k, got[k], v, got)
+				require.Equal(t, v, got[k], "%s: got %v, want %v (all: %v)", k, got[k], v, got)
 			}
 		})
 	}
@@ -237,11 +238,11 @@ func TestHostErrors(t *testing.T) {
 	// call's Python error, with the Go error's text.
 	_, err := hcall(t, f.w, "fail_raise", map[string]any{"how": "key"})
 	var pe *worker.PythonError
-	rq.True(t, errors.As(err, &pe), "got %v, want a *worker.PythonError", err)
-	rq.Equal(t, "snakepit.HostError", pe.Type, "got %v", pe)
-	rq.Contains(t, pe.Message, "no such user", "got %v", pe)
+	require.True(t, errors.As(err, &pe), "got %v, want a *worker.PythonError", err)
+	require.Equal(t, "snakepit.HostError", pe.Type, "got %v", pe)
+	require.Contains(t, pe.Message, "no such user", "got %v", pe)
 	// The worker is fine after a panic.
-	rq.Equal(t, map[string]any{"id": int64(1), "name": "user-1", "tags": []any{"a", "b"}},
+	require.Equal(t, map[string]any{"id": int64(1), "name": "user-1", "tags": []any{"a", "b"}},
 		mustHcall(t, f.w, "lookup", map[string]any{"user_id": 1}))
 }
 
@@ -264,14 +265,14 @@ func TestHostDeadlineInterruptsWait(t *testing.T) {
 	case <-time.After(hangGuard):
 		t.Fatal("the host function was not called")
 	}
-	rq.Equal(t, "cid-wait", worker.CorrelationID(hctx))
+	require.Equal(t, "cid-wait", worker.CorrelationID(hctx))
 	var err error
 	select {
 	case err = <-errc:
 	case <-time.After(hangGuard):
 		t.Fatal("Call did not return at its deadline")
 	}
-	rq.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
 	select {
 	case <-hctx.Done():
 	default:
@@ -280,7 +281,7 @@ func TestHostDeadlineInterruptsWait(t *testing.T) {
 	// The handler got the deadline (or the interrupt) and returned: the
 	// worker takes the next call.
 	got := mustHcall(t, f.w, "from_thread", map[string]any{"n": 1}).(map[string]any)
-	rq.Equal(t, "cid-from_thread", got["go_cid"], "got %v, want the next call's correlation id", got)
+	require.Equal(t, "cid-from_thread", got["go_cid"], "got %v, want the next call's correlation id", got)
 }
 
 // TestHostCallEndsCtx: a host function's ctx is done once its call has
@@ -288,24 +289,24 @@ func TestHostDeadlineInterruptsWait(t *testing.T) {
 func TestHostCallEndsCtx(t *testing.T) {
 	f := startHost(t, true)
 	resp, err := f.w.Call(context.Background(), &worker.Request{Command: "lookup", Args: mustMarshal(t, map[string]any{"user_id": 1})})
-	rq.NoError(t, err)
-	rq.NotEmpty(t, resp.Result)
+	require.NoError(t, err)
+	require.NotEmpty(t, resp.Result)
 	_, err = f.w.Call(context.Background(), &worker.Request{Command: "from_thread", CorrelationID: "c1", Args: mustMarshal(t, map[string]any{"n": 3})})
-	rq.NoError(t, err)
+	require.NoError(t, err)
 	var hctx context.Context
 	select {
 	case hctx = <-f.lastCtx:
 	default:
 		t.Fatal("echo was not called")
 	}
-	rq.Equal(t, "c1", worker.CorrelationID(hctx))
-	rq.ErrorIs(t, hctx.Err(), context.Canceled, "got ctx error %v after the call returned, want context.Canceled", hctx.Err())
+	require.Equal(t, "c1", worker.CorrelationID(hctx))
+	require.ErrorIs(t, hctx.Err(), context.Canceled, "got ctx error %v after the call returned, want context.Canceled", hctx.Err())
 }
 
 func mustMarshal(t testing.TB, v any) []byte {
 	t.Helper()
 	b, err := pymarshal.Marshal(v)
-	rq.NoError(t, err)
+	require.NoError(t, err)
 	return b
 }
 
@@ -316,7 +317,7 @@ func TestHostFromThread(t *testing.T) {
 	for i := range 20 {
 		got := mustHcall(t, f.w, "from_thread", map[string]any{"n": i}).(map[string]any)
 		want := map[string]any{"n": int64(i), "cid": "cid-from_thread", "go_cid": "cid-from_thread"}
-		rq.Equal(t, want, got, "got %v, want %v", got, want)
+		require.Equal(t, want, got, "got %v, want %v", got, want)
 	}
 }
 
@@ -326,10 +327,10 @@ func TestHostFromThread(t *testing.T) {
 func TestHostRunsOnCallingThread(t *testing.T) {
 	f := startHost(t, true)
 	got := mustHcall(t, f.w, "tids", nil).([]any)
-	rq.Equal(t, 4, len(got), "got %v", got)
-	rq.Equal(t, got[0], got[1], "handler thread: got Go on thread %v, Python on %v", got[1], got[0])
-	rq.Equal(t, got[2], got[3], "started thread: got Go on thread %v, Python on %v", got[3], got[2])
-	rq.True(t, got[0] != got[2], "got one thread for both: %v", got)
+	require.Equal(t, 4, len(got), "got %v", got)
+	require.Equal(t, got[0], got[1], "handler thread: got Go on thread %v, Python on %v", got[1], got[0])
+	require.Equal(t, got[2], got[3], "started thread: got Go on thread %v, Python on %v", got[3], got[2])
+	require.True(t, got[0] != got[2], "got one thread for both: %v", got)
 }
 
 // TestHostAsync: an async handler's ctx.host.acall (which waits in an
@@ -342,7 +343,7 @@ func TestHostAsync(t *testing.T) {
 			map[string]any{"n": int64(i), "cid": "cid-async_echo", "go_cid": "cid-async_echo"},
 			map[string]any{"n": int64(i + 1), "cid": "cid-async_echo", "go_cid": "cid-async_echo"},
 		}
-		rq.Equal(t, want, got)
+		require.Equal(t, want, got)
 	}
 }
 
@@ -351,7 +352,7 @@ func TestHostAsync(t *testing.T) {
 func TestHostConcurrent(t *testing.T) {
 	f := startHost(t, true)
 	got := mustHcall(t, f.w, "concurrent", map[string]any{"n": 4})
-	rq.Equal(t, []any{int64(0), int64(10), int64(20), int64(30)}, got)
+	require.Equal(t, []any{int64(0), int64(10), int64(20), int64(30)}, got)
 }
 
 // TestHostAfterCallEnded: a thread that kept ctx.host past its call gets
@@ -360,16 +361,16 @@ func TestHostConcurrent(t *testing.T) {
 // bypassed (the next call is in flight).
 func TestHostAfterCallEnded(t *testing.T) {
 	f := startHost(t, true)
-	rq.Nil(t, mustHcall(t, f.w, "keep", map[string]any{}))
+	require.Nil(t, mustHcall(t, f.w, "keep", map[string]any{}))
 	got := mustHcall(t, f.w, "release_kept", nil).(map[string]any)
-	rq.Equal(t, "ended", got["kind"], "got %v, want kind ended", got)
-	rq.Equal(t, true, got["host_error"], "got %v, want a HostError", got)
+	require.Equal(t, "ended", got["kind"], "got %v, want kind ended", got)
+	require.Equal(t, true, got["host_error"], "got %v, want a HostError", got)
 
 	got2 := mustHcall(t, f.w, "kept_transport", map[string]any{"name": "echo"}).([]any)
-	rq.Equal(t, int64(1), got2[0], "got reply %v, want an error reply", got2)
+	require.Equal(t, int64(1), got2[0], "got reply %v, want an error reply", got2)
 	detail := got2[1].([]any)
-	rq.Equal(t, "error", detail[0], "got %v", detail)
-	rq.Contains(t, detail[1], "has ended", "got %v", detail)
+	require.Equal(t, "error", detail[0], "got %v", detail)
+	require.Contains(t, detail[1], "has ended", "got %v", detail)
 	select {
 	case ctx := <-f.lastCtx:
 		t.Fatalf("echo ran for an ended call (ctx cid %q)", worker.CorrelationID(ctx))
@@ -403,13 +404,13 @@ func TestHostTransportBadInput(t *testing.T) {
 			got := mustHcall(t, f.w, "transport", c.args)
 			switch g := got.(type) {
 			case map[string]any:
-				rq.Equal(t, c.want, g["type"], "got %v", g)
+				require.Equal(t, c.want, g["type"], "got %v", g)
 			case []any:
 				if g[0] == int64(0) {
-					rq.Equal(t, c.want, "ok", "got ok reply %v", g)
+					require.Equal(t, c.want, "ok", "got ok reply %v", g)
 					return
 				}
-				rq.Equal(t, c.want, g[1].([]any)[0], "got %v", g)
+				require.Equal(t, c.want, g[1].([]any)[0], "got %v", g)
 			default:
 				t.Fatalf("got %#v", got)
 			}
@@ -424,118 +425,38 @@ func TestHostStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
 	s, err := f.w.Stream(ctx, &worker.Request{Command: "stream", CorrelationID: "cid-s", Args: mustMarshal(t, map[string]any{"n": 3})})
-	rq.NoError(t, err)
+	require.NoError(t, err)
 	var got []any
 	for {
 		b, err := s.Next(ctx)
 		if err == io.EOF {
 			break
 		}
-		rq.NoError(t, err)
+		require.NoError(t, err)
 		v, err := pymarshal.Decode(b)
-		rq.NoError(t, err)
+		require.NoError(t, err)
 		got = append(got, v.(map[string]any)["n"])
-		rq.Equal(t, "cid-s", v.(map[string]any)["go_cid"], "got %v", v)
+		require.Equal(t, "cid-s", v.(map[string]any)["go_cid"], "got %v", v)
 	}
-	rq.NoError(t, s.Close())
-	rq.Equal(t, []any{int64(-1), int64(0), int64(1), int64(2)}, got)
+	require.NoError(t, s.Close())
+	require.Equal(t, []any{int64(-1), int64(0), int64(1), int64(2)}, got)
 	var last context.Context
 	for len(f.lastCtx) > 0 {
 		last = <-f.lastCtx
 	}
-	rq.NotNil(t, last)
-	rq.Error(t, last.Err(), "the stream's host ctx is not done after the stream ended")
+	require.NotNil(t, last)
+	require.Error(t, last.Err(), "the stream's host ctx is not done after the stream ended")
 }
 
 // TestHostNone: a worker with no host functions has none in Python, any
 // call is an "unknown" HostError, and the transport itself refuses too.
 func TestHostNone(t *testing.T) {
 	f := startHost(t, false)
-	rq.Equal(t, []any{}, mustHcall(t, f.w, "names", nil))
+	require.Equal(t, []any{}, mustHcall(t, f.w, "names", nil))
 	got := mustHcall(t, f.w, "fail", map[string]any{"name": "echo"}).(map[string]any)
-	rq.Equal(t, "unknown", got["kind"], "got %v", got)
+	require.Equal(t, "unknown", got["kind"], "got %v", got)
 	got2 := mustHcall(t, f.w, "transport", map[string]any{"token": 1}).([]any)
-	rq.Equal(t, int64(1), got2[0], "got %v", got2)
-	rq.Equal(t, "unknown", got2[1].([]any)[0], "got %v", got2)
-	rq.True(t, strings.Contains(got2[1].([]any)[1].(string), "no host functions"), "got %v", got2)
-}
-
-// rq holds the few assertions these tests use (failing at once, like
-// testify's require, which this module does not depend on).
-var rq asserts
-
-type asserts struct{}
-
-func msg(m []any) string {
-	if len(m) == 0 {
-		return ""
-	}
-	if f, ok := m[0].(string); ok {
-		return ": " + fmt.Sprintf(f, m[1:]...)
-	}
-	return ": " + fmt.Sprint(m...)
-}
-
-func (asserts) NoError(t testing.TB, err error, m ...any) {
-	t.Helper()
-	if err != nil {
-		t.Fatalf("got error %v, want none%s", err, msg(m))
-	}
-}
-
-func (asserts) Error(t testing.TB, err error, m ...any) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("got no error, want one%s", msg(m))
-	}
-}
-
-func (asserts) ErrorIs(t testing.TB, err, target error, m ...any) {
-	t.Helper()
-	if !errors.Is(err, target) {
-		t.Fatalf("got error %v, want one matching %v%s", err, target, msg(m))
-	}
-}
-
-func (asserts) Equal(t testing.TB, want, got any, m ...any) {
-	t.Helper()
-	if !reflect.DeepEqual(want, got) {
-		t.Fatalf("got %#v, want %#v%s", got, want, msg(m))
-	}
-}
-
-func (asserts) True(t testing.TB, ok bool, m ...any) {
-	t.Helper()
-	if !ok {
-		t.Fatalf("got false, want true%s", msg(m))
-	}
-}
-
-func (asserts) Contains(t testing.TB, s any, sub string, m ...any) {
-	t.Helper()
-	str, _ := s.(string)
-	if !strings.Contains(str, sub) {
-		t.Fatalf("got %#v, want a string containing %q%s", s, sub, msg(m))
-	}
-}
-
-func (asserts) Nil(t testing.TB, v any, m ...any) {
-	t.Helper()
-	if v != nil {
-		t.Fatalf("got %#v, want nil%s", v, msg(m))
-	}
-}
-
-func (asserts) NotNil(t testing.TB, v any, m ...any) {
-	t.Helper()
-	if v == nil || reflect.ValueOf(v).IsZero() {
-		t.Fatalf("got nil, want a value%s", msg(m))
-	}
-}
-
-func (asserts) NotEmpty(t testing.TB, v []byte, m ...any) {
-	t.Helper()
-	if len(v) == 0 {
-		t.Fatalf("got empty, want bytes%s", msg(m))
-	}
+	require.Equal(t, int64(1), got2[0], "got %v", got2)
+	require.Equal(t, "unknown", got2[1].([]any)[0], "got %v", got2)
+	require.True(t, strings.Contains(got2[1].([]any)[1].(string), "no host functions"), "got %v", got2)
 }

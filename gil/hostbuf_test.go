@@ -6,6 +6,8 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/snakepit-go/snakepit/embed"
 	"github.com/snakepit-go/snakepit/gil"
 	"github.com/snakepit-go/snakepit/host"
@@ -71,10 +73,10 @@ func startHostBufs(t testing.TB) *gil.Worker {
 			return map[string]any{"go": []any{a.A.DType, a.A.Shape, addrOf(a.A.Data)[1]}, "back": arr}, nil
 		}),
 	)
-	rq.NoError(t, err)
+	require.NoError(t, err)
 	w, err := gil.Start(context.Background(), gil.Config{Module: "hostbuf_adapter", Paths: []string{abs(t, "testdata")},
 		Runtime: runtimeFor(t), Host: set})
-	rq.NoError(t, err)
+	require.NoError(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 		defer cancel()
@@ -97,14 +99,14 @@ func TestHostBuffersZeroCopy(t *testing.T) {
 		for _, kind := range []string{"bytes", "bytearray", "mv_ro", "mv_rw"} {
 			t.Run(fmt.Sprintf("%s/%d", kind, n), func(t *testing.T) {
 				got := mustHcall(t, w, "send", map[string]any{"kind": kind, "n": n}).(map[string]any)
-				rq.Equal(t, true, got["same"], "the value Python sent is not its payload")
+				require.Equal(t, true, got["same"], "the value Python sent is not its payload")
 				goSaw := got["go"].([]any)
-				rq.Equal(t, int64(n), goSaw[1], "length Go saw")
+				require.Equal(t, int64(n), goSaw[1], "length Go saw")
 				nested := got["nested"].([]any)
-				rq.True(t, len(nested) == 3, "got %d []byte values nested, want 3 (d.x[1], t[0], small)", len(nested))
-				rq.Equal(t, []any{goSaw[0] != int64(0), int64(2)}, []any{true, nested[2].([]any)[1]}, "small")
+				require.True(t, len(nested) == 3, "got %d []byte values nested, want 3 (d.x[1], t[0], small)", len(nested))
+				require.Equal(t, []any{goSaw[0] != int64(0), int64(2)}, []any{true, nested[2].([]any)[1]}, "small")
 				if n < min {
-					rq.True(t, goSaw[0] != got["py"], "%d bytes (below %d): Go saw Python's memory, want a copy", n, min)
+					require.True(t, goSaw[0] != got["py"], "%d bytes (below %d): Go saw Python's memory, want a copy", n, min)
 					return
 				}
 				for i, a := range [][]any{goSaw, nested[0].([]any), nested[1].([]any)} {
@@ -127,7 +129,7 @@ func TestHostBuffersEcho(t *testing.T) {
 		for _, kind := range []string{"bytes", "bytearray", "mv_rw", "mv_ro"} {
 			got := mustHcall(t, w, "echo", map[string]any{"kind": kind, "n": n})
 			same := kind == "bytes" && (n >= embed.HostBufferMin || n == 0) // b"" is a singleton
-			rq.Equal(t, []any{"bytes", true, int64(n), same}, got, "%s of %d bytes", kind, n)
+			require.Equal(t, []any{"bytes", true, int64(n), same}, got, "%s of %d bytes", kind, n)
 		}
 	}
 }
@@ -137,7 +139,7 @@ func TestHostBuffersEcho(t *testing.T) {
 func TestHostBuffersRaw(t *testing.T) {
 	w := startHostBufs(t)
 	got := mustHcall(t, w, "raw_len", map[string]any{"n": 1 << 20})
-	rq.Equal(t, []any{int64(1 << 20), []any{int64(1), "x"}}, got)
+	require.Equal(t, []any{int64(1 << 20), []any{int64(1), "x"}}, got)
 }
 
 // TestHostBuffersArrays: an array.array reaches Go as a pymarshal.Array
@@ -147,8 +149,8 @@ func TestHostBuffersArrays(t *testing.T) {
 	w := startHostBufs(t)
 	for _, n := range []int{3, 20000} {
 		got := mustHcall(t, w, "arrays", map[string]any{"n": n}).(map[string]any)
-		rq.Equal(t, []any{"<f8", []any{int64(n)}, int64(8 * n)}, got["go"], "n=%d", n)
-		rq.Equal(t, []any{"memoryview", "d", true, []any{int64(n)}, 0.5 * float64(n)}, got["back"], "n=%d", n)
+		require.Equal(t, []any{"<f8", []any{int64(n)}, int64(8 * n)}, got["go"], "n=%d", n)
+		require.Equal(t, []any{"memoryview", "d", true, []any{int64(n)}, 0.5 * float64(n)}, got["back"], "n=%d", n)
 	}
 }
 
@@ -217,7 +219,7 @@ func (inlineHost) Invoke(ctx context.Context, name string, args []byte) []byte {
 func TestHostBuffersForeignHost(t *testing.T) {
 	w, err := gil.Start(context.Background(), gil.Config{Module: "hostbuf_adapter", Paths: []string{abs(t, "testdata")},
 		Runtime: runtimeFor(t), Host: inlineHost{}})
-	rq.NoError(t, err)
+	require.NoError(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 		defer cancel()
@@ -226,6 +228,6 @@ func TestHostBuffersForeignHost(t *testing.T) {
 		}
 	})
 	v, err := hcall(t, w, "echo_addr", map[string]any{"n": 1 << 20})
-	rq.NoError(t, err)
-	rq.Equal(t, []any{int64(0), int64(1 << 20)}, v)
+	require.NoError(t, err)
+	require.Equal(t, []any{int64(0), int64(1 << 20)}, v)
 }
