@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -46,27 +45,11 @@ def fails():
     raise ValueError("no good")
 `
 
-// logSink is a slog handler that keeps the records it gets.
-type logSink struct {
-	mu      sync.Mutex
-	records []slog.Record
-}
-
-func (h *logSink) Enabled(context.Context, slog.Level) bool { return true }
-func (h *logSink) Handle(_ context.Context, r slog.Record) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.records = append(h.records, r.Clone())
-	return nil
-}
-func (h *logSink) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h *logSink) WithGroup(string) slog.Handler      { return h }
-
 // attrs returns the attributes of the first record with message msg.
-func (h *logSink) attrs(msg string) map[string]string {
+func (h *recordingHandler) attrs(msg string) map[string]string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, r := range h.records {
+	for _, r := range h.recs {
 		if r.Message != msg {
 			continue
 		}
@@ -111,7 +94,7 @@ func TestTracing(t *testing.T) {
 				exp := tracetest.NewInMemoryExporter()
 				tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
 				defer tp.Shutdown(context.Background())
-				sink := &logSink{}
+				sink := &recordingHandler{}
 				probe := host.New("probe", func(ctx context.Context, _ struct{}) ([]string, error) {
 					sc := trace.SpanContextFromContext(ctx)
 					return []string{sc.TraceID().String(), sc.SpanID().String()}, nil

@@ -293,21 +293,13 @@ func (s *Server) enter(m *nats.Msg) bool {
 	return true
 }
 
-func (s *Server) onCall(m *nats.Msg) {
-	if m.Reply == "" {
-		return
-	}
-	if !s.enter(m) {
-		s.replyError(m.Reply, errLeaving)
-		return
-	}
-	go func() {
-		defer s.wg.Done()
-		s.serveCall(m)
-	}()
-}
+func (s *Server) onCall(m *nats.Msg)   { s.serveAsync(m, s.serveCall) }
+func (s *Server) onStream(m *nats.Msg) { s.serveAsync(m, s.serveStream) }
 
-func (s *Server) onStream(m *nats.Msg) {
+// serveAsync serves request m with serve on a goroutine of its own, once
+// the server has taken it in (a request with no reply subject is dropped;
+// one that comes while the server leaves is refused).
+func (s *Server) serveAsync(m *nats.Msg, serve func(*nats.Msg)) {
 	if m.Reply == "" {
 		return
 	}
@@ -317,7 +309,7 @@ func (s *Server) onStream(m *nats.Msg) {
 	}
 	go func() {
 		defer s.wg.Done()
-		s.serveStream(m)
+		serve(m)
 	}()
 }
 
