@@ -294,12 +294,23 @@ func TestPipelining(t *testing.T) {
 		wg.Go(func() { _, err := p.CallRaw(ctx, cmd, nil); errc <- err })
 		return errc
 	}
+	// Each call reaches the worker before the next is made: a call granted
+	// a place may otherwise reach its worker after a later one.
+	worker0 := func() *workertest.Fake {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.all[0]
+	}
 	a := run(ctx, "block")
-	eventually(t, "the first call running", func() bool { return p.Stats().InFlight == 1 })
+	eventually(t, "the first call running", func() bool { return p.Stats().InFlight == 1 && worker0().Calls() == 1 })
 	b := run(ctx, "block")
+	eventually(t, "the second call pipelined", func() bool { return worker0().Queued() == 1 })
 	cctx, cancelC := context.WithCancel(ctx)
 	c := run(cctx, "block")
-	eventually(t, "two calls pipelined", func() bool { s := p.Stats(); return s.InFlight == 3 && s.Waiting == 0 })
+	eventually(t, "two calls pipelined", func() bool {
+		s := p.Stats()
+		return s.InFlight == 3 && s.Waiting == 0 && worker0().Queued() == 2
+	})
 	d := run(ctx, "echo")
 	eventually(t, "the fourth call queued in the pool", func() bool { return p.Stats().Waiting == 1 })
 	cancelC()
@@ -323,7 +334,13 @@ func TestPipelining(t *testing.T) {
 	p2 := newPool(t, f2, pool.Config{Size: 2, PipelineDepth: 1})
 	h1 := run2(&wg, p2, "hold")
 	h2 := run2(&wg, p2, "hold")
-	eventually(t, "both workers holding", func() bool { return p2.Stats().InFlight == 2 })
+	// Both holds running in their workers, not only granted by the pool:
+	// a call granted a slot may reach its worker after a later one.
+	eventually(t, "both workers holding", func() bool {
+		f2.mu.Lock()
+		defer f2.mu.Unlock()
+		return len(f2.all) == 2 && f2.all[0].Calls() == 1 && f2.all[1].Calls() == 1 && p2.Stats().InFlight == 2
+	})
 	e := run2(&wg, p2, "echo")
 	var behind, other *workertest.Fake
 	eventually(t, "a call pipelined", func() bool {
