@@ -46,6 +46,36 @@ func WithAttachments(blobs ...[]byte) CallOption {
 	return func(o *callOptions) { o.attachments = append(o.attachments, blobs...) }
 }
 
+// CallSettings is what a list of CallOptions asks for.
+type CallSettings struct {
+	Idempotent  bool     // Idempotent
+	Attachments [][]byte // WithAttachments, in order
+}
+
+// Settings returns what opts ask for: for packages that make pool calls
+// elsewhere (such as package remote) and take the same options.
+func Settings(opts ...CallOption) CallSettings {
+	var o callOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return CallSettings{Idempotent: o.idempotent, Attachments: o.attachments}
+}
+
+// Caller is what code that makes calls needs: *Pool and *Session satisfy
+// it, and so do package remote's Pool and Session, so the same code can
+// call a local pool or one served over NATS.
+type Caller interface {
+	Call(ctx context.Context, command string, args any, out any, opts ...CallOption) error
+	CallRaw(ctx context.Context, command string, args []byte, opts ...CallOption) ([]byte, error)
+	Stream(ctx context.Context, command string, args any, opts ...CallOption) iter.Seq2[Chunk, error]
+}
+
+var (
+	_ Caller = (*Pool)(nil)
+	_ Caller = (*Session)(nil)
+)
+
 // Call runs command with args (a map with string keys or a struct, encoded
 // as keyword arguments; nil for none) and decodes the result into out (a
 // pointer; nil discards it). See package pymarshal for how Go and Python

@@ -732,3 +732,11 @@ func TestStress(t *testing.T) {
 	defer cancel()
 	require.NoError(t, p.Close(ctx))
 }
+
+// TestCallSettings: Settings reads back what the options ask for, for
+// packages that carry pool calls elsewhere (remote).
+func TestCallSettings(t *testing.T) {
+	require.Equal(t, pool.CallSettings{}, pool.Settings())
+	got := pool.Settings(pool.WithAttachments([]byte("a")), pool.Idempotent(), pool.WithAttachments([]byte("b"), []byte("c")))
+	require.Equal(t, pool.CallSettings{Idempotent: true, Attachments: [][]byte{[]byte("a"), []byte("b"), []byte("c")}}, got)
+}

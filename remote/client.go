@@ -300,24 +300,24 @@ func (p *Pool) leave() {
 	p.wg.Done()
 }
 
-// CallOption modifies one call, as pool.CallOption does locally.
-type CallOption func(*callOptions)
-
-type callOptions struct {
-	idempotent  bool
-	attachments [][]byte
-}
+// CallOption modifies one call: the pool's own options (pool.Idempotent,
+// pool.WithAttachments), so code written against pool.Caller calls a
+// remote pool as it calls a local one.
+type CallOption = pool.CallOption
 
 // Idempotent marks a call as safe to run twice: if the instance running
 // it dies during the call (or its worker there dies), it is made once
-// more, on another instance (or worker). See pool.Idempotent.
-func Idempotent() CallOption { return func(o *callOptions) { o.idempotent = true } }
+// more, on another instance (or worker). It is pool.Idempotent.
+func Idempotent() CallOption { return pool.Idempotent() }
 
 // WithAttachments passes raw byte blobs to the handler as
-// ctx.attachments. See pool.WithAttachments.
-func WithAttachments(blobs ...[]byte) CallOption {
-	return func(o *callOptions) { o.attachments = append(o.attachments, blobs...) }
-}
+// ctx.attachments. It is pool.WithAttachments.
+func WithAttachments(blobs ...[]byte) CallOption { return pool.WithAttachments(blobs...) }
+
+var (
+	_ pool.Caller = (*Pool)(nil)
+	_ pool.Caller = (*Session)(nil)
+)
 
 // CorrelationID returns the correlation id ctx carries, or "" (see
 // pool.WithCorrelationID, which sets it for remote calls too).
@@ -371,27 +371,27 @@ func (p *Pool) callDecode(ctx context.Context, command string, args, out any, se
 }
 
 // request builds a request's headers and body.
-func (p *Pool) request(ctx context.Context, command, cid, session string, mode pool.Affinity, o callOptions, args []byte) (nats.Header, []byte) {
+func (p *Pool) request(ctx context.Context, command, cid, session string, mode pool.Affinity, o pool.CallSettings, args []byte) (nats.Header, []byte) {
 	h := nats.Header{hCommand: {command}, hCorrelation: {cid},
 		hHeartbeat: {strconv.FormatInt(int64(p.opts.Heartbeat), 10)}}
 	if session != "" {
 		h[hSession] = []string{session}
 		h[hAffinity] = []string{strconv.Itoa(int(mode))}
 	}
-	if o.idempotent {
+	if o.Idempotent {
 		h[hIdempotent] = []string{"1"}
 	}
 	body := args
-	if len(o.attachments) > 0 {
-		lens := make([]string, len(o.attachments))
+	if len(o.Attachments) > 0 {
+		lens := make([]string, len(o.Attachments))
 		n := len(args)
-		for i, a := range o.attachments {
+		for i, a := range o.Attachments {
 			lens[i] = strconv.Itoa(len(a))
 			n += len(a)
 		}
 		body = make([]byte, 0, n)
 		body = append(body, args...)
-		for _, a := range o.attachments {
+		for _, a := range o.Attachments {
 			body = append(body, a...)
 		}
 		h[hAttachments] = []string{strings.Join(lens, ",")}
@@ -477,10 +477,7 @@ func (p *Pool) unbind(session, inst string, lost bool) {
 }
 
 func (p *Pool) call(ctx context.Context, command string, args []byte, session string, mode pool.Affinity, opts []CallOption) (_ []byte, err error) {
-	var o callOptions
-	for _, opt := range opts {
-		opt(&o)
-	}
+	o := pool.Settings(opts...)
 	cid := p.correlation(ctx)
 	defer func() {
 		if err != nil {
@@ -528,7 +525,7 @@ func (p *Pool) call(ctx context.Context, command string, args []byte, session st
 		case errors.Is(err, ErrInstanceGone):
 			p.stats.gone.Add(1)
 			p.unbind(session, served, true)
-			if o.idempotent && !retried && session == "" && ctx.Err() == nil {
+			if o.Idempotent && !retried && session == "" && ctx.Err() == nil {
 				retried = true
 				p.stats.retries.Add(1)
 				continue
@@ -587,10 +584,7 @@ func (p *Pool) stream(ctx context.Context, command string, args any, session str
 			yield(pool.Chunk{}, err)
 			return
 		}
-		var o callOptions
-		for _, opt := range opts {
-			opt(&o)
-		}
+		o := pool.Settings(opts...)
 		cid := p.correlation(ctx)
 		fail := func(err error) {
 			p.stats.failed.Add(1)
