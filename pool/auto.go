@@ -11,13 +11,10 @@ import (
 	"github.com/snakepit-go/snakepit/worker"
 )
 
-// The environment variables package locate reads (locate.EnvPython,
-// locate.EnvLibPython); the pool knows the Python only through the profile
-// packages, so it names them itself.
-const (
-	envPython    = "SNAKEPIT_PYTHON"
-	envLibPython = "SNAKEPIT_LIBPYTHON"
-)
+// envLibPython is the environment variable package locate reads for the
+// libpython (locate.EnvLibPython); the pool knows the Python only through
+// the profile packages, so it names it itself.
+const envLibPython = "SNAKEPIT_LIBPYTHON"
 
 // newProfile returns how to start the workers of c.Profile, and what
 // reports the profile they run (Stats.Effective).
@@ -66,13 +63,6 @@ type autoProfile struct {
 func autoFactory(c Config) (*autoProfile, error) {
 	pc := c
 	pc.Profile = Process
-	if pc.Python == "" {
-		// The Python the user named, rather than whatever package locate
-		// finds when it cannot use that one: a SNAKEPIT_PYTHON that does
-		// not exist fails the process start instead of running another
-		// interpreter.
-		pc.Python = os.Getenv(envPython)
-	}
 	proc, err := profileFactory(pc)
 	if err != nil {
 		return nil, err

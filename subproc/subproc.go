@@ -142,9 +142,10 @@ type Config struct {
 	// Python is the interpreter to run, as named (a virtual environment's
 	// bin/python runs with the environment's packages), or the directory
 	// of an environment or installation, meaning its bin/python3. It needs
-	// no shared libpython. Zero value: the executable found by package
-	// locate (SNAKEPIT_PYTHON, the hermetic CPython if the program imports
-	// python/dist, python3 on PATH).
+	// no shared libpython. Zero value: SNAKEPIT_PYTHON when set (run as
+	// named; one that does not work fails the start, never replaced by
+	// another Python), else the executable found by package locate (the
+	// hermetic CPython if the program imports python/dist, python3 on PATH).
 	Python string
 	// Command, when set, replaces the interpreter invocation: the child runs
 	// Command followed by "-P -m snakepit._process <module> <flags>". Use it to
@@ -528,6 +529,12 @@ func interpreter(cfg Config) ([]string, error) {
 		return append([]string(nil), cfg.Command...), nil
 	}
 	exe := cfg.Python
+	if exe == "" {
+		// An interpreter the environment names is the one to run, even
+		// when package locate cannot use it (it has no shared libpython,
+		// which the process profile does not need): never another one.
+		exe = os.Getenv(locate.EnvPython)
+	}
 	if exe == "" {
 		py, err := locate.Find(locate.Options{})
 		if err != nil {

@@ -49,3 +49,30 @@ def where():
 		})
 	}
 }
+
+// TestEnvPythonIsNeverReplaced: the interpreter SNAKEPIT_PYTHON names is
+// the one a worker runs, even one package locate cannot use (no shared
+// libpython, which the process profile does not need); one that does not
+// exist fails the start, where another Python (python3 on PATH) ran.
+func TestEnvPythonIsNeverReplaced(t *testing.T) {
+	t.Setenv(locate.EnvLibPython, "")
+	t.Setenv(locate.EnvPython, filepath.Join(t.TempDir(), "no-such-python"))
+	_, err := subproc.Start(context.Background(), subproc.Config{Module: "snakepit_conformance", Registry: testRegistry(t)})
+	require.Error(t, err, "a SNAKEPIT_PYTHON that does not exist")
+	assert.Contains(t, err.Error(), "no-such-python")
+
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "exe_adapter.py"), []byte(`
+import sys, snakepit
+
+@snakepit.command
+def exe():
+    return {"executable": sys.executable}
+`), 0o644))
+	static := pyenvtest.StaticPython311(t)
+	t.Setenv(locate.EnvPython, static)
+	w, err := subproc.Start(context.Background(), subproc.Config{Module: "exe_adapter", Paths: []string{dir}, Registry: testRegistry(t)})
+	require.NoError(t, err, "a SNAKEPIT_PYTHON without a shared libpython")
+	defer w.Close(context.Background())
+	assert.Equal(t, static, callMap(t, w, "exe")["executable"])
+}
