@@ -134,8 +134,8 @@ func (a *autoProfile) switchToProcess(reason error) {
 // start starts a worker of the decided profile p. A thread worker refused
 // by the adapter switches the pool to process workers, this one included:
 // a module may load in one interpreter per process only, so that the
-// first thread worker starts and the next ones are refused. A process worker that fails to start says why the process
-// profile was chosen.
+// first thread worker starts and the next ones are refused. A process
+// worker that fails to start says why the process profile was chosen.
 func (a *autoProfile) start(ctx context.Context, p Profile, id string) (worker.Worker, error) {
 	if p == Thread {
 		w, err := a.thread.newWorker(ctx, id)
