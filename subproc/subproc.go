@@ -522,6 +522,18 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	return w, nil
 }
 
+// Interpreter returns the interpreter a worker with Config.Python python
+// runs (see Config.Python): python itself, an environment directory's
+// bin/python3, SNAKEPIT_PYTHON, or the one package locate finds. For
+// tools that report the setup; Start resolves it itself.
+func Interpreter(python string) (string, error) {
+	cmd, err := interpreter(Config{Python: python})
+	if err != nil {
+		return "", err
+	}
+	return cmd[0], nil
+}
+
 // interpreter returns the command that runs Python: Config.Command, or the
 // interpreter Config.Python names or package locate finds.
 func interpreter(cfg Config) ([]string, error) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/snakepit-go/snakepit/python"
 	"github.com/snakepit-go/snakepit/python/locate"
+	"github.com/snakepit-go/snakepit/subproc"
 )
 
 // usePython makes exe the Python of this command, for both profiles: it is
@@ -30,24 +31,8 @@ func usePython(exe string) {
 }
 
 // processPython returns the interpreter a process-profile worker runs when
-// its Config.Python is empty: the one package locate finds, else python3
-// on PATH (which needs no shared libpython).
-func processPython() (string, error) {
-	py, err := locate.Find(locate.Options{})
-	if err == nil && py.Executable != "" {
-		return py.Executable, nil
-	}
-	if err == nil {
-		err = fmt.Errorf("the Python found (%s, %s) has no interpreter executable", py.LibPython, py.Source)
-	}
-	if os.Getenv(locate.EnvPython) != "" || os.Getenv(locate.EnvLibPython) != "" {
-		return "", err // an explicit choice that does not work is not replaced
-	}
-	if exe, lookErr := exec.LookPath("python3"); lookErr == nil {
-		return exe, nil
-	}
-	return "", err
-}
+// its Config.Python is empty (subproc.Interpreter).
+func processPython() (string, error) { return subproc.Interpreter("") }
 
 // commandInfo describes one command of an adapter (snakepit._describe).
 type commandInfo struct {
