@@ -244,21 +244,22 @@ func (p *Pool) callArgs(ctx context.Context, command string, args []byte, checke
 		// (a pipelined call that reached the worker first may have queued
 		// it there).
 		p.unpipe(pe)
-		withdrawn := err != nil && errors.Is(err, worker.ErrNotStarted)
-		if withdrawn && ctx.Err() != nil {
-			// Withdrawn as its context ended: it ends with its context.
-			err = &worker.CallError{Command: command, CorrelationID: req.CorrelationID,
-				Err: fmt.Errorf("%w (%w)", context.Cause(ctx), worker.ErrNotStarted)}
-		}
-		if withdrawn && ctx.Err() == nil {
-			// Withdrawn from behind a long call before it started: it
-			// goes to the worker that freed up (or waits again).
-			p.releaseFor(m, e, session, nil)
-			p.stats.moved.Add(1)
-			spanAgain(span, "withdrawn before it started")
-			attempt--
-			req, pe = p.again(req)
-			continue
+		if err != nil && errors.Is(err, worker.ErrNotStarted) {
+			// One look at ctx: it may end between two.
+			if ctx.Err() != nil {
+				// Withdrawn as its context ended: it ends with its context.
+				err = &worker.CallError{Command: command, CorrelationID: req.CorrelationID,
+					Err: fmt.Errorf("%w (%w)", context.Cause(ctx), worker.ErrNotStarted)}
+			} else {
+				// Withdrawn from behind a long call before it started: it
+				// goes to the worker that freed up (or waits again).
+				p.releaseFor(m, e, session, nil)
+				p.stats.moved.Add(1)
+				spanAgain(span, "withdrawn before it started")
+				attempt--
+				req, pe = p.again(req)
+				continue
+			}
 		}
 		p.stats.call.observe(time.Since(waited))
 		p.releaseFor(m, e, session, err)

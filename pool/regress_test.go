@@ -333,3 +333,59 @@ func TestTakenBackSlotCallIsMadeAgain(t *testing.T) {
 		})
 	}
 }
+
+// flipCtx is a context that ends just after the first look at it once
+// armed: the first Err after arm reports nil, and the context is
+// cancelled as it answers (a deadline passing between two looks).
+type flipCtx struct {
+	context.Context
+	cancel context.CancelFunc
+	armed  atomic.Bool
+}
+
+func (c *flipCtx) Err() error {
+	if c.armed.CompareAndSwap(true, false) {
+		c.cancel()
+		return nil
+	}
+	return c.Context.Err()
+}
+
+// takesBackAsCtxEnds takes its first call back before starting it
+// (ErrNotStarted) and arms its flipCtx, so the call's context ends right after the pool's
+// first look at it.
+type takesBackAsCtxEnds struct {
+	*workertest.Fake
+	ctx  *flipCtx
+	once atomic.Bool
+}
+
+func (w *takesBackAsCtxEnds) Call(ctx context.Context, req *worker.Request) (*worker.Response, error) {
+	if w.once.CompareAndSwap(false, true) {
+		w.ctx.armed.Store(true)
+		return nil, worker.ErrNotStarted
+	}
+	return w.Fake.Call(ctx, req)
+}
+
+// TestTakenBackAsContextEnds: a call its worker took back before it
+// started, whose context ends just as the pool looks at it, either is
+// made again or ends with its context's error; it never returns the bare
+// ErrNotStarted (the pool looked at the context twice and could see it
+// alive, then ended, taking neither branch; the randomized pool test
+// found it, seeds 5598 and 19825).
+func TestTakenBackAsContextEnds(t *testing.T) {
+	base, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ctx := &flipCtx{Context: base, cancel: cancel}
+	p, err := pool.New(context.Background(), pool.Config{Size: 1, NewWorker: func(_ context.Context, id string) (worker.Worker, error) {
+		return &takesBackAsCtxEnds{Fake: &workertest.Fake{WorkerID: id, Handlers: map[string]workertest.Handler{
+			"ok": func(context.Context, *worker.Request) (any, error) { return "done", nil },
+		}}, ctx: ctx}, nil
+	}})
+	require.NoError(t, err)
+	defer p.Close(context.Background())
+	if _, err = p.CallRaw(ctx, "ok", nil); err != nil {
+		require.ErrorIs(t, err, context.Canceled, "a call taken back as its context ended: made again, or its context's error")
+	}
+}
