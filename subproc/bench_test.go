@@ -232,9 +232,9 @@ func BenchmarkHostCall(b *testing.B) {
 
 // BenchmarkHostCall16MiB: a handler calls a host function with 16 MiB of
 // bytes: "arg" returns its length, "echo" returns them; "copy-floor" is a
-// Go allocate-and-copy of 16 MiB. Host calls go through the socket (not
-// the shared region), so this is the socket copy's cost. ns/op is one host
-// call.
+// Go allocate-and-copy of 16 MiB. The payloads go through the host-call
+// region ("region") or, with SharedThreshold -1, the socket ("socket").
+// ns/op is one host call.
 func BenchmarkHostCall16MiB(b *testing.B) {
 	const n = 16 << 20
 	type dataArgs struct {
@@ -247,9 +247,8 @@ func BenchmarkHostCall16MiB(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	w := benchWorkerConfig(b, Config{Host: set})
 	ctx := context.Background()
-	call := func(b *testing.B, name string, rounds int) {
+	call := func(b *testing.B, w *Worker, name string, rounds int) {
 		args, err := pymarshal.Marshal(map[string]any{"name": name, "n": n, "rounds": rounds})
 		if err != nil {
 			b.Fatal(err)
@@ -263,14 +262,21 @@ func BenchmarkHostCall16MiB(b *testing.B) {
 			b.Fatalf("got %d (%v), want %d", got, err, n)
 		}
 	}
-	for _, name := range []string{"size", "echo"} {
-		sub := map[string]string{"size": "arg", "echo": "echo"}[name]
-		b.Run(sub, func(b *testing.B) {
-			call(b, name, 1) // warm up
-			b.SetBytes(n)
-			b.ResetTimer()
-			call(b, name, b.N)
-		})
+	for _, via := range []string{"region", "socket"} {
+		cfg := Config{Host: set}
+		if via == "socket" {
+			cfg.SharedThreshold = -1
+		}
+		w := benchWorkerConfig(b, cfg)
+		for _, name := range []string{"size", "echo"} {
+			sub := map[string]string{"size": "arg", "echo": "echo"}[name]
+			b.Run(sub+"/"+via, func(b *testing.B) {
+				call(b, w, name, 1) // warm up
+				b.SetBytes(n)
+				b.ResetTimer()
+				call(b, w, name, b.N)
+			})
+		}
 	}
 	b.Run("copy-floor", func(b *testing.B) {
 		data := make([]byte, n)

@@ -205,7 +205,7 @@ func (w *Worker) readReply(id uint64) (frame, error) {
 	// A fresh buffer per frame (w.rd has none): the payload becomes the
 	// caller's result (or a host function's arguments).
 	f, err := w.rd.next()
-	if err == nil && f.typ&^frameShared == frameHostCall {
+	if err == nil && isHostFrame(f.typ) {
 		hr := &hostReading{id: id, res: make(chan replyResult, 1)}
 		hr.start = func() { w.goHostReader(hr, nil) }
 		first := f // a copy: f itself stays off the heap on the common path
@@ -517,7 +517,7 @@ func (w *Worker) drainOutputs(ctx context.Context) {
 
 // MemoryBytes returns the resident memory of the worker process and its
 // descendants (those still in its process tree), from /proc, plus the
-// shared region's size.
+// shared regions' sizes.
 func (w *Worker) MemoryBytes() (int64, error) {
 	select {
 	case <-w.exited:
@@ -537,10 +537,16 @@ func (w *Worker) MemoryBytes() (int64, error) {
 		return 0, fmt.Errorf("subproc: memory of %d: %w", w.pid, err)
 	}
 	total := int64(statm.ResidentBytes())
+	var size int64
 	if w.shm != nil {
-		// The shared region counts once, at its full size: the pages of it
-		// the child touched are in its resident size already.
-		size := int64(w.shm.size())
+		size += int64(w.shm.size())
+	}
+	if w.hshm != nil {
+		size += w.hshm.fileSize()
+	}
+	if size > 0 {
+		// The shared regions count once, at their full size: the pages of
+		// them the child touched are in its resident size already.
 		if st, err := self.NewStatus(); err == nil {
 			total -= min(int64(st.RssShmem), size)
 		}

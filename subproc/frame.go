@@ -29,10 +29,13 @@ const (
 	frameCancel     = 14 // host → child: cancel request id; payload "w": withdraw it only if not started
 	frameNotStarted = 15 // child → host: request id was removed before it started (empty payload)
 	frameStarted    = 16 // child → host: a withdrawn request id had started or ended (empty payload)
+	// Host calls with a result for the host-call region; see hostcall.go.
+	frameHostSpace = 17 // host → child: a host call's result of this many bytes (uint64) needs room
+	frameHostGrant = 18 // child → host: the room granted (a region reference), or empty: none
 )
 
 // ProtocolVersion is the version the child announces in its HELLO.
-const ProtocolVersion = 2
+const ProtocolVersion = 3
 
 // headerSize is the frame header: payload length (uint32), type (uint8),
 // request id (uint64), all little-endian.
@@ -157,7 +160,7 @@ func (fr *frameReader) next() (frame, error) {
 	if fr.np == 0 && fr.f.typ == 0 {
 		n := binary.LittleEndian.Uint32(fr.h[0:4])
 		f := frame{typ: fr.h[4], id: binary.LittleEndian.Uint64(fr.h[5:13])}
-		if base := f.typ &^ frameShared; base == 0 || base > frameStarted {
+		if base := f.typ &^ frameShared; base == 0 || base > frameHostGrant {
 			return frame{}, fr.fail(fmt.Errorf("%w: type %d", ErrBadFrame, f.typ))
 		}
 		if f.typ&frameShared != 0 && n != regionRefSize {

@@ -2,17 +2,19 @@ package subproc
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/snakepit-go/snakepit/host"
 	"github.com/snakepit-go/snakepit/pymarshal"
 	"github.com/snakepit-go/snakepit/worker"
 )
 
-// Host calls (Python calling Go, ctx.host in a handler) travel as two
+// Host calls (Python calling Go, ctx.host in a handler) travel as these
 // frame types:
 //
 //   - HOST_CALL (child → host): the frame's request id is the host call's
@@ -23,11 +25,38 @@ import (
 //     the kwargs bytes the marshalled keyword arguments.
 //   - HOST_REPLY (host → child): the same request id as the HOST_CALL; the
 //     payload is what worker.Host.Invoke returned (see host.Reply).
+//   - HOST_SPACE (host → child) and HOST_GRANT (child → host): a reply too
+//     large for the socket asks the child for room in the host-call region
+//     (below) and gets it, or an empty grant.
 //
-// Neither goes through the shared region (a call's arguments may be
-// viewed there while the handler runs): both use the socket, up to
-// Config.MaxFrame. Because each HOST_CALL names its call, several calls in
-// flight on one worker need no other frames.
+// Because each HOST_CALL names its call, several calls in flight on one
+// worker need no other frames. Every HOST_CALL gets exactly one HOST_REPLY,
+// and so does every HOST_GRANT: the child never waits for an answer that
+// does not come.
+//
+// Payloads of at least the shared threshold travel through the host-call
+// region, a memfd of its own (the request region may hold the call's
+// request, viewed by its handler, while host calls run; and in the
+// concurrent modes there is none). The child alone allocates its spans
+// and grows it; the host only copies out of it and into the spans the
+// child granted, so neither side ever writes where the other may:
+//
+//   - A HOST_CALL whose payload is large has the shared bit, and a region
+//     reference (generation 0) to the payload. The child keeps the span
+//     until the host's HOST_SPACE or HOST_REPLY for that id: the host has
+//     copied the payload out before it runs the function.
+//   - A large result is held while the host sends HOST_SPACE (its size, a
+//     little-endian uint64). The child's thread waiting for the reply
+//     allocates that many bytes and sends HOST_GRANT with their reference
+//     (empty when the region is full), only while the call is live: as a
+//     HOST_CALL, never after the call's reply. The host copies the result
+//     into the span and sends HOST_REPLY with the shared bit and that
+//     reference; the child copies it out and frees the span. A HOST_GRANT
+//     for no held result (its call ended, and the held result was dropped)
+//     gets an error reply through the socket.
+//
+// Both sides keep the frame cap: a payload above Config.MaxFrame is refused
+// whichever way it would travel.
 
 // hostCallIDBit is set in the request id of every HOST_CALL.
 const hostCallIDBit = 1 << 63
@@ -40,8 +69,13 @@ const hostCallBudget = 4 << 10
 var errBadHostCall = errors.New("subproc: malformed HOST_CALL")
 
 // decodeHostCall parses a HOST_CALL payload: the marshalled tuple (call
-// id: a non-negative int, name: str, kwargs: bytes).
+// id: a non-negative int, name: str, kwargs: bytes). In the layout the
+// child writes, the kwargs share p's memory (which the caller hands over);
+// any other encoding of the tuple is decoded in general, with a copy.
 func decodeHostCall(p []byte) (callID uint64, name string, args []byte, err error) {
+	if id, name, args, ok := parseHostCall(p); ok {
+		return id, name, args, nil
+	}
 	v, err := pymarshal.DecodeLimit(p, int64(len(p))+hostCallBudget)
 	if err != nil {
 		return 0, "", nil, fmt.Errorf("%w: %w", errBadHostCall, err)
@@ -65,6 +99,27 @@ func decodeHostCall(p []byte) (callID uint64, name string, args []byte, err erro
 	return uint64(id), name, args, nil
 }
 
+// parseHostCall reads a HOST_CALL payload laid out as the child writes it
+// (marshal version 2): a small tuple of 3, the call id as a 32-bit int,
+// the name as a str, the kwargs as bytes to the end of p. ok is false for
+// any other layout.
+func parseHostCall(p []byte) (callID uint64, name string, args []byte, ok bool) {
+	const head = 2 + 5 + 5 // ")\x03", 'i' int32, 'u' uint32
+	if len(p) < head+5 || p[0] != ')' || p[1] != 3 || p[2] != 'i' || p[7] != 'u' {
+		return 0, "", nil, false
+	}
+	id := int32(binary.LittleEndian.Uint32(p[3:7]))
+	n := uint64(binary.LittleEndian.Uint32(p[8:12]))
+	if id < 0 || n > uint64(len(p)-head-5) {
+		return 0, "", nil, false
+	}
+	name, rest := string(p[head:head+int(n)]), p[head+int(n):]
+	if !utf8.ValidString(name) || rest[0] != 's' || uint64(binary.LittleEndian.Uint32(rest[1:5])) != uint64(len(rest)-5) {
+		return 0, "", nil, false
+	}
+	return uint64(id), name, rest[5:len(rest):len(rest)], true
+}
+
 // hostScope is a call (or an open stream) whose handler may call host
 // functions: HOST_CALL frames naming its request id run with its context.
 type hostScope struct {
@@ -80,10 +135,23 @@ type hostScope struct {
 // hostCalls tracks the scopes in flight and the goroutines reading a
 // request's frames (and running host functions).
 type hostCalls struct {
-	mu      sync.Mutex // guards scopes, closed and the additions to running
+	mu      sync.Mutex // guards scopes, held, heldBytes, closed and the additions to running
 	scopes  map[uint64]*hostScope
 	closed  bool           // Close waits for running: no reader starts any more
 	running sync.WaitGroup // hostReader goroutines
+	// held are the results waiting for room in the host-call region
+	// (HOST_SPACE sent, HOST_GRANT not read yet), by host call id; they
+	// go with their scope. heldBytes is their total, at most
+	// Config.MaxSharedMemory.
+	held      map[uint64]heldReply
+	heldBytes int
+}
+
+// heldReply is a host function's result waiting for its HOST_GRANT.
+type heldReply struct {
+	scope *hostScope
+	name  string
+	reply []byte
 }
 
 // newScope returns the scope of a call with context ctx, or nil when the
@@ -121,6 +189,12 @@ func (w *Worker) endScope(sc *hostScope) {
 	if w.hosts.scopes[sc.id] == sc {
 		delete(w.hosts.scopes, sc.id)
 	}
+	for id, h := range w.hosts.held {
+		if h.scope == sc {
+			w.hosts.heldBytes -= len(h.reply)
+			delete(w.hosts.held, id)
+		}
+	}
 	cancel := sc.cancel
 	w.hosts.mu.Unlock()
 	if cancel != nil {
@@ -142,13 +216,24 @@ type replyResult struct {
 	err error
 }
 
-// hostCall is a parsed HOST_CALL.
+// hostCall is a parsed HOST_CALL, or a HOST_GRANT (grant set).
 type hostCall struct {
-	ctx    context.Context // the call's; nil when it is not in flight
-	id     uint64          // the HOST_CALL's request id
-	callID uint64
-	name   string
-	args   []byte
+	ctx     context.Context // the call's; nil when it is not in flight
+	scope   *hostScope      // the call's; nil when it is not in flight
+	id      uint64          // the HOST_CALL's request id
+	callID  uint64
+	name    string
+	args    []byte
+	grant   *regionRef // HOST_GRANT: the span granted; nil for none (an empty grant) or a HOST_CALL
+	isGrant bool
+}
+
+// isHostFrame reports whether a frame of type typ (the shared bit
+// ignored) is the child's part of a host call: served while the call's
+// reply is awaited.
+func isHostFrame(typ byte) bool {
+	typ &^= frameShared
+	return typ == frameHostCall || typ == frameHostGrant
 }
 
 // hostReading is the reading of one request's frames once a host call
@@ -260,7 +345,7 @@ func (w *Worker) hostReader(hr *hostReading, first *frame) {
 	}
 	for {
 		f, err := w.rd.next()
-		if err == nil && f.typ&^frameShared == frameHostCall {
+		if err == nil && isHostFrame(f.typ) {
 			if !w.serveInline(hr, f) {
 				return
 			}
@@ -289,16 +374,37 @@ func (w *Worker) serveInline(hr *hostReading, f frame) bool {
 	return hr.leave(gen)
 }
 
-// parseHostCall checks and decodes a HOST_CALL frame and finds the call it
-// names. An error means the child broke the protocol.
+// parseHostCall checks and decodes a HOST_CALL (or HOST_GRANT) frame and
+// finds the call it names. An error means the child broke the protocol.
 func (w *Worker) parseHostCall(f frame) (hostCall, error) {
-	if f.typ&frameShared != 0 {
-		return hostCall{}, fmt.Errorf("%w: HOST_CALL in the shared region", ErrBadFrame)
-	}
 	if f.id&hostCallIDBit == 0 {
-		return hostCall{}, fmt.Errorf("%w: HOST_CALL id %d without the host call bit", ErrBadFrame, f.id)
+		return hostCall{}, fmt.Errorf("%w: host call id %d without the host call bit", ErrBadFrame, f.id)
 	}
-	callID, name, args, err := decodeHostCall(f.payload)
+	if f.typ == frameHostGrant {
+		hc := hostCall{id: f.id, isGrant: true}
+		if len(f.payload) > 0 {
+			ref, err := parseRegionRef(f.payload)
+			if err != nil {
+				return hostCall{}, err
+			}
+			hc.grant = &ref
+		}
+		return hc, nil
+	}
+	payload := f.payload
+	if f.typ&frameShared != 0 {
+		if w.hshm == nil || !w.hshmPeer {
+			return hostCall{}, fmt.Errorf("%w: HOST_CALL in a host-call region that does not exist", ErrBadFrame)
+		}
+		ref, err := parseRegionRef(f.payload)
+		if err != nil {
+			return hostCall{}, err
+		}
+		if payload, err = w.hshm.get(ref, w.cfg.MaxFrame); err != nil {
+			return hostCall{}, err
+		}
+	}
+	callID, name, args, err := decodeHostCall(payload)
 	if err != nil {
 		return hostCall{}, err
 	}
@@ -308,14 +414,19 @@ func (w *Worker) parseHostCall(f frame) (hostCall, error) {
 		if sc.ctx == nil {
 			sc.ctx, sc.cancel = context.WithCancel(worker.WithCorrelationID(sc.parent, sc.cid))
 		}
-		hc.ctx = sc.ctx
+		hc.ctx, hc.scope = sc.ctx, sc
 	}
 	w.hosts.mu.Unlock()
 	return hc, nil
 }
 
-// runHostCall runs one host function and sends its reply.
+// runHostCall runs one host function and sends its reply (or serves a
+// HOST_GRANT).
 func (w *Worker) runHostCall(hc hostCall) {
+	if hc.isGrant {
+		w.serveGrant(hc)
+		return
+	}
 	var reply []byte
 	switch {
 	case w.cfg.Host == nil:
@@ -328,9 +439,65 @@ func (w *Worker) runHostCall(hc hostCall) {
 	if len(reply) > w.cfg.MaxFrame {
 		reply = host.Reply(nil, fmt.Errorf("subproc: result of host function %q: %d bytes exceed the frame limit of %d bytes", hc.name, len(reply), w.cfg.MaxFrame))
 	}
-	n, err := w.write(w.stopCtx, frameHostReply, hc.id, reply)
-	if err != nil && n > 0 && n < headerSize+len(reply) {
-		// A partly written frame cannot be taken back.
+	if w.hold(hc, reply) {
+		w.sendHost(frameHostSpace, hc.id, binary.LittleEndian.AppendUint64(nil, uint64(len(reply))))
+		return
+	}
+	w.sendHost(frameHostReply, hc.id, reply)
+}
+
+// hold keeps a large reply for the host-call region (see the protocol
+// above); false when it goes through the socket: it is small, there is no
+// region, its call ended, or the results held already fill the region.
+func (w *Worker) hold(hc hostCall, reply []byte) bool {
+	if !w.hshmPeer || len(reply) < w.hostThreshold || hc.scope == nil {
+		return false
+	}
+	w.hosts.mu.Lock()
+	defer w.hosts.mu.Unlock()
+	if w.hosts.closed || w.hosts.scopes[hc.callID] != hc.scope || w.hosts.heldBytes+len(reply) > w.cfg.MaxSharedMemory {
+		return false
+	}
+	if w.hosts.held == nil {
+		w.hosts.held = make(map[uint64]heldReply)
+	}
+	w.hosts.held[hc.id] = heldReply{scope: hc.scope, name: hc.name, reply: reply}
+	w.hosts.heldBytes += len(reply)
+	return true
+}
+
+// serveGrant answers a HOST_GRANT: the held result goes into the span
+// granted, or through the socket for an empty grant. A grant for no held
+// result gets an error (its call ended); a span outside the region kills
+// the worker.
+func (w *Worker) serveGrant(hc hostCall) {
+	w.hosts.mu.Lock()
+	h, ok := w.hosts.held[hc.id]
+	if ok {
+		delete(w.hosts.held, hc.id)
+		w.hosts.heldBytes -= len(h.reply)
+	}
+	w.hosts.mu.Unlock()
+	switch {
+	case !ok:
+		w.sendHost(frameHostReply, hc.id, host.Reply(nil, fmt.Errorf("subproc: host call %d: no result waits for room (its call ended)", hc.id&^hostCallIDBit)))
+	case hc.grant == nil:
+		w.sendHost(frameHostReply, hc.id, h.reply)
+	default:
+		if err := w.hshm.putAt(*hc.grant, h.reply); err != nil {
+			perr := &ProtocolError{PID: w.pid, Err: fmt.Errorf("HOST_GRANT for %q: %w", h.name, err), Stderr: w.stderr.String()}
+			w.die(perr)
+			return
+		}
+		w.sendHost(frameHostReply|frameShared, hc.id, hc.grant.append(make([]byte, 0, regionRefSize)))
+	}
+}
+
+// sendHost writes a frame of the host's part of a host call; a frame
+// written in part kills the worker (it cannot be taken back).
+func (w *Worker) sendHost(typ byte, id uint64, payload []byte) {
+	n, err := w.write(w.stopCtx, typ, id, payload)
+	if err != nil && n > 0 && n < headerSize+len(payload) {
 		w.die(&worker.DeadError{WorkerID: w.id, Reason: "host reply write interrupted", Err: err})
 	}
 }
@@ -341,6 +508,7 @@ func (w *Worker) runHostCall(hc hostCall) {
 func (w *Worker) closeHostCalls(ctx context.Context) {
 	w.hosts.mu.Lock()
 	w.hosts.closed = true
+	w.hosts.held, w.hosts.heldBytes = nil, 0
 	var cancels []context.CancelFunc
 	for id, sc := range w.hosts.scopes {
 		if sc.cancel != nil {

@@ -49,7 +49,8 @@ func TestDecodeHostCall(t *testing.T) {
 }
 
 // FuzzDecodeHostCall: any payload decodes or fails with errBadHostCall,
-// never panics, and what decodes encodes back to the same call.
+// never panics, and what decodes encodes back to the same call; what the
+// child's layout parses decodes the same in general.
 func FuzzDecodeHostCall(f *testing.F) {
 	for _, v := range []any{
 		pymarshal.Tuple{int64(1), "echo", []byte{}},
@@ -62,6 +63,8 @@ func FuzzDecodeHostCall(f *testing.F) {
 	}
 	f.Add([]byte("garbage"))
 	f.Add([]byte{})
+	// The child's own layout (see parseHostCall).
+	f.Add([]byte(")\x03i\x07\x00\x00\x00u\x04\x00\x00\x00echos\x02\x00\x00\x00{0"))
 	f.Fuzz(func(t *testing.T, p []byte) {
 		id, name, args, err := decodeHostCall(p)
 		if err != nil {
@@ -72,6 +75,13 @@ func FuzzDecodeHostCall(f *testing.F) {
 		}
 		if id > 1<<63-1 {
 			t.Fatalf("got call id %d, beyond int64", id)
+		}
+		if _, _, _, ok := parseHostCall(p); ok {
+			v, err := pymarshal.DecodeLimit(p, int64(len(p))+hostCallBudget)
+			want := pymarshal.Tuple{int64(id), name, args}
+			if tv, _ := v.([]any); err != nil || len(tv) != 3 || tv[0] != want[0] || tv[1] != want[1] || !bytes.Equal(tv[2].([]byte), args) {
+				t.Fatalf("the child's layout parsed to (%d, %q, %q), the general decoding to %#v (%v)", id, name, args, v, err)
+			}
 		}
 		again, err := pymarshal.Marshal(pymarshal.Tuple{int64(id), name, args})
 		if err != nil {

@@ -157,7 +157,7 @@ func (w *Worker) muxRoute(f frame) bool {
 		} else {
 			w.muxStarted(f.id)
 		}
-	case frameHostCall:
+	case frameHostCall, frameHostCall | frameShared, frameHostGrant:
 		var hc hostCall
 		if hc, err = w.parseHostCall(f); err == nil {
 			w.goHostCall(hc)

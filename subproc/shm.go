@@ -40,6 +40,15 @@ const regionRefSize = 24
 // shmFD is the child's descriptor of the shared region.
 const shmFD = 5
 
+// hostShmFD is the child's descriptor of the host-call region: the next
+// after the request region's.
+func hostShmFD(cfg Config) int {
+	if cfg.SharedThreshold > 0 {
+		return shmFD + 1
+	}
+	return shmFD
+}
+
 // DefaultSharedThreshold is the payload size from which a frame's payload
 // travels through the shared region when Config.SharedThreshold is zero.
 const DefaultSharedThreshold = 256 << 10
@@ -179,37 +188,8 @@ func (r *region) encodeIn(need int, enc func(mem []byte) (start, end int, err er
 func (r *region) get(ref regionRef, limit int) ([]byte, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.closed {
-		return nil, fmt.Errorf("%w: region closed", ErrBadRegion)
-	}
-	// A reference to an older generation is no error: the child has not
-	// seen a growth of the host's whose request never went out. Its bytes
-	// are checked against the mapping like any other.
-	grown := ref.gen == r.gen+1
-	if ref.gen > r.gen+1 {
-		return nil, fmt.Errorf("%w: generation %d, want at most %d", ErrBadRegion, ref.gen, r.gen+1)
-	}
-	if grown || ref.off > uint64(len(r.mem)) || ref.n > uint64(len(r.mem))-ref.off {
-		// The child grew the region (perhaps past a growth of the host's
-		// it had not seen yet): map it anew at its current size.
-		var st unix.Stat_t
-		if err := unix.Fstat(int(r.file.Fd()), &st); err != nil {
-			return nil, fmt.Errorf("shared memory: %w", err)
-		}
-		if st.Size > int64(r.max) || (grown && st.Size <= int64(len(r.mem))) {
-			return nil, fmt.Errorf("%w: generation %d of %d bytes (was %d, cap %d)", ErrBadRegion, ref.gen, st.Size, len(r.mem), r.max)
-		}
-		if st.Size > int64(len(r.mem)) {
-			gen := r.gen
-			if err := r.remap(int(st.Size)); err != nil {
-				return nil, err
-			}
-			r.gen = max(gen, ref.gen)
-		}
-	}
-	size := uint64(len(r.mem))
-	if ref.off > size || ref.n > size-ref.off {
-		return nil, fmt.Errorf("%w: %d bytes at offset %d, region of %d bytes", ErrBadRegion, ref.n, ref.off, size)
+	if err := r.cover(ref); err != nil {
+		return nil, err
 	}
 	if ref.n > uint64(limit) {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, ref.n, limit)
@@ -217,6 +197,77 @@ func (r *region) get(ref regionRef, limit int) ([]byte, error) {
 	out := make([]byte, ref.n)
 	copy(out, r.mem[ref.off:ref.off+ref.n])
 	return out, nil
+}
+
+// putAt copies p into the bytes ref names, which must be exactly p's
+// size: a span the child granted in the host-call region (see
+// hostcall.go). The region is mapped anew when ref lies beyond the
+// mapping, as for get.
+func (r *region) putAt(ref regionRef, p []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ref.n != uint64(len(p)) {
+		return fmt.Errorf("%w: a span of %d bytes for %d", ErrBadRegion, ref.n, len(p))
+	}
+	if err := r.cover(ref); err != nil {
+		return err
+	}
+	copy(r.mem[ref.off:ref.off+ref.n], p)
+	return nil
+}
+
+// cover checks that ref lies in the region, mapping the region anew at its
+// current size when ref names a newer generation or lies beyond the
+// mapping; r.mu held.
+func (r *region) cover(ref regionRef) error {
+	if r.closed {
+		return fmt.Errorf("%w: region closed", ErrBadRegion)
+	}
+	// A reference to an older generation is no error: the child has not
+	// seen a growth of the host's whose request never went out. Its bytes
+	// are checked against the mapping like any other.
+	grown := ref.gen == r.gen+1
+	if ref.gen > r.gen+1 {
+		return fmt.Errorf("%w: generation %d, want at most %d", ErrBadRegion, ref.gen, r.gen+1)
+	}
+	if grown || ref.off > uint64(len(r.mem)) || ref.n > uint64(len(r.mem))-ref.off {
+		// The child grew the region (perhaps past a growth of the host's
+		// it had not seen yet): map it anew at its current size.
+		var st unix.Stat_t
+		if err := unix.Fstat(int(r.file.Fd()), &st); err != nil {
+			return fmt.Errorf("shared memory: %w", err)
+		}
+		if st.Size > int64(r.max) || (grown && st.Size <= int64(len(r.mem))) {
+			return fmt.Errorf("%w: generation %d of %d bytes (was %d, cap %d)", ErrBadRegion, ref.gen, st.Size, len(r.mem), r.max)
+		}
+		if st.Size > int64(len(r.mem)) {
+			gen := r.gen
+			if err := r.remap(int(st.Size)); err != nil {
+				return err
+			}
+			r.gen = max(gen, ref.gen)
+		}
+	}
+	size := uint64(len(r.mem))
+	if ref.off > size || ref.n > size-ref.off {
+		return fmt.Errorf("%w: %d bytes at offset %d, region of %d bytes", ErrBadRegion, ref.n, ref.off, size)
+	}
+	return nil
+}
+
+// fileSize returns the size of the region's file: what it holds, mapped
+// on this side or not.
+func (r *region) fileSize() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return 0
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(r.file.Fd()), &st); err != nil {
+		return 0
+	}
+	return st.Size
 }
 
 // close unmaps the region and closes the memfd. Idempotent.

@@ -352,13 +352,18 @@ type Worker struct {
 	rd       *frameReader
 	shm      *region // the shared region; nil when Config.SharedThreshold is negative
 	shmPeer  bool    // the child announced it reads and writes the shared region
-	reg      *Registry
-	fork     *ForkServer // the template that forked the process; nil for an exec'd one
-	stderr   *tail
-	outputs  sync.WaitGroup // stdout/stderr forwarders
-	outR     *os.File       // read end of the child's stdout, closed by the forwarder or Close
-	errR     *os.File       // read end of the child's stderr, closed by the forwarder or Close
-	errDone  chan struct{}  // closed when the stderr forwarder has read everything
+	// hshm is the host-call region (see hostcall.go); nil when the worker
+	// has no host functions or Config.SharedThreshold is negative.
+	hshm          *region
+	hshmPeer      bool // the child announced it uses the host-call region
+	hostThreshold int  // a host call's payload from this size uses hshm; 0: never
+	reg           *Registry
+	fork          *ForkServer // the template that forked the process; nil for an exec'd one
+	stderr        *tail
+	outputs       sync.WaitGroup // stdout/stderr forwarders
+	outR          *os.File       // read end of the child's stdout, closed by the forwarder or Close
+	errR          *os.File       // read end of the child's stderr, closed by the forwarder or Close
+	errDone       chan struct{}  // closed when the stderr forwarder has read everything
 
 	// sigMu guards reaped and pidfd: a signal is sent with it read-held,
 	// and the reaper sets reaped (and closes the pidfd) with it held before
@@ -415,6 +420,10 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	if cfg.InterruptGrace < 0 || cfg.StopGrace < 0 || cfg.StartTimeout < 0 || cfg.MaxFrame < 0 || cfg.MaxSharedMemory < 0 {
 		return nil, errors.New("subproc: Config durations, MaxFrame and MaxSharedMemory must not be negative")
 	}
+	// Host calls use a region of their own in every mode (see
+	// hostcall.go), so their threshold is read before the concurrent
+	// modes turn the request region off.
+	hostThreshold := cfg.SharedThreshold
 	if err := cfg.checkConcurrency(); err != nil {
 		return nil, err
 	}
@@ -443,6 +452,12 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	if cfg.MaxSharedMemory == 0 {
 		cfg.MaxSharedMemory = cfg.MaxFrame
 	}
+	switch {
+	case cfg.Host == nil || hostThreshold < 0:
+		hostThreshold = 0 // no host-call region
+	case hostThreshold == 0:
+		hostThreshold = DefaultSharedThreshold
+	}
 	if cfg.Spin == 0 {
 		cfg.Spin = DefaultSpin
 	} else if cfg.Spin < 0 {
@@ -464,13 +479,13 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	if cfg.ForkServer != nil {
 		// The template's interpreter runs the worker: only its arguments
 		// travel.
-		argv = workerArgs(cfg, log)
+		argv = workerArgs(cfg, log, hostThreshold)
 	} else {
 		prefix, err := interpreter(cfg)
 		if err != nil {
 			return nil, setupErr("start", err)
 		}
-		argv = append(append(prefix, "-P", "-m", "snakepit._process"), workerArgs(cfg, log)...)
+		argv = append(append(prefix, "-P", "-m", "snakepit._process"), workerArgs(cfg, log, hostThreshold)...)
 	}
 	reg := cfg.Registry
 	if cfg.ForkServer != nil {
@@ -501,6 +516,8 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		streamGate: make(chan struct{}, 1),
 		pidfd:      -1,
 		mux:        newMuxState(&cfg),
+
+		hostThreshold: hostThreshold,
 	}
 	w.stopCtx, w.stopCancel = context.WithCancel(context.Background())
 	if err := w.spawn(ctx, argv, pkg, unix.SOCK_STREAM); err != nil {
@@ -571,7 +588,7 @@ func interpreter(cfg Config) ([]string, error) {
 
 // workerArgs are the arguments of the worker's main loop, after
 // "-m snakepit._process".
-func workerArgs(cfg Config, log *slog.Logger) []string {
+func workerArgs(cfg Config, log *slog.Logger, hostThreshold int) []string {
 	args := []string{cfg.Module,
 		"--worker-id", cfg.ID, "--log-level", strconv.Itoa(python.PythonLevel(log)),
 		"--max-frame", strconv.Itoa(cfg.MaxFrame), "--spin-us", strconv.Itoa(int(cfg.Spin / time.Microsecond))}
@@ -581,6 +598,10 @@ func workerArgs(cfg Config, log *slog.Logger) []string {
 	if cfg.SharedThreshold > 0 {
 		args = append(args, "--shm-fd", strconv.Itoa(shmFD),
 			"--shm-threshold", strconv.Itoa(cfg.SharedThreshold), "--shm-max", strconv.Itoa(cfg.MaxSharedMemory))
+	}
+	if hostThreshold > 0 {
+		args = append(args, "--host-shm-fd", strconv.Itoa(hostShmFD(cfg)),
+			"--host-shm-threshold", strconv.Itoa(hostThreshold), "--host-shm-max", strconv.Itoa(cfg.MaxSharedMemory))
 	}
 	return args
 }
@@ -659,19 +680,27 @@ func (w *Worker) spawn(ctx context.Context, argv []string, pkg string, sockType 
 		return err
 	}
 	if w.cfg.SharedThreshold > 0 {
-		if w.shm, err = newRegion(w.cfg.MaxSharedMemory); err != nil {
-			hostSock.Close()
-			lifeW.Close()
-			outR.Close()
-			outW.Close()
-			errR.Close()
-			errW.Close()
-			return err
-		}
+		w.shm, err = newRegion(w.cfg.MaxSharedMemory)
+	}
+	if err == nil && w.hostThreshold > 0 {
+		w.hshm, err = newRegion(w.cfg.MaxSharedMemory)
+	}
+	if err != nil {
+		hostSock.Close()
+		lifeW.Close()
+		outR.Close()
+		outW.Close()
+		errR.Close()
+		errW.Close()
+		w.closeRegions()
+		return err
 	}
 	files := []*os.File{childSock, lifeR} // fds 3 and 4
 	if w.shm != nil {
 		files = append(files, w.shm.file) // fd 5
+	}
+	if w.hshm != nil {
+		files = append(files, w.hshm.file) // hostShmFD: 6, or 5 without the request region
 	}
 	env := childEnv(w.cfg, pkg, w.reg.Token())
 	if fs := w.cfg.ForkServer; fs != nil {
@@ -705,9 +734,7 @@ func (w *Worker) spawn(ctx context.Context, argv []string, pkg string, sockType 
 		lifeW.Close()
 		outR.Close()
 		errR.Close()
-		if w.shm != nil {
-			w.shm.close()
-		}
+		w.closeRegions()
 		return err
 	}
 	if w.cfg.ID == "" {
@@ -835,8 +862,16 @@ func (w *Worker) release() {
 	if w.lifeline != nil {
 		w.lifeline.Close()
 	}
+	w.closeRegions()
+}
+
+// closeRegions closes the shared regions there are.
+func (w *Worker) closeRegions() {
 	if w.shm != nil {
 		w.shm.close()
+	}
+	if w.hshm != nil {
+		w.hshm.close()
 	}
 }
 
@@ -893,6 +928,9 @@ func (w *Worker) handshake(ctx context.Context) error {
 	}
 	if shm, _ := hello["shm"].(bool); shm && w.shm != nil {
 		w.shmPeer = true
+	}
+	if shm, _ := hello["host_shm"].(bool); shm && w.hshm != nil {
+		w.hshmPeer = true
 	}
 	if logs, ok := hello["logs"]; ok && logs != nil {
 		if b, err := pymarshal.Marshal(logs); err == nil {

@@ -200,10 +200,43 @@ class Context:
             self.command, self.correlation_id, self.session_id)
 
 
+_PLAIN = frozenset((type(None), bool, int, float, str, bytes))
+
+
+def _in_parts(kwargs, threshold):
+    """kwargs as marshal (version 2, no back-references) writes them, as a
+    tuple of parts to be sent one after the other: each bytes or bytearray
+    value of at least threshold bytes is a part of its own, not copied. None
+    when there is no such value, or another value is not plain (None, bool,
+    int, float, str, bytes): marshal then writes them all."""
+    big = False
+    for v in kwargs.values():
+        c = v.__class__
+        if (c is bytes or c is bytearray) and len(v) >= threshold:
+            big = True
+        elif c not in _PLAIN:
+            return None
+    if not big:
+        return None
+    parts = [b"{"]
+    try:
+        for k, v in kwargs.items():
+            c = v.__class__
+            if (c is bytes or c is bytearray) and len(v) >= threshold:
+                parts.append(_dumps(k, 2) + b"s" + len(v).to_bytes(4, "little"))
+                parts.append(v)
+            else:
+                parts.append(_dumps(k, 2) + _dumps(v, 2))
+    except (ValueError, OverflowError):
+        return None  # an int marshal refuses, a part over 4 GiB
+    parts.append(b"0")
+    return tuple(parts)
+
+
 class Host:
     """ctx.host: calls into the Go functions registered with the worker."""
 
-    __slots__ = ("_ctx", "_names", "_transport", "_fast", "_raise", "_token")
+    __slots__ = ("_ctx", "_names", "_transport", "_fast", "_raise", "_token", "_parts")
 
     def __init__(self, ctx):
         d = ctx._dispatcher
@@ -213,6 +246,7 @@ class Host:
         self._fast = d.host_fast
         self._raise = d.host_raise
         self._token = ctx._token
+        self._parts = d.host_parts
 
     def names(self):
         """The names of the functions Go registered, sorted."""
@@ -229,7 +263,9 @@ class Host:
             result = fast(self._token, name, kwargs, self._raise, _resolve_value)
             if result is not NotImplemented:  # no result decodes to it
                 return result
-        if _scan_needed():
+        if self._parts and (payload := _in_parts(kwargs, self._parts)) is not None:
+            pass  # large bytes stay where they are (see _in_parts)
+        elif _scan_needed():
             # marshal would write an array.array or a numpy array as its
             # raw bytes: convert them as results are (to arrays).
             payload = ctx._dispatcher.host_payload(name, kwargs)

@@ -239,6 +239,10 @@ class Dispatcher:
         # that marshals and unmarshals itself (the thread profile's
         # builtin); NotImplemented when kwargs need converting first.
         self.host_fast = None
+        # host_parts: bytes and bytearray keyword arguments of at least this
+        # many bytes reach host_transport as parts of their own, not copied
+        # into one marshalled payload (0: never; see _adapter.Host.call).
+        self.host_parts = 0
         self.host_token = None
         self.module = importlib.import_module(module_name)
         self.commands = commands_of(self.module)

@@ -17,11 +17,12 @@ host holds. Each message is one marshalled dict:
   with locks nobody will release.
 * host -> template ``{"op": "spawn", "argv": [...], "env": [...]}`` with
   the worker's descriptors attached (SCM_RIGHTS): its socket, its
-  lifeline, its stdout and stderr, and optionally its shared-memory memfd.
+  lifeline, its stdout and stderr, and optionally its shared-memory memfds
+  (the request region, the host-call region).
   The template forks; the reply is ``{"pid": n}`` or ``{"error": text}``.
   The child leaves the template's session (setsid: it leads its own
   process group, as an exec'd worker does), puts the descriptors at 1, 2,
-  3, 4 (and 5), closes every other descriptor (the control socket, the
+  3, 4 (and 5, 6), closes every other descriptor (the control socket, the
   template's lifeline, whatever it was sent) except those the template's
   imports opened (a library's own descriptor, such as libffi's, is part of
   the imported state the worker goes on using), replaces its environment
@@ -50,10 +51,10 @@ LIFELINE_FD = 4
 # The largest request the template reads: argv and environment.
 MAX_MESSAGE = 1 << 20
 # Descriptors a spawn request carries: socket, lifeline, stdout, stderr and
-# the optional memfd.
-MAX_FDS = 5
-# The highest descriptor a worker is given (the memfd).
-TOP_FD = 5
+# the optional memfds.
+MAX_FDS = 6
+# The highest descriptor a worker is given (the second memfd).
+TOP_FD = 6
 
 # The descriptors the template's imports opened, kept open in the workers.
 _kept = frozenset()
@@ -155,16 +156,17 @@ def _child(ctl, req, fds):
         return 70
     sock, life, out, err = fds[:4]
     targets = {1: out, 2: err, 3: sock, 4: life}
-    if len(fds) > 4:
-        targets[5] = fds[4]
+    for i, fd in enumerate(fds[4:]):
+        targets[5 + i] = fd
     # Move every source above the targets first, so that no dup2 overwrites
     # a source still to be placed.
     import fcntl
     high = {t: fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, 16) for t, src in targets.items()}
     for t, src in high.items():
         os.dup2(src, t, inheritable=True)
-    if TOP_FD not in targets:
-        os.close(TOP_FD)  # the template's placeholder
+    for fd in range(LIFELINE_FD + 1, TOP_FD + 1):
+        if fd not in targets:
+            os.close(fd)  # the template's placeholder
     # Everything else the template held or was sent goes: 0, 1, 2, the
     # socket, the lifeline, the memfd and what the imports opened stay.
     for fd in _open_fds():
@@ -234,10 +236,13 @@ def main(argv=None):
     ctl = socket.socket(fileno=CTL_FD)
     for fd in (CTL_FD, LIFELINE_FD):
         os.set_inheritable(fd, False)
-    # Hold the workers' highest descriptor, so that no import takes it.
+    # Hold the workers' descriptors above the lifeline, so that no import
+    # takes one.
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    if null != TOP_FD:
-        os.dup2(null, TOP_FD, inheritable=False)
+    for fd in range(LIFELINE_FD + 1, TOP_FD + 1):
+        if fd != null:
+            os.dup2(null, fd, inheritable=False)
+    if null > TOP_FD:
         os.close(null)
     try:
         # What every worker imports, so that its pages are shared (and

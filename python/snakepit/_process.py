@@ -57,10 +57,15 @@ import time
 from . import _dispatch, _wire
 from ._adapter import Cancelled, HostError
 
-PROTOCOL = 2
+PROTOCOL = 3
 
 (HELLO, FAIL, PING, PONG, CALL, STREAM_OPEN, STREAM_NEXT, STREAM_CLOSE,
  END_SESSION, SHUTDOWN, REPLY, HOST_CALL, HOST_REPLY) = range(1, 14)
+# A host call's result for the host-call region (see _HostShm): the host
+# asks for room (HOST_SPACE, the size as <u64>), the thread waiting for
+# the result grants it (HOST_GRANT, a region reference, or empty: none).
+HOST_SPACE = 17
+HOST_GRANT = 18
 
 # Set in the request id of every HOST_CALL: host calls are numbered in a
 # range of their own, apart from the host's request ids.
@@ -68,6 +73,7 @@ HOST_CALL_ID_BIT = 1 << 63
 
 _HEADER = struct.Struct("<IBQ")
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 SOCK_FD = 3
 LIFELINE_FD = 4
 
@@ -76,8 +82,9 @@ LIFELINE_ENABLED = True
 
 PR_SET_CHILD_SUBREAPER = 36
 
-# The shared region's descriptor (-1: none), set by main().
+# The shared regions' descriptors (-1: none), set by main().
 _shm_fd = -1
+_host_shm_fd = -1
 
 # The pid of the worker process, set by main(). Processes forked from the
 # worker see another pid and leave the worker's duties alone.
@@ -96,14 +103,14 @@ def _close_inherited_fds():
     except (OSError, ValueError):
         fds = range(LIFELINE_FD + 1, min(os.sysconf("SC_OPEN_MAX"), 1 << 16))
     for fd in fds:
-        if fd <= LIFELINE_FD or fd == _shm_fd:
+        if fd <= LIFELINE_FD or fd == _shm_fd or fd == _host_shm_fd:
             continue
         try:
             if os.get_inheritable(fd):
                 os.close(fd)
         except OSError:
             pass  # not open (the directory listing's own descriptor)
-    for fd in (SOCK_FD, LIFELINE_FD, _shm_fd):
+    for fd in (SOCK_FD, LIFELINE_FD, _shm_fd, _host_shm_fd):
         if fd < 0:
             continue
         try:
@@ -351,7 +358,7 @@ def _after_fork_in_child():
     except OSError:
         null = -1
     if null >= 0:
-        for fd in (SOCK_FD, LIFELINE_FD, _shm_fd):
+        for fd in (SOCK_FD, LIFELINE_FD, _shm_fd, _host_shm_fd):
             if fd < 0:
                 continue
             try:
@@ -380,6 +387,7 @@ class _Conn:
         self.max_frame = max_frame
         self.spin_s = spin_s
         self.shm = shm
+        self.hshm = None  # the host-call region (_HostShm), if any
         self.buf = bytearray(_READ_SIZE)
         self.view = memoryview(self.buf)
         self.start = 0  # the first byte of buf not handed out
@@ -492,10 +500,23 @@ class _Conn:
                 raise EOFError("truncated frame")
             self.end += n
         if typ & SHARED:
+            if typ & ~SHARED == HOST_REPLY and self.hshm is not None and size == _REF.size:
+                return HOST_REPLY, rid, self.hshm.take(rid, payload)
             if self.shm is None or size != _REF.size or typ & ~SHARED == HOST_REPLY:
                 raise ValueError("unexpected shared frame")
             return typ & ~SHARED, rid, self.shm.view(payload)
-        if self.shm is not None and typ != HOST_REPLY:
+        if typ == HOST_REPLY or typ == HOST_SPACE:
+            # The host has read the host call's arguments.
+            if self.hshm is not None:
+                self.hshm.release(rid)
+            if typ == HOST_SPACE:
+                # Filed as the reply: the thread waiting for it grants
+                # the room.
+                if self.hshm is None or size != _U64.size:
+                    raise ValueError("unexpected HOST_SPACE")
+                return HOST_REPLY, rid, _Space(_U64.unpack(payload)[0])
+            return typ, rid, payload
+        if self.shm is not None:
             # A request through the socket: the region is free for the
             # reply. (A host call's reply leaves the request in place.)
             self.shm.reserved, self.shm.spans = 0, ()
@@ -538,8 +559,15 @@ def _host_call_frame(token, name, payload, max_frame):
     """The HOST_CALL payload for a host call from this process, after the
     checks every transport makes (the arguments' types, a call in flight,
     not a process forked from the worker, the frame limit)."""
-    if type(payload) is not bytes:
+    if type(payload) is tuple:
+        # Parts sent one after the other (see _adapter._in_parts).
+        if not all(type(p) in (bytes, bytearray) for p in payload):
+            raise TypeError("host call argument parts must be bytes")
+        parts = payload
+    elif type(payload) is not bytes:
         raise TypeError("host call arguments must be bytes, not %s" % type(payload).__name__)
+    else:
+        parts = (payload,)
     if type(name) is not str:
         raise TypeError("host function name must be str, not %s" % type(name).__name__)
     if type(token) is not int:
@@ -548,16 +576,17 @@ def _host_call_frame(token, name, payload, max_frame):
         # A forked process has /dev/null for the socket, and may have been
         # forked while another thread held the locks.
         raise HostError("snakepit: ctx.host is not available in a process forked from the worker")
-    # The tuple (token, name, payload) as marshal writes it, in two parts
-    # sent one after the other: the payload is not copied into a new bytes.
+    # The tuple (token, name, payload) as marshal writes it, in parts sent
+    # one after the other: the payload is not copied into a new bytes.
     # Version 2 writes no back-references, so the parts stand alone.
-    head = b")\x03" + marshal.dumps(token, 2) + marshal.dumps(name, 2) + b"s" + _U32.pack(len(payload))
-    size = len(head) + len(payload)
+    n = sum(map(len, parts))
+    head = b")\x03" + marshal.dumps(token, 2) + marshal.dumps(name, 2) + b"s" + _U32.pack(n)
+    size = len(head) + n
     if size > max_frame:
         raise _dispatch._host_error("arguments", "")(
             "host function %r: arguments of %d bytes exceed the frame limit of %d bytes"
             % (name, size, max_frame))
-    return (head, payload)
+    return (head,) + parts
 
 
 class _Link:
@@ -692,22 +721,30 @@ class _Link:
         try:
             with cond:
                 self.replies[hid] = None  # before the send: any reader may take the reply
-            if main:
-                self.main_busy = True
-            try:
-                with self.send_lock:
-                    if token not in self.live:
-                        raise HostError("snakepit: ctx.host used after its call ended", "ended")
-                    self.conn.send(HOST_CALL, hid, data, shared=False)
-            finally:
-                if main:
-                    self.main_busy = False
-            if main:
-                self._raise_pending()
-            return self._await(hid, main)
+            self._send_host(main, _send_host_call, token, hid, data)
+            while True:
+                reply = self._await(hid, main)
+                if reply.__class__ is not _Space:
+                    return reply
+                with cond:
+                    self.replies[hid] = None
+                self._send_host(main, _send_grant, token, hid, reply.size)
         finally:
             with cond:
                 self.replies.pop(hid, None)
+
+    def _send_host(self, main, send, token, hid, data):
+        """send (_send_host_call or _send_grant) with the send lock; in the
+        main thread, a Cancelled waits until the frame is out."""
+        if main:
+            self.main_busy = True
+        try:
+            send(self.conn, self.send_lock, self.live, token, hid, data)
+        finally:
+            if main:
+                self.main_busy = False
+        if main:
+            self._raise_pending()
 
     def _await(self, hid, main):
         cond = self.cond
@@ -916,6 +953,151 @@ class _Shm:
         return _REF.pack(self.gen, start, n)
 
 
+class _Space:
+    """A HOST_SPACE filed as a host call's reply: its result of size bytes
+    waits for room in the host-call region."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size):
+        self.size = size
+
+
+class _HostShm:
+    """The child's side of the host-call region: a memfd of its own (see
+    subproc/hostcall.go), which this side alone allocates and grows, from
+    any thread. A host call's arguments of at least threshold bytes are
+    written into a span of it, kept until the host answers the call (it
+    has copied them out by then); a large result goes into a span granted
+    for it, copied out and freed when its HOST_REPLY is read. References
+    carry generation 0: the region only grows, and the host maps it anew
+    when a reference lies beyond its mapping. A mapping replaced by a
+    larger one stays mapped while a thread still copies through it."""
+
+    def __init__(self, fd, threshold, max_size):
+        self.fd = fd
+        self.threshold = threshold
+        self.max_size = max_size
+        self.lock = threading.Lock()  # guards mm, args, grants
+        self.mm = None
+        self.args = {}    # host call id -> (offset, length) of its arguments
+        self.grants = {}  # host call id -> (offset, length) granted for its result
+
+    def _alloc(self, n):
+        """The offset of n free bytes (lock held), the region grown if
+        needed; None when they do not fit under the cap."""
+        off = 0
+        for start, length in sorted(list(self.args.values()) + list(self.grants.values())):
+            if start - off >= n:
+                break
+            off = max(off, (start + length + 63) & ~63)
+        if off + n > self.max_size:
+            return None
+        size = len(self.mm) if self.mm is not None else 0
+        if off + n > size:
+            page = mmap.PAGESIZE
+            new = min(max(off + n, 2 * size), self.max_size)
+            new = min((new + page - 1) // page * page, self.max_size)
+            try:
+                os.ftruncate(self.fd, new)
+                self.mm = mmap.mmap(self.fd, new, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except (OSError, ValueError):
+                return None
+        return off
+
+    def put_args(self, hid, parts):
+        """Write a HOST_CALL payload (parts, concatenated) into a span kept
+        for host call hid; its reference, or None when it does not fit."""
+        n = sum(map(len, parts))
+        with self.lock:
+            off = self._alloc(n)
+            if off is None:
+                return None
+            self.args[hid] = (off, n)
+            mm = self.mm
+        at = off
+        for p in parts:
+            mm[at:at + len(p)] = p
+            at += len(p)
+        return _REF.pack(0, off, n)
+
+    def release(self, hid):
+        """The host answered host call hid: its arguments' span is free."""
+        if hid in self.args:
+            with self.lock:
+                self.args.pop(hid, None)
+
+    def grant(self, hid, n):
+        """A span of n bytes for host call hid's result: its reference, or
+        b"" when there is no room (the result then comes through the
+        socket)."""
+        with self.lock:
+            off = self._alloc(n)
+            if off is None:
+                return b""
+            self.grants[hid] = (off, n)
+        return _REF.pack(0, off, n)
+
+    def drop(self, hid):
+        """A grant that never went out is free again."""
+        with self.lock:
+            self.grants.pop(hid, None)
+
+    def take(self, hid, ref):
+        """Copy out host call hid's result from the span granted for it
+        (ref must name that span), and free the span."""
+        gen, off, n = _REF.unpack(ref)
+        with self.lock:
+            span = self.grants.get(hid)
+            mm = self.mm
+        if span != (off, n) or gen != 0:
+            raise ValueError("a host call's result at %d (%d bytes), not where room was granted" % (off, n))
+        try:
+            return mm[off:off + n]
+        finally:
+            with self.lock:
+                self.grants.pop(hid, None)
+
+
+def _send_host_call(conn, send_lock, live, token, hid, parts):
+    """Send host call hid's HOST_CALL (payload parts) while its call is
+    live; large arguments go through the host-call region."""
+    hshm = conn.hshm
+    ref = None
+    if hshm is not None and sum(map(len, parts)) >= hshm.threshold:
+        ref = hshm.put_args(hid, parts)
+    sent = False
+    try:
+        with send_lock:
+            if token not in live:
+                raise HostError("snakepit: ctx.host used after its call ended", "ended")
+            if ref is not None:
+                conn.send(HOST_CALL | SHARED, hid, ref, shared=False)
+            else:
+                conn.send(HOST_CALL, hid, parts, shared=False)
+            sent = True
+    finally:
+        if ref is not None and not sent:
+            hshm.release(hid)
+
+
+def _send_grant(conn, send_lock, live, token, hid, size):
+    """Grant room for host call hid's result of size bytes (HOST_GRANT)
+    while its call is live; after it ended the result is not wanted."""
+    hshm = conn.hshm
+    ref = hshm.grant(hid, size)
+    sent = False
+    try:
+        with send_lock:
+            if token not in live:
+                raise HostError("snakepit: the call ended before its host function's result came", "ended")
+            conn.send(HOST_GRANT, hid, ref, shared=False)
+            sent = True
+    finally:
+        if ref and not sent:
+            hshm.drop(hid)
+
+
 def _kill_group(signum=None, frame=None):
     """End this worker and everything it started (its descendants, then its
     process group)."""
@@ -996,6 +1178,9 @@ def main(argv=None):
     p.add_argument("--shm-fd", type=int, default=-1)
     p.add_argument("--shm-threshold", type=int, default=0)
     p.add_argument("--shm-max", type=int, default=0)
+    p.add_argument("--host-shm-fd", type=int, default=-1)
+    p.add_argument("--host-shm-threshold", type=int, default=0)
+    p.add_argument("--host-shm-max", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--queue", type=int, default=0)
     args = p.parse_args(argv)
@@ -1006,9 +1191,10 @@ def main(argv=None):
     # loop, with requests queued behind the running one (see _SeqQueue).
     seq = not concurrent and args.queue > 0
 
-    global _worker_pid, _shm_fd
+    global _worker_pid, _shm_fd, _host_shm_fd
     _worker_pid = os.getpid()
     _shm_fd = args.shm_fd
+    _host_shm_fd = args.host_shm_fd
     _close_inherited_fds()
     if _become_subreaper():
         signal.signal(signal.SIGCHLD, _on_sigchld)
@@ -1025,6 +1211,8 @@ def main(argv=None):
     if _shm_fd >= 0 and args.shm_threshold > 0:
         shm = _Shm(_shm_fd, args.shm_threshold, args.shm_max)
     conn = _Conn(SOCK_FD, args.max_frame, args.spin_us / 1e6, shm)
+    if _host_shm_fd >= 0 and args.host_shm_threshold > 0:
+        conn.hshm = _HostShm(_host_shm_fd, args.host_shm_threshold, args.host_shm_max)
     worker_id = args.worker_id or "proc-%d" % os.getpid()
     try:
         # print() in handlers becomes log records tagged with the call, as in
@@ -1035,6 +1223,9 @@ def main(argv=None):
                                  log_level=args.log_level, concurrency=args.concurrency)
         d.raw_results = True  # see _encode_reply
         d.echo_buffers = shm is not None
+        # Large bytes in a host call's arguments are sent as they are, into
+        # the host-call region or the socket, not copied into one payload.
+        d.host_parts = conn.hshm.threshold if conn.hshm is not None else 1 << 16
     except BaseException as e:
         conn.send(FAIL, 0, marshal.dumps(_dispatch._error(_dispatch.K_PYTHON, e), 4))
         return 1
@@ -1084,6 +1275,7 @@ def main(argv=None):
         "commands": d.info()["commands"],
         "logs": d.drain_logs(),
         "shm": shm is not None,
+        "host_shm": conn.hshm is not None,
     }
     link.send(HELLO, 0, marshal.dumps(hello, 4))
 
@@ -1408,24 +1600,26 @@ class _Mux:
         """Dispatcher.host_transport (see _Link.host_call)."""
         data = _host_call_frame(token, name, payload, self.max_frame)
         hid = HOST_CALL_ID_BIT | next(self.ids)
-        waiter = [threading.Lock(), None]
-        waiter[0].acquire()
-        with self.cond:
-            if self.stopping:
-                raise HostError("snakepit: the connection to the host is closed", "error")
-            self.replies[hid] = waiter
+        send = _send_host_call
         try:
-            with self.send_lock:
-                if token not in self.live:
-                    raise HostError("snakepit: ctx.host used after its call ended", "ended")
-                self.conn.send(HOST_CALL, hid, data, shared=False)
-            waiter[0].acquire()  # released by the main thread with the reply
+            while True:
+                waiter = [threading.Lock(), None]
+                waiter[0].acquire()
+                with self.cond:
+                    if self.stopping:
+                        raise HostError("snakepit: the connection to the host is closed", "error")
+                    self.replies[hid] = waiter
+                send(self.conn, self.send_lock, self.live, token, hid, data)
+                waiter[0].acquire()  # released by the main thread with the reply
+                reply = waiter[1]
+                if reply is None:
+                    raise HostError("snakepit: the connection to the host is closed", "error")
+                if reply.__class__ is not _Space:
+                    return reply
+                send, data = _send_grant, reply.size
         finally:
             with self.cond:
                 self.replies.pop(hid, None)
-        if waiter[1] is None:
-            raise HostError("snakepit: the connection to the host is closed", "error")
-        return waiter[1]
 
     def run(self, on_frame):
         """Serve until SHUTDOWN or end of stream; the exit status.
@@ -1601,6 +1795,7 @@ def _serve_concurrent(conn, d, args, shm):
         "commands": d.info()["commands"],
         "logs": d.drain_logs(),
         "shm": False,  # requests overlap: the region is not used
+        "host_shm": conn.hshm is not None,
         "concurrency": args.concurrency,
     }
     mux.send(HELLO, 0, marshal.dumps(hello, 4))
