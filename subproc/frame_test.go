@@ -165,7 +165,7 @@ func FuzzRegionRef(f *testing.F) {
 	f.Add(regionRef{2, 0, 10}.append(nil), uint16(3))
 	f.Add(regionRef{1, 8, ^uint64(0) - 6}.append(nil), uint16(0))
 	f.Add([]byte{1, 2, 3}, uint16(0))
-	r, err := newRegion(1 << 20)
+	r, err := newRegion("snakepit-shm", 1<<20)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -91,10 +91,10 @@ type region struct {
 	closed bool
 }
 
-// newRegion creates an empty region capped at max bytes, sealed against
-// shrinking.
-func newRegion(max int) (*region, error) {
-	fd, err := unix.MemfdCreate("snakepit-shm", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+// newRegion creates an empty region (a memfd of that name, as /proc shows
+// it) capped at max bytes, sealed against shrinking.
+func newRegion(name string, max int) (*region, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		return nil, fmt.Errorf("memfd_create: %w", err)
 	}
@@ -102,7 +102,7 @@ func newRegion(max int) (*region, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("seal shared memory: %w", err)
 	}
-	return &region{file: os.NewFile(uintptr(fd), "snakepit-shm"), max: max}, nil
+	return &region{file: os.NewFile(uintptr(fd), name), max: max}, nil
 }
 
 // size returns the size of the current mapping.

@@ -680,10 +680,10 @@ func (w *Worker) spawn(ctx context.Context, argv []string, pkg string, sockType 
 		return err
 	}
 	if w.cfg.SharedThreshold > 0 {
-		w.shm, err = newRegion(w.cfg.MaxSharedMemory)
+		w.shm, err = newRegion("snakepit-shm", w.cfg.MaxSharedMemory)
 	}
 	if err == nil && w.hostThreshold > 0 {
-		w.hshm, err = newRegion(w.cfg.MaxSharedMemory)
+		w.hshm, err = newRegion("snakepit-host-shm", w.cfg.MaxSharedMemory)
 	}
 	if err != nil {
 		hostSock.Close()

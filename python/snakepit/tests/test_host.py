@@ -89,3 +89,28 @@ class HostTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class InPartsTest(unittest.TestCase):
+    """Host call kwargs with large bytes, in parts: their concatenation is
+    what marshal writes, and the large values are the caller's own
+    objects, not copies."""
+
+    def test_parts_are_marshal(self):
+        from snakepit import _adapter
+        big, arr = b"x" * 1000, bytearray(b"y" * 500)
+        kwargs = {"blob": big, "n": 7, "name": "snake", "none": None, "f": 1.5, "small": b"ab",
+                  "buf": arr, "big_int": 1 << 70, "flag": True}
+        parts = _adapter._in_parts(kwargs, 100)
+        self.assertIs(parts[2], big)
+        self.assertIn(arr, parts)
+        self.assertTrue(any(p is arr for p in parts))
+        got = marshal.loads(b"".join(parts))
+        want = dict(kwargs, buf=bytes(arr))
+        self.assertEqual(got, want)
+
+    def test_none_when_not_worth_it(self):
+        from snakepit import _adapter
+        self.assertIsNone(_adapter._in_parts({"a": b"x" * 10}, 100))  # nothing large
+        self.assertIsNone(_adapter._in_parts({"a": b"x" * 200, "l": [1]}, 100))  # not plain
+        self.assertIsNone(_adapter._in_parts({}, 100))

@@ -154,3 +154,81 @@ class RegionTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class HostRegionTest(unittest.TestCase):
+    """The child's side of the host-call region: spans never overlap while
+    they are held, are reused once freed, stay under the cap, and a result
+    is taken only from the span granted for it."""
+
+    def setUp(self):
+        f = tempfile.TemporaryFile()  # a file as the host's memfd
+        self.addCleanup(f.close)
+        self.fd = f.fileno()
+        self.shm = _process._HostShm(self.fd, 1, 1 << 20)
+
+    def spans(self):
+        return sorted(list(self.shm.args.values()) + list(self.shm.grants.values()))
+
+    def assert_disjoint(self):
+        spans = self.spans()
+        for (a, n), (b, _) in zip(spans, spans[1:]):
+            self.assertLessEqual(a + n, b, "spans %r overlap" % (spans,))
+
+    def test_args_written_where_the_reference_says(self):
+        ref = self.shm.put_args(1, (b"head", b"x" * 1000))
+        gen, off, n = _process._REF.unpack(ref)
+        self.assertEqual((gen, n), (0, 1004))
+        with open("/proc/self/fd/%d" % self.fd, "rb") as f:
+            f.seek(off)
+            self.assertEqual(f.read(n), b"head" + b"x" * 1000)
+        self.assertGreaterEqual(os.fstat(self.fd).st_size, off + n)
+
+    def test_spans_disjoint_and_reused(self):
+        refs = {}
+        for hid, n in enumerate([100, 5000, 64, 70000, 1]):
+            refs[hid] = self.shm.put_args(hid, (b"a" * n,))
+            self.assert_disjoint()
+        g = self.shm.grant(99, 3000)
+        self.assertTrue(g)
+        self.assert_disjoint()
+        _, off1, _ = _process._REF.unpack(refs[1])
+        self.shm.release(1)
+        self.assertNotIn(1, self.shm.args)
+        # The freed room is taken again by what fits in it.
+        ref = self.shm.put_args(7, (b"b" * 4000,))
+        self.assertEqual(_process._REF.unpack(ref)[1], off1)
+        self.assert_disjoint()
+        self.shm.release(12345)  # unknown: nothing happens
+
+    def test_cap(self):
+        self.assertIsNone(self.shm.put_args(1, (b"x" * ((1 << 20) + 1),)))
+        self.assertTrue(self.shm.put_args(2, (b"x" * (700 << 10),)))
+        self.assertIsNone(self.shm.put_args(3, (b"x" * (400 << 10),)))
+        self.assertEqual(self.shm.grant(4, 400 << 10), b"")
+        self.assertLessEqual(os.fstat(self.fd).st_size, 1 << 20)
+        self.shm.release(2)
+        self.assertTrue(self.shm.put_args(3, (b"x" * (400 << 10),)))
+
+    def test_take_only_the_granted_span(self):
+        ref = self.shm.grant(5, 10)
+        gen, off, n = _process._REF.unpack(ref)
+        with open("/proc/self/fd/%d" % self.fd, "r+b") as f:
+            f.seek(off)
+            f.write(b"0123456789")
+        with self.assertRaises(ValueError):
+            self.shm.take(5, _process._REF.pack(0, off + 64, n))
+        with self.assertRaises(ValueError):
+            self.shm.take(6, ref)  # granted for another call
+        self.assertEqual(self.shm.take(5, ref), b"0123456789")
+        self.assertEqual(self.shm.grants, {})
+        with self.assertRaises(ValueError):
+            self.shm.take(5, ref)  # taken already
+
+    def test_grown_mapping_keeps_earlier_spans(self):
+        small = self.shm.put_args(1, (b"s" * 100,))
+        big = self.shm.put_args(2, (b"B" * (600 << 10),))  # grows the region
+        _, off, n = _process._REF.unpack(small)
+        self.assertEqual(self.shm.mm[off:off + n], b"s" * 100)
+        _, off, n = _process._REF.unpack(big)
+        self.assertEqual(self.shm.mm[off:off + 3], b"BBB")

@@ -1,0 +1,321 @@
+package subproc_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/snakepit-go/snakepit/host"
+	"github.com/snakepit-go/snakepit/pymarshal"
+	"github.com/snakepit-go/snakepit/subproc"
+	"github.com/snakepit-go/snakepit/worker"
+)
+
+// regionAdapter makes host calls with large arguments and results, and
+// sends frames a well-behaved child never sends.
+const regionAdapter = `
+import sys, threading
+import snakepit
+from snakepit import HostError
+
+def _pattern(i, n):
+    unit = bytes((i * 7 + j) % 256 for j in range(256))
+    return (unit * (n // 256 + 1))[:n]
+
+
+@snakepit.command
+def echo_all(ctx, sizes):
+    """One echo host call per size, each from a thread of its own, all at
+    once: whether each came back intact."""
+    out = [None] * len(sizes)
+    start = threading.Barrier(len(sizes))
+    def one(i):
+        data = _pattern(i, sizes[i])
+        start.wait(30)
+        try:
+            r = ctx.host.echo(blob=data, i=i)
+            out[i] = r["blob"] == data and r["i"] == i
+        except Exception as e:
+            out[i] = repr(e)
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(len(sizes))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+
+@snakepit.command
+async def echo_async(ctx, sizes):
+    import asyncio
+    rs = await asyncio.gather(*(ctx.host.acall("echo", blob=_pattern(i, n)) for i, n in enumerate(sizes)))
+    return [r["blob"] == _pattern(i, n) for i, (r, n) in enumerate(zip(rs, sizes))]
+
+
+_late = {}
+
+
+@snakepit.command
+def grant_late(ctx, n):
+    """A thread's host call whose result needs room, granted only once this
+    call has ended (see grant_outcome)."""
+    m = sys.modules["__main__"]
+    orig = m._send_grant
+    entered, go, done = threading.Event(), threading.Event(), threading.Event()
+    out = {}
+    def late(*a):
+        entered.set()
+        go.wait(30)
+        return orig(*a)
+    m._send_grant = late
+    def run():
+        try:
+            out["len"] = len(ctx.host.big(n=n))
+        except HostError as e:
+            out["kind"], out["message"] = e.kind, str(e)
+        finally:
+            m._send_grant = orig
+            done.set()
+    threading.Thread(target=run).start()
+    entered.wait(30)
+    _late.update(go=go, done=done, out=out)
+    return "started"
+
+
+@snakepit.command
+def grant_outcome(ctx):
+    _late["go"].set()
+    _late["done"].wait(30)
+    return _late["out"]
+
+
+@snakepit.command
+def bad_grant(ctx, n, ref):
+    """Grant room for a large result at ref instead of where it was made."""
+    m = sys.modules["__main__"]
+    orig = m._send_grant
+    def bad(conn, send_lock, live, token, hid, size):
+        with send_lock:
+            conn.send(m.HOST_GRANT, hid, ref, shared=False)
+    m._send_grant = bad
+    try:
+        return len(ctx.host.big(n=n))
+    finally:
+        m._send_grant = orig
+
+
+@snakepit.command
+def raw_frame(ctx, typ, payload):
+    """Send a frame of type typ under a fresh host call id and wait for its
+    answer: the error message of the reply."""
+    link = ctx._dispatcher.host_transport.__self__
+    hid = (1 << 63) | (1 << 40)
+    with link.cond:
+        link.replies[hid] = None
+    with link.send_lock:
+        link.conn.send(typ, hid, payload, shared=False)
+    reply = link._await(hid, threading.get_ident() == link.main)
+    try:
+        ctx._dispatcher.host_raise(reply)
+    except HostError as e:
+        return str(e)
+    return "no error"
+`
+
+type regionFixture struct {
+	w   *subproc.Worker
+	big chan int // sizes "big" was asked for
+}
+
+// startRegionWorker starts regionAdapter with an echo and a "big"
+// function returning that many bytes; mutate adjusts the Config.
+func startRegionWorker(t *testing.T, mutate func(*subproc.Config)) *regionFixture {
+	t.Helper()
+	fx := &regionFixture{big: make(chan int, 16)}
+	set, err := host.NewSet(
+		host.New("echo", func(ctx context.Context, a map[string]any) (map[string]any, error) { return a, nil }),
+		host.New("big", func(ctx context.Context, a struct{ N int }) ([]byte, error) {
+			fx.big <- a.N
+			return make([]byte, a.N), nil
+		}),
+	)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "region_adapter.py"), []byte(regionAdapter), 0o644))
+	cfg := subproc.Config{
+		Module: "region_adapter", Paths: []string{dir}, Python: pythonExe(t), Registry: testRegistry(t), Host: set,
+		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	fx.w, err = subproc.Start(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { fx.w.Close(context.Background()) })
+	return fx
+}
+
+func (fx *regionFixture) call(t *testing.T, command string, args map[string]any, out any) error {
+	t.Helper()
+	raw, err := pymarshal.Marshal(args)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	resp, err := fx.w.Call(ctx, &worker.Request{Command: command, Args: raw, CorrelationID: "cid-" + command})
+	if err != nil {
+		return err
+	}
+	if out != nil {
+		require.NoError(t, pymarshal.Unmarshal(resp.Result, out))
+	}
+	return nil
+}
+
+// hostRegionSize is the size of the worker's host-call region (the memfd
+// /proc names snakepit-host-shm), or -1 when it has none.
+func hostRegionSize(t *testing.T, pid int) int64 {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	for _, e := range entries {
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		if err == nil && strings.HasPrefix(target, "/memfd:snakepit-host-shm") {
+			st, err := os.Stat(filepath.Join(dir, e.Name()))
+			require.NoError(t, err)
+			return st.Size()
+		}
+	}
+	return -1
+}
+
+var regionModes = []struct {
+	name   string
+	mutate func(*subproc.Config)
+}{
+	{"one-call", nil},
+	{"concurrent", func(c *subproc.Config) { c.Concurrency = 4 }},
+	{"pipelined", func(c *subproc.Config) { c.PipelineDepth = 2 }},
+}
+
+// TestHostRegion: in every mode, host calls with arguments and results
+// above the threshold, several at once from threads (and async tasks),
+// go through the host-call region (it grew) and come back intact, each
+// its own: no span of one overlaps another's.
+func TestHostRegion(t *testing.T) {
+	for _, mode := range regionModes {
+		t.Run(mode.name, func(t *testing.T) {
+			fx := startRegionWorker(t, mode.mutate)
+			require.Equal(t, int64(0), hostRegionSize(t, fx.w.PID()), "the host-call region before any host call")
+			sizes := []int{300 << 10, 2 << 20, 1 << 10, 700 << 10, 5 << 20, 256 << 10}
+			var got []any
+			require.NoError(t, fx.call(t, "echo_all", map[string]any{"sizes": sizes}, &got))
+			for i, ok := range got {
+				assert.Equal(t, true, ok, "echo of %d bytes from thread %d", sizes[i], i)
+			}
+			assert.Greater(t, hostRegionSize(t, fx.w.PID()), int64(5<<20), "the host-call region after the calls")
+			var async []bool
+			require.NoError(t, fx.call(t, "echo_async", map[string]any{"sizes": []int{1 << 20, 3 << 20, 10}}, &async))
+			assert.Equal(t, []bool{true, true, true}, async)
+		})
+	}
+}
+
+// TestHostRegionFull: a host-call region capped below what the calls in
+// flight need sends the rest through the socket; every call is intact.
+func TestHostRegionFull(t *testing.T) {
+	fx := startRegionWorker(t, func(c *subproc.Config) { c.MaxSharedMemory = 1 << 20 })
+	sizes := []int{600 << 10, 600 << 10, 600 << 10, 900 << 10}
+	var got []any
+	require.NoError(t, fx.call(t, "echo_all", map[string]any{"sizes": sizes}, &got))
+	assert.Equal(t, []any{true, true, true, true}, got)
+	assert.LessOrEqual(t, hostRegionSize(t, fx.w.PID()), int64(1<<20), "the host-call region past its cap")
+}
+
+// TestHostRegionOff: with SharedThreshold negative there is no host-call
+// region; large host calls go through the socket.
+func TestHostRegionOff(t *testing.T) {
+	fx := startRegionWorker(t, func(c *subproc.Config) { c.SharedThreshold = -1 })
+	require.Equal(t, int64(-1), hostRegionSize(t, fx.w.PID()))
+	var got []any
+	require.NoError(t, fx.call(t, "echo_all", map[string]any{"sizes": []int{3 << 20, 1 << 20}}, &got))
+	assert.Equal(t, []any{true, true}, got)
+}
+
+// TestHostRegionGrantAfterEnd: a result that waits for room when its call
+// has ended is not delivered: the thread that made the host call gets
+// HostError "ended" (its grant never goes out), the held result is dropped,
+// and the worker goes on.
+func TestHostRegionGrantAfterEnd(t *testing.T) {
+	fx := startRegionWorker(t, nil)
+	var started string
+	require.NoError(t, fx.call(t, "grant_late", map[string]any{"n": 1 << 20}, &started))
+	require.Equal(t, "started", started)
+	require.Equal(t, 1<<20, <-fx.big)
+	var out map[string]any
+	require.NoError(t, fx.call(t, "grant_outcome", nil, &out))
+	assert.Equal(t, "ended", out["kind"], "outcome %v", out)
+	assert.Contains(t, out["message"], "call ended")
+	var got []any
+	require.NoError(t, fx.call(t, "echo_all", map[string]any{"sizes": []int{1 << 20}}, &got))
+	assert.Equal(t, []any{true}, got)
+}
+
+// TestHostRegionStrayGrant: a HOST_GRANT for no held result (a race with
+// the call's end, seen from the host) is answered with an error reply,
+// never left unanswered.
+func TestHostRegionStrayGrant(t *testing.T) {
+	fx := startRegionWorker(t, nil)
+	var msg string
+	require.NoError(t, fx.call(t, "raw_frame", map[string]any{"typ": 18, "payload": []byte{}}, &msg))
+	assert.Contains(t, msg, "no result waits for room")
+}
+
+// TestHostRegionBadFrames: references outside the host-call region, and
+// malformed grants, are protocol violations: the worker is killed and the
+// call fails with ErrWorkerDead and ErrBadRegion (or ErrBadFrame).
+func TestHostRegionBadFrames(t *testing.T) {
+	ref := func(gen, off, n uint64) []byte {
+		b := make([]byte, 0, 24)
+		for _, v := range []uint64{gen, off, n} {
+			b = append(b, byte(v), byte(v>>8), byte(v>>16), byte(v>>24), byte(v>>32), byte(v>>40), byte(v>>48), byte(v>>56))
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name    string
+		command string
+		args    map[string]any
+		want    error
+	}{
+		{"call-outside", "raw_frame", map[string]any{"typ": 12 | 0x80, "payload": ref(0, 1<<40, 16)}, subproc.ErrBadRegion},
+		{"call-short-ref", "raw_frame", map[string]any{"typ": 12 | 0x80, "payload": []byte("short")}, subproc.ErrBadFrame},
+		{"grant-short-ref", "raw_frame", map[string]any{"typ": 18, "payload": []byte("short")}, subproc.ErrBadRegion},
+		{"grant-outside", "bad_grant", map[string]any{"n": 1 << 20, "ref": ref(0, 1<<40, 1<<20)}, subproc.ErrBadRegion},
+		{"grant-wrong-size", "bad_grant", map[string]any{"n": 1 << 20, "ref": ref(0, 0, 10)}, subproc.ErrBadRegion},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fx := startRegionWorker(t, nil)
+			err := fx.call(t, tc.command, tc.args, nil)
+			require.Error(t, err)
+			assert.ErrorIs(t, err, worker.ErrWorkerDead)
+			assert.ErrorIs(t, err, tc.want)
+			var perr *subproc.ProtocolError
+			assert.True(t, errors.As(err, &perr), "got %T %v, want a ProtocolError", err, err)
+			select {
+			case <-fx.w.Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("the worker is still up after a protocol violation")
+			}
+		})
+	}
+}
