@@ -47,8 +47,11 @@
 //     reads the socket, one at a time, and hands on what is not its own;
 //     SIGUSR1 never leaves a frame half read or half sent. ctx.host used
 //     once its call has ended raises snakepit.HostError (kind "ended")
-//     without reaching the host. Host call frames always use the socket,
-//     never the shared region, up to [Config.MaxFrame].
+//     without reaching the host. Host call payloads of at least
+//     [Config.SharedThreshold] bytes go through a region of their own, the
+//     host-call region (the child allocates it, in every mode; see
+//     hostcall.go), never the request region; [Config.MaxFrame] caps them
+//     either way.
 //   - A call whose context ends (deadline or cancel) returns at once, even
 //     from a request write blocked on a child that stopped reading; the
 //     child gets SIGUSR1, which raises snakepit.Cancelled in the handler,
@@ -195,11 +198,14 @@ type Config struct {
 	// child both map, instead of through the socket: written once by the
 	// sender, read (and copied out) once by the receiver. Zero:
 	// DefaultSharedThreshold (256 KiB); negative: never (no region is
-	// created).
+	// created). A worker with Host functions has a second region for host
+	// calls, used in every mode (the request region only in the one-call
+	// mode): their arguments and results of at least this size go through
+	// it, several host calls at once each in a span of its own.
 	SharedThreshold int
-	// MaxSharedMemory caps the shared region; it grows on demand up to
-	// this size and is counted in [Worker.MemoryBytes]. A payload larger
-	// than the cap goes through the socket. Zero: MaxFrame.
+	// MaxSharedMemory caps each shared region; they grow on demand up to
+	// this size and are counted in [Worker.MemoryBytes]. A payload that
+	// does not fit goes through the socket. Zero: MaxFrame.
 	MaxSharedMemory int
 	// Concurrency is how many calls (and open streams) the worker runs at
 	// once, up to MaxConcurrency. Zero: 1, one at a time. With more, the
