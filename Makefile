@@ -46,7 +46,7 @@ soak:
 CHAOS_SEEDS ?= 20000
 chaos:
 	$(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' ./pool/ -chaos.seeds=$(CHAOS_SEEDS) -chaos.steps=300
-	SNAKEPIT_CHAOS=1 $(GO) test -race -count=1 -timeout 30m -run '^TestChaos$$' ./subproc/
+	SNAKEPIT_CHAOS=1 $(GO) test -race -count=1 -timeout 30m -run '^(TestChaos|TestHostRegionRandom)$$' ./subproc/
 	SNAKEPIT_TORTURE=long $(GO) test -race -count=1 -timeout 30m -run '^(TestTorture|TestVersionMatrix)$$' ./embed/
 
 # Every fuzz target, FUZZTIME each.

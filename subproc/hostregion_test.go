@@ -3,13 +3,17 @@ package subproc_test
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -114,6 +118,27 @@ def bad_grant(ctx, n, ref):
 
 
 @snakepit.command
+def slow_all(ctx, sizes, delays):
+    """One slow_big host call per size, from a thread each: True for a
+    result that came back intact, else the HostError's kind. The threads
+    are joined only while the call runs: one interrupted leaves them to
+    finish later."""
+    out = [None] * len(sizes)
+    def one(i):
+        try:
+            r = ctx.host.slow_big(n=sizes[i], delay_us=delays[i], i=i)
+            out[i] = r == _pattern(i, sizes[i])
+        except HostError as e:
+            out[i] = e.kind
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(len(sizes))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+
+@snakepit.command
 def raw_frame(ctx, typ, payload):
     """Send a frame of type typ under a fresh host call id and wait for its
     answer: the error message of the reply."""
@@ -132,20 +157,48 @@ def raw_frame(ctx, typ, payload):
 `
 
 type regionFixture struct {
-	w   *subproc.Worker
-	big chan int // sizes "big" was asked for
+	w    *subproc.Worker
+	big  chan int      // sizes "big" was asked for
+	kill chan struct{} // closed: slow_big kills the worker instead
+}
+
+// pattern is regionAdapter's _pattern: n bytes, distinct for each i.
+func pattern(i, n int) []byte {
+	b := make([]byte, n)
+	for j := range b {
+		b[j] = byte(i*7 + j%256)
+	}
+	return b
 }
 
 // startRegionWorker starts regionAdapter with an echo and a "big"
 // function returning that many bytes; mutate adjusts the Config.
 func startRegionWorker(t *testing.T, mutate func(*subproc.Config)) *regionFixture {
 	t.Helper()
-	fx := &regionFixture{big: make(chan int, 16)}
+	fx := &regionFixture{big: make(chan int, 16), kill: make(chan struct{})}
 	set, err := host.NewSet(
 		host.New("echo", func(ctx context.Context, a map[string]any) (map[string]any, error) { return a, nil }),
 		host.New("big", func(ctx context.Context, a struct{ N int }) ([]byte, error) {
 			fx.big <- a.N
 			return make([]byte, a.N), nil
+		}),
+		host.New("slow_big", func(ctx context.Context, a struct {
+			N, I    int
+			DelayUS int `json:"delay_us"`
+		}) ([]byte, error) {
+			select {
+			case <-fx.kill:
+				unix.Kill(fx.w.PID(), unix.SIGKILL)
+				<-ctx.Done()
+				return nil, ctx.Err()
+			default:
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Duration(a.DelayUS) * time.Microsecond):
+				return pattern(a.I, a.N), nil
+			}
 		}),
 	)
 	require.NoError(t, err)
@@ -317,5 +370,142 @@ func TestHostRegionBadFrames(t *testing.T) {
 				t.Fatal("the worker is still up after a protocol violation")
 			}
 		})
+	}
+}
+
+var regionSeed = flag.Uint64("region.seed", 0, "seed of TestHostRegionRandom (0: from the clock)")
+
+// TestHostRegionRandom: host calls with payloads on both sides of the
+// threshold, from several threads, in a random mode and under a random cap,
+// meet deadlines (the call interrupted while its threads wait in Go or for
+// room, and the threads' results come when the call has ended), calls made
+// at once (the concurrent mode), and a worker killed in the middle. After
+// every step the next host calls come back intact, each its own, and the
+// region stays under its cap. 30 steps; SNAKEPIT_CHAOS=1: 300.
+func TestHostRegionRandom(t *testing.T) {
+	seed := *regionSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	steps := 30
+	if os.Getenv("SNAKEPIT_CHAOS") != "" {
+		steps = 300
+	}
+	t.Logf("seed %d (replay: -region.seed=%d)", seed, seed)
+	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
+	sizes := []int{10, 4 << 10, 200 << 10, 256 << 10, 300 << 10, 1 << 20, 3 << 20}
+	pick := func(n int) []int {
+		out := make([]int, n)
+		for i := range out {
+			out[i] = sizes[rng.IntN(len(sizes))]
+		}
+		return out
+	}
+	var fx *regionFixture
+	var limit int64
+	start := func() {
+		mode := regionModes[rng.IntN(len(regionModes))]
+		capped := rng.IntN(3) == 0
+		limit = 128 << 20
+		if capped {
+			limit = 2 << 20
+		}
+		t.Logf("worker: %s, cap %d", mode.name, limit)
+		fx = startRegionWorker(t, func(c *subproc.Config) {
+			if mode.mutate != nil {
+				mode.mutate(c)
+			}
+			if capped {
+				c.MaxSharedMemory = 2 << 20
+				c.MaxFrame = 8 << 20
+			}
+			c.InterruptGrace = 5 * time.Second
+		})
+	}
+	check := func(step int, what string) {
+		t.Helper()
+		n := 1 + rng.IntN(4)
+		want := make([]any, n)
+		for i := range want {
+			want[i] = true
+		}
+		var got []any
+		require.NoError(t, fx.call(t, "echo_all", map[string]any{"sizes": pick(n)}, &got), "seed %d step %d (%s): probe", seed, step, what)
+		require.Equal(t, want, got, "seed %d step %d (%s): probe", seed, step, what)
+		require.LessOrEqual(t, hostRegionSize(t, fx.w.PID()), limit, "seed %d step %d (%s): region past its cap", seed, step, what)
+	}
+	start()
+	for step := range steps {
+		kind := []string{"echo", "echo", "slow", "deadline", "deadline", "late-grant", "parallel", "kill"}[rng.IntN(8)]
+		switch kind {
+		case "echo":
+		case "slow":
+			n := 1 + rng.IntN(4)
+			delays := make([]int, n)
+			for i := range delays {
+				delays[i] = rng.IntN(3000)
+			}
+			var got []any
+			require.NoError(t, fx.call(t, "slow_all", map[string]any{"sizes": pick(n), "delays": delays}, &got), "seed %d step %d", seed, step)
+			for i, v := range got {
+				require.Equal(t, true, v, "seed %d step %d: slow host call %d", seed, step, i)
+			}
+		case "deadline":
+			// The call ends at its deadline while its threads wait in Go
+			// (some for longer than the call lasts).
+			n := 1 + rng.IntN(4)
+			delays := make([]int, n)
+			for i := range delays {
+				delays[i] = rng.IntN(40000)
+			}
+			raw, err := pymarshal.Marshal(map[string]any{"sizes": pick(n), "delays": delays})
+			require.NoError(t, err)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+rng.IntN(20))*time.Millisecond)
+			_, err = fx.w.Call(ctx, &worker.Request{Command: "slow_all", Args: raw, CorrelationID: "deadline"})
+			cancel()
+			if err != nil {
+				require.ErrorIs(t, err, context.DeadlineExceeded, "seed %d step %d", seed, step)
+			}
+		case "late-grant":
+			var started string
+			require.NoError(t, fx.call(t, "grant_late", map[string]any{"n": 300 << 10}, &started), "seed %d step %d", seed, step)
+			<-fx.big
+			var out map[string]any
+			require.NoError(t, fx.call(t, "grant_outcome", nil, &out), "seed %d step %d", seed, step)
+			require.Equal(t, "ended", out["kind"], "seed %d step %d: %v", seed, step, out)
+		case "parallel":
+			// Several calls at once: in the one-call mode they queue.
+			errs := make(chan error, 3)
+			for range 3 {
+				raw, err := pymarshal.Marshal(map[string]any{"sizes": pick(1 + rng.IntN(3))})
+				require.NoError(t, err)
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+					defer cancel()
+					resp, err := fx.w.Call(ctx, &worker.Request{Command: "echo_all", Args: raw})
+					if err == nil {
+						var got []any
+						if err = pymarshal.Unmarshal(resp.Result, &got); err == nil {
+							for i, v := range got {
+								if v != true {
+									err = fmt.Errorf("host call %d: %v", i, v)
+								}
+							}
+						}
+					}
+					errs <- err
+				}()
+			}
+			for range 3 {
+				require.NoError(t, <-errs, "seed %d step %d", seed, step)
+			}
+		case "kill":
+			close(fx.kill)
+			err := fx.call(t, "slow_all", map[string]any{"sizes": pick(2), "delays": []int{0, 0}}, nil)
+			require.ErrorIs(t, err, worker.ErrWorkerDead, "seed %d step %d", seed, step)
+			fx.w.Close(context.Background())
+			start()
+		}
+		check(step, kind)
 	}
 }
