@@ -42,6 +42,9 @@ func (p *hostProbe) set() *host.Set {
 		N int `json:"n"`
 		I int `json:"i"`
 	}
+	type blobArgs struct {
+		Data []byte `json:"data"`
+	}
 	s, err := host.NewSet(
 		host.New("add", func(ctx context.Context, a addArgs) (int, error) { return a.A + a.B, nil }),
 		host.New("whoami", func(ctx context.Context, _ struct{}) (map[string]any, error) {
@@ -64,6 +67,13 @@ func (p *hostProbe) set() *host.Set {
 			return nil, ctx.Err()
 		}),
 		host.New("boom", func(ctx context.Context, _ struct{}) (any, error) { panic("host function exploded") }),
+		host.New("invert", func(ctx context.Context, a blobArgs) (map[string]any, error) {
+			back := make([]byte, len(a.Data))
+			for i, b := range a.Data {
+				back[i] = ^b
+			}
+			return map[string]any{"len": len(a.Data), "back": back}, nil
+		}),
 		host.New("barrier", func(ctx context.Context, a barrierArgs) (int, error) {
 			p.mu.Lock()
 			if p.release == nil || p.arrived == p.barrierN {
@@ -113,7 +123,7 @@ func (s *suite) testHost(t *testing.T, p *hostProbe, start func(t *testing.T, h 
 			t.Fatal(err)
 		}
 		v := decodeOrFail(t, resp.Result).(map[string]any)
-		if got := fmt.Sprint(v["names"]); got != "[add barrier block boom fail whoami]" {
+		if got := fmt.Sprint(v["names"]); got != "[add barrier block boom fail invert whoami]" {
 			t.Errorf("names: got %s", got)
 		}
 		who := v["who"].(map[string]any)
@@ -153,6 +163,21 @@ func (s *suite) testHost(t *testing.T, p *hostProbe, start func(t *testing.T, h 
 		}
 		if got := fmt.Sprint(decodeOrFail(t, resp.Result)); got != "[0 1 2 3]" {
 			t.Fatalf("4 concurrent host calls from 4 threads: got %s, want [0 1 2 3]", got)
+		}
+	})
+	t.Run("LargeBytes", func(t *testing.T) {
+		// Bytes both ways, below and above the sizes from which profiles
+		// pass them out of band (thread: 64 KiB; process: 256 KiB), from
+		// threads at once.
+		ctx, cancel := context.WithTimeout(ctxBG, time.Minute)
+		defer cancel()
+		sizes := []int{1000, 100 << 10, 300 << 10, 3 << 20}
+		resp, err := s.w.Call(ctx, req("host_invert", map[string]any{"sizes": sizes}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(decodeOrFail(t, resp.Result)); got != "[true true true true]" {
+			t.Fatalf("host calls with %v bytes each way: got %s, want [true true true true]", sizes, got)
 		}
 	})
 	t.Run("Async", func(t *testing.T) {

@@ -253,6 +253,33 @@ def host_threads(ctx, n):
     return out
 
 
+_INVERT = bytes(255 - i for i in range(256))
+
+
+@snakepit.command
+def host_invert(ctx, sizes):
+    """One host call per size, from a thread each, all at once: bytes of
+    that size to Go, their inversion back; whether each came back right."""
+    import threading
+    out = [None] * len(sizes)
+
+    def run(i):
+        data = (bytes(range(i, 256)) + bytes(range(i))) * (sizes[i] // 256 + 1)
+        data = data[:sizes[i]]
+        try:
+            r = ctx.host.invert(data=data)
+            out[i] = r["len"] == len(data) and r["back"] == data.translate(_INVERT)
+        except BaseException as e:  # reported, not lost
+            out[i] = repr(e)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(len(sizes))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+
 @snakepit.command
 def host_keep_thread(ctx):
     """Start a thread that calls ctx.host after this call has ended."""
