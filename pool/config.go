@@ -209,7 +209,8 @@ type Config struct {
 	// workers (see subproc.Config): payloads of at least SharedThreshold
 	// bytes (zero: 256 KiB; negative: none) travel through a memory region
 	// the worker shares, grown on demand up to MaxSharedMemory (zero:
-	// subproc's MaxFrame) and counted in MaxMemory.
+	// subproc's MaxFrame) and counted in MaxMemory; with Host functions,
+	// host calls' large arguments and results go through a second one.
 	SharedThreshold int
 	MaxSharedMemory int
 
