@@ -152,7 +152,7 @@ func (w *Worker) serveHost(token uint64, name string, payload []byte, bufs [][]b
 	// payload and bufs are Python's memory, valid during this call only,
 	// which is all the host functions are promised (host.New documents
 	// that its []byte arguments alias them).
-	if b, ok := w.host.(bufferInvoker); ok {
+	if b, ok := w.host.(host.BufferInvoker); ok {
 		outMin := 0
 		if replyBufs {
 			outMin = embed.HostBufferMin
@@ -177,11 +177,4 @@ func (w *Worker) serveHost(token uint64, name string, payload []byte, bufs [][]b
 // the host_call builtin returns it from.
 type appendInvoker interface {
 	AppendInvoke(dst []byte, ctx context.Context, name string, args []byte) []byte
-}
-
-// bufferInvoker is a worker.Host that takes and returns out-of-band
-// buffers (*host.Set does; see host.Set.AppendInvokeBuffers): large bytes
-// then cross without the copies marshalling them would make.
-type bufferInvoker interface {
-	AppendInvokeBuffers(dst []byte, ctx context.Context, name string, args []byte, in [][]byte, outMin int, out [][]byte) ([]byte, [][]byte)
 }

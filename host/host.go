@@ -311,6 +311,16 @@ func (s *Set) AppendInvoke(dst []byte, ctx context.Context, name string, args []
 	return appendReply(out, start, err)
 }
 
+// BufferInvoker is a worker.Host that takes and returns out-of-band
+// buffers (*Set does; see Set.AppendInvokeBuffers): workers that can pass
+// large bytes beside the marshalled values use it, so that those bytes
+// cross without the copies marshalling them would make.
+type BufferInvoker interface {
+	AppendInvokeBuffers(dst []byte, ctx context.Context, name string, args []byte, in [][]byte, outMin int, out [][]byte) ([]byte, [][]byte)
+}
+
+var _ BufferInvoker = (*Set)(nil)
+
 // AppendInvokeBuffers is AppendInvoke with out-of-band buffers both ways,
 // for workers that pass large bytes beside the marshalled values (see
 // pymarshal.AppendMarshalOOB and pymarshal.UnmarshalOOB):

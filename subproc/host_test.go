@@ -465,7 +465,9 @@ func TestHostArrays(t *testing.T) {
 		}
 		return map[string]any{"go": []any{a.A.DType, a.A.Shape, len(a.A.Data)}, "back": arr}, nil
 	}))
-	for _, n := range []int{3, 20000} {
+	// 3 and 20000 elements inline; 100000 (800 KB) through the host-call
+	// region, the array data out of band in both directions.
+	for _, n := range []int{3, 20000, 100000} {
 		var got map[string]any
 		hostCall(t, fx.w, "arrays", map[string]any{"n": n}, &got)
 		want := map[string]any{

@@ -68,56 +68,153 @@ const hostCallBudget = 4 << 10
 // errBadHostCall: a HOST_CALL payload that is not (call id, name, kwargs).
 var errBadHostCall = errors.New("subproc: malformed HOST_CALL")
 
+// maxHostBuffers bounds the out-of-band buffers of one host call.
+const maxHostBuffers = 1 << 16
+
 // decodeHostCall parses a HOST_CALL payload: the marshalled tuple (call
-// id: a non-negative int, name: str, kwargs: bytes). In the layout the
-// child writes, the kwargs share p's memory (which the caller hands over);
-// any other encoding of the tuple is decoded in general, with a copy.
-func decodeHostCall(p []byte) (callID uint64, name string, args []byte, err error) {
-	if id, name, args, ok := parseHostCall(p); ok {
-		return id, name, args, nil
+// id: a non-negative int, name: str, kwargs: bytes), or (call id, name,
+// kwargs, lengths: bytes of little-endian uint64s) followed by the
+// out-of-band buffers those lengths measure, in order, to the end of p
+// (the kwargs' buffer markers name them). In the layout the child writes
+// (see parseHostCallLayout) the kwargs and buffers share p's memory, which the
+// caller hands over; a tuple of 3 in any other encoding is decoded in
+// general, with a copy.
+func decodeHostCall(p []byte) (callID uint64, name string, args []byte, in [][]byte, err error) {
+	if id, name, args, in, ok := parseHostCallLayout(p); ok {
+		return id, name, args, in, nil
 	}
 	v, err := pymarshal.DecodeLimit(p, int64(len(p))+hostCallBudget)
 	if err != nil {
-		return 0, "", nil, fmt.Errorf("%w: %w", errBadHostCall, err)
+		return 0, "", nil, nil, fmt.Errorf("%w: %w", errBadHostCall, err)
 	}
 	t, ok := v.([]any) // a tuple (or a list) decodes to []any
 	if !ok || len(t) != 3 {
-		return 0, "", nil, fmt.Errorf("%w: got %T, want a tuple of 3", errBadHostCall, v)
+		return 0, "", nil, nil, fmt.Errorf("%w: got %T, want a tuple of 3", errBadHostCall, v)
 	}
 	id, ok := t[0].(int64)
 	if !ok || id < 0 {
-		return 0, "", nil, fmt.Errorf("%w: call id %v (%T), want a non-negative int", errBadHostCall, t[0], t[0])
+		return 0, "", nil, nil, fmt.Errorf("%w: call id %v (%T), want a non-negative int", errBadHostCall, t[0], t[0])
 	}
 	name, ok = t[1].(string)
 	if !ok {
-		return 0, "", nil, fmt.Errorf("%w: name of type %T, want str", errBadHostCall, t[1])
+		return 0, "", nil, nil, fmt.Errorf("%w: name of type %T, want str", errBadHostCall, t[1])
 	}
 	args, ok = t[2].([]byte)
 	if !ok {
-		return 0, "", nil, fmt.Errorf("%w: arguments of type %T, want bytes", errBadHostCall, t[2])
+		return 0, "", nil, nil, fmt.Errorf("%w: arguments of type %T, want bytes", errBadHostCall, t[2])
 	}
-	return uint64(id), name, args, nil
+	return uint64(id), name, args, nil, nil
 }
 
-// parseHostCall reads a HOST_CALL payload laid out as the child writes it
-// (marshal version 2): a small tuple of 3, the call id as a 32-bit int,
-// the name as a str, the kwargs as bytes to the end of p. ok is false for
-// any other layout.
-func parseHostCall(p []byte) (callID uint64, name string, args []byte, ok bool) {
-	const head = 2 + 5 + 5 // ")\x03", 'i' int32, 'u' uint32
-	if len(p) < head+5 || p[0] != ')' || p[1] != 3 || p[2] != 'i' || p[7] != 'u' {
-		return 0, "", nil, false
+// parseHostCallLayout reads a HOST_CALL payload laid out as the child
+// writes it (marshal version 2): a small tuple of 3 or 4, the call id as
+// an int, the name as a str, the kwargs as bytes, and for a tuple of 4 the
+// buffers' lengths as bytes, then the buffers to the end of p. ok is false
+// for any other layout.
+func parseHostCallLayout(p []byte) (callID uint64, name string, args []byte, in [][]byte, ok bool) {
+	if len(p) < 2 || p[0] != ')' || (p[1] != 3 && p[1] != 4) {
+		return 0, "", nil, nil, false
 	}
-	id := int32(binary.LittleEndian.Uint32(p[3:7]))
-	n := uint64(binary.LittleEndian.Uint32(p[8:12]))
-	if id < 0 || n > uint64(len(p)-head-5) {
-		return 0, "", nil, false
+	callID, rest, ok := cutMarshalInt(p[2:])
+	if !ok || len(rest) < 5 || rest[0] != 'u' {
+		return 0, "", nil, nil, false
 	}
-	name, rest := string(p[head:head+int(n)]), p[head+int(n):]
-	if !utf8.ValidString(name) || rest[0] != 's' || uint64(binary.LittleEndian.Uint32(rest[1:5])) != uint64(len(rest)-5) {
-		return 0, "", nil, false
+	n := uint64(binary.LittleEndian.Uint32(rest[1:5]))
+	rest = rest[5:]
+	if n > uint64(len(rest)) {
+		return 0, "", nil, nil, false
 	}
-	return uint64(id), name, rest[5:len(rest):len(rest)], true
+	name, rest = string(rest[:n]), rest[n:]
+	if !utf8.ValidString(name) {
+		return 0, "", nil, nil, false
+	}
+	if args, rest, ok = cutMarshalBytes(rest); !ok {
+		return 0, "", nil, nil, false
+	}
+	if p[1] == 3 {
+		return callID, name, args, nil, len(rest) == 0
+	}
+	lens, rest, ok := cutMarshalBytes(rest)
+	if !ok || len(lens)%8 != 0 || len(lens)/8 > maxHostBuffers {
+		return 0, "", nil, nil, false
+	}
+	in = make([][]byte, len(lens)/8)
+	for i := range in {
+		l := binary.LittleEndian.Uint64(lens[8*i:])
+		if l > uint64(len(rest)) {
+			return 0, "", nil, nil, false
+		}
+		in[i], rest = rest[:l:l], rest[l:]
+	}
+	return callID, name, args, in, len(rest) == 0
+}
+
+// cutMarshalInt cuts a marshalled non-negative int below 1<<63 off the
+// front of p, as marshal writes it: type 'i' (int32), or from 1<<31 on
+// 'l' with up to 5 digits of 15 bits, the highest not zero.
+func cutMarshalInt(p []byte) (v uint64, rest []byte, ok bool) {
+	switch {
+	case len(p) >= 5 && p[0] == 'i':
+		i := int32(binary.LittleEndian.Uint32(p[1:5]))
+		return uint64(i), p[5:], i >= 0
+	case len(p) >= 5 && p[0] == 'l':
+		n := int32(binary.LittleEndian.Uint32(p[1:5]))
+		if n < 1 || n > 5 || len(p) < 5+2*int(n) {
+			return 0, nil, false
+		}
+		for i := int(n) - 1; i >= 0; i-- {
+			d := binary.LittleEndian.Uint16(p[5+2*i:])
+			if d >= 1<<15 || v >= 1<<(63-15) {
+				return 0, nil, false
+			}
+			v = v<<15 | uint64(d)
+		}
+		if v < 1<<31 || binary.LittleEndian.Uint16(p[5+2*(int(n)-1):]) == 0 {
+			return 0, nil, false // not as marshal writes it
+		}
+		return v, p[5+2*int(n):], true
+	}
+	return 0, nil, false
+}
+
+// cutMarshalBytes cuts a marshalled bytes value (type 's') off the front of
+// p: its contents, sharing p's memory, and what follows.
+func cutMarshalBytes(p []byte) (v, rest []byte, ok bool) {
+	if len(p) < 5 || p[0] != 's' {
+		return nil, nil, false
+	}
+	n := uint64(binary.LittleEndian.Uint32(p[1:5]))
+	if n > uint64(len(p)-5) {
+		return nil, nil, false
+	}
+	return p[5 : 5+n : 5+n], p[5+n:], true
+}
+
+// hostReplyBuffers is the first byte of a host call's reply that carries
+// out-of-band buffers (no marshalled value starts with it, nor an error
+// reply): then the buffers' count k (uint32), the length of the reply
+// proper (uint64), the k buffers' lengths (uint64 each), the reply proper
+// (a marshalled value whose buffer markers name the buffers) and the
+// buffers, in order; little-endian.
+const hostReplyBuffers = 0x02
+
+// hostReplyParts lays out a reply and its out-of-band buffers (see
+// hostReplyBuffers) as the parts to write one after the other, and their
+// total size. Without buffers the reply is the one part.
+func hostReplyParts(reply []byte, out [][]byte) (parts [][]byte, size int) {
+	if len(out) == 0 {
+		return [][]byte{reply}, len(reply)
+	}
+	head := make([]byte, 0, 1+4+8+8*len(out))
+	head = append(head, hostReplyBuffers)
+	head = binary.LittleEndian.AppendUint32(head, uint32(len(out)))
+	head = binary.LittleEndian.AppendUint64(head, uint64(len(reply)))
+	size = len(head) + 8*len(out) + len(reply)
+	for _, b := range out {
+		head = binary.LittleEndian.AppendUint64(head, uint64(len(b)))
+		size += len(b)
+	}
+	return append([][]byte{head, reply}, out...), size
 }
 
 // hostScope is a call (or an open stream) whose handler may call host
@@ -147,11 +244,13 @@ type hostCalls struct {
 	heldBytes int
 }
 
-// heldReply is a host function's result waiting for its HOST_GRANT.
+// heldReply is a host function's result waiting for its HOST_GRANT: the
+// parts of its reply (see hostReplyParts), of size bytes in all.
 type heldReply struct {
 	scope *hostScope
 	name  string
-	reply []byte
+	parts [][]byte
+	size  int
 }
 
 // newScope returns the scope of a call with context ctx, or nil when the
@@ -191,7 +290,7 @@ func (w *Worker) endScope(sc *hostScope) {
 	}
 	for id, h := range w.hosts.held {
 		if h.scope == sc {
-			w.hosts.heldBytes -= len(h.reply)
+			w.hosts.heldBytes -= h.size
 			delete(w.hosts.held, id)
 		}
 	}
@@ -224,6 +323,7 @@ type hostCall struct {
 	callID  uint64
 	name    string
 	args    []byte
+	in      [][]byte   // the out-of-band buffers args' markers name
 	grant   *regionRef // HOST_GRANT: the span granted; nil for none (an empty grant) or a HOST_CALL
 	isGrant bool
 }
@@ -404,11 +504,11 @@ func (w *Worker) parseHostCall(f frame) (hostCall, error) {
 			return hostCall{}, err
 		}
 	}
-	callID, name, args, err := decodeHostCall(payload)
+	callID, name, args, in, err := decodeHostCall(payload)
 	if err != nil {
 		return hostCall{}, err
 	}
-	hc := hostCall{id: f.id, callID: callID, name: name, args: args}
+	hc := hostCall{id: f.id, callID: callID, name: name, args: args, in: in}
 	w.hosts.mu.Lock()
 	if sc := w.hosts.scopes[callID]; sc != nil {
 		if sc.ctx == nil {
@@ -428,41 +528,80 @@ func (w *Worker) runHostCall(hc hostCall) {
 		return
 	}
 	var reply []byte
+	var out [][]byte
 	switch {
 	case w.cfg.Host == nil:
 		reply = host.Reply(nil, fmt.Errorf("%w %q: this worker has no host functions", host.ErrUnknownFunction, hc.name))
 	case hc.ctx == nil:
 		reply = host.Reply(nil, fmt.Errorf("subproc: host function %q called for request %d, which is not in flight (the call ended)", hc.name, hc.callID))
 	default:
-		reply = w.cfg.Host.Invoke(hc.ctx, hc.name, hc.args)
+		reply, out = w.invokeHost(hc)
 	}
-	if len(reply) > w.cfg.MaxFrame {
-		reply = host.Reply(nil, fmt.Errorf("subproc: result of host function %q: %d bytes exceed the frame limit of %d bytes", hc.name, len(reply), w.cfg.MaxFrame))
+	parts, size := hostReplyParts(reply, out)
+	if size > w.cfg.MaxFrame {
+		reply = host.Reply(nil, fmt.Errorf("subproc: result of host function %q: %d bytes exceed the frame limit of %d bytes", hc.name, size, w.cfg.MaxFrame))
+		parts, size = [][]byte{reply}, len(reply)
 	}
-	if w.hold(hc, reply) {
-		w.sendHost(frameHostSpace, hc.id, binary.LittleEndian.AppendUint64(nil, uint64(len(reply))))
+	if w.hold(hc, parts, size) {
+		w.sendHost(frameHostSpace, hc.id, binary.LittleEndian.AppendUint64(nil, uint64(size)))
 		return
 	}
-	w.sendHost(frameHostReply, hc.id, reply)
+	w.sendHost(frameHostReply, hc.id, joinParts(parts, size))
 }
 
-// hold keeps a large reply for the host-call region (see the protocol
-// above); false when it goes through the socket: it is small, there is no
-// region, its call ended, or the results held already fill the region.
-func (w *Worker) hold(hc hostCall, reply []byte) bool {
-	if !w.hshmPeer || len(reply) < w.hostThreshold || hc.scope == nil {
+// invokeHost runs hc's host function: its reply, and the out-of-band
+// buffers the reply names when the worker has the host-call region (a
+// host.BufferInvoker sets large []byte and array data of the result
+// apart, and gets the arguments' buffers uncopied).
+func (w *Worker) invokeHost(hc hostCall) ([]byte, [][]byte) {
+	if b, ok := w.cfg.Host.(host.BufferInvoker); ok {
+		outMin := 0
+		if w.hshmPeer {
+			outMin = w.hostThreshold
+		}
+		return b.AppendInvokeBuffers(nil, hc.ctx, hc.name, hc.args, hc.in, outMin, nil)
+	}
+	args := hc.args
+	if hc.in != nil { // a Host that takes marshal bytes alone
+		inline, err := pymarshal.AppendInline(nil, args, hc.in)
+		if err != nil {
+			return host.Reply(nil, fmt.Errorf("subproc: host function %q: arguments: %w", hc.name, err)), nil
+		}
+		args = inline
+	}
+	return w.cfg.Host.Invoke(hc.ctx, hc.name, args), nil
+}
+
+// joinParts concatenates parts (of size bytes in all).
+func joinParts(parts [][]byte, size int) []byte {
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	b := make([]byte, 0, size)
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
+}
+
+// hold keeps a large reply (parts, of size bytes) for the host-call region
+// (see the protocol above); false when it goes through the socket: it is
+// small, there is no region, its call ended, or the results held already
+// fill the region.
+func (w *Worker) hold(hc hostCall, parts [][]byte, size int) bool {
+	if !w.hshmPeer || size < w.hostThreshold || hc.scope == nil {
 		return false
 	}
 	w.hosts.mu.Lock()
 	defer w.hosts.mu.Unlock()
-	if w.hosts.closed || w.hosts.scopes[hc.callID] != hc.scope || w.hosts.heldBytes+len(reply) > w.cfg.MaxSharedMemory {
+	if w.hosts.closed || w.hosts.scopes[hc.callID] != hc.scope || w.hosts.heldBytes+size > w.cfg.MaxSharedMemory {
 		return false
 	}
 	if w.hosts.held == nil {
 		w.hosts.held = make(map[uint64]heldReply)
 	}
-	w.hosts.held[hc.id] = heldReply{scope: hc.scope, name: hc.name, reply: reply}
-	w.hosts.heldBytes += len(reply)
+	w.hosts.held[hc.id] = heldReply{scope: hc.scope, name: hc.name, parts: parts, size: size}
+	w.hosts.heldBytes += size
 	return true
 }
 
@@ -475,16 +614,16 @@ func (w *Worker) serveGrant(hc hostCall) {
 	h, ok := w.hosts.held[hc.id]
 	if ok {
 		delete(w.hosts.held, hc.id)
-		w.hosts.heldBytes -= len(h.reply)
+		w.hosts.heldBytes -= h.size
 	}
 	w.hosts.mu.Unlock()
 	switch {
 	case !ok:
 		w.sendHost(frameHostReply, hc.id, host.Reply(nil, fmt.Errorf("subproc: host call %d: no result waits for room (its call ended)", hc.id&^hostCallIDBit)))
 	case hc.grant == nil:
-		w.sendHost(frameHostReply, hc.id, h.reply)
+		w.sendHost(frameHostReply, hc.id, joinParts(h.parts, h.size))
 	default:
-		if err := w.hshm.putAt(*hc.grant, h.reply); err != nil {
+		if err := w.hshm.putAt(*hc.grant, h.parts, h.size); err != nil {
 			perr := &ProtocolError{PID: w.pid, Err: fmt.Errorf("HOST_GRANT for %q: %w", h.name, err), Stderr: w.stderr.String()}
 			w.die(perr)
 			return

@@ -199,20 +199,23 @@ func (r *region) get(ref regionRef, limit int) ([]byte, error) {
 	return out, nil
 }
 
-// putAt copies p into the bytes ref names, which must be exactly p's
-// size: a span the child granted in the host-call region (see
-// hostcall.go). The region is mapped anew when ref lies beyond the
-// mapping, as for get.
-func (r *region) putAt(ref regionRef, p []byte) error {
+// putAt copies parts, one after the other, into the bytes ref names,
+// which must be exactly their size: a span the child granted in the
+// host-call region (see hostcall.go). The region is mapped anew when ref
+// lies beyond the mapping, as for get.
+func (r *region) putAt(ref regionRef, parts [][]byte, size int) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if ref.n != uint64(len(p)) {
-		return fmt.Errorf("%w: a span of %d bytes for %d", ErrBadRegion, ref.n, len(p))
+	if ref.n != uint64(size) {
+		return fmt.Errorf("%w: a span of %d bytes for %d", ErrBadRegion, ref.n, size)
 	}
 	if err := r.cover(ref); err != nil {
 		return err
 	}
-	copy(r.mem[ref.off:ref.off+ref.n], p)
+	off := ref.off
+	for _, p := range parts {
+		off += uint64(copy(r.mem[off:ref.off+ref.n], p))
+	}
 	return nil
 }
 

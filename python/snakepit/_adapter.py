@@ -204,11 +204,12 @@ _PLAIN = frozenset((type(None), bool, int, float, str, bytes))
 
 
 def _in_parts(kwargs, threshold):
-    """kwargs as marshal (version 2, no back-references) writes them, as a
-    tuple of parts to be sent one after the other: each bytes or bytearray
-    value of at least threshold bytes is a part of its own, not copied. None
-    when there is no such value, or another value is not plain (None, bool,
-    int, float, str, bytes): marshal then writes them all."""
+    """kwargs with each bytes or bytearray value of at least threshold
+    bytes set apart, not copied: (the marshalled kwargs, version 2, with a
+    buffer marker (MARKER, "buf", i) in place of the i-th such value, the
+    tuple of those values). None when there is no such value, or another
+    value is not plain (None, bool, int, float, str, bytes): marshal then
+    writes them all."""
     big = False
     for v in kwargs.values():
         c = v.__class__
@@ -219,18 +220,19 @@ def _in_parts(kwargs, threshold):
     if not big:
         return None
     parts = [b"{"]
+    bufs = []
     try:
         for k, v in kwargs.items():
             c = v.__class__
             if (c is bytes or c is bytearray) and len(v) >= threshold:
-                parts.append(_dumps(k, 2) + b"s" + len(v).to_bytes(4, "little"))
-                parts.append(v)
+                parts.append(_dumps(k, 2) + _dumps((_MARKER, "buf", len(bufs)), 2))
+                bufs.append(v)
             else:
                 parts.append(_dumps(k, 2) + _dumps(v, 2))
-    except (ValueError, OverflowError):
-        return None  # an int marshal refuses, a part over 4 GiB
+    except ValueError:
+        return None  # a value marshal refuses
     parts.append(b"0")
-    return tuple(parts)
+    return b"".join(parts), tuple(bufs)
 
 
 class Host:
@@ -275,6 +277,10 @@ class Host:
             except ValueError:
                 payload = ctx._dispatcher.host_payload(name, kwargs)  # values marshal does not take
         reply = self._transport(self._token, name, payload)
+        if reply.__class__ is tuple:
+            # The result's large bytes came beside it: (the marshalled
+            # result with their markers, the bytes).
+            return _resolve_value(_loads(reply[0]), reply[1])
         if reply[0] != 1:  # host.ReplyError
             result = _loads(reply)
             if _MARKER_BYTES in reply:  # arrays: see _wire.resolve_value

@@ -515,6 +515,8 @@ class _Conn:
                 if self.hshm is None or size != _U64.size:
                     raise ValueError("unexpected HOST_SPACE")
                 return HOST_REPLY, rid, _Space(_U64.unpack(payload)[0])
+            if payload[:1] == _REPLY_BUFFERS:
+                return typ, rid, _split_host_reply(payload, 0, size)
             return typ, rid, payload
         if self.shm is not None:
             # A request through the socket: the region is free for the
@@ -559,15 +561,15 @@ def _host_call_frame(token, name, payload, max_frame):
     """The HOST_CALL payload for a host call from this process, after the
     checks every transport makes (the arguments' types, a call in flight,
     not a process forked from the worker, the frame limit)."""
+    bufs = None
     if type(payload) is tuple:
-        # Parts sent one after the other (see _adapter._in_parts).
-        if not all(type(p) in (bytes, bytearray) for p in payload):
-            raise TypeError("host call argument parts must be bytes")
-        parts = payload
+        # (kwargs with buffer markers, the buffers): see _adapter._in_parts.
+        if (len(payload) != 2 or type(payload[0]) is not bytes or type(payload[1]) is not tuple
+                or not all(type(b) in (bytes, bytearray) for b in payload[1])):
+            raise TypeError("host call arguments must be bytes, or (bytes, a tuple of bytes)")
+        payload, bufs = payload
     elif type(payload) is not bytes:
         raise TypeError("host call arguments must be bytes, not %s" % type(payload).__name__)
-    else:
-        parts = (payload,)
     if type(name) is not str:
         raise TypeError("host function name must be str, not %s" % type(name).__name__)
     if type(token) is not int:
@@ -578,15 +580,22 @@ def _host_call_frame(token, name, payload, max_frame):
         raise HostError("snakepit: ctx.host is not available in a process forked from the worker")
     # The tuple (token, name, payload) as marshal writes it, in parts sent
     # one after the other: the payload is not copied into a new bytes.
-    # Version 2 writes no back-references, so the parts stand alone.
-    n = sum(map(len, parts))
-    head = b")\x03" + marshal.dumps(token, 2) + marshal.dumps(name, 2) + b"s" + _U32.pack(n)
-    size = len(head) + n
+    # Version 2 writes no back-references, so the parts stand alone. With
+    # buffers, the tuple (token, name, payload, their lengths as <u64s>)
+    # and the buffers after it (subproc's decodeHostCall).
+    if bufs is None:
+        parts = (b")\x03" + marshal.dumps(token, 2) + marshal.dumps(name, 2) + b"s" + _U32.pack(len(payload)),
+                 payload)
+    else:
+        lens = b"".join([_U64.pack(len(b)) for b in bufs])
+        parts = (b")\x04" + marshal.dumps(token, 2) + marshal.dumps(name, 2) + b"s" + _U32.pack(len(payload))
+                 + payload + b"s" + _U32.pack(len(lens)) + lens,) + bufs
+    size = sum(map(len, parts))
     if size > max_frame:
         raise _dispatch._host_error("arguments", "")(
             "host function %r: arguments of %d bytes exceed the frame limit of %d bytes"
             % (name, size, max_frame))
-    return (head,) + parts
+    return parts
 
 
 class _Link:
@@ -953,6 +962,37 @@ class _Shm:
         return _REF.pack(self.gen, start, n)
 
 
+# The first byte of a host call's reply with out-of-band buffers (subproc's
+# hostReplyBuffers): <u32 count k><u64 reply length><k u64 lengths>, the
+# reply proper (marshal, with buffer markers), the buffers.
+_REPLY_BUFFERS = b"\x02"
+_REPLY_HEAD = struct.Struct("<IQ")
+
+
+def _split_host_reply(buf, off, n):
+    """The host reply with out-of-band buffers in buf[off:off + n] (bytes, or
+    the host-call region's mmap): (the reply proper, [the buffers]), each
+    bytes of its own."""
+    end = off + n
+    pos = off + 1 + _REPLY_HEAD.size
+    if pos > end:
+        raise ValueError("truncated host reply")
+    k, rlen = _REPLY_HEAD.unpack_from(buf, off + 1)
+    if k > (end - pos) // 8:
+        raise ValueError("host reply of %d bytes with %d buffers" % (n, k))
+    lens = struct.unpack_from("<%dQ" % k, buf, pos)
+    pos += 8 * k
+    if rlen + sum(lens) != end - pos:
+        raise ValueError("host reply of %d bytes: parts do not add up" % n)
+    reply = buf[pos:pos + rlen]
+    pos += rlen
+    bufs = []
+    for size in lens:
+        bufs.append(buf[pos:pos + size])
+        pos += size
+    return reply, bufs
+
+
 class _Space:
     """A HOST_SPACE filed as a host call's reply: its result of size bytes
     waits for room in the host-call region."""
@@ -1053,6 +1093,8 @@ class _HostShm:
         if span != (off, n) or gen != 0:
             raise ValueError("a host call's result at %d (%d bytes), not where room was granted" % (off, n))
         try:
+            if n and mm[off] == _REPLY_BUFFERS[0]:
+                return _split_host_reply(mm, off, n)
             return mm[off:off + n]
         finally:
             with self.lock:

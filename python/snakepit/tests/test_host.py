@@ -92,22 +92,23 @@ if __name__ == "__main__":
 
 
 class InPartsTest(unittest.TestCase):
-    """Host call kwargs with large bytes, in parts: their concatenation is
-    what marshal writes, and the large values are the caller's own
-    objects, not copies."""
+    """Host call kwargs with large bytes set apart: the marshalled kwargs
+    hold buffer markers in their place, and the buffers are the caller's
+    own objects, not copies."""
 
-    def test_parts_are_marshal(self):
-        from snakepit import _adapter
+    def test_buffers_set_apart(self):
+        from snakepit import _adapter, _wire
         big, arr = b"x" * 1000, bytearray(b"y" * 500)
         kwargs = {"blob": big, "n": 7, "name": "snake", "none": None, "f": 1.5, "small": b"ab",
                   "buf": arr, "big_int": 1 << 70, "flag": True}
-        parts = _adapter._in_parts(kwargs, 100)
-        self.assertIs(parts[2], big)
-        self.assertIn(arr, parts)
-        self.assertTrue(any(p is arr for p in parts))
-        got = marshal.loads(b"".join(parts))
-        want = dict(kwargs, buf=bytes(arr))
-        self.assertEqual(got, want)
+        data, bufs = _adapter._in_parts(kwargs, 100)
+        self.assertEqual(len(bufs), 2)
+        self.assertIs(bufs[0], big)
+        self.assertIs(bufs[1], arr)
+        got = marshal.loads(data)
+        self.assertEqual(got["blob"], (_wire.MARKER, "buf", 0))
+        self.assertEqual(got["buf"], (_wire.MARKER, "buf", 1))
+        self.assertEqual(_wire.resolve_value(got, [bytes(b) for b in bufs]), dict(kwargs, buf=bytes(arr)))
 
     def test_none_when_not_worth_it(self):
         from snakepit import _adapter
