@@ -55,6 +55,13 @@ import (
 //     for no held result (its call ended, and the held result was dropped)
 //     gets an error reply through the socket.
 //
+// Large bytes are set apart both ways, as for calls (the data plane): the
+// child sends large bytes keyword arguments as out-of-band buffers after
+// the HOST_CALL tuple (see decodeHostCall), which a host.BufferInvoker's
+// functions get without a copy of their own; with the region, large []byte
+// and array data of a result go beside the reply (hostReplyBuffers), each
+// copied once into the region and once out of it by the child.
+//
 // Both sides keep the frame cap: a payload above Config.MaxFrame is refused
 // whichever way it would travel.
 
