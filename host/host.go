@@ -57,8 +57,10 @@ func (f Func) Name() string { return f.name }
 // Large bytes-like arguments are not copied where the worker passes them
 // out of band (the thread profile does, from 64 KiB on: bytes,
 // bytearray, memoryview and other buffers; array.array and numpy arrays
-// as pymarshal.Array): a []byte in A, or an Array's Data,
-// is then the Python object's own memory, valid only until fn returns
+// as pymarshal.Array; the process profile, from its shared threshold on,
+// top-level bytes and bytearray arguments): a []byte in A, or an Array's
+// Data, is then the Python object's own memory (the process profile: the
+// host's one copy of it), valid only until fn returns
 // (the object cannot be resized meanwhile, but Python threads of the
 // handler may still write to a writable one). A function that keeps such
 // a slice beyond its return must copy it:
@@ -70,7 +72,10 @@ func (f Func) Name() string { return f.name }
 //
 // A large []byte (or Array) in the result reaches Python with one copy,
 // straight from the result's memory into the bytes object Python gets
-// (thread profile).
+// (thread profile), or with one copy into the shared region and one out
+// of it (process profile). The process profile may read it after fn
+// returned, when the child has made room for it: a result's memory must
+// not change once fn returned it.
 func New[A, R any](name string, fn func(ctx context.Context, args A) (R, error)) Func {
 	if fn == nil {
 		return Func{name: name} // refused by NewSet
