@@ -5,6 +5,7 @@ import logging
 import time
 from marshal import dumps as _dumps, loads as _loads
 
+from . import _wire
 from ._wire import MARKER as _MARKER, resolve_value as _resolve_value, scan_needed as _scan_needed
 
 _MARKER_BYTES = _MARKER.encode()
@@ -204,35 +205,64 @@ _PLAIN = frozenset((type(None), bool, int, float, str, bytes))
 
 
 def _in_parts(kwargs, threshold):
-    """kwargs with each bytes or bytearray value of at least threshold
-    bytes set apart, not copied: (the marshalled kwargs, version 2, with a
-    buffer marker (MARKER, "buf", i) in place of the i-th such value, the
-    tuple of those values). None when there is no such value, or another
-    value is not plain (None, bool, int, float, str, bytes): marshal then
-    writes them all."""
+    """kwargs with each top-level bytes or bytearray value, and the data of
+    each top-level array (array.array, numpy, a numeric memoryview), of at
+    least threshold bytes set apart, not copied: (the marshalled kwargs,
+    version 2, with a buffer marker (MARKER, "buf", i) in place of the i-th
+    such bytes and an array marker whose data is the index i, the tuple of
+    those buffers, as bytes-like objects of format "B"). None when there is
+    no such value, or another value is not plain (None, bool, int, float,
+    str, bytes): marshal then writes them all."""
+    items = []
     big = False
-    for v in kwargs.values():
+    for k, v in kwargs.items():
         c = v.__class__
         if (c is bytes or c is bytearray) and len(v) >= threshold:
+            items.append((k, None, v))
             big = True
-        elif c not in _PLAIN:
-            return None
+        elif c in _PLAIN:
+            items.append((k, v, None))
+        else:
+            a = _array_apart(v, threshold)
+            if a is None:
+                return None
+            items.append((k, a[0], a[1]))
+            big = True
     if not big:
         return None
     parts = [b"{"]
     bufs = []
     try:
-        for k, v in kwargs.items():
-            c = v.__class__
-            if (c is bytes or c is bytearray) and len(v) >= threshold:
-                parts.append(_dumps(k, 2) + _dumps((_MARKER, "buf", len(bufs)), 2))
-                bufs.append(v)
-            else:
+        for k, v, buf in items:
+            if buf is None:
                 parts.append(_dumps(k, 2) + _dumps(v, 2))
+                continue
+            marker = (_MARKER, "buf", len(bufs)) if v is None else v + (len(bufs),)
+            parts.append(_dumps(k, 2) + _dumps(marker, 2))
+            bufs.append(buf)
     except ValueError:
         return None  # a value marshal refuses
     parts.append(b"0")
     return b"".join(parts), tuple(bufs)
+
+
+def _array_apart(v, threshold):
+    """For an array of at least threshold bytes: (its marker without the
+    data, its data as a view of bytes); None for anything else."""
+    if not _scan_needed() and v.__class__ is not memoryview:
+        return None  # no array type is loaded
+    try:
+        m = _wire.to_wire(v, 0)
+    except _wire.NotSerializable:
+        return None
+    if type(m) is not tuple or len(m) != 5 or m[0] != _MARKER or m[1] != "array":
+        return None
+    data = memoryview(m[4])
+    if data.nbytes < threshold:
+        return None
+    if data.format != "B" or data.ndim != 1:
+        data = data.cast("B")  # C-contiguous: to_wire made it so
+    return m[:4], data
 
 
 class Host:

@@ -565,8 +565,9 @@ def _host_call_frame(token, name, payload, max_frame):
     if type(payload) is tuple:
         # (kwargs with buffer markers, the buffers): see _adapter._in_parts.
         if (len(payload) != 2 or type(payload[0]) is not bytes or type(payload[1]) is not tuple
-                or not all(type(b) in (bytes, bytearray) for b in payload[1])):
-            raise TypeError("host call arguments must be bytes, or (bytes, a tuple of bytes)")
+                or not all(type(b) in (bytes, bytearray) or (type(b) is memoryview and b.format == "B"
+                                                              and b.ndim == 1) for b in payload[1])):
+            raise TypeError("host call arguments must be bytes, or (bytes, a tuple of bytes-like buffers)")
         payload, bufs = payload
     elif type(payload) is not bytes:
         raise TypeError("host call arguments must be bytes, not %s" % type(payload).__name__)

@@ -110,6 +110,22 @@ class InPartsTest(unittest.TestCase):
         self.assertEqual(got["buf"], (_wire.MARKER, "buf", 1))
         self.assertEqual(_wire.resolve_value(got, [bytes(b) for b in bufs]), dict(kwargs, buf=bytes(arr)))
 
+    def test_arrays_set_apart(self):
+        import array
+        from snakepit import _adapter, _wire
+        a = array.array("d", range(100))
+        small = array.array("i", [1, 2])
+        data, bufs = _adapter._in_parts({"a": a, "n": 1}, 100)
+        self.assertEqual(len(bufs), 1)
+        self.assertEqual((bufs[0].format, bufs[0].nbytes), ("B", 800))
+        self.assertEqual(bytes(bufs[0]), a.tobytes())
+        got = marshal.loads(data)
+        self.assertEqual(got["a"], (_wire.MARKER, "array", "<f8", (100,), 0))
+        back = _wire.resolve_value(got, [bytes(bufs[0])])["a"]
+        self.assertEqual(list(memoryview(back)), list(a))
+        self.assertIsNone(_adapter._in_parts({"a": small}, 100))  # below the threshold
+        self.assertIsNone(_adapter._in_parts({"a": a, "b": small}, 100))  # small arrays: marshalled
+
     def test_none_when_not_worth_it(self):
         from snakepit import _adapter
         self.assertIsNone(_adapter._in_parts({"a": b"x" * 10}, 100))  # nothing large
