@@ -36,6 +36,15 @@ def _pattern(i, n):
     return (unit * (n // 256 + 1))[:n]
 
 
+def _each(n, one):
+    """one(i) for i in range(n), each in a thread of its own, all at once."""
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
 @snakepit.command
 def echo_all(ctx, sizes):
     """One echo host call per size, each from a thread of its own, all at
@@ -50,11 +59,7 @@ def echo_all(ctx, sizes):
             out[i] = type(r["blob"]) is bytes and r["blob"] == data and r["i"] == i
         except Exception as e:
             out[i] = repr(e)
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(len(sizes))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    _each(len(sizes), one)
     return out
 
 
@@ -130,11 +135,7 @@ def slow_all(ctx, sizes, delays):
             out[i] = r == _pattern(i, sizes[i])
         except HostError as e:
             out[i] = e.kind
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(len(sizes))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    _each(len(sizes), one)
     return out
 
 

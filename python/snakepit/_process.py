@@ -1106,22 +1106,14 @@ def _send_host_call(conn, send_lock, live, token, hid, parts):
     """Send host call hid's HOST_CALL (payload parts) while its call is
     live; large arguments go through the host-call region."""
     hshm = conn.hshm
-    ref = None
     if hshm is not None and sum(map(len, parts)) >= hshm.threshold:
         ref = hshm.put_args(hid, parts)
-    sent = False
-    try:
-        with send_lock:
-            if token not in live:
-                raise HostError("snakepit: ctx.host used after its call ended", "ended")
-            if ref is not None:
-                conn.send(HOST_CALL | SHARED, hid, ref, shared=False)
-            else:
-                conn.send(HOST_CALL, hid, parts, shared=False)
-            sent = True
-    finally:
-        if ref is not None and not sent:
-            hshm.release(hid)
+        if ref is not None:
+            _send_live(conn, send_lock, live, token, HOST_CALL | SHARED, hid, ref,
+                       "snakepit: ctx.host used after its call ended", hshm.release)
+            return
+    _send_live(conn, send_lock, live, token, HOST_CALL, hid, parts,
+               "snakepit: ctx.host used after its call ended", None)
 
 
 def _send_grant(conn, send_lock, live, token, hid, size):
@@ -1129,16 +1121,24 @@ def _send_grant(conn, send_lock, live, token, hid, size):
     while its call is live; after it ended the result is not wanted."""
     hshm = conn.hshm
     ref = hshm.grant(hid, size)
+    _send_live(conn, send_lock, live, token, HOST_GRANT, hid, ref,
+               "snakepit: the call ended before its host function's result came", hshm.drop if ref else None)
+
+
+def _send_live(conn, send_lock, live, token, typ, hid, payload, ended, undo):
+    """Send a frame of host call hid while its call (token) is live, else
+    raise HostError ended (kind "ended"); undo(hid), if not None, runs
+    when the frame did not go out."""
     sent = False
     try:
         with send_lock:
             if token not in live:
-                raise HostError("snakepit: the call ended before its host function's result came", "ended")
-            conn.send(HOST_GRANT, hid, ref, shared=False)
+                raise HostError(ended, "ended")
+            conn.send(typ, hid, payload, shared=False)
             sent = True
     finally:
-        if ref and not sent:
-            hshm.drop(hid)
+        if not sent and undo is not None:
+            undo(hid)
 
 
 def _kill_group(signum=None, frame=None):
