@@ -487,7 +487,10 @@ func (w *Worker) parseHostCall(f frame) (hostCall, error) {
 	if f.id&hostCallIDBit == 0 {
 		return hostCall{}, fmt.Errorf("%w: host call id %d without the host call bit", ErrBadFrame, f.id)
 	}
-	if f.typ == frameHostGrant {
+	if f.typ&^frameShared == frameHostGrant {
+		if f.typ&frameShared != 0 {
+			return hostCall{}, fmt.Errorf("%w: HOST_GRANT with the shared bit", ErrBadFrame)
+		}
 		hc := hostCall{id: f.id, isGrant: true}
 		if len(f.payload) > 0 {
 			ref, err := parseRegionRef(f.payload)

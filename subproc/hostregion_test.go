@@ -140,6 +140,18 @@ def slow_all(ctx, sizes, delays):
 
 
 @snakepit.command
+def raw_send(ctx, typ, payload):
+    """Send a frame of type typ under a fresh host call id, then wait (for
+    the host to kill this process)."""
+    import time
+    link = ctx._dispatcher.host_transport.__self__
+    with link.send_lock:
+        link.conn.send(typ, (1 << 63) | (1 << 40), payload, shared=False)
+    time.sleep(60)
+    return "not killed"
+
+
+@snakepit.command
 def raw_frame(ctx, typ, payload):
     """Send a frame of type typ under a fresh host call id and wait for its
     answer: the error message of the reply."""
@@ -335,8 +347,9 @@ func TestHostRegionStrayGrant(t *testing.T) {
 }
 
 // TestHostRegionBadFrames: references outside the host-call region, and
-// malformed grants, are protocol violations: the worker is killed and the
-// call fails with ErrWorkerDead and ErrBadRegion (or ErrBadFrame).
+// malformed grants, are protocol violations in every mode: the worker is
+// killed and the call fails with ErrWorkerDead and ErrBadRegion (or
+// ErrBadFrame).
 func TestHostRegionBadFrames(t *testing.T) {
 	ref := func(gen, off, n uint64) []byte {
 		b := make([]byte, 0, 24)
@@ -351,26 +364,29 @@ func TestHostRegionBadFrames(t *testing.T) {
 		args    map[string]any
 		want    error
 	}{
-		{"call-outside", "raw_frame", map[string]any{"typ": 12 | 0x80, "payload": ref(0, 1<<40, 16)}, subproc.ErrBadRegion},
-		{"call-short-ref", "raw_frame", map[string]any{"typ": 12 | 0x80, "payload": []byte("short")}, subproc.ErrBadFrame},
-		{"grant-short-ref", "raw_frame", map[string]any{"typ": 18, "payload": []byte("short")}, subproc.ErrBadRegion},
+		{"call-outside", "raw_send", map[string]any{"typ": 12 | 0x80, "payload": ref(0, 1<<40, 16)}, subproc.ErrBadRegion},
+		{"call-short-ref", "raw_send", map[string]any{"typ": 12 | 0x80, "payload": []byte("short")}, subproc.ErrBadFrame},
+		{"grant-short-ref", "raw_send", map[string]any{"typ": 18, "payload": []byte("short")}, subproc.ErrBadRegion},
+		{"grant-shared", "raw_send", map[string]any{"typ": 18 | 0x80, "payload": ref(0, 0, 16)}, subproc.ErrBadFrame},
 		{"grant-outside", "bad_grant", map[string]any{"n": 1 << 20, "ref": ref(0, 1<<40, 1<<20)}, subproc.ErrBadRegion},
 		{"grant-wrong-size", "bad_grant", map[string]any{"n": 1 << 20, "ref": ref(0, 0, 10)}, subproc.ErrBadRegion},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			fx := startRegionWorker(t, nil)
-			err := fx.call(t, tc.command, tc.args, nil)
-			require.Error(t, err)
-			assert.ErrorIs(t, err, worker.ErrWorkerDead)
-			assert.ErrorIs(t, err, tc.want)
-			var perr *subproc.ProtocolError
-			assert.True(t, errors.As(err, &perr), "got %T %v, want a ProtocolError", err, err)
-			select {
-			case <-fx.w.Done():
-			case <-time.After(10 * time.Second):
-				t.Fatal("the worker is still up after a protocol violation")
-			}
-		})
+		for _, mode := range regionModes {
+			t.Run(tc.name+"/"+mode.name, func(t *testing.T) {
+				fx := startRegionWorker(t, mode.mutate)
+				err := fx.call(t, tc.command, tc.args, nil)
+				require.Error(t, err)
+				assert.ErrorIs(t, err, worker.ErrWorkerDead)
+				assert.ErrorIs(t, err, tc.want)
+				var perr *subproc.ProtocolError
+				assert.True(t, errors.As(err, &perr), "got %T %v, want a ProtocolError", err, err)
+				select {
+				case <-fx.w.Done():
+				case <-time.After(10 * time.Second):
+					t.Fatal("the worker is still up after a protocol violation")
+				}
+			})
+		}
 	}
 }
 
