@@ -552,7 +552,12 @@ func (w *Worker) runHostCall(hc hostCall) {
 		reply = host.Reply(nil, fmt.Errorf("subproc: result of host function %q: %d bytes exceed the frame limit of %d bytes", hc.name, size, w.cfg.MaxFrame))
 		parts, size = [][]byte{reply}, len(reply)
 	}
-	if w.hold(hc, parts, size) {
+	held, reused := w.hold(hc, parts, size)
+	switch {
+	case reused:
+		w.die(&ProtocolError{PID: w.pid, Err: fmt.Errorf("%w: host call id %d reused while its result waits for room", ErrBadFrame, hc.id&^hostCallIDBit), Stderr: w.stderr.String()})
+		return
+	case held:
 		w.sendHost(frameHostSpace, hc.id, binary.LittleEndian.AppendUint64(nil, uint64(size)))
 		return
 	}
@@ -597,22 +602,28 @@ func joinParts(parts [][]byte, size int) []byte {
 // hold keeps a large reply (parts, of size bytes) for the host-call region
 // (see the protocol above); false when it goes through the socket: it is
 // small, there is no region, its call ended, or the results held already
-// fill the region.
-func (w *Worker) hold(hc hostCall, parts [][]byte, size int) bool {
+// fill the region — or the child reused the id of a result held already
+// (a protocol violation: reused is set).
+func (w *Worker) hold(hc hostCall, parts [][]byte, size int) (held, reused bool) {
 	if !w.hshmPeer || size < w.hostThreshold || hc.scope == nil {
-		return false
+		return false, false
 	}
 	w.hosts.mu.Lock()
 	defer w.hosts.mu.Unlock()
 	if w.hosts.closed || w.hosts.scopes[hc.callID] != hc.scope || w.hosts.heldBytes+size > w.cfg.MaxSharedMemory {
-		return false
+		return false, false
+	}
+	if _, dup := w.hosts.held[hc.id]; dup {
+		// The child reused the id of a host call still waiting for room:
+		// the caller kills the worker.
+		return false, true
 	}
 	if w.hosts.held == nil {
 		w.hosts.held = make(map[uint64]heldReply)
 	}
 	w.hosts.held[hc.id] = heldReply{scope: hc.scope, name: hc.name, parts: parts, size: size}
 	w.hosts.heldBytes += size
-	return true
+	return true, false
 }
 
 // serveGrant answers a HOST_GRANT: the held result goes into the span

@@ -27,7 +27,7 @@ import (
 // regionAdapter makes host calls with large arguments and results, and
 // sends frames a well-behaved child never sends.
 const regionAdapter = `
-import sys, threading
+import sys, threading, time
 import snakepit
 from snakepit import HostError
 
@@ -139,6 +139,97 @@ def slow_all(ctx, sizes, delays):
     return out
 
 
+def _hshm(ctx):
+    return ctx._dispatcher.host_transport.__self__.conn.hshm
+
+
+@snakepit.command
+def region_state(ctx):
+    """The host-call region's spans in use (outside this call's own)."""
+    h = _hshm(ctx)
+    return {"grants": len(h.grants), "args": len(h.args)}
+
+
+_after = {}
+
+
+@snakepit.command
+def grant_after_deadline(ctx, n, wait):
+    """A thread's host call is asked for room (HOST_SPACE); its grant goes
+    out only after the Go call's deadline has passed (this call still runs
+    in the child, so the grant is sent)."""
+    m = sys.modules["__main__"]
+    orig = m._send_grant
+    space, go = threading.Event(), threading.Event()
+    out = {}
+    def late(*a):
+        space.set()
+        go.wait(30)
+        return orig(*a)
+    m._send_grant = late
+    def run():
+        try:
+            out["len"] = len(ctx.host.big(n=n))
+        except HostError as e:
+            out["kind"], out["message"] = e.kind, str(e)
+    t = threading.Thread(target=run)
+    t.start()
+    space.wait(30)
+    m._send_grant = orig
+    try:
+        time.sleep(wait)
+    except snakepit.Cancelled:
+        pass
+    go.set()
+    t.join(30)
+    _after.clear()
+    _after.update(out)
+    return out
+
+
+@snakepit.command
+def after(ctx):
+    return dict(_after)
+
+
+@snakepit.command
+def flood(ctx, n, k, seconds):
+    """Host calls with k arguments of n bytes each, back to back for that
+    long (or until the call is cancelled): how many."""
+    import time
+    data = {"b%d" % i: bytes(n) for i in range(k)}
+    end = time.monotonic() + seconds
+    calls = 0
+    while time.monotonic() < end:
+        ctx.host.sink(**data)
+        calls += 1
+    return calls
+
+
+@snakepit.command
+def flood_big(ctx, n, seconds):
+    """Host calls with a result of n bytes, back to back for that long (or
+    until the call is cancelled)."""
+    import time
+    end = time.monotonic() + seconds
+    calls = 0
+    while time.monotonic() < end:
+        ctx.host.big(n=n)
+        calls += 1
+    return calls
+
+
+@snakepit.command
+def ping(ctx):
+    return "pong"
+
+
+@snakepit.command
+def view_kind(ctx, n):
+    """What Go gets for a memoryview of doubles of n bytes."""
+    return ctx.host.kind(v=memoryview(bytes(n)).cast("d"))
+
+
 @snakepit.command
 def raw_send(ctx, typ, payload):
     """Send a frame of type typ under a fresh host call id, then wait (for
@@ -171,7 +262,7 @@ def raw_frame(ctx, typ, payload):
 
 type regionFixture struct {
 	w    *subproc.Worker
-	big  chan int      // sizes "big" was asked for
+	big  chan int      // sizes "big" was asked for (while there is room)
 	kill chan struct{} // closed: slow_big kills the worker instead
 }
 
@@ -192,9 +283,14 @@ func startRegionWorker(t *testing.T, mutate func(*subproc.Config)) *regionFixtur
 	set, err := host.NewSet(
 		host.New("echo", func(ctx context.Context, a map[string]any) (map[string]any, error) { return a, nil }),
 		host.New("big", func(ctx context.Context, a struct{ N int }) ([]byte, error) {
-			fx.big <- a.N
+			select {
+			case fx.big <- a.N:
+			default: // nobody waits for this one
+			}
 			return make([]byte, a.N), nil
 		}),
+		host.New("sink", func(ctx context.Context, a map[string]any) (int, error) { return len(a), nil }),
+		host.New("kind", func(ctx context.Context, a struct{ V any }) (string, error) { return fmt.Sprintf("%T", a.V), nil }),
 		host.New("slow_big", func(ctx context.Context, a struct {
 			N, I    int
 			DelayUS int `json:"delay_us"`
@@ -525,4 +621,90 @@ func TestHostRegionRandom(t *testing.T) {
 		}
 		check(step, kind)
 	}
+}
+
+// TestHostRegionGrantAfterDeadline: a grant that reaches the host after
+// the Go call was abandoned at its deadline (its held result dropped) gets
+// an error reply; the thread that made the host call gets HostError
+// "ended", and the span granted is free again (it leaked before).
+func TestHostRegionGrantAfterDeadline(t *testing.T) {
+	for _, mode := range regionModes {
+		t.Run(mode.name, func(t *testing.T) {
+			fx := startRegionWorker(t, func(c *subproc.Config) {
+				if mode.mutate != nil {
+					mode.mutate(c)
+				}
+				c.InterruptGrace = 10 * time.Second
+			})
+			for range 3 {
+				raw, err := pymarshal.Marshal(map[string]any{"n": 1 << 20, "wait": 1.0})
+				require.NoError(t, err)
+				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+				_, err = fx.w.Call(ctx, &worker.Request{Command: "grant_after_deadline", Args: raw})
+				cancel()
+				require.ErrorIs(t, err, context.DeadlineExceeded)
+				<-fx.big
+				var out map[string]any
+				require.Eventually(t, func() bool {
+					return fx.call(t, "after", nil, &out) == nil && len(out) > 0
+				}, 20*time.Second, 20*time.Millisecond)
+				assert.Equal(t, "ended", out["kind"], "the host call: %v", out)
+			}
+			var st map[string]any
+			require.NoError(t, fx.call(t, "region_state", nil, &st))
+			assert.Equal(t, map[string]any{"grants": int64(0), "args": int64(0)}, st, "spans still in use")
+		})
+	}
+}
+
+// TestHostCallsCancelledConcurrent: in the concurrent mode, calls making
+// host calls back to back (through the socket, and with arguments or
+// results in the host-call region) are cancelled at their deadlines while
+// another such call runs: the interrupt lands in the handler's code, never
+// in a frame half sent, a lock taken or a span in use, so the worker goes
+// on answering, and no span stays in use. (Before the interrupt gate the
+// worker stopped answering within a few cancels.)
+func TestHostCallsCancelledConcurrent(t *testing.T) {
+	fx := startRegionWorker(t, func(c *subproc.Config) {
+		c.Concurrency = 3
+		c.InterruptGrace = 10 * time.Second
+	})
+	done := make(chan error, 1)
+	go func() {
+		done <- fx.call(t, "flood", map[string]any{"n": 200 << 10, "k": 1, "seconds": 3.0}, nil)
+	}()
+	loads := []struct {
+		command string
+		args    map[string]any
+	}{
+		{"flood", map[string]any{"n": 200 << 10, "k": 1, "seconds": 2.0}},
+		{"flood", map[string]any{"n": 1 << 20, "k": 8, "seconds": 2.0}},
+		{"flood_big", map[string]any{"n": 1 << 20, "seconds": 2.0}},
+	}
+	for i := range 30 {
+		l := loads[i%len(loads)]
+		raw, err := pymarshal.Marshal(l.args)
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(5+i*3)*time.Millisecond)
+		_, err = fx.w.Call(ctx, &worker.Request{Command: l.command, Args: raw})
+		cancel()
+		require.ErrorIs(t, err, context.DeadlineExceeded, "cancel %d (%s)", i, l.command)
+		var pong string
+		require.NoError(t, fx.call(t, "ping", nil, &pong), "after cancel %d (%s) the worker answers nothing", i, l.command)
+	}
+	require.NoError(t, <-done)
+	var st map[string]any
+	require.Eventually(t, func() bool {
+		return fx.call(t, "region_state", nil, &st) == nil && st["args"] == int64(0) && st["grants"] == int64(0)
+	}, 10*time.Second, 50*time.Millisecond, "spans still in use: %v", st)
+}
+
+// TestHostViewArgumentKind: a memoryview of doubles reaches Go as the same
+// type whatever its size (set apart for the region or not).
+func TestHostViewArgumentKind(t *testing.T) {
+	fx := startRegionWorker(t, nil)
+	var small, large string
+	require.NoError(t, fx.call(t, "view_kind", map[string]any{"n": 8 << 10}, &small))
+	require.NoError(t, fx.call(t, "view_kind", map[string]any{"n": 512 << 10}, &large))
+	assert.Equal(t, small, large, "8 KiB and 512 KiB memoryviews of doubles")
 }

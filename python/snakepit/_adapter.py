@@ -218,7 +218,8 @@ def _in_parts(kwargs, threshold):
     for k, v in kwargs.items():
         c = v.__class__
         if (c is bytes or c is bytearray) and len(v) >= threshold:
-            items.append((k, None, v))
+            # A view pins a bytearray's size until the call has sent it.
+            items.append((k, None, v if c is bytes else memoryview(v)))
             big = True
         elif c in _PLAIN:
             items.append((k, v, None))
@@ -249,8 +250,8 @@ def _in_parts(kwargs, threshold):
 def _array_apart(v, threshold):
     """For an array of at least threshold bytes: (its marker without the
     data, its data as a view of bytes); None for anything else."""
-    if not _scan_needed() and v.__class__ is not memoryview:
-        return None  # no array type is loaded
+    if not _scan_needed():
+        return None  # no array type is loaded: marshal writes a memoryview as bytes
     try:
         m = _wire.to_wire(v, 0)
     except _wire.NotSerializable:

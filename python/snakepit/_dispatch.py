@@ -243,6 +243,10 @@ class Dispatcher:
         # many bytes reach host_transport as parts of their own, not copied
         # into one marshalled payload (0: never; see _adapter.Host.call).
         self.host_parts = 0
+        # user_gate: the concurrent mode's interrupt gate (open() before a
+        # handler's own code runs, close() after; see _process._Mux), or
+        # None.
+        self.user_gate = None
         self.host_token = None
         self.module = importlib.import_module(module_name)
         self.commands = commands_of(self.module)
@@ -724,6 +728,9 @@ class Dispatcher:
     def _apply(self, rec, fn, kwargs):
         if rec.cancelled:
             raise Cancelled("cancelled before the handler started")
+        gate = self.user_gate
+        if gate is not None:
+            gate.open()
         try:
             return fn(**kwargs)
         except TypeError as e:
@@ -732,6 +739,21 @@ class Dispatcher:
             if e.__traceback__ is not None and e.__traceback__.tb_next is None:
                 raise _Refuse(_error(K_BAD_ARGS, message=str(e), logs=self._drain(rec))) from None
             raise
+        finally:
+            if gate is not None:
+                gate.close()
+
+    def _next_item(self, it):
+        """The next item of a plain stream's generator (its own code runs
+        within the user gate, as a handler's does)."""
+        gate = self.user_gate
+        if gate is None:
+            return next(it)
+        gate.open()
+        try:
+            return next(it)
+        finally:
+            gate.close()
 
     def _loop_mt(self):
         """The concurrent calls' event loop, started on its thread at first use."""
@@ -830,9 +852,9 @@ class Dispatcher:
                     item = self._await_mt(rec, it.__anext__())
                 elif lock is not None:
                     with lock:
-                        item = next(it)
+                        item = self._next_item(it)
                 else:
-                    item = next(it)
+                    item = self._next_item(it)
                 payload = _wire.dumps(item)
             except (StopIteration, StopAsyncIteration):
                 self._end_stream_mt(call_id)

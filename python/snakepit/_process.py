@@ -732,13 +732,15 @@ class _Link:
             with cond:
                 self.replies[hid] = None  # before the send: any reader may take the reply
             self._send_host(main, _send_host_call, token, hid, data)
+            granted = False
             while True:
                 reply = self._await(hid, main)
                 if reply.__class__ is not _Space:
-                    return reply
+                    return _granted(reply) if granted else reply
                 with cond:
                     self.replies[hid] = None
                 self._send_host(main, _send_grant, token, hid, reply.size)
+                granted = True
         finally:
             with cond:
                 self.replies.pop(hid, None)
@@ -1063,10 +1065,13 @@ class _HostShm:
         return _REF.pack(0, off, n)
 
     def release(self, hid):
-        """The host answered host call hid: its arguments' span is free."""
-        if hid in self.args:
+        """The host answered host call hid (not through the region): its
+        arguments' span is free, and so is a span granted for its result,
+        which the host then never wrote."""
+        if hid in self.args or hid in self.grants:
             with self.lock:
                 self.args.pop(hid, None)
+                self.grants.pop(hid, None)
 
     def grant(self, hid, n):
         """A span of n bytes for host call hid's result: its reference, or
@@ -1123,6 +1128,14 @@ def _send_grant(conn, send_lock, live, token, hid, size):
     ref = hshm.grant(hid, size)
     _send_live(conn, send_lock, live, token, HOST_GRANT, hid, ref,
                "snakepit: the call ended before its host function's result came", hshm.drop if ref else None)
+
+
+def _granted(reply):
+    """The reply to a host call whose result was granted room: an error
+    one says no result waited for it any more (its call ended)."""
+    if reply.__class__ is bytes and reply[:1] == b"\x01":  # host.ReplyError
+        raise HostError("snakepit: the call ended before its host function's result came", "ended")
+    return reply
 
 
 def _send_live(conn, send_lock, live, token, typ, hid, payload, ended, undo):
@@ -1584,6 +1597,10 @@ STARTED = 16      # child -> host: a withdrawn request id had started (or ended)
 _STREAM_ID = struct.Struct("<Q")
 
 
+class _Interrupted(Cancelled):
+    """The Cancelled the concurrent mode raises in a handler thread."""
+
+
 def _set_async_exc(tid, exc):
     """Raise exc in thread tid at its next bytecode (None clears a pending
     one). True when exactly one thread was reached."""
@@ -1607,8 +1624,24 @@ class _Mux:
     running call: an async handler's task is cancelled, a plain handler's
     thread gets snakepit.Cancelled at its next bytecode
     (PyThreadState_SetAsyncExc; a handler blocked in C code sees it when
-    that returns). Host calls go out from the handler threads; the main
-    thread hands each HOST_REPLY to the thread waiting for it."""
+    that returns) — but only in the handler's own code, never in
+    snakepit's (see open and close). Host calls go out from the handler
+    threads; the main thread hands each HOST_REPLY to the thread waiting
+    for it.
+
+    The interrupt gate: a Cancelled raised at an arbitrary bytecode of
+    snakepit's code could leave a frame half sent, a lock taken for good or
+    a span of the host-call region freed while the host reads it. So each
+    running request has a token, in its thread's hands while snakepit's
+    code runs and put out (open) only while the handler's own code runs
+    (the dispatcher calls open before it and close after it; a host call
+    closes the gate for its duration). The main thread interrupts a thread
+    only when it takes the token (an atomic dict.pop under the GIL);
+    otherwise it records the request, and the thread raises Cancelled
+    itself when it next opens the gate. A thread that finds the token
+    taken waits for the interrupt on its way, clears it if it is still
+    pending, and raises Cancelled itself: one Cancelled, always at the
+    gate or in the handler's code."""
 
     def __init__(self, conn, d, n, depth, max_frame):
         self.conn = conn
@@ -1622,7 +1655,12 @@ class _Mux:
         self.cond = threading.Condition(threading.Lock())
         self.queue = collections.deque()  # requests not started, in order
         self.queued = {}                  # their ids -> (typ, rid, payload)
-        self.running = {}                 # request id -> [thread ident, call_id, interrupted]
+        # request id -> [thread ident, call_id, interrupt requested, token
+        # box (the token is box["t"]: see the class doc), interrupt sent,
+        # the token in the thread's hands]
+        self.running = {}
+        self._tls = threading.local()     # .entry: the thread's running request
+        d.user_gate = self  # interrupts land only in handlers' own code
         self.replies = {}                 # host call id -> [lock held until the reply, reply]
         self.live = set()                 # tokens of the calls whose host calls may go out
         self.ids = itertools.count(1)
@@ -1639,11 +1677,57 @@ class _Mux:
                 self.live.discard(token)
             self.conn.send(typ, rid, payload)
 
+    def open(self):
+        """The dispatcher's user gate: the handler's own code runs from now
+        on; raises Cancelled when an interrupt was requested meanwhile."""
+        entry = getattr(self._tls, "entry", None)
+        if entry is None:
+            return  # not a handler thread: never interrupted
+        box = entry[3]
+        entry[5] = False
+        box["t"] = True
+        if entry[2]:
+            if box.pop("t", None) is not None:
+                entry[5] = True
+                raise _Interrupted("cancelled by the host")
+            self._interrupted(entry)
+
+    def close(self):
+        """The dispatcher's user gate: snakepit's code runs from now on."""
+        entry = getattr(self._tls, "entry", None)
+        if entry is None or entry[5]:
+            return  # the token is in this thread's hands already
+        if entry[3].pop("t", None) is not None:
+            entry[5] = True
+            return
+        self._interrupted(entry)
+
+    def _interrupted(self, entry):
+        """The main thread took the token: wait until it has set the
+        interrupt, clear it if it is still pending, and raise it here. The
+        token is spent: the gate stays closed."""
+        entry[5] = True
+        for _ in range(10000):  # a few statements of the main thread's
+            if entry[4]:
+                break
+            time.sleep(0.0001)
+        _set_async_exc(threading.get_ident(), None)
+        raise _Interrupted("cancelled by the host")
+
     def host_call(self, token, name, payload):
-        """Dispatcher.host_transport (see _Link.host_call)."""
+        """Dispatcher.host_transport (see _Link.host_call). The user gate
+        is closed while it runs: an interrupt waits for its end."""
+        self.close()
+        try:
+            return self._host_call(token, name, payload)
+        finally:
+            self.open()
+
+    def _host_call(self, token, name, payload):
         data = _host_call_frame(token, name, payload, self.max_frame)
         hid = HOST_CALL_ID_BIT | next(self.ids)
         send = _send_host_call
+        granted = False
         try:
             while True:
                 waiter = [threading.Lock(), None]
@@ -1658,8 +1742,8 @@ class _Mux:
                 if reply is None:
                     raise HostError("snakepit: the connection to the host is closed", "error")
                 if reply.__class__ is not _Space:
-                    return reply
-                send, data = _send_grant, reply.size
+                    return _granted(reply) if granted else reply
+                send, data, granted = _send_grant, reply.size, True
         finally:
             with self.cond:
                 self.replies.pop(hid, None)
@@ -1744,7 +1828,11 @@ class _Mux:
             elif not withdraw:
                 entry = self.running.get(rid)
                 if entry is not None and not d.cancel(entry[1]) and not entry[2]:
-                    entry[2] = _set_async_exc(entry[0], Cancelled)
+                    entry[2] = True
+                    if entry[3].pop("t", None) is not None:
+                        # In the handler's own code (see the class doc).
+                        _set_async_exc(entry[0], _Interrupted)
+                        entry[4] = True
         if item is not None:
             self.send(NOT_STARTED, rid, b"")
         elif withdraw:
@@ -1770,8 +1858,9 @@ class _Mux:
                             call_id = _STREAM_ID.unpack(payload)[0] if len(payload) == 8 else None
                         elif typ != END_SESSION:
                             self.live.add(rid)
-                        entry = [me, call_id, False]
+                        entry = [me, call_id, False, {}, False, True]
                         self.running[rid] = entry
+                        self._tls.entry = entry
                     reply = self._handle(typ, call_id, payload)
                 finally:
                     if entry is not None:
@@ -1796,19 +1885,12 @@ class _Mux:
             reply = payload = item = None
 
     def _done(self, rid, entry):
-        """Take rid out of the running calls; clear an interrupt that has
-        not been raised (none can be set once this returns)."""
-        while True:
-            try:
-                with self.cond:
-                    if self.running.get(rid) is entry:
-                        del self.running[rid]
-                    if entry[2]:
-                        entry[2] = False
-                        _set_async_exc(entry[0], None)
-                return
-            except Cancelled:
-                continue  # it came just now: nothing is pending any more
+        """Take rid out of the running calls. The token is in this thread's
+        hands (the gate is closed): no interrupt can come any more."""
+        self._tls.entry = None
+        with self.cond:
+            if self.running.get(rid) is entry:
+                del self.running[rid]
 
     def _handle(self, typ, call_id, payload):
         d = self.d

@@ -104,7 +104,9 @@ class InPartsTest(unittest.TestCase):
         data, bufs = _adapter._in_parts(kwargs, 100)
         self.assertEqual(len(bufs), 2)
         self.assertIs(bufs[0], big)
-        self.assertIs(bufs[1], arr)
+        self.assertIs(bufs[1].obj, arr)  # a view: the bytearray cannot be resized meanwhile
+        with self.assertRaises(BufferError):
+            arr.extend(b"z")
         got = marshal.loads(data)
         self.assertEqual(got["blob"], (_wire.MARKER, "buf", 0))
         self.assertEqual(got["buf"], (_wire.MARKER, "buf", 1))
