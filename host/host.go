@@ -57,8 +57,9 @@ func (f Func) Name() string { return f.name }
 // Large bytes-like arguments are not copied where the worker passes them
 // out of band (the thread profile does, from 64 KiB on: bytes,
 // bytearray, memoryview and other buffers; array.array and numpy arrays
-// as pymarshal.Array; the process profile, from its shared threshold on,
-// top-level bytes and bytearray arguments): a []byte in A, or an Array's
+// as pymarshal.Array; the process profile, top-level bytes, bytearray and
+// array arguments, from its shared threshold on (from 64 KiB without the
+// shared region)): a []byte in A, or an Array's
 // Data, is then the Python object's own memory (the process profile: the
 // host's one copy of it), valid only until fn returns
 // (the object cannot be resized meanwhile, but Python threads of the

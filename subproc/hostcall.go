@@ -30,9 +30,11 @@ import (
 //     (below) and gets it, or an empty grant.
 //
 // Because each HOST_CALL names its call, several calls in flight on one
-// worker need no other frames. Every HOST_CALL gets exactly one HOST_REPLY,
-// and so does every HOST_GRANT: the child never waits for an answer that
-// does not come.
+// worker need no other frames. Every HOST_CALL is answered once, with a
+// HOST_REPLY or a HOST_SPACE, and every HOST_GRANT with a HOST_REPLY. The
+// child waits for an answer only while the call is live: a HOST_SPACE that
+// comes once it has ended is not granted, and the host drops the result
+// it held when the call ends.
 //
 // Payloads of at least the shared threshold travel through the host-call
 // region, a memfd of its own (the request region may hold the call's
@@ -53,10 +55,13 @@ import (
 //     into the span and sends HOST_REPLY with the shared bit and that
 //     reference; the child copies it out and frees the span. A HOST_GRANT
 //     for no held result (its call ended, and the held result was dropped)
-//     gets an error reply through the socket.
+//     gets an error reply through the socket, which frees the span granted
+//     (the child raises HostError "ended"), as any reply through the
+//     socket frees the spans of its host call.
 //
 // Large bytes are set apart both ways, as for calls (the data plane): the
-// child sends large bytes keyword arguments as out-of-band buffers after
+// child sends large bytes, bytearray and array keyword arguments (their
+// data) as out-of-band buffers after
 // the HOST_CALL tuple (see decodeHostCall), which a host.BufferInvoker's
 // functions get without a copy of their own; with the region, large []byte
 // and array data of a result go beside the reply (hostReplyBuffers), each
