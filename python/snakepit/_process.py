@@ -1216,11 +1216,11 @@ class _SeqQueue:
     buffer, the connection's (one recv takes in all that arrived) or
     link.requests (when a thread waiting in a host call read them), and are
     read without sleeping. Before the next request starts, every frame
-    already available is read (one recv that does not wait, skipped right
-    after a read that took in all there was): a CANCEL for a request still
-    queued removes it (NOT_STARTED: it never runs); a withdraw (CANCEL
-    b"w") of one that started or ended answers STARTED; a CANCEL of one
-    that ended is moot.
+    already available is read (a poll that does not wait, and one recv if
+    something arrived; skipped right after a read that took in all there
+    was): a CANCEL for a request still queued removes it (NOT_STARTED: it
+    never runs); a withdraw (CANCEL b"w") of one that started or ended
+    answers STARTED; a CANCEL of one that ended is moot.
 
     While a request runs, the host follows a CANCEL or withdraw with
     SIGUSR1, repeated until it has its answer. The signal handler first
@@ -1255,8 +1255,8 @@ class _SeqQueue:
             # conn.whole() is a hint (another thread may be reading):
             # take_available decides with the reader's role held.
             if pending or conn.whole():
-                # Before one starts: every frame already there (one recv
-                # that does not wait).
+                # Before one starts: every frame already there (_Conn.fill,
+                # which does not wait).
                 for frame in link.take_available(True):
                     if frame[0] != CANCEL:
                         pending.append(frame)  # _file, inlined
