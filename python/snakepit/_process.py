@@ -508,16 +508,17 @@ class _Conn:
         return typ, rid, payload
 
     def take_plain(self, frames):
-        """Append to frames the whole frames buffered, as read_now would
-        return them, up to the first that read_now must look at itself (a
-        frame in the shared region or above the limit), without reading.
-        Only while no region is in use."""
-        buf, view, hs, unpack = self.buf, self.view, _HEADER.size, _HEADER.unpack_from
+        """Append to frames the whole requests buffered (_PLAIN), as
+        read_now would return them, up to the first frame that read_now
+        must look at itself (a host call's reply, a frame in the shared
+        region or above the limit), without reading. Only while no region
+        is in use."""
+        buf, view, hs, unpack, plain = self.buf, self.view, _HEADER.size, _HEADER.unpack_from, _PLAIN
         start, end = self.start, self.end
         while end - start >= hs:
             size, typ, rid = unpack(buf, start)
             stop = start + hs + size
-            if stop > end or typ & SHARED or size > self.max_frame:
+            if stop > end or typ not in plain or size > self.max_frame:
                 break
             frames.append((typ, rid, bytes(view[start + hs:stop])))
             start = stop
@@ -1389,6 +1390,10 @@ class _SeqQueue:
 CANCEL = 14       # host -> child: cancel request id (payload b"w": withdraw it only if it has not started)
 NOT_STARTED = 15  # child -> host: request id was removed before it started; it never runs
 STARTED = 16      # child -> host: a withdrawn request id had started (or ended) already
+
+# The frames the host sends that read_now returns as they came (without a
+# region): _Conn.take_plain takes these, and leaves any other to read_now.
+_PLAIN = frozenset((PING, CALL, STREAM_OPEN, STREAM_NEXT, STREAM_CLOSE, END_SESSION, SHUTDOWN, CANCEL))
 
 _STREAM_ID = struct.Struct("<Q")
 
