@@ -759,8 +759,9 @@ func (w *Worker) seqWait(ctx context.Context, c *muxCall) (muxResult, bool) {
 // (what was read of it stays in w.rd for the next reader).
 func (w *Worker) seqReadOne(ctx context.Context) bool {
 	var stop func() bool
-	fired := make(chan struct{})
+	var fired chan struct{}
 	if ctx.Done() != nil {
+		fired = make(chan struct{})
 		stop = context.AfterFunc(ctx, func() {
 			w.conn.SetReadDeadline(longAgo)
 			close(fired)

@@ -392,6 +392,10 @@ class _Conn:
         self.view = memoryview(self.buf)
         self.start = 0  # the first byte of buf not handed out
         self.end = 0  # the end of the bytes received
+        # fill asks it whether anything arrived: a recv that finds nothing
+        # costs a BlockingIOError, about three times the system call.
+        self.arrived = select.poll()
+        self.arrived.register(self.sock.fileno(), select.POLLIN)
 
     def buffered(self):
         """Whether bytes were received that were not handed out yet."""
@@ -414,6 +418,8 @@ class _Conn:
         if self.end == len(self.buf):
             # Full of the first part of a frame larger than the buffer:
             # read_now reads the rest into one of its own.
+            return True
+        if not self.arrived.poll(0):
             return True
         try:
             n = self.sock.recv_into(self.view[self.end:], 0, socket.MSG_DONTWAIT)
@@ -524,6 +530,23 @@ class _Conn:
             self.shm.reserved, self.shm.spans = 0, ()
         return typ, rid, payload
 
+    def take_plain(self, frames):
+        """Append to frames the whole requests buffered (_PLAIN), as
+        read_now would return them, up to the first frame that read_now
+        must look at itself (a host call's reply, a frame in the shared
+        region or above the limit), without reading. Only while no region
+        is in use."""
+        buf, view, hs, unpack, plain = self.buf, self.view, _HEADER.size, _HEADER.unpack_from, _PLAIN
+        start, end = self.start, self.end
+        while end - start >= hs:
+            size, typ, rid = unpack(buf, start)
+            stop = start + hs + size
+            if stop > end or typ not in plain or size > self.max_frame:
+                break
+            frames.append((typ, rid, bytes(view[start + hs:stop])))
+            start = stop
+        self.start = start
+
     def peek(self):
         """The bytes received and not handed out, followed by those waiting
         in the socket (which stay there)."""
@@ -537,6 +560,13 @@ class _Conn:
         """Send a frame; payload is bytes, or a tuple of parts to send one
         after the other (so a large part is never copied to be joined).
         shared=False keeps a large payload out of the shared region."""
+        if payload.__class__ is tuple and len(payload) == 2 and self.shm is None:
+            # The common reply (see _encode_reply): one system call.
+            head, body = payload
+            size = len(head) + len(body)
+            if size < 1 << 16:
+                self.sock.sendall(b"".join((_HEADER.pack(size, typ, rid), head, body)))
+                return
         if payload.__class__ is _InPlace:
             self.sock.sendall(_HEADER.pack(len(payload.ref), typ | SHARED, rid) + payload.ref)
             return
@@ -700,18 +730,18 @@ class _Link:
             try:
                 if recv and not conn.fill():
                     broken = True
+                if conn.shm is None:
+                    conn.take_plain(frames)
                 while conn.whole():
-                    frame = conn.read_now()
-                    if frame[0] == HOST_REPLY:
-                        if frame[1] in self.replies:
-                            self.replies[frame[1]] = frame[2]
-                            replies = True
-                    else:
-                        frames.append(frame)
+                    frames.append(conn.read_now())
                 if broken is True and conn.buffered():
                     broken = EOFError("truncated frame")
             except Exception as e:
                 broken = e
+            for frame in frames:
+                if frame[0] == HOST_REPLY:  # rare: a host call's reply
+                    frames, replies = self._hand_on(frames), True
+                    break
         finally:
             with self.mutex:
                 self.reader = None
@@ -720,6 +750,18 @@ class _Link:
                 if self.waiting and (replies or broken is not None):
                     cond.notify_all()
         return frames
+
+    def _hand_on(self, frames):
+        """frames without the host call replies among them, which are
+        handed to the threads waiting for them (dropped when none waits:
+        its call ended)."""
+        kept = []
+        for frame in frames:
+            if frame[0] != HOST_REPLY:
+                kept.append(frame)
+            elif frame[1] in self.replies:
+                self.replies[frame[1]] = frame[2]
+        return kept
 
     def host_call(self, token, name, payload):
         """Dispatcher.host_transport: run the host function name for the
@@ -1423,11 +1465,11 @@ class _SeqQueue:
     buffer, the connection's (one recv takes in all that arrived) or
     link.requests (when a thread waiting in a host call read them), and are
     read without sleeping. Before the next request starts, every frame
-    already available is read (one recv that does not wait, skipped right
-    after a read that took in all there was): a CANCEL for a request still
-    queued removes it (NOT_STARTED: it never runs); a withdraw (CANCEL
-    b"w") of one that started or ended answers STARTED; a CANCEL of one
-    that ended is moot.
+    already available is read (a poll that does not wait, and one recv if
+    something arrived; skipped right after a read that took in all there
+    was): a CANCEL for a request still queued removes it (NOT_STARTED: it
+    never runs); a withdraw (CANCEL b"w") of one that started or ended
+    answers STARTED; a CANCEL of one that ended is moot.
 
     While a request runs, the host follows a CANCEL or withdraw with
     SIGUSR1, repeated until it has its answer. The signal handler first
@@ -1462,10 +1504,13 @@ class _SeqQueue:
             # conn.whole() is a hint (another thread may be reading):
             # take_available decides with the reader's role held.
             if pending or conn.whole():
-                # Before one starts: every frame already there (one recv
-                # that does not wait).
+                # Before one starts: every frame already there (_Conn.fill,
+                # which does not wait).
                 for frame in link.take_available(True):
-                    self._file(frame, send)
+                    if frame[0] != CANCEL:
+                        pending.append(frame)  # _file, inlined
+                    else:
+                        self._file(frame, send)
                 if requests:
                     self._absorb(send)
             if pending:
@@ -1593,6 +1638,10 @@ class _SeqQueue:
 CANCEL = 14       # host -> child: cancel request id (payload b"w": withdraw it only if it has not started)
 NOT_STARTED = 15  # child -> host: request id was removed before it started; it never runs
 STARTED = 16      # child -> host: a withdrawn request id had started (or ended) already
+
+# The frames the host sends that read_now returns as they came (without a
+# region): _Conn.take_plain takes these, and leaves any other to read_now.
+_PLAIN = frozenset((PING, CALL, STREAM_OPEN, STREAM_NEXT, STREAM_CLOSE, END_SESSION, SHUTDOWN, CANCEL))
 
 _STREAM_ID = struct.Struct("<Q")
 
