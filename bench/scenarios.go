@@ -731,7 +731,7 @@ func (e *env) io(ctx context.Context) ([]Result, error) {
 }
 
 // pipeline: process-profile throughput of a no-op with 2 workers, one
-// caller and 64, without pipelining and with a depth of 1 and 2 (the
+// caller and 64, without pipelining and with a depth of 1, 2 and 4 (the
 // calls a busy worker may hold besides the one it runs). Param names the
 // depth; the speedup is over depth 0 at the same number of callers.
 func (e *env) pipeline(ctx context.Context) ([]Result, error) {
@@ -742,7 +742,7 @@ func (e *env) pipeline(ctx context.Context) ([]Result, error) {
 	callers := []int{1, 64}
 	var out []Result
 	base := map[int]float64{}
-	for _, depth := range []int{0, 1, 2} {
+	for _, depth := range []int{0, 1, 2, 4} {
 		p, err := e.newPoolWith(ctx, "process", workers, func(c *pool.Config) { c.PipelineDepth = depth })
 		if err != nil {
 			return nil, err
