@@ -70,16 +70,12 @@ async def echo_async(ctx, sizes):
     return [r["blob"] == _pattern(i, n) for i, (r, n) in enumerate(zip(rs, sizes))]
 
 
-_late = {}
-
-
-@snakepit.command
-def grant_late(ctx, n):
-    """A thread's host call whose result needs room, granted only once this
-    call has ended (see grant_outcome)."""
+def _late_grant(ctx, n):
+    """Start a thread whose host call big(n) needs room, its grant held
+    until go is set: (go, the outcome once the thread ends, the thread)."""
     m = sys.modules["__main__"]
     orig = m._send_grant
-    entered, go, done = threading.Event(), threading.Event(), threading.Event()
+    entered, go = threading.Event(), threading.Event()
     out = {}
     def late(*a):
         entered.set()
@@ -93,17 +89,27 @@ def grant_late(ctx, n):
             out["kind"], out["message"] = e.kind, str(e)
         finally:
             m._send_grant = orig
-            done.set()
-    threading.Thread(target=run).start()
+    t = threading.Thread(target=run)
+    t.start()
     entered.wait(30)
-    _late.update(go=go, done=done, out=out)
+    return go, out, t
+
+
+_late = {}
+
+
+@snakepit.command
+def grant_late(ctx, n):
+    """A thread's host call whose result needs room, granted only once this
+    call has ended (see grant_outcome)."""
+    _late["go"], _late["out"], _late["t"] = _late_grant(ctx, n)
     return "started"
 
 
 @snakepit.command
 def grant_outcome(ctx):
     _late["go"].set()
-    _late["done"].wait(30)
+    _late["t"].join(30)
     return _late["out"]
 
 
@@ -158,24 +164,7 @@ def grant_after_deadline(ctx, n, wait):
     """A thread's host call is asked for room (HOST_SPACE); its grant goes
     out only after the Go call's deadline has passed (this call still runs
     in the child, so the grant is sent)."""
-    m = sys.modules["__main__"]
-    orig = m._send_grant
-    space, go = threading.Event(), threading.Event()
-    out = {}
-    def late(*a):
-        space.set()
-        go.wait(30)
-        return orig(*a)
-    m._send_grant = late
-    def run():
-        try:
-            out["len"] = len(ctx.host.big(n=n))
-        except HostError as e:
-            out["kind"], out["message"] = e.kind, str(e)
-    t = threading.Thread(target=run)
-    t.start()
-    space.wait(30)
-    m._send_grant = orig
+    go, out, t = _late_grant(ctx, n)
     try:
         time.sleep(wait)
     except snakepit.Cancelled:
