@@ -232,6 +232,21 @@ def raw_send(ctx, typ, payload):
 
 
 @snakepit.command
+def reused_id(ctx, n):
+    """Two host calls of big(n) under one id, then wait (for the host to
+    kill this process)."""
+    import marshal
+    m = sys.modules["__main__"]
+    link = ctx._dispatcher.host_transport.__self__
+    parts = m._host_call_frame(ctx._token, "big", marshal.dumps({"n": n}, 2), 1 << 30)
+    for _ in range(2):
+        with link.send_lock:
+            link.conn.send(m.HOST_CALL, (1 << 63) | (1 << 41), parts, shared=False)
+    time.sleep(60)
+    return "not killed"
+
+
+@snakepit.command
 def raw_frame(ctx, typ, payload):
     """Send a frame of type typ under a fresh host call id and wait for its
     answer: the error message of the reply."""
@@ -455,6 +470,7 @@ func TestHostRegionBadFrames(t *testing.T) {
 		{"grant-shared", "raw_send", map[string]any{"typ": 18 | 0x80, "payload": ref(0, 0, 16)}, subproc.ErrBadFrame},
 		{"grant-outside", "bad_grant", map[string]any{"n": 1 << 20, "ref": ref(0, 1<<40, 1<<20)}, subproc.ErrBadRegion},
 		{"grant-wrong-size", "bad_grant", map[string]any{"n": 1 << 20, "ref": ref(0, 0, 10)}, subproc.ErrBadRegion},
+		{"reused-id", "reused_id", map[string]any{"n": 1 << 20}, subproc.ErrBadFrame},
 	} {
 		for _, mode := range regionModes {
 			t.Run(tc.name+"/"+mode.name, func(t *testing.T) {
