@@ -41,19 +41,22 @@ type oobSet struct {
 	bufs [][]byte
 }
 
+// decode decodes data into interface values, resolving markers against
+// the buffers when on.
+func (oob oobSet) decode(data []byte) (any, error) {
+	if oob.on {
+		return DecodeOOB(data, oob.bufs)
+	}
+	return Decode(data)
+}
+
 func unmarshal(data []byte, v any, alias bool, oob oobSet) error {
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return &Error{Op: "unmarshal", Offset: -1, Err: ErrTypeMismatch, Detail: "destination must be a non-nil pointer, got " + reflectTypeName(rv)}
 	}
 	if p, ok := v.(*any); ok {
-		var src any
-		var err error
-		if oob.on {
-			src, err = DecodeOOB(data, oob.bufs)
-		} else {
-			src, err = Decode(data)
-		}
+		src, err := oob.decode(data)
 		if err != nil {
 			return err
 		}
@@ -72,13 +75,7 @@ func unmarshal(data []byte, v any, alias bool, oob oobSet) error {
 // unmarshalGeneral is Unmarshal by the general path: decode into interface
 // values, then assign them to dst.
 func unmarshalGeneral(data []byte, dst reflect.Value, oob oobSet) error {
-	var src any
-	var err error
-	if oob.on {
-		src, err = DecodeOOB(data, oob.bufs)
-	} else {
-		src, err = Decode(data)
-	}
+	src, err := oob.decode(data)
 	if err != nil {
 		return err
 	}

@@ -655,8 +655,9 @@ func childEnv(cfg Config, pkg, token string) []string {
 
 // spawn starts the process — exec'd from the spawner thread, or forked by
 // Config.ForkServer — with its socket (of sockType) on fd 3, its lifeline
-// on fd 4 and the shared region on fd 5, and starts the goroutines that
-// forward its output and reap it.
+// on fd 4, the shared region on fd 5 and the host-call region on the next
+// (see hostShmFD), and starts the goroutines that forward its output and
+// reap it.
 func (w *Worker) spawn(ctx context.Context, argv []string, pkg string, sockType int) error {
 	fds, err := unix.Socketpair(unix.AF_UNIX, sockType|unix.SOCK_CLOEXEC, 0)
 	if err != nil {

@@ -252,6 +252,16 @@ def _array_apart(v, threshold):
     data, its data as a view of bytes); None for anything else."""
     if not _scan_needed():
         return None  # no array type is loaded: marshal writes a memoryview as bytes
+    c = v.__class__
+    mods = sys.modules
+    if not (c is memoryview or c is getattr(mods.get("array"), "array", None)
+            or c is getattr(mods.get("numpy"), "ndarray", None)):
+        return None  # not an array: converted once, with the rest
+    try:
+        if memoryview(v).nbytes < threshold:
+            return None
+    except (TypeError, ValueError):
+        return None
     try:
         m = _wire.to_wire(v, 0)
     except _wire.NotSerializable:
