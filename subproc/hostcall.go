@@ -221,12 +221,11 @@ func hostReplyParts(reply []byte, out [][]byte) (parts [][]byte, size int) {
 	head = append(head, hostReplyBuffers)
 	head = binary.LittleEndian.AppendUint32(head, uint32(len(out)))
 	head = binary.LittleEndian.AppendUint64(head, uint64(len(reply)))
-	size = len(head) + 8*len(out) + len(reply)
 	for _, b := range out {
 		head = binary.LittleEndian.AppendUint64(head, uint64(len(b)))
 		size += len(b)
 	}
-	return append([][]byte{head, reply}, out...), size
+	return append([][]byte{head, reply}, out...), len(head) + len(reply) + size
 }
 
 // hostScope is a call (or an open stream) whose handler may call host

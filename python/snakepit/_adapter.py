@@ -269,8 +269,6 @@ def _array_apart(v, threshold):
     if type(m) is not tuple or len(m) != 5 or m[0] != _MARKER or m[1] != "array":
         return None
     data = memoryview(m[4])
-    if data.nbytes < threshold:
-        return None
     if data.format != "B" or data.ndim != 1:
         data = data.cast("B")  # C-contiguous: to_wire made it so
     return m[:4], data
@@ -306,17 +304,19 @@ class Host:
             result = fast(self._token, name, kwargs, self._raise, _resolve_value)
             if result is not NotImplemented:  # no result decodes to it
                 return result
-        if self._parts and (payload := _in_parts(kwargs, self._parts)) is not None:
-            pass  # large bytes stay where they are (see _in_parts)
-        elif _scan_needed():
-            # marshal would write an array.array or a numpy array as its
-            # raw bytes: convert them as results are (to arrays).
-            payload = ctx._dispatcher.host_payload(name, kwargs)
-        else:
-            try:
-                payload = _dumps(kwargs, 2)  # version 2: no reference table to build
-            except ValueError:
-                payload = ctx._dispatcher.host_payload(name, kwargs)  # values marshal does not take
+        # Large bytes and arrays set apart, where the transport takes them
+        # (see _in_parts); else marshalled with the rest.
+        payload = _in_parts(kwargs, self._parts) if self._parts else None
+        if payload is None:
+            if _scan_needed():
+                # marshal would write an array.array or a numpy array as its
+                # raw bytes: convert them as results are (to arrays).
+                payload = ctx._dispatcher.host_payload(name, kwargs)
+            else:
+                try:
+                    payload = _dumps(kwargs, 2)  # version 2: no reference table to build
+                except ValueError:
+                    payload = ctx._dispatcher.host_payload(name, kwargs)  # values marshal does not take
         reply = self._transport(self._token, name, payload)
         if reply.__class__ is tuple:
             # The result's large bytes came beside it: (the marshalled

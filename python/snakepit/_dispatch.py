@@ -239,9 +239,9 @@ class Dispatcher:
         # that marshals and unmarshals itself (the thread profile's
         # builtin); NotImplemented when kwargs need converting first.
         self.host_fast = None
-        # host_parts: bytes and bytearray keyword arguments of at least this
-        # many bytes reach host_transport as parts of their own, not copied
-        # into one marshalled payload (0: never; see _adapter.Host.call).
+        # host_parts: bytes, bytearray and array keyword arguments of at
+        # least this many bytes reach host_transport set apart, not copied
+        # into one marshalled payload (0: never; see _adapter._in_parts).
         self.host_parts = 0
         # user_gate: the concurrent mode's interrupt gate (open() before a
         # handler's own code runs, close() after; see _process._Mux), or
