@@ -148,6 +148,28 @@ def hold(ctx, tag=""):
 
 
 @snakepit.command
+def mark(tag=""):
+    """A plain handler that records that it ran."""
+    _enter(tag)
+    _leave()
+    return tag
+
+@snakepit.command
+def hold_then_sleep(ctx, tag="", sleep=0.0):
+    """hold, then tells the host it passed its gate (tag + "-past") and
+    sleeps without reading the connection."""
+    _enter(tag)
+    try:
+        ctx.host.call("started", tag=tag)
+        ctx.host.call("gate")
+        ctx.host.call("started", tag=tag + "-past")
+        time.sleep(sleep)
+        return tag
+    finally:
+        _leave()
+
+
+@snakepit.command
 async def who(ctx, i):
     """A host call from an async handler: the correlation id Go saw."""
     return await ctx.host.acall("who", i=i)

@@ -103,6 +103,38 @@ func TestSeqHostCallsWhilePipelined(t *testing.T) {
 	mustOK(t, fx.w.Err())
 }
 
+// TestSeqCancelReadBeforeStart: a request the child read while the one
+// before it waited in a host call, and whose CANCEL arrives while that one
+// runs on without reading, never runs: the child reads what arrived before
+// it starts the next request (the CANCEL came long before).
+func TestSeqCancelReadBeforeStart(t *testing.T) {
+	sent := sentCalls(t)
+	fx := startConc(t, seqConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	head := seqCall(t, fx.w, ctx, "hold_then_sleep", "head", map[string]any{"tag": "head", "sleep": 0.2})
+	<-sent
+	mustEqual(t, "head", <-fx.started)
+	queuedCtx, cancelQueued := context.WithCancel(ctx)
+	defer cancelQueued()
+	queued := seqCall(t, fx.w, queuedCtx, "mark", "queued", map[string]any{"tag": "queued"})
+	<-sent
+	// The gate's reply follows the queued request: the child reads that
+	// request while it waits for the reply.
+	close(fx.gate)
+	mustEqual(t, "head-past", <-fx.started)
+	cancelQueued()
+	mustIs(t, (<-queued).err, context.Canceled)
+	o := <-head
+	mustOK(t, o.err)
+	mustEqual(t, "head", o.result)
+	var tag string
+	mustOK(t, concCall(t, fx.w, "nap", map[string]any{"tag": "after"}, &tag))
+	s := fx.stats(t)
+	mustEqual(t, []string{"head", "after"}, s.Runs)
+	mustOK(t, fx.w.Err())
+}
+
 // TestSeqDeadlines: a request queued behind a running one whose context
 // ends never runs; the running one whose context ends is interrupted
 // alone: the request queued behind it runs to its end. A deadline that

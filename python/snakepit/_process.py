@@ -374,6 +374,12 @@ def _after_fork_in_child():
 # buffer of its own.
 _READ_SIZE = 1 << 16
 
+# The sequential pipelined mode reads what has arrived before a queued
+# request starts, unless it read the socket within this many seconds (see
+# _SeqQueue).
+_RECHECK_S = 50e-6
+_perf_counter = time.perf_counter
+
 
 class _Conn:
     """The socket, read through a buffer: one recv takes in every frame
@@ -1466,10 +1472,13 @@ class _SeqQueue:
     link.requests (when a thread waiting in a host call read them), and are
     read without sleeping. Before the next request starts, every frame
     already available is read (a poll that does not wait, and one recv if
-    something arrived; skipped right after a read that took in all there
-    was): a CANCEL for a request still queued removes it (NOT_STARTED: it
-    never runs); a withdraw (CANCEL b"w") of one that started or ended
-    answers STARTED; a CANCEL of one that ended is moot.
+    something arrived), unless the socket was read within _RECHECK_S: a
+    CANCEL for a request still queued removes it (NOT_STARTED: it never
+    runs); a withdraw (CANCEL b"w") of one that started or ended answers
+    STARTED; a CANCEL of one that ended is moot. So a request whose context
+    ended more than _RECHECK_S before it would start never starts; under
+    load, requests queued behind calls that take less than that start one
+    after the other without a system call between them.
 
     While a request runs, the host follows a CANCEL or withdraw with
     SIGUSR1, repeated until it has its answer. The signal handler first
@@ -1486,6 +1495,7 @@ class _SeqQueue:
         self.pending = collections.deque()  # requests read, not started
         self.cancels = set()  # ids CANCELled (not withdrawn) while not queued: the running one's, or moot
         self.current = None  # the id of the request running (or last run)
+        self.read_at = 0.0  # when the main loop last took in all that had arrived (perf_counter)
         link.on_cancel = self.absorb
 
     def next(self):
@@ -1501,9 +1511,12 @@ class _SeqQueue:
                 self.cancels.clear()  # the request they named has ended
             if requests:
                 self._absorb(send)
+            if pending and _perf_counter() - self.read_at < _RECHECK_S:
+                return pending.popleft()
             # conn.whole() is a hint (another thread may be reading):
             # take_available decides with the reader's role held.
             if pending or conn.whole():
+                self.read_at = _perf_counter()
                 # Before one starts: every frame already there (_Conn.fill,
                 # which does not wait).
                 for frame in link.take_available(True):
@@ -1519,6 +1532,7 @@ class _SeqQueue:
             frame = link.next_request()
             if frame is None:
                 return None
+            self.read_at = _perf_counter()
             with lock:
                 if frame[0] != CANCEL and not (pending or requests or conn.whole()):
                     return frame  # it came alone
