@@ -731,31 +731,51 @@ func (e *env) io(ctx context.Context) ([]Result, error) {
 }
 
 // pipeline: process-profile throughput of a no-op with 2 workers, one
-// caller and 64, without pipelining and with a depth of 1, 2 and 4 (the
-// calls a busy worker may hold besides the one it runs). Param names the
-// depth; the speedup is over depth 0 at the same number of callers.
+// caller and 64, without pipelining and with a depth of 2, 4, 8 and 16
+// (the calls a busy worker may hold besides the one it runs). Param names the
+// depth; the speedup is over depth 0 at the same number of callers. The
+// pools are started first and measured in turn, each repetition going
+// through every depth, so a drift of the machine's speed during the run
+// does not fall on one depth.
 func (e *env) pipeline(ctx context.Context) ([]Result, error) {
 	if !e.has("process") {
 		return nil, nil
 	}
 	const workers = 2
 	callers := []int{1, 64}
-	var out []Result
-	base := map[int]float64{}
-	for _, depth := range []int{0, 1, 2, 4} {
+	depths := []int{0, 2, 4, 8, 16}
+	pools := make([]*pool.Pool, 0, len(depths))
+	defer func() {
+		for _, p := range pools {
+			p.Close(ctx)
+		}
+	}()
+	for _, depth := range depths {
 		p, err := e.newPoolWith(ctx, "process", workers, func(c *pool.Config) { c.PipelineDepth = depth })
 		if err != nil {
 			return nil, err
 		}
-		for _, c := range callers {
-			e.progress(fmt.Sprintf("pipeline: depth %d, %d callers", depth, c))
-			r, err := e.repeat(func() (Result, error) {
-				return e.measure(c, func() error { _, err := p.CallRaw(ctx, "noop", noopArgs); return err })
-			})
-			if err != nil {
-				p.Close(ctx)
-				return nil, err
+		pools = append(pools, p)
+	}
+	runs := make([][]Result, len(depths)*len(callers))
+	for rep := range e.o.reps {
+		for i, depth := range depths {
+			p := pools[i]
+			for j, c := range callers {
+				e.progress(fmt.Sprintf("pipeline: depth %d, %d callers (%d/%d)", depth, c, rep+1, e.o.reps))
+				r, err := e.measure(c, func() error { _, err := p.CallRaw(ctx, "noop", noopArgs); return err })
+				if err != nil {
+					return nil, err
+				}
+				runs[i*len(callers)+j] = append(runs[i*len(callers)+j], r)
 			}
+		}
+	}
+	var out []Result
+	base := map[int]float64{}
+	for i, depth := range depths {
+		for j, c := range callers {
+			r := median(runs[i*len(callers)+j])
 			r.Scenario, r.Profile, r.Workers, r.Param = "pipeline", "process", workers, fmt.Sprintf("depth=%d", depth)
 			if depth == 0 {
 				base[c] = r.OpsPerS
@@ -764,7 +784,6 @@ func (e *env) pipeline(ctx context.Context) ([]Result, error) {
 			}
 			out = append(out, r)
 		}
-		p.Close(ctx)
 	}
 	return out, nil
 }

@@ -13,8 +13,8 @@ import (
 )
 
 // BenchmarkPipelineProcess: a no-op called by 64 goroutines on a process
-// pool of 2 workers, without pipelining (depth 0) and with a depth of 2
-// and 4; ns/op is per call. It is the load of the pipeline scenario of
+// pool of 2 workers, without pipelining (depth 0) and with a depth of 2,
+// 4 and 16; ns/op is per call. It is the load of the pipeline scenario of
 // the benchmark program, for profiling the host (-cpuprofile) and for
 // counting system calls and context switches per call (perf stat).
 func BenchmarkPipelineProcess(b *testing.B) {
@@ -27,7 +27,7 @@ func BenchmarkPipelineProcess(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, depth := range []int{0, 2, 4} {
+	for _, depth := range []int{0, 2, 4, 16} {
 		b.Run("depth="+strconv.Itoa(depth), func(b *testing.B) {
 			ctx := context.Background()
 			p, err := pool.New(ctx, pool.Config{Profile: pool.Process, Module: "pipebench_adapter", Paths: []string{dir},
