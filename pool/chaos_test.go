@@ -629,7 +629,7 @@ func runChaos(t *testing.T, seed uint64, steps int) {
 		Name:                "chaos",
 		Size:                1 + rng.IntN(4),
 		WorkerConcurrency:   []int{0, 1, 2, 3}[rng.IntN(4)],
-		PipelineDepth:       []int{0, 0, 1, 2}[rng.IntN(4)],
+		PipelineDepth:       []int{0, 0, 1, 2, MaxPipelineDepth}[rng.IntN(5)],
 		QueueSize:           []int{-1, 1, 4, 16}[rng.IntN(4)],
 		RejectEarly:         rng.IntN(4) == 0,
 		StartConcurrency:    1 + rng.IntN(3),

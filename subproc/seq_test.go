@@ -74,6 +74,14 @@ func TestSeqMode(t *testing.T) {
 // mode.
 func TestSeqRandomized(t *testing.T) { concRandomized(t, seqConfig()) }
 
+// TestSeqRandomizedDeep: the same at the pool's deepest pipeline (16),
+// where every caller's request can wait in the child at once.
+func TestSeqRandomizedDeep(t *testing.T) {
+	cfg := seqConfig()
+	cfg.PipelineDepth = 16
+	concRandomized(t, cfg)
+}
+
 // TestSeqHostCallsWhilePipelined: requests sent while the running one
 // waits in a host call are kept for later (not taken for protocol
 // errors); the ones queued make host calls of their own when they run,
