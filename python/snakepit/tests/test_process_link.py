@@ -223,10 +223,39 @@ class SeqQueueTest(unittest.TestCase):
         self.conn = _process._Conn(ours.detach(), 1 << 20)
         self.link = _process._Link(self.conn, 1 << 20)
         self.queue = _process._SeqQueue(self.link)
+        # The queue's clock: each reading is a second after the one before,
+        # so every read is older than _RECHECK_S, unless a test stops it.
+        self.now = 1000.0
+        self.step = 1.0
+        real = _process._perf_counter
+
+        def clock():
+            self.now += self.step
+            return self.now
+
+        _process._perf_counter = clock
+        self.addCleanup(setattr, _process, "_perf_counter", real)
 
     def tearDown(self):
         self.host.close()
         self.conn.sock.close()
+
+    def test_recent_read_skips_the_check(self):
+        """A queued request starts without a read when the socket was read
+        less than _RECHECK_S before; a CANCEL that came meanwhile is read
+        before the next request, once the last read is older than that."""
+        P = _process
+        self.host.sendall(_frame(P.CALL, 1, b"a") + _frame(P.CALL, 2, b"b") + _frame(P.CALL, 3, b"c"))
+        _until(lambda: self.link.poll.poll(0), "the frames arrive")
+        self.step = 0.0  # the clock stands still: every read is recent
+        self.assertEqual(self.queue.next(), (P.CALL, 1, b"a"))
+        self.host.sendall(_frame(P.CANCEL, 2, b"") + _frame(P.CANCEL, 3, b""))
+        _until(lambda: self.link.poll.poll(0), "the cancels arrive")
+        self.assertEqual(self.queue.next(), (P.CALL, 2, b"b"), "started without reading the cancel")
+        self.now += P._RECHECK_S * 2  # the last read is old now
+        self.host.sendall(_frame(P.CALL, 4, b"d"))
+        self.assertEqual(self.queue.next(), (P.CALL, 4, b"d"), "3 was cancelled before it started")
+        self.assertEqual(_read_frame(self.host), (P.NOT_STARTED, 3, b""))
 
     def test_cancel_before_start(self):
         """A request cancelled (or withdrawn) while queued never starts:
