@@ -148,11 +148,11 @@ type Config struct {
 	// slots are all taken up to this many more calls while every worker is
 	// busy: they wait in the worker process, which starts each the moment
 	// a slot frees, with no wake-up in between (under load, the worker never
-	// idles between calls). A pipelined call whose context ended before it
-	// would start never runs (a cancel that races its start by less than
-	// 50µs may come too late); one waiting behind a call that runs long moves to
-	// the first worker that frees up (it is withdrawn before it starts,
-	// Stats.Moved). Streams and StrictFailFast calls are never pipelined.
+	// idles between calls). A pipelined call whose context ends before it
+	// starts never runs (only a cancel that reaches the worker less than
+	// 50µs before the call starts may come too late); one waiting behind a
+	// call that runs long moves to the first worker that frees up (it is
+	// withdrawn before it starts, Stats.Moved). Streams and StrictFailFast calls are never pipelined.
 	// Zero: none. At most MaxPipelineDepth.
 	PipelineDepth int
 	// QueueSize bounds the callers waiting for a worker; a call beyond it

@@ -398,6 +398,7 @@ class _Conn:
         self.view = memoryview(self.buf)
         self.start = 0  # the first byte of buf not handed out
         self.end = 0  # the end of the bytes received
+        self.full = True  # the last recv filled the space offered (more may wait)
         # fill asks it whether anything arrived: a recv that finds nothing
         # costs a BlockingIOError, about three times the system call.
         self.arrived = select.poll()
@@ -424,15 +425,19 @@ class _Conn:
         if self.end == len(self.buf):
             # Full of the first part of a frame larger than the buffer:
             # read_now reads the rest into one of its own.
+            self.full = True
             return True
         if not self.arrived.poll(0):
+            self.full = False
             return True
         try:
             n = self.sock.recv_into(self.view[self.end:], 0, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
+            self.full = False
             return True
         if n == 0:
             return False
+        self.full = n == len(self.buf) - self.end
         self.end += n
         return True
 
@@ -504,6 +509,7 @@ class _Conn:
                     break
             self._compact()
             n = self.sock.recv_into(self.view[self.end:])
+            self.full = n == len(self.buf) - self.end
             if n == 0:
                 if self.end == self.start:
                     return None
@@ -1475,10 +1481,13 @@ class _SeqQueue:
     something arrived), unless the socket was read within _RECHECK_S: a
     CANCEL for a request still queued removes it (NOT_STARTED: it never
     runs); a withdraw (CANCEL b"w") of one that started or ended answers
-    STARTED; a CANCEL of one that ended is moot. So a request whose context
-    ended more than _RECHECK_S before it would start never starts; under
-    load, requests queued behind calls that take less than that start one
-    after the other without a system call between them.
+    STARTED; a CANCEL of one that ended is moot. So a request whose CANCEL
+    reached this process more than _RECHECK_S before it would start never
+    starts; under load, requests queued behind calls that take less than
+    that start one after the other without a system call between them. A
+    read counts only when it took in all there was (it did not fill the
+    buffer) with the reader's role held, and whole frames already buffered
+    are always filed first.
 
     While a request runs, the host follows a CANCEL or withdraw with
     SIGUSR1, repeated until it has its answer. The signal handler first
@@ -1511,12 +1520,14 @@ class _SeqQueue:
                 self.cancels.clear()  # the request they named has ended
             if requests:
                 self._absorb(send)
-            if pending and _perf_counter() - self.read_at < _RECHECK_S:
+            if (pending and link.reader is None and not conn.whole()
+                    and _perf_counter() - self.read_at < _RECHECK_S):
                 return pending.popleft()
             # conn.whole() is a hint (another thread may be reading):
             # take_available decides with the reader's role held.
             if pending or conn.whole():
-                self.read_at = _perf_counter()
+                t = _perf_counter()
+                conn.full = True
                 # Before one starts: every frame already there (_Conn.fill,
                 # which does not wait).
                 for frame in link.take_available(True):
@@ -1526,13 +1537,18 @@ class _SeqQueue:
                         self._file(frame, send)
                 if requests:
                     self._absorb(send)
+                if not conn.full:
+                    self.read_at = t
             if pending:
                 return pending.popleft()
         while True:
+            t = _perf_counter()
+            conn.full = True
             frame = link.next_request()
             if frame is None:
                 return None
-            self.read_at = _perf_counter()
+            if not conn.full:
+                self.read_at = t
             with lock:
                 if frame[0] != CANCEL and not (pending or requests or conn.whole()):
                     return frame  # it came alone

@@ -257,6 +257,59 @@ class SeqQueueTest(unittest.TestCase):
         self.assertEqual(self.queue.next(), (P.CALL, 4, b"d"), "3 was cancelled before it started")
         self.assertEqual(_read_frame(self.host), (P.NOT_STARTED, 3, b""))
 
+    def test_partial_read_is_not_fresh(self):
+        """A recv that filled the buffer may have left frames in the socket
+        that came before it: it does not count as a fresh read, so the
+        next request starts only after another read (which finds the
+        CANCEL of request 2)."""
+        P = _process
+        big = b"x" * 25000
+        data = _frame(P.CALL, 1, big) + _frame(P.CALL, 2, big) + _frame(P.CALL, 3, big) + _frame(P.CANCEL, 2, b"")
+        sender = threading.Thread(target=self.host.sendall, args=(data,))
+        sender.start()
+        _until(lambda: self.link.poll.poll(0), "the frames arrive")
+        self.step = 0.0  # request 1 takes no time
+        self.assertEqual(self.queue.next()[:2], (P.CALL, 1))
+        self.assertEqual(self.queue.next()[:2], (P.CALL, 3), "2 started although its CANCEL came before the last read")
+        sender.join(10)
+        self.assertEqual(_read_frame(self.host), (P.NOT_STARTED, 2, b""))
+
+    def test_read_by_another_thread_is_not_fresh(self):
+        """While another thread holds the reader's role (one waiting in a
+        host call), the main loop reads nothing before a request starts,
+        and that does not count as a fresh read."""
+        P = _process
+        self.host.sendall(_frame(P.CALL, 1, b"a") + _frame(P.CALL, 2, b"b") + _frame(P.CALL, 3, b"c"))
+        _until(lambda: self.link.poll.poll(0), "the frames arrive")
+        self.assertEqual(self.queue.next(), (P.CALL, 1, b"a"))
+        self.host.sendall(_frame(P.CANCEL, 3, b""))
+        _until(lambda: self.link.poll.poll(0), "the cancel arrives")
+        self.now += 1.0  # the CANCEL came long after the last read
+        self.link.reader = -1  # another thread reads
+        self.step = 0.0
+        self.assertEqual(self.queue.next(), (P.CALL, 2, b"b"))
+        self.link.reader = None
+        self.host.sendall(_frame(P.CALL, 4, b"d"))
+        self.assertEqual(self.queue.next(), (P.CALL, 4, b"d"), "3 started")
+        self.assertEqual(_read_frame(self.host), (P.NOT_STARTED, 3, b""))
+
+    def test_whole_frames_buffered_are_filed(self):
+        """Whole frames already in the buffer (left there by a thread that
+        read for a host call's reply) are filed before a request starts,
+        however fresh the last read: that costs no system call."""
+        P = _process
+        self.host.sendall(_frame(P.CALL, 1, b"a") + _frame(P.CALL, 2, b"b"))
+        _until(lambda: self.link.poll.poll(0), "the frames arrive")
+        self.step = 0.0
+        self.assertEqual(self.queue.next(), (P.CALL, 1, b"a"))
+        self.host.sendall(_frame(P.CANCEL, 2, b""))
+        _until(lambda: self.link.poll.poll(0), "the cancel arrives")
+        self.conn.fill()
+        self.assertTrue(self.conn.whole())
+        self.host.sendall(_frame(P.CALL, 4, b"d"))
+        self.assertEqual(self.queue.next(), (P.CALL, 4, b"d"), "2 started although its CANCEL was buffered")
+        self.assertEqual(_read_frame(self.host), (P.NOT_STARTED, 2, b""))
+
     def test_cancel_before_start(self):
         """A request cancelled (or withdrawn) while queued never starts:
         NOT_STARTED; a withdraw of one that started answers STARTED."""
