@@ -6,7 +6,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -16,7 +19,10 @@ import (
 // pool of 2 workers, without pipelining (depth 0) and with a depth of 2,
 // 4 and 16; ns/op is per call. It is the load of the pipeline scenario of
 // the benchmark program, for profiling the host (-cpuprofile) and for
-// counting system calls and context switches per call (perf stat).
+// counting system calls and context switches per call (perf stat). It
+// reports the CPU time per call of the host and of the worker processes
+// (cpu-µs/call, both together, user and system), which bounds the
+// throughput once the cores are full.
 func BenchmarkPipelineProcess(b *testing.B) {
 	dir := b.TempDir()
 	const adapter = "import snakepit\n\n\n@snakepit.command\ndef noop(req):\n    return req\n"
@@ -38,6 +44,7 @@ func BenchmarkPipelineProcess(b *testing.B) {
 			defer p.Close(ctx)
 			b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
 			b.ReportAllocs()
+			before := cpuTime(b)
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -47,6 +54,44 @@ func BenchmarkPipelineProcess(b *testing.B) {
 					}
 				}
 			})
+			b.StopTimer()
+			b.ReportMetric(float64(cpuTime(b)-before)/1e3/float64(b.N), "cpu-µs/call")
 		})
 	}
+}
+
+// cpuTime is the CPU time (user and system, in nanoseconds) this process
+// and its live child processes (the workers) have used so far.
+func cpuTime(b *testing.B) int64 {
+	b.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	total := ru.Utime.Nano() + ru.Stime.Nano()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	me := os.Getpid()
+	const tick = int64(10 * time.Millisecond) // USER_HZ is 100 on Linux
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// The fields after the command, which is in parentheses: state,
+		// ppid, ..., utime (the 12th), stime (the 13th).
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(f) < 13 || f[1] != strconv.Itoa(me) {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		total += (u + st) * tick
+	}
+	return total
 }
