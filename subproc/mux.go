@@ -53,6 +53,10 @@ import (
 // mode has sent.
 var muxSentHook func(typ byte, id uint64)
 
+// seqWaitHook, set only by tests, runs in the sequential pipelined mode
+// each time a caller looks for the reading role.
+var seqWaitHook func(ctx context.Context)
+
 // muxState is the concurrent mode's routing table.
 type muxState struct {
 	mu     sync.Mutex
@@ -727,6 +731,9 @@ func (w *Worker) seqWait(ctx context.Context, c *muxCall) (muxResult, bool) {
 			return res, true
 		default:
 		}
+		if seqWaitHook != nil {
+			seqWaitHook(ctx)
+		}
 		m.mu.Lock()
 		if m.reading || m.err != nil {
 			turn := m.turn
@@ -740,6 +747,16 @@ func (w *Worker) seqWait(ctx context.Context, c *muxCall) (muxResult, bool) {
 			case <-ctx.Done():
 				return muxResult{}, false
 			}
+		}
+		// The reader that gave up the role may have routed c's outcome
+		// after the check above: it did so before it gave up the role, so
+		// it is in c.res now. Reading for it would wait for a frame that
+		// never comes.
+		select {
+		case res := <-c.res:
+			m.mu.Unlock()
+			return res, true
+		default:
 		}
 		m.reading = true
 		m.mu.Unlock()

@@ -111,6 +111,43 @@ func TestSeqHostCallsWhilePipelined(t *testing.T) {
 	mustOK(t, fx.w.Err())
 }
 
+// TestSeqReplyRoutedBeforeReading: a caller whose reply another caller
+// routed while it was between looking for its outcome and taking the
+// reading role takes the outcome, instead of reading for a frame that
+// never comes (it hung: found with 64 callers on a pipeline of 16).
+func TestSeqReplyRoutedBeforeReading(t *testing.T) {
+	sent := sentCalls(t)
+	fx := startConc(t, seqConfig())
+	type stallKey struct{}
+	release := make(chan struct{})
+	var once sync.Once
+	seqWaitHook = func(ctx context.Context) {
+		if ctx.Value(stallKey{}) != nil {
+			once.Do(func() { <-release })
+		}
+	}
+	t.Cleanup(func() { seqWaitHook = nil })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// x is sent first and stalls before it takes the reading role; y
+	// reads, routes x's reply (the child answers in order), then its own.
+	x := seqCall(t, fx.w, context.WithValue(ctx, stallKey{}, true), "noop", "x", map[string]any{"tag": "x"})
+	<-sent
+	y := seqCall(t, fx.w, ctx, "noop", "y", map[string]any{"tag": "y"})
+	<-sent
+	o := <-y
+	mustOK(t, o.err)
+	mustEqual(t, "y", o.result)
+	close(release)
+	select {
+	case o = <-x:
+		mustOK(t, o.err)
+		mustEqual(t, "x", o.result)
+	case <-time.After(10 * time.Second):
+		t.Fatal("x did not return: it reads for a reply another caller routed")
+	}
+}
+
 // TestSeqCancelReadBeforeStart: a request the child read while the one
 // before it waited in a host call, and whose CANCEL arrives while that one
 // runs on without reading, never runs: the child reads what arrived before
