@@ -40,12 +40,14 @@ soak:
 
 # The randomized tests at length (make test runs a share of each): the
 # pool over scripted workers in virtual time, CHAOS_SEEDS runs of 300 steps,
+# 3000 bursts of 64 callers on a pipeline of 16 (real process workers),
 # the process profile against the fault-injecting child, 600 steps, and the
 # thread profile's concurrency torture (embed), 6000 steps on the hermetic
 # 3.14 and again on 3.11 (SNAKEPIT_TORTURE_SEED=n replays a seed).
 CHAOS_SEEDS ?= 20000
 chaos:
 	$(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' ./pool/ -chaos.seeds=$(CHAOS_SEEDS) -chaos.steps=300
+	$(GO) test -count=1 -timeout 20m -run '^TestPipelineBursts$$' ./pool/ -pipeline.bursts=3000
 	SNAKEPIT_CHAOS=1 $(GO) test -race -count=1 -timeout 30m -run '^(TestChaos|TestHostRegionRandom)$$' ./subproc/
 	SNAKEPIT_TORTURE=long $(GO) test -race -count=1 -timeout 30m -run '^(TestTorture|TestVersionMatrix)$$' ./embed/
 
