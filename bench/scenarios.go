@@ -732,8 +732,8 @@ func (e *env) io(ctx context.Context) ([]Result, error) {
 
 // pipeline: process-profile throughput of a no-op with 2 workers, one
 // caller and 64, without pipelining and with a depth of 2, 4, 8 and 16
-// (the calls a busy worker may hold besides the one it runs). Param names the
-// depth; the speedup is over depth 0 at the same number of callers. The
+// (the calls a busy worker may hold besides the one it runs). Param names
+// the depth; the speedup is over depth 0 at the same number of callers. The
 // pools are started first and measured in turn, each repetition going
 // through every depth, so a drift of the machine's speed during the run
 // does not fall on one depth.
@@ -757,25 +757,25 @@ func (e *env) pipeline(ctx context.Context) ([]Result, error) {
 		}
 		pools = append(pools, p)
 	}
-	runs := make([][]Result, len(depths)*len(callers))
+	runs := make(map[[2]int][]Result) // by depth and callers
 	for rep := range e.o.reps {
 		for i, depth := range depths {
 			p := pools[i]
-			for j, c := range callers {
+			for _, c := range callers {
 				e.progress(fmt.Sprintf("pipeline: depth %d, %d callers (%d/%d)", depth, c, rep+1, e.o.reps))
 				r, err := e.measure(c, func() error { _, err := p.CallRaw(ctx, "noop", noopArgs); return err })
 				if err != nil {
 					return nil, err
 				}
-				runs[i*len(callers)+j] = append(runs[i*len(callers)+j], r)
+				runs[[2]int{depth, c}] = append(runs[[2]int{depth, c}], r)
 			}
 		}
 	}
 	var out []Result
 	base := map[int]float64{}
-	for i, depth := range depths {
-		for j, c := range callers {
-			r := median(runs[i*len(callers)+j])
+	for _, depth := range depths {
+		for _, c := range callers {
+			r := median(runs[[2]int{depth, c}])
 			r.Scenario, r.Profile, r.Workers, r.Param = "pipeline", "process", workers, fmt.Sprintf("depth=%d", depth)
 			if depth == 0 {
 				base[c] = r.OpsPerS

@@ -152,8 +152,8 @@ type Config struct {
 	// starts never runs (only a cancel that reaches the worker less than
 	// 50µs before the call starts may come too late); one waiting behind a
 	// call that runs long moves to the first worker that frees up (it is
-	// withdrawn before it starts, Stats.Moved). Streams and StrictFailFast calls are never pipelined.
-	// Zero: none. At most MaxPipelineDepth.
+	// withdrawn before it starts, Stats.Moved). Streams and StrictFailFast
+	// calls are never pipelined. Zero: none. At most MaxPipelineDepth.
 	PipelineDepth int
 	// QueueSize bounds the callers waiting for a worker; a call beyond it
 	// fails at once with ErrSaturated. Zero: 16 × Size. Negative: no queue

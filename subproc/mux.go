@@ -726,11 +726,6 @@ func (w *Worker) releaseAll() {
 func (w *Worker) seqWait(ctx context.Context, c *muxCall) (muxResult, bool) {
 	m := w.mux
 	for {
-		select {
-		case res := <-c.res:
-			return res, true
-		default:
-		}
 		if seqWaitHook != nil {
 			seqWaitHook(ctx)
 		}
@@ -748,10 +743,10 @@ func (w *Worker) seqWait(ctx context.Context, c *muxCall) (muxResult, bool) {
 				return muxResult{}, false
 			}
 		}
-		// The reader that gave up the role may have routed c's outcome
-		// after the check above: it did so before it gave up the role, so
-		// it is in c.res now. Reading for it would wait for a frame that
-		// never comes.
+		// No one reads: a reader that routed c's outcome did so before it
+		// gave up the role, so the outcome is in c.res now. Looked for
+		// under the lock, not before it: a caller that read for an
+		// outcome already routed would wait for a frame that never comes.
 		select {
 		case res := <-c.res:
 			m.mu.Unlock()

@@ -112,9 +112,9 @@ func TestSeqHostCallsWhilePipelined(t *testing.T) {
 }
 
 // TestSeqReplyRoutedBeforeReading: a caller whose reply another caller
-// routed while it was between looking for its outcome and taking the
-// reading role takes the outcome, instead of reading for a frame that
-// never comes (it hung: found with 64 callers on a pipeline of 16).
+// routed just before it took the reading role takes the outcome, instead
+// of reading for a frame that never comes (it hung when the outcome was
+// looked for before the lock: found with 64 callers on a pipeline of 16).
 func TestSeqReplyRoutedBeforeReading(t *testing.T) {
 	sent := sentCalls(t)
 	fx := startConc(t, seqConfig())
