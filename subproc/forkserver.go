@@ -364,8 +364,10 @@ func (fs *ForkServer) fork(ctx context.Context, argv, env []string, stdout, stde
 	if err != nil {
 		if err != unix.ESRCH {
 			// Out of descriptors, say: the worker is still the
-			// template's unreaped child, safe to kill by group.
+			// template's unreaped child, safe to kill by pid and by
+			// group (which it may not have made yet).
 			_ = unix.Kill(-pid, unix.SIGKILL)
+			_ = unix.Kill(pid, unix.SIGKILL)
 			fs.reap(pid)
 		}
 		return 0, -1, fmt.Errorf("subproc: fork server's worker %d: pidfd: %w", pid, err)

@@ -582,3 +582,60 @@ func TestConformanceForked(t *testing.T) {
 		})
 	})
 }
+
+// slowForkAdapter, imported by the template, makes every forked child
+// wait before it leaves the template's process group.
+const slowForkAdapter = `
+import os
+import time
+
+import snakepit
+
+os.register_at_fork(after_in_child=lambda: time.sleep(5))
+
+
+@snakepit.command
+def ping():
+    return "pong"
+`
+
+// TestForkServerStartFailsBeforeSetsid: a forked worker whose start fails
+// (its context ends) while it is still in the template's process group is
+// killed all the same: Start returns the context's error and no process
+// is left. A kill of its own group alone never reached it, and Start
+// waited for it forever.
+func TestForkServerStartFailsBeforeSetsid(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "slow_fork_adapter.py"), []byte(slowForkAdapter), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fs := startForkServer(t, dir, "slow_fork_adapter", true)
+	before := tokenProcs(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	started := make(chan error, 1)
+	go func() {
+		w, err := subproc.Start(ctx, subproc.Config{
+			Module: "slow_fork_adapter", Paths: []string{dir}, Python: pythonExe(t), ForkServer: fs,
+		})
+		if err == nil {
+			w.Close(context.Background())
+		}
+		started <- err
+	}()
+	select {
+	case err := <-started:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Start: got %v, want the context's deadline", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Start did not return after its context ended: the forked worker was not killed")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for after := tokenProcs(t); len(after) > len(before); after = tokenProcs(t) {
+		if time.Now().After(deadline) {
+			t.Fatalf("processes of this run: %v before, %v after; want none left", before, after)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -830,15 +830,21 @@ func (w *Worker) kill() { w.signalGroup(unix.SIGKILL) }
 var signalHook func(pid int, sig unix.Signal)
 
 // signalGroup sends sig to the worker's process group, unless the process
-// has been reaped (the group id may then name another group).
+// has been reaped (the group id may then name another group). Where no
+// group has that id yet — a forked worker that has not left the template's
+// group — it signals the process alone, which has no process of its own
+// to take along yet.
 func (w *Worker) signalGroup(sig unix.Signal) {
 	w.sigMu.RLock()
 	defer w.sigMu.RUnlock()
-	if !w.reaped {
-		if signalHook != nil {
-			signalHook(-w.pid, sig)
-		}
-		_ = unix.Kill(-w.pid, sig)
+	if w.reaped {
+		return
+	}
+	if signalHook != nil {
+		signalHook(-w.pid, sig)
+	}
+	if unix.Kill(-w.pid, sig) == unix.ESRCH {
+		w.signalProcessLocked(sig)
 	}
 }
 
@@ -849,6 +855,11 @@ func (w *Worker) signalGroup(sig unix.Signal) {
 func (w *Worker) signalProcess(sig unix.Signal) {
 	w.sigMu.RLock()
 	defer w.sigMu.RUnlock()
+	w.signalProcessLocked(sig)
+}
+
+// signalProcessLocked is signalProcess with sigMu held.
+func (w *Worker) signalProcessLocked(sig unix.Signal) {
 	if !w.reaped && signalHook != nil {
 		signalHook(w.pid, sig)
 	}
