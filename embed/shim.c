@@ -61,6 +61,7 @@ static struct {
 	PyThreadState *(*PyGILState_GetThisThreadState)(void);
 	void (*_PyThreadState_SetCurrent)(PyThreadState *); // 3.11: binds an empty GILState slot
 	PyInterpreterState *(*PyThreadState_GetInterpreter)(PyThreadState *);
+	PyThreadState *(*PyThreadState_Get)(void);
 	PyInterpreterState *(*PyInterpreterState_Main)(void);
 	int64_t (*PyInterpreterState_GetID)(PyInterpreterState *);
 	PyThreadState *(*Py_NewInterpreter)(void);
@@ -189,6 +190,7 @@ int spk_load(const char *path, char **err) {
 	REQ(PyGILState_GetThisThreadState);
 	OPT(_PyThreadState_SetCurrent);
 	REQ(PyThreadState_GetInterpreter);
+	REQ(PyThreadState_Get);
 	REQ(PyInterpreterState_Main);
 	REQ(PyInterpreterState_GetID);
 	REQ(Py_NewInterpreter);
@@ -920,6 +922,7 @@ typedef struct spk_tsent {
 	unsigned long ident;              // PyThread_get_thread_ident() == pthread_self()
 	uint64_t seq;                     // the running call, 0 when idle; written under the GIL
 	int interrupted;                  // an async exception was set for the running call
+	int held;                         // the running call takes no interrupt (hold_interrupt)
 	atomic_int state;                 // ENT_*
 	spk_thread *th;                   // its thread's counters
 	struct spk_tsent *next_reaped;    // a reaper's batch
@@ -1241,6 +1244,7 @@ void spk_fcall(spk_interp *in, uint64_t seq, PyObject *fn, const char *args, Py_
 	// reaped during this call already, however long it runs.
 	if (tls_ents->next_in_thread != NULL) note_binding();
 	e->seq = seq;
+	e->held = 0;
 	if (in->tag_obj == NULL || tag_call(in, seq, r)) {
 		do_call(fn, args, alen, kwargs, klen, bufs, nbufs, retained, 1, buf, cap, r);
 	}
@@ -1292,7 +1296,9 @@ int spk_interrupt(spk_interp *in, uint64_t seq, PyObject *exc) {
 	pthread_mutex_lock(&in->mu);
 	for (spk_tsent *e = in->ents; e; e = e->next_in_interp) {
 		if (e->seq == seq) {
-			if (api.PyThreadState_SetAsyncExc(e->ident, exc) > 0) {
+			if (e->held) {
+				done = 1; // the handler stops by itself (hold_interrupt)
+			} else if (api.PyThreadState_SetAsyncExc(e->ident, exc) > 0) {
 				e->interrupted = 1;
 				done = 1;
 			}
@@ -1953,6 +1959,43 @@ char **spk_host_result_bufs(spk_hostreply *rep, const Py_ssize_t *lens, const in
 	return ptrs;
 }
 
+// hold_interrupt_impl is the builtin hold_interrupt(): the call running
+// in this thread takes no interrupt from now on (spk_interrupt reports it
+// landed without raising it), and one set but not yet raised is dropped.
+// It returns whether this thread runs a call. Called when the handler has
+// seen its cancellation: it stops by itself, and an exception raised into
+// its clean-up would cut that short. Under the GIL, as spk_interrupt runs.
+static PyObject *hold_interrupt_impl(PyObject *self, PyObject *unused) {
+	(void)self;
+	(void)unused;
+	PyThreadState *ts = api.PyThreadState_Get();
+	PyObject *res = api.False;
+	for (spk_tsent *e = tls_ents; e; e = e->next_in_thread) {
+		if (e->ts != ts) continue;
+		if (e->seq != 0) {
+			spk_interp *in = e->owner;
+			pthread_mutex_lock(&in->mu);
+			e->held = 1;
+			if (e->interrupted) {
+				api.PyThreadState_SetAsyncExc(e->ident, NULL);
+				e->interrupted = 0;
+			}
+			pthread_mutex_unlock(&in->mu);
+			res = api.True;
+		}
+		break;
+	}
+	api.Py_IncRef(res);
+	return res;
+}
+
+#define SPK_METH_NOARGS 0x0004
+
+static spk_PyMethodDef hold_interrupt_def = {
+	"hold_interrupt", (void *)hold_interrupt_impl, SPK_METH_NOARGS,
+	"hold_interrupt(): the call running in this thread takes no interrupt from now on; True when this thread runs a call.",
+};
+
 static spk_PyMethodDef host_call_def = {
 	"host_call", (void *)host_call_impl, SPK_METH_FASTCALL,
 	"host_call(token, name, payload[, raise_[, resolve_]]): call the Go host function name for the call token names.\n"
@@ -1973,6 +2016,10 @@ int spk_install_host(PyThreadState *ts, const char *module, uintptr_t handle, sp
 	fn = api.PyCFunction_NewEx(&host_call_def, h, NULL);
 	if (fn == NULL) goto out;
 	if (api.PyObject_SetAttrString(mod, "host_call", fn) < 0) goto out;
+	api.Py_DecRef(fn);
+	fn = api.PyCFunction_NewEx(&hold_interrupt_def, NULL, NULL);
+	if (fn == NULL) goto out;
+	if (api.PyObject_SetAttrString(mod, "hold_interrupt", fn) < 0) goto out;
 	ok = 1;
 out:
 	if (!ok) fetch_error(r);

@@ -341,6 +341,7 @@ _spk.raw_results = True
 _spk.host_names = tuple(%s)
 _spk.host_transport = _snakepit_embed.host_call
 _spk.host_fast = _snakepit_embed.host_call
+_spk.hold_interrupt = _snakepit_embed.hold_interrupt
 _spk_call, _spk_stream_open, _spk_stream_next, _spk_stream_close = _spk.call, _spk.stream_open, _spk.stream_next, _spk.stream_close
 _spk_end_session, _spk_teardown, _spk_drain_logs, _spk_cancel, _spk_setup = _spk.end_session, _spk.teardown, _spk.drain_logs, snakepit._sleep.on_cancel(_spk.cancel), _spk.setup
 _spk_cancelled = snakepit.Cancelled

@@ -141,7 +141,7 @@ class Context:
 
     __slots__ = ("command", "correlation_id", "session_id", "deadline",
                  "attachments", "worker_id", "traceparent", "_dispatcher", "_cancelled", "_log",
-                 "_ended", "_host", "_token")
+                 "_ended", "_host", "_token", "_held")
 
     def __init__(self, dispatcher, command, correlation_id, session_id, deadline, attachments,
                  traceparent=None):
@@ -154,6 +154,7 @@ class Context:
         self.attachments = attachments if attachments is not None else []
         self.worker_id = dispatcher.worker_id
         self._cancelled = False
+        self._held = False  # the handler saw cancelled() true: no interrupt
         self._log = None
         self._ended = False  # set when the call (or stream) ends
         self._host = None
@@ -185,8 +186,17 @@ class Context:
 
     def cancelled(self):
         """True once the call was cancelled or its deadline passed. Long
-        loops can poll it to stop cleanly before Cancelled is raised."""
-        return self._cancelled or (self.deadline is not None and time.time() >= self.deadline)
+        loops can poll it to stop cleanly: once it has returned True in
+        the thread that runs a plain handler, snakepit raises no Cancelled
+        in that thread for this call (the handler still has the worker's
+        interrupt grace to end)."""
+        if not (self._cancelled or (self.deadline is not None and time.time() >= self.deadline)):
+            return False
+        if not self._held:
+            hold = self._dispatcher.hold_interrupt
+            if hold is not None and hold():
+                self._held = True
+        return True
 
     @property
     def log(self):

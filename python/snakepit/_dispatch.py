@@ -247,6 +247,11 @@ class Dispatcher:
         # handler's own code runs, close() after; see _process._Mux), or
         # None.
         self.user_gate = None
+        # hold_interrupt: called (by ctx.cancelled()) when a handler has
+        # seen its cancellation; the profile then raises no Cancelled in
+        # the calling thread for the running call. Returns whether the
+        # calling thread runs the call (None: the profile has no hold).
+        self.hold_interrupt = None
         self.host_token = None
         self.module = importlib.import_module(module_name)
         self.commands = commands_of(self.module)

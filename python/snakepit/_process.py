@@ -1358,6 +1358,14 @@ def main(argv=None):
     link = _Link(conn, args.max_frame)
     d.host_transport = link.host_call
     queue = _SeqQueue(link) if seq else None
+    main_ident = threading.get_ident()
+
+    def hold_interrupt():
+        # A handler that saw its cancellation stops by itself: on_cancel
+        # then raises nothing (the handler runs in the main thread).
+        return in_call[0] and threading.get_ident() == main_ident
+
+    d.hold_interrupt = hold_interrupt
 
     @_not_nested
     def on_cancel(signum, frame):
@@ -1372,6 +1380,9 @@ def main(argv=None):
                     return  # for a withdraw, or a request that ended
             in_call[1] = True
             d.cancel()
+            ctx = d._call
+            if ctx is not None and ctx._held:
+                return  # the handler saw its cancellation already
             if link.main_busy:  # inside a frame: raised once it is whole
                 link.cancel_pending = True
                 return
@@ -1736,10 +1747,12 @@ class _Mux:
         self.queued = {}                  # their ids -> (typ, rid, payload)
         # request id -> [thread ident, call_id, interrupt requested, token
         # box (the token is box["t"]: see the class doc), interrupt sent,
-        # the token in the thread's hands]
+        # the token in the thread's hands, the handler saw its cancellation
+        # (the token stays in its hands: see hold_interrupt)]
         self.running = {}
         self._tls = threading.local()     # .entry: the thread's running request
         d.user_gate = self  # interrupts land only in handlers' own code
+        d.hold_interrupt = self.hold_interrupt
         self.replies = {}                 # host call id -> [lock held until the reply, reply]
         self.live = set()                 # tokens of the calls whose host calls may go out
         self.ids = itertools.count(1)
@@ -1762,6 +1775,8 @@ class _Mux:
         entry = getattr(self._tls, "entry", None)
         if entry is None:
             return  # not a handler thread: never interrupted
+        if entry[6]:
+            return  # the handler stops by itself: no interrupt
         box = entry[3]
         entry[5] = False
         box["t"] = True
@@ -1780,6 +1795,25 @@ class _Mux:
             entry[5] = True
             return
         self._interrupted(entry)
+
+    def hold_interrupt(self):
+        """Dispatcher.hold_interrupt: the handler running in this thread
+        saw its cancellation and stops by itself. It keeps the token for
+        good, so the main thread interrupts it no more; if the main thread
+        took the token already, its interrupt is waited for and cleared."""
+        entry = getattr(self._tls, "entry", None)
+        if entry is None:
+            return False  # not a handler thread
+        entry[6] = True
+        if not entry[5]:
+            entry[5] = True
+            if entry[3].pop("t", None) is None:
+                for _ in range(10000):  # as in _interrupted
+                    if entry[4]:
+                        break
+                    time.sleep(0.0001)
+                _set_async_exc(threading.get_ident(), None)
+        return True
 
     def _interrupted(self, entry):
         """The main thread took the token: wait until it has set the
@@ -1937,7 +1971,7 @@ class _Mux:
                             call_id = _STREAM_ID.unpack(payload)[0] if len(payload) == 8 else None
                         elif typ != END_SESSION:
                             self.live.add(rid)
-                        entry = [me, call_id, False, {}, False, True]
+                        entry = [me, call_id, False, {}, False, True, False]
                         self.running[rid] = entry
                         self._tls.entry = entry
                     reply = self._handle(typ, call_id, payload)

@@ -114,6 +114,7 @@ func Run(t *testing.T, factory Factory) {
 	t.Run("Streaming", s.testStreaming)
 	t.Run("Logging", s.testLogging)
 	t.Run("DeadlineInterrupt", s.testDeadlineInterrupt)
+	t.Run("CleanUpNotInterrupted", s.testCleanUpNotInterrupted)
 	t.Run("Buffers", s.testBuffers)
 	t.Run("Host", func(t *testing.T) {
 		s.testHost(t, probe, func(t *testing.T, h worker.Host) worker.Worker {
@@ -130,7 +131,9 @@ func Run(t *testing.T, factory Factory) {
 			t.Fatalf("start a worker with 8 slots: %v", err)
 		}
 		defer cw.Close(ctx)
-		testConcurrency(t, &suite{w: cw, logs: logs})
+		cs := &suite{w: cw, logs: logs}
+		testConcurrency(t, cs)
+		t.Run("CleanUpNotInterrupted", cs.testCleanUpNotInterrupted)
 		t.Run("DeathFailsInFlight", func(t *testing.T) {
 			dw, err := factory(ctx, Options{
 				Module: "snakepit_conformance", Paths: []string{dir}, Logger: slog.New(logs), InterruptGrace: 300 * time.Millisecond,
@@ -661,6 +664,51 @@ func (s *suite) testDeadlineInterrupt(t *testing.T) {
 	select {
 	case <-s.w.Done():
 		t.Fatalf("worker stopped after calls with ended contexts: %v", s.w.Err())
+	default:
+	}
+}
+
+// testCleanUpNotInterrupted: a plain handler that polls ctx.cancelled()
+// and then cleans up is not interrupted in its clean-up, whether its call
+// ends by deadline or by cancel: the handler is either interrupted while
+// it polls (before it saw the cancellation) or cleans up in full.
+func (s *suite) testCleanUpNotInterrupted(t *testing.T) {
+	s.mustCall(t, req("events", nil)) // clear
+	for i := range 6 {
+		var cctx context.Context
+		var cancel context.CancelFunc
+		want := context.DeadlineExceeded
+		if i%2 == 0 {
+			cctx, cancel = context.WithTimeout(ctxBG, 50*time.Millisecond)
+		} else {
+			cctx, cancel = context.WithCancel(ctxBG)
+			time.AfterFunc(50*time.Millisecond, cancel)
+			want = context.Canceled
+		}
+		_, err := s.w.Call(cctx, req("poll_then_clean", nil))
+		cancel()
+		if !errors.Is(err, want) {
+			t.Fatalf("call %d: got %v, want %v", i, err, want)
+		}
+		// Waits, on a worker of one slot, for the handler to end.
+		if v := s.mustCall(t, req("echo", map[string]any{"value": i})); v != int64(i) {
+			t.Fatalf("after call %d: got %v", i, v)
+		}
+		// With several slots the handler may still be cleaning up.
+		var ev []any
+		for deadline := time.Now().Add(10 * time.Second); len(ev) == 0 && time.Now().Before(deadline); {
+			ev = s.mustCall(t, req("events", nil)).([]any)
+			if len(ev) == 0 {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		if len(ev) != 1 || (ev[0] != "cleaned up" && ev[0] != "poll interrupted") {
+			t.Fatalf("call %d: events %v, want [cleaned up] or [poll interrupted]", i, ev)
+		}
+	}
+	select {
+	case <-s.w.Done():
+		t.Fatalf("worker stopped: %v", s.w.Err())
 	default:
 	}
 }

@@ -137,6 +137,28 @@ def spin(ctx):
         EVENTS.append("spin interrupted")
 
 
+@snakepit.command(thread_safe=True)
+def poll_then_clean(ctx):
+    """Polls ctx.cancelled(), then cleans up for 0.2 s of bytecodes: a
+    Cancelled raised after the poll saw the cancellation would land in the
+    clean-up."""
+    try:
+        while not ctx.cancelled():
+            time.sleep(0.001)
+    except snakepit.Cancelled:
+        EVENTS.append("poll interrupted")
+        return
+    end = time.monotonic() + 0.2
+    n = 0
+    try:
+        while time.monotonic() < end:
+            n += 1
+    except snakepit.Cancelled:
+        EVENTS.append("clean-up interrupted")
+        raise
+    EVENTS.append("cleaned up")
+
+
 @snakepit.command
 def block_in_c(seconds):
     """Blocks in C where no interrupt reaches: a timed wait on a held lock

@@ -147,6 +147,27 @@ GATE = threading.Event()
 
 
 @snakepit.command
+def poll_then_gated(ctx, tag=""):
+    """Polls ctx.cancelled() until its deadline, then cleans up: waits for
+    GATE, then runs bytecodes, where an interrupt would land."""
+    _enter(tag)
+    try:
+        while not ctx.cancelled():
+            time.sleep(0.001)
+        with _lock:
+            STATE["runs"].append(tag + " cleaning")
+        GATE.wait(30)
+        n = 0
+        for _ in range(10000):
+            n += 1
+        with _lock:
+            STATE["runs"].append(tag + " cleaned")
+        return tag
+    finally:
+        _leave()
+
+
+@snakepit.command
 def gated(tag=""):
     """Not thread-safe: runs until GATE is set."""
     _enter(tag)

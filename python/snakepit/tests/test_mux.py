@@ -4,6 +4,7 @@ that plays the host."""
 import marshal
 import socket
 import threading
+import time
 import unittest
 
 from snakepit import _dispatch, _process
@@ -77,6 +78,23 @@ class MuxTest(unittest.TestCase):
         code, err, _ = marshal.loads(payload)
         self.assertEqual((code, err[0]), (_dispatch.ERROR, _dispatch.K_CANCELLED))
         self.assertEqual(conc_adapter.STATE["cancelled"], ["s"])
+
+    def test_cancel_after_the_handler_saw_its_deadline_does_not_interrupt(self):
+        # The handler saw ctx.cancelled() true (its deadline) and cleans up:
+        # the host's CANCEL that follows raises nothing in it.
+        self.start(1, 0)
+        payload = marshal.dumps(("poll_then_gated", {"tag": "p"}, "cid-p", None, time.time() + 0.05, None), 4)
+        self.send(_process.CALL, 1, payload)
+        _until(lambda: "p cleaning" in conc_adapter.STATE["runs"], "the handler cleans up")
+        self.send(_process.CANCEL, 1)
+        _until(lambda: self.mux.running[1][2], "the cancel is taken in")
+        conc_adapter.GATE.set()
+        typ, rid, payload = _read_frame(self.host)
+        self.assertEqual((typ, rid), (_process.REPLY, 1))
+        out = marshal.loads(payload)  # a result, or an error envelope
+        self.assertIsInstance(out, bytes, out)
+        self.assertEqual(marshal.loads(out), "p")
+        self.assertIn("p cleaned", conc_adapter.STATE["runs"])
 
     def test_more_requests_than_slots_is_refused(self):
         self.start(1, 0)
