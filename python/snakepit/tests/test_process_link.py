@@ -2,6 +2,8 @@
 socket that plays the host."""
 
 import marshal
+import os
+import random
 import signal
 import socket
 import struct
@@ -210,8 +212,71 @@ class CancelTest(_LinkCase):
         self.assertEqual(self.link.next_request(), (_process.CALL, 6, b"after"))
 
 
-if __name__ == "__main__":
-    unittest.main()
+    def test_random_cancels_leave_no_lock_held(self):
+        """SIGUSR1 at random moments of host calls (once per call, as the
+        worker raises it): after each call, Cancelled or not, no lock of
+        the link is held and nothing reads."""
+        seed = int(os.environ.get("SNAKEPIT_TEST_SEED", "0")) or random.randrange(1 << 30)
+        rnd = random.Random(seed)
+        main = threading.get_ident()
+        n = int(os.environ.get("SNAKEPIT_TEST_CANCELS", "1500"))
+        delays = [rnd.choice((0, 0, rnd.random() * 1e-4, rnd.random() * 1e-3)) for _ in range(n)]
+        before = [rnd.random() < 0.3 for _ in range(n)]
+        armed = [False]
+
+        def on_cancel(signum, frame):
+            if not armed[0]:
+                return  # once per call
+            armed[0] = False
+            if self.link.main_busy:
+                self.link.cancel_pending = True
+                return
+            raise Cancelled("cancelled by the host")
+
+        signal.signal(signal.SIGUSR1, on_cancel)
+        go = threading.Semaphore(0)
+
+        def host():
+            for i in range(n):
+                rid, *_ = self.read_host_call()
+                if before[i]:
+                    time.sleep(delays[i])
+                    signal.pthread_kill(main, signal.SIGUSR1)
+                    self.host.sendall(_frame(_process.HOST_REPLY, rid, b"\x00N"))
+                else:
+                    self.host.sendall(_frame(_process.HOST_REPLY, rid, b"\x00N"))
+                    time.sleep(delays[i])
+                    signal.pthread_kill(main, signal.SIGUSR1)
+                go.acquire()
+
+        t = threading.Thread(target=host, daemon=True)
+        t.start()
+        link = self.link
+        try:
+            for i in range(n):
+                armed[0] = True
+                link.cancel_pending = False
+                try:
+                    link.host_call(7, "f", b"")
+                except Cancelled:
+                    pass
+                # Let the signal in (if it has not come) before checking.
+                deadline = time.monotonic() + 5
+                while armed[0] and time.monotonic() < deadline:
+                    try:
+                        time.sleep(0.0001)
+                    except Cancelled:
+                        pass
+                what = "seed %d, call %d" % (seed, i)
+                self.assertFalse(link.mutex.locked(), "the link's lock is held: " + what)
+                self.assertFalse(link.send_lock.locked(), "the send lock is held: " + what)
+                self.assertIsNone(link.reader, "a reader is left: " + what)
+                go.release()
+        finally:
+            armed[0] = False
+            for _ in range(n):
+                go.release()
+            t.join(10)
 
 
 class SeqQueueTest(unittest.TestCase):
@@ -500,3 +565,7 @@ class NotNestedTest(unittest.TestCase):
             with self.assertRaises(Cancelled):
                 handler(signal.SIGUSR1, None)
         self.assertEqual(len(calls), 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
