@@ -41,6 +41,13 @@
 // memory, and large results reach Python with one (see [HostHandler] and
 // [HostBufferMin]).
 //
+// A second builtin, _snakepit_embed.hold_interrupt(), marks the call Go
+// made into the calling thread as one that takes no interrupt: from then on
+// [Interpreter.Interrupt] reports it landed without raising anything, and
+// an interrupt set but not yet raised is dropped. It returns whether the
+// calling thread runs such a call. (The thread profile calls it when a
+// handler has seen ctx.cancelled() return true.)
+//
 // # Values
 //
 // Arguments and results cross as Python's marshal format, version 4 (see

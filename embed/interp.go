@@ -885,7 +885,9 @@ func (in *Interpreter) keepPinned(p *runtime.Pinner) {
 // Python. It runs on the home thread and needs the interpreter's GIL: it
 // waits up to one switch interval (5 ms) for pure-Python code, and blocks
 // as long as C code holds the GIL. ctx bounds only the wait for the home
-// thread to start. It reports whether the exception was set.
+// thread to start. It reports whether the exception was set, or the call
+// holds its interrupts (see _snakepit_embed.hold_interrupt in the package
+// doc): either way no further try is needed.
 func (in *Interpreter) Interrupt(ctx context.Context, id uint64, exc *Func) (bool, error) {
 	exc.check(in)
 	var ok bool

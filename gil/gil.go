@@ -19,7 +19,8 @@
 // When a call's context ends, Call returns the context's error at once. In
 // the background the worker marks the handler's ctx cancelled and raises
 // snakepit.Cancelled in it (an asynchronous exception, raised within one
-// switch interval in pure-Python code); a handler that stops within
+// switch interval in pure-Python code) unless the handler has already seen
+// ctx.cancelled() return true, and stops by itself; a handler that stops within
 // [Config.InterruptGrace] leaves the worker usable. A handler that does not
 // (blocked in C code) makes the worker declare itself dead: its interpreter
 // and threads cannot be reclaimed while the C code runs, so the pool should
@@ -343,7 +344,7 @@ _spk.host_transport = _snakepit_embed.host_call
 _spk.host_fast = _snakepit_embed.host_call
 _spk.hold_interrupt = _snakepit_embed.hold_interrupt
 _spk_call, _spk_stream_open, _spk_stream_next, _spk_stream_close = _spk.call, _spk.stream_open, _spk.stream_next, _spk.stream_close
-_spk_end_session, _spk_teardown, _spk_drain_logs, _spk_cancel, _spk_setup = _spk.end_session, _spk.teardown, _spk.drain_logs, snakepit._sleep.on_cancel(_spk.cancel), _spk.setup
+_spk_end_session, _spk_teardown, _spk_drain_logs, _spk_cancel, _spk_setup = _spk.end_session, _spk.teardown, _spk.drain_logs, snakepit._sleep.on_cancel(_spk.cancel, lambda: _spk._call), _spk.setup
 _spk_cancelled = snakepit.Cancelled
 _spk_cancel_id, _spk_stop_loop = _spk.cancel, _spk._stop_loop_thread
 `, pyString(module), pyString(w.id), python.PythonLevel(w.log), w.conc, names)

@@ -362,10 +362,11 @@ func (fs *ForkServer) fork(ctx context.Context, argv, env []string, stdout, stde
 	// after opening the pidfd catches that.
 	pidfd, err = unix.PidfdOpen(pid, 0)
 	if err != nil {
-		if err != unix.ESRCH {
-			// Out of descriptors, say: the worker is still the
-			// template's unreaped child, safe to kill by pid and by
-			// group (which it may not have made yet).
+		// Out of descriptors, say. While it is the template's child the
+		// worker is unreaped, safe to kill by pid and by group (which it
+		// may not have made yet); if the template died, the pid may name
+		// another process by now: the worker ends on its lifeline.
+		if err != unix.ESRCH && fs.parentOf(pid) {
 			_ = unix.Kill(-pid, unix.SIGKILL)
 			_ = unix.Kill(pid, unix.SIGKILL)
 			fs.reap(pid)
@@ -386,6 +387,16 @@ func (fs *ForkServer) fork(ctx context.Context, argv, env []string, stdout, stde
 		return 0, -1, fmt.Errorf("%w: worker %d: %w", fs.deadErr(), pid, err)
 	}
 	return pid, pidfd, nil
+}
+
+// parentOf reports whether the template is pid's parent.
+func (fs *ForkServer) parentOf(pid int) bool {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return false
+	}
+	st, err := p.Stat()
+	return err == nil && st.PPID == fs.proc.pid
 }
 
 // reap asks the template to reap pid, which has exited, and returns its

@@ -54,7 +54,8 @@
 //     either way.
 //   - A call whose context ends (deadline or cancel) returns at once, even
 //     from a request write blocked on a child that stopped reading; the
-//     child gets SIGUSR1, which raises snakepit.Cancelled in the handler,
+//     child gets SIGUSR1, which raises snakepit.Cancelled in the handler
+//     (unless it has seen ctx.cancelled() return true: it stops by itself),
 //     and the reply is read in the background — a frame begun before the
 //     deadline is continued where it stopped, never parsed from its middle.
 //     The next call waits for that. A handler that does not stop within
@@ -215,7 +216,8 @@ type Config struct {
 	// (snakepit.configure(thread_safe=True), @command(thread_safe=True)).
 	// A call whose context ends is cancelled alone (an async handler's
 	// task is cancelled; a plain handler gets snakepit.Cancelled at its
-	// next bytecode, not inside a blocking C call); a crash fails every
+	// next bytecode, not inside a blocking C call, unless it has seen
+	// ctx.cancelled() return true); a crash fails every
 	// call in flight with an error matching [worker.ErrWorkerDead]. The
 	// shared region is not used (SharedThreshold is ignored), nor is Spin.
 	// With one caller at a time the one-call mode is faster: each request

@@ -192,9 +192,10 @@ class Context:
         interrupt grace to end)."""
         if not (self._cancelled or (self.deadline is not None and time.time() >= self.deadline)):
             return False
-        if not self._held:
-            hold = self._dispatcher.hold_interrupt
-            if hold is not None and hold():
+        if not self._held and not self._ended:
+            d = self._dispatcher
+            hold = d.hold_interrupt
+            if hold is not None and d.runs_here(self) and hold():
                 self._held = True
         return True
 

@@ -90,6 +90,8 @@ class _CallRec:
         self.logs = []
         self.dropped = 0
         self.ctx = ctx
+        if ctx is not None:
+            ctx._held = False  # a stream's next operation: a hold is per operation
         self.task = None      # the asyncio task running it, once it runs on the loop
         self.in_loop = False  # it was handed to the event loop
         self.cancelled = False
@@ -344,6 +346,15 @@ class Dispatcher:
         e.kind, e.python_type = kind, python_type
         raise e
 
+    def runs_here(self, ctx):
+        """Whether ctx is the call (or stream operation) the calling thread
+        runs, for ctx.cancelled()'s hold (see hold_interrupt); the profile's
+        hold tells threads the handler started apart."""
+        rec = _current_call.get()
+        if rec is not None:
+            return rec.ctx is ctx
+        return self._call is ctx
+
     def cancel(self, call_id=None):
         """Cancel a call: ctx.cancelled() turns true.
 
@@ -520,6 +531,8 @@ class Dispatcher:
         it, is_async, command, correlation_id, ctx = self._stream
         self._collector.current = (command, correlation_id)
         self._call = ctx
+        if ctx is not None:
+            ctx._held = False  # a hold is per operation
         try:
             try:
                 if is_async:

@@ -1731,7 +1731,9 @@ class _Mux:
     itself when it next opens the gate. A thread that finds the token
     taken waits for the interrupt on its way, clears it if it is still
     pending, and raises Cancelled itself: one Cancelled, always at the
-    gate or in the handler's code."""
+    gate or in the handler's code. A handler that saw ctx.cancelled()
+    return True keeps the token for good (hold_interrupt): it stops by
+    itself, and no Cancelled cuts its clean-up short."""
 
     def __init__(self, conn, d, n, depth, max_frame):
         self.conn = conn
@@ -1799,8 +1801,10 @@ class _Mux:
     def hold_interrupt(self):
         """Dispatcher.hold_interrupt: the handler running in this thread
         saw its cancellation and stops by itself. It keeps the token for
-        good, so the main thread interrupts it no more; if the main thread
-        took the token already, its interrupt is waited for and cleared."""
+        good, so the main thread interrupts it no more. If the main thread
+        took the token already, its interrupt is on its way: that is
+        raised here (it may land while this waits), once, as in
+        _interrupted — the handler's cancelled() has not returned True."""
         entry = getattr(self._tls, "entry", None)
         if entry is None:
             return False  # not a handler thread
@@ -1808,11 +1812,13 @@ class _Mux:
         if not entry[5]:
             entry[5] = True
             if entry[3].pop("t", None) is None:
-                for _ in range(10000):  # as in _interrupted
-                    if entry[4]:
-                        break
+                # The main thread sets the interrupt, then entry[4], under
+                # cond, a few statements after it took the token.
+                deadline = time.monotonic() + 10
+                while not entry[4] and time.monotonic() < deadline:
                     time.sleep(0.0001)
                 _set_async_exc(threading.get_ident(), None)
+                raise _Interrupted("cancelled by the host")
         return True
 
     def _interrupted(self, entry):

@@ -27,12 +27,18 @@ _SLICE = 0.005
 _cancels = 0
 
 
-def on_cancel(cancel):
-    """Wrap the dispatcher's cancel so that it also wakes a sleeping call."""
+def on_cancel(cancel, running=None):
+    """Wrap the dispatcher's cancel so that it also wakes a sleeping call —
+    unless the running call (running(), its Context or None) has seen its
+    cancellation already (ctx.cancelled() held it): its clean-up sleeps
+    as long as it asks."""
     def wrapped():
         global _cancels
-        _cancels += 1
-        return cancel()
+        out = cancel()
+        ctx = running() if running is not None else None
+        if ctx is None or not ctx._held:
+            _cancels += 1
+        return out
     return wrapped
 
 

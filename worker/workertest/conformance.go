@@ -115,6 +115,7 @@ func Run(t *testing.T, factory Factory) {
 	t.Run("Logging", s.testLogging)
 	t.Run("DeadlineInterrupt", s.testDeadlineInterrupt)
 	t.Run("CleanUpNotInterrupted", s.testCleanUpNotInterrupted)
+	t.Run("OtherContextHoldsNothing", s.testOtherContextHoldsNothing)
 	t.Run("Buffers", s.testBuffers)
 	t.Run("Host", func(t *testing.T) {
 		s.testHost(t, probe, func(t *testing.T, h worker.Host) worker.Worker {
@@ -668,19 +669,27 @@ func (s *suite) testDeadlineInterrupt(t *testing.T) {
 	}
 }
 
-// testCleanUpNotInterrupted: a plain handler that polls ctx.cancelled()
-// and then cleans up is not interrupted in its clean-up, whether its call
-// ends by deadline or by cancel: the handler is either interrupted while
-// it polls (before it saw the cancellation) or cleans up in full.
+// testCleanUpNotInterrupted: a handler that polls ctx.cancelled() and then
+// cleans up is not interrupted in its clean-up, nor are its clean-up's
+// sleeps cut short, whether its call ends by deadline or by cancel: the
+// handler is either interrupted while it polls (before it saw the
+// cancellation) or cleans up in full. A call whose deadline Python sees
+// 50 ms before the host ends it (in the clean-up's sleep) must clean up in
+// full at least once.
 func (s *suite) testCleanUpNotInterrupted(t *testing.T) {
 	s.mustCall(t, req("events", nil)) // clear
-	for i := range 6 {
+	early := 0
+	for i := range 9 {
 		var cctx context.Context
 		var cancel context.CancelFunc
 		want := context.DeadlineExceeded
-		if i%2 == 0 {
+		switch i % 3 {
+		case 0: // Python sees the deadline first
+			base, c := context.WithTimeout(ctxBG, 100*time.Millisecond)
+			cctx, cancel = lateCtx{base, time.Now().Add(50 * time.Millisecond)}, c
+		case 1:
 			cctx, cancel = context.WithTimeout(ctxBG, 50*time.Millisecond)
-		} else {
+		default:
 			cctx, cancel = context.WithCancel(ctxBG)
 			time.AfterFunc(50*time.Millisecond, cancel)
 			want = context.Canceled
@@ -694,10 +703,16 @@ func (s *suite) testCleanUpNotInterrupted(t *testing.T) {
 		if v := s.mustCall(t, req("echo", map[string]any{"value": i})); v != int64(i) {
 			t.Fatalf("after call %d: got %v", i, v)
 		}
-		// With several slots the handler may still be cleaning up.
+		// With several slots the handler may still be cleaning up. (Events
+		// of other subtests' calls may come late: only poll_then_clean's
+		// count.)
 		var ev []any
 		for deadline := time.Now().Add(10 * time.Second); len(ev) == 0 && time.Now().Before(deadline); {
-			ev = s.mustCall(t, req("events", nil)).([]any)
+			for _, e := range s.mustCall(t, req("events", nil)).([]any) {
+				if name, _ := e.(string); strings.HasPrefix(name, "clean") || name == "poll interrupted" {
+					ev = append(ev, e)
+				}
+			}
 			if len(ev) == 0 {
 				time.Sleep(10 * time.Millisecond)
 			}
@@ -705,6 +720,39 @@ func (s *suite) testCleanUpNotInterrupted(t *testing.T) {
 		if len(ev) != 1 || (ev[0] != "cleaned up" && ev[0] != "poll interrupted") {
 			t.Fatalf("call %d: events %v, want [cleaned up] or [poll interrupted]", i, ev)
 		}
+		if i%3 == 0 && ev[0] == "cleaned up" {
+			early++
+		}
+	}
+	if early == 0 {
+		t.Fatal("no call whose deadline Python saw first cleaned up in full")
+	}
+	select {
+	case <-s.w.Done():
+		t.Fatalf("worker stopped: %v", s.w.Err())
+	default:
+	}
+}
+
+// testOtherContextHoldsNothing: a handler that polls the ctx of another,
+// ended call (true: its deadline passed) is interrupted all the same: only
+// its own ctx's cancelled() holds its interrupts.
+func (s *suite) testOtherContextHoldsNothing(t *testing.T) {
+	keep := req("keep_ctx", nil)
+	keep.Deadline = time.Now().Add(time.Second)
+	s.mustCall(t, keep)
+	time.Sleep(time.Until(keep.Deadline))
+	s.mustCall(t, req("events", nil)) // clear
+	cctx, cancel := context.WithTimeout(ctxBG, 100*time.Millisecond)
+	defer cancel()
+	if _, err := s.w.Call(cctx, req("spin_polling_kept", nil)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want DeadlineExceeded", err)
+	}
+	if v := s.mustCall(t, req("echo", map[string]any{"value": "after"})); v != "after" {
+		t.Fatalf("after the interrupt: got %v", v)
+	}
+	if ev := s.mustCall(t, req("events", nil)); !reflect.DeepEqual(ev, []any{"spin_polling_kept interrupted"}) {
+		t.Fatalf("events: got %v, want the spin interrupted", ev)
 	}
 	select {
 	case <-s.w.Done():

@@ -139,24 +139,53 @@ def spin(ctx):
 
 @snakepit.command(thread_safe=True)
 def poll_then_clean(ctx):
-    """Polls ctx.cancelled(), then cleans up for 0.2 s of bytecodes: a
-    Cancelled raised after the poll saw the cancellation would land in the
-    clean-up."""
+    """Polls ctx.cancelled(), then cleans up: sleeps 0.1 s, then runs
+    bytecodes for 0.1 s. A Cancelled raised after the poll saw the
+    cancellation would land in the clean-up; a cancellation that woke the
+    sleep would cut it short."""
     try:
         while not ctx.cancelled():
             time.sleep(0.001)
     except snakepit.Cancelled:
         EVENTS.append("poll interrupted")
         return
-    end = time.monotonic() + 0.2
-    n = 0
     try:
+        start = time.monotonic()
+        time.sleep(0.1)
+        if time.monotonic() - start < 0.095:
+            EVENTS.append("clean-up sleep cut short")
+            return
+        end = time.monotonic() + 0.1
+        n = 0
         while time.monotonic() < end:
             n += 1
     except snakepit.Cancelled:
         EVENTS.append("clean-up interrupted")
         raise
     EVENTS.append("cleaned up")
+
+
+_KEPT = []
+
+
+@snakepit.command
+def keep_ctx(ctx):
+    """Keeps this call's ctx for spin_polling_kept."""
+    _KEPT[:] = [ctx]
+
+
+@snakepit.command
+def spin_polling_kept(ctx):
+    """Spins, polling the kept ctx of an ended call (cancelled: its
+    deadline passed), never its own: it must still be interrupted."""
+    kept = _KEPT[0]
+    n = 0
+    try:
+        while True:
+            if kept.cancelled():
+                n += 1
+    finally:
+        EVENTS.append("spin_polling_kept interrupted")
 
 
 @snakepit.command

@@ -221,7 +221,12 @@ class CancelTest(_LinkCase):
         main = threading.get_ident()
         n = int(os.environ.get("SNAKEPIT_TEST_CANCELS", "1500"))
         delays = [rnd.choice((0, 0, rnd.random() * 1e-4, rnd.random() * 1e-3)) for _ in range(n)]
-        before = [rnd.random() < 0.3 for _ in range(n)]
+        # Where the signal comes: 0 before the reply, 1 after it, 2 inside
+        # it (the frame sent in two parts, the signal once the main thread
+        # reads the first).
+        where = [rnd.choice((0, 1, 2, 2)) for _ in range(n)]
+        reply = _frame(_process.HOST_REPLY, 0, b"\x00" + marshal.dumps("x" * 200))
+        splits = [rnd.randrange(1, len(reply)) for _ in range(n)]
         armed = [False]
 
         def on_cancel(signum, frame):
@@ -236,22 +241,41 @@ class CancelTest(_LinkCase):
         signal.signal(signal.SIGUSR1, on_cancel)
         go = threading.Semaphore(0)
 
+        failed = []
+
         def host():
+            try:
+                serve()
+            except BaseException as e:  # the frames went out of step
+                failed.append(e)
+                self.host.shutdown(socket.SHUT_RDWR)  # the main thread's read ends
+
+        def serve():
             for i in range(n):
                 rid, *_ = self.read_host_call()
-                if before[i]:
+                frame = _frame(_process.HOST_REPLY, rid, reply[_H.size:])
+                if where[i] == 0:
                     time.sleep(delays[i])
                     signal.pthread_kill(main, signal.SIGUSR1)
-                    self.host.sendall(_frame(_process.HOST_REPLY, rid, b"\x00N"))
+                    self.host.sendall(frame)
+                elif where[i] == 1:
+                    self.host.sendall(frame)
+                    time.sleep(delays[i])
+                    signal.pthread_kill(main, signal.SIGUSR1)
                 else:
-                    self.host.sendall(_frame(_process.HOST_REPLY, rid, b"\x00N"))
-                    time.sleep(delays[i])
+                    self.host.sendall(frame[:splits[i]])
+                    deadline = time.monotonic() + 1
+                    while not self.link.main_busy and time.monotonic() < deadline:
+                        time.sleep(0.00005)
                     signal.pthread_kill(main, signal.SIGUSR1)
+                    time.sleep(delays[i])
+                    self.host.sendall(frame[splits[i]:])
                 go.acquire()
 
         t = threading.Thread(target=host, daemon=True)
         t.start()
         link = self.link
+        self.conn.sock.settimeout(10)  # frames out of step fail, not hang
         try:
             for i in range(n):
                 armed[0] = True
@@ -260,6 +284,8 @@ class CancelTest(_LinkCase):
                     link.host_call(7, "f", b"")
                 except Cancelled:
                     pass
+                except HostError as e:  # the link broke, or timed out
+                    self.fail("seed %d, call %d: %r (the host side: %r)" % (seed, i, e, failed))
                 # Let the signal in (if it has not come) before checking.
                 deadline = time.monotonic() + 5
                 while armed[0] and time.monotonic() < deadline:
@@ -271,6 +297,7 @@ class CancelTest(_LinkCase):
                 self.assertFalse(link.mutex.locked(), "the link's lock is held: " + what)
                 self.assertFalse(link.send_lock.locked(), "the send lock is held: " + what)
                 self.assertIsNone(link.reader, "a reader is left: " + what)
+                self.assertFalse(link.cancel_pending, "a Cancelled is left pending: " + what)
                 go.release()
         finally:
             armed[0] = False
