@@ -43,10 +43,14 @@ soak:
 # 3000 bursts of 64 callers on a pipeline of 16 (real process workers),
 # the process profile against the fault-injecting child, 600 steps, and the
 # thread profile's concurrency torture (embed), 6000 steps on the hermetic
-# 3.14 and again on 3.11 (SNAKEPIT_TORTURE_SEED=n replays a seed).
+# 3.14 and again on 3.11 (SNAKEPIT_TORTURE_SEED=n replays a seed). The long
+# pool run is not under -race (make test runs its 150 seeds under -race):
+# in runs of thousands of synctest bubbles the race runtime itself crashes
+# (SIGSEGV or a ThreadSanitizer CHECK, in runtime.(*timer).maybeRunChan ->
+# unlockAndRun -> raceacquirectx for a bubble's timer).
 CHAOS_SEEDS ?= 20000
 chaos:
-	$(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' ./pool/ -chaos.seeds=$(CHAOS_SEEDS) -chaos.steps=300
+	$(GO) test -count=1 -timeout 60m -run '^TestChaos$$' ./pool/ -chaos.seeds=$(CHAOS_SEEDS) -chaos.steps=300
 	$(GO) test -count=1 -timeout 20m -run '^TestPipelineBursts$$' ./pool/ -pipeline.bursts=3000
 	SNAKEPIT_CHAOS=1 $(GO) test -race -count=1 -timeout 30m -run '^(TestChaos|TestHostRegionRandom)$$' ./subproc/
 	SNAKEPIT_TORTURE=long $(GO) test -race -count=1 -timeout 30m -run '^(TestTorture|TestVersionMatrix)$$' ./embed/

@@ -8,7 +8,7 @@ package pool
 // and checks the pool's invariants after every step.
 //
 //	go test ./pool -run 'TestChaos$'                        # the CI share
-//	go test ./pool -run 'TestChaos$' -chaos.seeds=20000     # make chaos
+//	go test ./pool -run 'TestChaos$' -chaos.seeds=20000     # make chaos (-chaos.first=N starts there)
 //	go test ./pool -run 'TestChaos$' -chaos.seed=N -v       # replay one
 
 import (
@@ -33,7 +33,8 @@ import (
 )
 
 var (
-	chaosSeeds = flag.Int("chaos.seeds", 150, "randomized pool runs (seeds 1..n)")
+	chaosSeeds = flag.Int("chaos.seeds", 150, "randomized pool runs (seeds first..first+n-1)")
+	chaosFirst = flag.Int("chaos.first", 1, "the first seed of the randomized pool runs")
 	chaosSeed  = flag.Uint64("chaos.seed", 0, "run only this seed")
 	chaosSteps = flag.Int("chaos.steps", 120, "steps per randomized run")
 )
@@ -43,8 +44,8 @@ func TestChaos(t *testing.T) {
 	if *chaosSeed != 0 {
 		seeds = append(seeds, *chaosSeed)
 	} else {
-		for s := 1; s <= *chaosSeeds; s++ {
-			seeds = append(seeds, uint64(s))
+		for s := range *chaosSeeds {
+			seeds = append(seeds, uint64(*chaosFirst+s))
 		}
 	}
 	failed := 0
