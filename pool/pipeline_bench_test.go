@@ -6,10 +6,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
-	"time"
+
+	"github.com/prometheus/procfs"
 
 	"github.com/snakepit-go/snakepit/pool"
 	"github.com/snakepit-go/snakepit/pymarshal"
@@ -69,29 +69,17 @@ func cpuTime(b *testing.B) int64 {
 		b.Fatal(err)
 	}
 	total := ru.Utime.Nano() + ru.Stime.Nano()
-	ents, err := os.ReadDir("/proc")
+	procs, err := procfs.AllProcs()
 	if err != nil {
 		b.Fatal(err)
 	}
 	me := os.Getpid()
-	const tick = int64(10 * time.Millisecond) // USER_HZ is 100 on Linux
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
+	for _, p := range procs {
+		st, err := p.Stat()
+		if err != nil || st.PPID != me {
+			continue // gone meanwhile, or not a worker
 		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// The fields after the command, which is in parentheses: state,
-		// ppid, ..., utime (the 12th), stime (the 13th).
-		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		if len(f) < 13 || f[1] != strconv.Itoa(me) {
-			continue
-		}
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		total += (u + st) * tick
+		total += int64(st.CPUTime() * 1e9)
 	}
 	return total
 }

@@ -366,21 +366,14 @@ func (fs *ForkServer) fork(ctx context.Context, argv, env []string, stdout, stde
 		// worker is unreaped, safe to kill by pid and by group (which it
 		// may not have made yet); if the template died, the pid may name
 		// another process by now: the worker ends on its lifeline.
-		if err != unix.ESRCH && fs.parentOf(pid) {
+		if err != unix.ESRCH && fs.checkParent(pid) == nil {
 			_ = unix.Kill(-pid, unix.SIGKILL)
 			_ = unix.Kill(pid, unix.SIGKILL)
 			fs.reap(pid)
 		}
 		return 0, -1, fmt.Errorf("subproc: fork server's worker %d: pidfd: %w", pid, err)
 	}
-	if p, perr := procfs.NewProc(pid); perr != nil {
-		err = perr
-	} else if st, serr := p.Stat(); serr != nil {
-		err = serr
-	} else if st.PPID != fs.proc.pid {
-		err = fmt.Errorf("its parent is %d, not the fork server", st.PPID)
-	}
-	if err != nil {
+	if err = fs.checkParent(pid); err != nil {
 		// The template died: the worker, which holds only descriptors the
 		// host is about to close, ends on its lifeline.
 		unix.Close(pidfd)
@@ -389,14 +382,20 @@ func (fs *ForkServer) fork(ctx context.Context, argv, env []string, stdout, stde
 	return pid, pidfd, nil
 }
 
-// parentOf reports whether the template is pid's parent.
-func (fs *ForkServer) parentOf(pid int) bool {
+// checkParent returns nil when the template is pid's parent.
+func (fs *ForkServer) checkParent(pid int) error {
 	p, err := procfs.NewProc(pid)
 	if err != nil {
-		return false
+		return err
 	}
 	st, err := p.Stat()
-	return err == nil && st.PPID == fs.proc.pid
+	if err != nil {
+		return err
+	}
+	if st.PPID != fs.proc.pid {
+		return fmt.Errorf("its parent is %d, not the fork server", st.PPID)
+	}
+	return nil
 }
 
 // reap asks the template to reap pid, which has exited, and returns its

@@ -187,9 +187,9 @@ class Context:
     def cancelled(self):
         """True once the call was cancelled or its deadline passed. Long
         loops can poll it to stop cleanly: once it has returned True in
-        the thread that runs a plain handler, snakepit raises no Cancelled
-        in that thread for this call (the handler still has the worker's
-        interrupt grace to end)."""
+        the thread that runs the handler, snakepit raises no Cancelled in
+        that thread for this call or stream operation (the handler still
+        has the worker's interrupt grace to end)."""
         if not (self._cancelled or (self.deadline is not None and time.time() >= self.deadline)):
             return False
         if not self._held and not self._ended:

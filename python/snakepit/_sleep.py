@@ -27,7 +27,7 @@ _SLICE = 0.005
 _cancels = 0
 
 
-def on_cancel(cancel, running=None):
+def on_cancel(cancel, running):
     """Wrap the dispatcher's cancel so that it also wakes a sleeping call —
     unless the running call (running(), its Context or None) has seen its
     cancellation already (ctx.cancelled() held it): its clean-up sleeps
@@ -35,7 +35,7 @@ def on_cancel(cancel, running=None):
     def wrapped():
         global _cancels
         out = cancel()
-        ctx = running() if running is not None else None
+        ctx = running()
         if ctx is None or not ctx._held:
             _cancels += 1
         return out
