@@ -329,7 +329,8 @@ func CorrelationID(ctx context.Context) string { return worker.CorrelationID(ctx
 // a local call returns (errors.Is and errors.As), plus ErrNoResponders
 // when no instance serves the pool, ErrPayloadTooLarge, and
 // ErrInstanceGone (with worker.ErrWorkerDead) when the instance died
-// during the call.
+// during the call. A call whose ctx has ended already is not sent: it
+// fails with ctx's error, as a local one does.
 func (p *Pool) Call(ctx context.Context, command string, args, out any, opts ...CallOption) error {
 	return p.callDecode(ctx, command, args, out, "", pool.Hint, opts)
 }
@@ -490,6 +491,11 @@ func (p *Pool) call(ctx context.Context, command string, args []byte, session st
 		return nil, &worker.CallError{Command: command, CorrelationID: cid, Err: err}
 	}
 	defer p.leave()
+	if ctx.Err() != nil {
+		// Ended already: the call is not sent (an answer could otherwise
+		// race the context's end and win).
+		return nil, &worker.CallError{Command: command, CorrelationID: cid, Err: context.Cause(ctx)}
+	}
 	if _, ok := ctx.Deadline(); !ok && p.opts.CallTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.opts.CallTimeout)
@@ -599,6 +605,10 @@ func (p *Pool) stream(ctx context.Context, command string, args any, session str
 			return
 		}
 		defer p.leave()
+		if ctx.Err() != nil {
+			fail(context.Cause(ctx)) // ended already: not sent
+			return
+		}
 		h, body := p.request(ctx, command, cid, session, mode, o, raw)
 		window := p.opts.StreamWindow
 		h[hCredit] = []string{strconv.Itoa(window)}

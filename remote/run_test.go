@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -187,6 +188,33 @@ func TestTraceCrossesWire(t *testing.T) {
 	require.NoError(t, rp.Call(ctx, "tp", nil, &got))
 	sc := span.SpanContext()
 	assert.Equal(t, "00-"+sc.TraceID().String()+"-"+sc.SpanID().String()+"-01", got)
+}
+
+// TestEndedContextNotSent: a call or stream whose context ended before it
+// began fails with the context's error and never reaches a handler (the
+// answer of a fast handler used to race the context's end, and win).
+func TestEndedContextNotSent(t *testing.T) {
+	url := natsServer(t, 0)
+	var runs atomic.Int64
+	p := fakePool(t, "fake", map[string]workertest.Handler{
+		"ok": func(ctx context.Context, req *worker.Request) (any, error) { runs.Add(1); return "ok", nil },
+	})
+	snc := connect(t, url)
+	srv, err := remote.Serve(hangGuard(t), snc, p, remote.ServeOptions{})
+	require.NoError(t, err)
+	defer srv.Shutdown(context.Background())
+	rp, err := remote.New(connect(t, url), "fake", remote.Options{})
+	require.NoError(t, err)
+	defer rp.Close(context.Background())
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := range 200 {
+		require.ErrorIs(t, rp.Call(ended, "ok", nil, nil), context.Canceled, "call %d", i)
+	}
+	for _, err := range rp.Stream(ended, "ok", nil) {
+		require.ErrorIs(t, err, context.Canceled, "stream")
+	}
+	require.Zero(t, runs.Load(), "handler runs for calls whose context had ended")
 }
 
 // TestNoGoroutinesLeft: after Shutdown, Close and the connections'
